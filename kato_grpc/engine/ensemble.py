@@ -1,0 +1,211 @@
+"""Ensemble metrics, ranking and future potentials (spec 4.8-4.14; D-6, D-7, D-11-D-15).
+
+Everything here runs over the pruned set of gated candidates in ``name`` order, so every
+float sum has one fixed order and the output never depends on hash seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kato_grpc.engine.knowledge import KnowledgeView
+from kato_grpc.engine.matching import Match
+
+CONFLUENCE_FLOOR = 1e-10
+
+
+@dataclass(slots=True)
+class Scored:
+    """A match plus its ensemble metrics: one prediction before conversion to protobuf."""
+
+    match: Match
+    itfdf_similarity: float = 0.0
+    confluence: float = 0.0
+    entropy: float = 0.0
+    normalized_entropy: float = 0.0
+    global_normalized_entropy: float = 0.0
+    tfidf_score: float = 0.0
+    pattern_probability: float = 0.0
+    weighted_strength: float = 0.0
+    predictive_information: float = 0.0
+    bayesian_prior: float = 0.0
+    bayesian_likelihood: float = 0.0
+    bayesian_posterior: float = 0.0
+    potential: float = 0.0
+
+    def rank_value(self, key: str) -> float:
+        m = self.match
+        if key.startswith("weighted_"):
+            if m.weighted is None:
+                return -math.inf
+            value = getattr(m.weighted, key.removeprefix("weighted_"))
+            return -math.inf if value is None else float(value)
+        if hasattr(self, key):
+            return float(getattr(self, key))
+        return float(getattr(m, key))
+
+
+@dataclass(frozen=True, slots=True)
+class FutureGroup:
+    future: list[tuple[str, ...]]
+    aggregate_potential: float
+    supporting_patterns: int
+    total_weighted_frequency: float
+    key: str
+
+
+def prune(matches: Sequence[Match], max_predictions: int) -> list[Match]:
+    """Keep the best 3 × max_predictions by pre_potential (ties by name), back in name order."""
+    limit = 3 * max_predictions
+    if len(matches) <= limit:
+        return list(matches)
+    kept = sorted(matches, key=lambda m: (-m.pre_potential, m.name))[:limit]
+    return sorted(kept, key=lambda m: m.name)
+
+
+def score(
+    matches: Sequence[Match], state: Sequence[str], kb: KnowledgeView, weighted: bool
+) -> tuple[list[Scored], list[FutureGroup]]:
+    """Compute every ensemble metric over ``matches`` (already pruned, in name order)."""
+    totals = kb.totals()
+    n_patterns = totals.total_unique_patterns
+    vocab = totals.vocabulary_size
+    pmf_cache: dict[str, int] = {}
+
+    def pmf(symbol: str) -> int:
+        if symbol not in pmf_cache:
+            stats = kb.symbol(symbol)
+            pmf_cache[symbol] = stats.pattern_member_frequency if stats else 0
+        return pmf_cache[symbol]
+
+    # Symbol probability cache: symbols of matches and event-aligned missing only (spec 4.9).
+    prob: dict[str, float] = {}
+    for m in matches:
+        for s in (*m.matches, *(x for ev in m.missing for x in ev)):
+            if s not in prob:
+                prob[s] = pmf(s) / n_patterns if n_patterns else 0.0
+
+    ens_freq = sum(m.frequency for m in matches)
+    state_counts = Counter(state)
+    log_v = math.log(vocab) if vocab > 1 else 0.0
+
+    scored: list[Scored] = []
+    for m in matches:
+        present = m.present_flat
+        counts = Counter(present)
+        length = len(present)
+        distinct = sorted(counts)
+        r = Scored(match=m)
+        r.itfdf_similarity = _itfdf(state_counts, counts, prob, m.frequency, ens_freq)
+        if present and totals.total_pattern_frequencies:
+            product = 1.0
+            for s in present:
+                p = prob.get(s, 0.0)
+                product *= p if p > 0 else CONFLUENCE_FLOOR
+            r.confluence = (m.frequency / totals.total_pattern_frequencies) * (1 - product)
+        if length:
+            r.entropy = -sum((counts[s] / length) * math.log2(counts[s] / length) for s in distinct)
+            if vocab > 1:
+                r.normalized_entropy = -sum(
+                    (counts[s] / length) * (math.log(counts[s] / length) / log_v) for s in distinct
+                )
+                r.global_normalized_entropy = -sum(
+                    prob.get(s, 0.0) * (math.log(prob.get(s, 0.0)) / log_v)
+                    for s in distinct
+                    if prob.get(s, 0.0) > 0
+                )
+            if n_patterns:
+                r.tfidf_score = sum(
+                    (counts[s] / length) * (math.log2(n_patterns / (pmf(s) or 1)) + 1) for s in distinct
+                ) / len(distinct)
+        scored.append(r)
+
+    groups = _predictive_information(scored)
+    _bayesian(scored)
+    for r in scored:
+        m = r.match
+        if weighted and m.weighted is not None:
+            base = (m.weighted.evidence + m.weighted.confidence) * m.weighted.snr
+        else:
+            base = (m.evidence + m.confidence) * m.snr
+        r.potential = (base + r.itfdf_similarity) + m.frag_term
+    return scored, groups
+
+
+def rank(scored: Sequence[Scored], key: str, max_predictions: int) -> list[Scored]:
+    """Sort by the rank key descending, ties by name ascending (D-11); cut to max_predictions."""
+    return sorted(scored, key=lambda r: (-r.rank_value(key), r.match.name))[:max_predictions]
+
+
+def _itfdf(
+    state_counts: Counter[str],
+    present_counts: Counter[str],
+    prob: dict[str, float],
+    frequency: int,
+    ens_freq: int,
+) -> float:
+    if ens_freq == 0:
+        return 0.0
+    dot = nu = nv = 0.0
+    for s in sorted(state_counts.keys() | present_counts.keys()):
+        p = prob.get(s, 0.0)
+        u = p * state_counts.get(s, 0)
+        v = p * present_counts.get(s, 0)
+        dot += u * v
+        nu += u * u
+        nv += v * v
+    if nu == 0.0 or nv == 0.0:
+        distance = 1.0
+    else:
+        distance = 1.0 - dot / (math.sqrt(nu) * math.sqrt(nv))
+    return 1.0 - distance * frequency / ens_freq
+
+
+def _future_key(future: Sequence[Sequence[str]]) -> str:
+    return json.dumps([sorted(event) for event in future], sort_keys=True)
+
+
+def _predictive_information(scored: Sequence[Scored]) -> list[FutureGroup]:
+    total_freq = sum(r.match.frequency for r in scored)
+    if total_freq == 0:
+        return []
+    members: dict[str, list[Scored]] = {}
+    for r in scored:
+        m = r.match
+        r.pattern_probability = m.frequency / total_freq
+        r.weighted_strength = m.similarity * r.pattern_probability
+        if m.future:
+            members.setdefault(_future_key(m.future), []).append(r)
+    weights = {key: sum(r.match.frequency * r.match.similarity for r in rs) for key, rs in members.items()}
+    grand = sum(weights.values())
+    aggregate = {key: (w / grand if grand else 0.0) for key, w in weights.items()}
+    for key, rs in members.items():
+        for r in rs:
+            agg = aggregate[key]
+            r.predictive_information = r.weighted_strength / agg if agg else 0.0
+    groups = [
+        FutureGroup(
+            future=list(rs[0].match.future),
+            aggregate_potential=aggregate[key],
+            supporting_patterns=len(rs),
+            total_weighted_frequency=weights[key],
+            key=key,
+        )
+        for key, rs in members.items()
+    ]
+    groups.sort(key=lambda g: (-g.aggregate_potential, g.key))
+    return groups
+
+
+def _bayesian(scored: Sequence[Scored]) -> None:
+    total_freq = sum(r.match.frequency for r in scored)
+    for r in scored:
+        r.bayesian_likelihood = r.match.similarity
+        r.bayesian_prior = r.match.frequency / total_freq if total_freq else 0.0
+    evidence = sum(r.bayesian_likelihood * r.bayesian_prior for r in scored)
+    for r in scored:
+        r.bayesian_posterior = r.bayesian_likelihood * r.bayesian_prior / evidence if evidence else 0.0

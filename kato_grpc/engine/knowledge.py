@@ -1,0 +1,101 @@
+"""The read-only view of a knowledge base that the pure engine computes against.
+
+The shell builds it (from its in-process KB cache, or the in-memory store in tests); the
+core only reads it. Records are immutable plain-Python values so that prediction loops do
+not pay protobuf attribute costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Events = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PatternRecord:
+    """One learned pattern as the engine sees it."""
+
+    name: str  # bare 40-hex
+    events: Events
+    frequency: int
+    emotives: tuple[Mapping[str, float], ...] = ()
+    metadata: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    flat: tuple[str, ...] = ()
+
+    @staticmethod
+    def build(
+        name: str,
+        events: Sequence[Sequence[str]],
+        frequency: int,
+        emotives: Sequence[Mapping[str, float]] = (),
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> PatternRecord:
+        evs = tuple(tuple(e) for e in events)
+        return PatternRecord(
+            name=name,
+            events=evs,
+            frequency=frequency,
+            emotives=tuple(dict(e) for e in emotives),
+            metadata={k: tuple(v) for k, v in (metadata or {}).items()},
+            flat=tuple(s for e in evs for s in e),
+        )
+
+    @property
+    def length(self) -> int:
+        return len(self.flat)
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolStats:
+    """Statistics of one symbol (spec 1.8, HEAD rules)."""
+
+    frequency: int = 0
+    pattern_member_frequency: int = 0
+    affinity: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """KB-wide counters (D-6)."""
+
+    total_unique_patterns: int = 0  # N
+    total_pattern_frequencies: int = 0  # sum of frequencies over the KB
+    vocabulary_size: int = 0  # V: distinct symbols ever learned
+
+
+@dataclass(frozen=True, slots=True)
+class VectorNeighbour:
+    name: str
+    distance: float
+
+
+class KnowledgeView(Protocol):
+    """What the engine may read of a knowledge base."""
+
+    def totals(self) -> Totals: ...
+
+    def symbol(self, symbol: str) -> SymbolStats | None: ...
+
+    def pattern(self, name: str) -> PatternRecord | None: ...
+
+    def all_patterns(self) -> Iterable[PatternRecord]:
+        """Every pattern (threshold-0 predictions)."""
+        ...
+
+    def patterns_sharing(self, symbols: Iterable[str]) -> Iterable[PatternRecord]:
+        """Every pattern that contains at least one of ``symbols`` (each once)."""
+        ...
+
+    def nearest_vectors(self, vector: npt.NDArray[np.float64], k: int) -> list[VectorNeighbour]:
+        """The k nearest indexed vectors (euclidean), nearest first, ties by name."""
+        ...
+
+    def vector_dimension(self) -> int | None:
+        """The dimension the KB's vector index is locked to, or None when it is empty."""
+        ...

@@ -1,0 +1,224 @@
+"""Matching one candidate pattern against the STM (spec 4.3-4.7, 4.15; D-9, D-18, D-19).
+
+Produces everything of a prediction that depends on that pattern alone; ensemble metrics
+(spec 4.9-4.11) come later in ``ensemble``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kato_grpc.engine.alignment import (
+    character_similarity,
+    flat_extras_count,
+    matching_blocks,
+    token_ratio_percent,
+    token_similarity,
+)
+from kato_grpc.engine.config import EngineConfig
+from kato_grpc.engine.knowledge import PatternRecord
+
+EventList = list[tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    observed: str
+    expected: str
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedMetrics:
+    similarity: float | None
+    evidence: float
+    confidence: float
+    snr: float
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The per-pattern part of a prediction."""
+
+    pattern: PatternRecord
+    similarity: float
+    matches: list[str]
+    past: EventList
+    present: EventList
+    future: EventList
+    missing: list[list[str]]
+    extras: list[list[str]]
+    anomalies: list[Anomaly]
+    evidence: float
+    confidence: float
+    snr: float
+    fragmentation: float
+    weighted: WeightedMetrics | None
+
+    @property
+    def name(self) -> str:
+        return self.pattern.name
+
+    @property
+    def frequency(self) -> int:
+        # HEAD treats a missing or zero counter as 1 in predictions.
+        return max(self.pattern.frequency, 1)
+
+    @property
+    def present_flat(self) -> list[str]:
+        return [s for event in self.present for s in event]
+
+    @property
+    def frag_term(self) -> float:
+        return 0.0 if self.fragmentation == -1.0 else 1.0 / (self.fragmentation + 1.0)
+
+    @property
+    def pre_potential(self) -> float:
+        """Provisional score for pruning (spec 4.8): always the unweighted metrics."""
+        return (self.evidence + self.confidence) * self.snr + self.frag_term
+
+
+def match_pattern(
+    pattern: PatternRecord,
+    state: Sequence[str],
+    stm: Sequence[Sequence[str]],
+    config: EngineConfig,
+    weight: Callable[[str], float] | None,
+) -> Match | None:
+    """Match one pattern; None when it does not pass the recall-threshold gate."""
+    p = pattern.flat
+    if config.use_token_matching:
+        similarity = token_similarity(p, state)
+    else:
+        similarity = character_similarity(p, state)
+    if similarity < config.recall_threshold:
+        return None
+
+    blocks = matching_blocks(p, state)
+    if blocks:
+        first, last = blocks[0], blocks[-1]
+        past_len = first[0]
+        present_flat = p[first[0] : last[0] + last[2]]
+    elif config.recall_threshold > 0.0:
+        return None
+    else:
+        # Threshold 0 keeps patterns with no overlap: the whole pattern is "present".
+        past_len = 0
+        present_flat = p
+
+    anomalies: list[Anomaly] = []
+    if config.fuzzy_token_threshold > 0.0:
+        matches, anomalies, extras_count = _fuzzy_matches(p, state, config.fuzzy_token_threshold)
+    else:
+        matches = [s for _i, j, k in blocks for s in state[j : j + k]]
+        extras_count = flat_extras_count(present_flat, state)
+
+    past, present, future = _segment(pattern.events, past_len, len(present_flat), matches)
+
+    expected = {a.expected for a in anomalies}
+    observed = {a.observed for a in anomalies}
+    match_set = set(matches)
+    missing = [[s for s in ev if s not in match_set and s not in expected] for ev in present]
+    present_set = {s for ev in present for s in ev}
+    extras = [[s for s in ev if s not in present_set and s not in observed] for ev in stm]
+
+    m = len(matches)
+    lpr = sum(len(ev) for ev in present)
+    evidence = m / len(p) if p else 0.0
+    confidence = m / lpr if lpr else 0.0
+    snr_den = 2 * m + extras_count
+    snr = (2 * m - extras_count) / snr_den if snr_den else 0.0
+
+    weighted = None
+    if weight is not None:
+        weighted = _weighted(weight, p, state, matches, present, extras)
+
+    return Match(
+        pattern=pattern,
+        similarity=similarity,
+        matches=matches,
+        past=past,
+        present=present,
+        future=future,
+        missing=missing,
+        extras=extras,
+        anomalies=anomalies,
+        evidence=evidence,
+        confidence=confidence,
+        snr=snr,
+        fragmentation=float(len(blocks) - 1),
+        weighted=weighted,
+    )
+
+
+def _segment(
+    events: Sequence[tuple[str, ...]], past_len: int, present_len: int, matches: Sequence[str]
+) -> tuple[EventList, EventList, EventList]:
+    """Map the flat regions back onto whole events (spec 4.5), with the membership fix-up."""
+    target = past_len
+    covered = 0
+    e = 0
+    while covered < target:
+        covered += len(events[e])
+        e += 1
+    past = list(events[:e])
+    start = e
+    target += present_len
+    while covered < target:
+        covered += len(events[e])
+        e += 1
+    present = list(events[start:e])
+    future = list(events[e:])
+    if past and matches and matches[0] in past[-1]:
+        present = [past[-1], *present]
+        past = past[:-1]
+    return past, present, future
+
+
+def _fuzzy_matches(
+    pattern: Sequence[str], state: Sequence[str], threshold: float
+) -> tuple[list[str], list[Anomaly], int]:
+    """Fuzzy-inclusive matches, anomalies and the flat extras count (Readings, fuzzy matches)."""
+    cutoff = threshold * 100
+    matches: list[str] = []
+    anomalies: list[Anomaly] = []
+    unmatched = 0
+    for token in state:
+        best: str | None = None
+        best_ratio = -1.0
+        for candidate in pattern:
+            ratio = token_ratio_percent(token, candidate)
+            if ratio >= cutoff and ratio > best_ratio:
+                best, best_ratio = candidate, ratio
+        if best is None:
+            unmatched += 1
+            continue
+        matches.append(token)
+        if token != best:
+            anomalies.append(Anomaly(observed=token, expected=best, similarity=best_ratio / 100.0))
+    return matches, anomalies, unmatched
+
+
+def _weighted(
+    weight: Callable[[str], float],
+    pattern: Sequence[str],
+    state: Sequence[str],
+    matches: Sequence[str],
+    present: EventList,
+    extras: Sequence[Sequence[str]],
+) -> WeightedMetrics:
+    """Affinity-weighted metrics (spec 4.15.3 with D-19's floor for every symbol)."""
+    w_matches = sum(weight(s) for s in matches)
+    w_pattern = sum(weight(s) for s in pattern)
+    w_state = sum(weight(s) for s in state)
+    w_present = sum(weight(s) for ev in present for s in ev)
+    w_extras = sum(weight(s) for ev in extras for s in ev)
+    sim_den = w_state + w_pattern
+    snr_den = w_matches + w_extras
+    return WeightedMetrics(
+        similarity=2 * w_matches / sim_den if sim_den else None,
+        evidence=w_matches / w_pattern if w_pattern else 0.0,
+        confidence=w_matches / w_present if w_present else 0.0,
+        snr=w_matches / snr_den if snr_den else 0.0,
+    )

@@ -1,0 +1,129 @@
+"""Predictions for an STM against a knowledge-base view (spec 4, Appendix A, with Decisions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from kato_grpc.engine.config import EngineConfig
+from kato_grpc.engine.ensemble import FutureGroup, Scored, prune, rank, score
+from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
+from kato_grpc.engine.matching import match_pattern
+from kato_grpc.engine.records import average_emotives
+from kato_grpc.v1 import engine_pb2 as pb
+
+AFFINITY_FLOOR = 0.01
+
+
+def predict(
+    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig
+) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
+    """Ranked predictions and future potentials, from one computation (D-15)."""
+    scored, groups = predict_scored(stm, kb, config)
+    return [prediction_proto(r) for r in scored], [future_proto(g) for g in groups]
+
+
+def predict_scored(
+    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig
+) -> tuple[list[Scored], list[FutureGroup]]:
+    state = [s for event in stm for s in event]
+    if not state:
+        return [], []
+    # D-2: exact candidate set. With a positive threshold a pattern sharing no symbol has no
+    # matching block and is always dropped, so the symbol index loses nothing.
+    if config.recall_threshold == 0.0:
+        candidates: Sequence[PatternRecord] = sorted(kb.all_patterns(), key=_by_name)
+    else:
+        candidates = sorted(kb.patterns_sharing(set(state)), key=_by_name)
+    weight = _affinity_weight(kb, config.affinity_emotive) if config.affinity_emotive else None
+    matches = []
+    for pattern in candidates:
+        m = match_pattern(pattern, state, stm, config, weight)
+        if m is not None:
+            matches.append(m)
+    if not matches:
+        return [], []
+    ensemble = prune(matches, config.max_predictions)
+    scored, groups = score(ensemble, state, kb, weighted=weight is not None)
+    return rank(scored, config.rank_key, config.max_predictions), groups
+
+
+def _by_name(p: PatternRecord) -> str:
+    return p.name
+
+
+def _affinity_weight(kb: KnowledgeView, emotive: str) -> Callable[[str], float]:
+    """w(x) = |affinity[x][emotive]| / frequency(x) + 0.01, or the 0.01 floor (D-19)."""
+    cache: dict[str, float] = {}
+
+    def weight(symbol: str) -> float:
+        w = cache.get(symbol)
+        if w is None:
+            w = AFFINITY_FLOOR
+            stats = kb.symbol(symbol)
+            if stats is not None:
+                affinity = abs(stats.affinity.get(emotive, 0.0))
+                if affinity > 0 and stats.frequency > 0:
+                    w = affinity / stats.frequency + AFFINITY_FLOOR
+            cache[symbol] = w
+        return w
+
+    return weight
+
+
+def _events(events: Sequence[Sequence[str]]) -> list[pb.Event]:
+    return [pb.Event(symbols=e) for e in events]
+
+
+def prediction_proto(r: Scored) -> pb.Prediction:
+    m = r.match
+    out = pb.Prediction(
+        type="prototypical",
+        name=m.name,
+        frequency=m.frequency,
+        emotives=average_emotives(m.pattern.emotives),
+        metadata={k: pb.StringList(values=v) for k, v in m.pattern.metadata.items()},
+        matches=m.matches,
+        past=_events(m.past),
+        present=_events(m.present),
+        future=_events(m.future),
+        missing=_events(m.missing),
+        extras=_events(m.extras),
+        anomalies=[
+            pb.Anomaly(observed=a.observed, expected=a.expected, similarity=a.similarity) for a in m.anomalies
+        ],
+        sequence=_events(m.pattern.events),
+        similarity=m.similarity,
+        evidence=m.evidence,
+        confidence=m.confidence,
+        snr=m.snr,
+        fragmentation=m.fragmentation,
+        itfdf_similarity=r.itfdf_similarity,
+        confluence=r.confluence,
+        entropy=r.entropy,
+        normalized_entropy=r.normalized_entropy,
+        global_normalized_entropy=r.global_normalized_entropy,
+        tfidf_score=r.tfidf_score,
+        pattern_probability=r.pattern_probability,
+        weighted_strength=r.weighted_strength,
+        predictive_information=r.predictive_information,
+        bayesian_prior=r.bayesian_prior,
+        bayesian_likelihood=r.bayesian_likelihood,
+        bayesian_posterior=r.bayesian_posterior,
+        potential=r.potential,
+    )
+    if m.weighted is not None:
+        if m.weighted.similarity is not None:
+            out.weighted_similarity = m.weighted.similarity
+        out.weighted_evidence = m.weighted.evidence
+        out.weighted_confidence = m.weighted.confidence
+        out.weighted_snr = m.weighted.snr
+    return out
+
+
+def future_proto(g: FutureGroup) -> pb.FuturePotential:
+    return pb.FuturePotential(
+        future=_events(g.future),
+        aggregate_potential=g.aggregate_potential,
+        supporting_patterns=g.supporting_patterns,
+        total_weighted_frequency=g.total_weighted_frequency,
+    )

@@ -1,0 +1,252 @@
+"""The session transitions: observe, learn, predictions, clears, config, introspection.
+
+Each function takes a SessionState (and, where needed, a read-only KnowledgeView) and
+returns a new SessionState plus outputs and PatternWrites. Inputs are never mutated: the
+new state is a copy. This is KATO's stateless processor (DESIGN 2).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
+from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
+from kato_grpc.engine.naming import PATTERN_PREFIX, pattern_name
+from kato_grpc.engine.observation import build_percept, validate_observation
+from kato_grpc.engine.predict import predict
+from kato_grpc.engine.records import accumulate_metadata, average_emotives, stringify_metadata
+from kato_grpc.errors import FailedPrecondition
+from kato_grpc.v1 import engine_pb2 as pb
+
+DEFAULT_MAX_STM_EVENTS = 1000
+MAX_ACCUMULATOR_ENTRIES = 1000
+MIN_PATTERN_SYMBOLS = 2
+
+LEARNED = "LEARNED"
+INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveResult:
+    state: pb.SessionState
+    unique_id: str
+    stm_length: int
+    time: int
+    auto_learned_pattern: str | None
+    predictions: list[pb.Prediction]
+    future_potentials: list[pb.FuturePotential]
+    dropped_events: int
+    writes: list[pb.PatternWrite] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnResult:
+    state: pb.SessionState
+    status: str  # LEARNED or INSUFFICIENT_DATA (D-22)
+    pattern_name: str  # "PTRN|<sha1>" or "" when nothing was learnable
+    writes: list[pb.PatternWrite] = field(default_factory=list)
+
+
+def new_session(session_id: str, node_id: str, config: pb.SessionConfig) -> pb.SessionState:
+    """A fresh session; the config is validated (D-1: invalid config is an error, not ignored)."""
+    validate_config(config)
+    state = pb.SessionState(session_id=session_id, node_id=node_id)
+    state.config.CopyFrom(config)
+    return state
+
+
+def update_config(state: pb.SessionState, config: pb.SessionConfig) -> pb.SessionState:
+    """Replace the session config; nothing is applied when any field is invalid."""
+    validate_config(config)
+    new = _copy(state)
+    new.config.CopyFrom(config)
+    return new
+
+
+def observe(
+    state: pb.SessionState,
+    observation: pb.Observation,
+    kb: KnowledgeView,
+    *,
+    unique_id: str,
+    max_stm_events: int = DEFAULT_MAX_STM_EVENTS,
+) -> ObserveResult:
+    """One observation (spec 2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
+    validate_observation(observation)
+    cfg = resolve_config(state.config)
+    new = _copy(state)
+    percept = build_percept(observation, kb, state.pending_vectors, cfg.sort_symbols)
+
+    predictions: list[pb.Prediction] = []
+    futures: list[pb.FuturePotential] = []
+    dropped = 0
+    non_empty = bool(observation.strings) or bool(observation.vectors)
+    if non_empty:
+        if percept.event:
+            new.stm.add(symbols=percept.event)
+            dropped = max(0, len(new.stm) - max_stm_events)
+            if dropped:
+                del new.stm[:dropped]
+        if percept.vector is not None and all(v.name != percept.vector.name for v in new.pending_vectors):
+            new.pending_vectors.append(percept.vector)
+        if cfg.process_predictions:
+            predictions, futures = predict(_stm_lists(new), kb, cfg)
+
+    # Accumulate before any auto-learn: the triggering observation's emotives count (D-3).
+    if observation.emotives:
+        new.emotives_accumulator.add(values=dict(observation.emotives))
+        _cap(new.emotives_accumulator)
+    if observation.metadata:
+        new.metadata_accumulator.add(values=stringify_metadata(observation.metadata, "observation.metadata"))
+        _cap(new.metadata_accumulator)
+
+    new.time = state.time + 1
+    new.percept.Clear()
+    new.percept.strings.extend(sorted(observation.strings))
+    new.percept.vectors.extend(observation.vectors)
+    new.percept.emotives.update(average_emotives(r.values for r in new.emotives_accumulator))
+    new.percept.metadata.MergeFrom(observation.metadata)
+    del new.last_predictions[:]
+    new.last_predictions.extend(predictions)
+    del new.last_future_potentials[:]
+    new.last_future_potentials.extend(futures)
+
+    auto_learned: str | None = None
+    writes: list[pb.PatternWrite] = []
+    if non_empty and _auto_learn_due(len(new.stm), cfg):
+        events = _stm_lists(new)
+        keep = events[len(events) - (cfg.max_pattern_length - 1) :] if cfg.rolling and cfg.max_pattern_length > 1 else []
+        name, writes = _consume_stm(new, state.version, cfg)
+        for event in keep:
+            new.stm.add(symbols=event)
+        auto_learned = name or None
+
+    return ObserveResult(
+        state=new,
+        unique_id=unique_id,
+        stm_length=len(new.stm),
+        time=new.time,
+        auto_learned_pattern=auto_learned,
+        predictions=predictions,
+        future_potentials=futures,
+        dropped_events=dropped,
+        writes=writes,
+    )
+
+
+def learn(state: pb.SessionState) -> LearnResult:
+    """Learn the STM as a pattern (spec 3 with D-3, D-22)."""
+    if not state.stm:
+        raise FailedPrecondition("cannot learn from an empty short-term memory", reason="STM_EMPTY")
+    cfg = resolve_config(state.config)
+    new = _copy(state)
+    name, writes = _consume_stm(new, state.version, cfg)
+    return LearnResult(
+        state=new,
+        status=LEARNED if name else INSUFFICIENT_DATA,
+        pattern_name=name,
+        writes=writes,
+    )
+
+
+def predictions(
+    state: pb.SessionState, kb: KnowledgeView
+) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
+    """Predictions for the session's STM with the session's config (a pure read)."""
+    return predict(_stm_lists(state), kb, resolve_config(state.config))
+
+
+def clear_stm(state: pb.SessionState) -> pb.SessionState:
+    """Reset STM, accumulators, time, percept and last predictions (spec 5.2)."""
+    new = _copy(state)
+    for name in (
+        "stm",
+        "emotives_accumulator",
+        "metadata_accumulator",
+        "last_predictions",
+        "last_future_potentials",
+        "pending_vectors",
+    ):
+        new.ClearField(name)  # type: ignore[arg-type]
+    new.ClearField("percept")
+    new.time = 0
+    return new
+
+
+def cognition_data(state: pb.SessionState) -> pb.CognitionData:
+    out = pb.CognitionData(
+        predictions=state.last_predictions,
+        symbols=[s for e in state.stm for s in e.symbols],
+        short_term_memory=state.stm,
+        time=state.time,
+    )
+    if state.emotives_accumulator:
+        out.emotives.update(state.emotives_accumulator[-1].values)
+    return out
+
+
+def pattern_proto(record: PatternRecord) -> pb.Pattern:
+    return pb.Pattern(
+        name=PATTERN_PREFIX + record.name,
+        events=[pb.Event(symbols=e) for e in record.events],
+        length=record.length,
+        frequency=record.frequency,
+        emotives=[pb.EmotiveRecord(values=e) for e in record.emotives],
+        metadata={k: pb.StringList(values=v) for k, v in record.metadata.items()},
+    )
+
+
+def _consume_stm(new: pb.SessionState, from_version: int, cfg: EngineConfig) -> tuple[str, list[pb.PatternWrite]]:
+    """Turn the STM into a PatternWrite (when learnable) and clear STM and accumulators.
+
+    Mutates ``new``, which is always the caller's private copy.
+    """
+    events = _stm_lists(new)
+    flat = [s for e in events for s in e]
+    emotives = [dict(r.values) for r in new.emotives_accumulator]
+    metadata = accumulate_metadata(r.values for r in new.metadata_accumulator)
+    vectors = list(new.pending_vectors)
+    name = ""
+    writes: list[pb.PatternWrite] = []
+    if len(flat) >= MIN_PATTERN_SYMBOLS or vectors:
+        write = pb.PatternWrite(
+            write_id=f"{new.session_id}:{from_version}:{len(new.pending_writes)}",
+            persistence=cfg.persistence,
+            vectors=vectors,
+        )
+        if len(flat) >= MIN_PATTERN_SYMBOLS:
+            name = pattern_name(events)
+            write.name = name
+            write.events.extend(pb.Event(symbols=e) for e in events)
+            write.emotives.extend(pb.EmotiveRecord(values=e) for e in emotives)
+            for key, values in metadata.items():
+                write.metadata[key].values.extend(values)
+            write.symbol_counts.update(Counter(flat))
+            write.affinity_delta.update(average_emotives(emotives))
+        new.pending_writes.append(write)
+        writes.append(write)
+    for field_name in ("stm", "emotives_accumulator", "metadata_accumulator", "pending_vectors"):
+        new.ClearField(field_name)  # type: ignore[arg-type]
+    return (PATTERN_PREFIX + name if name else ""), writes
+
+
+def _auto_learn_due(stm_events: int, cfg: EngineConfig) -> bool:
+    return cfg.max_pattern_length > 0 and stm_events >= cfg.max_pattern_length
+
+
+def _stm_lists(state: pb.SessionState) -> list[list[str]]:
+    return [list(e.symbols) for e in state.stm]
+
+
+def _cap(records: Sequence[object]) -> None:
+    excess = len(records) - MAX_ACCUMULATOR_ENTRIES
+    if excess > 0:
+        del records[:excess]  # type: ignore[attr-defined]
+
+
+def _copy(state: pb.SessionState) -> pb.SessionState:
+    new = pb.SessionState()
+    new.CopyFrom(state)
+    return new

@@ -1,0 +1,78 @@
+"""Emotive and metadata records: averaging (spec 1.6), stringification (D-29), merging (1.7)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from google.protobuf import struct_pb2
+
+from kato_grpc.errors import InvalidArgument
+
+# JSON numbers without a fractional part are ints below this magnitude (D-29).
+_INT_LIMIT = 2**53
+
+PyValue = None | bool | int | float | str | list["PyValue"] | dict[str, "PyValue"]
+
+
+def average_emotives(records: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Per key, the mean over the records that contain the key; {} for no records."""
+    sums: dict[str, list[float]] = {}
+    for record in records:
+        for key, value in record.items():
+            sums.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in sums.items()}
+
+
+def to_python(value: struct_pb2.Value, field: str) -> PyValue:
+    """A protobuf JSON value as the Python value KATO would have seen (D-29)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument.for_field(field, "must be a finite number", reason="NON_FINITE_NUMBER")
+        if number.is_integer() and abs(number) < _INT_LIMIT:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "list_value":
+        return [to_python(v, f"{field}[{i}]") for i, v in enumerate(value.list_value.values)]
+    if kind == "struct_value":
+        return {k: to_python(v, f"{field}.{k}") for k, v in value.struct_value.fields.items()}
+    return None
+
+
+def stringify_metadata(metadata: Mapping[str, struct_pb2.Value], field: str = "metadata") -> dict[str, str]:
+    """Observation metadata as stored: ``str()`` of each converted value (D-29)."""
+    return {key: str(to_python(value, f"{field}.{key}")) for key, value in metadata.items()}
+
+
+def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
+    """key -> sorted unique values over all records (spec 1.7)."""
+    merged: dict[str, set[str]] = {}
+    for record in records:
+        for key, value in record.items():
+            merged.setdefault(key, set()).add(value)
+    return {key: sorted(values) for key, values in merged.items()}
+
+
+def merge_metadata(
+    old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """Union per key, sorted (re-learn rule of spec 1.7)."""
+    out = {key: sorted(set(values)) for key, values in old.items()}
+    for key, values in new.items():
+        out[key] = sorted(set(out.get(key, ())) | set(values))
+    return out
+
+
+def window_emotives(
+    stored: Sequence[Mapping[str, float]], incoming: Sequence[Mapping[str, float]], persistence: int
+) -> list[dict[str, float]]:
+    """The pattern's emotive window after a learn (spec 1.6, D-4)."""
+    if not incoming:
+        return [dict(r) for r in stored]
+    return [dict(r) for r in [*stored, *incoming][-persistence:]]

@@ -1,0 +1,80 @@
+"""The one exception tree of kato-grpc.
+
+Every error a client can cause or observe is a ``KatoError``. Each class names the gRPC
+status it maps to (as a plain string, so the pure core stays free of grpc imports) and an
+UPPER_SNAKE reason for ``google.rpc.ErrorInfo``. The server maps them in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request (becomes a ``google.rpc.BadRequest`` violation)."""
+
+    field: str
+    description: str
+
+
+class KatoError(Exception):
+    """Base of every kato-grpc error."""
+
+    code: str = "UNKNOWN"
+    default_reason: str = "KATO_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        violations: tuple[FieldViolation, ...] = (),
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.violations = violations
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(KatoError):
+    """Bad input or configuration; ``violations`` names the fields."""
+
+    code = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
+
+    @classmethod
+    def for_field(cls, field: str, description: str, *, reason: str = "INVALID_FIELD") -> InvalidArgument:
+        return cls(f"{field}: {description}", reason=reason, violations=(FieldViolation(field, description),))
+
+
+class NotFound(KatoError):
+    code = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
+
+
+class FailedPrecondition(KatoError):
+    code = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(KatoError):
+    code = "ABORTED"
+    default_reason = "ABORTED"
+
+
+class AlreadyExists(KatoError):
+    code = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
+
+
+class ResourceExhausted(KatoError):
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(KatoError):
+    code = "UNAVAILABLE"
+    default_reason = "UNAVAILABLE"

@@ -1,0 +1,83 @@
+"""Plain-JSON views of engine messages, in the layout of the conformance scenarios."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from kato_grpc.v1 import engine_pb2 as pb
+
+_FLOAT_FIELDS = (
+    "similarity",
+    "evidence",
+    "confidence",
+    "snr",
+    "fragmentation",
+    "itfdf_similarity",
+    "confluence",
+    "entropy",
+    "normalized_entropy",
+    "global_normalized_entropy",
+    "tfidf_score",
+    "pattern_probability",
+    "weighted_strength",
+    "predictive_information",
+    "bayesian_prior",
+    "bayesian_likelihood",
+    "bayesian_posterior",
+    "potential",
+)
+_OPTIONAL_FIELDS = ("weighted_similarity", "weighted_evidence", "weighted_confidence", "weighted_snr")
+
+
+def events(evs: Iterable[pb.Event]) -> list[list[str]]:
+    return [list(e.symbols) for e in evs]
+
+
+def string_lists(m: Any) -> dict[str, list[str]]:
+    return {k: list(v.values) for k, v in sorted(m.items())}
+
+
+def prediction(p: pb.Prediction) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": p.type,
+        "name": p.name,
+        "frequency": p.frequency,
+        "emotives": dict(sorted(p.emotives.items())),
+        "metadata": string_lists(p.metadata),
+        "matches": list(p.matches),
+        "past": events(p.past),
+        "present": events(p.present),
+        "future": events(p.future),
+        "missing": events(p.missing),
+        "extras": events(p.extras),
+        "anomalies": [
+            {"observed": a.observed, "expected": a.expected, "similarity": a.similarity} for a in p.anomalies
+        ],
+        "sequence": events(p.sequence),
+    }
+    for name in _FLOAT_FIELDS:
+        out[name] = getattr(p, name)
+    for name in _OPTIONAL_FIELDS:
+        out[name] = getattr(p, name) if p.HasField(name) else None  # type: ignore[arg-type]
+    return out
+
+
+def future_potential(f: pb.FuturePotential) -> dict[str, Any]:
+    return {
+        "future": events(f.future),
+        "aggregate_potential": f.aggregate_potential,
+        "supporting_patterns": f.supporting_patterns,
+        "total_weighted_frequency": f.total_weighted_frequency,
+    }
+
+
+def pattern(p: pb.Pattern) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "events": events(p.events),
+        "length": p.length,
+        "frequency": p.frequency,
+        "emotives": [dict(sorted(e.values.items())) for e in p.emotives],
+        "metadata": string_lists(p.metadata),
+    }

@@ -1,0 +1,174 @@
+"""Deterministic replay of a recorded KATO session through the pure engine.
+
+    python -m kato_grpc.replay SCENARIO.json
+
+reads a scenario (config + operations, the layout of the conformance README), runs it
+against a fresh in-memory knowledge base and prints ``{"results": [...],
+"learned_patterns": [...]}`` as JSON. Same input, same output, on every run: an audit
+trail for any session that was recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from kato_grpc import jsonview
+from kato_grpc.engine import processor
+from kato_grpc.engine.naming import strip_pattern_prefix
+from kato_grpc.errors import InvalidArgument, KatoError
+from kato_grpc.stores.memory import InMemoryKnowledgeBase
+from kato_grpc.v1 import engine_pb2 as pb
+
+SESSION_ID = "replay"
+NODE_ID = "replay"
+
+
+def config_from_json(raw: Mapping[str, Any]) -> pb.SessionConfig:
+    """A SessionConfig from the scenario's plain config (enum values by their short names)."""
+    values = dict(raw)
+    if "stm_mode" in values:
+        values["stm_mode"] = _enum_name(pb.StmMode, "STM_MODE_", "stm_mode", values["stm_mode"])
+    if "rank_sort_algo" in values:
+        values["rank_sort_algo"] = _enum_name(
+            pb.RankSortAlgo, "RANK_SORT_ALGO_", "rank_sort_algo", values["rank_sort_algo"]
+        )
+    try:
+        return json_format.ParseDict(values, pb.SessionConfig())
+    except json_format.ParseError as exc:
+        raise InvalidArgument(f"config: {exc}", reason="INVALID_CONFIG") from exc
+
+
+def _enum_name(enum: Any, prefix: str, field: str, value: Any) -> str:
+    name = prefix + str(value).upper()
+    if name not in enum.keys() or name.endswith("_UNSPECIFIED"):
+        raise InvalidArgument.for_field(f"config.{field}", f"unknown value {value!r}")
+    return name
+
+
+def observation_from_json(op: Mapping[str, Any]) -> pb.Observation:
+    obs = pb.Observation(strings=op.get("strings", []), emotives=op.get("emotives", {}))
+    for vector in op.get("vectors", []):
+        obs.vectors.add(values=vector)
+    for key, value in op.get("metadata", {}).items():
+        obs.metadata[key].CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+    return obs
+
+
+class Replayer:
+    """A single session on one fresh in-memory KB, applying writes like the service shell."""
+
+    def __init__(self, config: pb.SessionConfig) -> None:
+        self.kb = InMemoryKnowledgeBase()
+        self.state = processor.new_session(SESSION_ID, NODE_ID, config)
+        self.learned: list[str] = []
+        self._observations = 0
+
+    def _commit(self, state: pb.SessionState, writes: Sequence[pb.PatternWrite]) -> None:
+        for write in writes:
+            self.kb.apply(write)
+        state.ClearField("pending_writes")
+        state.version += 1
+        self.state = state
+
+    def run(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        kind = op["op"]
+        handler = getattr(self, f"_op_{kind}", None)
+        if handler is None:
+            raise InvalidArgument.for_field("op", f"unknown operation {kind!r}")
+        result: dict[str, Any] = {"op": kind, **handler(op)}
+        return result
+
+    def _op_observe(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        self._observations += 1
+        r = processor.observe(
+            self.state, observation_from_json(op), self.kb, unique_id=f"obs-{self._observations}"
+        )
+        self._commit(r.state, r.writes)
+        if r.auto_learned_pattern:
+            self.learned.append(r.auto_learned_pattern)
+        out: dict[str, Any] = {
+            "stm_length": r.stm_length,
+            "time": r.time,
+            "auto_learned_pattern": r.auto_learned_pattern,
+            "stm": jsonview.events(r.state.stm),
+        }
+        if op.get("record", True):
+            out["predictions"] = [jsonview.prediction(p) for p in r.predictions]
+            out["future_potentials"] = [jsonview.future_potential(f) for f in r.future_potentials]
+        return out
+
+    def _op_learn(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            r = processor.learn(self.state)
+        except KatoError as exc:
+            return {"error": exc.code}
+        self._commit(r.state, r.writes)
+        if r.pattern_name:
+            self.learned.append(r.pattern_name)
+        return {"status": r.status, "pattern_name": r.pattern_name}
+
+    def _op_predictions(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        preds, futures = processor.predictions(self.state, self.kb)
+        return {
+            "predictions": [jsonview.prediction(p) for p in preds],
+            "future_potentials": [jsonview.future_potential(f) for f in futures],
+        }
+
+    def _op_clear_stm(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        self._commit(processor.clear_stm(self.state), [])
+        return {}
+
+    def _op_clear_all(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        self.kb.clear()
+        self._commit(processor.clear_stm(self.state), [])
+        return {}
+
+    def _op_get_pattern(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        index = int(op.get("index", -1))
+        try:
+            name = self.learned[index]
+        except IndexError:
+            return {"error": "NOT_FOUND"}
+        record = self.kb.pattern(strip_pattern_prefix(name))
+        if record is None:
+            return {"error": "NOT_FOUND"}
+        return {"pattern": jsonview.pattern(processor.pattern_proto(record))}
+
+    def _op_get_stm(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        return {"stm": jsonview.events(self.state.stm)}
+
+
+def replay(scenario: Mapping[str, Any]) -> dict[str, Any]:
+    """Replay a scenario; returns ``{"results": [...], "learned_patterns": [...]}``."""
+    replayer = Replayer(config_from_json(scenario.get("config", {})))
+    results = [replayer.run(op) for op in scenario["operations"]]
+    return {"results": results, "learned_patterns": replayer.learned}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m kato_grpc.replay SCENARIO.json", file=sys.stderr)
+        return 2
+    try:
+        with open(args[0], encoding="utf-8") as fh:
+            scenario = json.load(fh)
+        output = replay(scenario)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"replay: cannot read scenario: {exc}", file=sys.stderr)
+        return 2
+    except KatoError as exc:
+        print(f"replay: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    json.dump(output, sys.stdout, indent=1, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

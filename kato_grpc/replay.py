@@ -45,7 +45,8 @@ def config_from_json(raw: Mapping[str, Any]) -> pb.SessionConfig:
 
 def _enum_name(enum: Any, prefix: str, field: str, value: Any) -> str:
     name = prefix + str(value).upper()
-    if name not in enum.keys() or name.endswith("_UNSPECIFIED"):
+    known = list(enum.keys())
+    if name not in known or name.endswith("_UNSPECIFIED"):
         raise InvalidArgument.for_field(f"config.{field}", f"unknown value {value!r}")
     return name
 

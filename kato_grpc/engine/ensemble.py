@@ -158,10 +158,8 @@ def _itfdf(
         dot += u * v
         nu += u * u
         nv += v * v
-    if nu == 0.0 or nv == 0.0:
-        distance = 1.0
-    else:
-        distance = 1.0 - dot / (math.sqrt(nu) * math.sqrt(nv))
+    # An all-zero vector has no direction: cosine 0, distance 1.
+    distance = 1.0 if nu == 0.0 or nv == 0.0 else 1.0 - dot / (math.sqrt(nu) * math.sqrt(nv))
     return 1.0 - distance * frequency / ens_freq
 
 

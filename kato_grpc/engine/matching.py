@@ -88,10 +88,8 @@ def match_pattern(
 ) -> Match | None:
     """Match one pattern; None when it does not pass the recall-threshold gate."""
     p = pattern.flat
-    if config.use_token_matching:
-        similarity = token_similarity(p, state)
-    else:
-        similarity = character_similarity(p, state)
+    gate = token_similarity if config.use_token_matching else character_similarity
+    similarity = gate(p, state)
     if similarity < config.recall_threshold:
         return None
 

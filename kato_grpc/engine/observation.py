@@ -34,10 +34,13 @@ def validate_observation(observation: pb.Observation, field: str = "observation"
             )
     dims = {len(v.values) for v in observation.vectors}
     if 0 in dims:
-        raise InvalidArgument.for_field(f"{field}.vectors", "a vector must not be empty", reason="EMPTY_VECTOR")
+        raise InvalidArgument.for_field(
+            f"{field}.vectors", "a vector must not be empty", reason="EMPTY_VECTOR"
+        )
     if len(dims) > 1:
         raise InvalidArgument.for_field(
-            f"{field}.vectors", "all vectors of one observation must have the same dimension",
+            f"{field}.vectors",
+            "all vectors of one observation must have the same dimension",
             reason="VECTOR_DIMENSION_MISMATCH",
         )
     for i, v in enumerate(observation.vectors):
@@ -87,4 +90,3 @@ def _check_dimension(
             ),
             metadata={"expected_dimension": str(expected), "actual_dimension": str(len(vector))},
         )
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import FutureGroup, Scored, prune, rank, score
@@ -14,20 +15,27 @@ from kato_grpc.v1 import engine_pb2 as pb
 AFFINITY_FLOOR = 0.01
 
 
+@dataclass(frozen=True, slots=True)
+class PredictionSet:
+    """One prediction computation: the ranked cut, the whole scored ensemble, the futures."""
+
+    ranked: list[Scored] = field(default_factory=list)
+    ensemble: list[Scored] = field(default_factory=list)
+    futures: list[FutureGroup] = field(default_factory=list)
+
+
 def predict(
     stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig
 ) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
     """Ranked predictions and future potentials, from one computation (D-15)."""
-    scored, groups = predict_scored(stm, kb, config)
-    return [prediction_proto(r) for r in scored], [future_proto(g) for g in groups]
+    result = predict_scored(stm, kb, config)
+    return [prediction_proto(r) for r in result.ranked], [future_proto(g) for g in result.futures]
 
 
-def predict_scored(
-    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig
-) -> tuple[list[Scored], list[FutureGroup]]:
+def predict_scored(stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig) -> PredictionSet:
     state = [s for event in stm for s in event]
     if not state:
-        return [], []
+        return PredictionSet()
     # D-2: exact candidate set. With a positive threshold a pattern sharing no symbol has no
     # matching block and is always dropped, so the symbol index loses nothing.
     if config.recall_threshold == 0.0:
@@ -41,10 +49,10 @@ def predict_scored(
         if m is not None:
             matches.append(m)
     if not matches:
-        return [], []
+        return PredictionSet()
     ensemble = prune(matches, config.max_predictions)
     scored, groups = score(ensemble, state, kb, weighted=weight is not None)
-    return rank(scored, config.rank_key, config.max_predictions), groups
+    return PredictionSet(rank(scored, config.rank_key, config.max_predictions), scored, groups)
 
 
 def _by_name(p: PatternRecord) -> str:

@@ -117,7 +117,11 @@ def observe(
     writes: list[pb.PatternWrite] = []
     if non_empty and _auto_learn_due(len(new.stm), cfg):
         events = _stm_lists(new)
-        keep = events[len(events) - (cfg.max_pattern_length - 1) :] if cfg.rolling and cfg.max_pattern_length > 1 else []
+        keep = (
+            events[len(events) - (cfg.max_pattern_length - 1) :]
+            if cfg.rolling and cfg.max_pattern_length > 1
+            else []
+        )
         name, writes = _consume_stm(new, state.version, cfg)
         for event in keep:
             new.stm.add(symbols=event)
@@ -169,7 +173,7 @@ def clear_stm(state: pb.SessionState) -> pb.SessionState:
         "last_future_potentials",
         "pending_vectors",
     ):
-        new.ClearField(name)  # type: ignore[arg-type]
+        new.ClearField(name)
     new.ClearField("percept")
     new.time = 0
     return new
@@ -198,7 +202,9 @@ def pattern_proto(record: PatternRecord) -> pb.Pattern:
     )
 
 
-def _consume_stm(new: pb.SessionState, from_version: int, cfg: EngineConfig) -> tuple[str, list[pb.PatternWrite]]:
+def _consume_stm(
+    new: pb.SessionState, from_version: int, cfg: EngineConfig
+) -> tuple[str, list[pb.PatternWrite]]:
     """Turn the STM into a PatternWrite (when learnable) and clear STM and accumulators.
 
     Mutates ``new``, which is always the caller's private copy.
@@ -228,7 +234,7 @@ def _consume_stm(new: pb.SessionState, from_version: int, cfg: EngineConfig) -> 
         new.pending_writes.append(write)
         writes.append(write)
     for field_name in ("stm", "emotives_accumulator", "metadata_accumulator", "pending_vectors"):
-        new.ClearField(field_name)  # type: ignore[arg-type]
+        new.ClearField(field_name)
     return (PATTERN_PREFIX + name if name else ""), writes
 
 

@@ -140,7 +140,9 @@ def test_w6_observation_longer_than_pattern() -> None:
         ([["extra1", "simple1"], ["extra2", "simple3"]], 0.5, 1 / 3, [["extra1"], ["extra2"]]),
     ],
 )  # fmt: skip
-def test_w7_extra_symbols(stm: list[list[str]], similarity: float, snr: float, extras: list[list[str]]) -> None:
+def test_w7_extra_symbols(
+    stm: list[list[str]], similarity: float, snr: float, extras: list[list[str]]
+) -> None:
     r = session()
     learn(r, ["simple1", "simple2"], ["simple3", "simple4"])
     observe(r, *stm)
@@ -221,7 +223,11 @@ def test_w10_shared_prefix_three_patterns() -> None:
         assert b["itfdf_similarity"] == approx(0.982894, abs=1e-6)
         assert b["potential"] == approx(2.427339, abs=1e-6)
         assert b["bayesian_posterior"] == approx(0.25)
-    assert [f["aggregate_potential"] for f in future_potentials(r)] == [approx(0.5), approx(0.25), approx(0.25)]
+    assert [f["aggregate_potential"] for f in future_potentials(r)] == [
+        approx(0.5),
+        approx(0.25),
+        approx(0.25),
+    ]
 
 
 def test_w11_emotive_storage_window_and_averaging() -> None:

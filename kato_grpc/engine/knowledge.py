@@ -92,8 +92,8 @@ class KnowledgeView(Protocol):
         """Every pattern that contains at least one of ``symbols`` (each once)."""
         ...
 
-    def nearest_vectors(self, vector: npt.NDArray[np.float64], k: int) -> list[VectorNeighbour]:
-        """The k nearest indexed vectors (euclidean), nearest first, ties by name."""
+    def vectors(self) -> tuple[Sequence[str], npt.NDArray[np.float64]]:
+        """The indexed vectors: their names and one row per name (shape (n, dimension))."""
         ...
 
     def vector_dimension(self) -> int | None:

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.engine.naming import vector_name
+from kato_grpc.engine.vectors import nearest
 from kato_grpc.errors import FieldViolation, InvalidArgument
 from kato_grpc.v1 import engine_pb2 as pb
 
@@ -64,7 +65,8 @@ def build_percept(
         summed = np.sum(np.asarray([list(v.values) for v in observation.vectors], dtype=np.float64), axis=0)
         _check_dimension(summed, kb, pending, field)
         own = vector_name(summed)
-        names = [n.name for n in kb.nearest_vectors(summed, NEAREST_VECTORS)] + [own]
+        indexed_names, matrix = kb.vectors()
+        names = [n.name for n in nearest(indexed_names, matrix, summed, NEAREST_VECTORS)] + [own]
         vector_symbols = list(dict.fromkeys(names))
         if sort_symbols:
             vector_symbols.sort()

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals, VectorNeighbour
+from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
 from kato_grpc.engine.records import merge_metadata, window_emotives
 from kato_grpc.v1 import engine_pb2 as pb
 
@@ -48,14 +48,11 @@ class InMemoryKnowledgeBase:
             names |= self._by_symbol.get(s, set())
         return (self._patterns[n] for n in names)
 
-    def nearest_vectors(self, vector: npt.NDArray[np.float64], k: int) -> list[VectorNeighbour]:
-        found = [
-            VectorNeighbour(name, float(np.linalg.norm(v - vector)))
-            for name, v in self._vectors.items()
-            if len(v) == len(vector)
-        ]
-        found.sort(key=lambda n: (n.distance, n.name))
-        return found[:k]
+    def vectors(self) -> tuple[list[str], npt.NDArray[np.float64]]:
+        names = list(self._vectors)
+        if not names:
+            return [], np.empty((0, 0), dtype=np.float64)
+        return names, np.vstack([self._vectors[n] for n in names])
 
     def vector_dimension(self) -> int | None:
         for v in self._vectors.values():
@@ -71,7 +68,10 @@ class InMemoryKnowledgeBase:
         if write.write_id:
             self._applied.add(write.write_id)
         for pv in write.vectors:
-            self._vectors.setdefault(pv.name, np.asarray(pv.vector.values, dtype=np.float64))
+            # The first indexed vector locks the dimension; a mismatch was rejected at observe.
+            dim = self.vector_dimension()
+            if dim is None or dim == len(pv.vector.values):
+                self._vectors.setdefault(pv.name, np.asarray(pv.vector.values, dtype=np.float64))
         if write.name:
             self._learn(write)
         self.version += 1

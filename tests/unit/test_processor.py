@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import validate_config
 from kato_grpc.engine.naming import pattern_name
+from kato_grpc.engine.vectors import nearest
 from kato_grpc.errors import FailedPrecondition, InvalidArgument
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
@@ -248,3 +250,11 @@ def test_invalid_config_update_applies_nothing() -> None:
 
 def test_weighted_rank_key_is_fine_with_affinity() -> None:
     validate_config(pb.SessionConfig(rank_sort_algo=pb.RANK_SORT_ALGO_WEIGHTED_SNR, affinity_emotive="joy"))
+
+
+def test_nearest_vectors_are_ordered_by_distance_then_name() -> None:
+    names = ["VCTR|b", "VCTR|a", "VCTR|c", "VCTR|d"]
+    matrix = np.asarray([[1.0, 0.0], [0.0, 1.0], [3.0, 3.0], [0.5, 0.5]])
+    got = nearest(names, matrix, np.asarray([0.0, 0.0]), 3)
+    assert [n.name for n in got] == ["VCTR|d", "VCTR|a", "VCTR|b"]
+    assert nearest([], np.empty((0, 0)), np.asarray([1.0]), 3) == []

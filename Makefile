@@ -29,5 +29,10 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine --write BENCHMARKS.md
 
+# Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
+# Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.
+run: $(STAMP)
+	$(BIN)/python -m server
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

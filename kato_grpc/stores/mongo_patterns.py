@@ -1,0 +1,322 @@
+"""The pattern store: knowledge bases in MongoDB, written exactly once per PatternWrite.
+
+One database, collections keyed by ``kb_id`` (= node_id, D-28):
+
+- ``patterns``  {kb_id, name} unique: events, length, symbols, frequency, emotives (window of
+  observation records as [key, value] pairs), metadata ([key, value] pairs, a set),
+  ``kb_version`` of the last change;
+- ``symbols``   {kb_id, symbol} unique: frequency, pmf, affinity.<encoded emotive>, kb_version;
+- ``vectors``   {kb_id, name} unique: values, kb_version;
+- ``kb``        {kb_id} unique: version (monotonic, survives clears), totals, reload_version;
+- ``ledger``    {_id: write_id}: PatternWrites already applied.
+
+A write is applied in one multi-document transaction — ledger record, KB version bump,
+pattern upsert, symbol statistics, totals — so a crash leaves all or nothing, and a second
+application finds the ledger record and does nothing. Bumping the ``kb`` document first makes
+concurrent writes to one KB conflict and retry, so versions are handed out in commit order
+and an incremental cache refresh (``kb_version > cached``) never skips a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
+from kato_grpc.v1 import engine_pb2 as pb
+
+Doc = dict[str, Any]
+
+
+def encode_key(key: str) -> str:
+    """A MongoDB-safe field name for an arbitrary emotive name (no '.', no leading '$')."""
+    return "k" + key.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
+def decode_key(field_name: str) -> str:
+    return field_name[1:].replace("%24", "$").replace("%2E", ".").replace("%25", "%")
+
+
+@dataclass(slots=True)
+class KbChanges:
+    """What changed in a KB since a version (or everything, when ``full``)."""
+
+    version: int
+    full: bool
+    totals: Totals
+    patterns: list[PatternRecord] = field(default_factory=list)
+    symbols: list[tuple[str, SymbolStats]] = field(default_factory=list)
+    vectors: list[tuple[str, list[float]]] = field(default_factory=list)
+
+
+def pattern_from_doc(doc: Mapping[str, Any]) -> PatternRecord:
+    metadata: dict[str, set[str]] = {}
+    for key, value in doc.get("metadata", []):
+        metadata.setdefault(key, set()).add(value)
+    return PatternRecord.build(
+        doc["name"],
+        doc["events"],
+        int(doc.get("frequency", 0)),
+        [{k: float(v) for k, v in record} for record in doc.get("emotives", [])],
+        {k: sorted(v) for k, v in metadata.items()},
+    )
+
+
+def _symbol_from_doc(doc: Mapping[str, Any]) -> SymbolStats:
+    return SymbolStats(
+        frequency=int(doc.get("frequency", 0)),
+        pattern_member_frequency=int(doc.get("pmf", 0)),
+        affinity={decode_key(k): float(v) for k, v in doc.get("affinity", {}).items()},
+    )
+
+
+def _totals_from_doc(doc: Mapping[str, Any] | None) -> Totals:
+    if not doc:
+        return Totals()
+    return Totals(
+        total_unique_patterns=int(doc.get("total_unique_patterns", 0)),
+        total_pattern_frequencies=int(doc.get("total_pattern_frequencies", 0)),
+        vocabulary_size=int(doc.get("vocabulary_size", 0)),
+    )
+
+
+class MongoPatternStore:
+    def __init__(self, client: AsyncMongoClient[Doc], database: str) -> None:
+        self._client = client
+        self._db: AsyncDatabase[Doc] = client.get_database(
+            database, write_concern=WriteConcern("majority"), read_concern=ReadConcern("majority")
+        )
+
+    async def ping(self) -> bool:
+        await self._client.admin.command("ping")
+        return True
+
+    async def ensure_indexes(self) -> None:
+        db = self._db
+        await db.patterns.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
+        await db.patterns.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
+        await db.symbols.create_index([("kb_id", ASCENDING), ("symbol", ASCENDING)], unique=True)
+        await db.symbols.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
+        await db.vectors.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
+        await db.kb.create_index([("kb_id", ASCENDING)], unique=True)
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def apply(self, kb_id: str, write: pb.PatternWrite) -> bool:
+        """Apply one PatternWrite exactly once. True if this call applied it."""
+        async with self._client.start_session() as session:
+            applied: bool = await session.with_transaction(
+                lambda s: self._apply_in(s, kb_id, write),
+                write_concern=WriteConcern("majority"),
+                read_concern=ReadConcern("snapshot"),
+            )
+            return applied
+
+    async def _apply_in(self, s: AsyncClientSession, kb_id: str, write: pb.PatternWrite) -> bool:
+        db = self._db
+        if write.write_id:
+            if await db.ledger.find_one({"_id": write.write_id}, session=s) is not None:
+                return False
+            await db.ledger.insert_one({"_id": write.write_id, "kb_id": kb_id}, session=s)
+        kb = await db.kb.find_one_and_update(
+            {"kb_id": kb_id},
+            {"$inc": {"version": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=s,
+        )
+        version = int(kb["version"])
+        for pv in write.vectors:
+            await db.vectors.update_one(
+                {"kb_id": kb_id, "name": pv.name},
+                {"$setOnInsert": {"values": list(pv.vector.values), "kb_version": version}},
+                upsert=True,
+                session=s,
+            )
+        totals: dict[str, int] = {}
+        if write.name:
+            is_new = await self._upsert_pattern(s, kb_id, write, version)
+            new_symbols = await self._update_symbols(s, kb_id, write, version, is_new)
+            totals = {
+                "total_unique_patterns": int(is_new),
+                "total_pattern_frequencies": 1,
+                "vocabulary_size": new_symbols,
+            }
+        if totals:
+            await db.kb.update_one({"kb_id": kb_id}, {"$inc": totals}, session=s)
+        return True
+
+    async def _upsert_pattern(
+        self, s: AsyncClientSession, kb_id: str, write: pb.PatternWrite, version: int
+    ) -> bool:
+        events = [list(e.symbols) for e in write.events]
+        on_insert: Doc = {
+            "events": events,
+            "length": sum(len(e) for e in events),
+            "symbols": sorted({x for e in events for x in e}),
+        }
+        update: Doc = {"$inc": {"frequency": 1}, "$set": {"kb_version": version}, "$setOnInsert": on_insert}
+        records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
+        if records:
+            update["$push"] = {"emotives": {"$each": records, "$slice": -write.persistence}}
+        else:
+            on_insert["emotives"] = []
+        pairs = [[k, v] for k, values in sorted(write.metadata.items()) for v in values.values]
+        if pairs:
+            update["$addToSet"] = {"metadata": {"$each": pairs}}
+        else:
+            on_insert["metadata"] = []
+        before = await self._db.patterns.find_one_and_update(
+            {"kb_id": kb_id, "name": write.name},
+            update,
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+            projection={"_id": 1},
+            session=s,
+        )
+        return before is None
+
+    async def _update_symbols(
+        self, s: AsyncClientSession, kb_id: str, write: pb.PatternWrite, version: int, is_new: bool
+    ) -> int:
+        affinity = {f"affinity.{encode_key(k)}": v for k, v in sorted(write.affinity_delta.items())}
+        ops = [
+            UpdateOne(
+                {"kb_id": kb_id, "symbol": symbol},
+                {
+                    "$inc": {"frequency": count, "pmf": int(is_new), **affinity},
+                    "$set": {"kb_version": version},
+                },
+                upsert=True,
+            )
+            for symbol, count in sorted(write.symbol_counts.items())
+        ]
+        if not ops:
+            return 0
+        result = await self._db.symbols.bulk_write(ops, ordered=True, session=s)
+        return int(result.upserted_count)
+
+    async def clear(self, kb_id: str) -> int:
+        """Wipe a KB; its version moves on and every cache reloads (DESIGN 4)."""
+        async with self._client.start_session() as session:
+            version: int = await session.with_transaction(
+                lambda s: self._clear_in(s, kb_id), write_concern=WriteConcern("majority")
+            )
+            return version
+
+    async def _clear_in(self, s: AsyncClientSession, kb_id: str) -> int:
+        db = self._db
+        for coll in (db.patterns, db.symbols, db.vectors):
+            await coll.delete_many({"kb_id": kb_id}, session=s)
+        return await self._bump_reload(s, kb_id, reset_totals=True)
+
+    async def _bump_reload(self, s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
+        kb = await self._db.kb.find_one_and_update(
+            {"kb_id": kb_id}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER, session=s
+        )
+        version = int(kb["version"])
+        fields: Doc = {"reload_version": version}
+        if reset_totals:
+            fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0, "vocabulary_size": 0}
+        await self._db.kb.update_one({"kb_id": kb_id}, {"$set": fields}, session=s)
+        return version
+
+    async def delete_pattern(self, kb_id: str, name: str) -> bool:
+        """Remove a pattern; symbol statistics and totals stay as they are (spec 5.4)."""
+        async with self._client.start_session() as session:
+            deleted: bool = await session.with_transaction(lambda s: self._delete_in(s, kb_id, name))
+            return deleted
+
+    async def _delete_in(self, s: AsyncClientSession, kb_id: str, name: str) -> bool:
+        result = await self._db.patterns.delete_one({"kb_id": kb_id, "name": name}, session=s)
+        if not result.deleted_count:
+            return False
+        await self._bump_reload(s, kb_id, reset_totals=False)
+        return True
+
+    async def update_pattern(
+        self,
+        kb_id: str,
+        name: str,
+        *,
+        frequency: int | None,
+        emotives: Sequence[Mapping[str, float]] | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+    ) -> PatternRecord | None:
+        async with self._client.start_session() as session:
+            record: PatternRecord | None = await session.with_transaction(
+                lambda s: self._update_in(s, kb_id, name, frequency, emotives, metadata)
+            )
+            return record
+
+    async def _update_in(
+        self,
+        s: AsyncClientSession,
+        kb_id: str,
+        name: str,
+        frequency: int | None,
+        emotives: Sequence[Mapping[str, float]] | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+    ) -> PatternRecord | None:
+        fields: Doc = {}
+        if frequency is not None:
+            fields["frequency"] = frequency
+        if emotives is not None:
+            fields["emotives"] = [sorted([k, v] for k, v in r.items()) for r in emotives]
+        if metadata is not None:
+            fields["metadata"] = [[k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))]
+        doc = await self._db.patterns.find_one_and_update(
+            {"kb_id": kb_id, "name": name},
+            {"$set": fields} if fields else {"$inc": {"frequency": 0}},
+            return_document=ReturnDocument.AFTER,
+            session=s,
+        )
+        if doc is None:
+            return None
+        await self._bump_reload(s, kb_id, reset_totals=False)
+        return pattern_from_doc(doc)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def kb_version(self, kb_id: str) -> int:
+        doc = await self._db.kb.find_one({"kb_id": kb_id}, projection={"version": 1})
+        return int(doc["version"]) if doc else 0
+
+    async def changes_since(self, kb_id: str, since: int) -> KbChanges:
+        """Everything that changed after version ``since`` (a full load when it must be)."""
+        for _ in range(8):
+            kb = await self._db.kb.find_one({"kb_id": kb_id})
+            version = int(kb["version"]) if kb else 0
+            full = since <= 0 or since > version or int((kb or {}).get("reload_version", 0)) > since
+            query: Doc = {"kb_id": kb_id} if full else {"kb_id": kb_id, "kb_version": {"$gt": since}}
+            changes = KbChanges(version=version, full=full, totals=_totals_from_doc(kb))
+            async for doc in self._db.patterns.find(query):
+                changes.patterns.append(pattern_from_doc(doc))
+            async for doc in self._db.symbols.find(query):
+                changes.symbols.append((doc["symbol"], _symbol_from_doc(doc)))
+            async for doc in self._db.vectors.find(query):
+                changes.vectors.append((doc["name"], [float(x) for x in doc["values"]]))
+            # Totals must belong to the same version as the documents: retry if it moved.
+            if await self.kb_version(kb_id) == version:
+                return changes
+        return changes
+
+    async def get_pattern(self, kb_id: str, name: str) -> PatternRecord | None:
+        doc = await self._db.patterns.find_one({"kb_id": kb_id, "name": name})
+        return pattern_from_doc(doc) if doc else None
+
+    async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
+        cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$gt": after}}).sort("name", 1).limit(limit)
+        return [pattern_from_doc(doc) async for doc in cursor]
+
+    async def close(self) -> None:
+        await self._client.close()
+
+

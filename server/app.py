@@ -1,0 +1,133 @@
+"""Server lifecycle: stores, grpc.aio server, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import grpc
+import redis.asyncio as aioredis
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pymongo import AsyncMongoClient
+
+from kato_grpc.settings import Settings
+from kato_grpc.stores.kb_cache import KbCache
+from kato_grpc.stores.mongo_patterns import Doc, MongoPatternStore
+from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from server.servicer import KatoServicer
+from server.shell import KatoShell
+
+log = structlog.get_logger("kato.server")
+SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
+
+
+class KatoServer:
+    """One serving process: call ``start()``, then ``wait()``; ``stop()`` drains gracefully."""
+
+    def __init__(self, settings: Settings, redis_url: str, mongodb_uri: str) -> None:
+        self.settings = settings
+        timeout = settings.store_timeout_seconds
+        self._redis = aioredis.from_url(
+            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+        )
+        self._mongo: AsyncMongoClient[Doc] = AsyncMongoClient(
+            mongodb_uri,
+            serverSelectionTimeoutMS=int(timeout * 1000),
+            connectTimeoutMS=int(timeout * 1000),
+            socketTimeoutMS=int(timeout * 1000) * 2,
+        )
+        self.sessions = RedisSessionStore(self._redis)
+        self.patterns = MongoPatternStore(self._mongo, settings.mongodb_database)
+        self.cache = KbCache(self.patterns)
+        self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        self.port = 0
+        self._stopping = asyncio.Event()
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        await self._ensure_indexes()
+        svc_grpc.add_KatoServiceServicer_to_server(KatoServicer(self.shell), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        await self._check_health()
+        self._health_task = asyncio.create_task(self._health_loop())
+        log.info("serving", host=self.settings.host, port=self.port)
+        return self.port
+
+    async def _ensure_indexes(self) -> None:
+        # Stores may still be starting (make run starts them beside us): wait a little.
+        for attempt in range(30):
+            try:
+                await self.patterns.ensure_indexes()
+                return
+            except Exception:
+                if attempt == 29:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _stores_up(self) -> bool:
+        try:
+            async with asyncio.timeout(self.settings.store_timeout_seconds):
+                await self.sessions.ping()
+                await self.patterns.ping()
+            return True
+        except Exception:
+            return False
+
+    async def _check_health(self) -> None:
+        serving = await self._stores_up() and not self._stopping.is_set()
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _health_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._check_health()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.health_interval_seconds)
+
+    async def stop(self) -> None:
+        """NOT_SERVING first, then refuse new calls and let in-flight ones finish (grace)."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        await self.health.enter_graceful_shutdown()
+        log.info("stopping", grace_seconds=self.settings.grace_seconds)
+        await self.server.stop(self.settings.grace_seconds)
+        if self._health_task is not None:
+            await self._health_task
+        await self.sessions.close()
+        await self.patterns.close()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(settings: Settings, redis_url: str, mongodb_uri: str) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    server = KatoServer(settings, redis_url, mongodb_uri)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

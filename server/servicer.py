@@ -1,0 +1,110 @@
+"""``kato.v1.KatoService`` over grpc.aio: thin methods around the shell, one error mapping."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import grpc
+import structlog
+from google.protobuf import empty_pb2
+
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from server.errors import as_kato_error, internal_status, to_status
+from server.shell import KatoShell
+
+T = TypeVar("T")
+log = structlog.get_logger("kato.rpc")
+
+
+def _request_id(context: grpc.aio.ServicerContext[object, object]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class KatoServicer(svc_grpc.KatoServiceServicer):
+    def __init__(self, shell: KatoShell) -> None:
+        self.shell = shell
+
+    async def _guard(self, rpc: str, context: grpc.aio.ServicerContext[object, object], work: Awaitable[T]) -> T:
+        with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
+            try:
+                return await work
+            except Exception as exc:
+                error = as_kato_error(exc)
+                if error is None:
+                    log.exception("unexpected error")
+                    await context.abort_with_status(internal_status())
+                    raise  # unreachable: abort_with_status raises
+                log.info("request failed", code=error.code, reason=error.reason)
+                await context.abort_with_status(to_status(error))
+                raise
+
+    async def CreateSession(self, request: svc.CreateSessionRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+        return await self._guard("CreateSession", context, self.shell.create_session(request))
+
+    async def GetSession(self, request: svc.GetSessionRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+        return await self._guard("GetSession", context, self.shell.get_session(request.session_id))
+
+    async def DeleteSession(self, request: svc.DeleteSessionRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+        await self._guard("DeleteSession", context, self.shell.delete_session(request.session_id))
+        return empty_pb2.Empty()
+
+    async def ExtendSession(self, request: svc.ExtendSessionRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+        return await self._guard("ExtendSession", context, self.shell.extend_session(request))
+
+    async def UpdateSessionConfig(self, request: svc.UpdateSessionConfigRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+        return await self._guard("UpdateSessionConfig", context, self.shell.update_config(request))
+
+    async def Observe(self, request: svc.ObserveRequest, context: grpc.aio.ServicerContext) -> svc.ObserveResponse:  # type: ignore[override,type-arg]
+        return await self._guard("Observe", context, self.shell.observe(request))
+
+    async def ObserveSequence(self, request: svc.ObserveSequenceRequest, context: grpc.aio.ServicerContext) -> svc.ObserveSequenceResponse:  # type: ignore[override,type-arg]
+        return await self._guard("ObserveSequence", context, self.shell.observe_sequence(request))
+
+    async def ObserveStream(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[svc.ObserveRequest], context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    ) -> AsyncIterator[svc.ObserveResponse]:
+        async for request in request_iterator:
+            yield await self._guard("ObserveStream", context, self.shell.observe(request))
+
+    async def Learn(self, request: svc.LearnRequest, context: grpc.aio.ServicerContext) -> svc.LearnResponse:  # type: ignore[override,type-arg]
+        return await self._guard("Learn", context, self.shell.learn(request))
+
+    async def GetPredictions(self, request: svc.GetPredictionsRequest, context: grpc.aio.ServicerContext) -> svc.GetPredictionsResponse:  # type: ignore[override,type-arg]
+        return await self._guard("GetPredictions", context, self.shell.get_predictions(request.session_id))
+
+    async def GetShortTermMemory(self, request: svc.GetShortTermMemoryRequest, context: grpc.aio.ServicerContext) -> svc.ShortTermMemory:  # type: ignore[override,type-arg]
+        return await self._guard("GetShortTermMemory", context, self.shell.get_stm(request.session_id))
+
+    async def ClearShortTermMemory(self, request: svc.ClearShortTermMemoryRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+        await self._guard("ClearShortTermMemory", context, self.shell.clear_stm(request))
+        return empty_pb2.Empty()
+
+    async def GetPerceptData(self, request: svc.GetPerceptDataRequest, context: grpc.aio.ServicerContext) -> pb.PerceptData:  # type: ignore[override,type-arg]
+        return await self._guard("GetPerceptData", context, self.shell.percept_data(request.session_id))
+
+    async def GetCognitionData(self, request: svc.GetCognitionDataRequest, context: grpc.aio.ServicerContext) -> pb.CognitionData:  # type: ignore[override,type-arg]
+        return await self._guard("GetCognitionData", context, self.shell.cognition_data(request.session_id))
+
+    async def GetPattern(self, request: svc.GetPatternRequest, context: grpc.aio.ServicerContext) -> pb.Pattern:  # type: ignore[override,type-arg]
+        return await self._guard("GetPattern", context, self.shell.get_pattern(request.node_id, request.name))
+
+    async def ListPatterns(self, request: svc.ListPatternsRequest, context: grpc.aio.ServicerContext) -> svc.ListPatternsResponse:  # type: ignore[override,type-arg]
+        return await self._guard("ListPatterns", context, self.shell.list_patterns(request))
+
+    async def UpdatePattern(self, request: svc.UpdatePatternRequest, context: grpc.aio.ServicerContext) -> pb.Pattern:  # type: ignore[override,type-arg]
+        return await self._guard("UpdatePattern", context, self.shell.update_pattern(request))
+
+    async def DeletePattern(self, request: svc.DeletePatternRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+        await self._guard("DeletePattern", context, self.shell.delete_pattern(request))
+        return empty_pb2.Empty()
+
+    async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+        await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
+        return empty_pb2.Empty()

@@ -1,0 +1,395 @@
+"""The imperative shell: load state, call the pure core, compare-and-set, apply writes.
+
+Every session-changing call runs the same loop (DESIGN 3): load the SessionState from Redis
+(1 round trip), flush any PatternWrites an earlier crashed call left in the outbox, take a
+KnowledgeView from the process's KB cache, run the pure processor, save the new state with a
+compare-and-set on its version, then apply the new PatternWrites to MongoDB exactly once.
+A version conflict means another call won: reload and recompute. No locks.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from kato_grpc.engine import processor
+from kato_grpc.engine.config import effective_config, resolve_config
+from kato_grpc.engine.knowledge import KnowledgeView
+from kato_grpc.engine.naming import strip_pattern_prefix
+from kato_grpc.errors import Aborted, InvalidArgument, NotFound
+from kato_grpc.settings import Settings
+from kato_grpc.stores.index import KnowledgeIndex
+from kato_grpc.stores.kb_cache import KbCache
+from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.redis_sessions import CasResult, Loaded, RedisSessionStore
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from server import limits
+
+R = TypeVar("R", bound=Message)
+Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R, list[pb.PatternWrite]]]]
+
+_EMPTY_KB = KnowledgeIndex()
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _copy(state: pb.SessionState) -> pb.SessionState:
+    new = pb.SessionState()
+    new.CopyFrom(state)
+    return new
+
+
+class KatoShell:
+    def __init__(
+        self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore, cache: KbCache
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.patterns = patterns
+        self.cache = cache
+
+    # --- the transaction loop ------------------------------------------------------------
+
+    async def _load(self, session_id: str, request_id: str = "") -> Loaded:
+        limits.require_session_id(session_id)
+        limits.check_request_id(request_id)
+        loaded = await self.sessions.load(session_id, request_id)
+        if loaded is None:
+            raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+        return loaded
+
+    async def _flushed(self, state: pb.SessionState) -> pb.SessionState:
+        """Apply writes left in the outbox by an earlier call (idempotent through the ledger)."""
+        if not state.pending_writes:
+            return state
+        for write in state.pending_writes:
+            await self.patterns.apply(state.node_id, write)
+        new = _copy(state)
+        new.ClearField("pending_writes")
+        return new
+
+    async def _transact(self, session_id: str, request_id: str, transition: Transition[R], response_type: type[R]) -> R:
+        for _ in range(self.settings.cas_retries):
+            loaded = await self._load(session_id, request_id)
+            if loaded.response is not None:
+                return response_type.FromString(loaded.response)
+            state = await self._flushed(loaded.state)
+            new_state, response, writes = await transition(state)
+            new_state.version = loaded.version + 1
+            result = await self.sessions.compare_and_set(
+                new_state,
+                loaded.version,
+                self._ttl_ms(new_state),
+                request_id=request_id,
+                response=response.SerializeToString(),
+            )
+            if result == CasResult.GONE:
+                raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+            if result == CasResult.CONFLICT:
+                continue
+            if writes:
+                if self.settings.fault_crash_after_commit:
+                    os._exit(86)  # test hook: die between the Redis commit and the MongoDB write
+                for write in writes:
+                    await self.patterns.apply(new_state.node_id, write)
+                await self._drop_outbox(new_state)
+            return response
+        raise Aborted(
+            f"session {session_id} changed concurrently {self.settings.cas_retries} times; retry",
+            reason="CAS_RETRIES_EXHAUSTED",
+        )
+
+    async def _drop_outbox(self, state: pb.SessionState) -> None:
+        """Best effort: remove applied writes from the saved state (the next call would too)."""
+        if not state.pending_writes:
+            return
+        clean = _copy(state)
+        clean.ClearField("pending_writes")
+        clean.version = state.version + 1
+        await self.sessions.compare_and_set(clean, state.version, self._ttl_ms(clean))
+
+    async def _read(self, session_id: str) -> pb.SessionState:
+        """A session for reading: outbox flushed, so its learns are visible in the KB."""
+        loaded = await self._load(session_id)
+        if loaded.state.pending_writes:
+            await self._flushed(loaded.state)
+            await self._drop_outbox(loaded.state)
+        return loaded.state
+
+    def _ttl_ms(self, state: pb.SessionState) -> int:
+        return int((state.ttl_seconds or self.settings.session_ttl_seconds) * 1000)
+
+    async def _view(self, node_id: str) -> KnowledgeView:
+        return await self.cache.view(node_id)
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def session_proto(self, state: pb.SessionState) -> svc.Session:
+        expire = timestamp_pb2.Timestamp()
+        expire.FromSeconds(int(time.time()) + (state.ttl_seconds or self.settings.session_ttl_seconds))
+        return svc.Session(
+            session_id=state.session_id,
+            node_id=state.node_id,
+            config=effective_config(state.config),
+            ttl_seconds=state.ttl_seconds,
+            create_time=state.create_time,
+            expire_time=expire,
+            metadata=state.metadata,
+            etag=str(state.version),
+            stm_length=len(state.stm),
+            time=state.time,
+        )
+
+    async def create_session(self, req: svc.CreateSessionRequest) -> svc.Session:
+        limits.require_node_id(req.node_id)
+        limits.check_request_id(req.request_id)
+        ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
+        limits.check_ttl(ttl, self.settings)
+        if len(req.metadata) > self.settings.max_metadata_keys:
+            raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
+        if req.request_id:
+            existing = await self.sessions.created_by(req.request_id)
+            if existing is not None:
+                return await self.get_session(existing)
+        state = processor.new_session("s-" + secrets.token_hex(16), req.node_id, req.config)
+        state.ttl_seconds = ttl
+        state.metadata.update(req.metadata)
+        state.create_time.CopyFrom(_now())
+        state.version = 1
+        if await self.sessions.compare_and_set(state, None, self._ttl_ms(state)) != CasResult.OK:
+            raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
+        if req.request_id:
+            winner = await self.sessions.remember_creation(req.request_id, state.session_id, self._ttl_ms(state))
+            if winner != state.session_id:
+                await self.sessions.delete(state.session_id)
+                return await self.get_session(winner)
+        return self.session_proto(state)
+
+    async def get_session(self, session_id: str) -> svc.Session:
+        return self.session_proto(await self._read(session_id))
+
+    async def delete_session(self, session_id: str) -> None:
+        limits.require_session_id(session_id)
+        if not await self.sessions.delete(session_id):
+            raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+
+    async def extend_session(self, req: svc.ExtendSessionRequest) -> svc.Session:
+        limits.check_ttl(req.ttl_seconds, self.settings)
+
+        async def extend(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
+            new = _copy(state)
+            new.ttl_seconds = req.ttl_seconds
+            new.version = state.version + 1  # so the returned etag is the saved one
+            return new, self.session_proto(new), []
+
+        return await self._transact(req.session_id, "", extend, svc.Session)
+
+    async def update_config(self, req: svc.UpdateSessionConfigRequest) -> svc.Session:
+        async def update(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
+            merged = pb.SessionConfig()
+            merged.CopyFrom(state.config)
+            merged.MergeFrom(req.config)
+            new = processor.update_config(state, merged)
+            new.version = state.version + 1
+            return new, self.session_proto(new), []
+
+        return await self._transact(req.session_id, req.request_id, update, svc.Session)
+
+    # --- observing and learning ----------------------------------------------------------
+
+    async def observe(self, req: svc.ObserveRequest) -> svc.ObserveResponse:
+        limits.check_observation(req.observation, self.settings)
+        unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
+
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveResponse, list[pb.PatternWrite]]:
+            kb = await self._view_for(state, [req.observation])
+            r = processor.observe(
+                state, req.observation, kb, unique_id=unique_id, max_stm_events=self.settings.max_stm_events
+            )
+            return r.state, _observe_response(r, req.return_predictions), r.writes
+
+        return await self._transact(req.session_id, req.request_id, run, svc.ObserveResponse)
+
+    async def _view_for(self, state: pb.SessionState, observations: list[pb.Observation]) -> KnowledgeView:
+        # Skip the KB round trip when nothing in the call can read the KB.
+        if resolve_config(state.config).process_predictions or any(o.vectors for o in observations):
+            return await self._view(state.node_id)
+        return _EMPTY_KB
+
+    async def observe_sequence(self, req: svc.ObserveSequenceRequest) -> svc.ObserveSequenceResponse:
+        if len(req.observations) > self.settings.max_observations_per_sequence:
+            raise InvalidArgument.for_field(
+                "observations",
+                f"has more than {self.settings.max_observations_per_sequence} observations",
+                reason="TOO_MANY_OBSERVATIONS",
+            )
+        for i, obs in enumerate(req.observations):
+            limits.check_observation(obs, self.settings, f"observations[{i}]")
+        ids = [o.unique_id or "seq-obs-" + uuid.uuid4().hex for o in req.observations]
+
+        async def run(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse, list[pb.PatternWrite]]:
+            kb = await self._view_for(state, list(req.observations))
+            out = svc.ObserveSequenceResponse(initial_stm_length=len(state.stm))
+            writes: list[pb.PatternWrite] = []
+            for i, obs in enumerate(req.observations):
+                if req.clear_stm_between and i > 0:
+                    state = _copy(state)
+                    state.ClearField("stm")
+                r = processor.observe(state, obs, kb, unique_id=ids[i], max_stm_events=self.settings.max_stm_events)
+                state, writes = r.state, writes + r.writes
+                out.results.append(_observe_response(r, req.return_predictions))
+                if r.auto_learned_pattern:
+                    out.auto_learned_patterns.append(r.auto_learned_pattern)
+                if req.learn_after_each and state.stm:
+                    learned = processor.learn(state)
+                    state, writes = learned.state, writes + learned.writes
+                    out.auto_learned_patterns.append(learned.pattern_name)
+            if req.learn_at_end and state.stm:
+                learned = processor.learn(state)
+                state, writes = learned.state, writes + learned.writes
+                out.auto_learned_patterns.append(learned.pattern_name)
+                if learned.pattern_name:
+                    out.final_learned_pattern = learned.pattern_name
+            out.final_stm_length = len(state.stm)
+            return state, out, writes
+
+        return await self._transact(req.session_id, req.request_id, run, svc.ObserveSequenceResponse)
+
+    async def learn(self, req: svc.LearnRequest) -> svc.LearnResponse:
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.LearnResponse, list[pb.PatternWrite]]:
+            r = processor.learn(state)
+            status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
+            return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name), r.writes
+
+        return await self._transact(req.session_id, req.request_id, run, svc.LearnResponse)
+
+    # --- reading a session ---------------------------------------------------------------
+
+    async def get_predictions(self, session_id: str) -> svc.GetPredictionsResponse:
+        state = await self._read(session_id)
+        preds, futures = processor.predictions(state, await self._view(state.node_id))
+        return svc.GetPredictionsResponse(predictions=preds, future_potentials=futures)
+
+    async def get_stm(self, session_id: str) -> svc.ShortTermMemory:
+        return svc.ShortTermMemory(events=(await self._read(session_id)).stm)
+
+    async def clear_stm(self, req: svc.ClearShortTermMemoryRequest) -> None:
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
+            return processor.clear_stm(state), svc.ShortTermMemory(), []
+
+        await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)
+
+    async def percept_data(self, session_id: str) -> pb.PerceptData:
+        return (await self._read(session_id)).percept
+
+    async def cognition_data(self, session_id: str) -> pb.CognitionData:
+        return processor.cognition_data(await self._read(session_id))
+
+    # --- knowledge bases -----------------------------------------------------------------
+
+    async def get_pattern(self, node_id: str, name: str) -> pb.Pattern:
+        limits.require_node_id(node_id)
+        bare = self._pattern_name(name)
+        record = await self.patterns.get_pattern(node_id, bare)
+        if record is None:
+            raise NotFound(f"pattern {name} not found in node {node_id}", reason="PATTERN_NOT_FOUND")
+        return processor.pattern_proto(record)
+
+    def _pattern_name(self, name: str) -> str:
+        if not name:
+            raise InvalidArgument.for_field("name", "is required", reason="MISSING_FIELD")
+        if len(name) > MAX_PAGE_SIZE:
+            raise InvalidArgument.for_field("name", "is too long")
+        return strip_pattern_prefix(name)
+
+    async def list_patterns(self, req: svc.ListPatternsRequest) -> svc.ListPatternsResponse:
+        limits.require_node_id(req.node_id)
+        if req.page_size < 0:
+            raise InvalidArgument.for_field("page_size", "must not be negative")
+        size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        try:
+            after = base64.urlsafe_b64decode(req.page_token.encode()).decode() if req.page_token else ""
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument.for_field("page_token", "is not a token this service issued") from exc
+        records = await self.patterns.list_patterns(req.node_id, after, size + 1)
+        out = svc.ListPatternsResponse(patterns=[processor.pattern_proto(r) for r in records[:size]])
+        if len(records) > size:
+            out.next_page_token = base64.urlsafe_b64encode(records[size - 1].name.encode()).decode()
+        return out
+
+    async def update_pattern(self, req: svc.UpdatePatternRequest) -> pb.Pattern:
+        limits.require_node_id(req.node_id)
+        bare = self._pattern_name(req.pattern.name)
+        mask = set(req.update_mask) or {"frequency", "emotives", "metadata"}
+        unknown = mask - {"frequency", "emotives", "metadata"}
+        if unknown:
+            raise InvalidArgument.for_field("update_mask", f"unknown fields: {', '.join(sorted(unknown))}")
+        if "frequency" in mask and req.pattern.frequency < 1:
+            raise InvalidArgument.for_field("pattern.frequency", "must be >= 1")
+        emotives = [dict(r.values) for r in req.pattern.emotives]
+        for i, record in enumerate(emotives):
+            for key, value in record.items():
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise InvalidArgument.for_field(f"pattern.emotives[{i}].{key}", "must be a finite number")
+        record = await self.patterns.update_pattern(
+            req.node_id,
+            bare,
+            frequency=req.pattern.frequency if "frequency" in mask else None,
+            emotives=emotives if "emotives" in mask else None,
+            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()} if "metadata" in mask else None,
+        )
+        if record is None:
+            raise NotFound(f"pattern {req.pattern.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
+        return processor.pattern_proto(record)
+
+    async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
+        limits.require_node_id(req.node_id)
+        if not await self.patterns.delete_pattern(req.node_id, self._pattern_name(req.name)):
+            raise NotFound(f"pattern {req.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
+
+    async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+        if not req.session_id:
+            limits.require_node_id(req.node_id, "node_id")
+            await self.patterns.clear(req.node_id)
+            return
+        loaded = await self._load(req.session_id, req.request_id)
+        if loaded.response is not None:
+            return  # this request_id already cleared the KB
+        # Flush the outbox first: writes learned before the wipe must land before it, never after
+        # (the ledger then keeps the transaction loop from applying them again).
+        state = await self._read(req.session_id)
+        await self.patterns.clear(state.node_id)
+
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
+            return processor.clear_stm(state), svc.ShortTermMemory(), []
+
+        await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)
+
+
+def _observe_response(r: processor.ObserveResult, with_predictions: bool) -> svc.ObserveResponse:
+    out = svc.ObserveResponse(
+        stm_length=r.stm_length, time=r.time, unique_id=r.unique_id, dropped_events=r.dropped_events
+    )
+    if r.auto_learned_pattern:
+        out.auto_learned_pattern = r.auto_learned_pattern
+    if with_predictions:
+        out.predictions.extend(r.predictions)
+        out.future_potentials.extend(r.future_potentials)
+    return out

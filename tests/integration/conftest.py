@@ -1,0 +1,43 @@
+"""Session-wide local Redis and MongoDB-compatible servers and one KATO server process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kato_grpc import devstack
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.harness import ServerProcess, new_server
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[devstack.LocalServer, devstack.LocalServer]]:
+    with devstack.local_stores(tmp_path_factory.mktemp("stores")) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def server(
+    stores: tuple[devstack.LocalServer, devstack.LocalServer], log_dir: Path
+) -> Iterator[ServerProcess]:
+    proc = new_server(*stores, log_dir).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def stub(server: ServerProcess) -> svc_grpc.KatoServiceStub:
+    return server.stub()
+
+
+@pytest.fixture
+def node_id() -> str:
+    return "node-" + uuid.uuid4().hex

@@ -1,0 +1,101 @@
+"""Real servers for integration tests: local stores and `python -m server` processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kato_grpc import devstack
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, **extra_env: str) -> ServerProcess:
+        env = {**self.env, **extra_env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"server not serving after {timeout}s; see {self.log_path}")
+
+    def health(self) -> int | None:
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return int(reply.status)
+            except grpc.RpcError:
+                return None
+
+    def stub(self) -> svc_grpc.KatoServiceStub:
+        channel = grpc.insecure_channel(self.address)
+        self.channels.append(channel)
+        return svc_grpc.KatoServiceStub(channel)
+
+    def stop(self, sig: int | None = None) -> int | None:
+        for channel in self.channels:
+            channel.close()
+        self.channels.clear()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def server_env(redis: devstack.LocalServer, mongo: devstack.LocalServer, port: int, database: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KATO_")}
+    env.update(
+        KATO_PORT=str(port),
+        KATO_REDIS_URL=devstack.redis_url(redis),
+        KATO_MONGODB_URI=devstack.mongodb_uri(mongo),
+        KATO_MONGODB_DATABASE=database,
+        KATO_HEALTH_INTERVAL_SECONDS="0.2",
+        KATO_STORE_TIMEOUT_SECONDS="2",
+        KATO_GRACE_SECONDS="5",
+        KATO_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def new_server(
+    redis: devstack.LocalServer, mongo: devstack.LocalServer, log_dir: Path, database: str = "kato"
+) -> ServerProcess:
+    port = devstack.free_port()
+    return ServerProcess(port, server_env(redis, mongo, port, database), log_dir / f"server-{port}.log")

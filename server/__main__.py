@@ -8,6 +8,7 @@ stops them on exit (Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 from kato_grpc import devstack, logs
@@ -27,10 +28,8 @@ def main() -> int:
             f"(data in {settings.data_dir})",
             file=sys.stderr,
         )
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings, devstack.redis_url(redis), devstack.mongodb_uri(mongo)))
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

@@ -6,6 +6,8 @@ anything else is INTERNAL with a generic message (the stack trace goes to the lo
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -52,14 +54,16 @@ def to_status(error: KatoError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad))
-    return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
+    return cast(
+        grpc.Status,
+        rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details)),
+    )
 
 
 def internal_status() -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INTERNAL, message="internal error", details=[_pack(info)])
-    )
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error", details=[_pack(info)])
+    return cast(grpc.Status, rpc_status.to_status(status))
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:

@@ -39,12 +39,16 @@ def check_ttl(ttl_seconds: int, settings: Settings, field: str = "ttl_seconds") 
 def check_observation(obs: pb.Observation, settings: Settings, field: str = "observation") -> None:
     if len(obs.strings) > settings.max_symbols_per_event:
         raise InvalidArgument.for_field(
-            f"{field}.strings", f"has more than {settings.max_symbols_per_event} symbols", reason="TOO_MANY_SYMBOLS"
+            f"{field}.strings",
+            f"has more than {settings.max_symbols_per_event} symbols",
+            reason="TOO_MANY_SYMBOLS",
         )
     for i, s in enumerate(obs.strings):
         if len(s.encode("utf-8")) > settings.max_symbol_bytes:
             raise InvalidArgument.for_field(
-                f"{field}.strings[{i}]", f"is longer than {settings.max_symbol_bytes} bytes", reason="SYMBOL_TOO_LONG"
+                f"{field}.strings[{i}]",
+                f"is longer than {settings.max_symbol_bytes} bytes",
+                reason="SYMBOL_TOO_LONG",
             )
     if len(obs.vectors) > settings.max_vectors_per_observation:
         raise InvalidArgument.for_field(
@@ -58,6 +62,8 @@ def check_observation(obs: pb.Observation, settings: Settings, field: str = "obs
     if len(obs.emotives) > settings.max_emotives:
         raise InvalidArgument.for_field(f"{field}.emotives", f"has more than {settings.max_emotives} keys")
     if len(obs.metadata) > settings.max_metadata_keys:
-        raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
+        raise InvalidArgument.for_field(
+            f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys"
+        )
     if len(obs.unique_id) > MAX_ID_CHARS:
         raise InvalidArgument.for_field(f"{field}.unique_id", f"is longer than {MAX_ID_CHARS} characters")

@@ -1,10 +1,12 @@
 """``kato.v1.KatoService`` over grpc.aio: thin methods around the shell, one error mapping."""
 
+# ruff: noqa: N802 - method names are the RPC names grpc dispatches to
+
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -17,10 +19,11 @@ from server.errors import as_kato_error, internal_status, to_status
 from server.shell import KatoShell
 
 T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext[Any, Any]
 log = structlog.get_logger("kato.rpc")
 
 
-def _request_id(context: grpc.aio.ServicerContext[object, object]) -> str:
+def _request_id(context: Ctx) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and len(value) <= 128:
             return value
@@ -31,7 +34,7 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     def __init__(self, shell: KatoShell) -> None:
         self.shell = shell
 
-    async def _guard(self, rpc: str, context: grpc.aio.ServicerContext[object, object], work: Awaitable[T]) -> T:
+    async def _guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
         with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
             try:
                 return await work
@@ -45,66 +48,78 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
                 await context.abort_with_status(to_status(error))
                 raise
 
-    async def CreateSession(self, request: svc.CreateSessionRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+    async def CreateSession(self, request: svc.CreateSessionRequest, context: Ctx) -> svc.Session:
         return await self._guard("CreateSession", context, self.shell.create_session(request))
 
-    async def GetSession(self, request: svc.GetSessionRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+    async def GetSession(self, request: svc.GetSessionRequest, context: Ctx) -> svc.Session:
         return await self._guard("GetSession", context, self.shell.get_session(request.session_id))
 
-    async def DeleteSession(self, request: svc.DeleteSessionRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+    async def DeleteSession(self, request: svc.DeleteSessionRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("DeleteSession", context, self.shell.delete_session(request.session_id))
         return empty_pb2.Empty()
 
-    async def ExtendSession(self, request: svc.ExtendSessionRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+    async def ExtendSession(self, request: svc.ExtendSessionRequest, context: Ctx) -> svc.Session:
         return await self._guard("ExtendSession", context, self.shell.extend_session(request))
 
-    async def UpdateSessionConfig(self, request: svc.UpdateSessionConfigRequest, context: grpc.aio.ServicerContext) -> svc.Session:  # type: ignore[override,type-arg]
+    async def UpdateSessionConfig(self, request: svc.UpdateSessionConfigRequest, context: Ctx) -> svc.Session:
         return await self._guard("UpdateSessionConfig", context, self.shell.update_config(request))
 
-    async def Observe(self, request: svc.ObserveRequest, context: grpc.aio.ServicerContext) -> svc.ObserveResponse:  # type: ignore[override,type-arg]
+    async def Observe(self, request: svc.ObserveRequest, context: Ctx) -> svc.ObserveResponse:
         return await self._guard("Observe", context, self.shell.observe(request))
 
-    async def ObserveSequence(self, request: svc.ObserveSequenceRequest, context: grpc.aio.ServicerContext) -> svc.ObserveSequenceResponse:  # type: ignore[override,type-arg]
+    async def ObserveSequence(
+        self, request: svc.ObserveSequenceRequest, context: Ctx
+    ) -> svc.ObserveSequenceResponse:
         return await self._guard("ObserveSequence", context, self.shell.observe_sequence(request))
 
-    async def ObserveStream(  # type: ignore[override]
-        self, request_iterator: AsyncIterator[svc.ObserveRequest], context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def ObserveStream(
+        self,
+        request_iterator: AsyncIterator[svc.ObserveRequest],
+        context: Ctx,
     ) -> AsyncIterator[svc.ObserveResponse]:
         async for request in request_iterator:
             yield await self._guard("ObserveStream", context, self.shell.observe(request))
 
-    async def Learn(self, request: svc.LearnRequest, context: grpc.aio.ServicerContext) -> svc.LearnResponse:  # type: ignore[override,type-arg]
+    async def Learn(self, request: svc.LearnRequest, context: Ctx) -> svc.LearnResponse:
         return await self._guard("Learn", context, self.shell.learn(request))
 
-    async def GetPredictions(self, request: svc.GetPredictionsRequest, context: grpc.aio.ServicerContext) -> svc.GetPredictionsResponse:  # type: ignore[override,type-arg]
+    async def GetPredictions(
+        self, request: svc.GetPredictionsRequest, context: Ctx
+    ) -> svc.GetPredictionsResponse:
         return await self._guard("GetPredictions", context, self.shell.get_predictions(request.session_id))
 
-    async def GetShortTermMemory(self, request: svc.GetShortTermMemoryRequest, context: grpc.aio.ServicerContext) -> svc.ShortTermMemory:  # type: ignore[override,type-arg]
+    async def GetShortTermMemory(
+        self, request: svc.GetShortTermMemoryRequest, context: Ctx
+    ) -> svc.ShortTermMemory:
         return await self._guard("GetShortTermMemory", context, self.shell.get_stm(request.session_id))
 
-    async def ClearShortTermMemory(self, request: svc.ClearShortTermMemoryRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+    async def ClearShortTermMemory(
+        self, request: svc.ClearShortTermMemoryRequest, context: Ctx
+    ) -> empty_pb2.Empty:
         await self._guard("ClearShortTermMemory", context, self.shell.clear_stm(request))
         return empty_pb2.Empty()
 
-    async def GetPerceptData(self, request: svc.GetPerceptDataRequest, context: grpc.aio.ServicerContext) -> pb.PerceptData:  # type: ignore[override,type-arg]
+    async def GetPerceptData(self, request: svc.GetPerceptDataRequest, context: Ctx) -> pb.PerceptData:
         return await self._guard("GetPerceptData", context, self.shell.percept_data(request.session_id))
 
-    async def GetCognitionData(self, request: svc.GetCognitionDataRequest, context: grpc.aio.ServicerContext) -> pb.CognitionData:  # type: ignore[override,type-arg]
+    async def GetCognitionData(self, request: svc.GetCognitionDataRequest, context: Ctx) -> pb.CognitionData:
         return await self._guard("GetCognitionData", context, self.shell.cognition_data(request.session_id))
 
-    async def GetPattern(self, request: svc.GetPatternRequest, context: grpc.aio.ServicerContext) -> pb.Pattern:  # type: ignore[override,type-arg]
+    async def GetPattern(self, request: svc.GetPatternRequest, context: Ctx) -> pb.Pattern:
         return await self._guard("GetPattern", context, self.shell.get_pattern(request.node_id, request.name))
 
-    async def ListPatterns(self, request: svc.ListPatternsRequest, context: grpc.aio.ServicerContext) -> svc.ListPatternsResponse:  # type: ignore[override,type-arg]
+    async def ListPatterns(self, request: svc.ListPatternsRequest, context: Ctx) -> svc.ListPatternsResponse:
         return await self._guard("ListPatterns", context, self.shell.list_patterns(request))
 
-    async def UpdatePattern(self, request: svc.UpdatePatternRequest, context: grpc.aio.ServicerContext) -> pb.Pattern:  # type: ignore[override,type-arg]
+    async def UpdatePattern(self, request: svc.UpdatePatternRequest, context: Ctx) -> pb.Pattern:
         return await self._guard("UpdatePattern", context, self.shell.update_pattern(request))
 
-    async def DeletePattern(self, request: svc.DeletePatternRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+    async def DeletePattern(self, request: svc.DeletePatternRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("DeletePattern", context, self.shell.delete_pattern(request))
         return empty_pb2.Empty()
 
-    async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # type: ignore[override,type-arg]
+    async def ClearKnowledgeBase(
+        self, request: svc.ClearKnowledgeBaseRequest, context: Ctx
+    ) -> empty_pb2.Empty:
         await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
         return empty_pb2.Empty()

@@ -10,6 +10,7 @@ A version conflict means another call won: reload and recompute. No locks.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import secrets
 import time
@@ -83,7 +84,9 @@ class KatoShell:
         new.ClearField("pending_writes")
         return new
 
-    async def _transact(self, session_id: str, request_id: str, transition: Transition[R], response_type: type[R]) -> R:
+    async def _transact(
+        self, session_id: str, request_id: str, transition: Transition[R], response_type: type[R]
+    ) -> R:
         for _ in range(self.settings.cas_retries):
             loaded = await self._load(session_id, request_id)
             if loaded.response is not None:
@@ -161,7 +164,9 @@ class KatoShell:
         ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
         limits.check_ttl(ttl, self.settings)
         if len(req.metadata) > self.settings.max_metadata_keys:
-            raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
+            raise InvalidArgument.for_field(
+                "metadata", f"has more than {self.settings.max_metadata_keys} keys"
+            )
         if req.request_id:
             existing = await self.sessions.created_by(req.request_id)
             if existing is not None:
@@ -174,7 +179,9 @@ class KatoShell:
         if await self.sessions.compare_and_set(state, None, self._ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
         if req.request_id:
-            winner = await self.sessions.remember_creation(req.request_id, state.session_id, self._ttl_ms(state))
+            winner = await self.sessions.remember_creation(
+                req.request_id, state.session_id, self._ttl_ms(state)
+            )
             if winner != state.session_id:
                 await self.sessions.delete(state.session_id)
                 return await self.get_session(winner)
@@ -191,7 +198,9 @@ class KatoShell:
     async def extend_session(self, req: svc.ExtendSessionRequest) -> svc.Session:
         limits.check_ttl(req.ttl_seconds, self.settings)
 
-        async def extend(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
+        async def extend(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
             new = _copy(state)
             new.ttl_seconds = req.ttl_seconds
             new.version = state.version + 1  # so the returned etag is the saved one
@@ -200,7 +209,9 @@ class KatoShell:
         return await self._transact(req.session_id, "", extend, svc.Session)
 
     async def update_config(self, req: svc.UpdateSessionConfigRequest) -> svc.Session:
-        async def update(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
+        async def update(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
             merged = pb.SessionConfig()
             merged.CopyFrom(state.config)
             merged.MergeFrom(req.config)
@@ -216,7 +227,9 @@ class KatoShell:
         limits.check_observation(req.observation, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveResponse, list[pb.PatternWrite]]:
+        async def run(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.ObserveResponse, list[pb.PatternWrite]]:
             kb = await self._view_for(state, [req.observation])
             r = processor.observe(
                 state, req.observation, kb, unique_id=unique_id, max_stm_events=self.settings.max_stm_events
@@ -252,7 +265,9 @@ class KatoShell:
                 if req.clear_stm_between and i > 0:
                     state = _copy(state)
                     state.ClearField("stm")
-                r = processor.observe(state, obs, kb, unique_id=ids[i], max_stm_events=self.settings.max_stm_events)
+                r = processor.observe(
+                    state, obs, kb, unique_id=ids[i], max_stm_events=self.settings.max_stm_events
+                )
                 state, writes = r.state, writes + r.writes
                 out.results.append(_observe_response(r, req.return_predictions))
                 if r.auto_learned_pattern:
@@ -273,7 +288,9 @@ class KatoShell:
         return await self._transact(req.session_id, req.request_id, run, svc.ObserveSequenceResponse)
 
     async def learn(self, req: svc.LearnRequest) -> svc.LearnResponse:
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.LearnResponse, list[pb.PatternWrite]]:
+        async def run(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.LearnResponse, list[pb.PatternWrite]]:
             r = processor.learn(state)
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
             return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name), r.writes
@@ -291,7 +308,9 @@ class KatoShell:
         return svc.ShortTermMemory(events=(await self._read(session_id)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest) -> None:
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
+        async def run(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
             return processor.clear_stm(state), svc.ShortTermMemory(), []
 
         await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)
@@ -325,7 +344,11 @@ class KatoShell:
             raise InvalidArgument.for_field("page_size", "must not be negative")
         size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         try:
-            after = base64.urlsafe_b64decode(req.page_token.encode()).decode() if req.page_token else ""
+            after = (
+                base64.b64decode(req.page_token.encode(), altchars=b"-_", validate=True).decode()
+                if req.page_token
+                else ""
+            )
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument.for_field("page_token", "is not a token this service issued") from exc
         records = await self.patterns.list_patterns(req.node_id, after, size + 1)
@@ -344,19 +367,23 @@ class KatoShell:
         if "frequency" in mask and req.pattern.frequency < 1:
             raise InvalidArgument.for_field("pattern.frequency", "must be >= 1")
         emotives = [dict(r.values) for r in req.pattern.emotives]
-        for i, record in enumerate(emotives):
-            for key, value in record.items():
-                if value != value or value in (float("inf"), float("-inf")):
+        for i, values in enumerate(emotives):
+            for key, value in values.items():
+                if not math.isfinite(value):
                     raise InvalidArgument.for_field(f"pattern.emotives[{i}].{key}", "must be a finite number")
         record = await self.patterns.update_pattern(
             req.node_id,
             bare,
             frequency=req.pattern.frequency if "frequency" in mask else None,
             emotives=emotives if "emotives" in mask else None,
-            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()} if "metadata" in mask else None,
+            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()}
+            if "metadata" in mask
+            else None,
         )
         if record is None:
-            raise NotFound(f"pattern {req.pattern.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
+            raise NotFound(
+                f"pattern {req.pattern.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND"
+            )
         return processor.pattern_proto(record)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
@@ -377,7 +404,9 @@ class KatoShell:
         state = await self._read(req.session_id)
         await self.patterns.clear(state.node_id)
 
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
+        async def run(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
             return processor.clear_stm(state), svc.ShortTermMemory(), []
 
         await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)

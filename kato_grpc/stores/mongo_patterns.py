@@ -132,6 +132,7 @@ class MongoPatternStore:
             return_document=ReturnDocument.AFTER,
             session=s,
         )
+        assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
         version = int(kb["version"])
         for pv in write.vectors:
             await db.vectors.update_one(
@@ -219,8 +220,13 @@ class MongoPatternStore:
 
     async def _bump_reload(self, s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
         kb = await self._db.kb.find_one_and_update(
-            {"kb_id": kb_id}, {"$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER, session=s
+            {"kb_id": kb_id},
+            {"$inc": {"version": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=s,
         )
+        assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
         version = int(kb["version"])
         fields: Doc = {"reload_version": version}
         if reset_totals:
@@ -271,7 +277,9 @@ class MongoPatternStore:
         if emotives is not None:
             fields["emotives"] = [sorted([k, v] for k, v in r.items()) for r in emotives]
         if metadata is not None:
-            fields["metadata"] = [[k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))]
+            fields["metadata"] = [
+                [k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))
+            ]
         doc = await self._db.patterns.find_one_and_update(
             {"kb_id": kb_id, "name": name},
             {"$set": fields} if fields else {"$inc": {"frequency": 0}},
@@ -318,5 +326,3 @@ class MongoPatternStore:
 
     async def close(self) -> None:
         await self._client.close()
-
-

@@ -119,11 +119,15 @@ class RedisSessionStore:
         if await self._redis.set(key, session_id, px=ttl_ms, nx=True):
             return session_id
         existing = await self._redis.get(key)
-        return existing.decode() if existing else session_id
+        return _text(existing) if existing else session_id
 
     async def created_by(self, request_id: str) -> str | None:
         existing = await self._redis.get(create_key(request_id))
-        return existing.decode() if existing else None
+        return _text(existing) if existing else None
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -14,7 +14,9 @@ from tests.integration.harness import ServerProcess, new_server
 
 
 @pytest.fixture(scope="session")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[devstack.LocalServer, devstack.LocalServer]]:
+def stores(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[devstack.LocalServer, devstack.LocalServer]]:
     with devstack.local_stores(tmp_path_factory.mktemp("stores")) as servers:
         yield servers
 

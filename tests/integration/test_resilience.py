@@ -1,0 +1,170 @@
+"""Concurrency across server processes, crash safety of learns, health when a store dies."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from kato_grpc import devstack
+from kato_grpc.engine.naming import pattern_name
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from tests.integration.harness import ServerProcess, new_server
+
+T = TypeVar("T")
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+
+
+def with_retry(call: Callable[[], T], attempts: int = 20) -> T:
+    """Retry ABORTED (CAS retries exhausted) with the same request, as a client should."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ABORTED or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def two_servers(stores: Stores, log_dir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    database = "kato_" + uuid.uuid4().hex[:8]
+    a = new_server(*stores, log_dir, database).start()
+    b = new_server(*stores, log_dir, database).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def test_two_processes_lose_and_double_nothing(two_servers: tuple[ServerProcess, ServerProcess]) -> None:
+    stubs = [s.stub() for s in two_servers for _ in range(4)]  # several channels per process
+    node = "conc-" + uuid.uuid4().hex
+    sessions = [stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(4)]
+    calls = 2000
+
+    def observe(i: int) -> str:
+        sid = sessions[i % len(sessions)]
+        request = svc.ObserveRequest(
+            session_id=sid, observation=pb.Observation(strings=[f"s{i % 7}"]), request_id=f"obs-{i}"
+        )
+        with_retry(lambda: stubs[i % len(stubs)].Observe(request, timeout=30))
+        return sid
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        sent = Counter(pool.map(observe, range(calls)))
+    print(f"{calls} observes in {time.monotonic() - started:.1f}s")
+    for sid in sessions:
+        assert stubs[1].GetSession(svc.GetSessionRequest(session_id=sid)).time == sent[sid] == calls // 4
+
+    for sid in sessions:
+        stubs[0].ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+    learns = 200
+
+    def learn(i: int) -> None:
+        request = svc.ObserveSequenceRequest(
+            session_id=sessions[i % len(sessions)],
+            observations=[pb.Observation(strings=["p"]), pb.Observation(strings=["q"])],
+            learn_at_end=True,
+            request_id=f"learn-{i}",
+        )
+        result = with_retry(lambda: stubs[i % len(stubs)].ObserveSequence(request, timeout=30))
+        assert result.final_learned_pattern.startswith("PTRN|")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(learn, range(learns)))
+    print(f"{learns} learns in {time.monotonic() - started:.1f}s")
+    name = "PTRN|" + pattern_name([["p"], ["q"]])
+    for stub in (stubs[0], stubs[-1]):
+        assert stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency == learns
+
+
+def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: Path) -> None:
+    database = "kato_" + uuid.uuid4().hex[:8]
+    doomed = new_server(*stores, log_dir, database).start(KATO_FAULT_CRASH_AFTER_COMMIT="true")
+    stub = doomed.stub()
+    node = "crash-" + uuid.uuid4().hex
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+    for s in ("a", "b"):
+        stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-once"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert doomed.stop() == 86  # died between the Redis commit and the MongoDB write
+
+    survivor = new_server(*stores, log_dir, database).start()
+    try:
+        stub = survivor.stub()
+        name = "PTRN|" + pattern_name([["a"], ["b"]])
+        # The write is still in the session's outbox, so the KB does not have it yet ...
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        # ... until the session is touched; the client's retry gets the first response.
+        assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events == []
+        retry = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-once"))
+        assert (retry.status, retry.pattern_name) == (svc.LEARN_STATUS_LEARNED, name)
+        for _ in range(3):
+            stub.GetSession(svc.GetSessionRequest(session_id=sid))
+            assert stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency == 1
+    finally:
+        survivor.stop()
+
+
+def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
+    with devstack.local_stores(tmp_path) as (redis, mongo):
+        server = new_server(redis, mongo, tmp_path).start()
+        try:
+            stub = server.stub()
+            sid = stub.CreateSession(svc.CreateSessionRequest(node_id="health")).session_id
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"])))
+            time.sleep(1.2)  # let the append-only file reach the disk (appendfsync everysec)
+            redis.kill()
+            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"])))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            redis.restart()
+            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
+            reply = _eventually_value(
+                lambda: stub.Observe(
+                    svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"]))
+                )
+            )
+            assert reply.time == 2  # the session survived the restart (AOF) and nothing was half-applied
+        finally:
+            server.stop()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    for _ in itertools.count():
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def _eventually_value(call: Callable[[], T], timeout: float = 20.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

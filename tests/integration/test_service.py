@@ -1,0 +1,284 @@
+"""The service end to end: round trip, errors with rich details, idempotency, isolation."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+
+
+def create(stub: svc_grpc.KatoServiceStub, node_id: str, **config: object) -> str:
+    return stub.CreateSession(
+        svc.CreateSessionRequest(node_id=node_id, config=pb.SessionConfig(**config))  # type: ignore[arg-type]
+    ).session_id
+
+
+def observe(stub: svc_grpc.KatoServiceStub, sid: str, *symbols: str, **kw: object) -> svc.ObserveResponse:
+    return stub.Observe(
+        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=symbols), **kw)  # type: ignore[arg-type]
+    )
+
+
+def details(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[str]]:
+    status = rpc_status.from_call(exc)
+    assert status is not None
+    reason, fields = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "kato.v1"
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return exc.code(), reason, fields
+
+
+def test_round_trip_create_observe_learn_predict(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    for s in ("hello", "world", "again"):
+        observe(stub, sid, s)
+    learned = stub.Learn(svc.LearnRequest(session_id=sid))
+    assert learned.status == svc.LEARN_STATUS_LEARNED and learned.pattern_name.startswith("PTRN|")
+    r = observe(stub, sid, "hello", return_predictions=True)
+    assert [p.name for p in r.predictions] == [learned.pattern_name.removeprefix("PTRN|")]
+    preds = stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid))
+    assert [[list(e.symbols) for e in p.future] for p in preds.predictions] == [[["world"], ["again"]]]
+    pattern = stub.GetPattern(svc.GetPatternRequest(node_id=node_id, name=learned.pattern_name))
+    assert pattern.frequency == 1 and pattern.length == 3
+    bare = stub.GetPattern(svc.GetPatternRequest(node_id=node_id, name=learned.pattern_name[5:]))
+    assert bare == pattern
+    listed = stub.ListPatterns(svc.ListPatternsRequest(node_id=node_id))
+    assert [p.name for p in listed.patterns] == [learned.pattern_name]
+    percept = stub.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid))
+    assert list(percept.strings) == ["hello"]
+    cognition = stub.GetCognitionData(svc.GetCognitionDataRequest(session_id=sid))
+    assert list(cognition.symbols) == ["hello"] and cognition.time == 4
+    session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert (session.node_id, session.stm_length, session.time) == (node_id, 1, 4)
+    assert session.config.recall_threshold == pytest.approx(0.1)
+    stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert details(info.value)[:2] == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+
+
+def test_pattern_admin_update_list_delete(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    names = []
+    for pair in (("a", "b"), ("c", "d"), ("e", "f")):
+        observe(stub, sid, *pair)
+        names.append(stub.Learn(svc.LearnRequest(session_id=sid)).pattern_name)
+    first = stub.ListPatterns(svc.ListPatternsRequest(node_id=node_id, page_size=2))
+    second = stub.ListPatterns(
+        svc.ListPatternsRequest(node_id=node_id, page_size=2, page_token=first.next_page_token)
+    )
+    assert sorted(names) == [p.name for p in [*first.patterns, *second.patterns]]
+    assert second.next_page_token == ""
+    updated = stub.UpdatePattern(
+        svc.UpdatePatternRequest(
+            node_id=node_id, pattern=pb.Pattern(name=names[0], frequency=7), update_mask=["frequency"]
+        )
+    )
+    assert updated.frequency == 7
+    observe(stub, sid, "a", "b")
+    assert stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions[0].frequency == 7
+    stub.DeletePattern(svc.DeletePatternRequest(node_id=node_id, name=names[0]))
+    assert stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions == []
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetPattern(svc.GetPatternRequest(node_id=node_id, name=names[0]))
+    assert details(info.value)[:2] == (grpc.StatusCode.NOT_FOUND, "PATTERN_NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "field"),
+    [
+        (lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id="")), "INVALID_ARGUMENT", "node_id"),
+        # 258 bytes of UTF-8 in 129 characters: the limit is in bytes.
+        (
+            lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id="é" * 129)),
+            "INVALID_ARGUMENT", "node_id",
+        ),
+        (
+            lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id=n, ttl_seconds=5)),
+            "INVALID_ARGUMENT", "ttl_seconds",
+        ),
+        (
+            lambda s, n: s.CreateSession(
+                svc.CreateSessionRequest(node_id=n, config=pb.SessionConfig(recall_threshold=math.nan))
+            ),
+            "INVALID_ARGUMENT", "config.recall_threshold",
+        ),
+        (lambda s, n: s.Observe(svc.ObserveRequest(session_id="")), "INVALID_ARGUMENT", "session_id"),
+        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-unknown")), "NOT_FOUND", None),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|00")), "NOT_FOUND", None),
+        (
+            lambda s, n: s.ListPatterns(svc.ListPatternsRequest(node_id=n, page_token="%%%")),
+            "INVALID_ARGUMENT", "page_token",
+        ),
+    ],
+)  # fmt: skip
+def test_errors_have_documented_codes_and_fields(
+    stub: svc_grpc.KatoServiceStub, node_id: str, call: object, code: str, field: str | None
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call(stub, node_id)  # type: ignore[operator]
+    got_code, reason, fields = details(info.value)
+    assert got_code.name == code and reason
+    if field is not None:
+        assert fields == [field]
+
+
+def test_bad_observations_are_invalid_argument_and_change_nothing(
+    stub: svc_grpc.KatoServiceStub, node_id: str
+) -> None:
+    sid = create(stub, node_id)
+    observe(stub, sid, "a")
+    bad = [
+        (pb.Observation(strings=["a"], emotives={"joy": math.inf}), "observation.emotives.joy"),
+        (pb.Observation(vectors=[pb.Vector(values=[1.0, math.nan])]), "observation.vectors[0]"),
+        (pb.Observation(metadata={"k": struct_pb2.Value(number_value=math.nan)}), "observation.metadata.k"),
+        (pb.Observation(strings=["x" * 5000]), "observation.strings[0]"),
+    ]
+    for obs, field in bad:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs))
+        assert details(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(info.value)[2] == [field]
+    session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert (session.time, session.stm_length) == (1, 1)
+
+
+def test_learn_on_empty_stm_is_failed_precondition(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Learn(svc.LearnRequest(session_id=sid))
+    assert details(info.value)[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "STM_EMPTY")
+
+
+def test_repeated_request_id_returns_first_response_and_changes_nothing(
+    stub: svc_grpc.KatoServiceStub, node_id: str
+) -> None:
+    sid = create(stub, node_id)
+    first = observe(stub, sid, "a", request_id="req-1")
+    again = observe(stub, sid, "zzz", request_id="req-1")
+    assert again == first
+    observe(stub, sid, "b")
+    learn1 = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"))
+    learn2 = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"))
+    assert learn1 == learn2
+    assert stub.GetPattern(svc.GetPatternRequest(node_id=node_id, name=learn1.pattern_name)).frequency == 1
+    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time == 2
+    created = stub.CreateSession(svc.CreateSessionRequest(node_id=node_id, request_id="create-" + node_id))
+    recreated = stub.CreateSession(svc.CreateSessionRequest(node_id=node_id, request_id="create-" + node_id))
+    assert created.session_id == recreated.session_id
+
+
+def test_update_config_merges_and_validates(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id, max_predictions=5)
+    s = stub.UpdateSessionConfig(
+        svc.UpdateSessionConfigRequest(session_id=sid, config=pb.SessionConfig(recall_threshold=0.5))
+    )
+    assert (s.config.max_predictions, s.config.recall_threshold) == (5, 0.5)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.UpdateSessionConfig(
+            svc.UpdateSessionConfigRequest(
+                session_id=sid, config=pb.SessionConfig(rank_sort_algo=pb.RANK_SORT_ALGO_WEIGHTED_SNR)
+            )
+        )
+    assert details(info.value)[2] == ["config.rank_sort_algo"]
+    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).config.recall_threshold == 0.5
+
+
+def test_extend_session_sets_the_sliding_ttl(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    s = stub.ExtendSession(svc.ExtendSessionRequest(session_id=sid, ttl_seconds=120))
+    assert s.ttl_seconds == 120
+    assert 100 <= s.expire_time.seconds - s.create_time.seconds <= 140
+
+
+def test_observe_sequence_and_stream(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    r = stub.ObserveSequence(
+        svc.ObserveSequenceRequest(
+            session_id=sid,
+            observations=[pb.Observation(strings=[s, s + "2"]) for s in ("a", "b", "c")],
+            learn_after_each=True,
+        )
+    )
+    assert len(r.auto_learned_patterns) == 3 and all(n.startswith("PTRN|") for n in r.auto_learned_patterns)
+    r = stub.ObserveSequence(
+        svc.ObserveSequenceRequest(
+            session_id=sid,
+            observations=[pb.Observation(strings=[s]) for s in ("x", "y", "z")],
+            learn_at_end=True,
+        )
+    )
+    assert r.final_learned_pattern.startswith("PTRN|") and r.final_stm_length == 0
+    r = stub.ObserveSequence(
+        svc.ObserveSequenceRequest(
+            session_id=sid,
+            observations=[pb.Observation(strings=[f"isolated{i}"]) for i in (1, 2, 3)],
+            clear_stm_between=True,
+        )
+    )
+    assert r.final_stm_length == 1
+    stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+    requests = [
+        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s]), return_predictions=True)
+        for s in ("x", "y")
+    ]
+    responses = list(stub.ObserveStream(iter(requests)))
+    assert [r.time for r in responses] == [1, 2]
+    assert responses[1].predictions[0].future[0].symbols == ["z"]
+
+
+def test_sessions_on_one_node_are_isolated_but_share_the_kb(
+    stub: svc_grpc.KatoServiceStub, node_id: str
+) -> None:
+    left, right = create(stub, node_id), create(stub, node_id)
+    alphabet = {left: [f"L{i}" for i in range(6)], right: [f"R{i}" for i in range(6)]}
+    errors: list[str] = []
+
+    def worker(sid: str) -> None:
+        own = set(alphabet[sid])
+        for round_ in range(5):
+            for s in alphabet[sid]:
+                r = observe(stub, sid, s, return_predictions=True)
+                stm = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid))
+                seen = {x for e in stm.events for x in e.symbols}
+                seen |= set(stub.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).strings)
+                seen |= {x for p in r.predictions for e in p.extras for x in e.symbols}
+                seen |= {x for p in r.predictions for x in p.matches}
+                if not seen <= own:
+                    errors.append(f"{sid} saw {seen - own}")
+            if round_ == 0:
+                stub.Learn(svc.LearnRequest(session_id=sid))
+
+    threads = [threading.Thread(target=worker, args=(sid,)) for sid in (left, right)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # Both see both learned patterns.
+    for sid in (left, right):
+        stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+        observe(stub, sid, "L0")
+        observe(stub, sid, "R0")
+        futures = {
+            p.future[0].symbols[0]
+            for p in stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions
+        }
+        assert futures == {"L1", "R1"}

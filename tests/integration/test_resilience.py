@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 import uuid
 from collections import Counter
@@ -168,3 +169,12 @@ def _eventually_value(call: Callable[[], T], timeout: float = 20.0) -> T:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_sigterm_drains_and_exits_cleanly(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir).start()
+    stub = server.stub()
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id="shutdown")).session_id
+    stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"])))
+    assert server.stop(signal.SIGTERM) == 0
+    assert server.health() is None  # nothing listens any more

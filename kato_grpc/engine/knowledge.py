@@ -7,7 +7,7 @@ not pay protobuf attribute costs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -90,6 +90,10 @@ class KnowledgeView(Protocol):
 
     def patterns_sharing(self, symbols: Iterable[str]) -> Iterable[PatternRecord]:
         """Every pattern that contains at least one of ``symbols`` (each once)."""
+        ...
+
+    def postings(self, symbol: str) -> Collection[str]:
+        """Names of the patterns that contain ``symbol``."""
         ...
 
     def vectors(self) -> tuple[Sequence[str], npt.NDArray[np.float64]]:

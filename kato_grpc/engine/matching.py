@@ -23,6 +23,15 @@ EventList = list[tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
+class KnownAlignment:
+    """A candidate's gate similarity, matching blocks and flat extras count, known in advance."""
+
+    similarity: float
+    blocks: list[tuple[int, int, int]]
+    extras_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Anomaly:
     observed: str
     expected: str
@@ -85,15 +94,22 @@ def match_pattern(
     stm: Sequence[Sequence[str]],
     config: EngineConfig,
     weight: Callable[[str], float] | None,
+    known: KnownAlignment | None = None,
 ) -> Match | None:
-    """Match one pattern; None when it does not pass the recall-threshold gate."""
-    p = pattern.flat
-    gate = token_similarity if config.use_token_matching else character_similarity
-    similarity = gate(p, state)
-    if similarity < config.recall_threshold:
-        return None
+    """Match one pattern; None when it does not pass the recall-threshold gate.
 
-    blocks = matching_blocks(p, state)
+    ``known`` carries a similarity and exact alignment already derived in closed form (see
+    ``candidates``), which spares the two difflib alignments.
+    """
+    p = pattern.flat
+    if known is None:
+        gate = token_similarity if config.use_token_matching else character_similarity
+        similarity = gate(p, state)
+        if similarity < config.recall_threshold:
+            return None
+        blocks = matching_blocks(p, state)
+    else:
+        similarity, blocks = known.similarity, known.blocks
     if blocks:
         first, last = blocks[0], blocks[-1]
         past_len = first[0]
@@ -110,7 +126,7 @@ def match_pattern(
         matches, anomalies, extras_count = _fuzzy_matches(p, state, config.fuzzy_token_threshold)
     else:
         matches = [s for _i, j, k in blocks for s in state[j : j + k]]
-        extras_count = flat_extras_count(present_flat, state)
+        extras_count = known.extras_count if known is not None else flat_extras_count(present_flat, state)
 
     past, present, future = _segment(pattern.events, past_len, len(present_flat), matches)
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import FutureGroup, Scored, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
-from kato_grpc.engine.matching import match_pattern
+from kato_grpc.engine.candidates import SingleHit, screen
+from kato_grpc.engine.matching import Match, match_pattern
 from kato_grpc.engine.records import average_emotives
 from kato_grpc.v1 import engine_pb2 as pb
 
@@ -32,27 +33,71 @@ def predict(
     return [prediction_proto(r) for r in result.ranked], [future_proto(g) for g in result.futures]
 
 
-def predict_scored(stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig) -> PredictionSet:
+def predict_scored(
+    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig, *, exhaustive: bool = False
+) -> PredictionSet:
+    """The whole prediction computation. ``exhaustive`` turns off the screening shortcuts
+    (the reference path the tests compare the fast one against)."""
     state = [s for event in stm for s in event]
     if not state:
         return PredictionSet()
-    # D-2: exact candidate set. With a positive threshold a pattern sharing no symbol has no
-    # matching block and is always dropped, so the symbol index loses nothing.
-    if config.recall_threshold == 0.0:
-        candidates: Sequence[PatternRecord] = sorted(kb.all_patterns(), key=_by_name)
-    else:
-        candidates = sorted(kb.patterns_sharing(set(state)), key=_by_name)
     weight = _affinity_weight(kb, config.affinity_emotive) if config.affinity_emotive else None
+    if config.recall_threshold == 0.0 or exhaustive:
+        # D-2: exact candidate set. With a positive threshold a pattern sharing no symbol has
+        # no matching block and is always dropped, so the symbol index loses nothing.
+        if config.recall_threshold == 0.0:
+            candidates: Sequence[PatternRecord] = list(kb.all_patterns())
+        else:
+            candidates = list(kb.patterns_sharing(set(state)))
+        matches = _match_all(candidates, state, stm, config, weight)
+        ensemble = prune(matches, config.max_predictions)
+    else:
+        ensemble = _screened_ensemble(kb, state, stm, config, weight)
+    if not ensemble:
+        return PredictionSet()
+    scored, groups = score(ensemble, state, kb, weighted=weight is not None)
+    return PredictionSet(rank(scored, config.rank_key, config.max_predictions), scored, groups)
+
+
+def _match_all(
+    candidates: Sequence[PatternRecord],
+    state: Sequence[str],
+    stm: Sequence[Sequence[str]],
+    config: EngineConfig,
+    weight: Callable[[str], float] | None,
+) -> list[Match]:
     matches = []
-    for pattern in candidates:
+    for pattern in sorted(candidates, key=_by_name):
         m = match_pattern(pattern, state, stm, config, weight)
         if m is not None:
             matches.append(m)
-    if not matches:
-        return PredictionSet()
-    ensemble = prune(matches, config.max_predictions)
-    scored, groups = score(ensemble, state, kb, weighted=weight is not None)
-    return PredictionSet(rank(scored, config.rank_key, config.max_predictions), scored, groups)
+    return matches
+
+
+def _screened_ensemble(
+    kb: KnowledgeView,
+    state: Sequence[str],
+    stm: Sequence[Sequence[str]],
+    config: EngineConfig,
+    weight: Callable[[str], float] | None,
+) -> list[Match]:
+    """The pruned ensemble, matching in full only what can survive pruning (``candidates``)."""
+    screened = screen(kb, state, config)
+    full = _match_all(screened.others, state, stm, config, weight)
+    limit = 3 * config.max_predictions
+    hits = screened.single_hits
+    if len(full) + len(hits) > limit:
+        # Pruning (D-12): the same key as ensemble.prune over both kinds of candidate.
+        ranked: list[Match | SingleHit] = [*full, *hits]
+        ranked.sort(key=lambda c: (-c.pre_potential, c.name))
+        kept = ranked[:limit]
+        full = [c for c in kept if isinstance(c, Match)]
+        hits = [c for c in kept if isinstance(c, SingleHit)]
+    for hit in hits:
+        m = match_pattern(hit.pattern, state, stm, config, weight, known=hit.known)
+        if m is not None:
+            full.append(m)
+    return sorted(full, key=lambda m: m.name)
 
 
 def _by_name(p: PatternRecord) -> str:

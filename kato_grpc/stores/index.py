@@ -7,12 +7,15 @@ selection never scans the whole KB.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
+
+
+_EMPTY: frozenset[str] = frozenset()
 
 
 class KnowledgeIndex:
@@ -45,6 +48,9 @@ class KnowledgeIndex:
         for s in symbols:
             names |= self._by_symbol.get(s, set())
         return (self._patterns[n] for n in names)
+
+    def postings(self, symbol: str) -> Collection[str]:
+        return self._by_symbol.get(symbol, _EMPTY)
 
     def vectors(self) -> tuple[list[str], npt.NDArray[np.float64]]:
         names = list(self._vectors)

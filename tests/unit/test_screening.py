@@ -1,0 +1,74 @@
+"""The screening shortcuts change nothing: fast path == exhaustive path on randomized KBs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kato_grpc.engine.config import EngineConfig
+from kato_grpc.engine.naming import pattern_name
+from kato_grpc.engine.predict import prediction_proto, predict_scored
+from kato_grpc.stores.memory import InMemoryKnowledgeBase
+from kato_grpc.v1 import engine_pb2 as pb
+
+SYMBOL = st.sampled_from([f"s{i}" for i in range(12)])
+EVENT = st.lists(SYMBOL, min_size=1, max_size=3)
+PATTERN = st.lists(EVENT, min_size=1, max_size=6)
+
+
+def _kb(patterns: list[list[list[str]]]) -> InMemoryKnowledgeBase:
+    kb = InMemoryKnowledgeBase()
+    for events in patterns:
+        write = pb.PatternWrite(name=pattern_name(events), persistence=5)
+        write.events.extend(pb.Event(symbols=e) for e in events)
+        write.symbol_counts.update(Counter(s for e in events for s in e))
+        kb.apply(write)
+    return kb
+
+
+def _outputs(stm: list[list[str]], kb: InMemoryKnowledgeBase, config: EngineConfig, exhaustive: bool) -> Any:
+    result = predict_scored(stm, kb, config, exhaustive=exhaustive)
+    return (
+        [prediction_proto(r).SerializeToString(deterministic=True) for r in result.ranked],
+        [(g.key, g.aggregate_potential, g.supporting_patterns) for g in result.futures],
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    patterns=st.lists(PATTERN, min_size=1, max_size=40),
+    stm=st.lists(EVENT, min_size=1, max_size=4),
+    threshold=st.sampled_from([0.05, 0.1, 0.2, 0.4]),
+    max_predictions=st.integers(1, 6),
+    token=st.booleans(),
+    fuzzy=st.sampled_from([0.0, 0.0, 0.6]),
+)
+def test_fast_path_equals_exhaustive_path(
+    patterns: list[list[list[str]]],
+    stm: list[list[str]],
+    threshold: float,
+    max_predictions: int,
+    token: bool,
+    fuzzy: float,
+) -> None:
+    kb = _kb(patterns)
+    config = EngineConfig(
+        recall_threshold=threshold,
+        max_predictions=max_predictions,
+        use_token_matching=token,
+        fuzzy_token_threshold=fuzzy,
+    )
+    assert _outputs(stm, kb, config, exhaustive=False) == _outputs(stm, kb, config, exhaustive=True)
+
+
+def test_single_hits_dominate_a_sparse_kb() -> None:
+    # Patterns that share one symbol with the query each: all single hits, pruning by name ties.
+    patterns = [[[f"a{i}"], ["x"], [f"b{i}"]] for i in range(30)]
+    kb = _kb(patterns)
+    config = EngineConfig(max_predictions=4)
+    fast = _outputs([["x"], ["y"]], kb, config, exhaustive=False)
+    assert fast == _outputs([["x"], ["y"]], kb, config, exhaustive=True)
+    assert len(fast[0]) == 4

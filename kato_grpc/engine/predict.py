@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kato_grpc.engine.candidates import SingleHit, screen
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import FutureGroup, Scored, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
-from kato_grpc.engine.candidates import SingleHit, screen
 from kato_grpc.engine.matching import Match, match_pattern
 from kato_grpc.engine.records import average_emotives
 from kato_grpc.v1 import engine_pb2 as pb

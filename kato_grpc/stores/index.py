@@ -14,7 +14,6 @@ import numpy.typing as npt
 
 from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
 
-
 _EMPTY: frozenset[str] = frozenset()
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.naming import pattern_name
-from kato_grpc.engine.predict import prediction_proto, predict_scored
+from kato_grpc.engine.predict import predict_scored, prediction_proto
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 

@@ -12,6 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KATO_", extra="ignore")
 
     host: str = "127.0.0.1"
+    # Serving processes on the port (SO_REUSEPORT); they share nothing but Redis and MongoDB.
+    workers: int = Field(1, ge=1, le=64)
     port: int = Field(50051, ge=0, le=65535)
     # When unset, `make run` starts local Redis- and MongoDB-compatible servers.
     redis_url: str | None = None

@@ -178,3 +178,33 @@ def test_sigterm_drains_and_exits_cleanly(stores: Stores, log_dir: Path) -> None
     stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"])))
     assert server.stop(signal.SIGTERM) == 0
     assert server.health() is None  # nothing listens any more
+
+
+def test_workers_share_one_port_and_stay_coherent(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir, "kato_" + uuid.uuid4().hex[:8]).start(KATO_WORKERS="2")
+    try:
+        stubs = [server.stub() for _ in range(8)]  # separate channels land on either process
+        node = "workers-" + uuid.uuid4().hex
+        sid = stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+        for i, stub in enumerate(stubs):
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[f"w{i}"])))
+        assert stubs[3].GetSession(svc.GetSessionRequest(session_id=sid)).time == len(stubs)
+        stubs[5].Learn(svc.LearnRequest(session_id=sid))
+        for stub in stubs:
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["w0"])))
+            stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+        observe = svc.ObserveRequest(
+            session_id=sid, observation=pb.Observation(strings=["w0"]), return_predictions=True
+        )
+        for stub in stubs:  # every process sees the pattern the other learned
+            assert len(stub.Observe(observe).predictions) == 1
+            stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+        assert len(_server_pids(server)) == 2  # two serving processes behind one port
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def _server_pids(server: ServerProcess) -> list[int]:
+    assert server.proc is not None
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []

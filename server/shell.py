@@ -78,8 +78,7 @@ class KatoShell:
         """Apply writes left in the outbox by an earlier call (idempotent through the ledger)."""
         if not state.pending_writes:
             return state
-        for write in state.pending_writes:
-            await self.patterns.apply(state.node_id, write)
+        await self.patterns.apply_many(state.node_id, list(state.pending_writes))
         new = _copy(state)
         new.ClearField("pending_writes")
         return new
@@ -108,8 +107,7 @@ class KatoShell:
             if writes:
                 if self.settings.fault_crash_after_commit:
                     os._exit(86)  # test hook: die between the Redis commit and the MongoDB write
-                for write in writes:
-                    await self.patterns.apply(new_state.node_id, write)
+                await self.patterns.apply_many(new_state.node_id, writes)
                 await self._drop_outbox(new_state)
             return response
         raise Aborted(

@@ -111,20 +111,36 @@ class MongoPatternStore:
 
     async def apply(self, kb_id: str, write: pb.PatternWrite) -> bool:
         """Apply one PatternWrite exactly once. True if this call applied it."""
+        return await self.apply_many(kb_id, [write]) == 1
+
+    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> int:
+        """Apply PatternWrites in order, each exactly once, in one transaction of bulk
+        operations (a handful of round trips however many writes). Returns how many applied."""
+        if not writes:
+            return 0
         async with self._client.start_session() as session:
-            applied: bool = await session.with_transaction(
-                lambda s: self._apply_in(s, kb_id, write),
+            applied: int = await session.with_transaction(
+                lambda s: self._apply_in(s, kb_id, writes),
                 write_concern=WriteConcern("majority"),
                 read_concern=ReadConcern("snapshot"),
             )
             return applied
 
-    async def _apply_in(self, s: AsyncClientSession, kb_id: str, write: pb.PatternWrite) -> bool:
+    async def _apply_in(self, s: AsyncClientSession, kb_id: str, writes: Sequence[pb.PatternWrite]) -> int:
         db = self._db
-        if write.write_id:
-            if await db.ledger.find_one({"_id": write.write_id}, session=s) is not None:
-                return False
-            await db.ledger.insert_one({"_id": write.write_id, "kb_id": kb_id}, session=s)
+        ids = [w.write_id for w in writes if w.write_id]
+        seen = {doc["_id"] async for doc in db.ledger.find({"_id": {"$in": ids}}, {"_id": 1}, session=s)}
+        todo = [w for w in writes if not w.write_id or w.write_id not in seen]
+        if not todo:
+            return 0
+        # Ids repeated inside one batch are applied once, like a retry.
+        unique: dict[str, pb.PatternWrite] = {}
+        for w in todo:
+            unique.setdefault(w.write_id or f"anon-{len(unique)}", w)
+        todo = list(unique.values())
+        ledger = [{"_id": w.write_id, "kb_id": kb_id} for w in todo if w.write_id]
+        if ledger:
+            await db.ledger.insert_many(ledger, ordered=True, session=s)
         kb = await db.kb.find_one_and_update(
             {"kb_id": kb_id},
             {"$inc": {"version": 1}},
@@ -134,29 +150,44 @@ class MongoPatternStore:
         )
         assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
         version = int(kb["version"])
-        for pv in write.vectors:
-            await db.vectors.update_one(
+        vector_ops = [
+            UpdateOne(
                 {"kb_id": kb_id, "name": pv.name},
                 {"$setOnInsert": {"values": list(pv.vector.values), "kb_version": version}},
                 upsert=True,
-                session=s,
             )
-        totals: dict[str, int] = {}
-        if write.name:
-            is_new = await self._upsert_pattern(s, kb_id, write, version)
-            new_symbols = await self._update_symbols(s, kb_id, write, version, is_new)
+            for w in todo
+            for pv in w.vectors
+        ]
+        if vector_ops:
+            await db.vectors.bulk_write(vector_ops, ordered=True, session=s)
+        learns = [w for w in todo if w.name]
+        if learns:
+            result = await db.patterns.bulk_write(
+                [self._pattern_op(kb_id, w, version) for w in learns], ordered=True, session=s
+            )
+            upserted = result.upserted_ids or {}
+            new_flags = [i in upserted for i in range(len(learns))]
+            symbol_ops = [
+                op
+                for w, is_new in zip(learns, new_flags, strict=True)
+                for op in self._symbol_ops(kb_id, w, version, is_new)
+            ]
+            new_symbols = 0
+            if symbol_ops:
+                new_symbols = (
+                    await db.symbols.bulk_write(symbol_ops, ordered=True, session=s)
+                ).upserted_count
             totals = {
-                "total_unique_patterns": int(is_new),
-                "total_pattern_frequencies": 1,
-                "vocabulary_size": new_symbols,
+                "total_unique_patterns": sum(new_flags),
+                "total_pattern_frequencies": len(learns),
+                "vocabulary_size": int(new_symbols),
             }
-        if totals:
             await db.kb.update_one({"kb_id": kb_id}, {"$inc": totals}, session=s)
-        return True
+        return len(todo)
 
-    async def _upsert_pattern(
-        self, s: AsyncClientSession, kb_id: str, write: pb.PatternWrite, version: int
-    ) -> bool:
+    @staticmethod
+    def _pattern_op(kb_id: str, write: pb.PatternWrite, version: int) -> UpdateOne:
         events = [list(e.symbols) for e in write.events]
         on_insert: Doc = {
             "events": events,
@@ -174,21 +205,14 @@ class MongoPatternStore:
             update["$addToSet"] = {"metadata": {"$each": pairs}}
         else:
             on_insert["metadata"] = []
-        before = await self._db.patterns.find_one_and_update(
-            {"kb_id": kb_id, "name": write.name},
-            update,
-            upsert=True,
-            return_document=ReturnDocument.BEFORE,
-            projection={"_id": 1},
-            session=s,
-        )
-        return before is None
+        return UpdateOne({"kb_id": kb_id, "name": write.name}, update, upsert=True)
 
-    async def _update_symbols(
-        self, s: AsyncClientSession, kb_id: str, write: pb.PatternWrite, version: int, is_new: bool
-    ) -> int:
+    @staticmethod
+    def _symbol_ops(kb_id: str, write: pb.PatternWrite, version: int, is_new: bool) -> list[UpdateOne]:
+        # One ordered op per symbol and write: affinity sums accumulate in the same order as
+        # the in-memory KB applies them, so floats agree to the last bit.
         affinity = {f"affinity.{encode_key(k)}": v for k, v in sorted(write.affinity_delta.items())}
-        ops = [
+        return [
             UpdateOne(
                 {"kb_id": kb_id, "symbol": symbol},
                 {
@@ -199,10 +223,6 @@ class MongoPatternStore:
             )
             for symbol, count in sorted(write.symbol_counts.items())
         ]
-        if not ops:
-            return 0
-        result = await self._db.symbols.bulk_write(ops, ordered=True, session=s)
-        return int(result.upserted_count)
 
     async def clear(self, kb_id: str) -> int:
         """Wipe a KB; its version moves on and every cache reloads (DESIGN 4)."""

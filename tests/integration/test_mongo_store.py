@@ -42,7 +42,7 @@ def _writes(n: int, seed: int) -> list[pb.PatternWrite]:
 def test_mongo_store_matches_the_in_memory_kb_and_applies_once(stores: Stores) -> None:
     async def run() -> None:
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
-        store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])  # type: ignore[arg-type]
+        store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])
         await store.ensure_indexes()
         kb_id = "store-test"
         cache = KbCache(store)

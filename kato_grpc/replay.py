@@ -86,9 +86,7 @@ class Replayer:
 
     def _op_observe(self, op: Mapping[str, Any]) -> dict[str, Any]:
         self._observations += 1
-        r = processor.observe(
-            self.state, observation_from_json(op), self.kb, unique_id=f"obs-{self._observations}"
-        )
+        r = processor.observe(self.state, observation_from_json(op), self.kb, unique_id=f"obs-{self._observations}")
         self._commit(r.state, r.writes)
         if r.auto_learned_pattern:
             self.learned.append(r.auto_learned_pattern)

@@ -98,9 +98,7 @@ class KatoServer:
 
     async def _check_health(self) -> None:
         serving = await self._stores_up() and not self._stopping.is_set()
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 

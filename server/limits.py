@@ -62,8 +62,6 @@ def check_observation(obs: pb.Observation, settings: Settings, field: str = "obs
     if len(obs.emotives) > settings.max_emotives:
         raise InvalidArgument.for_field(f"{field}.emotives", f"has more than {settings.max_emotives} keys")
     if len(obs.metadata) > settings.max_metadata_keys:
-        raise InvalidArgument.for_field(
-            f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys"
-        )
+        raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
     if len(obs.unique_id) > MAX_ID_CHARS:
         raise InvalidArgument.for_field(f"{field}.unique_id", f"is longer than {MAX_ID_CHARS} characters")

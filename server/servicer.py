@@ -67,9 +67,7 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     async def Observe(self, request: svc.ObserveRequest, context: Ctx) -> svc.ObserveResponse:
         return await self._guard("Observe", context, self.shell.observe(request))
 
-    async def ObserveSequence(
-        self, request: svc.ObserveSequenceRequest, context: Ctx
-    ) -> svc.ObserveSequenceResponse:
+    async def ObserveSequence(self, request: svc.ObserveSequenceRequest, context: Ctx) -> svc.ObserveSequenceResponse:
         return await self._guard("ObserveSequence", context, self.shell.observe_sequence(request))
 
     async def ObserveStream(
@@ -83,19 +81,13 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     async def Learn(self, request: svc.LearnRequest, context: Ctx) -> svc.LearnResponse:
         return await self._guard("Learn", context, self.shell.learn(request))
 
-    async def GetPredictions(
-        self, request: svc.GetPredictionsRequest, context: Ctx
-    ) -> svc.GetPredictionsResponse:
+    async def GetPredictions(self, request: svc.GetPredictionsRequest, context: Ctx) -> svc.GetPredictionsResponse:
         return await self._guard("GetPredictions", context, self.shell.get_predictions(request.session_id))
 
-    async def GetShortTermMemory(
-        self, request: svc.GetShortTermMemoryRequest, context: Ctx
-    ) -> svc.ShortTermMemory:
+    async def GetShortTermMemory(self, request: svc.GetShortTermMemoryRequest, context: Ctx) -> svc.ShortTermMemory:
         return await self._guard("GetShortTermMemory", context, self.shell.get_stm(request.session_id))
 
-    async def ClearShortTermMemory(
-        self, request: svc.ClearShortTermMemoryRequest, context: Ctx
-    ) -> empty_pb2.Empty:
+    async def ClearShortTermMemory(self, request: svc.ClearShortTermMemoryRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("ClearShortTermMemory", context, self.shell.clear_stm(request))
         return empty_pb2.Empty()
 
@@ -118,8 +110,6 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         await self._guard("DeletePattern", context, self.shell.delete_pattern(request))
         return empty_pb2.Empty()
 
-    async def ClearKnowledgeBase(
-        self, request: svc.ClearKnowledgeBaseRequest, context: Ctx
-    ) -> empty_pb2.Empty:
+    async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
         return empty_pb2.Empty()

@@ -40,6 +40,7 @@ Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R, lis
 
 _EMPTY_KB = KnowledgeIndex()
 DEFAULT_PAGE_SIZE = 100
+MAX_REMEMBERED_NODES = 100_000
 MAX_PAGE_SIZE = 1000
 
 
@@ -63,29 +64,36 @@ class KatoShell:
         self.sessions = sessions
         self.patterns = patterns
         self.cache = cache
+        self._nodes: dict[str, str] = {}  # session id -> node id
+        self._published: dict[str, int | None] = {}  # node id -> KB version seen with the last load
 
     # --- the transaction loop ------------------------------------------------------------
 
     async def _load(self, session_id: str, request_id: str = "") -> Loaded:
         limits.require_session_id(session_id)
         limits.check_request_id(request_id)
-        loaded = await self.sessions.load(session_id, request_id)
+        # A session's node never changes: once seen, its KB version rides along with the load.
+        loaded = await self.sessions.load(session_id, request_id, self._nodes.get(session_id))
         if loaded is None:
+            self._nodes.pop(session_id, None)
             raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+        if session_id not in self._nodes:
+            if len(self._nodes) >= MAX_REMEMBERED_NODES:
+                self._nodes.pop(next(iter(self._nodes)))
+            self._nodes[session_id] = loaded.state.node_id
+        self._published[loaded.state.node_id] = loaded.kb_version
         return loaded
 
     async def _flushed(self, state: pb.SessionState) -> pb.SessionState:
         """Apply writes left in the outbox by an earlier call (idempotent through the ledger)."""
         if not state.pending_writes:
             return state
-        await self.patterns.apply_many(state.node_id, list(state.pending_writes))
+        await self._apply(state.node_id, list(state.pending_writes))
         new = _copy(state)
         new.ClearField("pending_writes")
         return new
 
-    async def _transact(
-        self, session_id: str, request_id: str, transition: Transition[R], response_type: type[R]
-    ) -> R:
+    async def _transact(self, session_id: str, request_id: str, transition: Transition[R], response_type: type[R]) -> R:
         for _ in range(self.settings.cas_retries):
             loaded = await self._load(session_id, request_id)
             if loaded.response is not None:
@@ -107,7 +115,7 @@ class KatoShell:
             if writes:
                 if self.settings.fault_crash_after_commit:
                     os._exit(86)  # test hook: die between the Redis commit and the MongoDB write
-                await self.patterns.apply_many(new_state.node_id, writes)
+                await self._apply(new_state.node_id, writes)
                 await self._drop_outbox(new_state)
             return response
         raise Aborted(
@@ -136,7 +144,15 @@ class KatoShell:
         return int((state.ttl_seconds or self.settings.session_ttl_seconds) * 1000)
 
     async def _view(self, node_id: str) -> KnowledgeView:
-        return await self.cache.view(node_id)
+        published = self._published.pop(node_id, None)
+        if published is None:
+            published = await self.sessions.kb_version(node_id)
+        return await self.cache.view(node_id, published)
+
+    async def _apply(self, node_id: str, writes: list[pb.PatternWrite]) -> None:
+        """Apply writes to MongoDB (exactly once) and publish the KB's new version in Redis."""
+        applied = await self.patterns.apply_many(node_id, writes)
+        await self.sessions.publish_kb_version(node_id, applied.version)
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -162,9 +178,7 @@ class KatoShell:
         ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
         limits.check_ttl(ttl, self.settings)
         if len(req.metadata) > self.settings.max_metadata_keys:
-            raise InvalidArgument.for_field(
-                "metadata", f"has more than {self.settings.max_metadata_keys} keys"
-            )
+            raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
         if req.request_id:
             existing = await self.sessions.created_by(req.request_id)
             if existing is not None:
@@ -177,9 +191,7 @@ class KatoShell:
         if await self.sessions.compare_and_set(state, None, self._ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
         if req.request_id:
-            winner = await self.sessions.remember_creation(
-                req.request_id, state.session_id, self._ttl_ms(state)
-            )
+            winner = await self.sessions.remember_creation(req.request_id, state.session_id, self._ttl_ms(state))
             if winner != state.session_id:
                 await self.sessions.delete(state.session_id)
                 return await self.get_session(winner)
@@ -263,9 +275,7 @@ class KatoShell:
                 if req.clear_stm_between and i > 0:
                     state = _copy(state)
                     state.ClearField("stm")
-                r = processor.observe(
-                    state, obs, kb, unique_id=ids[i], max_stm_events=self.settings.max_stm_events
-                )
+                r = processor.observe(state, obs, kb, unique_id=ids[i], max_stm_events=self.settings.max_stm_events)
                 state, writes = r.state, writes + r.writes
                 out.results.append(_observe_response(r, req.return_predictions))
                 if r.auto_learned_pattern:
@@ -374,25 +384,24 @@ class KatoShell:
             bare,
             frequency=req.pattern.frequency if "frequency" in mask else None,
             emotives=emotives if "emotives" in mask else None,
-            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()}
-            if "metadata" in mask
-            else None,
+            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()} if "metadata" in mask else None,
         )
         if record is None:
-            raise NotFound(
-                f"pattern {req.pattern.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND"
-            )
+            raise NotFound(f"pattern {req.pattern.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
         return processor.pattern_proto(record)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
         limits.require_node_id(req.node_id)
-        if not await self.patterns.delete_pattern(req.node_id, self._pattern_name(req.name)):
+        version = await self.patterns.delete_pattern(req.node_id, self._pattern_name(req.name))
+        if version is not None:
+            await self.sessions.publish_kb_version(req.node_id, version)
+        else:
             raise NotFound(f"pattern {req.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
 
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest) -> None:
         if not req.session_id:
             limits.require_node_id(req.node_id, "node_id")
-            await self.patterns.clear(req.node_id)
+            await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
             return
         loaded = await self._load(req.session_id, req.request_id)
         if loaded.response is not None:
@@ -400,7 +409,7 @@ class KatoShell:
         # Flush the outbox first: writes learned before the wipe must land before it, never after
         # (the ledger then keeps the transaction loop from applying them again).
         state = await self._read(req.session_id)
-        await self.patterns.clear(state.node_id)
+        await self.sessions.publish_kb_version(state.node_id, await self.patterns.clear(state.node_id))
 
         async def run(
             state: pb.SessionState,

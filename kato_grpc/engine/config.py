@@ -91,9 +91,7 @@ def resolve_config(config: pb.SessionConfig) -> EngineConfig:
             config.max_pattern_length if config.HasField("max_pattern_length") else d.max_pattern_length
         ),
         persistence=config.persistence if config.HasField("persistence") else d.persistence,
-        recall_threshold=(
-            config.recall_threshold if config.HasField("recall_threshold") else d.recall_threshold
-        ),
+        recall_threshold=(config.recall_threshold if config.HasField("recall_threshold") else d.recall_threshold),
         rolling=config.stm_mode == pb.STM_MODE_ROLLING,
         max_predictions=config.max_predictions if config.HasField("max_predictions") else d.max_predictions,
         sort_symbols=config.sort_symbols if config.HasField("sort_symbols") else d.sort_symbols,
@@ -103,9 +101,7 @@ def resolve_config(config: pb.SessionConfig) -> EngineConfig:
         use_token_matching=(
             config.use_token_matching if config.HasField("use_token_matching") else d.use_token_matching
         ),
-        fuzzy_token_threshold=(
-            config.fuzzy_token_threshold if config.HasField("fuzzy_token_threshold") else 0.0
-        ),
+        fuzzy_token_threshold=(config.fuzzy_token_threshold if config.HasField("fuzzy_token_threshold") else 0.0),
         rank_key=RANK_KEYS.get(config.rank_sort_algo, d.rank_key),
         affinity_emotive=config.affinity_emotive if config.HasField("affinity_emotive") else None,
     )

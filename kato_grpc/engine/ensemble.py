@@ -114,9 +114,7 @@ def score(
                     (counts[s] / length) * (math.log(counts[s] / length) / log_v) for s in distinct
                 )
                 r.global_normalized_entropy = -sum(
-                    prob.get(s, 0.0) * (math.log(prob.get(s, 0.0)) / log_v)
-                    for s in distinct
-                    if prob.get(s, 0.0) > 0
+                    prob.get(s, 0.0) * (math.log(prob.get(s, 0.0)) / log_v) for s in distinct if prob.get(s, 0.0) > 0
                 )
             if n_patterns:
                 r.tfidf_score = sum(

@@ -35,9 +35,7 @@ def validate_observation(observation: pb.Observation, field: str = "observation"
             )
     dims = {len(v.values) for v in observation.vectors}
     if 0 in dims:
-        raise InvalidArgument.for_field(
-            f"{field}.vectors", "a vector must not be empty", reason="EMPTY_VECTOR"
-        )
+        raise InvalidArgument.for_field(f"{field}.vectors", "a vector must not be empty", reason="EMPTY_VECTOR")
     if len(dims) > 1:
         raise InvalidArgument.for_field(
             f"{field}.vectors",
@@ -87,8 +85,6 @@ def _check_dimension(
         raise InvalidArgument(
             f"{field}.vectors: dimension {len(vector)} does not match the knowledge base's {expected}",
             reason="VECTOR_DIMENSION_MISMATCH",
-            violations=(
-                FieldViolation(f"{field}.vectors", f"expected dimension {expected}, got {len(vector)}"),
-            ),
+            violations=(FieldViolation(f"{field}.vectors", f"expected dimension {expected}, got {len(vector)}"),),
             metadata={"expected_dimension": str(expected), "actual_dimension": str(len(vector))},
         )

@@ -141,9 +141,7 @@ def prediction_proto(r: Scored) -> pb.Prediction:
         future=_events(m.future),
         missing=_events(m.missing),
         extras=_events(m.extras),
-        anomalies=[
-            pb.Anomaly(observed=a.observed, expected=a.expected, similarity=a.similarity) for a in m.anomalies
-        ],
+        anomalies=[pb.Anomaly(observed=a.observed, expected=a.expected, similarity=a.similarity) for a in m.anomalies],
         sequence=_events(m.pattern.events),
         similarity=m.similarity,
         evidence=m.evidence,

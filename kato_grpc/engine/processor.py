@@ -118,9 +118,7 @@ def observe(
     if non_empty and _auto_learn_due(len(new.stm), cfg):
         events = _stm_lists(new)
         keep = (
-            events[len(events) - (cfg.max_pattern_length - 1) :]
-            if cfg.rolling and cfg.max_pattern_length > 1
-            else []
+            events[len(events) - (cfg.max_pattern_length - 1) :] if cfg.rolling and cfg.max_pattern_length > 1 else []
         )
         name, writes = _consume_stm(new, state.version, cfg)
         for event in keep:
@@ -155,9 +153,7 @@ def learn(state: pb.SessionState) -> LearnResult:
     )
 
 
-def predictions(
-    state: pb.SessionState, kb: KnowledgeView
-) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
+def predictions(state: pb.SessionState, kb: KnowledgeView) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
     """Predictions for the session's STM with the session's config (a pure read)."""
     return predict(_stm_lists(state), kb, resolve_config(state.config))
 
@@ -202,9 +198,7 @@ def pattern_proto(record: PatternRecord) -> pb.Pattern:
     )
 
 
-def _consume_stm(
-    new: pb.SessionState, from_version: int, cfg: EngineConfig
-) -> tuple[str, list[pb.PatternWrite]]:
+def _consume_stm(new: pb.SessionState, from_version: int, cfg: EngineConfig) -> tuple[str, list[pb.PatternWrite]]:
     """Turn the STM into a PatternWrite (when learnable) and clear STM and accumulators.
 
     Mutates ``new``, which is always the caller's private copy.

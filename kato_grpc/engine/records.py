@@ -59,9 +59,7 @@ def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[
     return {key: sorted(values) for key, values in merged.items()}
 
 
-def merge_metadata(
-    old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]
-) -> dict[str, list[str]]:
+def merge_metadata(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """Union per key, sorted (re-learn rule of spec 1.7)."""
     out = {key: sorted(set(values)) for key, values in old.items()}
     for key, values in new.items():

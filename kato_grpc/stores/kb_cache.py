@@ -1,13 +1,17 @@
 """The per-process knowledge-base cache, stamped with each KB's version (DESIGN 4, D-8).
 
-Every read checks the KB version in MongoDB (one small query) and fetches only what changed
-since the cached version, so predictions never query MongoDB per candidate and several
-server processes stay coherent. A refresh replaces data wholesale and synchronously once
-fetched, so a prediction (pure, no awaits) never sees a half-applied refresh.
+Every read is given the KB version that writers publish in Redis after each MongoDB commit
+(one cheap GET) and fetches only what changed since the cached version, so predictions never
+query MongoDB per candidate and several server processes stay coherent. MongoDB's own version
+is checked too when Redis does not know the KB, and at least every ``check_seconds`` — that
+bounds the staleness left by a writer that died between its commit and its publish.
+A refresh is merged synchronously once fetched, so a prediction (pure, no awaits) never
+sees a half-applied refresh.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 from kato_grpc.stores.index import KnowledgeIndex
@@ -17,22 +21,35 @@ DEFAULT_MAX_KBS = 100
 
 
 class KbCache:
-    def __init__(self, store: MongoPatternStore, max_kbs: int = DEFAULT_MAX_KBS) -> None:
+    def __init__(self, store: MongoPatternStore, max_kbs: int = DEFAULT_MAX_KBS, check_seconds: float = 1.0) -> None:
         self._store = store
         self._max = max_kbs
+        self._check_seconds = check_seconds
         self._indexes: OrderedDict[str, KnowledgeIndex] = OrderedDict()
+        self._checked: dict[str, float] = {}
 
-    async def view(self, kb_id: str) -> KnowledgeIndex:
-        """The KB's index, refreshed if its version moved since it was cached."""
+    async def view(self, kb_id: str, published: int | None = None) -> KnowledgeIndex:
+        """The KB's index, refreshed if its version moved since it was cached.
+
+        ``published`` is the version from Redis (None if unknown): when it matches the cache
+        and MongoDB was checked recently, no MongoDB round trip happens at all.
+        """
         index = self._indexes.get(kb_id)
-        current = await self._store.kb_version(kb_id)
+        now = time.monotonic()
+        recent = now - self._checked.get(kb_id, -1e9) < self._check_seconds
+        if index is not None and published is not None and published <= index.version and recent:
+            current = index.version
+        else:
+            current = await self._store.kb_version(kb_id)
+            self._checked[kb_id] = now
         if index is None or index.version != current:
             since = index.version if index is not None else 0
             changes = await self._store.changes_since(kb_id, since)
             index = self._merge(kb_id, changes)
         self._indexes.move_to_end(kb_id)
         while len(self._indexes) > self._max:
-            self._indexes.popitem(last=False)
+            evicted, _ = self._indexes.popitem(last=False)
+            self._checked.pop(evicted, None)
         return index
 
     def _merge(self, kb_id: str, changes: KbChanges) -> KnowledgeIndex:

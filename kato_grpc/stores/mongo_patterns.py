@@ -19,13 +19,14 @@ and an incremental cache refresh (``kb_version > cached``) never skips a write.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -42,6 +43,14 @@ def encode_key(key: str) -> str:
 
 def decode_key(field_name: str) -> str:
     return field_name[1:].replace("%24", "$").replace("%2E", ".").replace("%25", "%")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """How many writes of a batch this call applied, and the KB version afterwards."""
+
+    count: int
+    version: int
 
 
 @dataclass(slots=True)
@@ -111,33 +120,44 @@ class MongoPatternStore:
 
     async def apply(self, kb_id: str, write: pb.PatternWrite) -> bool:
         """Apply one PatternWrite exactly once. True if this call applied it."""
-        return await self.apply_many(kb_id, [write]) == 1
+        return (await self.apply_many(kb_id, [write])).count == 1
 
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> int:
+    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
         """Apply PatternWrites in order, each exactly once, in one transaction of bulk
-        operations (a handful of round trips however many writes). Returns how many applied."""
+        operations (a handful of round trips however many writes)."""
         if not writes:
-            return 0
-        async with self._client.start_session() as session:
-            applied: int = await session.with_transaction(
-                lambda s: self._apply_in(s, kb_id, writes),
-                write_concern=WriteConcern("majority"),
-                read_concern=ReadConcern("snapshot"),
-            )
-            return applied
-
-    async def _apply_in(self, s: AsyncClientSession, kb_id: str, writes: Sequence[pb.PatternWrite]) -> int:
-        db = self._db
-        ids = [w.write_id for w in writes if w.write_id]
-        seen = {doc["_id"] async for doc in db.ledger.find({"_id": {"$in": ids}}, {"_id": 1}, session=s)}
-        todo = [w for w in writes if not w.write_id or w.write_id not in seen]
-        if not todo:
-            return 0
+            return Applied(0, await self.kb_version(kb_id))
         # Ids repeated inside one batch are applied once, like a retry.
         unique: dict[str, pb.PatternWrite] = {}
-        for w in todo:
+        for w in writes:
             unique.setdefault(w.write_id or f"anon-{len(unique)}", w)
-        todo = list(unique.values())
+        batch = list(unique.values())
+        try:
+            # Optimistic: the batch is new (the common case), so the ledger insert comes first
+            # and no lookup round trip is spent.
+            return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=False))
+        except (DuplicateKeyError, BulkWriteError):
+            return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True))
+
+    async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[Applied]]) -> Applied:
+        async with self._client.start_session() as session:
+            result: Applied = await session.with_transaction(
+                work, write_concern=WriteConcern("majority"), read_concern=ReadConcern("snapshot")
+            )
+            return result
+
+    async def _apply_in(
+        self, s: AsyncClientSession, kb_id: str, writes: Sequence[pb.PatternWrite], *, check: bool
+    ) -> Applied:
+        db = self._db
+        todo = list(writes)
+        if check:  # some of the batch may be in the ledger already (a retry after a crash)
+            ids = [w.write_id for w in writes if w.write_id]
+            seen = {doc["_id"] async for doc in db.ledger.find({"_id": {"$in": ids}}, {"_id": 1}, session=s)}
+            todo = [w for w in writes if not w.write_id or w.write_id not in seen]
+            if not todo:
+                kb = await db.kb.find_one({"kb_id": kb_id}, {"version": 1}, session=s)
+                return Applied(0, int(kb["version"]) if kb else 0)
         ledger = [{"_id": w.write_id, "kb_id": kb_id} for w in todo if w.write_id]
         if ledger:
             await db.ledger.insert_many(ledger, ordered=True, session=s)
@@ -175,16 +195,14 @@ class MongoPatternStore:
             ]
             new_symbols = 0
             if symbol_ops:
-                new_symbols = (
-                    await db.symbols.bulk_write(symbol_ops, ordered=True, session=s)
-                ).upserted_count
+                new_symbols = (await db.symbols.bulk_write(symbol_ops, ordered=True, session=s)).upserted_count
             totals = {
                 "total_unique_patterns": sum(new_flags),
                 "total_pattern_frequencies": len(learns),
                 "vocabulary_size": int(new_symbols),
             }
             await db.kb.update_one({"kb_id": kb_id}, {"$inc": totals}, session=s)
-        return len(todo)
+        return Applied(len(todo), version)
 
     @staticmethod
     def _pattern_op(kb_id: str, write: pb.PatternWrite, version: int) -> UpdateOne:
@@ -254,18 +272,18 @@ class MongoPatternStore:
         await self._db.kb.update_one({"kb_id": kb_id}, {"$set": fields}, session=s)
         return version
 
-    async def delete_pattern(self, kb_id: str, name: str) -> bool:
-        """Remove a pattern; symbol statistics and totals stay as they are (spec 5.4)."""
+    async def delete_pattern(self, kb_id: str, name: str) -> int | None:
+        """Remove a pattern; symbol statistics and totals stay as they are (spec 5.4).
+        Returns the new KB version, or None when there was no such pattern."""
         async with self._client.start_session() as session:
-            deleted: bool = await session.with_transaction(lambda s: self._delete_in(s, kb_id, name))
-            return deleted
+            version: int | None = await session.with_transaction(lambda s: self._delete_in(s, kb_id, name))
+            return version
 
-    async def _delete_in(self, s: AsyncClientSession, kb_id: str, name: str) -> bool:
+    async def _delete_in(self, s: AsyncClientSession, kb_id: str, name: str) -> int | None:
         result = await self._db.patterns.delete_one({"kb_id": kb_id, "name": name}, session=s)
         if not result.deleted_count:
-            return False
-        await self._bump_reload(s, kb_id, reset_totals=False)
-        return True
+            return None
+        return await self._bump_reload(s, kb_id, reset_totals=False)
 
     async def update_pattern(
         self,
@@ -297,9 +315,7 @@ class MongoPatternStore:
         if emotives is not None:
             fields["emotives"] = [sorted([k, v] for k, v in r.items()) for r in emotives]
         if metadata is not None:
-            fields["metadata"] = [
-                [k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))
-            ]
+            fields["metadata"] = [[k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))]
         doc = await self._db.patterns.find_one_and_update(
             {"kb_id": kb_id, "name": name},
             {"$set": fields} if fields else {"$inc": {"frequency": 0}},

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from kato_grpc.v1 import engine_pb2 as pb
 
@@ -40,11 +41,22 @@ return 1
 """
 
 
+# KB versions are published here after every MongoDB commit, so a call learns whether its
+# cached KB is current from Redis (cheap) instead of MongoDB. Only ever moves forward.
+_PUBLISH_KB_VERSION = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = tonumber(ARGV[1])
+if new > cur then redis.call('SET', KEYS[1], ARGV[1]) return new end
+return cur
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     state: pb.SessionState
     version: int
     response: bytes | None  # the remembered response of this request_id, if any
+    kb_version: int | None = None  # the node's published KB version, when asked for
 
 
 class CasResult:
@@ -61,6 +73,10 @@ def request_key(session_id: str, request_id: str) -> str:
     return f"kato:{{{session_id}}}:req:{request_id}"
 
 
+def kb_version_key(kb_id: str) -> str:
+    return f"kato:kb:{{{kb_id}}}:version"
+
+
 def create_key(request_id: str) -> str:
     return f"kato:create:{request_id}"
 
@@ -70,21 +86,41 @@ class RedisSessionStore:
         self._redis = client
         self._load = client.register_script(_LOAD)
         self._cas = client.register_script(_CAS)
+        self._publish = client.register_script(_PUBLISH_KB_VERSION)
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
-    async def load(self, session_id: str, request_id: str = "") -> Loaded | None:
-        version, blob, response = await self._load(
-            keys=[state_key(session_id), request_key(session_id, request_id)],
-            args=["1" if request_id else "0"],
-        )
+    async def load(self, session_id: str, request_id: str = "", kb_id: str | None = None) -> Loaded | None:
+        """Load a session (sliding its TTL). With ``kb_id`` (the session's node, when the caller
+        already knows it) the KB's published version comes back in the same round trip."""
+        keys = [state_key(session_id), request_key(session_id, request_id)]
+        args = ["1" if request_id else "0"]
+        kb_version = None
+        if kb_id is None:
+            version, blob, response = await self._load(keys=keys, args=args)
+        else:
+            # Two keys in different cluster slots: a pipeline, not one script. Raw EVALSHA,
+            # because a pipeline holding Script objects re-checks SCRIPT EXISTS on every call.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *args)
+            pipe.get(kb_version_key(kb_id))
+            loaded, published = await pipe.execute(raise_on_error=False)
+            if isinstance(loaded, NoScriptError):  # first use on this server: load the script
+                loaded = await self._load(keys=keys, args=args)
+            elif isinstance(loaded, Exception):
+                raise loaded
+            if isinstance(published, Exception):
+                raise published
+            version, blob, response = loaded
+            kb_version = int(published) if published is not None else None
         if version is None or blob is None:
             return None
         return Loaded(
             state=pb.SessionState.FromString(blob),
             version=int(version),
             response=response if response else None,
+            kb_version=kb_version,
         )
 
     async def compare_and_set(
@@ -109,6 +145,14 @@ class RedisSessionStore:
             ],
         )
         return int(result)
+
+    async def kb_version(self, kb_id: str) -> int | None:
+        """The last published version of a KB; None when Redis does not know it."""
+        value = await self._redis.get(kb_version_key(kb_id))
+        return int(value) if value is not None else None
+
+    async def publish_kb_version(self, kb_id: str, version: int) -> None:
+        await self._publish(keys=[kb_version_key(kb_id)], args=[str(version)])
 
     async def delete(self, session_id: str) -> bool:
         return bool(await self._redis.delete(state_key(session_id)))

@@ -27,9 +27,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(
-    stores: tuple[devstack.LocalServer, devstack.LocalServer], log_dir: Path
-) -> Iterator[ServerProcess]:
+def server(stores: tuple[devstack.LocalServer, devstack.LocalServer], log_dir: Path) -> Iterator[ServerProcess]:
     proc = new_server(*stores, log_dir).start()
     yield proc
     proc.stop()

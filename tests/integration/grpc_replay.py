@@ -27,9 +27,7 @@ def replay_grpc(stub: svc_grpc.KatoServiceStub, node_id: str, scenario: Mapping[
         out: dict[str, Any] = {"op": kind}
         if kind == "observe":
             r = stub.Observe(
-                svc.ObserveRequest(
-                    session_id=sid, observation=observation_from_json(op), return_predictions=True
-                )
+                svc.ObserveRequest(session_id=sid, observation=observation_from_json(op), return_predictions=True)
             )
             stm = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid))
             auto = r.auto_learned_pattern if r.HasField("auto_learned_pattern") else None
@@ -65,9 +63,7 @@ def replay_grpc(stub: svc_grpc.KatoServiceStub, node_id: str, scenario: Mapping[
             index = int(op.get("index", -1))
             try:
                 name = learned[index]
-                out["pattern"] = jsonview.pattern(
-                    stub.GetPattern(svc.GetPatternRequest(node_id=node_id, name=name))
-                )
+                out["pattern"] = jsonview.pattern(stub.GetPattern(svc.GetPatternRequest(node_id=node_id, name=name)))
             except IndexError:
                 out["error"] = "NOT_FOUND"
             except grpc.RpcError as exc:

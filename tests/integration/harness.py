@@ -33,9 +33,7 @@ class ServerProcess:
     def start(self, **extra_env: str) -> ServerProcess:
         env = {**self.env, **extra_env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
+        self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log)
         self.wait_serving()
         return self
 
@@ -81,9 +79,7 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def server_env(
-    redis: devstack.LocalServer, mongo: devstack.LocalServer, port: int, database: str
-) -> dict[str, str]:
+def server_env(redis: devstack.LocalServer, mongo: devstack.LocalServer, port: int, database: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KATO_")}
     env.update(
         KATO_PORT=str(port),

@@ -15,9 +15,7 @@ from tests.integration.grpc_replay import replay_grpc
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_scenario_through_grpc_matches_pure_replay(
-    path: Path, stub: svc_grpc.KatoServiceStub, node_id: str
-) -> None:
+def test_scenario_through_grpc_matches_pure_replay(path: Path, stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
     scenario = json.loads(path.read_text(encoding="utf-8"))
     via_grpc = replay_grpc(stub, node_id, scenario)
     diffs = differences(scenario["results"], via_grpc["results"], "results")

@@ -140,9 +140,7 @@ def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
             redis.restart()
             assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
             reply = _eventually_value(
-                lambda: stub.Observe(
-                    svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"]))
-                )
+                lambda: stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"])))
             )
             assert reply.time == 2  # the session survived the restart (AOF) and nothing was half-applied
         finally:

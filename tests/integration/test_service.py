@@ -81,9 +81,7 @@ def test_pattern_admin_update_list_delete(stub: svc_grpc.KatoServiceStub, node_i
         observe(stub, sid, *pair)
         names.append(stub.Learn(svc.LearnRequest(session_id=sid)).pattern_name)
     first = stub.ListPatterns(svc.ListPatternsRequest(node_id=node_id, page_size=2))
-    second = stub.ListPatterns(
-        svc.ListPatternsRequest(node_id=node_id, page_size=2, page_token=first.next_page_token)
-    )
+    second = stub.ListPatterns(svc.ListPatternsRequest(node_id=node_id, page_size=2, page_token=first.next_page_token))
     assert sorted(names) == [p.name for p in [*first.patterns, *second.patterns]]
     assert second.next_page_token == ""
     updated = stub.UpdatePattern(
@@ -140,9 +138,7 @@ def test_errors_have_documented_codes_and_fields(
         assert fields == [field]
 
 
-def test_bad_observations_are_invalid_argument_and_change_nothing(
-    stub: svc_grpc.KatoServiceStub, node_id: str
-) -> None:
+def test_bad_observations_are_invalid_argument_and_change_nothing(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
     sid = create(stub, node_id)
     observe(stub, sid, "a")
     bad = [
@@ -244,9 +240,7 @@ def test_observe_sequence_and_stream(stub: svc_grpc.KatoServiceStub, node_id: st
     assert responses[1].predictions[0].future[0].symbols == ["z"]
 
 
-def test_sessions_on_one_node_are_isolated_but_share_the_kb(
-    stub: svc_grpc.KatoServiceStub, node_id: str
-) -> None:
+def test_sessions_on_one_node_are_isolated_but_share_the_kb(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
     left, right = create(stub, node_id), create(stub, node_id)
     alphabet = {left: [f"L{i}" for i in range(6)], right: [f"R{i}" for i in range(6)]}
     errors: list[str] = []
@@ -278,7 +272,6 @@ def test_sessions_on_one_node_are_isolated_but_share_the_kb(
         observe(stub, sid, "L0")
         observe(stub, sid, "R0")
         futures = {
-            p.future[0].symbols[0]
-            for p in stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions
+            p.future[0].symbols[0] for p in stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions
         }
         assert futures == {"L1", "R1"}

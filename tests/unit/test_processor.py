@@ -118,9 +118,7 @@ def test_stm_cap_drops_the_oldest_events_and_says_so() -> None:
     kb = InMemoryKnowledgeBase()
     state = processor.new_session("s", "n", pb.SessionConfig(process_predictions=False))
     for i in range(5):
-        result = processor.observe(
-            state, pb.Observation(strings=[str(i)]), kb, unique_id=str(i), max_stm_events=3
-        )
+        result = processor.observe(state, pb.Observation(strings=[str(i)]), kb, unique_id=str(i), max_stm_events=3)
         state = result.state
     assert [list(e.symbols) for e in state.stm] == [["2"], ["3"], ["4"]]
     assert result.dropped_events == 1
@@ -207,14 +205,10 @@ def test_vectors_become_vctr_symbols_and_are_indexed_by_learn() -> None:
         kb.apply(w)
     assert kb.vector_dimension() == 2
     # A second observation now finds the first vector as a neighbour.
-    r2 = processor.observe(
-        learned.state, pb.Observation(vectors=[pb.Vector(values=[9.0, 9.0])]), kb, unique_id="2"
-    )
+    r2 = processor.observe(learned.state, pb.Observation(vectors=[pb.Vector(values=[9.0, 9.0])]), kb, unique_id="2")
     assert len(r2.state.stm[0].symbols) == 2
     with pytest.raises(InvalidArgument) as info:
-        processor.observe(
-            r2.state, pb.Observation(vectors=[pb.Vector(values=[1.0, 2.0, 3.0])]), kb, unique_id="3"
-        )
+        processor.observe(r2.state, pb.Observation(vectors=[pb.Vector(values=[1.0, 2.0, 3.0])]), kb, unique_id="3")
     assert info.value.reason == "VECTOR_DIMENSION_MISMATCH"
 
 

@@ -140,9 +140,7 @@ def test_w6_observation_longer_than_pattern() -> None:
         ([["extra1", "simple1"], ["extra2", "simple3"]], 0.5, 1 / 3, [["extra1"], ["extra2"]]),
     ],
 )  # fmt: skip
-def test_w7_extra_symbols(
-    stm: list[list[str]], similarity: float, snr: float, extras: list[list[str]]
-) -> None:
+def test_w7_extra_symbols(stm: list[list[str]], similarity: float, snr: float, extras: list[list[str]]) -> None:
     r = session()
     learn(r, ["simple1", "simple2"], ["simple3", "simple4"])
     observe(r, *stm)

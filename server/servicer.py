@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -12,6 +13,8 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
+from kato_grpc.engine.observation import validate_observation
+from kato_grpc.errors import KatoError
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
@@ -19,6 +22,7 @@ from server.errors import as_kato_error, internal_status, to_status
 from server.shell import KatoShell
 
 T = TypeVar("T")
+STREAM_BATCH = 64
 Ctx = grpc.aio.ServicerContext[Any, Any]
 log = structlog.get_logger("kato.rpc")
 
@@ -75,8 +79,37 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         request_iterator: AsyncIterator[svc.ObserveRequest],
         context: Ctx,
     ) -> AsyncIterator[svc.ObserveResponse]:
-        async for request in request_iterator:
-            yield await self._guard("ObserveStream", context, self.shell.observe(request))
+        """One response per observation, in order. Observations already waiting for the same
+        session (without request_id, all valid) are committed together: one load, one
+        compare-and-set, the same responses as one by one."""
+        queue: asyncio.Queue[svc.ObserveRequest | None] = asyncio.Queue(maxsize=STREAM_BATCH)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await queue.put(request)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            carried: list[svc.ObserveRequest | None] = []  # an item taken from the queue, not yet served
+            while True:
+                first = carried.pop() if carried else await queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while not first.request_id and len(batch) < STREAM_BATCH and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is None or nxt.session_id != first.session_id or nxt.request_id or not _valid(nxt):
+                        carried.append(nxt)
+                        break
+                    batch.append(nxt)
+                responses = await self._guard("ObserveStream", context, self.shell.observe_batch(batch))
+                for response in responses:
+                    yield response
+        finally:
+            reader.cancel()
 
     async def Learn(self, request: svc.LearnRequest, context: Ctx) -> svc.LearnResponse:
         return await self._guard("Learn", context, self.shell.learn(request))
@@ -113,3 +146,12 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
         return empty_pb2.Empty()
+
+
+def _valid(request: svc.ObserveRequest) -> bool:
+    """Cheap pre-check so an invalid observation is answered on its own, after the valid ones."""
+    try:
+        validate_observation(request.observation)
+    except KatoError:
+        return False
+    return True

@@ -248,6 +248,35 @@ class KatoShell:
 
         return await self._transact(req.session_id, req.request_id, run, svc.ObserveResponse)
 
+    async def observe_batch(self, reqs: list[svc.ObserveRequest]) -> list[svc.ObserveResponse]:
+        """Several observations of one session (no request_ids) in one load / compare-and-set.
+
+        The responses are exactly those of sequential Observe calls; the batch commits as one
+        (used by ObserveStream to absorb high-rate clients).
+        """
+        if len(reqs) == 1:
+            return [await self.observe(reqs[0])]
+        for req in reqs:
+            limits.check_observation(req.observation, self.settings)
+        ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
+
+        async def run(
+            state: pb.SessionState,
+        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse, list[pb.PatternWrite]]:
+            kb = await self._view_for(state, [r.observation for r in reqs])
+            out = svc.ObserveSequenceResponse()
+            writes: list[pb.PatternWrite] = []
+            for req, unique_id in zip(reqs, ids, strict=True):
+                r = processor.observe(
+                    state, req.observation, kb, unique_id=unique_id, max_stm_events=self.settings.max_stm_events
+                )
+                state, writes = r.state, writes + r.writes
+                out.results.append(_observe_response(r, req.return_predictions))
+            return state, out, writes
+
+        result = await self._transact(reqs[0].session_id, "", run, svc.ObserveSequenceResponse)
+        return list(result.results)
+
     async def _view_for(self, state: pb.SessionState, observations: list[pb.Observation]) -> KnowledgeView:
         # Skip the KB round trip when nothing in the call can read the KB.
         if resolve_config(state.config).process_predictions or any(o.vectors for o in observations):

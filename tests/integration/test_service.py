@@ -275,3 +275,33 @@ def test_sessions_on_one_node_are_isolated_but_share_the_kb(stub: svc_grpc.KatoS
             p.future[0].symbols[0] for p in stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions
         }
         assert futures == {"L1", "R1"}
+
+
+def test_observe_stream_batches_but_answers_like_unary_calls(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid, other = create(stub, node_id), create(stub, node_id)
+    observe(stub, sid, "a")
+    observe(stub, sid, "b")
+    stub.Learn(svc.LearnRequest(session_id=sid))
+    requests = [
+        svc.ObserveRequest(
+            session_id=sid if i % 50 else other, observation=pb.Observation(strings=["a" if i % 2 else "b"])
+        )
+        for i in range(300)
+    ]
+    responses = list(stub.ObserveStream(iter(requests)))
+    times = [r.time for r, q in zip(responses, requests, strict=True) if q.session_id == sid]
+    assert times == list(range(3, len(times) + 3))  # two observes came before the stream
+    assert stub.GetSession(svc.GetSessionRequest(session_id=other)).time == 6
+    # An invalid observation mid-stream: everything before it is answered and kept, then the error.
+    bad = [
+        *requests[1:5],
+        svc.ObserveRequest(session_id=sid, observation=pb.Observation(emotives={"e": math.nan})),
+        *requests[1:5],
+    ]
+    got: list[svc.ObserveResponse] = []
+    with pytest.raises(grpc.RpcError) as info:
+        for response in stub.ObserveStream(iter(bad)):
+            got.append(response)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r.time for r in got] == [len(times) + 2 + i for i in range(1, 5)]
+    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time == len(times) + 6

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import platform
 import random
 import statistics
@@ -56,9 +57,21 @@ def queries(patterns: list[list[list[str]]], count: int, rng: random.Random) -> 
     return out
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def measure(size: int, repeats: int) -> dict[str, float]:
     rng = random.Random(SEED)
+    gc.collect()
+    before = rss_mb()
     kb, patterns = build_kb(size, rng)
+    gc.collect()
+    grown = rss_mb() - before
+    gc.freeze()  # as the server's KB cache does after a large refresh
     config = EngineConfig()
     samples = []
     counts = []
@@ -74,6 +87,7 @@ def measure(size: int, repeats: int) -> dict[str, float]:
         "median_ms": statistics.median(samples),
         "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
         "median_predictions": statistics.median(counts),
+        "mb_per_100k": grown * 100_000 / size,
     }
 
 
@@ -102,13 +116,13 @@ def report(rows: list[dict[str, float]], command: str) -> str:
         f"{SEED}; query = 3 consecutive events of a learned pattern plus one foreign symbol; default "
         "config (recall_threshold 0.1, max_predictions 100); in-memory KB, no IO.",
         "",
-        "| learned patterns | queries | median ms | p99 ms | median predictions returned |",
-        "|---:|---:|---:|---:|---:|",
+        "| learned patterns | queries | median ms | p99 ms | median predictions returned | index MB per 100k |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['patterns']):,} | {int(r['queries'])} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r['median_predictions']:.0f} |"
+            f"| {r['median_predictions']:.0f} | {r['mb_per_100k']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -7,14 +7,17 @@ not pay protobuf attribute costs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 Events = tuple[tuple[str, ...], ...]
+_NO_METADATA: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +39,15 @@ class PatternRecord:
         emotives: Sequence[Mapping[str, float]] = (),
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> PatternRecord:
-        evs = tuple(tuple(e) for e in events)
+        # Interned symbols: a KB repeats a small alphabet across many patterns, and one str
+        # object per symbol (not per occurrence) is most of a cached pattern's memory.
+        evs = tuple(tuple(sys.intern(s) for s in e) for e in events)
         return PatternRecord(
-            name=name,
+            name=sys.intern(name),
             events=evs,
             frequency=frequency,
-            emotives=tuple(dict(e) for e in emotives),
-            metadata={k: tuple(v) for k, v in (metadata or {}).items()},
+            emotives=tuple(dict(e) for e in emotives) if emotives else (),
+            metadata={k: tuple(v) for k, v in metadata.items()} if metadata else _NO_METADATA,
             flat=tuple(s for e in evs for s in e),
         )
 

@@ -11,6 +11,7 @@ sees a half-applied refresh.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import OrderedDict
 
@@ -18,6 +19,7 @@ from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.mongo_patterns import KbChanges, MongoPatternStore
 
 DEFAULT_MAX_KBS = 100
+FREEZE_AFTER = 1000
 
 
 class KbCache:
@@ -67,6 +69,10 @@ class KbCache:
         index.set_totals(changes.totals)
         index.version = changes.version
         self._indexes[kb_id] = index
+        if len(changes.patterns) >= FREEZE_AFTER:
+            # Move the (long-lived) cached records out of the cyclic GC's reach: a full
+            # collection over millions of them is a p99 spike of hundreds of milliseconds.
+            gc.freeze()
         return index
 
     def cached_patterns(self) -> int:

@@ -16,6 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
@@ -41,6 +42,9 @@ Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R, lis
 _EMPTY_KB = KnowledgeIndex()
 DEFAULT_PAGE_SIZE = 100
 MAX_REMEMBERED_NODES = 100_000
+# (node id, KB version) read together with this task's last session load; per task, so
+# concurrent calls never see each other's.
+_PUBLISHED: ContextVar[tuple[str, int | None]] = ContextVar("kato_published_kb_version", default=("", None))
 MAX_PAGE_SIZE = 1000
 
 
@@ -65,7 +69,6 @@ class KatoShell:
         self.patterns = patterns
         self.cache = cache
         self._nodes: dict[str, str] = {}  # session id -> node id
-        self._published: dict[str, int | None] = {}  # node id -> KB version seen with the last load
 
     # --- the transaction loop ------------------------------------------------------------
 
@@ -81,7 +84,7 @@ class KatoShell:
             if len(self._nodes) >= MAX_REMEMBERED_NODES:
                 self._nodes.pop(next(iter(self._nodes)))
             self._nodes[session_id] = loaded.state.node_id
-        self._published[loaded.state.node_id] = loaded.kb_version
+        _PUBLISHED.set((loaded.state.node_id, loaded.kb_version))
         return loaded
 
     async def _flushed(self, state: pb.SessionState) -> pb.SessionState:
@@ -144,8 +147,8 @@ class KatoShell:
         return int((state.ttl_seconds or self.settings.session_ttl_seconds) * 1000)
 
     async def _view(self, node_id: str) -> KnowledgeView:
-        published = self._published.pop(node_id, None)
-        if published is None:
+        seen_node, published = _PUBLISHED.get()
+        if seen_node != node_id or published is None:
             published = await self.sessions.kb_version(node_id)
         return await self.cache.view(node_id, published)
 

@@ -161,15 +161,7 @@ class MongoPatternStore:
         ledger = [{"_id": w.write_id, "kb_id": kb_id} for w in todo if w.write_id]
         if ledger:
             await db.ledger.insert_many(ledger, ordered=True, session=s)
-        kb = await db.kb.find_one_and_update(
-            {"kb_id": kb_id},
-            {"$inc": {"version": 1}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=s,
-        )
-        assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
-        version = int(kb["version"])
+        version = await self._next_version(s, kb_id)
         vector_ops = [
             UpdateOne(
                 {"kb_id": kb_id, "name": pv.name},
@@ -256,7 +248,9 @@ class MongoPatternStore:
             await coll.delete_many({"kb_id": kb_id}, session=s)
         return await self._bump_reload(s, kb_id, reset_totals=True)
 
-    async def _bump_reload(self, s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
+    async def _next_version(self, s: AsyncClientSession, kb_id: str) -> int:
+        """Bump the KB's version inside the transaction. Every write to a KB does this first, so
+        concurrent writes conflict on this one document and versions follow commit order."""
         kb = await self._db.kb.find_one_and_update(
             {"kb_id": kb_id},
             {"$inc": {"version": 1}},
@@ -265,7 +259,10 @@ class MongoPatternStore:
             session=s,
         )
         assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
-        version = int(kb["version"])
+        return int(kb["version"])
+
+    async def _bump_reload(self, s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
+        version = await self._next_version(s, kb_id)
         fields: Doc = {"reload_version": version}
         if reset_totals:
             fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0, "vocabulary_size": 0}

@@ -7,7 +7,9 @@ selection never scans the whole KB.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+import sys
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +17,16 @@ import numpy.typing as npt
 from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
 
 _EMPTY: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolChange:
+    """What one learn does to symbol statistics (spec 1.6, 1.8): +count per distinct symbol,
+    +1 pmf when the pattern is new, + the learn's average emotives to its affinity."""
+
+    counts: Mapping[str, int]
+    is_new: bool
+    affinity: Mapping[str, float]
 
 
 class KnowledgeIndex:
@@ -67,6 +79,9 @@ class KnowledgeIndex:
     def __len__(self) -> int:
         return len(self._patterns)
 
+    def symbol_count(self) -> int:
+        return len(self._symbols)
+
     def put_pattern(self, record: PatternRecord) -> None:
         old = self._patterns.get(record.name)
         if old is not None:
@@ -82,8 +97,18 @@ class KnowledgeIndex:
             for s in set(old.flat):
                 self._by_symbol.get(s, set()).discard(name)
 
-    def put_symbol(self, symbol: str, stats: SymbolStats) -> None:
-        self._symbols[symbol] = stats
+    def apply_symbol_change(self, change: SymbolChange) -> None:
+        """Apply one learn's statistics, in the order given (floats add up in that order)."""
+        for symbol, count in change.counts.items():
+            stats = self._symbols.get(symbol) or SymbolStats()
+            affinity = dict(stats.affinity)
+            for key, delta in change.affinity.items():
+                affinity[key] = affinity.get(key, 0.0) + delta
+            self._symbols[sys.intern(symbol)] = SymbolStats(
+                frequency=stats.frequency + count,
+                pattern_member_frequency=stats.pattern_member_frequency + (1 if change.is_new else 0),
+                affinity=affinity,
+            )
 
     def set_totals(self, totals: Totals) -> None:
         self._totals = totals

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.mongo_patterns import KbChanges, MongoPatternStore
@@ -62,11 +63,11 @@ class KbCache:
             index = KnowledgeIndex()
         for record in changes.patterns:
             index.put_pattern(record)
-        for symbol, stats in changes.symbols:
-            index.put_symbol(symbol, stats)
+        for change in changes.symbol_changes:
+            index.apply_symbol_change(change)
         for name, values in changes.vectors:
             index.put_vector(name, values)
-        index.set_totals(changes.totals)
+        index.set_totals(replace(changes.totals, vocabulary_size=index.symbol_count()))
         index.version = changes.version
         self._indexes[kb_id] = index
         if len(changes.patterns) >= FREEZE_AFTER:

@@ -6,9 +6,9 @@ rules with upserts in a transaction. Not shared between processes and not durabl
 
 from __future__ import annotations
 
-from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
+from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.engine.records import merge_metadata, window_emotives
-from kato_grpc.stores.index import KnowledgeIndex
+from kato_grpc.stores.index import KnowledgeIndex, SymbolChange
 from kato_grpc.v1 import engine_pb2 as pb
 
 
@@ -54,29 +54,15 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
                 merge_metadata(old.metadata, metadata),
             )
         self.put_pattern(record)
-        new_symbols = 0
-        for symbol, count in write.symbol_counts.items():
-            stats = self.symbol(symbol)
-            if stats is None:
-                stats = SymbolStats()
-                new_symbols += 1
-            affinity = dict(stats.affinity)
-            for key, delta in write.affinity_delta.items():
-                affinity[key] = affinity.get(key, 0.0) + delta
-            self.put_symbol(
-                symbol,
-                SymbolStats(
-                    frequency=stats.frequency + count,
-                    pattern_member_frequency=stats.pattern_member_frequency + (1 if is_new else 0),
-                    affinity=affinity,
-                ),
-            )
+        self.apply_symbol_change(
+            SymbolChange(counts=dict(write.symbol_counts), is_new=is_new, affinity=dict(write.affinity_delta))
+        )
         t = self.totals()
         self.set_totals(
             Totals(
                 total_unique_patterns=t.total_unique_patterns + (1 if is_new else 0),
                 total_pattern_frequencies=t.total_pattern_frequencies + 1,
-                vocabulary_size=t.vocabulary_size + new_symbols,
+                vocabulary_size=self.symbol_count(),
             )
         )
 

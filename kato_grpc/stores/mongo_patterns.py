@@ -5,7 +5,10 @@ One database, collections keyed by ``kb_id`` (= node_id, D-28):
 - ``patterns``  {kb_id, name} unique: events, length, symbols, frequency, emotives (window of
   observation records as [key, value] pairs), metadata ([key, value] pairs, a set),
   ``kb_version`` of the last change;
-- ``symbols``   {kb_id, symbol} unique: frequency, pmf, affinity.<encoded emotive>, kb_version;
+- ``symbol_log`` {kb_id, kb_version}: per committed batch, the symbol-statistics changes of its
+  learns in order (counts, whether the pattern was new, affinity deltas). Caches replay it,
+  so statistics cost one insert per batch instead of one upsert per symbol, and floats add up
+  in exactly the order the in-memory KB adds them;
 - ``vectors``   {kb_id, name} unique: values, kb_version;
 - ``kb``        {kb_id} unique: version (monotonic, survives clears), totals, reload_version;
 - ``ledger``    {_id: write_id}: PatternWrites already applied.
@@ -30,19 +33,11 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
+from kato_grpc.engine.knowledge import PatternRecord, Totals
+from kato_grpc.stores.index import SymbolChange
 from kato_grpc.v1 import engine_pb2 as pb
 
 Doc = dict[str, Any]
-
-
-def encode_key(key: str) -> str:
-    """A MongoDB-safe field name for an arbitrary emotive name (no '.', no leading '$')."""
-    return "k" + key.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
-
-
-def decode_key(field_name: str) -> str:
-    return field_name[1:].replace("%24", "$").replace("%2E", ".").replace("%25", "%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +56,7 @@ class KbChanges:
     full: bool
     totals: Totals
     patterns: list[PatternRecord] = field(default_factory=list)
-    symbols: list[tuple[str, SymbolStats]] = field(default_factory=list)
+    symbol_changes: list[SymbolChange] = field(default_factory=list)
     vectors: list[tuple[str, list[float]]] = field(default_factory=list)
 
 
@@ -78,21 +73,14 @@ def pattern_from_doc(doc: Mapping[str, Any]) -> PatternRecord:
     )
 
 
-def _symbol_from_doc(doc: Mapping[str, Any]) -> SymbolStats:
-    return SymbolStats(
-        frequency=int(doc.get("frequency", 0)),
-        pattern_member_frequency=int(doc.get("pmf", 0)),
-        affinity={decode_key(k): float(v) for k, v in doc.get("affinity", {}).items()},
-    )
-
-
 def _totals_from_doc(doc: Mapping[str, Any] | None) -> Totals:
     if not doc:
         return Totals()
     return Totals(
         total_unique_patterns=int(doc.get("total_unique_patterns", 0)),
         total_pattern_frequencies=int(doc.get("total_pattern_frequencies", 0)),
-        vocabulary_size=int(doc.get("vocabulary_size", 0)),
+        # The vocabulary is the number of distinct symbols: the cache counts it itself.
+        vocabulary_size=0,
     )
 
 
@@ -111,8 +99,7 @@ class MongoPatternStore:
         db = self._db
         await db.patterns.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
         await db.patterns.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
-        await db.symbols.create_index([("kb_id", ASCENDING), ("symbol", ASCENDING)], unique=True)
-        await db.symbols.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
+        await db.symbol_log.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
         await db.vectors.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
         await db.kb.create_index([("kb_id", ASCENDING)], unique=True)
 
@@ -180,19 +167,16 @@ class MongoPatternStore:
             )
             upserted = result.upserted_ids or {}
             new_flags = [i in upserted for i in range(len(learns))]
-            symbol_ops = [
-                op
+            log = [
+                {
+                    "c": sorted([k, v] for k, v in w.symbol_counts.items()),
+                    "n": is_new,
+                    "a": sorted([k, v] for k, v in w.affinity_delta.items()),
+                }
                 for w, is_new in zip(learns, new_flags, strict=True)
-                for op in self._symbol_ops(kb_id, w, version, is_new)
             ]
-            new_symbols = 0
-            if symbol_ops:
-                new_symbols = (await db.symbols.bulk_write(symbol_ops, ordered=True, session=s)).upserted_count
-            totals = {
-                "total_unique_patterns": sum(new_flags),
-                "total_pattern_frequencies": len(learns),
-                "vocabulary_size": int(new_symbols),
-            }
+            await db.symbol_log.insert_one({"kb_id": kb_id, "kb_version": version, "learns": log}, session=s)
+            totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": len(learns)}
             await db.kb.update_one({"kb_id": kb_id}, {"$inc": totals}, session=s)
         return Applied(len(todo), version)
 
@@ -217,23 +201,6 @@ class MongoPatternStore:
             on_insert["metadata"] = []
         return UpdateOne({"kb_id": kb_id, "name": write.name}, update, upsert=True)
 
-    @staticmethod
-    def _symbol_ops(kb_id: str, write: pb.PatternWrite, version: int, is_new: bool) -> list[UpdateOne]:
-        # One ordered op per symbol and write: affinity sums accumulate in the same order as
-        # the in-memory KB applies them, so floats agree to the last bit.
-        affinity = {f"affinity.{encode_key(k)}": v for k, v in sorted(write.affinity_delta.items())}
-        return [
-            UpdateOne(
-                {"kb_id": kb_id, "symbol": symbol},
-                {
-                    "$inc": {"frequency": count, "pmf": int(is_new), **affinity},
-                    "$set": {"kb_version": version},
-                },
-                upsert=True,
-            )
-            for symbol, count in sorted(write.symbol_counts.items())
-        ]
-
     async def clear(self, kb_id: str) -> int:
         """Wipe a KB; its version moves on and every cache reloads (DESIGN 4)."""
         async with self._client.start_session() as session:
@@ -244,7 +211,7 @@ class MongoPatternStore:
 
     async def _clear_in(self, s: AsyncClientSession, kb_id: str) -> int:
         db = self._db
-        for coll in (db.patterns, db.symbols, db.vectors):
+        for coll in (db.patterns, db.symbol_log, db.vectors):
             await coll.delete_many({"kb_id": kb_id}, session=s)
         return await self._bump_reload(s, kb_id, reset_totals=True)
 
@@ -265,7 +232,7 @@ class MongoPatternStore:
         version = await self._next_version(s, kb_id)
         fields: Doc = {"reload_version": version}
         if reset_totals:
-            fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0, "vocabulary_size": 0}
+            fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0}
         await self._db.kb.update_one({"kb_id": kb_id}, {"$set": fields}, session=s)
         return version
 
@@ -340,8 +307,15 @@ class MongoPatternStore:
             changes = KbChanges(version=version, full=full, totals=_totals_from_doc(kb))
             async for doc in self._db.patterns.find(query):
                 changes.patterns.append(pattern_from_doc(doc))
-            async for doc in self._db.symbols.find(query):
-                changes.symbols.append((doc["symbol"], _symbol_from_doc(doc)))
+            async for doc in self._db.symbol_log.find(query).sort("kb_version", ASCENDING):
+                for learn in doc["learns"]:
+                    changes.symbol_changes.append(
+                        SymbolChange(
+                            counts={k: int(v) for k, v in learn["c"]},
+                            is_new=bool(learn["n"]),
+                            affinity={k: float(v) for k, v in learn["a"]},
+                        )
+                    )
             async for doc in self._db.vectors.find(query):
                 changes.vectors.append((doc["name"], [float(x) for x in doc["values"]]))
             # Totals must belong to the same version as the documents: retry if it moved.

@@ -11,6 +11,11 @@ Three facts, each exact, let predictions skip work without changing any output:
    ``|s| - 1``; the gate similarity (token mode) is ``2 / (|p| + |s|)`` and the pruning score
    follows in closed form. Such "single hits" are most candidates in a large KB; only the
    ones that survive pruning are matched in full (with the alignment handed over).
+
+Overlaps, bounds and single-hit scores are computed over numpy posting arrays. Each float is
+the same IEEE-754 expression, evaluated in the same order, as the scalar formula it stands
+for, so the results are bit-identical to matching every candidate in full (a property test
+compares the two paths).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from kato_grpc.engine.alignment import character_similarity
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
@@ -26,69 +34,86 @@ from kato_grpc.engine.matching import KnownAlignment
 
 
 @dataclass(frozen=True, slots=True)
-class SingleHit:
-    """A gated candidate with overlap 1: everything pruning needs, without an alignment."""
+class SingleHits:
+    """Gated candidates with overlap 1, as parallel arrays (struct of arrays)."""
 
-    pattern: PatternRecord
-    known: KnownAlignment
-    pre_potential: float
+    ids: npt.NDArray[np.int32]
+    pre_potential: npt.NDArray[np.float64]
+    similarity: npt.NDArray[np.float64]
+    pattern_position: npt.NDArray[np.int32]
+    state_position: npt.NDArray[np.int32]
 
-    @property
-    def name(self) -> str:
-        return self.pattern.name
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def known(self, i: int, state_length: int) -> KnownAlignment:
+        block = (int(self.pattern_position[i]), int(self.state_position[i]), 1)
+        return KnownAlignment(float(self.similarity[i]), [block], state_length - 1)
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> SingleHits:
+        return SingleHits(
+            self.ids[mask],
+            self.pre_potential[mask],
+            self.similarity[mask],
+            self.pattern_position[mask],
+            self.state_position[mask],
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Screen:
-    single_hits: list[SingleHit]
+    single_hits: SingleHits
     others: list[PatternRecord]  # candidates that need the full match
+
+
+_I32 = np.empty(0, dtype=np.int32)
+_F64 = np.empty(0, dtype=np.float64)
+NO_HITS = SingleHits(_I32, _F64, _F64, _I32, _I32)
 
 
 def screen(kb: KnowledgeView, state: Sequence[str], config: EngineConfig) -> Screen:
     """Split the candidates of a positive-threshold query into single hits and the rest."""
     state_counts = Counter(state)
-    first_in_state = {x: state.index(x) for x in state_counts}
-    shared: dict[str, list[str]] = {}
-    for x in state_counts:
-        for name in kb.postings(x):
-            shared.setdefault(name, []).append(x)
     n = len(state)
-    token_mode = config.use_token_matching
-    quick = config.fuzzy_token_threshold == 0.0
-    threshold = config.recall_threshold
+    parts = []
+    for k, (symbol, count) in enumerate(state_counts.items()):
+        postings = kb.posting_arrays(symbol)
+        if len(postings.ids):
+            parts.append((k, state.index(symbol), count, postings))
+    if not parts:
+        return Screen(NO_HITS, [])
+    ids = np.concatenate([p.ids for _, _, _, p in parts])
+    contribution = np.concatenate([np.minimum(p.counts, c) for _, _, c, p in parts])
+    first_in_state = np.concatenate([np.full(len(p.ids), j, dtype=np.int32) for _, j, _, p in parts])
+    positions = np.concatenate([p.positions for _, _, _, p in parts])
+    event_lengths = np.concatenate([p.event_lengths for _, _, _, p in parts])
+
+    candidates, entry_to_candidate = np.unique(ids, return_inverse=True)
+    overlap = np.bincount(entry_to_candidate, weights=contribution)  # small ints, exact in float64
+    lengths = kb.pattern_lengths()[candidates].astype(np.int64)
+    total = lengths + n
+    if config.use_token_matching:
+        passes = 2.0 * overlap / total >= config.recall_threshold
+    else:
+        passes = np.ones(len(candidates), dtype=bool)  # the character gate has no such bound
+    single = passes & (overlap == 1) if config.fuzzy_token_threshold == 0.0 else np.zeros_like(passes)
+
+    others = [kb.pattern_by_id(int(i)) for i in candidates[passes & ~single]]
+    if not single.any():
+        return Screen(NO_HITS, others)
+
+    # A single hit has exactly one posting entry: its position data is that entry's.
+    entry = single[entry_to_candidate]
+    hit_ids = ids[entry]
+    hit_lengths = kb.pattern_lengths()[hit_ids].astype(np.int64)
+    if config.use_token_matching:
+        similarity = 2.0 / (hit_lengths + n)
+    else:
+        similarity = np.array(
+            [character_similarity(kb.pattern_by_id(int(i)).flat, state) for i in hit_ids], dtype=np.float64
+        )
     single_snr = (2 - (n - 1)) / (2 + (n - 1))
-    hits: list[SingleHit] = []
-    others: list[PatternRecord] = []
-    for name, symbols in shared.items():
-        pattern = kb.pattern(name)
-        if pattern is None:
-            continue
-        flat = pattern.flat
-        overlap = sum(min(flat.count(x), state_counts[x]) for x in symbols)
-        total = len(flat) + n
-        if token_mode and 2.0 * overlap / total < threshold:
-            continue
-        if overlap != 1 or not quick:
-            others.append(pattern)
-            continue
-        x = symbols[0]
-        similarity = 2.0 * 1 / total if token_mode else character_similarity(flat, state)
-        if similarity < threshold:
-            continue
-        i = flat.index(x)
-        present_len = _event_length_at(pattern, i)
-        # The same expression, in the same order, as Match.pre_potential (spec 4.8).
-        pre = (1 / len(flat) + 1 / present_len) * single_snr + 1.0
-        known = KnownAlignment(similarity, [(i, first_in_state[x], 1)], n - 1)
-        hits.append(SingleHit(pattern, known, pre))
-    return Screen(hits, others)
-
-
-def _event_length_at(pattern: PatternRecord, position: int) -> int:
-    """Length of the event holding flat position ``position`` (its present event, spec 4.5)."""
-    covered = 0
-    for event in pattern.events:
-        covered += len(event)
-        if covered > position:
-            return len(event)
-    raise ValueError("position outside the pattern")
+    # The same expression, in the same order, as Match.pre_potential (spec 4.8).
+    pre = (1 / hit_lengths + 1 / event_lengths[entry].astype(np.int64)) * single_snr + 1.0
+    hits = SingleHits(hit_ids, pre, similarity, positions[entry], first_in_state[entry])
+    return Screen(hits.take(similarity >= config.recall_threshold), others)

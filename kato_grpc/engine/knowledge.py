@@ -8,10 +8,10 @@ not pay protobuf attribute costs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,15 @@ class PatternRecord:
         return len(self.flat)
 
 
+class PostingArrays(NamedTuple):
+    """The patterns containing one symbol, as parallel arrays (one entry per pattern)."""
+
+    ids: npt.NDArray[np.int32]  # pattern ids (see KnowledgeView.pattern_by_id)
+    counts: npt.NDArray[np.int32]  # occurrences of the symbol in the pattern
+    positions: npt.NDArray[np.int32]  # flat position of its first occurrence
+    event_lengths: npt.NDArray[np.int32]  # length of the event holding that occurrence
+
+
 @dataclass(frozen=True, slots=True)
 class SymbolStats:
     """Statistics of one symbol (spec 1.8, HEAD rules)."""
@@ -97,8 +106,16 @@ class KnowledgeView(Protocol):
         """Every pattern that contains at least one of ``symbols`` (each once)."""
         ...
 
-    def postings(self, symbol: str) -> Collection[str]:
-        """Names of the patterns that contain ``symbol``."""
+    def posting_arrays(self, symbol: str) -> PostingArrays:
+        """The patterns that contain ``symbol``, as arrays."""
+        ...
+
+    def pattern_lengths(self) -> npt.NDArray[np.int32]:
+        """Length of every pattern, indexed by pattern id."""
+        ...
+
+    def pattern_by_id(self, pattern_id: int) -> PatternRecord:
+        """The pattern of an id taken from ``posting_arrays``."""
         ...
 
     def vectors(self) -> tuple[Sequence[str], npt.NDArray[np.float64]]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kato_grpc.engine.candidates import SingleHit, screen
+import numpy as np
+
+from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import FutureGroup, Scored, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
@@ -84,20 +86,37 @@ def _screened_ensemble(
     """The pruned ensemble, matching in full only what can survive pruning (``candidates``)."""
     screened = screen(kb, state, config)
     full = _match_all(screened.others, state, stm, config, weight)
-    limit = 3 * config.max_predictions
     hits = screened.single_hits
+    limit = 3 * config.max_predictions
     if len(full) + len(hits) > limit:
-        # Pruning (D-12): the same key as ensemble.prune over both kinds of candidate.
-        ranked: list[Match | SingleHit] = [*full, *hits]
-        ranked.sort(key=lambda c: (-c.pre_potential, c.name))
-        kept = ranked[:limit]
-        full = [c for c in kept if isinstance(c, Match)]
-        hits = [c for c in kept if isinstance(c, SingleHit)]
-    for hit in hits:
-        m = match_pattern(hit.pattern, state, stm, config, weight, known=hit.known)
+        full, hits = _prune_mixed(kb, full, hits, limit)
+    for i, pattern_id in enumerate(hits.ids):
+        pattern = kb.pattern_by_id(int(pattern_id))
+        m = match_pattern(pattern, state, stm, config, weight, known=hits.known(i, len(state)))
         if m is not None:
             full.append(m)
     return sorted(full, key=lambda m: m.name)
+
+
+def _prune_mixed(kb: KnowledgeView, full: list[Match], hits: SingleHits, limit: int) -> tuple[list[Match], SingleHits]:
+    """Pruning (D-12) over matched candidates and single hits together: the ``limit`` best by
+    (pre_potential desc, name asc), exactly as ``ensemble.prune`` orders them."""
+    scores = np.concatenate([hits.pre_potential, np.array([m.pre_potential for m in full], dtype=np.float64)])
+    cut = float(np.partition(scores, len(scores) - limit)[len(scores) - limit])  # the limit-th best
+    above_hits = hits.pre_potential > cut
+    kept_full = [m for m in full if m.pre_potential > cut]
+    slots = limit - int(above_hits.sum()) - len(kept_full)
+    tied: list[tuple[str, int]] = [(m.name, -1 - i) for i, m in enumerate(full) if m.pre_potential == cut]
+    tied_hits = np.flatnonzero(hits.pre_potential == cut)
+    tied += [(kb.pattern_by_id(int(hits.ids[i])).name, int(i)) for i in tied_hits]
+    tied.sort()
+    chosen = above_hits.copy()
+    for _name, ref in tied[:slots]:
+        if ref >= 0:
+            chosen[ref] = True
+        else:
+            kept_full.append(full[-1 - ref])
+    return kept_full, hits.take(chosen)
 
 
 def _by_name(p: PatternRecord) -> str:

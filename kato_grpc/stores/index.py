@@ -1,22 +1,22 @@
 """The in-process index of one knowledge base: what a KnowledgeView reads.
 
 Filled either by applying PatternWrites directly (the in-memory KB) or from MongoDB
-documents (the per-process KB cache). Symbol -> patterns is an inverted index, so candidate
-selection never scans the whole KB.
+documents (the per-process KB cache). Symbol -> patterns is an inverted index of compact
+typed arrays (pattern id, count, first position, event length), handed to the engine as numpy
+arrays, so candidate selection never scans the whole KB and screens candidates vectorised.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from kato_grpc.engine.knowledge import PatternRecord, SymbolStats, Totals
-
-_EMPTY: frozenset[str] = frozenset()
+from kato_grpc.engine.knowledge import PatternRecord, PostingArrays, SymbolStats, Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,42 @@ class SymbolChange:
     affinity: Mapping[str, float]
 
 
+class _Postings:
+    """One symbol's postings: four parallel int32 arrays, and their numpy copy when asked."""
+
+    __slots__ = ("_arrays", "counts", "event_lengths", "ids", "positions")
+
+    def __init__(self) -> None:
+        self.ids = array("i")
+        self.counts = array("i")
+        self.positions = array("i")
+        self.event_lengths = array("i")
+        self._arrays: PostingArrays | None = None
+
+    def add(self, pattern_id: int, count: int, position: int, event_length: int) -> None:
+        self.ids.append(pattern_id)
+        self.counts.append(count)
+        self.positions.append(position)
+        self.event_lengths.append(event_length)
+        self._arrays = None
+
+    def remove(self, pattern_id: int) -> None:
+        i = self.ids.index(pattern_id)
+        for column in (self.ids, self.counts, self.positions, self.event_lengths):
+            del column[i]
+        self._arrays = None
+
+    def arrays(self) -> PostingArrays:
+        if self._arrays is None:
+            self._arrays = PostingArrays(
+                *(np.array(c, dtype=np.int32) for c in (self.ids, self.counts, self.positions, self.event_lengths))
+            )
+        return self._arrays
+
+
+_NO_POSTINGS = PostingArrays(*(np.empty(0, dtype=np.int32) for _ in range(4)))
+
+
 class KnowledgeIndex:
     """Patterns, symbol statistics, totals and vectors of one KB, versioned."""
 
@@ -36,7 +72,11 @@ class KnowledgeIndex:
         self.version = 0
         self._patterns: dict[str, PatternRecord] = {}
         self._symbols: dict[str, SymbolStats] = {}
-        self._by_symbol: dict[str, set[str]] = {}
+        self._ids: dict[str, int] = {}
+        self._records: list[PatternRecord | None] = []
+        self._lengths = array("i")
+        self._lengths_np: npt.NDArray[np.int32] | None = None
+        self._postings: dict[str, _Postings] = {}
         self._totals = Totals()
         self._vectors: dict[str, npt.NDArray[np.float64]] = {}
 
@@ -55,13 +95,26 @@ class KnowledgeIndex:
         return self._patterns.values()
 
     def patterns_sharing(self, symbols: Iterable[str]) -> Iterator[PatternRecord]:
-        names: set[str] = set()
+        ids: set[int] = set()
         for s in symbols:
-            names |= self._by_symbol.get(s, set())
-        return (self._patterns[n] for n in names)
+            postings = self._postings.get(s)
+            if postings is not None:
+                ids.update(postings.ids)
+        return (self.pattern_by_id(i) for i in ids)
 
-    def postings(self, symbol: str) -> Collection[str]:
-        return self._by_symbol.get(symbol, _EMPTY)
+    def posting_arrays(self, symbol: str) -> PostingArrays:
+        postings = self._postings.get(symbol)
+        return postings.arrays() if postings is not None else _NO_POSTINGS
+
+    def pattern_lengths(self) -> npt.NDArray[np.int32]:
+        if self._lengths_np is None or len(self._lengths_np) != len(self._lengths):
+            self._lengths_np = np.array(self._lengths, dtype=np.int32)
+        return self._lengths_np
+
+    def pattern_by_id(self, pattern_id: int) -> PatternRecord:
+        record = self._records[pattern_id]
+        assert record is not None, "a posting points at a removed pattern"
+        return record
 
     def vectors(self) -> tuple[list[str], npt.NDArray[np.float64]]:
         names = list(self._vectors)
@@ -83,19 +136,35 @@ class KnowledgeIndex:
         return len(self._symbols)
 
     def put_pattern(self, record: PatternRecord) -> None:
-        old = self._patterns.get(record.name)
-        if old is not None:
-            for s in set(old.flat) - set(record.flat):
-                self._by_symbol.get(s, set()).discard(record.name)
+        pattern_id = self._ids.get(record.name)
         self._patterns[record.name] = record
-        for s in set(record.flat):
-            self._by_symbol.setdefault(s, set()).add(record.name)
+        if pattern_id is not None:
+            # Same name, same events (the name is their hash): the postings stand as they are.
+            self._records[pattern_id] = record
+            return
+        pattern_id = len(self._records)
+        self._ids[record.name] = pattern_id
+        self._records.append(record)
+        self._lengths.append(record.length)
+        flat = record.flat
+        event_length_at = [len(e) for e in record.events for _ in e]
+        for symbol in dict.fromkeys(flat):
+            position = flat.index(symbol)
+            postings = self._postings.get(symbol)
+            if postings is None:
+                postings = self._postings[symbol] = _Postings()
+            postings.add(pattern_id, flat.count(symbol), position, event_length_at[position])
 
     def remove_pattern(self, name: str) -> None:
-        old = self._patterns.pop(name, None)
-        if old is not None:
-            for s in set(old.flat):
-                self._by_symbol.get(s, set()).discard(name)
+        self._patterns.pop(name, None)
+        pattern_id = self._ids.pop(name, None)
+        if pattern_id is None:
+            return
+        record = self._records[pattern_id]
+        self._records[pattern_id] = None
+        if record is not None:
+            for symbol in set(record.flat):
+                self._postings[symbol].remove(pattern_id)
 
     def apply_symbol_change(self, change: SymbolChange) -> None:
         """Apply one learn's statistics, in the order given (floats add up in that order)."""
@@ -124,6 +193,10 @@ class KnowledgeIndex:
         """Drop all data (the version is the caller's business)."""
         self._patterns.clear()
         self._symbols.clear()
-        self._by_symbol.clear()
+        self._ids.clear()
+        self._records.clear()
+        self._lengths = array("i")
+        self._lengths_np = None
+        self._postings.clear()
         self._vectors.clear()
         self._totals = Totals()

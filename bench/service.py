@@ -12,8 +12,8 @@ Observe on one connection. Medians and p99 in milliseconds.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import asyncio
+import datetime as dt
 import math
 import os
 import random

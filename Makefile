@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck proto bench run clean
+.PHONY: venv test lint typecheck proto bench run fuzz clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.
 run: $(STAMP)
 	$(BIN)/python -m server
+
+# 10,000 generated requests (and garbage bytes) against a live server (issue 5).
+fuzz: $(STAMP)
+	KATO_FUZZ_REQUESTS=10000 $(BIN)/python -m pytest -q -s tests/integration/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

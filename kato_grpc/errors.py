@@ -75,6 +75,11 @@ class ResourceExhausted(KatoError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(KatoError):
+    code = "DEADLINE_EXCEEDED"
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(KatoError):
     code = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"

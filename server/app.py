@@ -18,7 +18,7 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_patterns import Doc, MongoPatternStore
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from server.handlers import add_service
 from server.servicer import KatoServicer
 from server.shell import KatoShell
 
@@ -59,7 +59,7 @@ class KatoServer:
 
     async def start(self) -> int:
         await self._ensure_indexes()
-        svc_grpc.add_KatoServiceServicer_to_server(KatoServicer(self.shell), self.server)
+        add_service(KatoServicer(self.shell), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

@@ -14,11 +14,12 @@ import structlog
 from google.protobuf import empty_pb2
 
 from kato_grpc.engine.observation import validate_observation
-from kato_grpc.errors import KatoError
+from kato_grpc.errors import DeadlineExceeded, KatoError
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from server.errors import as_kato_error, internal_status, to_status
+from server.handlers import decoded
 from server.shell import KatoShell
 
 T = TypeVar("T")
@@ -41,7 +42,17 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     async def _guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
         with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
             try:
-                return await work
+                # The client's deadline bounds every store call made for it; state stays
+                # consistent when it fires (the outbox carries any learn not yet applied).
+                async with asyncio.timeout(context.time_remaining()) as deadline:
+                    return await work
+            except TimeoutError as exc:
+                error = as_kato_error(exc)
+                if deadline.expired():
+                    error = DeadlineExceeded("the call's deadline passed", reason="DEADLINE_EXCEEDED")
+                assert error is not None
+                await context.abort_with_status(to_status(error))
+                raise
             except Exception as exc:
                 error = as_kato_error(exc)
                 if error is None:
@@ -84,10 +95,14 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         compare-and-set, the same responses as one by one."""
         queue: asyncio.Queue[svc.ObserveRequest | None] = asyncio.Queue(maxsize=STREAM_BATCH)
 
+        failure: list[KatoError] = []
+
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                async for request in decoded(request_iterator):
                     await queue.put(request)
+            except KatoError as exc:  # an undecodable request: answered after those before it
+                failure.append(exc)
             finally:
                 await queue.put(None)
 
@@ -97,6 +112,8 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
             while True:
                 first = carried.pop() if carried else await queue.get()
                 if first is None:
+                    if failure:
+                        await self._guard("ObserveStream", context, _raise(failure[0]))
                     break
                 batch = [first]
                 while not first.request_id and len(batch) < STREAM_BATCH and not queue.empty():
@@ -146,6 +163,10 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
         return empty_pb2.Empty()
+
+
+async def _raise(error: KatoError) -> None:
+    raise error
 
 
 def _valid(request: svc.ObserveRequest) -> bool:

@@ -1,0 +1,87 @@
+"""Fuzz the live service: generated and garbage requests get documented codes only.
+
+KATO_FUZZ_REQUESTS sets how many (default 1,500 in the test suite; `make fuzz` runs 10,000).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from tests.integration.fuzz import METHODS, SERVICE, message
+from tests.integration.harness import ServerProcess
+
+REQUESTS = int(os.environ.get("KATO_FUZZ_REQUESTS", "1500"))
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+def _snapshot(stub: object, sid: str) -> tuple[bytes, ...]:
+    s = stub
+    session = s.GetSession(svc.GetSessionRequest(session_id=sid))  # type: ignore[attr-defined]
+    session.ClearField("expire_time")  # slides with every read
+    return (
+        session.SerializeToString(deterministic=True),
+        s.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).SerializeToString(),  # type: ignore[attr-defined]
+        s.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).SerializeToString(deterministic=True),  # type: ignore[attr-defined]
+        s.GetCognitionData(svc.GetCognitionDataRequest(session_id=sid)).SerializeToString(deterministic=True),  # type: ignore[attr-defined]
+        s.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).SerializeToString(deterministic=True),  # type: ignore[attr-defined]
+    )
+
+
+def test_fuzzed_requests_get_documented_codes_and_hurt_no_bystander(server: ServerProcess) -> None:
+    stub = server.stub()
+    bystander_node = "bystander-" + uuid.uuid4().hex
+    bystander = stub.CreateSession(svc.CreateSessionRequest(node_id=bystander_node)).session_id
+    for s in ("x", "y", "z"):
+        stub.Observe(svc.ObserveRequest(session_id=bystander, observation=pb.Observation(strings=[s])))
+    stub.Learn(svc.LearnRequest(session_id=bystander))
+    stub.Observe(svc.ObserveRequest(session_id=bystander, observation=pb.Observation(strings=["x"])))
+    before = _snapshot(stub, bystander)
+
+    fuzz_sessions = [stub.CreateSession(svc.CreateSessionRequest(node_id=f"fuzz-{i}")).session_id for i in range(3)]
+    ids = st.sampled_from([*fuzz_sessions, "fuzz-0", "fuzz-1", "", "s-" + "0" * 32, "x" * 300])
+    channel = grpc.insecure_channel(server.address)
+    seen: dict[str, int] = {}
+
+    @settings(max_examples=REQUESTS, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def one_request(data: st.DataObject) -> None:
+        method = data.draw(st.sampled_from(METHODS))
+        if data.draw(st.integers(0, 9)) == 0:
+            payloads = [data.draw(st.binary(max_size=64))]  # garbage on the wire
+        else:
+            request = data.draw(message(method.input_type, ids))
+            payloads = [request.SerializeToString()]
+        path = f"/{SERVICE.full_name}/{method.name}"
+        try:
+            if method.client_streaming:
+                call = channel.stream_stream(path)
+                for _ in call(iter(payloads * data.draw(st.integers(1, 3))), timeout=10):
+                    pass
+            else:
+                channel.unary_unary(path)(payloads[0], timeout=10)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        seen[code.name] = seen.get(code.name, 0) + 1
+        assert code in ALLOWED, f"{method.name} answered {code.name}"
+
+    one_request()
+    channel.close()
+    print(f"fuzzed {sum(seen.values())} requests: {seen}")
+    assert sum(seen.values()) >= REQUESTS * 0.9
+    assert server.health() == 1  # SERVING: the server stayed up
+    assert _snapshot(stub, bystander) == before

@@ -54,7 +54,7 @@ def message(descriptor: Descriptor, ids: st.SearchStrategy[str], depth: int = 0)
             if not draw(st.booleans()):
                 continue
             if field.message_type is not None and field.message_type.GetOptions().map_entry:
-                key_field, value_field = field.message_type.fields
+                _key_field, value_field = field.message_type.fields
                 keys = draw(st.lists(st.text(max_size=8), max_size=3))
                 target = getattr(out, field.name)
                 for key in keys:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.fuzz import METHODS, SERVICE, message
 from tests.integration.harness import ServerProcess
 
@@ -28,16 +29,15 @@ ALLOWED = {
 }
 
 
-def _snapshot(stub: object, sid: str) -> tuple[bytes, ...]:
-    s = stub
-    session = s.GetSession(svc.GetSessionRequest(session_id=sid))  # type: ignore[attr-defined]
+def _snapshot(s: svc_grpc.KatoServiceStub, sid: str) -> tuple[bytes, ...]:
+    session = s.GetSession(svc.GetSessionRequest(session_id=sid))
     session.ClearField("expire_time")  # slides with every read
     return (
         session.SerializeToString(deterministic=True),
-        s.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).SerializeToString(),  # type: ignore[attr-defined]
-        s.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).SerializeToString(deterministic=True),  # type: ignore[attr-defined]
-        s.GetCognitionData(svc.GetCognitionDataRequest(session_id=sid)).SerializeToString(deterministic=True),  # type: ignore[attr-defined]
-        s.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).SerializeToString(deterministic=True),  # type: ignore[attr-defined]
+        s.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).SerializeToString(),
+        s.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).SerializeToString(deterministic=True),
+        s.GetCognitionData(svc.GetCognitionDataRequest(session_id=sid)).SerializeToString(deterministic=True),
+        s.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).SerializeToString(deterministic=True),
     )
 
 
@@ -68,11 +68,12 @@ def test_fuzzed_requests_get_documented_codes_and_hurt_no_bystander(server: Serv
         path = f"/{SERVICE.full_name}/{method.name}"
         try:
             if method.client_streaming:
-                call = channel.stream_stream(path)
-                for _ in call(iter(payloads * data.draw(st.integers(1, 3))), timeout=10):
+                stream: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(path)
+                for _ in stream(iter(payloads * data.draw(st.integers(1, 3))), timeout=10):
                     pass
             else:
-                channel.unary_unary(path)(payloads[0], timeout=10)
+                unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
+                unary(payloads[0], timeout=10)
             code = grpc.StatusCode.OK
         except grpc.RpcError as exc:
             code = exc.code()

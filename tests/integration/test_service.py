@@ -310,10 +310,12 @@ def test_observe_stream_batches_but_answers_like_unary_calls(stub: svc_grpc.Kato
 def test_undecodable_bytes_are_invalid_argument_not_internal(server: object, stub: svc_grpc.KatoServiceStub) -> None:
     channel = grpc.insecure_channel(server.address)  # type: ignore[attr-defined]
     for path in ("/kato.v1.KatoService/Observe", "/kato.v1.KatoService/CreateSession"):
+        unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
         with pytest.raises(grpc.RpcError) as info:
-            channel.unary_unary(path)(b"\xff\xff\xff", timeout=5)
+            unary(b"\xff\xff\xff", timeout=5)
         assert details(info.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "UNDECODABLE_REQUEST")
+    stream: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream("/kato.v1.KatoService/ObserveStream")
     with pytest.raises(grpc.RpcError) as info:
-        list(channel.stream_stream("/kato.v1.KatoService/ObserveStream")(iter([b"\xff\xff\xff"]), timeout=5))
+        list(stream(iter([b"\xff\xff\xff"]), timeout=5))
     assert details(info.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "UNDECODABLE_REQUEST")
     channel.close()

@@ -75,6 +75,16 @@ class ResourceExhausted(KatoError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(KatoError):
+    code = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(KatoError):
+    code = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_DENIED"
+
+
 class DeadlineExceeded(KatoError):
     code = "DEADLINE_EXCEEDED"
     default_reason = "DEADLINE_EXCEEDED"

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     max_emotives: int = Field(100, ge=1)
     max_metadata_keys: int = Field(100, ge=1)
 
+    # Optional bearer-token auth: JSON {"<token>": ["<node_id>", ...]}; "*" allows every node.
+    # Unset = no auth (the mesh authenticates). Tokens are never logged.
+    auth_tokens: dict[str, list[str]] | None = None
+    # Optional TLS: PEM files; both set = the port serves TLS only.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
     grace_seconds: float = Field(5.0, ge=0)
     health_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"

@@ -69,7 +69,14 @@ class KatoServer:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.settings.tls_cert_file and self.settings.tls_key_file:
+            credentials = grpc.ssl_server_credentials(
+                [(self.settings.tls_key_file.read_bytes(), self.settings.tls_cert_file.read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         await self.server.start()
         await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop())

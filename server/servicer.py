@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar, cast
 
 import grpc
 import structlog
@@ -18,6 +19,7 @@ from kato_grpc.errors import DeadlineExceeded, KatoError
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from server.auth import authenticate
 from server.errors import as_kato_error, internal_status, to_status
 from server.handlers import decoded
 from server.shell import KatoShell
@@ -45,8 +47,11 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
                 # The client's deadline bounds every store call made for it; state stays
                 # consistent when it fires (the outbox carries any learn not yet applied).
                 async with asyncio.timeout(context.time_remaining()) as deadline:
+                    metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
+                    authenticate(metadata, self.shell.settings.auth_tokens)
                     return await work
             except TimeoutError as exc:
+                _discard(work)
                 error = as_kato_error(exc)
                 if deadline.expired():
                     error = DeadlineExceeded("the call's deadline passed", reason="DEADLINE_EXCEEDED")
@@ -54,6 +59,7 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
                 await context.abort_with_status(to_status(error))
                 raise
             except Exception as exc:
+                _discard(work)
                 error = as_kato_error(exc)
                 if error is None:
                     log.exception("unexpected error")
@@ -163,6 +169,12 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: Ctx) -> empty_pb2.Empty:
         await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
         return empty_pb2.Empty()
+
+
+def _discard(work: Awaitable[object]) -> None:
+    """Close a call's coroutine that failed before it ran (no 'never awaited' warning)."""
+    if inspect.iscoroutine(work):
+        work.close()
 
 
 async def _raise(error: KatoError) -> None:

@@ -35,6 +35,7 @@ from kato_grpc.stores.redis_sessions import CasResult, Loaded, RedisSessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
+from server.auth import authorize
 
 R = TypeVar("R", bound=Message)
 Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R, list[pb.PatternWrite]]]]
@@ -80,6 +81,7 @@ class KatoShell:
         if loaded is None:
             self._nodes.pop(session_id, None)
             raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+        authorize(loaded.state.node_id)
         if session_id not in self._nodes:
             if len(self._nodes) >= MAX_REMEMBERED_NODES:
                 self._nodes.pop(next(iter(self._nodes)))
@@ -177,6 +179,7 @@ class KatoShell:
 
     async def create_session(self, req: svc.CreateSessionRequest) -> svc.Session:
         limits.require_node_id(req.node_id)
+        authorize(req.node_id)
         limits.check_request_id(req.request_id)
         ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
         limits.check_ttl(ttl, self.settings)
@@ -204,7 +207,7 @@ class KatoShell:
         return self.session_proto(await self._read(session_id))
 
     async def delete_session(self, session_id: str) -> None:
-        limits.require_session_id(session_id)
+        await self._load(session_id)  # not found, or not this caller's node: nothing is deleted
         if not await self.sessions.delete(session_id):
             raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
 
@@ -365,6 +368,7 @@ class KatoShell:
 
     async def get_pattern(self, node_id: str, name: str) -> pb.Pattern:
         limits.require_node_id(node_id)
+        authorize(node_id)
         bare = self._pattern_name(name)
         record = await self.patterns.get_pattern(node_id, bare)
         if record is None:
@@ -380,6 +384,7 @@ class KatoShell:
 
     async def list_patterns(self, req: svc.ListPatternsRequest) -> svc.ListPatternsResponse:
         limits.require_node_id(req.node_id)
+        authorize(req.node_id)
         if req.page_size < 0:
             raise InvalidArgument.for_field("page_size", "must not be negative")
         size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -399,6 +404,7 @@ class KatoShell:
 
     async def update_pattern(self, req: svc.UpdatePatternRequest) -> pb.Pattern:
         limits.require_node_id(req.node_id)
+        authorize(req.node_id)
         bare = self._pattern_name(req.pattern.name)
         mask = set(req.update_mask) or {"frequency", "emotives", "metadata"}
         unknown = mask - {"frequency", "emotives", "metadata"}
@@ -424,6 +430,7 @@ class KatoShell:
 
     async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
         limits.require_node_id(req.node_id)
+        authorize(req.node_id)
         version = await self.patterns.delete_pattern(req.node_id, self._pattern_name(req.name))
         if version is not None:
             await self.sessions.publish_kb_version(req.node_id, version)
@@ -433,6 +440,7 @@ class KatoShell:
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest) -> None:
         if not req.session_id:
             limits.require_node_id(req.node_id, "node_id")
+            authorize(req.node_id)
             await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
             return
         loaded = await self._load(req.session_id, req.request_id)

@@ -1,0 +1,97 @@
+"""Bearer-token auth scoped to nodes, and TLS (KATO_AUTH_TOKENS, KATO_TLS_*)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kato_grpc import devstack
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.harness import new_server
+
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+TOKENS = {"alice-token": ["alice"], "ops-token": ["*"]}
+
+
+def _with(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_tokens_authenticate_and_scope_nodes(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir).start(KATO_AUTH_TOKENS=json.dumps(TOKENS))
+    try:
+        stub = server.stub()
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.CreateSession(svc.CreateSessionRequest(node_id="alice"))
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as wrong:
+            stub.CreateSession(svc.CreateSessionRequest(node_id="alice"), metadata=_with("nope"))
+        assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        alice = stub.CreateSession(svc.CreateSessionRequest(node_id="alice"), metadata=_with("alice-token"))
+        bob = stub.CreateSession(svc.CreateSessionRequest(node_id="bob"), metadata=_with("ops-token"))
+        with pytest.raises(grpc.RpcError) as other_node:
+            stub.CreateSession(svc.CreateSessionRequest(node_id="bob"), metadata=_with("alice-token"))
+        assert other_node.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # alice's token cannot touch bob's session or bob's KB, whatever the call.
+        denied: list[Callable[[], object]] = [
+            lambda: stub.Observe(
+                svc.ObserveRequest(session_id=bob.session_id, observation=pb.Observation(strings=["x"])),
+                metadata=_with("alice-token"),
+            ),
+            lambda: stub.GetSession(svc.GetSessionRequest(session_id=bob.session_id), metadata=_with("alice-token")),
+            lambda: stub.DeleteSession(
+                svc.DeleteSessionRequest(session_id=bob.session_id), metadata=_with("alice-token")
+            ),
+            lambda: stub.ListPatterns(svc.ListPatternsRequest(node_id="bob"), metadata=_with("alice-token")),
+            lambda: stub.ClearKnowledgeBase(
+                svc.ClearKnowledgeBaseRequest(node_id="bob"), metadata=_with("alice-token")
+            ),
+        ]
+        for call in denied:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        stub.Observe(
+            svc.ObserveRequest(session_id=alice.session_id, observation=pb.Observation(strings=["x"])),
+            metadata=_with("alice-token"),
+        )
+        assert stub.GetSession(svc.GetSessionRequest(session_id=bob.session_id), metadata=_with("ops-token")).time == 0
+        assert server.health() == 1  # probes need no token
+        log = server.log_path.read_text()
+        assert "alice-token" not in log and bob.session_id not in log
+    finally:
+        server.stop()
+
+
+def test_tls_serves_encrypted_only(stores: Stores, log_dir: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = new_server(*stores, log_dir)
+    server.env |= {"KATO_TLS_CERT_FILE": str(cert), "KATO_TLS_KEY_FILE": str(key)}
+    server.proc = subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
+        stdout=server.log_path.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(server.address, credentials) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = svc_grpc.KatoServiceStub(channel)
+            assert stub.CreateSession(svc.CreateSessionRequest(node_id="tls")).node_id == "tls"
+        with grpc.insecure_channel(server.address) as plain, pytest.raises(grpc.RpcError):
+            svc_grpc.KatoServiceStub(plain).CreateSession(svc.CreateSessionRequest(node_id="tls"), timeout=3)
+    finally:
+        server.stop()

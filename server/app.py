@@ -45,6 +45,7 @@ class KatoServer:
         self.patterns = MongoPatternStore(self._mongo, settings.mongodb_database)
         self.cache = KbCache(self.patterns)
         self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache)
+        self.servicer = KatoServicer(self.shell)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -59,7 +60,7 @@ class KatoServer:
 
     async def start(self) -> int:
         await self._ensure_indexes()
-        add_service(KatoServicer(self.shell), self.server)
+        add_service(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -122,7 +123,10 @@ class KatoServer:
         self._stopping.set()
         await self.health.enter_graceful_shutdown()
         log.info("stopping", grace_seconds=self.settings.grace_seconds)
-        await self.server.stop(self.settings.grace_seconds)
+        started = asyncio.get_running_loop().time()
+        await self.servicer.drain(self.settings.grace_seconds)
+        left = self.settings.grace_seconds - (asyncio.get_running_loop().time() - started)
+        await self.server.stop(max(left, 0.1))
         if self._health_task is not None:
             await self._health_task
         await self.sessions.close()

@@ -15,7 +15,7 @@ import structlog
 from google.protobuf import empty_pb2
 
 from kato_grpc.engine.observation import validate_observation
-from kato_grpc.errors import DeadlineExceeded, KatoError
+from kato_grpc.errors import DeadlineExceeded, KatoError, Unavailable
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
@@ -40,10 +40,24 @@ def _request_id(context: Ctx) -> str:
 class KatoServicer(svc_grpc.KatoServiceServicer):
     def __init__(self, shell: KatoShell) -> None:
         self.shell = shell
+        # Shutdown: once draining, new calls are refused with UNAVAILABLE (retryable, so a
+        # client goes to another replica) while the ones in flight finish.
+        self.draining = False
+        self.inflight = 0
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls and wait (at most ``grace`` seconds) for those in flight."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
         with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
+            self.inflight += 1
             try:
+                if self.draining:
+                    raise Unavailable("the server is shutting down; retry", reason="SHUTTING_DOWN")
                 # The client's deadline bounds every store call made for it; state stays
                 # consistent when it fires (the outbox carries any learn not yet applied).
                 async with asyncio.timeout(context.time_remaining()) as deadline:
@@ -68,6 +82,8 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
                 log.info("request failed", code=error.code, reason=error.reason)
                 await context.abort_with_status(to_status(error))
                 raise
+            finally:
+                self.inflight -= 1
 
     async def CreateSession(self, request: svc.CreateSessionRequest, context: Ctx) -> svc.Session:
         return await self._guard("CreateSession", context, self.shell.create_session(request))

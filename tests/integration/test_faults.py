@@ -1,0 +1,152 @@
+"""Store faults under load, shutdown under load, and many sessions on one node (issue 5)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from kato_grpc import devstack
+from kato_grpc.engine.naming import pattern_name
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.harness import new_server
+from tests.integration.test_resilience import _eventually
+
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def _learn_pair(stub: svc_grpc.KatoServiceStub, sid: str, request_id: str) -> grpc.StatusCode:
+    request = svc.ObserveSequenceRequest(
+        session_id=sid,
+        observations=[pb.Observation(strings=["p"]), pb.Observation(strings=["q"])],
+        learn_at_end=True,
+        request_id=request_id,
+    )
+    try:
+        stub.ObserveSequence(request, timeout=15)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        return exc.code()
+
+
+def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> None:
+    with devstack.local_stores(tmp_path) as (redis, mongo):
+        server = new_server(redis, mongo, tmp_path).start()
+        try:
+            stubs = [server.stub() for _ in range(4)]
+            node = "faults-" + uuid.uuid4().hex
+            sessions = [stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(4)]
+            done: Counter[str] = Counter()
+            codes: Counter[str] = Counter()
+            stop = threading.Event()
+
+            def client(k: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    rid = f"c{k}-{i}"
+                    while True:  # retry the same request until it is answered (idempotent by request_id)
+                        code = _learn_pair(stubs[k % 4], sessions[k % 4], rid)
+                        codes[code.name] += 1
+                        assert code == grpc.StatusCode.OK or code in RETRYABLE, code
+                        if code == grpc.StatusCode.OK:
+                            done[sessions[k % 4]] += 1
+                            break
+                        time.sleep(0.05)
+                    i += 1
+
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+            for t in threads:
+                t.start()
+            time.sleep(1.5)
+            mongo.kill()  # MongoDB dies under load ...
+            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
+            time.sleep(1.0)
+            mongo.restart()  # ... and comes back: no server restart
+            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
+            time.sleep(1.5)
+            redis.kill()  # then Redis (with its append-only file)
+            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
+            time.sleep(1.0)
+            redis.restart()
+            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
+            time.sleep(1.5)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            assert codes["UNAVAILABLE"] > 0, codes  # the outages were felt
+            # Touch every session (flushes any outbox), then count: one learn per answered call.
+            for sid in sessions:
+                stubs[0].GetSession(svc.GetSessionRequest(session_id=sid))
+            name = "PTRN|" + pattern_name([["p"], ["q"]])
+            frequency = stubs[0].GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency
+            assert frequency == sum(done.values()), (frequency, done, codes)
+        finally:
+            server.stop()
+
+
+def test_sigterm_with_calls_in_flight(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir).start()
+    stub = server.stub()
+    node = "drain-" + uuid.uuid4().hex
+    sids = [stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(32)]
+    sequence = [pb.Observation(strings=[f"s{i}"]) for i in range(150)]
+    outcomes: list[str] = []
+
+    def call(sid: str) -> None:
+        try:
+            stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sid, observations=sequence), timeout=30)
+            outcomes.append("OK")
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code().name)
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(call, sid) for sid in sids]
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for f in futures:
+            f.result()
+    assert server.proc is not None and server.proc.wait(30) == 0
+    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, Counter(outcomes)
+    assert outcomes.count("OK") > 0
+    # Nothing half-done: every session either has all 150 observations or none.
+    restarted = new_server(*stores, log_dir).start()
+    try:
+        stub2 = restarted.stub()
+        times = [stub2.GetSession(svc.GetSessionRequest(session_id=sid)).time for sid in sids]
+        assert set(times) <= {0, 150}
+        assert times.count(150) == outcomes.count("OK")
+    finally:
+        restarted.stop()
+
+
+def test_a_thousand_sessions_on_one_node_never_leak(server: object) -> None:
+    stub = server.stub()  # type: ignore[attr-defined]
+    node = "crowd-" + uuid.uuid4().hex
+    sessions = [stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(1000)]
+
+    def run(i: int) -> list[str]:
+        sid = sessions[i]
+        own = {f"own-{i}", "shared"}
+        stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[f"own-{i}"])))
+        r = stub.Observe(
+            svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["shared"]), return_predictions=True)
+        )
+        stm = {
+            s for e in stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events for s in e.symbols
+        }
+        extras = {s for p in r.predictions for e in p.extras for s in e.symbols}
+        return sorted((stm | extras) - own)
+
+    with ThreadPoolExecutor(16) as pool:
+        leaks = [x for found in pool.map(run, range(1000)) for x in found]
+    assert leaks == []

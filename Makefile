@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck proto bench run fuzz clean
+.PHONY: venv test lint typecheck proto bench run fuzz load soak clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,14 @@ run: $(STAMP)
 # 10,000 generated requests (and garbage bytes) against a live server (issue 5).
 fuzz: $(STAMP)
 	KATO_FUZZ_REQUESTS=10000 $(BIN)/python -m pytest -q -s tests/integration/test_fuzz.py
+
+# 10,000 observes from 64 clients on 8 shared sessions over 2 server processes (issue 5).
+load: $(STAMP)
+	KATO_LOAD_CALLS=10000 $(BIN)/python -m pytest -q -s tests/integration/test_resilience.py -k lose_and_double
+
+# 10 minutes of mixed load on 2 workers; appends RSS growth after warm-up to BENCHMARKS.md.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 10 --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

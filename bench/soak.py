@@ -1,0 +1,116 @@
+"""Soak: mixed load on a 2-worker server for N minutes, watching the servers' memory (issue 5).
+
+    python -m bench.soak [--minutes 10] [--write BENCHMARKS.md]
+
+Clients observe, learn (ObserveSequence with learn_at_end), ask for predictions, clear and
+create/delete sessions, on a handful of nodes. Server RSS (both workers) is sampled every
+5 s; the figure is its growth from the end of warm-up (a fifth of the run) to the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from bench.service import Server
+from kato_grpc import devstack
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+
+ALPHABET = [f"w{i}" for i in range(300)]
+
+
+async def client(stub: svc_grpc.KatoServiceAsyncStub, k: int, stop: float, codes: Counter[str]) -> None:
+    rng = random.Random(k)
+    node = f"soak-{k % 4}"
+    sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id=node))).session_id
+    while time.monotonic() < stop:
+        action = rng.random()
+        try:
+            if action < 0.6:
+                obs = pb.Observation(strings=rng.sample(ALPHABET, rng.randint(1, 2)))
+                await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs, return_predictions=True))
+            elif action < 0.75:
+                seq = [pb.Observation(strings=[rng.choice(ALPHABET)]) for _ in range(rng.randint(2, 6))]
+                await stub.ObserveSequence(
+                    svc.ObserveSequenceRequest(session_id=sid, observations=seq, learn_at_end=True)
+                )
+            elif action < 0.9:
+                await stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid))
+            elif action < 0.97:
+                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+            else:
+                await stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid))
+                sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id=node))).session_id
+            codes["OK"] += 1
+        except grpc.aio.AioRpcError as exc:
+            codes[exc.code().name] += 1
+
+
+async def run(minutes: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
+        server = Server(redis, mongo, Path(tmp) / "server.log", workers=2)
+        await server.wait()
+        try:
+            channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
+            stubs = [svc_grpc.KatoServiceStub(c) for c in channels]
+            started = time.monotonic()
+            stop = started + minutes * 60
+            codes: Counter[str] = Counter()
+            tasks = [asyncio.create_task(client(stubs[k % 4], k, stop, codes)) for k in range(16)]
+            samples: list[tuple[float, float]] = []
+            while time.monotonic() < stop:
+                samples.append((time.monotonic() - started, server.rss_mb()))
+                await asyncio.sleep(5)
+            await asyncio.gather(*tasks)
+            samples.append((time.monotonic() - started, server.rss_mb()))
+            for c in channels:
+                await c.close()
+        finally:
+            server.stop()
+    warm = next(rss for t, rss in samples if t >= minutes * 60 / 5)
+    return {"codes": codes, "warm": warm, "end": samples[-1][1], "peak": max(r for _, r in samples)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--write", type=Path, default=None, help="append the report to this file")
+    args = parser.parse_args(argv)
+    r = asyncio.run(run(args.minutes))
+    codes: Counter[str] = r["codes"]  # type: ignore[assignment]
+    warm, end, peak = float(r["warm"]), float(r["end"]), float(r["peak"])  # type: ignore[arg-type]
+    growth = (end - warm) / warm * 100
+    text = "\n".join(
+        [
+            "## Soak (issue 5)",
+            "",
+            f"- command: `python -m bench.soak {' '.join(sys.argv[1:] if argv is None else argv)}`",
+            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- {args.minutes:g} minutes, 16 clients, mixed observe / learn / predictions / clear / session churn,"
+            " 2 workers, local stores",
+            f"- calls: {sum(codes.values()):,} ({', '.join(f'{k} {v:,}' for k, v in sorted(codes.items()))})",
+            f"- server RSS (both workers): {warm:.0f} MB after warm-up, {end:.0f} MB at the end, peak {peak:.0f} MB:"
+            f" growth {growth:+.1f} % (target < 5 %)",
+            "",
+        ]
+    )
+    print(text)
+    if args.write:
+        with args.write.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

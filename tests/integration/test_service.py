@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import grpc
 import pytest
@@ -319,3 +320,24 @@ def test_undecodable_bytes_are_invalid_argument_not_internal(server: object, stu
         list(stream(iter([b"\xff\xff\xff"]), timeout=5))
     assert details(info.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "UNDECODABLE_REQUEST")
     channel.close()
+
+
+def test_oversized_messages_are_resource_exhausted(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    huge = pb.Observation(strings=["x" * 1000] * 5000)  # ~5 MB > the 4 MiB default limit
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Observe(svc.ObserveRequest(session_id=sid, observation=huge))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time == 0
+
+
+def test_a_cancelled_call_leaves_the_session_whole(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    sequence = [pb.Observation(strings=[f"c{i}"]) for i in range(3000)]
+    future = stub.ObserveSequence.future(svc.ObserveSequenceRequest(session_id=sid, observations=sequence))
+    time.sleep(0.05)
+    future.cancel()
+    time.sleep(0.5)
+    # All or nothing: the sequence committed as one, or not at all; the server answers on.
+    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time in (0, 3000)
+    assert observe(stub, sid, "after").time in (1, 3001)

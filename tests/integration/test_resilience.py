@@ -32,13 +32,17 @@ SESSIONS = 8
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
 
+RETRY_CODES = {grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
+
+
 def with_retry(call: Callable[[], T], attempts: int = 20) -> T:
-    """Retry ABORTED (CAS retries exhausted) with the same request, as a client should."""
+    """Retry retryable codes with the same request (same request_id), as a client should:
+    whether or not the first attempt committed, the retry answers it exactly once."""
     for attempt in range(attempts):
         try:
             return call()
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.ABORTED or attempt == attempts - 1:
+            if exc.code() not in RETRY_CODES or attempt == attempts - 1:
                 raise
             time.sleep(0.01 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -65,7 +69,7 @@ def test_two_processes_lose_and_double_nothing(two_servers: tuple[ServerProcess,
         request = svc.ObserveRequest(
             session_id=sid, observation=pb.Observation(strings=[f"s{i % 7}"]), request_id=f"obs-{i}"
         )
-        with_retry(lambda: stubs[i % len(stubs)].Observe(request, timeout=30))
+        with_retry(lambda: stubs[i % len(stubs)].Observe(request, timeout=60))
         return sid
 
     started = time.monotonic()
@@ -86,7 +90,7 @@ def test_two_processes_lose_and_double_nothing(two_servers: tuple[ServerProcess,
             learn_at_end=True,
             request_id=f"learn-{i}",
         )
-        result = with_retry(lambda: stubs[i % len(stubs)].ObserveSequence(request, timeout=30))
+        result = with_retry(lambda: stubs[i % len(stubs)].ObserveSequence(request, timeout=60))
         assert result.final_learned_pattern.startswith("PTRN|")
 
     started = time.monotonic()

@@ -38,6 +38,7 @@ from kato_grpc.stores.index import SymbolChange
 from kato_grpc.v1 import engine_pb2 as pb
 
 Doc = dict[str, Any]
+DUPLICATE_RETRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,16 @@ class MongoPatternStore:
             # and no lookup round trip is spent.
             return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=False))
         except (DuplicateKeyError, BulkWriteError):
-            return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True))
+            pass
+        # Part of the batch is in the ledger already (a retry), or another transaction created
+        # one of its patterns meanwhile: check the ledger, re-read, try again.
+        for attempt in range(DUPLICATE_RETRIES):
+            try:
+                return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True))
+            except (DuplicateKeyError, BulkWriteError):
+                if attempt == DUPLICATE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[Applied]]) -> Applied:
         async with self._client.start_session() as session:
@@ -162,11 +172,7 @@ class MongoPatternStore:
             await db.vectors.bulk_write(vector_ops, ordered=True, session=s)
         learns = [w for w in todo if w.name]
         if learns:
-            result = await db.patterns.bulk_write(
-                [self._pattern_op(kb_id, w, version) for w in learns], ordered=True, session=s
-            )
-            upserted = result.upserted_ids or {}
-            new_flags = [i in upserted for i in range(len(learns))]
+            new_flags = await self._write_patterns(s, kb_id, learns, version)
             log = [
                 {
                     "c": sorted([k, v] for k, v in w.symbol_counts.items()),
@@ -179,6 +185,54 @@ class MongoPatternStore:
             totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": len(learns)}
             await db.kb.update_one({"kb_id": kb_id}, {"$inc": totals}, session=s)
         return Applied(len(todo), version)
+
+    async def _write_patterns(
+        self, s: AsyncClientSession, kb_id: str, learns: Sequence[pb.PatternWrite], version: int
+    ) -> list[bool]:
+        """Write the batch's patterns; True for each learn that created its pattern.
+
+        Patterns the KB does not have yet are inserted as whole documents (one cheap bulk
+        insert — the common case when training), the rest updated in batch order. A pattern
+        created concurrently by another transaction makes the insert fail, and the batch is
+        retried (see ``apply_many``)."""
+        names = sorted({w.name for w in learns})
+        cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$in": names}}, {"name": 1}, session=s)
+        known = {doc["name"] async for doc in cursor}
+        flags: list[bool] = []
+        inserts: list[Doc] = []
+        updates: list[UpdateOne] = []
+        for w in learns:
+            is_new = w.name not in known
+            flags.append(is_new)
+            if is_new:
+                known.add(w.name)
+                inserts.append(self._pattern_doc(kb_id, w, version))
+            else:
+                updates.append(self._pattern_op(kb_id, w, version))
+        if inserts:
+            await self._db.patterns.insert_many(inserts, ordered=True, session=s)
+        if updates:
+            await self._db.patterns.bulk_write(updates, ordered=True, session=s)
+        return flags
+
+    @staticmethod
+    def _pattern_doc(kb_id: str, write: pb.PatternWrite, version: int) -> Doc:
+        """The document a first learn creates: what the upsert below would produce on insert."""
+        events = [list(e.symbols) for e in write.events]
+        records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
+        pairs = [[k, v] for k, values in sorted(write.metadata.items()) for v in values.values]
+        unique_pairs = [list(p) for p in dict.fromkeys(tuple(p) for p in pairs)]
+        return {
+            "kb_id": kb_id,
+            "name": write.name,
+            "events": events,
+            "length": sum(len(e) for e in events),
+            "symbols": sorted({x for e in events for x in e}),
+            "frequency": 1,
+            "kb_version": version,
+            "emotives": records[-write.persistence :] if records else [],
+            "metadata": unique_pairs,
+        }
 
     @staticmethod
     def _pattern_op(kb_id: str, write: pb.PatternWrite, version: int) -> UpdateOne:

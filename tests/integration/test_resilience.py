@@ -24,11 +24,10 @@ from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.integration.harness import ServerProcess, new_server
 
 T = TypeVar("T")
-# The load of issue 5: 64 clients on 8 shared sessions over 2 server processes. The test suite
-# sends 2,000 observes; `make load` sends 10,000 (KATO_LOAD_CALLS).
+# Two server processes on one Redis + MongoDB: issue 3's 32 clients on 4 shared sessions and
+# issue 5's 64 clients on 8. The test suite sends 2,000 observes each; `make load` sends 10,000
+# (KATO_LOAD_CALLS).
 LOAD_CALLS = int(os.environ.get("KATO_LOAD_CALLS", "2000"))
-CLIENTS = 64
-SESSIONS = 8
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
 
@@ -58,10 +57,15 @@ def two_servers(stores: Stores, log_dir: Path) -> Iterator[tuple[ServerProcess, 
     b.stop()
 
 
-def test_two_processes_lose_and_double_nothing(two_servers: tuple[ServerProcess, ServerProcess]) -> None:
+@pytest.mark.parametrize(("clients", "sessions_count"), [(32, 4), (64, 8)])
+def test_two_processes_lose_and_double_nothing(
+    two_servers: tuple[ServerProcess, ServerProcess], clients: int, sessions_count: int
+) -> None:
     stubs = [s.stub() for s in two_servers for _ in range(4)]  # several channels per process
     node = "conc-" + uuid.uuid4().hex
-    sessions = [stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(SESSIONS)]
+    sessions = [
+        stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(sessions_count)
+    ]
     calls = LOAD_CALLS
 
     def observe(i: int) -> str:
@@ -73,11 +77,11 @@ def test_two_processes_lose_and_double_nothing(two_servers: tuple[ServerProcess,
         return sid
 
     started = time.monotonic()
-    with ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadPoolExecutor(clients) as pool:
         sent = Counter(pool.map(observe, range(calls)))
     print(f"{calls} observes in {time.monotonic() - started:.1f}s")
     for sid in sessions:
-        assert stubs[1].GetSession(svc.GetSessionRequest(session_id=sid)).time == sent[sid] == calls // SESSIONS
+        assert stubs[1].GetSession(svc.GetSessionRequest(session_id=sid)).time == sent[sid] == calls // sessions_count
 
     for sid in sessions:
         stubs[0].ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
@@ -94,7 +98,7 @@ def test_two_processes_lose_and_double_nothing(two_servers: tuple[ServerProcess,
         assert result.final_learned_pattern.startswith("PTRN|")
 
     started = time.monotonic()
-    with ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadPoolExecutor(clients) as pool:
         list(pool.map(learn, range(learns)))
     print(f"{learns} learns in {time.monotonic() - started:.1f}s")
     name = "PTRN|" + pattern_name([["p"], ["q"]])

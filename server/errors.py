@@ -33,13 +33,26 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
 )
 
 
+# MongoDB answers these while it starts, stops or recovers: the store is not available (yet).
+_MONGO_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+_MONGO_RETRY_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult", "RetryableWriteError")
+
+
 def as_kato_error(exc: BaseException) -> KatoError | None:
     """The KatoError an exception stands for, or None for an unexpected failure."""
     if isinstance(exc, KatoError):
         return exc
-    if isinstance(exc, _STORE_DOWN):
+    if isinstance(exc, _STORE_DOWN) or _mongo_unavailable(exc):
         return Unavailable("a backing store is unavailable; retry", reason="STORE_UNAVAILABLE")
     return None
+
+
+def _mongo_unavailable(exc: BaseException) -> bool:
+    if not isinstance(exc, mongo_errors.PyMongoError):
+        return False
+    if any(exc.has_error_label(label) for label in _MONGO_RETRY_LABELS):
+        return True
+    return isinstance(exc, mongo_errors.OperationFailure) and exc.code in _MONGO_UNAVAILABLE_CODES
 
 
 def to_status(error: KatoError) -> grpc.Status:

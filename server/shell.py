@@ -104,8 +104,9 @@ class KatoShell:
             if loaded.response is not None:
                 return response_type.FromString(loaded.response)
             state = await self._flushed(loaded.state)
-            new_state, response, writes = await transition(state)
+            new_state, response, _ = await transition(state)
             new_state.version = loaded.version + 1
+            writes = _identify_writes(new_state, request_id)
             result = await self.sessions.compare_and_set(
                 new_state,
                 loaded.version,
@@ -457,6 +458,22 @@ class KatoShell:
             return processor.clear_stm(state), svc.ShortTermMemory(), []
 
         await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)
+
+
+def _identify_writes(state: pb.SessionState, request_id: str) -> list[pb.PatternWrite]:
+    """Give this call's pattern writes (the whole outbox: it was flushed before the call) their
+    ledger ids, and return them.
+
+    With a request_id the id is derived from it, so a retry that re-executes the request
+    (because Redis lost the first commit's record, e.g. in a crash inside its fsync window)
+    is recognised by the MongoDB ledger and not applied twice. Without one it is random: ids
+    from the session version alone could repeat after such a rollback and make the ledger drop
+    a different learn.
+    """
+    call = f"req:{request_id}" if request_id else f"rnd:{secrets.token_hex(12)}"
+    for n, write in enumerate(state.pending_writes):
+        write.write_id = f"{state.session_id}:{call}:{n}"
+    return list(state.pending_writes)
 
 
 def _observe_response(r: processor.ObserveResult, with_predictions: bool) -> svc.ObserveResponse:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -38,6 +38,7 @@ from kato_grpc.stores.index import SymbolChange
 from kato_grpc.v1 import engine_pb2 as pb
 
 Doc = dict[str, Any]
+R = TypeVar("R")
 DUPLICATE_RETRIES = 5
 
 
@@ -136,9 +137,11 @@ class MongoPatternStore:
                     raise
         raise AssertionError("unreachable")
 
-    async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[Applied]]) -> Applied:
+    async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[R]]) -> R:
+        """Run ``work`` in one majority-committed transaction (retried by the driver on
+        transient errors). Every write of this store goes through here."""
         async with self._client.start_session() as session:
-            result: Applied = await session.with_transaction(
+            result: R = await session.with_transaction(
                 work, write_concern=WriteConcern("majority"), read_concern=ReadConcern("snapshot")
             )
             return result
@@ -257,11 +260,7 @@ class MongoPatternStore:
 
     async def clear(self, kb_id: str) -> int:
         """Wipe a KB; its version moves on and every cache reloads (DESIGN 4)."""
-        async with self._client.start_session() as session:
-            version: int = await session.with_transaction(
-                lambda s: self._clear_in(s, kb_id), write_concern=WriteConcern("majority")
-            )
-            return version
+        return await self._transaction(lambda s: self._clear_in(s, kb_id))
 
     async def _clear_in(self, s: AsyncClientSession, kb_id: str) -> int:
         db = self._db
@@ -293,9 +292,7 @@ class MongoPatternStore:
     async def delete_pattern(self, kb_id: str, name: str) -> int | None:
         """Remove a pattern; symbol statistics and totals stay as they are (spec 5.4).
         Returns the new KB version, or None when there was no such pattern."""
-        async with self._client.start_session() as session:
-            version: int | None = await session.with_transaction(lambda s: self._delete_in(s, kb_id, name))
-            return version
+        return await self._transaction(lambda s: self._delete_in(s, kb_id, name))
 
     async def _delete_in(self, s: AsyncClientSession, kb_id: str, name: str) -> int | None:
         result = await self._db.patterns.delete_one({"kb_id": kb_id, "name": name}, session=s)
@@ -312,11 +309,7 @@ class MongoPatternStore:
         emotives: Sequence[Mapping[str, float]] | None,
         metadata: Mapping[str, Sequence[str]] | None,
     ) -> PatternRecord | None:
-        async with self._client.start_session() as session:
-            record: PatternRecord | None = await session.with_transaction(
-                lambda s: self._update_in(s, kb_id, name, frequency, emotives, metadata)
-            )
-            return record
+        return await self._transaction(lambda s: self._update_in(s, kb_id, name, frequency, emotives, metadata))
 
     async def _update_in(
         self,

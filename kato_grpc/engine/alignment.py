@@ -7,7 +7,6 @@ longest-match with ``autojunk=False`` — the two differ on purpose (D-9, Q-MATC
 from __future__ import annotations
 
 from collections.abc import Sequence
-from difflib import SequenceMatcher
 
 from rapidfuzz import fuzz
 from rapidfuzz.distance import LCSseq
@@ -38,16 +37,49 @@ def token_ratio_percent(a: str, b: str) -> float:
 def matching_blocks(pattern: Sequence[str], state: Sequence[str]) -> list[Block]:
     """Recursive longest-block alignment of pattern against state, adjacent blocks merged.
 
-    difflib with ``autojunk=False`` and no junk function is exactly spec 4.4's definition.
+    This is exactly difflib's ``SequenceMatcher(None, pattern, state, autojunk=False)
+    .get_matching_blocks()`` (spec 4.4's definition) minus the final dummy block: the same
+    search and tie-breaks, without the junk and popularity bookkeeping that never applies here
+    and without building a matcher object per candidate (a test compares the two).
     """
-    blocks = SequenceMatcher(None, pattern, state, autojunk=False).get_matching_blocks()
-    return [(b.a, b.b, b.size) for b in blocks[:-1]]
-
-
-def flat_extras_count(present_flat: Sequence[str], state: Sequence[str]) -> int:
-    """Number of state symbols on the insert/replace side of present_flat vs state (snr's E_x)."""
-    count = 0
-    for tag, _i1, _i2, j1, j2 in SequenceMatcher(None, present_flat, state, autojunk=False).get_opcodes():
-        if tag in ("insert", "replace"):
-            count += j2 - j1
-    return count
+    b2j: dict[str, list[int]] = {}
+    for j, x in enumerate(state):
+        b2j.setdefault(x, []).append(j)
+    nothing: list[int] = []
+    queue = [(0, len(pattern), 0, len(state))]
+    found: list[Block] = []
+    while queue:
+        alo, ahi, blo, bhi = queue.pop()
+        # Longest common run in pattern[alo:ahi] x state[blo:bhi]; earliest in pattern, then state.
+        besti, bestj, bestsize = alo, blo, 0
+        j2len: dict[int, int] = {}
+        for i in range(alo, ahi):
+            newj2len: dict[int, int] = {}
+            for j in b2j.get(pattern[i], nothing):
+                if j < blo:
+                    continue
+                if j >= bhi:
+                    break
+                k = newj2len[j] = j2len.get(j - 1, 0) + 1
+                if k > bestsize:
+                    besti, bestj, bestsize = i - k + 1, j - k + 1, k
+            j2len = newj2len
+        if bestsize:
+            found.append((besti, bestj, bestsize))
+            if alo < besti and blo < bestj:
+                queue.append((alo, besti, blo, bestj))
+            if besti + bestsize < ahi and bestj + bestsize < bhi:
+                queue.append((besti + bestsize, ahi, bestj + bestsize, bhi))
+    found.sort()
+    merged: list[Block] = []
+    i1 = j1 = k1 = 0
+    for i2, j2, k2 in found:
+        if i1 + k1 == i2 and j1 + k1 == j2:
+            k1 += k2
+        else:
+            if k1:
+                merged.append((i1, j1, k1))
+            i1, j1, k1 = i2, j2, k2
+    if k1:
+        merged.append((i1, j1, k1))
+    return merged

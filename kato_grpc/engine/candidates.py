@@ -46,9 +46,9 @@ class SingleHits:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def known(self, i: int, state_length: int) -> KnownAlignment:
+    def known(self, i: int) -> KnownAlignment:
         block = (int(self.pattern_position[i]), int(self.state_position[i]), 1)
-        return KnownAlignment(float(self.similarity[i]), [block], state_length - 1)
+        return KnownAlignment(float(self.similarity[i]), [block])
 
     def take(self, mask: npt.NDArray[np.bool_]) -> SingleHits:
         return SingleHits(

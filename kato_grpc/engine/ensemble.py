@@ -16,6 +16,7 @@ from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.engine.matching import Match
 
 CONFLUENCE_FLOOR = 1e-10
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
 
 
 @dataclass(slots=True)
@@ -51,7 +52,7 @@ class Scored:
 
 @dataclass(frozen=True, slots=True)
 class FutureGroup:
-    future: list[tuple[str, ...]]
+    representative: Match  # the first member in name order: the group's future is its future
     aggregate_potential: float
     supporting_patterns: int
     total_weighted_frequency: float
@@ -67,61 +68,44 @@ def prune(matches: Sequence[Match], max_predictions: int) -> list[Match]:
     return sorted(kept, key=lambda m: m.name)
 
 
+DESCRIPTIVE = frozenset(
+    {"confluence", "entropy", "normalized_entropy", "global_normalized_entropy", "tfidf_score"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ensemble:
+    """What the per-prediction descriptive metrics need from the whole ensemble."""
+
+    n_patterns: int
+    vocabulary_size: int
+    total_pattern_frequencies: int
+    prob: dict[str, float]  # symbol probability over the ensemble's matches and missing (spec 4.9)
+    pmf: dict[str, int]  # pattern member frequency of every symbol above
+
+
 def score(
     matches: Sequence[Match], state: Sequence[str], kb: KnowledgeView, weighted: bool
-) -> tuple[list[Scored], list[FutureGroup]]:
-    """Compute every ensemble metric over ``matches`` (already pruned, in name order)."""
+) -> tuple[list[Scored], list[FutureGroup], Ensemble]:
+    """Compute the metrics that depend on the whole ensemble over ``matches`` (already pruned,
+    in name order): itf-df similarity, future potentials, the Bayesian terms and the potential.
+    The descriptive metrics that depend on one prediction alone come from ``describe``."""
     totals = kb.totals()
     n_patterns = totals.total_unique_patterns
-    vocab = totals.vocabulary_size
-    pmf_cache: dict[str, int] = {}
-
-    def pmf(symbol: str) -> int:
-        if symbol not in pmf_cache:
-            stats = kb.symbol(symbol)
-            pmf_cache[symbol] = stats.pattern_member_frequency if stats else 0
-        return pmf_cache[symbol]
-
     # Symbol probability cache: symbols of matches and event-aligned missing only (spec 4.9).
+    pmf: dict[str, int] = {}
     prob: dict[str, float] = {}
     for m in matches:
         for s in (*m.matches, *(x for ev in m.missing for x in ev)):
             if s not in prob:
-                prob[s] = pmf(s) / n_patterns if n_patterns else 0.0
+                stats = kb.symbol(s)
+                pmf[s] = stats.pattern_member_frequency if stats else 0
+                prob[s] = pmf[s] / n_patterns if n_patterns else 0.0
+    ensemble = Ensemble(n_patterns, totals.vocabulary_size, totals.total_pattern_frequencies, prob, pmf)
 
     ens_freq = sum(m.frequency for m in matches)
     state_counts = Counter(state)
-    log_v = math.log(vocab) if vocab > 1 else 0.0
-
-    scored: list[Scored] = []
-    for m in matches:
-        present = m.present_flat
-        counts = Counter(present)
-        length = len(present)
-        distinct = sorted(counts)
-        r = Scored(match=m)
-        r.itfdf_similarity = _itfdf(state_counts, counts, prob, m.frequency, ens_freq)
-        if present and totals.total_pattern_frequencies:
-            product = 1.0
-            for s in present:
-                p = prob.get(s, 0.0)
-                product *= p if p > 0 else CONFLUENCE_FLOOR
-            r.confluence = (m.frequency / totals.total_pattern_frequencies) * (1 - product)
-        if length:
-            r.entropy = -sum((counts[s] / length) * math.log2(counts[s] / length) for s in distinct)
-            if vocab > 1:
-                r.normalized_entropy = -sum(
-                    (counts[s] / length) * (math.log(counts[s] / length) / log_v) for s in distinct
-                )
-                r.global_normalized_entropy = -sum(
-                    prob.get(s, 0.0) * (math.log(prob.get(s, 0.0)) / log_v) for s in distinct if prob.get(s, 0.0) > 0
-                )
-            if n_patterns:
-                r.tfidf_score = sum(
-                    (counts[s] / length) * (math.log2(n_patterns / (pmf(s) or 1)) + 1) for s in distinct
-                ) / len(distinct)
-        scored.append(r)
-
+    scored = [Scored(m, _itfdf(state_counts, Counter(m.present_flat), prob, m.frequency, ens_freq)) for m in matches]
     groups = _predictive_information(scored)
     _bayesian(scored)
     for r in scored:
@@ -131,7 +115,45 @@ def score(
         else:
             base = (m.evidence + m.confidence) * m.snr
         r.potential = (base + r.itfdf_similarity) + m.frag_term
-    return scored, groups
+    return scored, groups, ensemble
+
+
+def describe(r: Scored, ensemble: Ensemble, kb: KnowledgeView) -> None:
+    """Fill the descriptive metrics of one prediction: confluence, the entropies, tf-idf."""
+    present = r.match.present_flat
+    if not present:
+        return
+    prob = ensemble.prob
+    counts = Counter(present)
+    length = len(present)
+    distinct = sorted(counts)
+    if ensemble.total_pattern_frequencies:
+        product = 1.0
+        for s in present:
+            p = prob.get(s, 0.0)
+            product *= p if p > 0 else CONFLUENCE_FLOOR
+        r.confluence = (r.match.frequency / ensemble.total_pattern_frequencies) * (1 - product)
+    r.entropy = -sum((counts[s] / length) * math.log2(counts[s] / length) for s in distinct)
+    vocab = ensemble.vocabulary_size
+    if vocab > 1:
+        log_v = math.log(vocab)
+        r.normalized_entropy = -sum((counts[s] / length) * (math.log(counts[s] / length) / log_v) for s in distinct)
+        r.global_normalized_entropy = -sum(
+            prob.get(s, 0.0) * (math.log(prob.get(s, 0.0)) / log_v) for s in distinct if prob.get(s, 0.0) > 0
+        )
+    n_patterns = ensemble.n_patterns
+    if n_patterns:
+        r.tfidf_score = sum(
+            (counts[s] / length) * (math.log2(n_patterns / (_pmf(s, ensemble, kb) or 1)) + 1) for s in distinct
+        ) / len(distinct)
+
+
+def _pmf(symbol: str, ensemble: Ensemble, kb: KnowledgeView) -> int:
+    known = ensemble.pmf.get(symbol)
+    if known is not None:
+        return known
+    stats = kb.symbol(symbol)
+    return stats.pattern_member_frequency if stats else 0
 
 
 def rank(scored: Sequence[Scored], key: str, max_predictions: int) -> list[Scored]:
@@ -162,7 +184,9 @@ def _itfdf(
 
 
 def _future_key(future: Sequence[Sequence[str]]) -> str:
-    return json.dumps([sorted(event) for event in future], sort_keys=True)
+    """``json.dumps([sorted(event) for event in future])``, built directly: it runs once per
+    candidate, and json.dumps with options constructs an encoder per call."""
+    return "[" + ", ".join("[" + ", ".join(map(_json_string, sorted(event))) + "]" for event in future) + "]"
 
 
 def _predictive_information(scored: Sequence[Scored]) -> list[FutureGroup]:
@@ -185,7 +209,7 @@ def _predictive_information(scored: Sequence[Scored]) -> list[FutureGroup]:
             r.predictive_information = r.weighted_strength / agg if agg else 0.0
     groups = [
         FutureGroup(
-            future=list(rs[0].match.future),
+            representative=rs[0].match,
             aggregate_potential=aggregate[key],
             supporting_patterns=len(rs),
             total_weighted_frequency=weights[key],

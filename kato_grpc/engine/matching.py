@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from kato_grpc.engine.alignment import (
     character_similarity,
-    flat_extras_count,
     matching_blocks,
     token_ratio_percent,
     token_similarity,
@@ -24,11 +23,10 @@ EventList = list[tuple[str, ...]]
 
 @dataclass(frozen=True, slots=True)
 class KnownAlignment:
-    """A candidate's gate similarity, matching blocks and flat extras count, known in advance."""
+    """A candidate's gate similarity and matching blocks, known in advance."""
 
     similarity: float
     blocks: list[tuple[int, int, int]]
-    extras_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +49,8 @@ class Match:
     """The per-pattern part of a prediction."""
 
     pattern: PatternRecord
+    present_start: int  # past, present and future are pattern.events cut at these two indexes
+    future_start: int
     similarity: float
     matches: list[str]
     past: EventList
@@ -126,9 +126,17 @@ def match_pattern(
         matches, anomalies, extras_count = _fuzzy_matches(p, state, config.fuzzy_token_threshold)
     else:
         matches = [s for _i, j, k in blocks for s in state[j : j + k]]
-        extras_count = known.extras_count if known is not None else flat_extras_count(present_flat, state)
+        # snr's E_x is the state symbols on the insert/replace side of aligning present_flat
+        # with the state. present_flat spans exactly the blocks above, and re-aligning that
+        # span finds the same blocks (each longest run found over the whole pattern lies in
+        # the span and is still the earliest longest there), so E_x = |state| - |matches|.
+        extras_count = len(state) - len(matches)
 
-    past, present, future = _segment(pattern.events, past_len, len(present_flat), matches)
+    present_start, future_start = _segment(pattern.events, past_len, len(present_flat), matches)
+    events = pattern.events
+    past = list(events[:present_start])
+    present = list(events[present_start:future_start])
+    future = list(events[future_start:])
 
     expected = {a.expected for a in anomalies}
     observed = {a.observed for a in anomalies}
@@ -150,6 +158,8 @@ def match_pattern(
 
     return Match(
         pattern=pattern,
+        present_start=present_start,
+        future_start=future_start,
         similarity=similarity,
         matches=matches,
         past=past,
@@ -168,26 +178,23 @@ def match_pattern(
 
 def _segment(
     events: Sequence[tuple[str, ...]], past_len: int, present_len: int, matches: Sequence[str]
-) -> tuple[EventList, EventList, EventList]:
-    """Map the flat regions back onto whole events (spec 4.5), with the membership fix-up."""
+) -> tuple[int, int]:
+    """Map the flat regions back onto whole events (spec 4.5), with the membership fix-up:
+    the event indexes where present and future start."""
     target = past_len
     covered = 0
     e = 0
     while covered < target:
         covered += len(events[e])
         e += 1
-    past = list(events[:e])
     start = e
     target += present_len
     while covered < target:
         covered += len(events[e])
         e += 1
-    present = list(events[start:e])
-    future = list(events[e:])
-    if past and matches and matches[0] in past[-1]:
-        present = [past[-1], *present]
-        past = past[:-1]
-    return past, present, future
+    if start and matches and matches[0] in events[start - 1]:
+        start -= 1
+    return start, e
 
 
 def _fuzzy_matches(

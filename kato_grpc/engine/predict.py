@@ -9,10 +9,11 @@ import numpy as np
 
 from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
-from kato_grpc.engine.ensemble import FutureGroup, Scored, prune, rank, score
+from kato_grpc.engine.ensemble import DESCRIPTIVE, FutureGroup, Scored, describe, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
 from kato_grpc.engine.matching import Match, match_pattern
 from kato_grpc.engine.records import average_emotives
+from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
 from kato_grpc.v1 import engine_pb2 as pb
 
 AFFINITY_FLOOR = 0.01
@@ -57,8 +58,17 @@ def predict_scored(
         ensemble = _screened_ensemble(kb, state, stm, config, weight)
     if not ensemble:
         return PredictionSet()
-    scored, groups = score(ensemble, state, kb, weighted=weight is not None)
-    return PredictionSet(rank(scored, config.rank_key, config.max_predictions), scored, groups)
+    scored, groups, context = score(ensemble, state, kb, weighted=weight is not None)
+    # The descriptive metrics feed no other prediction: fill them only for the ranked cut,
+    # unless one of them is the rank key.
+    if config.rank_key in DESCRIPTIVE or exhaustive:
+        for r in scored:
+            describe(r, context, kb)
+        return PredictionSet(rank(scored, config.rank_key, config.max_predictions), scored, groups)
+    ranked = rank(scored, config.rank_key, config.max_predictions)
+    for r in ranked:
+        describe(r, context, kb)
+    return PredictionSet(ranked, scored, groups)
 
 
 def _match_all(
@@ -92,7 +102,7 @@ def _screened_ensemble(
         full, hits = _prune_mixed(kb, full, hits, limit)
     for i, pattern_id in enumerate(hits.ids):
         pattern = kb.pattern_by_id(int(pattern_id))
-        m = match_pattern(pattern, state, stm, config, weight, known=hits.known(i, len(state)))
+        m = match_pattern(pattern, state, stm, config, weight, known=hits.known(i))
         if m is not None:
             full.append(m)
     return sorted(full, key=lambda m: m.name)
@@ -142,8 +152,10 @@ def _affinity_weight(kb: KnowledgeView, emotive: str) -> Callable[[str], float]:
     return weight
 
 
-def _events(events: Sequence[Sequence[str]]) -> list[pb.Event]:
-    return [pb.Event(symbols=e) for e in events]
+_P = pb.Prediction.DESCRIPTOR
+_PAST, _PRESENT, _FUTURE, _SEQUENCE = (field_tag(_P, f) for f in ("past", "present", "future", "sequence"))
+_MISSING, _EXTRAS = field_tag(_P, "missing"), field_tag(_P, "extras")
+_FUTURE_POTENTIAL_FUTURE = field_tag(pb.FuturePotential.DESCRIPTOR, "future")
 
 
 def prediction_proto(r: Scored) -> pb.Prediction:
@@ -155,13 +167,7 @@ def prediction_proto(r: Scored) -> pb.Prediction:
         emotives=average_emotives(m.pattern.emotives),
         metadata={k: pb.StringList(values=v) for k, v in m.pattern.metadata.items()},
         matches=m.matches,
-        past=_events(m.past),
-        present=_events(m.present),
-        future=_events(m.future),
-        missing=_events(m.missing),
-        extras=_events(m.extras),
         anomalies=[pb.Anomaly(observed=a.observed, expected=a.expected, similarity=a.similarity) for a in m.anomalies],
-        sequence=_events(m.pattern.events),
         similarity=m.similarity,
         evidence=m.evidence,
         confidence=m.confidence,
@@ -181,6 +187,19 @@ def prediction_proto(r: Scored) -> pb.Prediction:
         bayesian_posterior=r.bayesian_posterior,
         potential=r.potential,
     )
+    encoded = encoded_events(m.pattern.events)
+    out.MergeFromString(
+        b"".join(
+            (
+                join_field(_PAST, encoded[: m.present_start]),
+                join_field(_PRESENT, encoded[m.present_start : m.future_start]),
+                join_field(_FUTURE, encoded[m.future_start :]),
+                events_field(_MISSING, m.missing),
+                events_field(_EXTRAS, m.extras),
+                join_field(_SEQUENCE, encoded),
+            )
+        )
+    )
     if m.weighted is not None:
         if m.weighted.similarity is not None:
             out.weighted_similarity = m.weighted.similarity
@@ -191,9 +210,11 @@ def prediction_proto(r: Scored) -> pb.Prediction:
 
 
 def future_proto(g: FutureGroup) -> pb.FuturePotential:
-    return pb.FuturePotential(
-        future=_events(g.future),
+    out = pb.FuturePotential(
         aggregate_potential=g.aggregate_potential,
         supporting_patterns=g.supporting_patterns,
         total_weighted_frequency=g.total_weighted_frequency,
     )
+    m = g.representative
+    out.MergeFromString(join_field(_FUTURE_POTENTIAL_FUTURE, encoded_events(m.pattern.events)[m.future_start :]))
+    return out

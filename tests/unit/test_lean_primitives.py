@@ -1,0 +1,88 @@
+"""The lean primitives of the hot path equal their plain definitions (spec 4.4, snr's E_x, future keys)."""
+
+from __future__ import annotations
+
+import json
+from difflib import SequenceMatcher
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kato_grpc.engine.alignment import matching_blocks
+from kato_grpc.engine.config import EngineConfig
+from kato_grpc.engine.ensemble import _future_key
+from kato_grpc.engine.predict import future_proto, predict_scored, prediction_proto
+from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
+from kato_grpc.v1 import engine_pb2 as pb
+from tests.unit.test_screening import PATTERN, _kb
+
+# Few distinct tokens, so runs repeat and tie-breaks between equal-length runs are exercised.
+TOKENS = st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=14)
+
+
+def _difflib_blocks(a: list[str], b: list[str]) -> list[tuple[int, int, int]]:
+    return [(m.a, m.b, m.size) for m in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()[:-1]]
+
+
+def _difflib_extras(present_flat: list[str], state: list[str]) -> int:
+    ops = SequenceMatcher(None, present_flat, state, autojunk=False).get_opcodes()
+    return sum(j2 - j1 for tag, _i1, _i2, j1, j2 in ops if tag in ("insert", "replace"))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(pattern=TOKENS, state=TOKENS)
+def test_matching_blocks_equal_difflib(pattern: list[str], state: list[str]) -> None:
+    assert matching_blocks(pattern, state) == _difflib_blocks(pattern, state)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(pattern=TOKENS, state=TOKENS)
+def test_extras_of_the_present_span_are_the_unmatched_state_symbols(pattern: list[str], state: list[str]) -> None:
+    # matching.match_pattern relies on this identity instead of a second alignment.
+    blocks = matching_blocks(pattern, state)
+    if blocks:
+        present_flat = pattern[blocks[0][0] : blocks[-1][0] + blocks[-1][2]]
+        matched = sum(k for _i, _j, k in blocks)
+        assert _difflib_extras(present_flat, state) == len(state) - matched
+
+
+@settings(max_examples=1000, deadline=None)
+@given(future=st.lists(st.lists(st.text(max_size=4), max_size=3), max_size=4))
+def test_future_key_is_the_json_of_the_sorted_events(future: list[list[str]]) -> None:
+    assert _future_key(future) == json.dumps([sorted(event) for event in future], sort_keys=True)
+
+
+def _plain(events: Any) -> list[list[str]]:
+    return [list(e.symbols) if isinstance(e, pb.Event) else list(e) for e in events]
+
+
+# Long and non-ASCII symbols, so lengths need multi-byte varints.
+WIRE_SYMBOL = st.sampled_from(["a", "é", "x" * 200, "δ" * 70, ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.lists(WIRE_SYMBOL, max_size=4).map(tuple), max_size=5).map(tuple))
+def test_wire_event_fields_parse_back_to_the_events(events: tuple[tuple[str, ...], ...]) -> None:
+    for field in ("past", "missing", "sequence"):
+        tag = field_tag(pb.Prediction.DESCRIPTOR, field)
+        direct = pb.Prediction.FromString(events_field(tag, events))
+        cached = pb.Prediction.FromString(join_field(tag, encoded_events(events)))
+        expected = pb.Prediction()
+        getattr(expected, field).extend(pb.Event(symbols=e) for e in events)
+        assert direct == cached == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(patterns=st.lists(PATTERN, min_size=1, max_size=30), stm=PATTERN)
+def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[str]]], stm: list[list[str]]) -> None:
+    kb = _kb(patterns)
+    result = predict_scored(stm, kb, EngineConfig(recall_threshold=0.1, max_predictions=5))
+    for r in result.ranked:
+        m, proto = r.match, prediction_proto(r)
+        for field in ("past", "present", "future", "missing", "extras"):
+            assert _plain(getattr(proto, field)) == _plain(getattr(m, field)), field
+        assert _plain(proto.sequence) == _plain(m.pattern.events)
+        assert (proto.name, list(proto.matches), proto.potential) == (m.name, m.matches, r.potential)
+    for g in result.futures:
+        assert _plain(future_proto(g).future) == _plain(g.representative.future)

@@ -68,9 +68,7 @@ def prune(matches: Sequence[Match], max_predictions: int) -> list[Match]:
     return sorted(kept, key=lambda m: m.name)
 
 
-DESCRIPTIVE = frozenset(
-    {"confluence", "entropy", "normalized_entropy", "global_normalized_entropy", "tfidf_score"}
-)
+DESCRIPTIVE = frozenset({"confluence", "entropy", "normalized_entropy", "global_normalized_entropy", "tfidf_score"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,15 @@ class VectorNeighbour:
     distance: float
 
 
+def name_key(name: str) -> int:
+    """The first 8 bytes of a name's UTF-8, zero-padded, as a big-endian integer.
+
+    Ordering by these keys never contradicts ordering by name (UTF-8 bytes sort like code
+    points), so a tie-break by name only needs the full names where keys are equal.
+    """
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big")
+
+
 class KnowledgeView(Protocol):
     """What the engine may read of a knowledge base."""
 
@@ -116,6 +125,10 @@ class KnowledgeView(Protocol):
 
     def pattern_by_id(self, pattern_id: int) -> PatternRecord:
         """The pattern of an id taken from ``posting_arrays``."""
+        ...
+
+    def name_keys(self) -> npt.NDArray[np.uint64]:
+        """``name_key`` of every pattern's name, indexed by pattern id."""
         ...
 
     def vectors(self) -> tuple[Sequence[str], npt.NDArray[np.float64]]:

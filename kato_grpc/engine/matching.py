@@ -7,7 +7,7 @@ Produces everything of a prediction that depends on that pattern alone; ensemble
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kato_grpc.engine.alignment import (
     character_similarity,
@@ -18,7 +18,7 @@ from kato_grpc.engine.alignment import (
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.knowledge import PatternRecord
 
-EventList = list[tuple[str, ...]]
+Events = tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,30 +44,41 @@ class WeightedMetrics:
     snr: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Match:
-    """The per-pattern part of a prediction."""
+    """The per-pattern part of a prediction, built in two steps: ``align`` gives everything
+    pruning needs (spec 4.8), ``complete`` the event lists and weighted metrics, only for the
+    candidates that survive pruning. Never changed once complete."""
 
     pattern: PatternRecord
     present_start: int  # past, present and future are pattern.events cut at these two indexes
     future_start: int
     similarity: float
     matches: list[str]
-    past: EventList
-    present: EventList
-    future: EventList
-    missing: list[list[str]]
-    extras: list[list[str]]
     anomalies: list[Anomaly]
     evidence: float
     confidence: float
     snr: float
     fragmentation: float
-    weighted: WeightedMetrics | None
+    missing: list[list[str]] = field(default_factory=list)
+    extras: list[list[str]] = field(default_factory=list)
+    weighted: WeightedMetrics | None = None
 
     @property
     def name(self) -> str:
         return self.pattern.name
+
+    @property
+    def past(self) -> Events:
+        return self.pattern.events[: self.present_start]
+
+    @property
+    def present(self) -> Events:
+        return self.pattern.events[self.present_start : self.future_start]
+
+    @property
+    def future(self) -> Events:
+        return self.pattern.events[self.future_start :]
 
     @property
     def frequency(self) -> int:
@@ -96,10 +107,20 @@ def match_pattern(
     weight: Callable[[str], float] | None,
     known: KnownAlignment | None = None,
 ) -> Match | None:
-    """Match one pattern; None when it does not pass the recall-threshold gate.
+    """Match one pattern in full; None when it does not pass the recall-threshold gate."""
+    m = align(pattern, state, config, known)
+    if m is not None:
+        complete(m, state, stm, weight)
+    return m
+
+
+def align(
+    pattern: PatternRecord, state: Sequence[str], config: EngineConfig, known: KnownAlignment | None = None
+) -> Match | None:
+    """The gate, the alignment and the unweighted metrics of one pattern (all pruning needs).
 
     ``known`` carries a similarity and exact alignment already derived in closed form (see
-    ``candidates``), which spares the two difflib alignments.
+    ``candidates``), which spares the alignment.
     """
     p = pattern.flat
     if known is None:
@@ -113,13 +134,13 @@ def match_pattern(
     if blocks:
         first, last = blocks[0], blocks[-1]
         past_len = first[0]
-        present_flat = p[first[0] : last[0] + last[2]]
+        present_len = last[0] + last[2] - first[0]
     elif config.recall_threshold > 0.0:
         return None
     else:
         # Threshold 0 keeps patterns with no overlap: the whole pattern is "present".
         past_len = 0
-        present_flat = p
+        present_len = len(p)
 
     anomalies: list[Anomaly] = []
     if config.fuzzy_token_threshold > 0.0:
@@ -132,48 +153,38 @@ def match_pattern(
         # the span and is still the earliest longest there), so E_x = |state| - |matches|.
         extras_count = len(state) - len(matches)
 
-    present_start, future_start = _segment(pattern.events, past_len, len(present_flat), matches)
     events = pattern.events
-    past = list(events[:present_start])
-    present = list(events[present_start:future_start])
-    future = list(events[future_start:])
-
-    expected = {a.expected for a in anomalies}
-    observed = {a.observed for a in anomalies}
-    match_set = set(matches)
-    missing = [[s for s in ev if s not in match_set and s not in expected] for ev in present]
-    present_set = {s for ev in present for s in ev}
-    extras = [[s for s in ev if s not in present_set and s not in observed] for ev in stm]
-
+    present_start, future_start = _segment(events, past_len, present_len, matches)
     m = len(matches)
-    lpr = sum(len(ev) for ev in present)
-    evidence = m / len(p) if p else 0.0
-    confidence = m / lpr if lpr else 0.0
+    lpr = sum(len(ev) for ev in events[present_start:future_start])
     snr_den = 2 * m + extras_count
-    snr = (2 * m - extras_count) / snr_den if snr_den else 0.0
-
-    weighted = None
-    if weight is not None:
-        weighted = _weighted(weight, p, state, matches, present, extras)
-
     return Match(
         pattern=pattern,
         present_start=present_start,
         future_start=future_start,
         similarity=similarity,
         matches=matches,
-        past=past,
-        present=present,
-        future=future,
-        missing=missing,
-        extras=extras,
         anomalies=anomalies,
-        evidence=evidence,
-        confidence=confidence,
-        snr=snr,
+        evidence=m / len(p) if p else 0.0,
+        confidence=m / lpr if lpr else 0.0,
+        snr=(2 * m - extras_count) / snr_den if snr_den else 0.0,
         fragmentation=float(len(blocks) - 1),
-        weighted=weighted,
     )
+
+
+def complete(
+    m: Match, state: Sequence[str], stm: Sequence[Sequence[str]], weight: Callable[[str], float] | None
+) -> None:
+    """Add missing, extras and the weighted metrics to a fresh ``align`` result."""
+    present = m.present
+    expected = {a.expected for a in m.anomalies}
+    observed = {a.observed for a in m.anomalies}
+    match_set = set(m.matches)
+    m.missing = [[s for s in ev if s not in match_set and s not in expected] for ev in present]
+    present_set = {s for ev in present for s in ev}
+    m.extras = [[s for s in ev if s not in present_set and s not in observed] for ev in stm]
+    if weight is not None:
+        m.weighted = _weighted(weight, m.pattern.flat, state, m.matches, present, m.extras)
 
 
 def _segment(
@@ -226,7 +237,7 @@ def _weighted(
     pattern: Sequence[str],
     state: Sequence[str],
     matches: Sequence[str],
-    present: EventList,
+    present: Events,
     extras: Sequence[Sequence[str]],
 ) -> WeightedMetrics:
     """Affinity-weighted metrics (spec 4.15.3 with D-19's floor for every symbol)."""

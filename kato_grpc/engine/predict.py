@@ -6,12 +6,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import DESCRIPTIVE, FutureGroup, Scored, describe, prune, rank, score
-from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
-from kato_grpc.engine.matching import Match, match_pattern
+from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord, name_key
+from kato_grpc.engine.matching import Match, align, complete, match_pattern
 from kato_grpc.engine.records import average_emotives
 from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
 from kato_grpc.v1 import engine_pb2 as pb
@@ -93,40 +94,55 @@ def _screened_ensemble(
     config: EngineConfig,
     weight: Callable[[str], float] | None,
 ) -> list[Match]:
-    """The pruned ensemble, matching in full only what can survive pruning (``candidates``)."""
+    """The pruned ensemble: candidates are aligned (or known in closed form, see
+    ``candidates``) and pruned first; only the survivors are completed."""
     screened = screen(kb, state, config)
-    full = _match_all(screened.others, state, stm, config, weight)
+    aligned = [m for m in (align(p, state, config) for p in screened.others) if m is not None]
     hits = screened.single_hits
     limit = 3 * config.max_predictions
-    if len(full) + len(hits) > limit:
-        full, hits = _prune_mixed(kb, full, hits, limit)
-    for i, pattern_id in enumerate(hits.ids):
-        pattern = kb.pattern_by_id(int(pattern_id))
-        m = match_pattern(pattern, state, stm, config, weight, known=hits.known(i))
+    if len(aligned) + len(hits) > limit:
+        aligned, hits = _prune_mixed(kb, aligned, hits, limit)
+    for i, pattern_id in enumerate(hits.ids.tolist()):
+        m = align(kb.pattern_by_id(pattern_id), state, config, known=hits.known(i))
         if m is not None:
-            full.append(m)
-    return sorted(full, key=lambda m: m.name)
+            aligned.append(m)
+    for m in aligned:
+        complete(m, state, stm, weight)
+    return sorted(aligned, key=lambda m: m.name)
 
 
 def _prune_mixed(kb: KnowledgeView, full: list[Match], hits: SingleHits, limit: int) -> tuple[list[Match], SingleHits]:
-    """Pruning (D-12) over matched candidates and single hits together: the ``limit`` best by
+    """Pruning (D-12) over aligned candidates and single hits together: the ``limit`` best by
     (pre_potential desc, name asc), exactly as ``ensemble.prune`` orders them."""
     scores = np.concatenate([hits.pre_potential, np.array([m.pre_potential for m in full], dtype=np.float64)])
     cut = float(np.partition(scores, len(scores) - limit)[len(scores) - limit])  # the limit-th best
-    above_hits = hits.pre_potential > cut
+    chosen = hits.pre_potential > cut
     kept_full = [m for m in full if m.pre_potential > cut]
-    slots = limit - int(above_hits.sum()) - len(kept_full)
-    tied: list[tuple[str, int]] = [(m.name, -1 - i) for i, m in enumerate(full) if m.pre_potential == cut]
+    slots = limit - int(chosen.sum()) - len(kept_full)
+    # Ties at the cut go to the smallest names. Thousands of single hits can tie, so they are
+    # compared by name keys first and by full names only where keys are equal.
     tied_hits = np.flatnonzero(hits.pre_potential == cut)
-    tied += [(kb.pattern_by_id(int(hits.ids[i])).name, int(i)) for i in tied_hits]
-    tied.sort()
-    chosen = above_hits.copy()
-    for _name, ref in tied[:slots]:
-        if ref >= 0:
-            chosen[ref] = True
-        else:
-            kept_full.append(full[-1 - ref])
+    tied_ids = hits.ids[tied_hits]
+    tied_full = [m for m in full if m.pre_potential == cut]
+    keys = np.concatenate([kb.name_keys()[tied_ids], np.array([name_key(m.name) for m in tied_full], dtype=np.uint64)])
+    if slots < len(keys):
+        boundary = np.partition(keys, slots - 1)[slots - 1]
+        sure, undecided = keys < boundary, np.flatnonzero(keys == boundary)
+        by_name = sorted(undecided.tolist(), key=lambda k: _tied_name(kb, k, tied_ids, tied_full))
+        sure[by_name[: slots - int(sure.sum())]] = True
+    else:
+        sure = np.ones(len(keys), dtype=bool)
+    n_hits = len(tied_hits)
+    chosen[tied_hits[sure[:n_hits]]] = True
+    kept_full += [m for m, keep in zip(tied_full, sure[n_hits:].tolist(), strict=True) if keep]
     return kept_full, hits.take(chosen)
+
+
+def _tied_name(kb: KnowledgeView, k: int, tied_ids: npt.NDArray[np.int32], tied_full: list[Match]) -> str:
+    """Name of the k-th tied candidate: single hits (by pattern id) first, then aligned ones."""
+    if k < len(tied_ids):
+        return kb.pattern_by_id(int(tied_ids[k])).name
+    return tied_full[k - len(tied_ids)].name
 
 
 def _by_name(p: PatternRecord) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kato_grpc.engine.knowledge import PatternRecord, PostingArrays, SymbolStats, Totals
+from kato_grpc.engine.knowledge import PatternRecord, PostingArrays, SymbolStats, Totals, name_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,8 @@ class KnowledgeIndex:
         self._records: list[PatternRecord | None] = []
         self._lengths = array("i")
         self._lengths_np: npt.NDArray[np.int32] | None = None
+        self._name_keys = array("Q")
+        self._name_keys_np: npt.NDArray[np.uint64] | None = None
         self._postings: dict[str, _Postings] = {}
         self._totals = Totals()
         self._vectors: dict[str, npt.NDArray[np.float64]] = {}
@@ -110,6 +112,11 @@ class KnowledgeIndex:
         if self._lengths_np is None or len(self._lengths_np) != len(self._lengths):
             self._lengths_np = np.array(self._lengths, dtype=np.int32)
         return self._lengths_np
+
+    def name_keys(self) -> npt.NDArray[np.uint64]:
+        if self._name_keys_np is None or len(self._name_keys_np) != len(self._name_keys):
+            self._name_keys_np = np.array(self._name_keys, dtype=np.uint64)
+        return self._name_keys_np
 
     def pattern_by_id(self, pattern_id: int) -> PatternRecord:
         record = self._records[pattern_id]
@@ -146,6 +153,7 @@ class KnowledgeIndex:
         self._ids[record.name] = pattern_id
         self._records.append(record)
         self._lengths.append(record.length)
+        self._name_keys.append(name_key(record.name))
         flat = record.flat
         event_length_at = [len(e) for e in record.events for _ in e]
         for symbol in dict.fromkeys(flat):
@@ -197,6 +205,8 @@ class KnowledgeIndex:
         self._records.clear()
         self._lengths = array("i")
         self._lengths_np = None
+        self._name_keys = array("Q")
+        self._name_keys_np = None
         self._postings.clear()
         self._vectors.clear()
         self._totals = Totals()

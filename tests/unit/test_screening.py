@@ -72,3 +72,23 @@ def test_single_hits_dominate_a_sparse_kb() -> None:
     fast = _outputs([["x"], ["y"]], kb, config, exhaustive=False)
     assert fast == _outputs([["x"], ["y"]], kb, config, exhaustive=True)
     assert len(fast[0]) == 4
+
+
+def test_ties_at_the_cut_go_to_the_smallest_names_even_when_name_prefixes_collide() -> None:
+    # Names agree on their first 8 bytes (the name keys tie), or are shorter than 8 bytes, so
+    # the pruning tie-break must fall back to comparing whole names.
+    names = [f"samepref{i:02d}" for i in range(30)] + ["ab", "ab\0", "same", "samepre"]
+    kb = InMemoryKnowledgeBase()
+    for i, name in enumerate(names):
+        events = [[f"a{i}"], ["x"], [f"b{i}"]]
+        write = pb.PatternWrite(name=name, persistence=5)
+        write.events.extend(pb.Event(symbols=e) for e in events)
+        write.symbol_counts.update(Counter(s for e in events for s in e))
+        kb.apply(write)
+    for max_predictions in (1, 2, 3, 5, 11):
+        config = EngineConfig(max_predictions=max_predictions)
+        fast = predict_scored([["x"], ["y"]], kb, config)
+        assert [r.match.name for r in fast.ensemble] == sorted(names)[: 3 * max_predictions]
+        assert _outputs([["x"], ["y"]], kb, config, exhaustive=False) == _outputs(
+            [["x"], ["y"]], kb, config, exhaustive=True
+        )

@@ -12,12 +12,13 @@ from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import DESCRIPTIVE, FutureGroup, Scored, describe, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord, name_key
-from kato_grpc.engine.matching import Match, align, complete, match_pattern
+from kato_grpc.engine.matching import Match, align, complete
 from kato_grpc.engine.records import average_emotives
 from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
 from kato_grpc.v1 import engine_pb2 as pb
 
 AFFINITY_FLOOR = 0.01
+SMALL_SCREEN = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +47,12 @@ def predict_scored(
     if not state:
         return PredictionSet()
     weight = _affinity_weight(kb, config.affinity_emotive) if config.affinity_emotive else None
-    if config.recall_threshold == 0.0 or exhaustive:
+    if config.recall_threshold == 0.0:
+        ensemble = _direct_ensemble(list(kb.all_patterns()), state, stm, config, weight)
+    elif exhaustive or _few_postings(kb, state):
         # D-2: exact candidate set. With a positive threshold a pattern sharing no symbol has
         # no matching block and is always dropped, so the symbol index loses nothing.
-        if config.recall_threshold == 0.0:
-            candidates: Sequence[PatternRecord] = list(kb.all_patterns())
-        else:
-            candidates = list(kb.patterns_sharing(set(state)))
-        matches = _match_all(candidates, state, stm, config, weight)
-        ensemble = prune(matches, config.max_predictions)
+        ensemble = _direct_ensemble(list(kb.patterns_sharing(set(state))), state, stm, config, weight)
     else:
         ensemble = _screened_ensemble(kb, state, stm, config, weight)
     if not ensemble:
@@ -72,19 +70,25 @@ def predict_scored(
     return PredictionSet(ranked, scored, groups)
 
 
-def _match_all(
+def _few_postings(kb: KnowledgeView, state: Sequence[str]) -> bool:
+    """Few enough candidates that aligning each costs less than the numpy screen's overhead
+    (measured crossover: about 50 postings on this machine)."""
+    return sum(len(kb.posting_arrays(s).ids) for s in set(state)) <= SMALL_SCREEN
+
+
+def _direct_ensemble(
     candidates: Sequence[PatternRecord],
     state: Sequence[str],
     stm: Sequence[Sequence[str]],
     config: EngineConfig,
     weight: Callable[[str], float] | None,
 ) -> list[Match]:
-    matches = []
-    for pattern in sorted(candidates, key=_by_name):
-        m = match_pattern(pattern, state, stm, config, weight)
-        if m is not None:
-            matches.append(m)
-    return matches
+    """Every candidate aligned, pruned, and the survivors completed (no screening)."""
+    aligned = [m for m in (align(p, state, config) for p in sorted(candidates, key=_by_name)) if m is not None]
+    kept = prune(aligned, config.max_predictions)
+    for m in kept:
+        complete(m, state, stm, weight)
+    return kept
 
 
 def _screened_ensemble(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kato_grpc.engine import predict as predict_module
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.predict import predict_scored, prediction_proto
@@ -30,7 +32,9 @@ def _kb(patterns: list[list[list[str]]]) -> InMemoryKnowledgeBase:
 
 
 def _outputs(stm: list[list[str]], kb: InMemoryKnowledgeBase, config: EngineConfig, exhaustive: bool) -> Any:
-    result = predict_scored(stm, kb, config, exhaustive=exhaustive)
+    # Small KBs would take the direct path; these tests are about the screened one.
+    with patch.object(predict_module, "SMALL_SCREEN", -1):
+        result = predict_scored(stm, kb, config, exhaustive=exhaustive)
     return (
         [prediction_proto(r).SerializeToString(deterministic=True) for r in result.ranked],
         [(g.key, g.aggregate_potential, g.supporting_patterns) for g in result.futures],
@@ -87,7 +91,8 @@ def test_ties_at_the_cut_go_to_the_smallest_names_even_when_name_prefixes_collid
         kb.apply(write)
     for max_predictions in (1, 2, 3, 5, 11):
         config = EngineConfig(max_predictions=max_predictions)
-        fast = predict_scored([["x"], ["y"]], kb, config)
+        with patch.object(predict_module, "SMALL_SCREEN", -1):
+            fast = predict_scored([["x"], ["y"]], kb, config)
         assert [r.match.name for r in fast.ensemble] == sorted(names)[: 3 * max_predictions]
         assert _outputs([["x"], ["y"]], kb, config, exhaustive=False) == _outputs(
             [["x"], ["y"]], kb, config, exhaustive=True

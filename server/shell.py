@@ -112,7 +112,8 @@ class KatoShell:
                 loaded.version,
                 self._ttl_ms(new_state),
                 request_id=request_id,
-                response=response.SerializeToString(),
+                # Remembered for a retry of the same request_id only; none, nothing to keep.
+                response=response.SerializeToString() if request_id else b"",
             )
             if result == CasResult.GONE:
                 raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")

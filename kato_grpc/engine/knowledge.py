@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
@@ -18,6 +19,12 @@ import numpy.typing as npt
 
 Events = tuple[tuple[str, ...], ...]
 _NO_METADATA: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
+
+@lru_cache(maxsize=1 << 16)
+def _single(symbol: str) -> tuple[str]:
+    """One shared tuple per one-symbol event: about half of all events in typical KBs."""
+    return (symbol,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +48,7 @@ class PatternRecord:
     ) -> PatternRecord:
         # Interned symbols: a KB repeats a small alphabet across many patterns, and one str
         # object per symbol (not per occurrence) is most of a cached pattern's memory.
-        evs = tuple(tuple(sys.intern(s) for s in e) for e in events)
+        evs = tuple(_single(sys.intern(e[0])) if len(e) == 1 else tuple(sys.intern(s) for s in e) for e in events)
         return PatternRecord(
             name=sys.intern(name),
             events=evs,

@@ -70,8 +70,9 @@ class KnowledgeIndex:
 
     def __init__(self) -> None:
         self.version = 0
-        self._patterns: dict[str, PatternRecord] = {}
         self._symbols: dict[str, SymbolStats] = {}
+        # name -> id -> record: one dict entry per pattern (a second dict by name cost ~10 MB
+        # per 100k patterns); removed patterns leave None so ids stay stable.
         self._ids: dict[str, int] = {}
         self._records: list[PatternRecord | None] = []
         self._lengths = array("i")
@@ -91,10 +92,11 @@ class KnowledgeIndex:
         return self._symbols.get(symbol)
 
     def pattern(self, name: str) -> PatternRecord | None:
-        return self._patterns.get(name)
+        pattern_id = self._ids.get(name)
+        return None if pattern_id is None else self._records[pattern_id]
 
     def all_patterns(self) -> Iterable[PatternRecord]:
-        return self._patterns.values()
+        return (r for r in self._records if r is not None)
 
     def patterns_sharing(self, symbols: Iterable[str]) -> Iterator[PatternRecord]:
         ids: set[int] = set()
@@ -137,14 +139,13 @@ class KnowledgeIndex:
     # --- maintenance ---------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._patterns)
+        return len(self._ids)
 
     def symbol_count(self) -> int:
         return len(self._symbols)
 
     def put_pattern(self, record: PatternRecord) -> None:
         pattern_id = self._ids.get(record.name)
-        self._patterns[record.name] = record
         if pattern_id is not None:
             # Same name, same events (the name is their hash): the postings stand as they are.
             self._records[pattern_id] = record
@@ -164,7 +165,6 @@ class KnowledgeIndex:
             postings.add(pattern_id, flat.count(symbol), position, event_length_at[position])
 
     def remove_pattern(self, name: str) -> None:
-        self._patterns.pop(name, None)
         pattern_id = self._ids.pop(name, None)
         if pattern_id is None:
             return
@@ -199,7 +199,6 @@ class KnowledgeIndex:
 
     def reset(self) -> None:
         """Drop all data (the version is the caller's business)."""
-        self._patterns.clear()
         self._symbols.clear()
         self._ids.clear()
         self._records.clear()

@@ -34,13 +34,15 @@ class KbCache:
     async def view(self, kb_id: str, published: int | None = None) -> KnowledgeIndex:
         """The KB's index, refreshed if its version moved since it was cached.
 
-        ``published`` is the version from Redis (None if unknown): when it matches the cache
-        and MongoDB was checked recently, no MongoDB round trip happens at all.
+        ``published`` is the version from Redis (None if unknown): when it is not newer than
+        the cache and MongoDB was checked recently, no MongoDB round trip happens at all.
         """
         index = self._indexes.get(kb_id)
         now = time.monotonic()
         recent = now - self._checked.get(kb_id, -1e9) < self._check_seconds
-        if index is not None and published is not None and published <= index.version and recent:
+        # Writers publish after every applied write, so a missing version means no write since
+        # Redis last knew it (or Redis lost the key): MongoDB, checked once a second, decides.
+        if index is not None and (published is None or published <= index.version) and recent:
             current = index.version
         else:
             current = await self._store.kb_version(kb_id)

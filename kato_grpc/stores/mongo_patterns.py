@@ -161,7 +161,13 @@ class MongoPatternStore:
         ledger = [{"_id": w.write_id, "kb_id": kb_id} for w in todo if w.write_id]
         if ledger:
             await db.ledger.insert_many(ledger, ordered=True, session=s)
-        version = await self._next_version(s, kb_id)
+        learns = [w for w in todo if w.name]
+        # Which learns create their pattern is read before the version bump so the KB totals
+        # ride along with it (one operation fewer per call). A pattern created concurrently
+        # after this read makes the insert below fail, and the whole batch is retried.
+        new_flags = await self._new_flags(s, kb_id, learns)
+        totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": len(learns)}
+        version = await self._next_version(s, kb_id, totals if learns else None)
         vector_ops = [
             UpdateOne(
                 {"kb_id": kb_id, "name": pv.name},
@@ -173,9 +179,8 @@ class MongoPatternStore:
         ]
         if vector_ops:
             await db.vectors.bulk_write(vector_ops, ordered=True, session=s)
-        learns = [w for w in todo if w.name]
         if learns:
-            new_flags = await self._write_patterns(s, kb_id, learns, version)
+            await self._write_patterns(s, kb_id, learns, new_flags, version)
             log = [
                 {
                     "c": sorted([k, v] for k, v in w.symbol_counts.items()),
@@ -185,38 +190,38 @@ class MongoPatternStore:
                 for w, is_new in zip(learns, new_flags, strict=True)
             ]
             await db.symbol_log.insert_one({"kb_id": kb_id, "kb_version": version, "learns": log}, session=s)
-            totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": len(learns)}
-            await db.kb.update_one({"kb_id": kb_id}, {"$inc": totals}, session=s)
         return Applied(len(todo), version)
 
-    async def _write_patterns(
-        self, s: AsyncClientSession, kb_id: str, learns: Sequence[pb.PatternWrite], version: int
-    ) -> list[bool]:
-        """Write the batch's patterns; True for each learn that created its pattern.
-
-        Patterns the KB does not have yet are inserted as whole documents (one cheap bulk
-        insert — the common case when training), the rest updated in batch order. A pattern
-        created concurrently by another transaction makes the insert fail, and the batch is
-        retried (see ``apply_many``)."""
+    async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[pb.PatternWrite]) -> list[bool]:
+        """True for each learn that creates its pattern (the first learn of a name in the batch
+        that the KB does not have yet)."""
+        if not learns:
+            return []
         names = sorted({w.name for w in learns})
         cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$in": names}}, {"name": 1}, session=s)
         known = {doc["name"] async for doc in cursor}
         flags: list[bool] = []
-        inserts: list[Doc] = []
-        updates: list[UpdateOne] = []
         for w in learns:
-            is_new = w.name not in known
-            flags.append(is_new)
-            if is_new:
-                known.add(w.name)
-                inserts.append(self._pattern_doc(kb_id, w, version))
-            else:
-                updates.append(self._pattern_op(kb_id, w, version))
+            flags.append(w.name not in known)
+            known.add(w.name)
+        return flags
+
+    async def _write_patterns(
+        self,
+        s: AsyncClientSession,
+        kb_id: str,
+        learns: Sequence[pb.PatternWrite],
+        new_flags: Sequence[bool],
+        version: int,
+    ) -> None:
+        """Write the batch's patterns: those the KB does not have yet as whole documents (one
+        cheap bulk insert, the common case when training), the rest updated in batch order."""
+        inserts = [self._pattern_doc(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if new]
+        updates = [self._pattern_op(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if not new]
         if inserts:
             await self._db.patterns.insert_many(inserts, ordered=True, session=s)
         if updates:
             await self._db.patterns.bulk_write(updates, ordered=True, session=s)
-        return flags
 
     @staticmethod
     def _pattern_doc(kb_id: str, write: pb.PatternWrite, version: int) -> Doc:
@@ -268,12 +273,13 @@ class MongoPatternStore:
             await coll.delete_many({"kb_id": kb_id}, session=s)
         return await self._bump_reload(s, kb_id, reset_totals=True)
 
-    async def _next_version(self, s: AsyncClientSession, kb_id: str) -> int:
-        """Bump the KB's version inside the transaction. Every write to a KB does this first, so
-        concurrent writes conflict on this one document and versions follow commit order."""
+    async def _next_version(self, s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> int:
+        """Bump the KB's version (and add ``totals`` to its counters) inside the transaction.
+        Every write to a KB does this before writing anything but its ledger, so concurrent
+        writes conflict on this one document and versions follow commit order."""
         kb = await self._db.kb.find_one_and_update(
             {"kb_id": kb_id},
-            {"$inc": {"version": 1}},
+            {"$inc": {"version": 1, **(totals or {})}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
             session=s,

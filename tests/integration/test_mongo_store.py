@@ -43,7 +43,7 @@ def test_mongo_store_matches_the_in_memory_kb_and_applies_once(stores: Stores) -
         store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])
         await store.ensure_indexes()
         kb_id = "store-test"
-        cache = KbCache(store)
+        cache = KbCache(store, check_seconds=0)  # no Redis hints here: ask MongoDB every time
         reference = InMemoryKnowledgeBase()
         writes = _writes(40, 1)
         for w in writes:
@@ -65,6 +65,36 @@ def test_mongo_store_matches_the_in_memory_kb_and_applies_once(stores: Stores) -
         await store.clear(kb_id)
         cleared = await cache.view(kb_id)
         assert len(cleared) == 0 and cleared.totals().total_unique_patterns == 0
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_cache_without_a_published_version_asks_mongodb_once_per_check_interval(stores: Stores) -> None:
+    # A KB nobody wrote since Redis last knew it has no published version; calls on it must
+    # not cost a MongoDB round trip each, yet a write is still seen within the interval.
+    async def run() -> None:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
+        store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])
+        await store.ensure_indexes()
+        asked = 0
+        kb_version = store.kb_version
+
+        async def counting(kb_id: str) -> int:
+            nonlocal asked
+            asked += 1
+            return await kb_version(kb_id)
+
+        store.kb_version = counting  # type: ignore[method-assign]
+        cache = KbCache(store, check_seconds=0.5)
+        assert len(await cache.view("quiet")) == 0  # the first view loads the KB
+        loaded = asked
+        for _ in range(20):
+            assert len(await cache.view("quiet")) == 0
+        assert asked == loaded
+        await store.apply_many("quiet", _writes(3, 2))
+        await asyncio.sleep(0.6)
+        assert len(await cache.view("quiet")) > 0 and asked > loaded
         await store.close()
 
     asyncio.run(run())

@@ -271,16 +271,15 @@ class KatoShell:
         async def run(
             state: pb.SessionState,
         ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse, list[pb.PatternWrite]]:
-            kb = await self._view_for(state, [r.observation for r in reqs])
+            observations = [r.observation for r in reqs]
+            kb = await self._view_for(state, observations)
+            r = processor.observe_sequence(
+                state, observations, kb, unique_ids=ids, max_stm_events=self.settings.max_stm_events
+            )
             out = svc.ObserveSequenceResponse()
-            writes: list[pb.PatternWrite] = []
-            for req, unique_id in zip(reqs, ids, strict=True):
-                r = processor.observe(
-                    state, req.observation, kb, unique_id=unique_id, max_stm_events=self.settings.max_stm_events
-                )
-                state, writes = r.state, writes + r.writes
-                out.results.append(_observe_response(r, req.return_predictions))
-            return state, out, writes
+            for req, step in zip(reqs, r.steps, strict=True):
+                out.results.append(_observe_response(step.observed, req.return_predictions))
+            return r.state, out, r.writes
 
         result = await self._transact(reqs[0].session_id, "", run, svc.ObserveSequenceResponse)
         return list(result.results)
@@ -300,27 +299,30 @@ class KatoShell:
             )
         for i, obs in enumerate(req.observations):
             limits.check_observation(obs, self.settings, f"observations[{i}]")
-        ids = [o.unique_id or "seq-obs-" + uuid.uuid4().hex for o in req.observations]
+        prefix = "seq-obs-" + uuid.uuid4().hex  # one random draw per call, not per observation
+        ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
 
         async def run(
             state: pb.SessionState,
         ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse, list[pb.PatternWrite]]:
             kb = await self._view_for(state, list(req.observations))
             out = svc.ObserveSequenceResponse(initial_stm_length=len(state.stm))
-            writes: list[pb.PatternWrite] = []
-            for i, obs in enumerate(req.observations):
-                if req.clear_stm_between and i > 0:
-                    state = _copy(state)
-                    state.ClearField("stm")
-                r = processor.observe(state, obs, kb, unique_id=ids[i], max_stm_events=self.settings.max_stm_events)
-                state, writes = r.state, writes + r.writes
-                out.results.append(_observe_response(r, req.return_predictions))
-                if r.auto_learned_pattern:
-                    out.auto_learned_patterns.append(r.auto_learned_pattern)
-                if req.learn_after_each and state.stm:
-                    learned = processor.learn(state)
-                    state, writes = learned.state, writes + learned.writes
-                    out.auto_learned_patterns.append(learned.pattern_name)
+            r = processor.observe_sequence(
+                state,
+                req.observations,
+                kb,
+                unique_ids=ids,
+                max_stm_events=self.settings.max_stm_events,
+                clear_stm_between=req.clear_stm_between,
+                learn_after_each=req.learn_after_each,
+            )
+            state, writes = r.state, r.writes
+            for step in r.steps:
+                out.results.append(_observe_response(step.observed, req.return_predictions))
+                if step.observed.auto_learned_pattern:
+                    out.auto_learned_patterns.append(step.observed.auto_learned_pattern)
+                if step.learned_after is not None:
+                    out.auto_learned_patterns.append(step.learned_after)
             if req.learn_at_end and state.stm:
                 learned = processor.learn(state)
                 state, writes = learned.state, writes + learned.writes
@@ -477,7 +479,7 @@ def _identify_writes(state: pb.SessionState, request_id: str) -> list[pb.Pattern
     return list(state.pending_writes)
 
 
-def _observe_response(r: processor.ObserveResult, with_predictions: bool) -> svc.ObserveResponse:
+def _observe_response(r: processor.ObserveStep, with_predictions: bool) -> svc.ObserveResponse:
     out = svc.ObserveResponse(
         stm_length=r.stm_length, time=r.time, unique_id=r.unique_id, dropped_events=r.dropped_events
     )

@@ -29,8 +29,9 @@ INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
 
 
 @dataclass(frozen=True, slots=True)
-class ObserveResult:
-    state: pb.SessionState
+class ObserveStep:
+    """The outputs of one observation."""
+
     unique_id: str
     stm_length: int
     time: int
@@ -38,7 +39,25 @@ class ObserveResult:
     predictions: list[pb.Prediction]
     future_potentials: list[pb.FuturePotential]
     dropped_events: int
-    writes: list[pb.PatternWrite] = field(default_factory=list)
+    writes: list[pb.PatternWrite]
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveResult(ObserveStep):
+    state: pb.SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceStep:
+    observed: ObserveStep
+    learned_after: str | None  # learn_after_each: the learned name ("" when not learnable), or None
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceResult:
+    state: pb.SessionState
+    steps: list[SequenceStep]
+    writes: list[pb.PatternWrite]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +94,63 @@ def observe(
 ) -> ObserveResult:
     """One observation (spec 2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
     validate_observation(observation)
-    cfg = resolve_config(state.config)
     new = _copy(state)
-    percept = build_percept(observation, kb, state.pending_vectors, cfg.sort_symbols)
+    step = _observe_into(new, observation, kb, unique_id, max_stm_events, resolve_config(new.config))
+    return ObserveResult(
+        unique_id=step.unique_id,
+        stm_length=step.stm_length,
+        time=step.time,
+        auto_learned_pattern=step.auto_learned_pattern,
+        predictions=step.predictions,
+        future_potentials=step.future_potentials,
+        dropped_events=step.dropped_events,
+        writes=step.writes,
+        state=new,
+    )
+
+
+def observe_sequence(
+    state: pb.SessionState,
+    observations: Sequence[pb.Observation],
+    kb: KnowledgeView,
+    *,
+    unique_ids: Sequence[str],
+    max_stm_events: int = DEFAULT_MAX_STM_EVENTS,
+    clear_stm_between: bool = False,
+    learn_after_each: bool = False,
+) -> SequenceResult:
+    """Observations in order, exactly as repeated ``observe`` calls (and ``learn`` after each
+    with ``learn_after_each``, when the STM is not empty) would give, on one private copy of
+    the state: copying per observation made a long sequence quadratic, as the outbox grows."""
+    for observation in observations:
+        validate_observation(observation)
+    new = _copy(state)
+    cfg = resolve_config(new.config)  # nothing in a sequence changes the config
+    steps: list[SequenceStep] = []
+    writes: list[pb.PatternWrite] = []
+    for i, (observation, unique_id) in enumerate(zip(observations, unique_ids, strict=True)):
+        if clear_stm_between and i > 0:
+            new.ClearField("stm")
+        step = _observe_into(new, observation, kb, unique_id, max_stm_events, cfg)
+        writes += step.writes
+        learned = None
+        if learn_after_each and new.stm:
+            learned, learned_writes = _consume_stm(new, new.version, cfg)
+            writes += learned_writes
+        steps.append(SequenceStep(step, learned))
+    return SequenceResult(new, steps, writes)
+
+
+def _observe_into(
+    new: pb.SessionState,
+    observation: pb.Observation,
+    kb: KnowledgeView,
+    unique_id: str,
+    max_stm_events: int,
+    cfg: EngineConfig,
+) -> ObserveStep:
+    """Apply one (validated) observation to ``new``, the caller's private copy."""
+    percept = build_percept(observation, kb, new.pending_vectors, cfg.sort_symbols)
 
     predictions: list[pb.Prediction] = []
     futures: list[pb.FuturePotential] = []
@@ -102,7 +175,7 @@ def observe(
         new.metadata_accumulator.add(values=stringify_metadata(observation.metadata, "observation.metadata"))
         _cap(new.metadata_accumulator)
 
-    new.time = state.time + 1
+    new.time += 1
     new.percept.Clear()
     new.percept.strings.extend(sorted(observation.strings))
     new.percept.vectors.extend(observation.vectors)
@@ -120,13 +193,12 @@ def observe(
         keep = (
             events[len(events) - (cfg.max_pattern_length - 1) :] if cfg.rolling and cfg.max_pattern_length > 1 else []
         )
-        name, writes = _consume_stm(new, state.version, cfg)
+        name, writes = _consume_stm(new, new.version, cfg)
         for event in keep:
             new.stm.add(symbols=event)
         auto_learned = name or None
 
-    return ObserveResult(
-        state=new,
+    return ObserveStep(
         unique_id=unique_id,
         stm_length=len(new.stm),
         time=new.time,

@@ -146,3 +146,70 @@ def test_kb_view_is_not_written_by_predictions() -> None:
     before = _kb_snapshot(kb)
     processor.predictions(state, kb)
     assert _kb_snapshot(kb) == before
+
+
+def _step_outputs(step: processor.ObserveStep) -> Any:
+    return (
+        step.unique_id,
+        step.stm_length,
+        step.time,
+        step.auto_learned_pattern,
+        [p.SerializeToString(deterministic=True) for p in step.predictions],
+        [f.SerializeToString(deterministic=True) for f in step.future_potentials],
+        step.dropped_events,
+        [w.SerializeToString(deterministic=True) for w in step.writes],
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scenario=scenarios(),
+    sequence=st.lists(st.tuples(EVENT, EMOTIVES), min_size=1, max_size=8),
+    auto_learn=st.integers(0, 3),
+    clear_between=st.booleans(),
+    learn_after_each=st.booleans(),
+)
+def test_a_sequence_is_the_same_as_one_observe_after_another(
+    scenario: dict[str, Any],
+    sequence: list[tuple[list[str], dict[str, float]]],
+    auto_learn: int,
+    clear_between: bool,
+    learn_after_each: bool,
+) -> None:
+    r = Replayer(config_from_json(scenario["config"]))
+    for op in scenario["operations"][:-1]:
+        r.run(op)
+    state = processor.update_config(r.state, pb.SessionConfig(max_pattern_length=auto_learn))
+    before = state.SerializeToString(deterministic=True)
+    observations = [observation_from_json({"strings": e, "emotives": em}) for e, em in sequence]
+    ids = [f"u{i}" for i in range(len(observations))]
+
+    result = processor.observe_sequence(
+        state,
+        observations,
+        r.kb,
+        unique_ids=ids,
+        clear_stm_between=clear_between,
+        learn_after_each=learn_after_each,
+    )
+
+    expected_steps = []
+    expected_writes: list[pb.PatternWrite] = []
+    one_by_one = state
+    for i, (obs, uid) in enumerate(zip(observations, ids, strict=True)):
+        if clear_between and i > 0:
+            one_by_one = pb.SessionState.FromString(one_by_one.SerializeToString())
+            one_by_one.ClearField("stm")
+        step = processor.observe(one_by_one, obs, r.kb, unique_id=uid)
+        one_by_one = step.state
+        expected_writes += step.writes
+        learned_after = None
+        if learn_after_each and one_by_one.stm:
+            learned = processor.learn(one_by_one)
+            one_by_one, learned_after = learned.state, learned.pattern_name
+            expected_writes += learned.writes
+        expected_steps.append((_step_outputs(step), learned_after))
+    assert [(_step_outputs(s.observed), s.learned_after) for s in result.steps] == expected_steps
+    assert result.state.SerializeToString(deterministic=True) == one_by_one.SerializeToString(deterministic=True)
+    assert result.writes == expected_writes
+    assert state.SerializeToString(deterministic=True) == before

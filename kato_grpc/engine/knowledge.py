@@ -118,6 +118,10 @@ class KnowledgeView(Protocol):
         """Every pattern (threshold-0 predictions)."""
         ...
 
+    def pattern_count(self) -> int:
+        """How many patterns the KB holds."""
+        ...
+
     def patterns_sharing(self, symbols: Iterable[str]) -> Iterable[PatternRecord]:
         """Every pattern that contains at least one of ``symbols`` (each once)."""
         ...

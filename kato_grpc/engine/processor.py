@@ -164,7 +164,8 @@ def _observe_into(
                 del new.stm[:dropped]
         if percept.vector is not None and all(v.name != percept.vector.name for v in new.pending_vectors):
             new.pending_vectors.append(percept.vector)
-        if cfg.process_predictions:
+        # An empty KB predicts nothing; skipping it spares copying out a long STM per call.
+        if cfg.process_predictions and kb.pattern_count():
             predictions, futures = predict(_stm_lists(new), kb, cfg)
 
     # Accumulate before any auto-learn: the triggering observation's emotives count (D-3).

@@ -98,6 +98,9 @@ class KnowledgeIndex:
     def all_patterns(self) -> Iterable[PatternRecord]:
         return (r for r in self._records if r is not None)
 
+    def pattern_count(self) -> int:
+        return len(self._ids)
+
     def patterns_sharing(self, symbols: Iterable[str]) -> Iterator[PatternRecord]:
         ids: set[int] = set()
         for s in symbols:

@@ -46,9 +46,14 @@ class SingleHits:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def known(self, i: int) -> KnownAlignment:
-        block = (int(self.pattern_position[i]), int(self.state_position[i]), 1)
-        return KnownAlignment(float(self.similarity[i]), [block])
+    def alignments(self) -> list[KnownAlignment]:
+        """Each hit's similarity and single block, as plain Python values."""
+        return [
+            KnownAlignment(similarity, [(p, j, 1)])
+            for similarity, p, j in zip(
+                self.similarity.tolist(), self.pattern_position.tolist(), self.state_position.tolist(), strict=True
+            )
+        ]
 
     def take(self, mask: npt.NDArray[np.bool_]) -> SingleHits:
         return SingleHits(

@@ -102,8 +102,14 @@ def score(
     ensemble = Ensemble(n_patterns, totals.vocabulary_size, totals.total_pattern_frequencies, prob, pmf)
 
     ens_freq = sum(m.frequency for m in matches)
-    state_counts = Counter(state)
-    scored = [Scored(m, _itfdf(state_counts, Counter(m.present_flat), prob, m.frequency, ens_freq)) for m in matches]
+    state_weights = {s: prob.get(s, 0.0) * c for s, c in sorted(Counter(state).items())}
+    state_norm = 0.0
+    for u in state_weights.values():
+        state_norm += u * u
+    scored = [
+        Scored(m, _itfdf(state_weights, state_norm, Counter(m.present_flat), prob, m.frequency, ens_freq))
+        for m in matches
+    ]
     groups = _predictive_information(scored)
     _bayesian(scored)
     for r in scored:
@@ -160,24 +166,31 @@ def rank(scored: Sequence[Scored], key: str, max_predictions: int) -> list[Score
 
 
 def _itfdf(
-    state_counts: Counter[str],
+    state_weights: dict[str, float],
+    state_norm: float,
     present_counts: Counter[str],
     prob: dict[str, float],
     frequency: int,
     ens_freq: int,
 ) -> float:
+    """1 - cosine distance between the state's and the present's probability-weighted
+    counts, scaled by frequency (spec 4.9). The sums run over symbols in sorted order; the
+    state's squared norm is the same for every candidate, so it is summed once (a symbol
+    missing on one side adds exactly 0.0 to a sum, which changes no float)."""
     if ens_freq == 0:
         return 0.0
-    dot = nu = nv = 0.0
-    for s in sorted(state_counts.keys() | present_counts.keys()):
-        p = prob.get(s, 0.0)
-        u = p * state_counts.get(s, 0)
-        v = p * present_counts.get(s, 0)
-        dot += u * v
-        nu += u * u
-        nv += v * v
+    dot = present_norm = 0.0
+    for s in sorted(present_counts):
+        v = prob.get(s, 0.0) * present_counts[s]
+        present_norm += v * v
+        u = state_weights.get(s)
+        if u is not None:
+            dot += u * v
     # An all-zero vector has no direction: cosine 0, distance 1.
-    distance = 1.0 if nu == 0.0 or nv == 0.0 else 1.0 - dot / (math.sqrt(nu) * math.sqrt(nv))
+    if state_norm == 0.0 or present_norm == 0.0:
+        distance = 1.0
+    else:
+        distance = 1.0 - dot / (math.sqrt(state_norm) * math.sqrt(present_norm))
     return 1.0 - distance * frequency / ens_freq
 
 

@@ -106,8 +106,8 @@ def _screened_ensemble(
     limit = 3 * config.max_predictions
     if len(aligned) + len(hits) > limit:
         aligned, hits = _prune_mixed(kb, aligned, hits, limit)
-    for i, pattern_id in enumerate(hits.ids.tolist()):
-        m = align(kb.pattern_by_id(pattern_id), state, config, known=hits.known(i))
+    for known, pattern_id in zip(hits.alignments(), hits.ids.tolist(), strict=True):
+        m = align(kb.pattern_by_id(pattern_id), state, config, known=known)
         if m is not None:
             aligned.append(m)
     for m in aligned:

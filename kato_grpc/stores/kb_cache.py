@@ -3,8 +3,9 @@
 Every read is given the KB version that writers publish in Redis after each MongoDB commit
 (one cheap GET) and fetches only what changed since the cached version, so predictions never
 query MongoDB per candidate and several server processes stay coherent. MongoDB's own version
-is checked too when Redis does not know the KB, and at least every ``check_seconds`` — that
-bounds the staleness left by a writer that died between its commit and its publish.
+is checked at least every ``check_seconds`` per KB (also when Redis knows no version for it) —
+that bounds the staleness left by a writer that died between its commit and its publish, or
+by a Redis that lost the key.
 A refresh is merged synchronously once fetched, so a prediction (pure, no awaits) never
 sees a half-applied refresh.
 """

@@ -28,7 +28,7 @@ proto: $(STAMP)
 
 # Rewrites BENCHMARKS.md: engine-only predictions, then the service suite (several minutes).
 bench: $(STAMP)
-	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 --write BENCHMARKS.md
+	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 1000000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md
 
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local

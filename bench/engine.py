@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import math
 import platform
 import random
 import statistics
@@ -81,14 +82,27 @@ def measure(size: int, repeats: int) -> dict[str, float]:
         samples.append((time.perf_counter() - t0) * 1000)
         counts.append(len(preds))
     samples.sort()
+    # The service suite's query shape: an STM of 3 random one-symbol events.
+    random_samples = []
+    for _ in range(repeats):
+        stm = [[symbol] for symbol in rng.sample(ALPHABET, 3)]
+        t0 = time.perf_counter()
+        predict(stm, kb, config)
+        random_samples.append((time.perf_counter() - t0) * 1000)
     return {
         "patterns": size,
         "queries": repeats,
         "median_ms": statistics.median(samples),
         "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+        "random_median_ms": statistics.median(random_samples),
         "median_predictions": statistics.median(counts),
         "mb_per_100k": grown * 100_000 / size,
     }
+
+
+def exponent(rows: list[dict[str, float]], key: str) -> float:
+    first, last = rows[0], rows[-1]
+    return math.log(last[key] / first[key]) / math.log(last["patterns"] / first["patterns"])
 
 
 def report(rows: list[dict[str, float]], command: str) -> str:
@@ -117,14 +131,22 @@ def report(rows: list[dict[str, float]], command: str) -> str:
         f"{SEED}; query = 3 consecutive events of a learned pattern plus one foreign symbol; default "
         "config (recall_threshold 0.1, max_predictions 100); in-memory KB, no IO.",
         "",
-        "| learned patterns | queries | median ms | p99 ms | median predictions returned | index MB per 100k |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| learned patterns | queries | median ms | p99 ms | median predictions returned "
+        "| median ms, 3 random symbols | index MB per 100k |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['patterns']):,} | {int(r['queries'])} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r['median_predictions']:.0f} | {r['mb_per_100k']:.0f} |"
+            f"| {r['median_predictions']:.0f} | {r['random_median_ms']:.2f} | {r['mb_per_100k']:.0f} |"
         )
+    if len(rows) >= 2 and rows[-1]["patterns"] > rows[0]["patterns"]:
+        lines += [
+            "",
+            f"Growth exponent of the median, {int(rows[0]['patterns']):,} to {int(rows[-1]['patterns']):,} "
+            f"patterns (1.0 = linear): {exponent(rows, 'median_ms'):.2f} (pattern queries), "
+            f"{exponent(rows, 'random_median_ms'):.2f} (random symbols).",
+        ]
     return "\n".join(lines) + "\n"
 
 

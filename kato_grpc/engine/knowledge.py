@@ -50,7 +50,7 @@ class PatternRecord:
         # object per symbol (not per occurrence) is most of a cached pattern's memory.
         evs = tuple(_single(sys.intern(e[0])) if len(e) == 1 else tuple(sys.intern(s) for s in e) for e in events)
         return PatternRecord(
-            name=sys.intern(name),
+            name=name,
             events=evs,
             frequency=frequency,
             emotives=tuple(dict(e) for e in emotives) if emotives else (),

@@ -12,16 +12,36 @@ sees a half-applied refresh.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.mongo_patterns import KbChanges, MongoPatternStore
 
 DEFAULT_MAX_KBS = 100
 FREEZE_AFTER = 1000
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL("libc.so.6").malloc_trim)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """Hand the heap freed by a large refresh (decoded documents, the replayed symbol log)
+    back to the OS, so the process's RSS is the cache, not the refresh's high-water mark."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class KbCache:
@@ -52,6 +72,10 @@ class KbCache:
             since = index.version if index is not None else 0
             changes = await self._store.changes_since(kb_id, since)
             index = self._merge(kb_id, changes)
+            large = len(changes.patterns) >= FREEZE_AFTER
+            del changes
+            if large:
+                _release_free_memory()
         self._indexes.move_to_end(kb_id)
         while len(self._indexes) > self._max:
             evicted, _ = self._indexes.popitem(last=False)

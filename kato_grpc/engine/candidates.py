@@ -10,7 +10,7 @@ Three facts, each exact, let predictions skip work without changing any output:
    the single block ``(first x in p, first x in s, 1)`` and the flat extras number
    ``|s| - 1``; the gate similarity (token mode) is ``2 / (|p| + |s|)`` and the pruning score
    follows in closed form. Such "single hits" are most candidates in a large KB; only the
-   ones that survive pruning are matched in full (with the alignment handed over).
+   ones that survive pruning become matches, built in closed form (``matching.align_single_hit``).
 
 Overlaps, bounds and single-hit scores are computed over numpy posting arrays. Each float is
 the same IEEE-754 expression, evaluated in the same order, as the scalar formula it stands
@@ -30,7 +30,6 @@ import numpy.typing as npt
 from kato_grpc.engine.alignment import character_similarity
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
-from kato_grpc.engine.matching import KnownAlignment
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +44,6 @@ class SingleHits:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def alignments(self) -> list[KnownAlignment]:
-        """Each hit's similarity and single block, as plain Python values."""
-        return [
-            KnownAlignment(similarity, [(p, j, 1)])
-            for similarity, p, j in zip(
-                self.similarity.tolist(), self.pattern_position.tolist(), self.state_position.tolist(), strict=True
-            )
-        ]
 
     def take(self, mask: npt.NDArray[np.bool_]) -> SingleHits:
         return SingleHits(

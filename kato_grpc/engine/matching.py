@@ -22,14 +22,6 @@ Events = tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True, slots=True)
-class KnownAlignment:
-    """A candidate's gate similarity and matching blocks, known in advance."""
-
-    similarity: float
-    blocks: list[tuple[int, int, int]]
-
-
-@dataclass(frozen=True, slots=True)
 class Anomaly:
     observed: str
     expected: str
@@ -105,32 +97,23 @@ def match_pattern(
     stm: Sequence[Sequence[str]],
     config: EngineConfig,
     weight: Callable[[str], float] | None,
-    known: KnownAlignment | None = None,
 ) -> Match | None:
     """Match one pattern in full; None when it does not pass the recall-threshold gate."""
-    m = align(pattern, state, config, known)
+    m = align(pattern, state, config)
     if m is not None:
         complete(m, state, stm, weight)
     return m
 
 
-def align(
-    pattern: PatternRecord, state: Sequence[str], config: EngineConfig, known: KnownAlignment | None = None
-) -> Match | None:
-    """The gate, the alignment and the unweighted metrics of one pattern (all pruning needs).
-
-    ``known`` carries a similarity and exact alignment already derived in closed form (see
-    ``candidates``), which spares the alignment.
-    """
+def align(pattern: PatternRecord, state: Sequence[str], config: EngineConfig) -> Match | None:
+    """The gate, the alignment and the unweighted metrics of one pattern (all pruning needs;
+    single hits have a closed form, ``align_single_hit``)."""
     p = pattern.flat
-    if known is None:
-        gate = token_similarity if config.use_token_matching else character_similarity
-        similarity = gate(p, state)
-        if similarity < config.recall_threshold:
-            return None
-        blocks = matching_blocks(p, state)
-    else:
-        similarity, blocks = known.similarity, known.blocks
+    gate = token_similarity if config.use_token_matching else character_similarity
+    similarity = gate(p, state)
+    if similarity < config.recall_threshold:
+        return None
+    blocks = matching_blocks(p, state)
     if blocks:
         first, last = blocks[0], blocks[-1]
         past_len = first[0]
@@ -169,6 +152,38 @@ def align(
         confidence=m / lpr if lpr else 0.0,
         snr=(2 * m - extras_count) / snr_den if snr_den else 0.0,
         fragmentation=float(len(blocks) - 1),
+    )
+
+
+def align_single_hit(
+    pattern: PatternRecord, state: Sequence[str], pattern_position: int, state_position: int, similarity: float
+) -> Match:
+    """``align`` for a single hit (see ``candidates``), without the general machinery.
+
+    The one block is (pattern_position, state_position, 1), the first occurrence of the shared
+    symbol in the pattern: present is exactly the event holding it (``_segment`` gets there
+    through its membership fix-up when the symbol is not first in its event), m = 1 and
+    E_x = |state| - 1. Every float below is the same expression ``align`` evaluates.
+    """
+    events = pattern.events
+    e = covered = 0
+    while covered <= pattern_position:
+        covered += len(events[e])
+        e += 1
+    present_start = e - 1
+    m, extras_count = 1, len(state) - 1
+    snr_den = 2 * m + extras_count
+    return Match(
+        pattern=pattern,
+        present_start=present_start,
+        future_start=e,
+        similarity=similarity,
+        matches=[state[state_position]],
+        anomalies=[],
+        evidence=m / len(pattern.flat),
+        confidence=m / len(events[present_start]),
+        snr=(2 * m - extras_count) / snr_den,
+        fragmentation=0.0,
     )
 
 

@@ -12,7 +12,7 @@ from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import DESCRIPTIVE, FutureGroup, Scored, describe, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord, name_key
-from kato_grpc.engine.matching import Match, align, complete
+from kato_grpc.engine.matching import Match, align, align_single_hit, complete
 from kato_grpc.engine.records import average_emotives
 from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
 from kato_grpc.v1 import engine_pb2 as pb
@@ -106,10 +106,16 @@ def _screened_ensemble(
     limit = 3 * config.max_predictions
     if len(aligned) + len(hits) > limit:
         aligned, hits = _prune_mixed(kb, aligned, hits, limit)
-    for known, pattern_id in zip(hits.alignments(), hits.ids.tolist(), strict=True):
-        m = align(kb.pattern_by_id(pattern_id), state, config, known=known)
-        if m is not None:
-            aligned.append(m)
+    for pattern_id, pattern_position, state_position, similarity in zip(
+        hits.ids.tolist(),
+        hits.pattern_position.tolist(),
+        hits.state_position.tolist(),
+        hits.similarity.tolist(),
+        strict=True,
+    ):
+        aligned.append(
+            align_single_hit(kb.pattern_by_id(pattern_id), state, pattern_position, state_position, similarity)
+        )
     for m in aligned:
         complete(m, state, stm, weight)
     return sorted(aligned, key=lambda m: m.name)

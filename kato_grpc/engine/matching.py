@@ -192,12 +192,11 @@ def complete(
 ) -> None:
     """Add missing, extras and the weighted metrics to a fresh ``align`` result."""
     present = m.present
-    expected = {a.expected for a in m.anomalies}
-    observed = {a.observed for a in m.anomalies}
-    match_set = set(m.matches)
-    m.missing = [[s for s in ev if s not in match_set and s not in expected] for ev in present]
-    present_set = {s for ev in present for s in ev}
-    m.extras = [[s for s in ev if s not in present_set and s not in observed] for ev in stm]
+    # Anomalies (fuzzy matching only) count as neither missing nor extra.
+    not_missing = set(m.matches).union(a.expected for a in m.anomalies)
+    not_extra = {s for ev in present for s in ev}.union(a.observed for a in m.anomalies)
+    m.missing = [[s for s in ev if s not in not_missing] for ev in present]
+    m.extras = [[s for s in ev if s not in not_extra] for ev in stm]
     if weight is not None:
         m.weighted = _weighted(weight, m.pattern.flat, state, m.matches, present, m.extras)
 

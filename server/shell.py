@@ -348,8 +348,9 @@ class KatoShell:
 
     async def get_predictions(self, session_id: str) -> svc.GetPredictionsResponse:
         state = await self._read(session_id)
-        preds, futures = processor.predictions(state, await self._view(state.node_id))
-        return svc.GetPredictionsResponse(predictions=preds, future_potentials=futures)
+        out = svc.GetPredictionsResponse()
+        processor.predictions_into(state, await self._view(state.node_id), out.predictions, out.future_potentials)
+        return out
 
     async def get_stm(self, session_id: str) -> svc.ShortTermMemory:
         return svc.ShortTermMemory(events=(await self._read(session_id)).stm)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
@@ -36,6 +38,22 @@ def predict(
     """Ranked predictions and future potentials, from one computation (D-15)."""
     result = predict_scored(stm, kb, config)
     return [prediction_proto(r) for r in result.ranked], [future_proto(g) for g in result.futures]
+
+
+def predict_into(
+    stm: Sequence[Sequence[str]],
+    kb: KnowledgeView,
+    config: EngineConfig,
+    predictions: RepeatedCompositeFieldContainer[pb.Prediction],
+    futures: RepeatedCompositeFieldContainer[pb.FuturePotential],
+) -> None:
+    """``predict``, built straight into a message's repeated fields (appended): a response
+    made of hundreds of messages built apart would copy each one once more."""
+    result = predict_scored(stm, kb, config)
+    for r in result.ranked:
+        _fill_prediction(predictions.add(**_prediction_fields(r)), r)
+    for g in result.futures:
+        _fill_future(futures.add(**_future_fields(g)), g)
 
 
 def predict_scored(
@@ -185,8 +203,14 @@ _FUTURE_POTENTIAL_FUTURE = field_tag(pb.FuturePotential.DESCRIPTOR, "future")
 
 
 def prediction_proto(r: Scored) -> pb.Prediction:
+    out = pb.Prediction(**_prediction_fields(r))
+    _fill_prediction(out, r)
+    return out
+
+
+def _prediction_fields(r: Scored) -> dict[str, Any]:
     m = r.match
-    out = pb.Prediction(
+    return dict(
         type="prototypical",
         name=m.name,
         frequency=m.frequency,
@@ -213,6 +237,11 @@ def prediction_proto(r: Scored) -> pb.Prediction:
         bayesian_posterior=r.bayesian_posterior,
         potential=r.potential,
     )
+
+
+def _fill_prediction(out: pb.Prediction, r: Scored) -> None:
+    """The event fields (as wire bytes) and the weighted metrics."""
+    m = r.match
     encoded = encoded_events(m.pattern.events)
     out.MergeFromString(
         b"".join(
@@ -232,15 +261,22 @@ def prediction_proto(r: Scored) -> pb.Prediction:
         out.weighted_evidence = m.weighted.evidence
         out.weighted_confidence = m.weighted.confidence
         out.weighted_snr = m.weighted.snr
-    return out
 
 
 def future_proto(g: FutureGroup) -> pb.FuturePotential:
-    out = pb.FuturePotential(
+    out = pb.FuturePotential(**_future_fields(g))
+    _fill_future(out, g)
+    return out
+
+
+def _future_fields(g: FutureGroup) -> dict[str, Any]:
+    return dict(
         aggregate_potential=g.aggregate_potential,
         supporting_patterns=g.supporting_patterns,
         total_weighted_frequency=g.total_weighted_frequency,
     )
+
+
+def _fill_future(out: pb.FuturePotential, g: FutureGroup) -> None:
     m = g.representative
     out.MergeFromString(join_field(_FUTURE_POTENTIAL_FUTURE, encoded_events(m.pattern.events)[m.future_start :]))
-    return out

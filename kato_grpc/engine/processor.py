@@ -11,11 +11,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
 from kato_grpc.engine.naming import PATTERN_PREFIX, pattern_name
 from kato_grpc.engine.observation import build_percept, validate_observation
-from kato_grpc.engine.predict import predict
+from kato_grpc.engine.predict import predict, predict_into
 from kato_grpc.engine.records import accumulate_metadata, average_emotives, stringify_metadata
 from kato_grpc.errors import FailedPrecondition
 from kato_grpc.v1 import engine_pb2 as pb
@@ -229,6 +231,16 @@ def learn(state: pb.SessionState) -> LearnResult:
 def predictions(state: pb.SessionState, kb: KnowledgeView) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
     """Predictions for the session's STM with the session's config (a pure read)."""
     return predict(_stm_lists(state), kb, resolve_config(state.config))
+
+
+def predictions_into(
+    state: pb.SessionState,
+    kb: KnowledgeView,
+    predictions: RepeatedCompositeFieldContainer[pb.Prediction],
+    futures: RepeatedCompositeFieldContainer[pb.FuturePotential],
+) -> None:
+    """``predictions``, appended to a response's repeated fields (no copies of each message)."""
+    predict_into(_stm_lists(state), kb, resolve_config(state.config), predictions, futures)
 
 
 def clear_stm(state: pb.SessionState) -> pb.SessionState:

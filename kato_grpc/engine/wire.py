@@ -56,7 +56,7 @@ def _event(event: Sequence[str]) -> bytes:
     return _length(len(body)) + body
 
 
-@lru_cache(maxsize=1 << 13)
+@lru_cache(maxsize=1 << 11)
 def encoded_events(events: tuple[tuple[str, ...], ...]) -> tuple[bytes, ...]:
     """A learned pattern's events, encoded once while the pattern is hot. Past, present,
     future and sequence of a prediction are slices of these."""

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from kato_grpc.engine.alignment import matching_blocks
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import _future_key
-from kato_grpc.engine.predict import future_proto, predict_scored, prediction_proto
+from kato_grpc.engine.predict import future_proto, predict, predict_into, predict_scored, prediction_proto
 from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.unit.test_screening import PATTERN, _kb
 
 # Few distinct tokens, so runs repeat and tie-breaks between equal-length runs are exercised.
@@ -86,3 +87,9 @@ def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[s
         assert (proto.name, list(proto.matches), proto.potential) == (m.name, m.matches, r.potential)
     for g in result.futures:
         assert _plain(future_proto(g).future) == _plain(g.representative.future)
+    # Built straight into a response: the same messages as built one by one.
+    config = EngineConfig(recall_threshold=0.1, max_predictions=5)
+    response = svc.GetPredictionsResponse()
+    predict_into(stm, kb, config, response.predictions, response.future_potentials)
+    predictions, futures = predict(stm, kb, config)
+    assert list(response.predictions) == predictions and list(response.future_potentials) == futures

@@ -26,7 +26,7 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
-# Rewrites BENCHMARKS.md: engine-only predictions, then the service suite (several minutes).
+# Rewrites BENCHMARKS.md: engine-only predictions up to 1M patterns, then the service suite (~15 min).
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 1000000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md

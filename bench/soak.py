@@ -52,6 +52,9 @@ async def client(stub: svc_grpc.KatoServiceAsyncStub, k: int, stop: float, codes
                 obs = pb.Observation(strings=rng.sample(ALPHABET, rng.randint(1, 2)))
                 await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs, return_predictions=True))
             elif action < 0.75:
+                # Learned alone (not after whatever the session observed before), so the
+                # pattern is one of the pool's.
+                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
                 seq = [pb.Observation(strings=[symbol]) for symbol in rng.choice(pool)]
                 await stub.ObserveSequence(
                     svc.ObserveSequenceRequest(session_id=sid, observations=seq, learn_at_end=True)

@@ -136,10 +136,42 @@ def align(pattern: PatternRecord, state: Sequence[str], config: EngineConfig) ->
         # the span and is still the earliest longest there), so E_x = |state| - |matches|.
         extras_count = len(state) - len(matches)
 
+    present_start, future_start = _segment(pattern.events, past_len, present_len, matches)
+    return _aligned(pattern, present_start, future_start, similarity, matches, anomalies, extras_count, len(blocks))
+
+
+def align_single_hit(
+    pattern: PatternRecord, state: Sequence[str], pattern_position: int, state_position: int, similarity: float
+) -> Match:
+    """``align`` for a single hit (see ``candidates``), without the general machinery.
+
+    The one block is (pattern_position, state_position, 1), the first occurrence of the shared
+    symbol in the pattern: present is exactly the event holding it (``_segment`` gets there
+    through its membership fix-up when the symbol is not first in its event), m = 1 and
+    E_x = |state| - 1; the metrics come from the same ``_aligned`` as ``align``'s.
+    """
     events = pattern.events
-    present_start, future_start = _segment(events, past_len, present_len, matches)
+    e = covered = 0
+    while covered <= pattern_position:
+        covered += len(events[e])
+        e += 1
+    return _aligned(pattern, e - 1, e, similarity, [state[state_position]], [], len(state) - 1, 1)
+
+
+def _aligned(
+    pattern: PatternRecord,
+    present_start: int,
+    future_start: int,
+    similarity: float,
+    matches: list[str],
+    anomalies: list[Anomaly],
+    extras_count: int,
+    blocks: int,
+) -> Match:
+    """The unweighted metrics (spec 4.6-4.7) of an alignment, for ``align`` and its closed form."""
+    p = pattern.flat
     m = len(matches)
-    lpr = sum(len(ev) for ev in events[present_start:future_start])
+    lpr = sum(len(ev) for ev in pattern.events[present_start:future_start])
     snr_den = 2 * m + extras_count
     return Match(
         pattern=pattern,
@@ -151,39 +183,7 @@ def align(pattern: PatternRecord, state: Sequence[str], config: EngineConfig) ->
         evidence=m / len(p) if p else 0.0,
         confidence=m / lpr if lpr else 0.0,
         snr=(2 * m - extras_count) / snr_den if snr_den else 0.0,
-        fragmentation=float(len(blocks) - 1),
-    )
-
-
-def align_single_hit(
-    pattern: PatternRecord, state: Sequence[str], pattern_position: int, state_position: int, similarity: float
-) -> Match:
-    """``align`` for a single hit (see ``candidates``), without the general machinery.
-
-    The one block is (pattern_position, state_position, 1), the first occurrence of the shared
-    symbol in the pattern: present is exactly the event holding it (``_segment`` gets there
-    through its membership fix-up when the symbol is not first in its event), m = 1 and
-    E_x = |state| - 1. Every float below is the same expression ``align`` evaluates.
-    """
-    events = pattern.events
-    e = covered = 0
-    while covered <= pattern_position:
-        covered += len(events[e])
-        e += 1
-    present_start = e - 1
-    m, extras_count = 1, len(state) - 1
-    snr_den = 2 * m + extras_count
-    return Match(
-        pattern=pattern,
-        present_start=present_start,
-        future_start=e,
-        similarity=similarity,
-        matches=[state[state_position]],
-        anomalies=[],
-        evidence=m / len(pattern.flat),
-        confidence=m / len(events[present_start]),
-        snr=(2 * m - extras_count) / snr_den,
-        fragmentation=0.0,
+        fragmentation=float(blocks - 1),
     )
 
 

@@ -1,13 +1,35 @@
-"""Structured logging (structlog): one line per event, request ids bound per call."""
+"""Structured logging (structlog): one line per event, request ids bound per call.
+
+Lines are flushed as they are written (stdout is line-buffered even when it is a file or a
+pipe), so a log read while the server runs — or after it was killed — is complete. No value
+is logged longer than ``MAX_VALUE_CHARS``: an error that quotes a whole document must not
+write megabytes per failing call.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
+MAX_VALUE_CHARS = 4000
+
+
+def _truncate(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            event[key] = f"{value[:MAX_VALUE_CHARS]}… [{len(value) - MAX_VALUE_CHARS} more characters]"
+    return event
+
 
 def configure(level: str = "INFO", json: bool = False) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
     logging.basicConfig(format="%(message)s", level=getattr(logging, level.upper(), logging.INFO))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
@@ -18,6 +40,7 @@ def configure(level: str = "INFO", json: bool = False) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _truncate,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),

@@ -10,6 +10,7 @@ trail for any session that was recorded.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -150,12 +151,15 @@ def replay(scenario: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m kato_grpc.replay SCENARIO.json", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="kato-replay",
+        description="Replay a recorded KATO session through the pure engine on a fresh in-memory "
+        "knowledge base and print its results as JSON (the same bytes on every run).",
+    )
+    parser.add_argument("scenario", help="a scenario file (JSON: config and operations)")
+    args = parser.parse_args(argv)
     try:
-        with open(args[0], encoding="utf-8") as fh:
+        with open(args.scenario, encoding="utf-8") as fh:
             scenario = json.load(fh)
         output = replay(scenario)
     except (OSError, ValueError, KeyError) as exc:

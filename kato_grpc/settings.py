@@ -25,7 +25,32 @@ class Settings(BaseSettings):
     min_ttl_seconds: int = 60
     max_ttl_seconds: int = 86400
     max_stm_events: int = Field(1000, ge=1, le=100_000)
+    # Beyond this many symbols in all, the oldest STM events are dropped too. Patterns are
+    # learned from the STM, so this is also the largest pattern.
+    max_stm_symbols: int = Field(10_000, ge=1, le=1_000_000)
+    # Serialized session state (STM, accumulators, last predictions): an Observe that would
+    # take a session past it is refused (RESOURCE_EXHAUSTED, nothing applied). At most 5 MiB,
+    # so that a pattern learned from one session fits MongoDB's 16 MiB document limit (its
+    # events and its distinct symbols are stored side by side).
+    max_session_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=5 * 1024 * 1024)
+    # Symbol pairs one prediction may compare (see kato_grpc/engine/budget.py): about 2 s of
+    # alignment on this project's reference machine.
+    max_prediction_work: int = Field(10_000_000, ge=1000)
+    # Longest a call may run, whatever its deadline (none counts as infinite).
+    max_call_seconds: float = Field(120.0, gt=0)
+    # Threads the engine runs on (off the event loop); they share the GIL.
+    engine_threads: int = Field(4, ge=1, le=64)
+    # Process-wide: pass the GIL every 1 ms instead of Python's 5 ms (server/app.py).
+    gil_switch_interval: bool = True
     cas_retries: int = Field(32, ge=1, le=10_000)
+    # Conflict retries wait a random time up to min(this, 1 ms × 2^attempt).
+    cas_backoff_max_seconds: float = Field(0.05, ge=0)
+    # Request ids a session remembers: the oldest are forgotten beyond either bound.
+    max_request_records: int = Field(1000, ge=1)
+    max_request_record_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # The outbox relay applies learns a cut-off call left behind once they are this old.
+    outbox_relay_after_seconds: float = Field(2.0, gt=0)
+    outbox_relay_interval_seconds: float = Field(1.0, gt=0)
     store_timeout_seconds: float = Field(5.0, gt=0)
 
     # Request limits (DESIGN 9), enforced before any work.
@@ -37,6 +62,9 @@ class Settings(BaseSettings):
     max_vectors_per_observation: int = Field(100, ge=1)
     max_emotives: int = Field(100, ge=1)
     max_metadata_keys: int = Field(100, ge=1)
+    max_pattern_emotive_records: int = Field(100, ge=1)
+    # Bytes of ObserveStream messages read ahead of the ones being answered.
+    stream_read_ahead_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     # Optional bearer-token auth: JSON {"<token>": ["<node_id>", ...]}; "*" allows every node.
     # Unset = no auth (the mesh authenticates). Tokens are never logged.

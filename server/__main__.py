@@ -1,22 +1,69 @@
-"""``python -m server``: serve kato.v1.KatoService.
+"""``kato-server`` / ``python -m server``: serve kato.v1.KatoService.
 
 With KATO_REDIS_URL and KATO_MONGODB_URI set it uses those stores; otherwise it starts local
 Redis- and MongoDB-compatible servers with data under KATO_DATA_DIR (default ./.data) and
 stops them on exit (Ctrl-C). KATO_WORKERS=N forks N serving processes on one port
-(SO_REUSEPORT) before any gRPC object exists; they stay coherent through the stores.
+(SO_REUSEPORT) before any gRPC object exists; they stay coherent through the stores. A worker
+that dies is replaced (and the log says so). The port is claimed for one group of workers:
+a second server on it exits with a message instead of serving beside the first.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
+import time
+
+import structlog
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from kato_grpc import devstack, logs
 from kato_grpc.settings import Settings
 from server.app import serve
+
+log = structlog.get_logger("kato.supervisor")
+# A worker that dies sooner than this after its start counts as failing to start; after
+# this many such deaths in a row the server gives up instead of forking forever.
+QUICK_EXIT_SECONDS = 5.0
+MAX_QUICK_EXITS = 5
+
+USAGE = """Serve kato.v1.KatoService (gRPC) on KATO_HOST:KATO_PORT (default 127.0.0.1:50051).
+
+Configuration comes from KATO_* environment variables (see the README's Configuration
+section): KATO_REDIS_URL and KATO_MONGODB_URI name the stores (unset: local ones are started,
+data in KATO_DATA_DIR), KATO_WORKERS the number of serving processes, KATO_PORT, KATO_HOST,
+KATO_AUTH_TOKENS, KATO_TLS_CERT_FILE / KATO_TLS_KEY_FILE, the request limits and more."""
+
+
+class PortInUse(Exception):
+    pass
+
+
+def claim_port(host: str, port: int) -> socket.socket | None:
+    """Hold ``host:port`` for this server's workers (they bind with SO_REUSEPORT beside it).
+
+    A plain bind first: it fails if anything — another kato-grpc group included — is bound
+    there. Then a bound, never listening SO_REUSEPORT socket keeps that true for the others
+    while letting this group's workers join. Port 0 (a free port per worker) claims nothing.
+    """
+    if port == 0:
+        return None
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise PortInUse(f"port {port} on {host} is in use (another kato-grpc server?): {exc.strerror}") from exc
+    guard = socket.socket(family, kind, proto)
+    guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    guard.bind(address)
+    return guard
 
 
 def _serve(settings: Settings, redis_url: str, mongodb_uri: str) -> None:
@@ -24,21 +71,37 @@ def _serve(settings: Settings, redis_url: str, mongodb_uri: str) -> None:
         asyncio.run(serve(settings, redis_url, mongodb_uri))
 
 
-def _supervise(settings: Settings, redis_url: str, mongodb_uri: str) -> int:
-    """Run ``settings.workers`` serving processes; forward SIGTERM/SIGINT; wait for all."""
+def _fork_worker(settings: Settings, redis_url: str, mongodb_uri: str, guard: socket.socket | None) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if guard is not None:
+            guard.close()
+        code = 0
+        try:
+            _serve(settings, redis_url, mongodb_uri)
+        except BaseException:
+            log.exception("worker failed")
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def _supervise(settings: Settings, redis_url: str, mongodb_uri: str, guard: socket.socket | None) -> int:
+    """Run ``settings.workers`` serving processes, replacing any that dies; forward
+    SIGTERM/SIGINT and wait for all."""
     if settings.workers == 1:
         _serve(settings, redis_url, mongodb_uri)
         return 0
-    children: list[int] = []
-    for _ in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            _serve(settings, redis_url, mongodb_uri)
-            os._exit(0)
-        children.append(pid)
+    children = {
+        _fork_worker(settings, redis_url, mongodb_uri, guard): time.monotonic() for _ in range(settings.workers)
+    }
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
@@ -46,29 +109,58 @@ def _supervise(settings: Settings, redis_url: str, mongodb_uri: str) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     worst = 0
-    for child in children:
-        while True:
-            try:
-                _, status = os.waitpid(child, 0)
-                break
-            except InterruptedError:  # pragma: no cover - waitpid retries on EINTR since 3.5
+    quick_exits = 0
+    while children:
+        # Only our own workers are waited for (the local stores are children too).
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
                 continue
-        worst = max(worst, os.waitstatus_to_exitcode(status))
+            started = children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if stopping:
+                worst = max(worst, code)
+                continue
+            quick_exits = quick_exits + 1 if time.monotonic() - started < QUICK_EXIT_SECONDS else 0
+            if quick_exits >= MAX_QUICK_EXITS:
+                log.error("workers keep failing at start; stopping", exit_code=code)
+                forward(signal.SIGTERM, None)
+                worst = 1
+                continue
+            new = _fork_worker(settings, redis_url, mongodb_uri, guard)
+            children[new] = time.monotonic()
+            log.warning("worker died; started a replacement", pid=pid, exit_code=code, replacement=new)
+        time.sleep(0.1)
     return worst
 
 
-def main() -> int:
-    settings = Settings()
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="kato-server", description=USAGE).parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "KATO_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"kato-server: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a value that is not even parseable (e.g. bad JSON)
+        print(f"kato-server: invalid setting: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_json)
+    try:
+        guard = claim_port(settings.host, settings.port)
+    except PortInUse as exc:
+        print(f"kato-server: {exc}", file=sys.stderr)
+        return 1
     if settings.redis_url and settings.mongodb_uri:
-        return _supervise(settings, settings.redis_url, settings.mongodb_uri)
+        return _supervise(settings, settings.redis_url, settings.mongodb_uri, guard)
     with devstack.local_stores(settings.data_dir) as (redis, mongo):
         print(
             f"local stores: redis {devstack.redis_url(redis)}, mongodb {devstack.mongodb_uri(mongo)} "
             f"(data in {settings.data_dir})",
             file=sys.stderr,
         )
-        return _supervise(settings, devstack.redis_url(redis), devstack.mongodb_uri(mongo))
+        return _supervise(settings, devstack.redis_url(redis), devstack.mongodb_uri(mongo), guard)
 
 
 if __name__ == "__main__":

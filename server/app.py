@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 
 import grpc
 import redis.asyncio as aioredis
@@ -16,13 +17,20 @@ from pymongo import AsyncMongoClient
 from kato_grpc.settings import Settings
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_patterns import Doc, MongoPatternStore
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
+from server.engine_runner import EngineRunner
 from server.handlers import add_service
+from server.kb_admin import KbAdmin
+from server.relay import OutboxRelay
 from server.servicer import KatoServicer
 from server.shell import KatoShell
 
 log = structlog.get_logger("kato.server")
+# How often the GIL passes between threads (Python's default: 5 ms). The event loop shares
+# the GIL with the engine threads; a shorter slice lets it answer health checks and short
+# calls within a few ms while a long prediction computes (docs/performance.md).
+GIL_SWITCH_SECONDS = 0.001
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
 
 
@@ -41,11 +49,20 @@ class KatoServer:
             connectTimeoutMS=int(timeout * 1000),
             socketTimeoutMS=int(timeout * 1000) * 2,
         )
-        self.sessions = RedisSessionStore(self._redis)
+        self.sessions = RedisSessionStore(
+            self._redis, RecordLimits(settings.max_request_records, settings.max_request_record_bytes)
+        )
         self.patterns = MongoPatternStore(self._mongo, settings.mongodb_database)
         self.cache = KbCache(self.patterns)
-        self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache)
-        self.servicer = KatoServicer(self.shell)
+        self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
+        self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache, self.engine)
+        self.servicer = KatoServicer(self.shell, KbAdmin(settings, self.sessions, self.patterns))
+        self.relay = OutboxRelay(
+            self.sessions,
+            self.shell.apply,
+            after_seconds=settings.outbox_relay_after_seconds,
+            interval_seconds=settings.outbox_relay_interval_seconds,
+        )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -57,8 +74,11 @@ class KatoServer:
         self.port = 0
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
+        self._relay_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
+        if self.settings.gil_switch_interval:
+            sys.setswitchinterval(GIL_SWITCH_SECONDS)
         await self._ensure_indexes()
         add_service(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -81,6 +101,7 @@ class KatoServer:
         await self.server.start()
         await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop())
+        self._relay_task = asyncio.create_task(self.relay.run(self._stopping))
         log.info("serving", host=self.settings.host, port=self.port)
         return self.port
 
@@ -126,9 +147,12 @@ class KatoServer:
         started = asyncio.get_running_loop().time()
         await self.servicer.drain(self.settings.grace_seconds)
         left = self.settings.grace_seconds - (asyncio.get_running_loop().time() - started)
+        self.engine.cancel_all()  # whatever still computes past the grace period stops now
         await self.server.stop(max(left, 0.1))
-        if self._health_task is not None:
-            await self._health_task
+        for task in (self._health_task, self._relay_task):
+            if task is not None:
+                await task
+        self.engine.close()
         await self.sessions.close()
         await self.patterns.close()
 

@@ -9,6 +9,7 @@ touched — a session's node included — so a token never reaches another node'
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -19,24 +20,35 @@ ALL_NODES = "*"
 
 # The nodes this call may touch; None = no auth configured (everything allowed).
 _ALLOWED: ContextVar[frozenset[str] | None] = ContextVar("kato_allowed_nodes", default=None)
+# Who is calling: a digest of the token ("" without auth). Scopes session-less request ids.
+_PRINCIPAL: ContextVar[str] = ContextVar("kato_principal", default="")
+_SCHEME = "bearer "
 
 
 def authenticate(metadata: Sequence[tuple[str, str | bytes]], tokens: Mapping[str, Sequence[str]] | None) -> None:
     """Check the call's bearer token and remember its nodes for ``authorize``."""
     if tokens is None:
         _ALLOWED.set(None)
+        _PRINCIPAL.set("")
         return
     presented = ""
     for key, value in metadata:
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            presented = value.removeprefix("Bearer ").strip()
+        # The scheme name is case-insensitive (RFC 7235 section 2.1).
+        if key == "authorization" and isinstance(value, str) and value[: len(_SCHEME)].lower() == _SCHEME:
+            presented = value[len(_SCHEME) :].strip()
     if not presented:
         raise Unauthenticated("a bearer token is required (authorization: Bearer <token>)", reason="TOKEN_MISSING")
     for token, nodes in tokens.items():
         if hmac.compare_digest(token.encode(), presented.encode()):
             _ALLOWED.set(frozenset(nodes))
+            _PRINCIPAL.set(hashlib.sha256(token.encode()).hexdigest()[:32])
             return
     raise Unauthenticated("the bearer token is not valid", reason="TOKEN_INVALID")
+
+
+def principal() -> str:
+    """The authenticated caller of this call (a token digest), or "" without auth."""
+    return _PRINCIPAL.get()
 
 
 def authorize(node_id: str) -> None:

@@ -1,20 +1,40 @@
-"""Request checks done before any work (DESIGN 9): identifiers and size limits."""
+"""Request checks done before any work (DESIGN 9): identifiers, size limits, numbers.
+
+The one place requests are checked: unary Observe, ObserveSequence, every ObserveStream
+message and UpdatePattern all go through ``check_observation`` / the functions below, so a
+request is accepted or refused the same way whichever path it takes. Every refusal is
+INVALID_ARGUMENT naming the field.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
+from kato_grpc.engine.naming import strip_pattern_prefix
+from kato_grpc.engine.observation import check_finite, validate_observation
 from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
 
 MAX_NODE_ID_BYTES = 256
 MAX_ID_CHARS = 128
+# Session ids are made by the server (``new_session_id``): nothing else can name a session.
+SESSION_ID = re.compile(r"s-[0-9a-f]{32}")
+PATTERN_NAME = re.compile(r"[0-9a-f]{40}")
+# Frequencies a client may set: far enough below 2^63 that learns can never overflow the
+# stored 64-bit counter, and exact in JSON / JavaScript numbers.
+MAX_FREQUENCY = 2**53 - 1
 
 
-def require_session_id(session_id: str) -> None:
+def require_session_id(session_id: str, field: str = "session_id") -> None:
     if not session_id:
-        raise InvalidArgument.for_field("session_id", "is required", reason="MISSING_FIELD")
-    if len(session_id) > MAX_ID_CHARS:
-        raise InvalidArgument.for_field("session_id", f"is longer than {MAX_ID_CHARS} characters")
+        raise InvalidArgument.for_field(field, "is required", reason="MISSING_FIELD")
+    if not SESSION_ID.fullmatch(session_id):
+        raise InvalidArgument.for_field(
+            field, "is not a session id this service issued ('s-' and 32 hex digits)", reason="MALFORMED_ID"
+        )
 
 
 def require_node_id(node_id: str, field: str = "node_id") -> None:
@@ -29,6 +49,18 @@ def check_request_id(request_id: str) -> None:
         raise InvalidArgument.for_field("request_id", f"is longer than {MAX_ID_CHARS} characters")
 
 
+def pattern_name(name: str, field: str = "name") -> str:
+    """The bare 40-hex name of ``name`` (``PTRN|`` optional); anything else is refused."""
+    if not name:
+        raise InvalidArgument.for_field(field, "is required", reason="MISSING_FIELD")
+    bare = strip_pattern_prefix(name)
+    if not PATTERN_NAME.fullmatch(bare):
+        raise InvalidArgument.for_field(
+            field, "is not a pattern name (40 lowercase hex digits, optionally after 'PTRN|')", reason="MALFORMED_ID"
+        )
+    return bare
+
+
 def check_ttl(ttl_seconds: int, settings: Settings, field: str = "ttl_seconds") -> None:
     if not settings.min_ttl_seconds <= ttl_seconds <= settings.max_ttl_seconds:
         raise InvalidArgument.for_field(
@@ -36,7 +68,28 @@ def check_ttl(ttl_seconds: int, settings: Settings, field: str = "ttl_seconds") 
         )
 
 
+def check_observe(req: svc.ObserveRequest, settings: Settings) -> None:
+    """Everything about one ObserveRequest (unary or one message of a stream)."""
+    require_session_id(req.session_id)
+    check_request_id(req.request_id)
+    check_observation(req.observation, settings)
+
+
+def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> None:
+    require_session_id(req.session_id)
+    check_request_id(req.request_id)
+    if len(req.observations) > settings.max_observations_per_sequence:
+        raise InvalidArgument.for_field(
+            "observations",
+            f"has more than {settings.max_observations_per_sequence} observations",
+            reason="TOO_MANY_OBSERVATIONS",
+        )
+    for i, obs in enumerate(req.observations):
+        check_observation(obs, settings, f"observations[{i}]")
+
+
 def check_observation(obs: pb.Observation, settings: Settings, field: str = "observation") -> None:
+    """Sizes first (cheap), then the numbers (finite, consistent vector dimensions)."""
     if len(obs.strings) > settings.max_symbols_per_event:
         raise InvalidArgument.for_field(
             f"{field}.strings",
@@ -65,3 +118,35 @@ def check_observation(obs: pb.Observation, settings: Settings, field: str = "obs
         raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
     if len(obs.unique_id) > MAX_ID_CHARS:
         raise InvalidArgument.for_field(f"{field}.unique_id", f"is longer than {MAX_ID_CHARS} characters")
+    validate_observation(obs, field)
+
+
+def check_emotives(values: Mapping[str, float], settings: Settings, field: str) -> None:
+    if len(values) > settings.max_emotives:
+        raise InvalidArgument.for_field(field, f"has more than {settings.max_emotives} keys")
+    check_finite(values, field)
+
+
+PATTERN_FIELDS = frozenset({"frequency", "emotives", "metadata"})
+
+
+def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> tuple[str, set[str]]:
+    """The bare pattern name and the fields to change (every field when no mask is given)."""
+    require_node_id(req.node_id)
+    bare = pattern_name(req.pattern.name, "pattern.name")
+    mask = set(req.update_mask) or set(PATTERN_FIELDS)
+    unknown = mask - PATTERN_FIELDS
+    if unknown:
+        raise InvalidArgument.for_field("update_mask", f"unknown fields: {', '.join(sorted(unknown))}")
+    if "frequency" in mask and not 1 <= req.pattern.frequency <= MAX_FREQUENCY:
+        raise InvalidArgument.for_field("pattern.frequency", f"must be between 1 and {MAX_FREQUENCY}")
+    if "emotives" in mask:
+        if len(req.pattern.emotives) > settings.max_pattern_emotive_records:
+            raise InvalidArgument.for_field(
+                "pattern.emotives", f"has more than {settings.max_pattern_emotive_records} records"
+            )
+        for i, r in enumerate(req.pattern.emotives):
+            check_emotives(r.values, settings, f"pattern.emotives[{i}]")
+    if "metadata" in mask and len(req.pattern.metadata) > settings.max_metadata_keys:
+        raise InvalidArgument.for_field("pattern.metadata", f"has more than {settings.max_metadata_keys} keys")
+    return bare, mask

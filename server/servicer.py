@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -14,15 +15,17 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
-from kato_grpc.engine.observation import validate_observation
 from kato_grpc.errors import DeadlineExceeded, KatoError, Unavailable
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from server import limits
 from server.auth import authenticate
 from server.errors import as_kato_error, internal_status, to_status
 from server.handlers import decoded
+from server.kb_admin import KbAdmin
 from server.shell import KatoShell
+from server.stream import batches
 
 T = TypeVar("T")
 STREAM_BATCH = 64
@@ -38,31 +41,44 @@ def _request_id(context: Ctx) -> str:
 
 
 class KatoServicer(svc_grpc.KatoServiceServicer):
-    def __init__(self, shell: KatoShell) -> None:
+    def __init__(self, shell: KatoShell, admin: KbAdmin) -> None:
         self.shell = shell
+        self.admin = admin
+        self.settings = shell.settings
         # Shutdown: once draining, new calls are refused with UNAVAILABLE (retryable, so a
         # client goes to another replica) while the ones in flight finish.
         self.draining = False
         self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def drain(self, grace: float) -> None:
         """Refuse new calls and wait (at most ``grace`` seconds) for those in flight."""
         self.draining = True
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.inflight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+
+    def _time_limit(self, context: Ctx) -> float:
+        remaining = context.time_remaining()
+        limit = self.settings.max_call_seconds
+        return limit if remaining is None else min(remaining, limit)
+
+    def _authenticate(self, context: Ctx) -> None:
+        metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
+        authenticate(metadata, self.settings.auth_tokens)
 
     async def _guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
         with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
             self.inflight += 1
+            self._idle.clear()
             try:
                 if self.draining:
                     raise Unavailable("the server is shutting down; retry", reason="SHUTTING_DOWN")
-                # The client's deadline bounds every store call made for it; state stays
-                # consistent when it fires (the outbox carries any learn not yet applied).
-                async with asyncio.timeout(context.time_remaining()) as deadline:
-                    metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
-                    authenticate(metadata, self.shell.settings.auth_tokens)
+                # The client's deadline (and the server's own limit) bounds every store call and
+                # engine computation made for it; state stays consistent when it fires (the
+                # outbox carries any learn not yet applied; engine threads stop).
+                async with asyncio.timeout(self._time_limit(context)) as deadline:
+                    self._authenticate(context)
                     return await work
             except TimeoutError as exc:
                 _discard(work)
@@ -84,6 +100,8 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
                 raise
             finally:
                 self.inflight -= 1
+                if not self.inflight:
+                    self._idle.set()
 
     async def CreateSession(self, request: svc.CreateSessionRequest, context: Ctx) -> svc.Session:
         return await self._guard("CreateSession", context, self.shell.create_session(request))
@@ -114,41 +132,22 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
     ) -> AsyncIterator[svc.ObserveResponse]:
         """One response per observation, in order. Observations already waiting for the same
         session (without request_id, all valid) are committed together: one load, one
-        compare-and-set, the same responses as one by one."""
-        queue: asyncio.Queue[svc.ObserveRequest | None] = asyncio.Queue(maxsize=STREAM_BATCH)
-
-        failure: list[KatoError] = []
-
-        async def read() -> None:
-            try:
-                async for request in decoded(request_iterator):
-                    await queue.put(request)
-            except KatoError as exc:  # an undecodable request: answered after those before it
-                failure.append(exc)
-            finally:
-                await queue.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            carried: list[svc.ObserveRequest | None] = []  # an item taken from the queue, not yet served
-            while True:
-                first = carried.pop() if carried else await queue.get()
-                if first is None:
-                    if failure:
-                        await self._guard("ObserveStream", context, _raise(failure[0]))
-                    break
-                batch = [first]
-                while not first.request_id and len(batch) < STREAM_BATCH and not queue.empty():
-                    nxt = queue.get_nowait()
-                    if nxt is None or nxt.session_id != first.session_id or nxt.request_id or not _valid(nxt):
-                        carried.append(nxt)
-                        break
-                    batch.append(nxt)
-                responses = await self._guard("ObserveStream", context, self.shell.observe_batch(batch))
-                for response in responses:
-                    yield response
-        finally:
-            reader.cancel()
+        compare-and-set, the same responses as one by one (see ``server/stream.py``)."""
+        # Authenticate when the stream opens, before reading anything from it.
+        await self._guard("ObserveStream", context, _noop())
+        stream = batches(
+            decoded(request_iterator),
+            lambda r: limits.check_observe(r, self.settings),
+            max_items=STREAM_BATCH,
+            max_bytes=self.settings.stream_read_ahead_bytes,
+        )
+        async for batch in stream:
+            if isinstance(batch, KatoError):  # answered after every observation before it
+                await self._guard("ObserveStream", context, _raise(batch))
+                return
+            responses = await self._guard("ObserveStream", context, self.shell.observe_batch(batch))
+            for response in responses:
+                yield response
 
     async def Learn(self, request: svc.LearnRequest, context: Ctx) -> svc.LearnResponse:
         return await self._guard("Learn", context, self.shell.learn(request))
@@ -170,16 +169,16 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         return await self._guard("GetCognitionData", context, self.shell.cognition_data(request.session_id))
 
     async def GetPattern(self, request: svc.GetPatternRequest, context: Ctx) -> pb.Pattern:
-        return await self._guard("GetPattern", context, self.shell.get_pattern(request.node_id, request.name))
+        return await self._guard("GetPattern", context, self.admin.get_pattern(request))
 
     async def ListPatterns(self, request: svc.ListPatternsRequest, context: Ctx) -> svc.ListPatternsResponse:
-        return await self._guard("ListPatterns", context, self.shell.list_patterns(request))
+        return await self._guard("ListPatterns", context, self.admin.list_patterns(request))
 
     async def UpdatePattern(self, request: svc.UpdatePatternRequest, context: Ctx) -> pb.Pattern:
-        return await self._guard("UpdatePattern", context, self.shell.update_pattern(request))
+        return await self._guard("UpdatePattern", context, self.admin.update_pattern(request))
 
     async def DeletePattern(self, request: svc.DeletePatternRequest, context: Ctx) -> empty_pb2.Empty:
-        await self._guard("DeletePattern", context, self.shell.delete_pattern(request))
+        await self._guard("DeletePattern", context, self.admin.delete_pattern(request))
         return empty_pb2.Empty()
 
     async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: Ctx) -> empty_pb2.Empty:
@@ -197,10 +196,5 @@ async def _raise(error: KatoError) -> None:
     raise error
 
 
-def _valid(request: svc.ObserveRequest) -> bool:
-    """Cheap pre-check so an invalid observation is answered on its own, after the valid ones."""
-    try:
-        validate_observation(request.observation)
-    except KatoError:
-        return False
-    return True
+async def _noop() -> None:
+    return None

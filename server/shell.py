@@ -1,17 +1,24 @@
 """The imperative shell: load state, call the pure core, compare-and-set, apply writes.
 
 Every session-changing call runs the same loop (DESIGN 3): load the SessionState from Redis
-(1 round trip), flush any PatternWrites an earlier crashed call left in the outbox, take a
-KnowledgeView from the process's KB cache, run the pure processor, save the new state with a
-compare-and-set on its version, then apply the new PatternWrites to MongoDB exactly once.
-A version conflict means another call won: reload and recompute. No locks.
+(1 round trip, with the session's outbox and the request id's record), apply any outbox an
+earlier call left, take a KnowledgeView from the process's KB cache, run the pure processor
+on an engine thread, save the new state with a compare-and-set on its version (the new
+outbox and the request record in the same script), then apply the new PatternWrites to
+MongoDB exactly once and drop the outbox. A version conflict means another call won: wait a
+little (jittered) and recompute. No locks.
+
+Outboxes outlive their sessions: a retry (same request id) applies the outbox before it
+answers, DeleteSession applies it before deleting, and the relay (``server/relay.py``)
+applies what nobody calls again for. A write MongoDB refuses for good is kept as a dead
+letter and taken out of the outbox, so it can never block a session.
 """
 
 from __future__ import annotations
 
-import base64
-import math
+import asyncio
 import os
+import random
 import secrets
 import time
 import uuid
@@ -19,34 +26,36 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
+import structlog
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from kato_grpc.engine import processor
+from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import effective_config, resolve_config
 from kato_grpc.engine.knowledge import KnowledgeView
-from kato_grpc.engine.naming import strip_pattern_prefix
-from kato_grpc.errors import Aborted, InvalidArgument, NotFound
+from kato_grpc.engine.naming import PATTERN_PREFIX
+from kato_grpc.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.redis_sessions import CasResult, Loaded, RedisSessionStore
+from kato_grpc.stores.mongo_patterns import MongoPatternStore, is_permanent
+from kato_grpc.stores.redis_sessions import CasResult, Loaded, RedisSessionStore, scoped_key
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
-from server.auth import authorize
+from server import limits, requests
+from server.auth import authorize, principal
+from server.engine_runner import EngineRunner
 
 R = TypeVar("R", bound=Message)
-Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R, list[pb.PatternWrite]]]]
+Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R]]]
 
 _EMPTY_KB = KnowledgeIndex()
-DEFAULT_PAGE_SIZE = 100
 MAX_REMEMBERED_NODES = 100_000
 # (node id, KB version) read together with this task's last session load; per task, so
 # concurrent calls never see each other's.
 _PUBLISHED: ContextVar[tuple[str, int | None]] = ContextVar("kato_published_kb_version", default=("", None))
-MAX_PAGE_SIZE = 1000
+log = structlog.get_logger("kato.shell")
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -61,14 +70,25 @@ def _copy(state: pb.SessionState) -> pb.SessionState:
     return new
 
 
+def session_not_found(session_id: str) -> NotFound:
+    return NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+
+
 class KatoShell:
     def __init__(
-        self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore, cache: KbCache
+        self,
+        settings: Settings,
+        sessions: RedisSessionStore,
+        patterns: MongoPatternStore,
+        cache: KbCache,
+        engine: EngineRunner,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.patterns = patterns
         self.cache = cache
+        self.engine = engine
+        self.stm_limits = processor.StmLimits(settings.max_stm_events, settings.max_stm_symbols)
         self._nodes: dict[str, str] = {}  # session id -> node id
 
     # --- the transaction loop ------------------------------------------------------------
@@ -80,7 +100,7 @@ class KatoShell:
         loaded = await self.sessions.load(session_id, request_id, self._nodes.get(session_id))
         if loaded is None:
             self._nodes.pop(session_id, None)
-            raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+            raise session_not_found(session_id)
         authorize(loaded.state.node_id)
         if session_id not in self._nodes:
             if len(self._nodes) >= MAX_REMEMBERED_NODES:
@@ -89,62 +109,103 @@ class KatoShell:
         _PUBLISHED.set((loaded.state.node_id, loaded.kb_version))
         return loaded
 
-    async def _flushed(self, state: pb.SessionState) -> pb.SessionState:
-        """Apply writes left in the outbox by an earlier call (idempotent through the ledger)."""
-        if not state.pending_writes:
-            return state
-        await self._apply(state.node_id, list(state.pending_writes))
-        new = _copy(state)
-        new.ClearField("pending_writes")
-        return new
-
-    async def _transact(self, session_id: str, request_id: str, transition: Transition[R], response_type: type[R]) -> R:
-        for _ in range(self.settings.cas_retries):
+    async def _transact(
+        self, session_id: str, method: str, request: Message, request_id: str, transition: Transition[R], kind: type[R]
+    ) -> R:
+        fp = requests.fingerprint(method, request) if request_id else b""
+        for attempt in range(self.settings.cas_retries):
+            if attempt:  # jittered backoff: light contention must never surface as ABORTED
+                await asyncio.sleep(random.uniform(0, min(self.settings.cas_backoff_max_seconds, 0.001 * 2**attempt)))
             loaded = await self._load(session_id, request_id)
-            if loaded.response is not None:
-                return response_type.FromString(loaded.response)
-            state = await self._flushed(loaded.state)
-            new_state, response, _ = await transition(state)
+            if loaded.outbox is not None:
+                await self.apply(loaded.outbox)  # before anything: a replay must not skip it
+            if loaded.record is not None:
+                requests.check_replay(loaded.record, method, fp)
+                if loaded.outbox is not None:
+                    await self.sessions.drop_outbox(session_id, loaded.outbox_version)
+                return kind.FromString(loaded.record.response)
+            new_state, response = await transition(loaded.state)
             new_state.version = loaded.version + 1
-            writes = _identify_writes(new_state, request_id)
+            self._check_size(loaded.state, new_state)
+            outbox = None
+            if new_state.pending_writes:
+                outbox = pb.Outbox(session_id=session_id, node_id=new_state.node_id, writes=new_state.pending_writes)
+                new_state.ClearField("pending_writes")
+                requests.identify_writes(list(outbox.writes), session_id, request_id, fp, loaded.version)
             result = await self.sessions.compare_and_set(
                 new_state,
                 loaded.version,
                 self._ttl_ms(new_state),
+                outbox=outbox,
+                clear_outbox=loaded.outbox is not None,
                 request_id=request_id,
-                # Remembered for a retry of the same request_id only; none, nothing to keep.
-                response=response.SerializeToString() if request_id else b"",
+                record=requests.record(method, fp, response) if request_id else None,
             )
             if result == CasResult.GONE:
-                raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+                raise session_not_found(session_id)
             if result == CasResult.CONFLICT:
                 continue
-            if writes:
+            if outbox is not None:
                 if self.settings.fault_crash_after_commit:
                     os._exit(86)  # test hook: die between the Redis commit and the MongoDB write
-                await self._apply(new_state.node_id, writes)
-                await self._drop_outbox(new_state)
+                refused = await self.apply(outbox)
+                await self.sessions.drop_outbox(session_id, new_state.version)
+                if refused:
+                    raise _refused(refused)
             return response
         raise Aborted(
             f"session {session_id} changed concurrently {self.settings.cas_retries} times; retry",
             reason="CAS_RETRIES_EXHAUSTED",
         )
 
-    async def _drop_outbox(self, state: pb.SessionState) -> None:
-        """Best effort: remove applied writes from the saved state (the next call would too)."""
-        if not state.pending_writes:
-            return
-        clean = _copy(state)
-        clean.ClearField("pending_writes")
-        clean.version = state.version + 1
-        await self.sessions.compare_and_set(clean, state.version, self._ttl_ms(clean))
+    def _check_size(self, old: pb.SessionState, new: pb.SessionState) -> None:
+        """A session may not grow past the byte limit (shrinking is always allowed)."""
+        size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
+        limit = self.settings.max_session_bytes
+        if size > limit and size > old.ByteSize():
+            raise ResourceExhausted(
+                f"the session would hold {size:,} bytes, over the limit of {limit:,} (KATO_MAX_SESSION_BYTES): "
+                "learn or clear its short-term memory first",
+                reason="SESSION_TOO_LARGE",
+                metadata={"bytes": str(size), "limit": str(limit)},
+            )
+
+    async def apply(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
+        """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
+        MongoDB refuses for good are kept as dead letters and returned (the rest still land)."""
+        writes = list(outbox.writes)
+        try:
+            applied = await self.patterns.apply_many(outbox.node_id, writes)
+            await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+            return []
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+        refused: list[pb.PatternWrite] = []
+        for write in writes:  # one by one: find the refused ones, land the others
+            try:
+                applied = await self.patterns.apply_many(outbox.node_id, [write])
+                await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                await self.patterns.dead_letter(outbox.node_id, write, exc)
+                log.warning(
+                    "MongoDB refused a pattern write; kept as a dead letter",
+                    write_id=write.write_id,
+                    node_id=outbox.node_id,
+                    pattern=write.name,
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
+                refused.append(write)
+        return refused
 
     async def _read(self, session_id: str) -> pb.SessionState:
-        """A session for reading: outbox flushed, so its learns are visible in the KB."""
+        """A session for reading: its outbox applied, so its learns are visible in the KB."""
         loaded = await self._load(session_id)
-        if loaded.state.pending_writes:
-            await self._flushed(loaded.state)
-            await self._drop_outbox(loaded.state)
+        if loaded.outbox is not None:
+            await self.apply(loaded.outbox)
+            await self.sessions.drop_outbox(session_id, loaded.outbox_version)
         return loaded.state
 
     def _ttl_ms(self, state: pb.SessionState) -> int:
@@ -156,10 +217,11 @@ class KatoShell:
             published = await self.sessions.kb_version(node_id)
         return await self.cache.view(node_id, published)
 
-    async def _apply(self, node_id: str, writes: list[pb.PatternWrite]) -> None:
-        """Apply writes to MongoDB (exactly once) and publish the KB's new version in Redis."""
-        applied = await self.patterns.apply_many(node_id, writes)
-        await self.sessions.publish_kb_version(node_id, applied.version)
+    async def _view_for(self, state: pb.SessionState, observations: list[pb.Observation]) -> KnowledgeView:
+        # Skip the KB round trip when nothing in the call can read the KB.
+        if resolve_config(state.config).process_predictions or any(o.vectors for o in observations):
+            return await self._view(state.node_id)
+        return _EMPTY_KB
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -187,10 +249,13 @@ class KatoShell:
         limits.check_ttl(ttl, self.settings)
         if len(req.metadata) > self.settings.max_metadata_keys:
             raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
-        if req.request_id:
-            existing = await self.sessions.created_by(req.request_id)
+        key, fp = "", b""
+        if req.request_id:  # scoped by node and caller: nobody else's id can name this session
+            key = scoped_key("create", req.node_id, principal(), req.request_id)
+            fp = requests.fingerprint("CreateSession", req)
+            existing = await self._created(key, fp)
             if existing is not None:
-                return await self.get_session(existing)
+                return existing
         state = processor.new_session("s-" + secrets.token_hex(16), req.node_id, req.config)
         state.ttl_seconds = ttl
         state.metadata.update(req.metadata)
@@ -198,63 +263,76 @@ class KatoShell:
         state.version = 1
         if await self.sessions.compare_and_set(state, None, self._ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
-        if req.request_id:
-            winner = await self.sessions.remember_creation(req.request_id, state.session_id, self._ttl_ms(state))
-            if winner != state.session_id:
+        if key:
+            mine = requests.record("CreateSession", fp, state.session_id.encode())
+            winner = await self.sessions.remember(key, mine, self._ttl_ms(state))
+            if winner.response != mine.response:  # a concurrent retry created it first
                 await self.sessions.delete(state.session_id)
-                return await self.get_session(winner)
+                requests.check_replay(winner, "CreateSession", fp)
+                return await self.get_session(winner.response.decode())
         return self.session_proto(state)
+
+    async def _created(self, key: str, fp: bytes) -> svc.Session | None:
+        """The session an earlier CreateSession with this (scoped) request id made, if alive."""
+        previous = await self.sessions.recorded(key)
+        if previous is None:
+            return None
+        requests.check_replay(previous, "CreateSession", fp)
+        try:
+            return await self.get_session(previous.response.decode())
+        except NotFound:  # it expired or was deleted: the id may create a new one
+            await self.sessions.forget(key)
+            return None
 
     async def get_session(self, session_id: str) -> svc.Session:
         return self.session_proto(await self._read(session_id))
 
     async def delete_session(self, session_id: str) -> None:
-        await self._load(session_id)  # not found, or not this caller's node: nothing is deleted
+        # Not found, or not this caller's node: nothing is deleted. The outbox is applied
+        # first; one committed after this load outlives the session and the relay applies it.
+        await self._read(session_id)
         if not await self.sessions.delete(session_id):
-            raise NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+            raise session_not_found(session_id)
 
     async def extend_session(self, req: svc.ExtendSessionRequest) -> svc.Session:
         limits.check_ttl(req.ttl_seconds, self.settings)
 
-        async def extend(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
+        async def extend(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session]:
             new = _copy(state)
             new.ttl_seconds = req.ttl_seconds
             new.version = state.version + 1  # so the returned etag is the saved one
-            return new, self.session_proto(new), []
+            return new, self.session_proto(new)
 
-        return await self._transact(req.session_id, "", extend, svc.Session)
+        return await self._transact(req.session_id, "ExtendSession", req, "", extend, svc.Session)
 
     async def update_config(self, req: svc.UpdateSessionConfigRequest) -> svc.Session:
-        async def update(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.Session, list[pb.PatternWrite]]:
+        async def update(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session]:
             merged = pb.SessionConfig()
             merged.CopyFrom(state.config)
             merged.MergeFrom(req.config)
             new = processor.update_config(state, merged)
             new.version = state.version + 1
-            return new, self.session_proto(new), []
+            return new, self.session_proto(new)
 
-        return await self._transact(req.session_id, req.request_id, update, svc.Session)
+        return await self._transact(req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session)
 
     # --- observing and learning ----------------------------------------------------------
 
     async def observe(self, req: svc.ObserveRequest) -> svc.ObserveResponse:
-        limits.check_observation(req.observation, self.settings)
+        limits.check_observe(req, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
-        async def run(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.ObserveResponse, list[pb.PatternWrite]]:
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveResponse]:
             kb = await self._view_for(state, [req.observation])
-            r = processor.observe(
-                state, req.observation, kb, unique_id=unique_id, max_stm_events=self.settings.max_stm_events
+            r = await self.engine.run(
+                lambda budget: processor.observe(
+                    state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
+                ),
+                [kb],
             )
-            return r.state, _observe_response(r, req.return_predictions), r.writes
+            return r.state, _observe_response(r, req.return_predictions)
 
-        return await self._transact(req.session_id, req.request_id, run, svc.ObserveResponse)
+        return await self._transact(req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse)
 
     async def observe_batch(self, reqs: list[svc.ObserveRequest]) -> list[svc.ObserveResponse]:
         """Several observations of one session (no request_ids) in one load / compare-and-set.
@@ -265,58 +343,47 @@ class KatoShell:
         if len(reqs) == 1:
             return [await self.observe(reqs[0])]
         for req in reqs:
-            limits.check_observation(req.observation, self.settings)
+            limits.check_observe(req, self.settings)
         ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
+        observations = [r.observation for r in reqs]
 
-        async def run(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse, list[pb.PatternWrite]]:
-            observations = [r.observation for r in reqs]
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, observations)
-            r = processor.observe_sequence(
-                state, observations, kb, unique_ids=ids, max_stm_events=self.settings.max_stm_events
+            r = await self.engine.run(
+                lambda budget: processor.observe_sequence(
+                    state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
+                ),
+                [kb],
             )
             out = svc.ObserveSequenceResponse()
             for req, step in zip(reqs, r.steps, strict=True):
                 out.results.append(_observe_response(step.observed, req.return_predictions))
-            return r.state, out, r.writes
+            return r.state, out
 
-        result = await self._transact(reqs[0].session_id, "", run, svc.ObserveSequenceResponse)
+        batch = svc.ObserveSequenceRequest(session_id=reqs[0].session_id, observations=observations)
+        result = await self._transact(reqs[0].session_id, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse)
         return list(result.results)
 
-    async def _view_for(self, state: pb.SessionState, observations: list[pb.Observation]) -> KnowledgeView:
-        # Skip the KB round trip when nothing in the call can read the KB.
-        if resolve_config(state.config).process_predictions or any(o.vectors for o in observations):
-            return await self._view(state.node_id)
-        return _EMPTY_KB
-
     async def observe_sequence(self, req: svc.ObserveSequenceRequest) -> svc.ObserveSequenceResponse:
-        if len(req.observations) > self.settings.max_observations_per_sequence:
-            raise InvalidArgument.for_field(
-                "observations",
-                f"has more than {self.settings.max_observations_per_sequence} observations",
-                reason="TOO_MANY_OBSERVATIONS",
-            )
-        for i, obs in enumerate(req.observations):
-            limits.check_observation(obs, self.settings, f"observations[{i}]")
+        limits.check_sequence(req, self.settings)
         prefix = "seq-obs-" + uuid.uuid4().hex  # one random draw per call, not per observation
         ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
 
-        async def run(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse, list[pb.PatternWrite]]:
-            kb = await self._view_for(state, list(req.observations))
+        def compute(
+            state: pb.SessionState, kb: KnowledgeView, budget: Budget
+        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
             out = svc.ObserveSequenceResponse(initial_stm_length=len(state.stm))
             r = processor.observe_sequence(
                 state,
                 req.observations,
                 kb,
                 unique_ids=ids,
-                max_stm_events=self.settings.max_stm_events,
+                limits=self.stm_limits,
                 clear_stm_between=req.clear_stm_between,
                 learn_after_each=req.learn_after_each,
+                budget=budget,
             )
-            state, writes = r.state, r.writes
+            state = r.state
             for step in r.steps:
                 out.results.append(_observe_response(step.observed, req.return_predictions))
                 if step.observed.auto_learned_pattern:
@@ -325,43 +392,49 @@ class KatoShell:
                     out.auto_learned_patterns.append(step.learned_after)
             if req.learn_at_end and state.stm:
                 learned = processor.learn(state)
-                state, writes = learned.state, writes + learned.writes
+                state = learned.state
                 out.auto_learned_patterns.append(learned.pattern_name)
                 if learned.pattern_name:
                     out.final_learned_pattern = learned.pattern_name
             out.final_stm_length = len(state.stm)
-            return state, out, writes
+            return state, out
 
-        return await self._transact(req.session_id, req.request_id, run, svc.ObserveSequenceResponse)
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            kb = await self._view_for(state, list(req.observations))
+            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb])
+
+        return await self._transact(
+            req.session_id, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse
+        )
 
     async def learn(self, req: svc.LearnRequest) -> svc.LearnResponse:
-        async def run(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.LearnResponse, list[pb.PatternWrite]]:
-            r = processor.learn(state)
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.LearnResponse]:
+            r = await self.engine.run(lambda _budget: processor.learn(state))
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
-            return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name), r.writes
+            return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name)
 
-        return await self._transact(req.session_id, req.request_id, run, svc.LearnResponse)
+        return await self._transact(req.session_id, "Learn", req, req.request_id, run, svc.LearnResponse)
 
     # --- reading a session ---------------------------------------------------------------
 
     async def get_predictions(self, session_id: str) -> svc.GetPredictionsResponse:
         state = await self._read(session_id)
+        kb = await self._view(state.node_id)
         out = svc.GetPredictionsResponse()
-        processor.predictions_into(state, await self._view(state.node_id), out.predictions, out.future_potentials)
+        await self.engine.run(
+            lambda budget: processor.predictions_into(state, kb, out.predictions, out.future_potentials, budget),
+            [kb],
+        )
         return out
 
     async def get_stm(self, session_id: str) -> svc.ShortTermMemory:
         return svc.ShortTermMemory(events=(await self._read(session_id)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest) -> None:
-        async def run(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
-            return processor.clear_stm(state), svc.ShortTermMemory(), []
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+            return processor.clear_stm(state), svc.ShortTermMemory()
 
-        await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)
+        await self._transact(req.session_id, "ClearShortTermMemory", req, req.request_id, run, svc.ShortTermMemory)
 
     async def percept_data(self, session_id: str) -> pb.PerceptData:
         return (await self._read(session_id)).percept
@@ -369,115 +442,60 @@ class KatoShell:
     async def cognition_data(self, session_id: str) -> pb.CognitionData:
         return processor.cognition_data(await self._read(session_id))
 
-    # --- knowledge bases -----------------------------------------------------------------
-
-    async def get_pattern(self, node_id: str, name: str) -> pb.Pattern:
-        limits.require_node_id(node_id)
-        authorize(node_id)
-        bare = self._pattern_name(name)
-        record = await self.patterns.get_pattern(node_id, bare)
-        if record is None:
-            raise NotFound(f"pattern {name} not found in node {node_id}", reason="PATTERN_NOT_FOUND")
-        return processor.pattern_proto(record)
-
-    def _pattern_name(self, name: str) -> str:
-        if not name:
-            raise InvalidArgument.for_field("name", "is required", reason="MISSING_FIELD")
-        if len(name) > MAX_PAGE_SIZE:
-            raise InvalidArgument.for_field("name", "is too long")
-        return strip_pattern_prefix(name)
-
-    async def list_patterns(self, req: svc.ListPatternsRequest) -> svc.ListPatternsResponse:
-        limits.require_node_id(req.node_id)
-        authorize(req.node_id)
-        if req.page_size < 0:
-            raise InvalidArgument.for_field("page_size", "must not be negative")
-        size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            after = (
-                base64.b64decode(req.page_token.encode(), altchars=b"-_", validate=True).decode()
-                if req.page_token
-                else ""
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument.for_field("page_token", "is not a token this service issued") from exc
-        records = await self.patterns.list_patterns(req.node_id, after, size + 1)
-        out = svc.ListPatternsResponse(patterns=[processor.pattern_proto(r) for r in records[:size]])
-        if len(records) > size:
-            out.next_page_token = base64.urlsafe_b64encode(records[size - 1].name.encode()).decode()
-        return out
-
-    async def update_pattern(self, req: svc.UpdatePatternRequest) -> pb.Pattern:
-        limits.require_node_id(req.node_id)
-        authorize(req.node_id)
-        bare = self._pattern_name(req.pattern.name)
-        mask = set(req.update_mask) or {"frequency", "emotives", "metadata"}
-        unknown = mask - {"frequency", "emotives", "metadata"}
-        if unknown:
-            raise InvalidArgument.for_field("update_mask", f"unknown fields: {', '.join(sorted(unknown))}")
-        if "frequency" in mask and req.pattern.frequency < 1:
-            raise InvalidArgument.for_field("pattern.frequency", "must be >= 1")
-        emotives = [dict(r.values) for r in req.pattern.emotives]
-        for i, values in enumerate(emotives):
-            for key, value in values.items():
-                if not math.isfinite(value):
-                    raise InvalidArgument.for_field(f"pattern.emotives[{i}].{key}", "must be a finite number")
-        record = await self.patterns.update_pattern(
-            req.node_id,
-            bare,
-            frequency=req.pattern.frequency if "frequency" in mask else None,
-            emotives=emotives if "emotives" in mask else None,
-            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()} if "metadata" in mask else None,
-        )
-        if record is None:
-            raise NotFound(f"pattern {req.pattern.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
-        return processor.pattern_proto(record)
-
-    async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
-        limits.require_node_id(req.node_id)
-        authorize(req.node_id)
-        version = await self.patterns.delete_pattern(req.node_id, self._pattern_name(req.name))
-        if version is not None:
-            await self.sessions.publish_kb_version(req.node_id, version)
-        else:
-            raise NotFound(f"pattern {req.name} not found in node {req.node_id}", reason="PATTERN_NOT_FOUND")
+    # --- wiping a knowledge base ---------------------------------------------------------
 
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+        """KATO's clear-all: wipe the KB (of the session's node, or of ``node_id``) and, with a
+        session, clear its STM. Both given must agree."""
+        limits.check_request_id(req.request_id)
         if not req.session_id:
-            limits.require_node_id(req.node_id, "node_id")
-            authorize(req.node_id)
-            await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
+            await self._clear_node(req)
             return
+        fp = requests.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
         loaded = await self._load(req.session_id, req.request_id)
-        if loaded.response is not None:
-            return  # this request_id already cleared the KB
-        # Flush the outbox first: writes learned before the wipe must land before it, never after
-        # (the ledger then keeps the transaction loop from applying them again).
-        state = await self._read(req.session_id)
-        await self.sessions.publish_kb_version(state.node_id, await self.patterns.clear(state.node_id))
+        node = loaded.state.node_id
+        if req.node_id and req.node_id != node:
+            raise InvalidArgument.for_field(
+                "node_id", "names another node than the session's; give one of them", reason="NODE_MISMATCH"
+            )
+        if loaded.record is not None:  # a retry: answered by the transaction below, no second wipe
+            requests.check_replay(loaded.record, "ClearKnowledgeBase", fp)
+        else:
+            # Apply the outbox first: writes learned before the wipe must land before it, never
+            # after (the ledger then keeps them from being applied again).
+            await self._read(req.session_id)
+            await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
 
-        async def run(
-            state: pb.SessionState,
-        ) -> tuple[pb.SessionState, svc.ShortTermMemory, list[pb.PatternWrite]]:
-            return processor.clear_stm(state), svc.ShortTermMemory(), []
+        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+            return processor.clear_stm(state), svc.ShortTermMemory()
 
-        await self._transact(req.session_id, req.request_id, run, svc.ShortTermMemory)
+        await self._transact(req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory)
+
+    async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+        limits.require_node_id(req.node_id)
+        authorize(req.node_id)
+        key = ""
+        if req.request_id:
+            key = scoped_key("kbreq", req.node_id, principal(), req.request_id)
+            fp = requests.fingerprint("ClearKnowledgeBase", req)
+            previous = await self.sessions.recorded(key)
+            if previous is not None:
+                requests.check_replay(previous, "ClearKnowledgeBase", fp)
+                return
+        await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
+        if key:
+            done = requests.record("ClearKnowledgeBase", fp, b"")
+            await self.sessions.remember(key, done, self.settings.max_ttl_seconds * 1000)
 
 
-def _identify_writes(state: pb.SessionState, request_id: str) -> list[pb.PatternWrite]:
-    """Give this call's pattern writes (the whole outbox: it was flushed before the call) their
-    ledger ids, and return them.
-
-    With a request_id the id is derived from it, so a retry that re-executes the request
-    (because Redis lost the first commit's record, e.g. in a crash inside its fsync window)
-    is recognised by the MongoDB ledger and not applied twice. Without one it is random: ids
-    from the session version alone could repeat after such a rollback and make the ledger drop
-    a different learn.
-    """
-    call = f"req:{request_id}" if request_id else f"rnd:{secrets.token_hex(12)}"
-    for n, write in enumerate(state.pending_writes):
-        write.write_id = f"{state.session_id}:{call}:{n}"
-    return list(state.pending_writes)
+def _refused(writes: list[pb.PatternWrite]) -> FailedPrecondition:
+    names = ", ".join(PATTERN_PREFIX + w.name for w in writes if w.name) or "vectors"
+    return FailedPrecondition(
+        f"the call was committed, but MongoDB refused to store {names}; "
+        "it is kept as a dead letter for operators and the session stays usable",
+        reason="PATTERN_REJECTED",
+        metadata={"write_ids": ",".join(w.write_id for w in writes)},
+    )
 
 
 def _observe_response(r: processor.ObserveStep, with_predictions: bool) -> svc.ObserveResponse:

@@ -6,7 +6,7 @@ longest-match with ``autojunk=False`` — the two differ on purpose (D-9, Q-MATC
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rapidfuzz import fuzz
 from rapidfuzz.distance import LCSseq
@@ -34,13 +34,17 @@ def token_ratio_percent(a: str, b: str) -> float:
     return float(fuzz.ratio(a, b))
 
 
-def matching_blocks(pattern: Sequence[str], state: Sequence[str]) -> list[Block]:
+def matching_blocks(
+    pattern: Sequence[str], state: Sequence[str], tick: Callable[[], None] | None = None, tick_every: int = 256
+) -> list[Block]:
     """Recursive longest-block alignment of pattern against state, adjacent blocks merged.
 
     This is exactly difflib's ``SequenceMatcher(None, pattern, state, autojunk=False)
     .get_matching_blocks()`` (spec 4.4's definition) minus the final dummy block: the same
     search and tie-breaks, without the junk and popularity bookkeeping that never applies here
     and without building a matcher object per candidate (a test compares the two).
+    ``tick`` is called every ``tick_every`` pattern positions (it may raise to stop a long
+    alignment).
     """
     b2j: dict[str, list[int]] = {}
     for j, x in enumerate(state):
@@ -54,6 +58,8 @@ def matching_blocks(pattern: Sequence[str], state: Sequence[str]) -> list[Block]
         besti, bestj, bestsize = alo, blo, 0
         j2len: dict[int, int] = {}
         for i in range(alo, ahi):
+            if tick is not None and i % tick_every == 0:
+                tick()
             newj2len: dict[int, int] = {}
             for j in b2j.get(pattern[i], nothing):
                 if j < blo:

@@ -15,6 +15,7 @@ from kato_grpc.engine.alignment import (
     token_ratio_percent,
     token_similarity,
 )
+from kato_grpc.engine.budget import TICK_EVERY, TICKED_ALIGNMENT
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.knowledge import PatternRecord
 
@@ -105,7 +106,9 @@ def match_pattern(
     return m
 
 
-def align(pattern: PatternRecord, state: Sequence[str], config: EngineConfig) -> Match | None:
+def align(
+    pattern: PatternRecord, state: Sequence[str], config: EngineConfig, tick: Callable[[], None] | None = None
+) -> Match | None:
     """The gate, the alignment and the unweighted metrics of one pattern (all pruning needs;
     single hits have a closed form, ``align_single_hit``)."""
     p = pattern.flat
@@ -113,7 +116,8 @@ def align(pattern: PatternRecord, state: Sequence[str], config: EngineConfig) ->
     similarity = gate(p, state)
     if similarity < config.recall_threshold:
         return None
-    blocks = matching_blocks(p, state)
+    # Long alignments look at the call's budget as they go (short ones never need to).
+    blocks = matching_blocks(p, state, tick if len(p) * len(state) > TICKED_ALIGNMENT else None, TICK_EVERY)
     if blocks:
         first, last = blocks[0], blocks[-1]
         past_len = first[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +26,16 @@ class Percept:
     vector: pb.PendingVector | None
 
 
+def check_finite(values: Mapping[str, float], field: str) -> None:
+    """Emotive values must be finite numbers (NaN and infinities would poison averages)."""
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise InvalidArgument.for_field(f"{field}.{key}", "must be a finite number", reason="NON_FINITE_NUMBER")
+
+
 def validate_observation(observation: pb.Observation, field: str = "observation") -> None:
     """Reject non-finite numbers and ragged vectors before any work (D-26, DESIGN 9)."""
-    for key, value in observation.emotives.items():
-        if not math.isfinite(value):
-            raise InvalidArgument.for_field(
-                f"{field}.emotives.{key}", "must be a finite number", reason="NON_FINITE_NUMBER"
-            )
+    check_finite(observation.emotives, f"{field}.emotives")
     dims = {len(v.values) for v in observation.vectors}
     if 0 in dims:
         raise InvalidArgument.for_field(f"{field}.vectors", "a vector must not be empty", reason="EMPTY_VECTOR")

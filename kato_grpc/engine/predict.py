@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.candidates import SingleHits, screen
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import DESCRIPTIVE, FutureGroup, Scored, describe, prune, rank, score
@@ -33,10 +34,10 @@ class PredictionSet:
 
 
 def predict(
-    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig
+    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig, budget: Budget | None = None
 ) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
     """Ranked predictions and future potentials, from one computation (D-15)."""
-    result = predict_scored(stm, kb, config)
+    result = predict_scored(stm, kb, config, budget=budget)
     return [prediction_proto(r) for r in result.ranked], [future_proto(g) for g in result.futures]
 
 
@@ -46,10 +47,11 @@ def predict_into(
     config: EngineConfig,
     predictions: RepeatedCompositeFieldContainer[pb.Prediction],
     futures: RepeatedCompositeFieldContainer[pb.FuturePotential],
+    budget: Budget | None = None,
 ) -> None:
     """``predict``, built straight into a message's repeated fields (appended): a response
     made of hundreds of messages built apart would copy each one once more."""
-    result = predict_scored(stm, kb, config)
+    result = predict_scored(stm, kb, config, budget=budget)
     for r in result.ranked:
         _fill_prediction(predictions.add(**_prediction_fields(r)), r)
     for g in result.futures:
@@ -57,22 +59,28 @@ def predict_into(
 
 
 def predict_scored(
-    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig, *, exhaustive: bool = False
+    stm: Sequence[Sequence[str]],
+    kb: KnowledgeView,
+    config: EngineConfig,
+    *,
+    exhaustive: bool = False,
+    budget: Budget | None = None,
 ) -> PredictionSet:
     """The whole prediction computation. ``exhaustive`` turns off the screening shortcuts
-    (the reference path the tests compare the fast one against)."""
+    (the reference path the tests compare the fast one against). ``budget`` bounds the
+    alignment work and can call the computation off (none: unbounded)."""
     state = [s for event in stm for s in event]
     if not state:
         return PredictionSet()
     weight = _affinity_weight(kb, config.affinity_emotive) if config.affinity_emotive else None
     if config.recall_threshold == 0.0:
-        ensemble = _direct_ensemble(list(kb.all_patterns()), state, stm, config, weight)
+        ensemble = _direct_ensemble(list(kb.all_patterns()), state, stm, config, weight, budget)
     elif exhaustive or _few_postings(kb, state):
         # D-2: exact candidate set. With a positive threshold a pattern sharing no symbol has
         # no matching block and is always dropped, so the symbol index loses nothing.
-        ensemble = _direct_ensemble(list(kb.patterns_sharing(set(state))), state, stm, config, weight)
+        ensemble = _direct_ensemble(list(kb.patterns_sharing(set(state))), state, stm, config, weight, budget)
     else:
-        ensemble = _screened_ensemble(kb, state, stm, config, weight)
+        ensemble = _screened_ensemble(kb, state, stm, config, weight, budget)
     if not ensemble:
         return PredictionSet()
     scored, groups, context = score(ensemble, state, kb, weighted=weight is not None)
@@ -100,9 +108,15 @@ def _direct_ensemble(
     stm: Sequence[Sequence[str]],
     config: EngineConfig,
     weight: Callable[[str], float] | None,
+    budget: Budget | None,
 ) -> list[Match]:
     """Every candidate aligned, pruned, and the survivors completed (no screening)."""
-    aligned = [m for m in (align(p, state, config) for p in sorted(candidates, key=_by_name)) if m is not None]
+    tick = None
+    if budget is not None:
+        budget.charge_alignments(candidates, state)
+        tick = budget.check
+    ordered = sorted(candidates, key=_by_name)
+    aligned = [m for m in (align(p, state, config, tick) for p in ordered) if m is not None]
     kept = prune(aligned, config.max_predictions)
     for m in kept:
         complete(m, state, stm, weight)
@@ -115,11 +129,16 @@ def _screened_ensemble(
     stm: Sequence[Sequence[str]],
     config: EngineConfig,
     weight: Callable[[str], float] | None,
+    budget: Budget | None,
 ) -> list[Match]:
     """The pruned ensemble: candidates are aligned (or known in closed form, see
     ``candidates``) and pruned first; only the survivors are completed."""
     screened = screen(kb, state, config)
-    aligned = [m for m in (align(p, state, config) for p in screened.others) if m is not None]
+    tick = None
+    if budget is not None:
+        budget.charge_alignments(screened.others, state)
+        tick = budget.check
+    aligned = [m for m in (align(p, state, config, tick) for p in screened.others) if m is not None]
     hits = screened.single_hits
     limit = 3 * config.max_predictions
     if len(aligned) + len(hits) > limit:

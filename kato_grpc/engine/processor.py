@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
 from kato_grpc.engine.naming import PATTERN_PREFIX, pattern_name
@@ -23,11 +24,22 @@ from kato_grpc.errors import FailedPrecondition
 from kato_grpc.v1 import engine_pb2 as pb
 
 DEFAULT_MAX_STM_EVENTS = 1000
+DEFAULT_MAX_STM_SYMBOLS = 10_000
 MAX_ACCUMULATOR_ENTRIES = 1000
 MIN_PATTERN_SYMBOLS = 2
 
 LEARNED = "LEARNED"
 INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+
+
+@dataclass(frozen=True, slots=True)
+class StmLimits:
+    """How much the STM holds: beyond either bound the oldest events are dropped (and
+    reported as ``dropped_events``). Patterns are learned from the STM, so these bound a
+    pattern too."""
+
+    max_events: int = DEFAULT_MAX_STM_EVENTS
+    max_symbols: int = DEFAULT_MAX_STM_SYMBOLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +104,13 @@ def observe(
     kb: KnowledgeView,
     *,
     unique_id: str,
-    max_stm_events: int = DEFAULT_MAX_STM_EVENTS,
+    limits: StmLimits | None = None,
+    budget: Budget | None = None,
 ) -> ObserveResult:
     """One observation (spec 2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
     validate_observation(observation)
     new = _copy(state)
-    step = _observe_into(new, observation, kb, unique_id, max_stm_events, resolve_config(new.config))
+    step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), resolve_config(new.config), budget)
     return ObserveResult(
         unique_id=step.unique_id,
         stm_length=step.stm_length,
@@ -117,9 +130,10 @@ def observe_sequence(
     kb: KnowledgeView,
     *,
     unique_ids: Sequence[str],
-    max_stm_events: int = DEFAULT_MAX_STM_EVENTS,
+    limits: StmLimits | None = None,
     clear_stm_between: bool = False,
     learn_after_each: bool = False,
+    budget: Budget | None = None,
 ) -> SequenceResult:
     """Observations in order, exactly as repeated ``observe`` calls (and ``learn`` after each
     with ``learn_after_each``, when the STM is not empty) would give, on one private copy of
@@ -133,7 +147,7 @@ def observe_sequence(
     for i, (observation, unique_id) in enumerate(zip(observations, unique_ids, strict=True)):
         if clear_stm_between and i > 0:
             new.ClearField("stm")
-        step = _observe_into(new, observation, kb, unique_id, max_stm_events, cfg)
+        step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget)
         writes += step.writes
         learned = None
         if learn_after_each and new.stm:
@@ -148,8 +162,9 @@ def _observe_into(
     observation: pb.Observation,
     kb: KnowledgeView,
     unique_id: str,
-    max_stm_events: int,
+    limits: StmLimits,
     cfg: EngineConfig,
+    budget: Budget | None,
 ) -> ObserveStep:
     """Apply one (validated) observation to ``new``, the caller's private copy."""
     percept = build_percept(observation, kb, new.pending_vectors, cfg.sort_symbols)
@@ -161,14 +176,12 @@ def _observe_into(
     if non_empty:
         if percept.event:
             new.stm.add(symbols=percept.event)
-            dropped = max(0, len(new.stm) - max_stm_events)
-            if dropped:
-                del new.stm[:dropped]
+            dropped = _drop_oldest(new, limits)
         if percept.vector is not None and all(v.name != percept.vector.name for v in new.pending_vectors):
             new.pending_vectors.append(percept.vector)
         # An empty KB predicts nothing; skipping it spares copying out a long STM per call.
         if cfg.process_predictions and kb.pattern_count():
-            predictions, futures = predict(_stm_lists(new), kb, cfg)
+            predictions, futures = predict(_stm_lists(new), kb, cfg, budget)
 
     # Accumulate before any auto-learn: the triggering observation's emotives count (D-3).
     if observation.emotives:
@@ -238,9 +251,10 @@ def predictions_into(
     kb: KnowledgeView,
     predictions: RepeatedCompositeFieldContainer[pb.Prediction],
     futures: RepeatedCompositeFieldContainer[pb.FuturePotential],
+    budget: Budget | None = None,
 ) -> None:
     """``predictions``, appended to a response's repeated fields (no copies of each message)."""
-    predict_into(_stm_lists(state), kb, resolve_config(state.config), predictions, futures)
+    predict_into(_stm_lists(state), kb, resolve_config(state.config), predictions, futures, budget)
 
 
 def clear_stm(state: pb.SessionState) -> pb.SessionState:
@@ -315,6 +329,25 @@ def _consume_stm(new: pb.SessionState, from_version: int, cfg: EngineConfig) -> 
     for field_name in ("stm", "emotives_accumulator", "metadata_accumulator", "pending_vectors"):
         new.ClearField(field_name)
     return (PATTERN_PREFIX + name if name else ""), writes
+
+
+def _drop_oldest(new: pb.SessionState, limits: StmLimits) -> int:
+    """Drop the oldest events beyond the limits; the newest event always stays."""
+    dropped = max(0, len(new.stm) - limits.max_events)
+    if dropped:
+        del new.stm[:dropped]
+    # Every symbol takes at least two bytes on the wire, so a state this small cannot be over
+    # the symbol limit and the (slower) count is skipped.
+    if new.ByteSize() <= 2 * limits.max_symbols:
+        return dropped
+    total = sum(len(e.symbols) for e in new.stm)
+    first = 0
+    while total > limits.max_symbols and first < len(new.stm) - 1:
+        total -= len(new.stm[first].symbols)
+        first += 1
+    if first:
+        del new.stm[:first]
+    return dropped + first
 
 
 def _auto_learn_due(stm_events: int, cfg: EngineConfig) -> bool:

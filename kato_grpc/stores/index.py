@@ -30,16 +30,28 @@ class SymbolChange:
 
 
 class _Postings:
-    """One symbol's postings: four parallel int32 arrays, and their numpy copy when asked."""
+    """One symbol's postings: four parallel int32 arrays, and their numpy copy when asked.
 
-    __slots__ = ("_arrays", "counts", "event_lengths", "ids", "positions")
+    ``owner`` is the index allowed to change it: a clone shares its source's postings and
+    copies one before changing it (copy on write), so readers of the source never see a
+    posting change under them."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_arrays", "counts", "event_lengths", "ids", "owner", "positions")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
         self.ids = array("i")
         self.counts = array("i")
         self.positions = array("i")
         self.event_lengths = array("i")
         self._arrays: PostingArrays | None = None
+
+    def copy(self, owner: object) -> _Postings:
+        new = _Postings(owner)
+        new.ids, new.counts, new.positions, new.event_lengths = (
+            array("i", c) for c in (self.ids, self.counts, self.positions, self.event_lengths)
+        )
+        return new
 
     def add(self, pattern_id: int, count: int, position: int, event_length: int) -> None:
         self.ids.append(pattern_id)
@@ -66,10 +78,16 @@ _NO_POSTINGS = PostingArrays(*(np.empty(0, dtype=np.int32) for _ in range(4)))
 
 
 class KnowledgeIndex:
-    """Patterns, symbol statistics, totals and vectors of one KB, versioned."""
+    """Patterns, symbol statistics, totals and vectors of one KB, versioned.
+
+    Not thread-safe for writes: the KB cache changes an index only while no engine thread
+    reads it (``readers``, counted by the engine runner on the event loop), and otherwise
+    changes a ``clone``.
+    """
 
     def __init__(self) -> None:
         self.version = 0
+        self.readers = 0
         self._symbols: dict[str, SymbolStats] = {}
         # name -> id -> record: one dict entry per pattern (a second dict by name cost ~10 MB
         # per 100k patterns); removed patterns leave None so ids stay stable.
@@ -147,6 +165,28 @@ class KnowledgeIndex:
     def symbol_count(self) -> int:
         return len(self._symbols)
 
+    def clone(self) -> KnowledgeIndex:
+        """A copy that can be changed while this one is being read (postings copied on write)."""
+        new = KnowledgeIndex()
+        new.version = self.version
+        new._symbols = dict(self._symbols)
+        new._ids = dict(self._ids)
+        new._records = list(self._records)
+        new._lengths = array("i", self._lengths)
+        new._name_keys = array("Q", self._name_keys)
+        new._postings = dict(self._postings)
+        new._totals = self._totals
+        new._vectors = dict(self._vectors)
+        return new
+
+    def _own_postings(self, symbol: str) -> _Postings:
+        postings = self._postings.get(symbol)
+        if postings is None:
+            postings = self._postings[symbol] = _Postings(self)
+        elif postings.owner is not self:
+            postings = self._postings[symbol] = postings.copy(self)
+        return postings
+
     def put_pattern(self, record: PatternRecord) -> None:
         pattern_id = self._ids.get(record.name)
         if pattern_id is not None:
@@ -162,10 +202,7 @@ class KnowledgeIndex:
         event_length_at = [len(e) for e in record.events for _ in e]
         for symbol in dict.fromkeys(flat):
             position = flat.index(symbol)
-            postings = self._postings.get(symbol)
-            if postings is None:
-                postings = self._postings[symbol] = _Postings()
-            postings.add(pattern_id, flat.count(symbol), position, event_length_at[position])
+            self._own_postings(symbol).add(pattern_id, flat.count(symbol), position, event_length_at[position])
 
     def remove_pattern(self, name: str) -> None:
         pattern_id = self._ids.pop(name, None)
@@ -175,7 +212,7 @@ class KnowledgeIndex:
         self._records[pattern_id] = None
         if record is not None:
             for symbol in set(record.flat):
-                self._postings[symbol].remove(pattern_id)
+                self._own_postings(symbol).remove(pattern_id)
 
     def apply_symbol_change(self, change: SymbolChange) -> None:
         """Apply one learn's statistics, in the order given (floats add up in that order)."""

@@ -6,7 +6,9 @@ query MongoDB per candidate and several server processes stay coherent. MongoDB'
 is checked at least every ``check_seconds`` per KB (also when Redis knows no version for it) —
 that bounds the staleness left by a writer that died between its commit and its publish, or
 by a Redis that lost the key.
-A refresh is merged synchronously once fetched, so a prediction (pure, no awaits) never
+A refresh is merged synchronously on the event loop once fetched. Predictions run on engine
+threads (``server/engine_runner.py``): an index that one of them is reading is never changed
+in place — the refresh goes into a clone that replaces it in the cache — so a prediction never
 sees a half-applied refresh.
 """
 
@@ -88,6 +90,9 @@ class KbCache:
             return index  # a concurrent refresh already brought something at least as new
         if index is None or changes.full:
             index = KnowledgeIndex()
+        elif index.readers:
+            # Engine threads are reading this index: change a copy, they keep theirs.
+            index = index.clone()
         for record in changes.patterns:
             index.put_pattern(record)
         for change in changes.symbol_changes:

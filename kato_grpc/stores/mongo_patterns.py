@@ -11,7 +11,9 @@ One database, collections keyed by ``kb_id`` (= node_id, D-28):
   in exactly the order the in-memory KB adds them;
 - ``vectors``   {kb_id, name} unique: values, kb_version;
 - ``kb``        {kb_id} unique: version (monotonic, survives clears), totals, reload_version;
-- ``ledger``    {_id: write_id}: PatternWrites already applied.
+- ``ledger``    {_id: write_id}: PatternWrites already applied;
+- ``dead_letters`` {_id: write_id}: writes MongoDB refused for good (``is_permanent``), kept
+  for operators with the error and the write's size — never retried, never silently dropped.
 
 A write is applied in one multi-document transaction — ledger record, KB version bump,
 pattern upsert, symbol statistics, totals — so a crash leaves all or nothing, and a second
@@ -22,14 +24,16 @@ and an incremental cache refresh (``kb_version > cached``) never skips a write.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -40,6 +44,39 @@ from kato_grpc.v1 import engine_pb2 as pb
 Doc = dict[str, Any]
 R = TypeVar("R")
 DUPLICATE_RETRIES = 5
+DUPLICATE_KEY = 11000
+# Errors that no retry can fix: BadValue (e.g. a counter that would overflow), FailedToParse,
+# TypeMismatch, BSONObjectTooLarge and the "document after update too large" family.
+PERMANENT_CODES = frozenset({2, 9, 14, 10334, 17419, 17420})
+# A symbol_log document holds the learns of one batch; past this many bytes of symbols it is
+# split in parts (MongoDB documents end at 16 MiB).
+SYMBOL_LOG_PART_BYTES = 4 * 1024 * 1024
+# The write itself is kept in a dead letter up to this size (its summary always).
+DEAD_LETTER_WRITE_BYTES = 1024 * 1024
+
+
+def _codes(exc: BaseException) -> set[int]:
+    if isinstance(exc, BulkWriteError):
+        return {int(e.get("code", 0)) for e in exc.details.get("writeErrors", [])}
+    if isinstance(exc, OperationFailure) and exc.code is not None:
+        return {int(exc.code)}
+    return set()
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    codes = _codes(exc)
+    return isinstance(exc, DuplicateKeyError) or (bool(codes) and codes <= {DUPLICATE_KEY})
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when MongoDB (or the driver) refuses a write for good: retrying cannot help."""
+    if isinstance(exc, InvalidDocument | OverflowError):  # DocumentTooLarge is an InvalidDocument
+        return True
+    if isinstance(exc, PyMongoError) and any(
+        exc.has_error_label(label) for label in ("TransientTransactionError", "RetryableWriteError")
+    ):
+        return False
+    return bool(_codes(exc) & PERMANENT_CODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +128,31 @@ def _totals_from_doc(doc: Mapping[str, Any] | None) -> Totals:
     )
 
 
+def _symbol_log_parts(
+    kb_id: str, version: int, learns: Sequence[pb.PatternWrite], new_flags: Sequence[bool]
+) -> list[Doc]:
+    """A batch's symbol-statistics log: one document, or several parts (in order) when its
+    symbols would make one too large."""
+    parts: list[Doc] = []
+    current: list[Doc] = []
+    size = 0
+    for w, is_new in zip(learns, new_flags, strict=True):
+        entry_bytes = sum(len(k) + 16 for k in w.symbol_counts) + sum(len(k) + 16 for k in w.affinity_delta)
+        if current and size + entry_bytes > SYMBOL_LOG_PART_BYTES:
+            parts.append({"kb_id": kb_id, "kb_version": version, "part": len(parts), "learns": current})
+            current, size = [], 0
+        current.append(
+            {
+                "c": sorted([k, v] for k, v in w.symbol_counts.items()),
+                "n": is_new,
+                "a": sorted([k, v] for k, v in w.affinity_delta.items()),
+            }
+        )
+        size += entry_bytes
+    parts.append({"kb_id": kb_id, "kb_version": version, "part": len(parts), "learns": current})
+    return parts
+
+
 class MongoPatternStore:
     def __init__(self, client: AsyncMongoClient[Doc], database: str) -> None:
         self._client = client
@@ -130,17 +192,37 @@ class MongoPatternStore:
             # Optimistic: the batch is new (the common case), so the ledger insert comes first
             # and no lookup round trip is spent.
             return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=False))
-        except (DuplicateKeyError, BulkWriteError):
-            pass
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            if not is_duplicate(exc):
+                raise
         # Part of the batch is in the ledger already (a retry), or another transaction created
         # one of its patterns meanwhile: check the ledger, re-read, try again.
         for attempt in range(DUPLICATE_RETRIES):
             try:
                 return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True))
-            except (DuplicateKeyError, BulkWriteError):
-                if attempt == DUPLICATE_RETRIES - 1:
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                if not is_duplicate(exc) or attempt == DUPLICATE_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
+
+    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
+        """Keep a write MongoDB refused for good where operators can see it (idempotent)."""
+        size = write.ByteSize()
+        doc: Doc = {
+            "kb_id": kb_id,
+            "name": write.name,
+            "error": f"{type(error).__name__}: {str(error)[:500]}",
+            "codes": sorted(_codes(error)),
+            "write_bytes": size,
+            "time": datetime.datetime.now(datetime.UTC),
+        }
+        if size <= DEAD_LETTER_WRITE_BYTES:
+            doc["write"] = write.SerializeToString()
+        await self._db.dead_letters.update_one({"_id": write.write_id}, {"$setOnInsert": doc}, upsert=True)
+
+    async def dead_letters(self, kb_id: str) -> list[Doc]:
+        """The dead letters of a KB, without the writes themselves."""
+        return [doc async for doc in self._db.dead_letters.find({"kb_id": kb_id}, {"write": 0})]
 
     async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[R]]) -> R:
         """Run ``work`` in one majority-committed transaction (retried by the driver on
@@ -186,15 +268,7 @@ class MongoPatternStore:
             await db.vectors.bulk_write(vector_ops, ordered=True, session=s)
         if learns:
             await self._write_patterns(s, kb_id, learns, new_flags, version)
-            log = [
-                {
-                    "c": sorted([k, v] for k, v in w.symbol_counts.items()),
-                    "n": is_new,
-                    "a": sorted([k, v] for k, v in w.affinity_delta.items()),
-                }
-                for w, is_new in zip(learns, new_flags, strict=True)
-            ]
-            await db.symbol_log.insert_one({"kb_id": kb_id, "kb_version": version, "learns": log}, session=s)
+            await db.symbol_log.insert_many(_symbol_log_parts(kb_id, version, learns, new_flags), session=s)
         return Applied(len(todo), version)
 
     async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[pb.PatternWrite]) -> list[bool]:
@@ -365,7 +439,7 @@ class MongoPatternStore:
             changes = KbChanges(version=version, full=full, totals=_totals_from_doc(kb))
             async for doc in self._db.patterns.find(query, RECORD_FIELDS):
                 changes.patterns.append(pattern_from_doc(doc))
-            async for doc in self._db.symbol_log.find(query).sort("kb_version", ASCENDING):
+            async for doc in self._db.symbol_log.find(query).sort([("kb_version", ASCENDING), ("part", ASCENDING)]):
                 for learn in doc["learns"]:
                     changes.symbol_changes.append(
                         SymbolChange(

@@ -995,7 +995,7 @@ class PatternWrite(_message.Message):
     AFFINITY_DELTA_FIELD_NUMBER: _builtins.int
     VECTORS_FIELD_NUMBER: _builtins.int
     write_id: _builtins.str
-    """Idempotency key: "<session_id>:<version>:<n>"; filled by the shell."""
+    """Idempotency key, unique per execution of a call; filled by the shell (server/shell.py)."""
     name: _builtins.str
     """Bare 40-hex pattern name."""
     persistence: _builtins.int
@@ -1111,7 +1111,9 @@ class SessionState(_message.Message):
     def config(self) -> Global___SessionConfig: ...
     @_builtins.property
     def pending_writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternWrite]:
-        """Outbox: learned patterns not yet applied to the knowledge base."""
+        """The writes of the call being computed. Never stored in the session blob: the session
+        store keeps them apart as the session's Outbox, which outlives the session.
+        """
 
     @_builtins.property
     def pending_vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingVector]:
@@ -1151,3 +1153,63 @@ class SessionState(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
+
+@_typing.final
+class Outbox(_message.Message):
+    """Learned patterns committed to a session but not yet applied to the knowledge base
+    (the transactional outbox). Stored apart from the session state, without a TTL, so a
+    deleted or expired session's learns still reach the knowledge base (the relay applies them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    node_id: _builtins.str
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternWrite]: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        writes: _abc.Iterable[Global___PatternWrite] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Outbox: _TypeAlias = Outbox  # noqa: Y015
+
+@_typing.final
+class RequestRecord(_message.Message):
+    """What a session remembers of a call made with a request_id: which method, a fingerprint of
+    the request (so a reuse with another method or body is refused) and the first response.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    fingerprint: _builtins.bytes
+    response: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        fingerprint: _builtins.bytes = ...,
+        response: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "method", b"method", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestRecord: _TypeAlias = RequestRecord  # noqa: Y015

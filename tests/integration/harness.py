@@ -79,11 +79,13 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def server_env(redis: devstack.LocalServer, mongo: devstack.LocalServer, port: int, database: str) -> dict[str, str]:
+def server_env(
+    redis: devstack.LocalServer, mongo: devstack.LocalServer, port: int, database: str, redis_db: int = 0
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KATO_")}
     env.update(
         KATO_PORT=str(port),
-        KATO_REDIS_URL=devstack.redis_url(redis),
+        KATO_REDIS_URL=devstack.redis_url(redis).rsplit("/", 1)[0] + f"/{redis_db}",
         KATO_MONGODB_URI=devstack.mongodb_uri(mongo),
         KATO_MONGODB_DATABASE=database,
         KATO_HEALTH_INTERVAL_SECONDS="0.2",
@@ -95,7 +97,9 @@ def server_env(redis: devstack.LocalServer, mongo: devstack.LocalServer, port: i
 
 
 def new_server(
-    redis: devstack.LocalServer, mongo: devstack.LocalServer, log_dir: Path, database: str = "kato"
+    redis: devstack.LocalServer, mongo: devstack.LocalServer, log_dir: Path, database: str = "kato", redis_db: int = 0
 ) -> ServerProcess:
+    """A server process on a free port. Its own ``redis_db`` keeps other servers' outbox
+    relays away from its sessions (a test that must see what one server does alone)."""
     port = devstack.free_port()
-    return ServerProcess(port, server_env(redis, mongo, port, database), log_dir / f"server-{port}.log")
+    return ServerProcess(port, server_env(redis, mongo, port, database, redis_db), log_dir / f"server-{port}.log")

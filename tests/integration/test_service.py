@@ -120,8 +120,10 @@ def test_pattern_admin_update_list_delete(stub: svc_grpc.KatoServiceStub, node_i
             "INVALID_ARGUMENT", "config.recall_threshold",
         ),
         (lambda s, n: s.Observe(svc.ObserveRequest(session_id="")), "INVALID_ARGUMENT", "session_id"),
-        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-unknown")), "NOT_FOUND", None),
-        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|00")), "NOT_FOUND", None),
+        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-" + "0" * 32)), "NOT_FOUND", None),
+        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-unknown")), "INVALID_ARGUMENT", "session_id"),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|" + "0" * 40)), "NOT_FOUND", None),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|00")), "INVALID_ARGUMENT", "name"),
         (
             lambda s, n: s.ListPatterns(svc.ListPatternsRequest(node_id=n, page_token="%%%")),
             "INVALID_ARGUMENT", "page_token",
@@ -169,7 +171,7 @@ def test_repeated_request_id_returns_first_response_and_changes_nothing(
 ) -> None:
     sid = create(stub, node_id)
     first = observe(stub, sid, "a", request_id="req-1")
-    again = observe(stub, sid, "zzz", request_id="req-1")
+    again = observe(stub, sid, "a", request_id="req-1")
     assert again == first
     observe(stub, sid, "b")
     learn1 = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"))

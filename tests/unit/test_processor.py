@@ -118,7 +118,9 @@ def test_stm_cap_drops_the_oldest_events_and_says_so() -> None:
     kb = InMemoryKnowledgeBase()
     state = processor.new_session("s", "n", pb.SessionConfig(process_predictions=False))
     for i in range(5):
-        result = processor.observe(state, pb.Observation(strings=[str(i)]), kb, unique_id=str(i), max_stm_events=3)
+        result = processor.observe(
+            state, pb.Observation(strings=[str(i)]), kb, unique_id=str(i), limits=processor.StmLimits(max_events=3)
+        )
         state = result.state
     assert [list(e.symbols) for e in state.stm] == [["2"], ["3"], ["4"]]
     assert result.dropped_events == 1

@@ -1,0 +1,70 @@
+"""Runs the pure engine off the event loop.
+
+The event loop only moves bytes (gRPC, Redis, MongoDB); every engine computation runs on a
+small pool of threads, so one expensive call cannot hold up health checks, other sessions or
+shutdown. Threads share the GIL, so a heavy call slows the others by time-slicing instead of
+blocking them until it is done.
+
+Each computation gets a ``Budget``: its work is bounded before it starts (the prediction work
+limit), and when the awaiting call gives up — its deadline passed, the client went away, the
+server is stopping — the budget is cancelled and the thread stops at its next check.
+
+The KB indexes a computation reads are leased for as long as its thread runs (not just until
+the awaiting call gives up), so the KB cache never changes an index under a reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from kato_grpc.engine.budget import Budget
+from kato_grpc.stores.index import KnowledgeIndex
+
+T = TypeVar("T")
+
+
+class EngineRunner:
+    def __init__(self, threads: int, max_prediction_work: int) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kato-engine")
+        self._max_work = max_prediction_work
+        self._running: set[Budget] = set()
+
+    async def run(self, work: Callable[[Budget], T], reads: Sequence[object] = ()) -> T:
+        """``work(budget)`` on an engine thread; ``reads`` are the KB views it reads."""
+        budget = Budget(self._max_work)
+        leased = [kb for kb in reads if isinstance(kb, KnowledgeIndex)]
+        for kb in leased:  # synchronously, before any await: nothing can change them first
+            kb.readers += 1
+        loop = asyncio.get_running_loop()
+        self._running.add(budget)
+
+        def release(_: object) -> None:
+            for kb in leased:
+                kb.readers -= 1
+            self._running.discard(budget)
+
+        future = self._pool.submit(work, budget)
+
+        def done(f: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed first (process exit)
+                loop.call_soon_threadsafe(release, f)
+
+        future.add_done_callback(done)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            budget.cancelled = True  # the thread stops at its next check
+            raise
+
+    def cancel_all(self) -> None:
+        """Call off every computation in flight (shutdown)."""
+        for budget in list(self._running):
+            budget.cancelled = True
+
+    def close(self) -> None:
+        self.cancel_all()
+        self._pool.shutdown(wait=False, cancel_futures=True)

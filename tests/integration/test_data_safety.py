@@ -1,0 +1,267 @@
+"""Issue 9, data loss: outboxes, request-id records and their scopes.
+
+Each test runs its own server on its own Redis database, so no other server's outbox relay
+can do the work the test expects of this one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from kato_grpc import devstack
+from kato_grpc.engine.naming import pattern_name
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.harness import ServerProcess, new_server
+
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+_DB = itertools.count(1)
+
+
+def _server(stores: Stores, log_dir: Path, **env: str) -> ServerProcess:
+    return new_server(*stores, log_dir, "kato_" + uuid.uuid4().hex[:8], redis_db=next(_DB) % 16 or 1).start(**env)
+
+
+@pytest.fixture
+def quiet(stores: Stores, log_dir: Path) -> Iterator[ServerProcess]:
+    """A server whose relay never runs within a test: whatever lands, the calls landed."""
+    server = _server(stores, log_dir, KATO_OUTBOX_RELAY_AFTER_SECONDS="3600")
+    yield server
+    server.stop()
+
+
+def frequency(stub: svc_grpc.KatoServiceStub, node: str, name: str) -> int:
+    try:
+        return int(stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return 0
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def error_method(exc: grpc.RpcError) -> tuple[str, str, str]:
+    """(code, ErrorInfo reason, ErrorInfo metadata["method"])."""
+    status = rpc_status.from_call(exc)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return exc.code().name, info.reason, info.metadata.get("method", "")
+    return exc.code().name, "", ""
+
+
+def _cut_off_learn(stub: svc_grpc.KatoServiceStub, mongo: devstack.LocalServer, node: str, symbols: list[str]) -> str:
+    """A Learn whose MongoDB apply is cut off by its deadline (MongoDB stalled): committed to
+    the session, not yet in the KB. Returns the session id."""
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+    for s in symbols:
+        stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+    mongo.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"), timeout=1.5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        mongo.proc.send_signal(signal.SIGCONT)
+    return sid  # (no call on the session here: any call would apply the outbox)
+
+
+def test_cut_off_learn_lands_once_on_retry(quiet: ServerProcess, stores: Stores) -> None:
+    stub, node = quiet.stub(), "retry-" + uuid.uuid4().hex
+    name = "PTRN|" + pattern_name([["r1"], ["r2"]])
+    sid = _cut_off_learn(stub, stores[1], node, ["r1", "r2"])
+    retry = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"), timeout=30)
+    assert (retry.status, retry.pattern_name) == (svc.LEARN_STATUS_LEARNED, name)
+    assert frequency(stub, node, name) == 1  # the replay applied the outbox before answering
+    assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events == []  # committed once
+    stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"), timeout=30)
+    assert frequency(stub, node, name) == 1
+
+
+def test_cut_off_learn_lands_once_when_the_session_is_deleted(quiet: ServerProcess, stores: Stores) -> None:
+    stub, node = quiet.stub(), "delete-" + uuid.uuid4().hex
+    name = "PTRN|" + pattern_name([["d1"], ["d2"]])
+    sid = _cut_off_learn(stub, stores[1], node, ["d1", "d2"])
+    stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid), timeout=30)
+    assert frequency(stub, node, name) == 1
+
+
+def test_cut_off_learn_lands_once_when_nobody_calls_again(stores: Stores, log_dir: Path) -> None:
+    server = _server(stores, log_dir, KATO_OUTBOX_RELAY_AFTER_SECONDS="1", KATO_OUTBOX_RELAY_INTERVAL_SECONDS="0.5")
+    try:
+        stub, node = server.stub(), "silence-" + uuid.uuid4().hex
+        name = "PTRN|" + pattern_name([["q1"], ["q2"]])
+        _cut_off_learn(stub, stores[1], node, ["q1", "q2"])
+        started = time.monotonic()
+        assert eventually(lambda: frequency(stub, node, name) == 1, timeout=15), "the relay applied it"
+        assert time.monotonic() - started < 10  # within seconds
+        time.sleep(2)
+        assert frequency(stub, node, name) == 1
+    finally:
+        server.stop()
+
+
+def test_request_records_live_as_long_as_their_session(stores: Stores, log_dir: Path) -> None:
+    server = _server(stores, log_dir, KATO_MIN_TTL_SECONDS="1")
+    try:
+        stub, node = server.stub(), "ttl-" + uuid.uuid4().hex
+        sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, ttl_seconds=2)).session_id
+        for s in ("t1", "t2"):
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+        first = stub.Learn(svc.LearnRequest(session_id=sid, request_id="L"))
+        for _ in range(8):  # 4 s: twice the TTL, the session kept alive by its calls
+            time.sleep(0.5)
+            stub.GetSession(svc.GetSessionRequest(session_id=sid))
+        for s in ("t1", "t2"):
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+        again = stub.Learn(svc.LearnRequest(session_id=sid, request_id="L"))
+        assert again == first
+        assert frequency(stub, node, first.pattern_name) == 1
+        assert len(stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events) == 2
+    finally:
+        server.stop()
+
+
+def test_an_evicted_request_id_runs_again_and_its_learn_counts(stores: Stores, log_dir: Path) -> None:
+    server = _server(stores, log_dir, KATO_MAX_REQUEST_RECORDS="2")
+    try:
+        stub, node = server.stub(), "evict-" + uuid.uuid4().hex
+        sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+        name = ""
+        for round_ in range(2):
+            for s in ("e1", "e2"):
+                stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+            name = stub.Learn(svc.LearnRequest(session_id=sid, request_id="L")).pattern_name
+            for i in range(2):  # two newer records push "L" out
+                stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid, request_id=f"c{round_}{i}"))
+        assert frequency(stub, node, name) == 2  # a new execution: its write is not the first one's
+    finally:
+        server.stop()
+
+
+def test_a_used_request_id_is_refused_by_every_other_call(quiet: ServerProcess) -> None:
+    stub, node = quiet.stub(), "reuse-" + uuid.uuid4().hex
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+    first = stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1"))
+    same = stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1"))
+    assert same == first
+    others: list[Callable[[], object]] = [
+        lambda: stub.Observe(
+            svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"]), request_id="r1")
+        ),
+        lambda: stub.Learn(svc.LearnRequest(session_id=sid, request_id="r1")),
+        lambda: stub.ObserveSequence(
+            svc.ObserveSequenceRequest(session_id=sid, observations=[pb.Observation(strings=["c"])], request_id="r1")
+        ),
+        lambda: stub.UpdateSessionConfig(
+            svc.UpdateSessionConfigRequest(session_id=sid, config=pb.SessionConfig(max_predictions=3), request_id="r1")
+        ),
+        lambda: stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid, request_id="r1")),
+        lambda: stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, request_id="r1")),
+    ]
+    for call in others:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert error_method(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "Observe")
+    # Nothing any of them would have done happened.
+    session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert (session.time, session.stm_length, session.config.max_predictions) == (1, 1, 100)
+    # The stream replays a unary Observe's id as the same call, and refuses another body.
+    replies = list(
+        stub.ObserveStream(
+            iter([svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1")])
+        )
+    )
+    assert replies == [first]
+
+
+def test_create_session_request_ids_are_scoped_by_node_and_caller(quiet: ServerProcess) -> None:
+    stub = quiet.stub()
+    a, b = "node-a-" + uuid.uuid4().hex, "node-b-" + uuid.uuid4().hex
+    made = stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "a"}, request_id="X"))
+    stub.Observe(svc.ObserveRequest(session_id=made.session_id, observation=pb.Observation(strings=["secret"])))
+    other = stub.CreateSession(svc.CreateSessionRequest(node_id=b, request_id="X"))
+    assert other.session_id != made.session_id and other.node_id == b and dict(other.metadata) == {}
+    assert other.stm_length == 0
+    again = stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "a"}, request_id="X"))
+    assert again.session_id == made.session_id
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "z"}, request_id="X"))
+    assert error_method(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "CreateSession")
+
+
+def test_create_session_request_ids_do_not_cross_tenants(stores: Stores, log_dir: Path) -> None:
+    tokens = {"alice-token": ["alice"], "bob-token": ["bob"], "ops-token": ["*"]}
+    server = _server(stores, log_dir, KATO_AUTH_TOKENS=json.dumps(tokens))
+    try:
+        stub = server.stub()
+
+        def create(node: str, token: str) -> svc.Session:
+            request = svc.CreateSessionRequest(node_id=node, request_id="shared-id")
+            return stub.CreateSession(request, metadata=(("authorization", f"Bearer {token}"),))
+
+        alice = create("alice", "alice-token")
+        bob = create("bob", "bob-token")  # not refused, and not told the id was used
+        ops = create("alice", "ops-token")
+        assert len({alice.session_id, bob.session_id, ops.session_id}) == 3
+        assert bob.node_id == "bob"
+        assert create("alice", "alice-token").session_id == alice.session_id
+    finally:
+        server.stop()
+
+
+def test_observe_stream_keeps_valid_observations_before_a_bad_one(quiet: ServerProcess) -> None:
+    stub = quiet.stub()
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id="stream-" + uuid.uuid4().hex)).session_id
+    requests = [
+        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])) for s in ("a", "b", "x" * 2000)
+    ]
+    answers: list[int] = []
+    with pytest.raises(grpc.RpcError) as info:
+        for reply in stub.ObserveStream(iter(requests)):
+            answers.append(reply.stm_length)
+    assert answers == [1, 2]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    stm = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events
+    assert [list(e.symbols) for e in stm] == [["a"], ["b"]]
+
+
+def test_clear_knowledge_base_refuses_a_session_and_another_node(quiet: ServerProcess) -> None:
+    stub = quiet.stub()
+    mine, theirs = "mine-" + uuid.uuid4().hex, "theirs-" + uuid.uuid4().hex
+    victim = stub.CreateSession(svc.CreateSessionRequest(node_id=theirs)).session_id
+    stub.ObserveSequence(
+        svc.ObserveSequenceRequest(
+            session_id=victim,
+            observations=[pb.Observation(strings=["v1"]), pb.Observation(strings=["v2"])],
+            learn_at_end=True,
+        )
+    )
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=mine)).session_id
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, node_id=theirs))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(stub.ListPatterns(svc.ListPatternsRequest(node_id=theirs)).patterns) == 1
+    stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, node_id=mine))  # agreeing is fine

@@ -1,0 +1,207 @@
+"""Issue 9, stuck servers: heavy calls, dead workers, a second server, logs, the command line."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kato_grpc import devstack
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.harness import ROOT, ServerProcess, new_server, server_env
+
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+ALPHABET = [f"s{i}" for i in range(20)]
+
+
+def _events(rnd: random.Random, n: int) -> list[pb.Observation]:
+    return [pb.Observation(strings=sorted(rnd.sample(ALPHABET, 10))) for _ in range(n)]
+
+
+def _heavy_session(stub: svc_grpc.KatoServiceStub, pattern_events: int) -> str:
+    """A session whose GetPredictions aligns 10,000 STM symbols drawn from 20 against three
+    patterns of ``pattern_events`` × 10 such symbols (recall_threshold 0: all candidates)."""
+    rnd = random.Random(7)
+    node = "heavy-" + uuid.uuid4().hex
+    quiet = pb.SessionConfig(process_predictions=False)
+    for _ in range(3):
+        sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, config=quiet)).session_id
+        stub.ObserveSequence(
+            svc.ObserveSequenceRequest(session_id=sid, observations=_events(rnd, pattern_events), learn_at_end=True),
+            timeout=120,
+        )
+    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, config=quiet)).session_id
+    stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sid, observations=_events(rnd, 1000)), timeout=120)
+    stub.UpdateSessionConfig(
+        svc.UpdateSessionConfigRequest(
+            session_id=sid, config=pb.SessionConfig(recall_threshold=0.0, process_predictions=True)
+        )
+    )
+    return sid
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(server: ServerProcess) -> None:
+    stub = server.stub()
+    heavy = _heavy_session(stub, 300)  # ~4.5M symbol pairs: within the default work limit
+    other = stub.CreateSession(svc.CreateSessionRequest(node_id="bystander-" + uuid.uuid4().hex)).session_id
+    outcome: list[object] = []
+
+    def run_heavy() -> None:
+        started = time.monotonic()
+        outcome.append(stub.GetPredictions(svc.GetPredictionsRequest(session_id=heavy), timeout=60))
+        outcome.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=run_heavy)
+    health_ms: list[float] = []
+    observe_ms: list[float] = []
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        bystander = svc_grpc.KatoServiceStub(channel)
+        health.Check(health_pb2.HealthCheckRequest())
+        bystander.Observe(svc.ObserveRequest(session_id=other, observation=pb.Observation(strings=["x"])))
+        thread.start()
+        time.sleep(0.05)
+        while thread.is_alive():
+            t = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            health_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            bystander.Observe(svc.ObserveRequest(session_id=other, observation=pb.Observation(strings=["x"])))
+            observe_ms.append((time.perf_counter() - t) * 1000)
+    thread.join()
+    predictions, took = outcome
+    assert isinstance(predictions, svc.GetPredictionsResponse) and len(predictions.predictions) == 3
+    assert isinstance(took, float) and took > 0.3, "the heavy call was not heavy enough to test anything"
+    assert len(health_ms) >= 5
+    assert _p99(health_ms) < 100, health_ms
+    assert _p99(observe_ms) < 100, observe_ms
+
+
+def test_heavy_work_stops_at_the_deadline(stores: Stores, log_dir: Path) -> None:
+    # No work limit and a 1 s server-side time limit: the call must end at 1 s, not run on.
+    server = new_server(*stores, log_dir).start(KATO_MAX_PREDICTION_WORK="1000000000000", KATO_MAX_CALL_SECONDS="1")
+    try:
+        stub = server.stub()
+        heavy = _heavy_session(stub, 1000)  # ~15M symbol pairs: several seconds of alignment
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetPredictions(svc.GetPredictionsRequest(session_id=heavy))  # no client deadline
+        took = time.monotonic() - started
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert 1.0 <= took < 1.1 + 0.2, took  # 100 ms, and some for a loaded test machine
+    finally:
+        server.stop()
+
+
+def test_work_over_the_limit_is_refused_up_front(server: ServerProcess) -> None:
+    stub = server.stub()
+    heavy = _heavy_session(stub, 1000)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetPredictions(svc.GetPredictionsRequest(session_id=heavy))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert time.monotonic() - started < 1.0  # refused before any alignment
+
+
+def test_shutdown_during_heavy_work_ends_within_the_grace_period(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir).start(KATO_MAX_PREDICTION_WORK="1000000000000", KATO_GRACE_SECONDS="2")
+    stub = server.stub()
+    heavy = _heavy_session(stub, 1000)
+    calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(session_id=heavy)) for _ in range(3)]
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 2 + 1.5
+    for call in calls:
+        with pytest.raises(grpc.RpcError):
+            call.result()
+
+
+def _workers(server: ServerProcess) -> list[int]:
+    assert server.proc is not None
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def test_a_killed_worker_is_replaced(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir).start(KATO_WORKERS="2", KATO_LOG_LEVEL="INFO")
+    try:
+        before = _workers(server)
+        assert len(before) == 2
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (before[0] in _workers(server) or len(_workers(server)) != 2):
+            time.sleep(0.1)
+        after = _workers(server)
+        assert len(after) == 2 and before[0] not in after and before[1] in after
+        server.wait_serving()
+        assert "worker died; started a replacement" in server.log_path.read_text()
+        stub = server.stub()
+        for _ in range(8):
+            stub.CreateSession(svc.CreateSessionRequest(node_id="replaced"))
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_a_second_server_on_the_same_port_exits_with_a_message(stores: Stores, log_dir: Path) -> None:
+    first = new_server(*stores, log_dir).start(KATO_WORKERS="2")
+    try:
+        second = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
+            [sys.executable, "-m", "server"], cwd=ROOT, env=first.env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 1
+        assert "in use" in second.stderr and str(first.port) in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.health() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        first.stop()
+
+
+def test_logs_reach_a_file_while_the_server_runs(stores: Stores, log_dir: Path) -> None:
+    server = new_server(*stores, log_dir)
+    server.log_path = log_dir / f"lines-{server.port}.log"
+    server.start(KATO_LOG_LEVEL="INFO")
+    try:
+        assert "serving" in server.log_path.read_text()  # written at once, not at exit
+    finally:
+        server.stop()
+
+
+def test_command_line_help_and_bad_settings(stores: Stores, log_dir: Path) -> None:
+    env = server_env(*stores, devstack.free_port(), "kato")
+    for module in ("server", "kato_grpc.replay"):
+        helped = subprocess.run(  # noqa: PLW1510
+            [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert helped.returncode == 0, helped.stderr
+        assert "usage:" in helped.stdout
+        if module == "server":
+            assert "KATO_" in helped.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env={**env, "KATO_PORT": "notaport"},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "KATO_PORT" in bad.stderr, bad.stderr

@@ -174,14 +174,17 @@ def test_a_second_server_on_the_same_port_exits_with_a_message(stores: Stores, l
         first.stop()
 
 
-def test_logs_reach_a_file_while_the_server_runs(stores: Stores, log_dir: Path) -> None:
+def test_logs_reach_a_file_while_the_server_runs_and_survive_kill_9(stores: Stores, log_dir: Path) -> None:
     server = new_server(*stores, log_dir)
     server.log_path = log_dir / f"lines-{server.port}.log"
     server.start(KATO_LOG_LEVEL="INFO")
     try:
         assert "serving" in server.log_path.read_text()  # written at once, not at exit
+        with pytest.raises(grpc.RpcError):
+            server.stub().GetSession(svc.GetSessionRequest(session_id="s-" + "0" * 32))
     finally:
-        server.stop()
+        server.stop(signal.SIGKILL)
+    assert "request failed" in server.log_path.read_text()
 
 
 def test_command_line_help_and_bad_settings(stores: Stores, log_dir: Path) -> None:

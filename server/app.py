@@ -149,6 +149,7 @@ class KatoServer:
         left = self.settings.grace_seconds - (asyncio.get_running_loop().time() - started)
         self.engine.cancel_all()  # whatever still computes past the grace period stops now
         await self.server.stop(max(left, 0.1))
+        await self.shell.drain_applies(max(left, 0.1))
         for task in (self._health_task, self._relay_task):
             if task is not None:
                 await task

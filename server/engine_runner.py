@@ -33,9 +33,17 @@ class EngineRunner:
         self._max_work = max_prediction_work
         self._running: set[Budget] = set()
 
-    async def run(self, work: Callable[[Budget], T], reads: Sequence[object] = ()) -> T:
-        """``work(budget)`` on an engine thread; ``reads`` are the KB views it reads."""
+    async def run(self, work: Callable[[Budget], T], reads: Sequence[object] = (), *, inline: bool = False) -> T:
+        """``work(budget)`` on an engine thread; ``reads`` are the KB views it reads.
+
+        ``inline``: the caller knows the work is tiny and bounded (no knowledge base to
+        search, a few observations): it runs right here. A thread handoff would cost more
+        than the work and, between a session's load and its compare-and-set, widen the
+        window in which concurrent calls on the session conflict.
+        """
         budget = Budget(self._max_work)
+        if inline:
+            return work(budget)
         leased = [kb for kb in reads if isinstance(kb, KnowledgeIndex)]
         for kb in leased:  # synchronously, before any await: nothing can change them first
             kb.readers += 1

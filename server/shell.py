@@ -51,6 +51,9 @@ R = TypeVar("R", bound=Message)
 Transition = Callable[[pb.SessionState], Awaitable[tuple[pb.SessionState, R]]]
 
 _EMPTY_KB = KnowledgeIndex()
+# Observations that run on the event loop when they search no knowledge base (see
+# EngineRunner.run): about 30 µs each, so a stream batch stays under ~2 ms.
+INLINE_OBSERVATIONS = 64
 MAX_REMEMBERED_NODES = 100_000
 # (node id, KB version) read together with this task's last session load; per task, so
 # concurrent calls never see each other's.
@@ -90,6 +93,7 @@ class KatoShell:
         self.engine = engine
         self.stm_limits = processor.StmLimits(settings.max_stm_events, settings.max_stm_symbols)
         self._nodes: dict[str, str] = {}  # session id -> node id
+        self._applying: set[asyncio.Future[list[pb.PatternWrite]]] = set()
 
     # --- the transaction loop ------------------------------------------------------------
 
@@ -114,8 +118,8 @@ class KatoShell:
     ) -> R:
         fp = requests.fingerprint(method, request) if request_id else b""
         for attempt in range(self.settings.cas_retries):
-            if attempt:  # jittered backoff: light contention must never surface as ABORTED
-                await asyncio.sleep(random.uniform(0, min(self.settings.cas_backoff_max_seconds, 0.001 * 2**attempt)))
+            if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
+                await asyncio.sleep(random.uniform(0, min(self.settings.cas_backoff_max_seconds, 0.0005 * 2**attempt)))
             loaded = await self._load(session_id, request_id)
             if loaded.outbox is not None:
                 await self.apply(loaded.outbox)  # before anything: a replay must not skip it
@@ -172,7 +176,25 @@ class KatoShell:
 
     async def apply(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
         """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
-        MongoDB refuses for good are kept as dead letters and returned (the rest still land)."""
+        MongoDB refuses for good are kept as dead letters and returned (the rest still land).
+
+        The MongoDB work is shielded from the caller's cancellation: a deadline that passes
+        mid-transaction answers the client, but the transaction goes on to its commit. Cut
+        off instead, it would stay open in MongoDB, holding its ledger entry, until the server
+        reaps it (60 s) — and every other attempt to apply the same writes would wait for that.
+        """
+        task = asyncio.ensure_future(self._apply_now(outbox))
+        self._applying.add(task)
+        task.add_done_callback(self._applying.discard)
+        task.add_done_callback(_settled)
+        return await asyncio.shield(task)
+
+    async def drain_applies(self, timeout: float) -> None:
+        """Let applies that outlived their calls finish (shutdown), for at most ``timeout``."""
+        if self._applying:
+            await asyncio.wait(set(self._applying), timeout=timeout)
+
+    async def _apply_now(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
         writes = list(outbox.writes)
         try:
             applied = await self.patterns.apply_many(outbox.node_id, writes)
@@ -329,6 +351,7 @@ class KatoShell:
                     state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
                 ),
                 [kb],
+                inline=_tiny(kb, 1),
             )
             return r.state, _observe_response(r, req.return_predictions)
 
@@ -354,6 +377,7 @@ class KatoShell:
                     state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
                 ),
                 [kb],
+                inline=_tiny(kb, len(observations)),
             )
             out = svc.ObserveSequenceResponse()
             for req, step in zip(reqs, r.steps, strict=True):
@@ -401,7 +425,8 @@ class KatoShell:
 
         async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, list(req.observations))
-            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb])
+            inline = _tiny(kb, len(req.observations))
+            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         return await self._transact(
             req.session_id, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse
@@ -409,7 +434,8 @@ class KatoShell:
 
     async def learn(self, req: svc.LearnRequest) -> svc.LearnResponse:
         async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.LearnResponse]:
-            r = await self.engine.run(lambda _budget: processor.learn(state))
+            # A learn reads no KB and is linear in the (bounded) STM: inline.
+            r = await self.engine.run(lambda _budget: processor.learn(state), inline=True)
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
             return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name)
 
@@ -486,6 +512,18 @@ class KatoShell:
         if key:
             done = requests.record("ClearKnowledgeBase", fp, b"")
             await self.sessions.remember(key, done, self.settings.max_ttl_seconds * 1000)
+
+
+def _settled(task: asyncio.Future[list[pb.PatternWrite]]) -> None:
+    """Mark an apply's error as seen: its caller got it, or — the call having ended — the
+    outbox is still there and the relay retries it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _tiny(kb: KnowledgeView, observations: int) -> bool:
+    """Work too small for an engine thread: no pattern or vector to search, few observations."""
+    return observations <= INLINE_OBSERVATIONS and kb.pattern_count() == 0 and kb.vector_dimension() is None
 
 
 def _refused(writes: list[pb.PatternWrite]) -> FailedPrecondition:

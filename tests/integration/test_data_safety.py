@@ -16,8 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from kato_grpc import devstack
 from kato_grpc.engine.naming import pattern_name
@@ -25,6 +23,7 @@ from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.harness import ServerProcess, new_server
+from tests.integration.support import error_info, eventually, frequency
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 _DB = itertools.count(1)
@@ -40,36 +39,6 @@ def quiet(stores: Stores, log_dir: Path) -> Iterator[ServerProcess]:
     server = _server(stores, log_dir, KATO_OUTBOX_RELAY_AFTER_SECONDS="3600")
     yield server
     server.stop()
-
-
-def frequency(stub: svc_grpc.KatoServiceStub, node: str, name: str) -> int:
-    try:
-        return int(stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.NOT_FOUND:
-            raise
-        return 0
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
-def error_method(exc: grpc.RpcError) -> tuple[str, str, str]:
-    """(code, ErrorInfo reason, ErrorInfo metadata["method"])."""
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return exc.code().name, info.reason, info.metadata.get("method", "")
-    return exc.code().name, "", ""
 
 
 def _cut_off_learn(stub: svc_grpc.KatoServiceStub, mongo: devstack.LocalServer, node: str, symbols: list[str]) -> str:
@@ -184,7 +153,7 @@ def test_a_used_request_id_is_refused_by_every_other_call(quiet: ServerProcess) 
     for call in others:
         with pytest.raises(grpc.RpcError) as info:
             call()
-        assert error_method(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "Observe")
+        assert error_info(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "Observe")
     # Nothing any of them would have done happened.
     session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
     assert (session.time, session.stm_length, session.config.max_predictions) == (1, 1, 100)
@@ -209,7 +178,7 @@ def test_create_session_request_ids_are_scoped_by_node_and_caller(quiet: ServerP
     assert again.session_id == made.session_id
     with pytest.raises(grpc.RpcError) as info:
         stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "z"}, request_id="X"))
-    assert error_method(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "CreateSession")
+    assert error_info(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "CreateSession")
 
 
 def test_create_session_request_ids_do_not_cross_tenants(stores: Stores, log_dir: Path) -> None:

@@ -19,7 +19,7 @@ from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.harness import new_server
-from tests.integration.test_resilience import _eventually
+from tests.integration.support import eventually
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -72,16 +72,16 @@ def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> No
                 t.start()
             time.sleep(1.5)
             mongo.kill()  # MongoDB dies under load ...
-            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, 60), "mongo down"
+            assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, 60), "mongo down"
             time.sleep(1.0)
             mongo.restart()  # ... and comes back: no server restart
-            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING, 60), "mongo up"
+            assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING, 60), "mongo up"
             time.sleep(1.5)
             redis.kill()  # then Redis (with its append-only file)
-            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, 60), "redis down"
+            assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING, 60), "redis down"
             time.sleep(1.0)
             redis.restart()
-            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING, 60), "redis up"
+            assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING, 60), "redis up"
             time.sleep(1.5)
             stop.set()
             for t in threads:

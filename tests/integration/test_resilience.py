@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
@@ -21,8 +20,8 @@ from kato_grpc import devstack
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.harness import ServerProcess, new_server
+from tests.integration.support import eventually, frequency
 
 T = TypeVar("T")
 # Two server processes on one Redis + MongoDB: issue 3's 32 clients on 4 shared sessions and
@@ -126,24 +125,15 @@ def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: P
         name = "PTRN|" + pattern_name([["a"], ["b"]])
         # The write waited in the session's outbox; a relay applies it without any call on
         # the session, and the client's retry gets the first response. Exactly once.
-        assert _eventually(lambda: _frequency(stub, node, name) == 1), "the relay applied the outbox"
+        assert eventually(lambda: frequency(stub, node, name) == 1), "the relay applied the outbox"
         assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events == []
         retry = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-once"))
         assert (retry.status, retry.pattern_name) == (svc.LEARN_STATUS_LEARNED, name)
         for _ in range(3):
             stub.GetSession(svc.GetSessionRequest(session_id=sid))
-            assert _frequency(stub, node, name) == 1
+            assert frequency(stub, node, name) == 1
     finally:
         survivor.stop()
-
-
-def _frequency(stub: svc_grpc.KatoServiceStub, node: str, name: str) -> int:
-    try:
-        return int(stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.NOT_FOUND:
-            raise
-        return 0
 
 
 def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
@@ -155,29 +145,18 @@ def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
             stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"])))
             time.sleep(1.2)  # let the append-only file reach the disk (appendfsync everysec)
             redis.kill()
-            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(grpc.RpcError) as info:
                 stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"])))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             redis.restart()
-            assert _eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
+            assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
             reply = _eventually_value(
                 lambda: stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"])))
             )
             assert reply.time == 2  # the session survived the restart (AOF) and nothing was half-applied
         finally:
             server.stop()
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in itertools.count():
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return False
 
 
 def _eventually_value(call: Callable[[], T], timeout: float = 20.0) -> T:

@@ -22,7 +22,7 @@ from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.harness import ServerProcess, new_server
-from tests.integration.test_data_safety import error_method
+from tests.integration.support import error_info
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
@@ -79,7 +79,7 @@ def test_a_write_mongodb_refuses_is_a_dead_letter_and_the_session_stays_usable(
     _observe(stub, sid, "w2")
     with pytest.raises(grpc.RpcError) as info:
         stub.Learn(svc.LearnRequest(session_id=sid))
-    code, reason, _ = error_method(info.value)
+    code, reason, _ = error_info(info.value)
     assert (code, reason) == ("FAILED_PRECONDITION", "PATTERN_REJECTED")
     with _mongo(stores) as client:
         dead = list(client[server.env["KATO_MONGODB_DATABASE"]].dead_letters.find({"kb_id": node_id}))
@@ -97,7 +97,7 @@ def test_sessions_cannot_outgrow_their_byte_limit(stub: svc_grpc.KatoServiceStub
         for i in range(20):
             _observe(stub, sid, *[f"{i}-{j}-{big}" for j in range(1000)])
             accepted += 1
-    assert error_method(info.value)[:2] == ("RESOURCE_EXHAUSTED", "SESSION_TOO_LARGE")
+    assert error_info(info.value)[:2] == ("RESOURCE_EXHAUSTED", "SESSION_TOO_LARGE")
     assert 1 <= accepted < 5
     events = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events
     assert len(events) == accepted  # nothing of the refused observation was applied
@@ -107,7 +107,7 @@ def test_sessions_cannot_outgrow_their_byte_limit(stub: svc_grpc.KatoServiceStub
     with pytest.raises(grpc.RpcError) as meta:
         for _ in range(20):
             _observe(stub, sid, "m", metadata={"k": struct_pb2.Value(string_value="y" * 1_000_000)})
-    assert error_method(meta.value)[:2] == ("RESOURCE_EXHAUSTED", "SESSION_TOO_LARGE")
+    assert error_info(meta.value)[:2] == ("RESOURCE_EXHAUSTED", "SESSION_TOO_LARGE")
     _usable(stub, sid)
 
 

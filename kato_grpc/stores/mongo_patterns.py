@@ -220,9 +220,6 @@ class MongoPatternStore:
             doc["write"] = write.SerializeToString()
         await self._db.dead_letters.update_one({"_id": write.write_id}, {"$setOnInsert": doc}, upsert=True)
 
-    async def dead_letters(self, kb_id: str) -> list[Doc]:
-        """The dead letters of a KB, without the writes themselves."""
-        return [doc async for doc in self._db.dead_letters.find({"kb_id": kb_id}, {"write": 0})]
 
     async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[R]]) -> R:
         """Run ``work`` in one majority-committed transaction (retried by the driver on

@@ -220,7 +220,6 @@ class MongoPatternStore:
             doc["write"] = write.SerializeToString()
         await self._db.dead_letters.update_one({"_id": write.write_id}, {"$setOnInsert": doc}, upsert=True)
 
-
     async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[R]]) -> R:
         """Run ``work`` in one majority-committed transaction (retried by the driver on
         transient errors). Every write of this store goes through here."""

@@ -1,9 +1,9 @@
-"""Deterministic replay of a recorded KATO session through the pure engine.
+"""Deterministic replay of a recorded KATO session through the engine and the transaction runner.
 
     python -m kato_grpc.replay SCENARIO.json
 
 reads a scenario (config + operations, the layout of the conformance README), runs it
-against a fresh in-memory knowledge base and prints ``{"results": [...],
+through the service's transaction runner over in-memory stores (a fresh knowledge base) and prints ``{"results": [...],
 "learned_patterns": [...]}`` as JSON. Same input, same output, on every run: an audit
 trail for any session that was recorded.
 """
@@ -11,18 +11,22 @@ trail for any session that was recorded.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.empty_pb2 import Empty
 
 from kato_grpc import jsonview
 from kato_grpc.engine import processor
 from kato_grpc.engine.naming import strip_pattern_prefix
 from kato_grpc.errors import InvalidArgument, KatoError
-from kato_grpc.stores.memory import InMemoryKnowledgeBase
+from kato_grpc.runner import TransactionRunner
+from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
+from kato_grpc.stores.memory_sessions import InMemorySessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 
 SESSION_ID = "replay"
@@ -62,20 +66,39 @@ def observation_from_json(op: Mapping[str, Any]) -> pb.Observation:
 
 
 class Replayer:
-    """A single session on one fresh in-memory KB, applying writes like the service shell."""
+    """A single session on one fresh in-memory KB, run like the service runs it: every
+    operation goes through the real transaction runner (load, outbox, compare-and-set, apply)
+    over the in-memory twins of the session and pattern stores."""
 
     def __init__(self, config: pb.SessionConfig) -> None:
-        self.kb = InMemoryKnowledgeBase()
-        self.state = processor.new_session(SESSION_ID, NODE_ID, config)
+        self.sessions = InMemorySessionStore()
+        self.patterns = InMemoryPatternStore()
+        self.runner = TransactionRunner(self.sessions, self.patterns)
         self.learned: list[str] = []
         self._observations = 0
+        state = processor.new_session(SESSION_ID, NODE_ID, config)
+        state.version = 1
+        asyncio.run(self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)))
 
-    def _commit(self, state: pb.SessionState, writes: Sequence[pb.PatternWrite]) -> None:
-        for write in writes:
-            self.kb.apply(write)
-        state.ClearField("pending_writes")
-        state.version += 1
-        self.state = state
+    @property
+    def kb(self) -> InMemoryKnowledgeBase:
+        return self.patterns.kb(NODE_ID)
+
+    @property
+    def state(self) -> pb.SessionState:
+        """The session as last committed."""
+        return asyncio.run(self.runner.read(SESSION_ID)).state
+
+    def _commit(self, method: str, change: Callable[[pb.SessionState], pb.SessionState]) -> None:
+        """One transaction of the runner whose transition is the pure ``change``."""
+
+        async def transition(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Empty]:
+            return change(state), Empty()
+
+        asyncio.run(self.runner.transact(SESSION_ID, method, Empty(), "", transition, Empty))
+
+    def update_config(self, config: pb.SessionConfig) -> None:
+        self._commit("UpdateSessionConfig", lambda state: processor.update_config(state, config))
 
     def run(self, op: Mapping[str, Any]) -> dict[str, Any]:
         kind = op["op"]
@@ -87,8 +110,15 @@ class Replayer:
 
     def _op_observe(self, op: Mapping[str, Any]) -> dict[str, Any]:
         self._observations += 1
-        r = processor.observe(self.state, observation_from_json(op), self.kb, unique_id=f"obs-{self._observations}")
-        self._commit(r.state, r.writes)
+        observation, unique_id = observation_from_json(op), f"obs-{self._observations}"
+        results: list[processor.ObserveResult] = []
+
+        def observe(state: pb.SessionState) -> pb.SessionState:
+            results.append(processor.observe(state, observation, self.kb, unique_id=unique_id))
+            return results[-1].state
+
+        self._commit("Observe", observe)
+        r = results[-1]
         if r.auto_learned_pattern:
             self.learned.append(r.auto_learned_pattern)
         out: dict[str, Any] = {
@@ -103,11 +133,17 @@ class Replayer:
         return out
 
     def _op_learn(self, op: Mapping[str, Any]) -> dict[str, Any]:
+        results: list[processor.LearnResult] = []
+
+        def learn(state: pb.SessionState) -> pb.SessionState:
+            results.append(processor.learn(state))
+            return results[-1].state
+
         try:
-            r = processor.learn(self.state)
+            self._commit("Learn", learn)
         except KatoError as exc:
             return {"error": exc.code}
-        self._commit(r.state, r.writes)
+        r = results[-1]
         if r.pattern_name:
             self.learned.append(r.pattern_name)
         return {"status": r.status, "pattern_name": r.pattern_name}
@@ -120,12 +156,12 @@ class Replayer:
         }
 
     def _op_clear_stm(self, op: Mapping[str, Any]) -> dict[str, Any]:
-        self._commit(processor.clear_stm(self.state), [])
+        self._commit("ClearShortTermMemory", processor.clear_stm)
         return {}
 
     def _op_clear_all(self, op: Mapping[str, Any]) -> dict[str, Any]:
         self.kb.clear()
-        self._commit(processor.clear_stm(self.state), [])
+        self._commit("ClearKnowledgeBase", processor.clear_stm)
         return {}
 
     def _op_get_pattern(self, op: Mapping[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
-    # Test hook (never set in production): exit right after a session commit that carries
-    # pattern writes, before they reach MongoDB, to prove exactly-once learning.
+    # Test hook (never set in production): the pattern store is wrapped so that its first
+    # write kills the process — after the session commit, before MongoDB (server/faults.py).
     fault_crash_after_commit: bool = False

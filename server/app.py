@@ -14,12 +14,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo import AsyncMongoClient
 
+from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_patterns import Doc, MongoPatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
+from server import limits
+from server.auth import authorize
 from server.engine_runner import EngineRunner
+from server.faults import CrashBeforeApply
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
 from server.relay import OutboxRelay
@@ -55,11 +59,23 @@ class KatoServer:
         self.patterns = MongoPatternStore(self._mongo, settings.mongodb_database)
         self.cache = KbCache(self.patterns)
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
-        self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache, self.engine)
+        self.runner = TransactionRunner(
+            self.sessions,
+            CrashBeforeApply(self.patterns) if settings.fault_crash_after_commit else self.patterns,
+            Policy(
+                cas_retries=settings.cas_retries,
+                backoff_max_seconds=settings.cas_backoff_max_seconds,
+                default_ttl_seconds=settings.session_ttl_seconds,
+                max_session_bytes=settings.max_session_bytes,
+            ),
+            check_ids=limits.check_ids,
+            authorize=authorize,
+        )
+        self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache, self.engine, self.runner)
         self.servicer = KatoServicer(self.shell, KbAdmin(settings, self.sessions, self.patterns))
         self.relay = OutboxRelay(
             self.sessions,
-            self.shell.apply,
+            self.runner.apply,
             after_seconds=settings.outbox_relay_after_seconds,
             interval_seconds=settings.outbox_relay_interval_seconds,
         )
@@ -149,7 +165,7 @@ class KatoServer:
         left = self.settings.grace_seconds - (asyncio.get_running_loop().time() - started)
         self.engine.cancel_all()  # whatever still computes past the grace period stops now
         await self.server.stop(max(left, 0.1))
-        await self.shell.drain_applies(max(left, 0.1))
+        await self.runner.drain_applies(max(left, 0.1))
         for task in (self._health_task, self._relay_task):
             if task is not None:
                 await task

@@ -44,6 +44,12 @@ def require_node_id(node_id: str, field: str = "node_id") -> None:
         raise InvalidArgument.for_field(field, f"is longer than {MAX_NODE_ID_BYTES} bytes")
 
 
+def check_ids(session_id: str, request_id: str) -> None:
+    """The ids every session call carries (the transaction runner checks them on load)."""
+    require_session_id(session_id)
+    check_request_id(request_id)
+
+
 def check_request_id(request_id: str) -> None:
     if len(request_id) > MAX_ID_CHARS:
         raise InvalidArgument.for_field("request_id", f"is longer than {MAX_ID_CHARS} characters")

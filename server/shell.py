@@ -1,49 +1,40 @@
-"""The imperative shell: load state, call the pure core, compare-and-set, apply writes.
+"""The use cases of sessions, observing and learning — each a transition for the runner.
 
-Every session-changing call runs the same loop (DESIGN 3): load the SessionState from Redis
-(1 round trip, with the session's outbox and the request id's record), apply any outbox an
-earlier call left, take a KnowledgeView from the process's KB cache, run the pure processor
-on an engine thread, save the new state with a compare-and-set on its version (the new
-outbox and the request record in the same script), then apply the new PatternWrites to
-MongoDB exactly once and drop the outbox. A version conflict means another call won: wait a
-little (jittered) and recompute. No locks.
-
-Outboxes outlive their sessions: a retry (same request id) applies the outbox before it
-answers, DeleteSession applies it before deleting, and the relay (``server/relay.py``)
-applies what nobody calls again for. A write MongoDB refuses for good is kept as a dead
-letter and taken out of the outbox, so it can never block a session.
+Every session-changing call is one ``TransactionRunner.transact`` (``kato_grpc/runner.py``):
+load, apply any left-over outbox, run the transition, compare-and-set, apply the new outbox
+exactly once. Transitions run the pure processor on an engine thread (``engine_runner.py``)
+against a KnowledgeView from the process's KB cache; the runner hands them the session's
+state and its node's published KB version.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import random
 import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import TypeVar
 
 import structlog
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
+from kato_grpc import request_ids
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import effective_config, resolve_config
 from kato_grpc.engine.knowledge import KnowledgeView
-from kato_grpc.engine.naming import PATTERN_PREFIX
-from kato_grpc.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from kato_grpc.errors import Aborted, InvalidArgument, NotFound
+from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.mongo_patterns import MongoPatternStore, is_permanent
-from kato_grpc.stores.redis_sessions import CasResult, Loaded, RedisSessionStore, scoped_key
+from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.protocols import CasResult
+from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, requests
+from server import limits
 from server.auth import authorize, principal
 from server.engine_runner import EngineRunner
 
@@ -54,10 +45,6 @@ _EMPTY_KB = KnowledgeIndex()
 # Observations that run on the event loop when they search no knowledge base (see
 # EngineRunner.run): about 30 µs each, so a stream batch stays under ~2 ms.
 INLINE_OBSERVATIONS = 64
-MAX_REMEMBERED_NODES = 100_000
-# (node id, KB version) read together with this task's last session load; per task, so
-# concurrent calls never see each other's.
-_PUBLISHED: ContextVar[tuple[str, int | None]] = ContextVar("kato_published_kb_version", default=("", None))
 log = structlog.get_logger("kato.shell")
 
 
@@ -85,165 +72,31 @@ class KatoShell:
         patterns: MongoPatternStore,
         cache: KbCache,
         engine: EngineRunner,
+        runner: TransactionRunner,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.patterns = patterns
         self.cache = cache
         self.engine = engine
+        self.runner = runner
         self.stm_limits = processor.StmLimits(settings.max_stm_events, settings.max_stm_symbols)
-        self._nodes: dict[str, str] = {}  # session id -> node id
-        self._applying: set[asyncio.Future[list[pb.PatternWrite]]] = set()
 
-    # --- the transaction loop ------------------------------------------------------------
-
-    async def _load(self, session_id: str, request_id: str = "") -> Loaded:
-        limits.require_session_id(session_id)
-        limits.check_request_id(request_id)
-        # A session's node never changes: once seen, its KB version rides along with the load.
-        loaded = await self.sessions.load(session_id, request_id, self._nodes.get(session_id))
-        if loaded is None:
-            self._nodes.pop(session_id, None)
-            raise session_not_found(session_id)
-        authorize(loaded.state.node_id)
-        if session_id not in self._nodes:
-            if len(self._nodes) >= MAX_REMEMBERED_NODES:
-                self._nodes.pop(next(iter(self._nodes)))
-            self._nodes[session_id] = loaded.state.node_id
-        _PUBLISHED.set((loaded.state.node_id, loaded.kb_version))
-        return loaded
-
-    async def _transact(
-        self, session_id: str, method: str, request: Message, request_id: str, transition: Transition[R], kind: type[R]
-    ) -> R:
-        fp = requests.fingerprint(method, request) if request_id else b""
-        for attempt in range(self.settings.cas_retries):
-            if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
-                await asyncio.sleep(random.uniform(0, min(self.settings.cas_backoff_max_seconds, 0.0005 * 2**attempt)))
-            loaded = await self._load(session_id, request_id)
-            if loaded.outbox is not None:
-                await self.apply(loaded.outbox)  # before anything: a replay must not skip it
-            if loaded.record is not None:
-                requests.check_replay(loaded.record, method, fp)
-                if loaded.outbox is not None:
-                    await self.sessions.drop_outbox(session_id, loaded.outbox_version)
-                return kind.FromString(loaded.record.response)
-            new_state, response = await transition(loaded.state)
-            new_state.version = loaded.version + 1
-            self._check_size(loaded.state, new_state)
-            outbox = None
-            if new_state.pending_writes:
-                outbox = pb.Outbox(session_id=session_id, node_id=new_state.node_id, writes=new_state.pending_writes)
-                new_state.ClearField("pending_writes")
-                requests.identify_writes(list(outbox.writes), session_id, request_id, fp, loaded.version)
-            result = await self.sessions.compare_and_set(
-                new_state,
-                loaded.version,
-                self._ttl_ms(new_state),
-                outbox=outbox,
-                clear_outbox=loaded.outbox is not None,
-                request_id=request_id,
-                record=requests.record(method, fp, response) if request_id else None,
-            )
-            if result == CasResult.GONE:
-                raise session_not_found(session_id)
-            if result == CasResult.CONFLICT:
-                continue
-            if outbox is not None:
-                if self.settings.fault_crash_after_commit:
-                    os._exit(86)  # test hook: die between the Redis commit and the MongoDB write
-                refused = await self.apply(outbox)
-                await self.sessions.drop_outbox(session_id, new_state.version)
-                if refused:
-                    raise _refused(refused)
-            return response
-        raise Aborted(
-            f"session {session_id} changed concurrently {self.settings.cas_retries} times; retry",
-            reason="CAS_RETRIES_EXHAUSTED",
-        )
-
-    def _check_size(self, old: pb.SessionState, new: pb.SessionState) -> None:
-        """A session may not grow past the byte limit (shrinking is always allowed)."""
-        size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
-        limit = self.settings.max_session_bytes
-        if size > limit and size > old.ByteSize():
-            raise ResourceExhausted(
-                f"the session would hold {size:,} bytes, over the limit of {limit:,} (KATO_MAX_SESSION_BYTES): "
-                "learn or clear its short-term memory first",
-                reason="SESSION_TOO_LARGE",
-                metadata={"bytes": str(size), "limit": str(limit)},
-            )
-
-    async def apply(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
-        """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
-        MongoDB refuses for good are kept as dead letters and returned (the rest still land).
-
-        The MongoDB work is shielded from the caller's cancellation: a deadline that passes
-        mid-transaction answers the client, but the transaction goes on to its commit. Cut
-        off instead, it would stay open in MongoDB, holding its ledger entry, until the server
-        reaps it (60 s) — and every other attempt to apply the same writes would wait for that.
-        """
-        task = asyncio.ensure_future(self._apply_now(outbox))
-        self._applying.add(task)
-        task.add_done_callback(self._applying.discard)
-        task.add_done_callback(_settled)
-        return await asyncio.shield(task)
-
-    async def drain_applies(self, timeout: float) -> None:
-        """Let applies that outlived their calls finish (shutdown), for at most ``timeout``."""
-        if self._applying:
-            await asyncio.wait(set(self._applying), timeout=timeout)
-
-    async def _apply_now(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
-        writes = list(outbox.writes)
-        try:
-            applied = await self.patterns.apply_many(outbox.node_id, writes)
-            await self.sessions.publish_kb_version(outbox.node_id, applied.version)
-            return []
-        except Exception as exc:
-            if not is_permanent(exc):
-                raise
-        refused: list[pb.PatternWrite] = []
-        for write in writes:  # one by one: find the refused ones, land the others
-            try:
-                applied = await self.patterns.apply_many(outbox.node_id, [write])
-                await self.sessions.publish_kb_version(outbox.node_id, applied.version)
-            except Exception as exc:
-                if not is_permanent(exc):
-                    raise
-                await self.patterns.dead_letter(outbox.node_id, write, exc)
-                log.warning(
-                    "MongoDB refused a pattern write; kept as a dead letter",
-                    write_id=write.write_id,
-                    node_id=outbox.node_id,
-                    pattern=write.name,
-                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                )
-                refused.append(write)
-        return refused
-
-    async def _read(self, session_id: str) -> pb.SessionState:
-        """A session for reading: its outbox applied, so its learns are visible in the KB."""
-        loaded = await self._load(session_id)
-        if loaded.outbox is not None:
-            await self.apply(loaded.outbox)
-            await self.sessions.drop_outbox(session_id, loaded.outbox_version)
-        return loaded.state
-
-    def _ttl_ms(self, state: pb.SessionState) -> int:
-        return int((state.ttl_seconds or self.settings.session_ttl_seconds) * 1000)
-
-    async def _view(self, node_id: str) -> KnowledgeView:
-        seen_node, published = _PUBLISHED.get()
-        if seen_node != node_id or published is None:
+    async def _view(self, node_id: str, published: int | None) -> KnowledgeView:
+        if published is None:  # the load did not bring it (first call on the session here)
             published = await self.sessions.kb_version(node_id)
         return await self.cache.view(node_id, published)
 
-    async def _view_for(self, state: pb.SessionState, observations: list[pb.Observation]) -> KnowledgeView:
+    async def _view_for(
+        self, state: pb.SessionState, published: int | None, observations: list[pb.Observation]
+    ) -> KnowledgeView:
         # Skip the KB round trip when nothing in the call can read the KB.
         if resolve_config(state.config).process_predictions or any(o.vectors for o in observations):
-            return await self._view(state.node_id)
+            return await self._view(state.node_id, published)
         return _EMPTY_KB
+
+    async def _read(self, session_id: str) -> pb.SessionState:
+        return (await self.runner.read(session_id)).state
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -274,7 +127,7 @@ class KatoShell:
         key, fp = "", b""
         if req.request_id:  # scoped by node and caller: nobody else's id can name this session
             key = scoped_key("create", req.node_id, principal(), req.request_id)
-            fp = requests.fingerprint("CreateSession", req)
+            fp = request_ids.fingerprint("CreateSession", req)
             existing = await self._created(key, fp)
             if existing is not None:
                 return existing
@@ -283,14 +136,14 @@ class KatoShell:
         state.metadata.update(req.metadata)
         state.create_time.CopyFrom(_now())
         state.version = 1
-        if await self.sessions.compare_and_set(state, None, self._ttl_ms(state)) != CasResult.OK:
+        if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
         if key:
-            mine = requests.record("CreateSession", fp, state.session_id.encode())
-            winner = await self.sessions.remember(key, mine, self._ttl_ms(state))
+            mine = request_ids.record("CreateSession", fp, state.session_id.encode())
+            winner = await self.sessions.remember(key, mine, self.runner.ttl_ms(state))
             if winner.response != mine.response:  # a concurrent retry created it first
                 await self.sessions.delete(state.session_id)
-                requests.check_replay(winner, "CreateSession", fp)
+                request_ids.check_replay(winner, "CreateSession", fp)
                 return await self.get_session(winner.response.decode())
         return self.session_proto(state)
 
@@ -299,7 +152,7 @@ class KatoShell:
         previous = await self.sessions.recorded(key)
         if previous is None:
             return None
-        requests.check_replay(previous, "CreateSession", fp)
+        request_ids.check_replay(previous, "CreateSession", fp)
         try:
             return await self.get_session(previous.response.decode())
         except NotFound:  # it expired or was deleted: the id may create a new one
@@ -319,16 +172,16 @@ class KatoShell:
     async def extend_session(self, req: svc.ExtendSessionRequest) -> svc.Session:
         limits.check_ttl(req.ttl_seconds, self.settings)
 
-        async def extend(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session]:
+        async def extend(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.Session]:
             new = _copy(state)
             new.ttl_seconds = req.ttl_seconds
             new.version = state.version + 1  # so the returned etag is the saved one
             return new, self.session_proto(new)
 
-        return await self._transact(req.session_id, "ExtendSession", req, "", extend, svc.Session)
+        return await self.runner.transact(req.session_id, "ExtendSession", req, "", extend, svc.Session)
 
     async def update_config(self, req: svc.UpdateSessionConfigRequest) -> svc.Session:
-        async def update(state: pb.SessionState) -> tuple[pb.SessionState, svc.Session]:
+        async def update(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.Session]:
             merged = pb.SessionConfig()
             merged.CopyFrom(state.config)
             merged.MergeFrom(req.config)
@@ -336,7 +189,9 @@ class KatoShell:
             new.version = state.version + 1
             return new, self.session_proto(new)
 
-        return await self._transact(req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session)
+        return await self.runner.transact(
+            req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session
+        )
 
     # --- observing and learning ----------------------------------------------------------
 
@@ -344,8 +199,8 @@ class KatoShell:
         limits.check_observe(req, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveResponse]:
-            kb = await self._view_for(state, [req.observation])
+        async def run(state: pb.SessionState, published: int | None) -> tuple[pb.SessionState, svc.ObserveResponse]:
+            kb = await self._view_for(state, published, [req.observation])
             r = await self.engine.run(
                 lambda budget: processor.observe(
                     state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
@@ -355,7 +210,7 @@ class KatoShell:
             )
             return r.state, _observe_response(r, req.return_predictions)
 
-        return await self._transact(req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse)
+        return await self.runner.transact(req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse)
 
     async def observe_batch(self, reqs: list[svc.ObserveRequest]) -> list[svc.ObserveResponse]:
         """Several observations of one session (no request_ids) in one load / compare-and-set.
@@ -370,8 +225,10 @@ class KatoShell:
         ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
         observations = [r.observation for r in reqs]
 
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
-            kb = await self._view_for(state, observations)
+        async def run(
+            state: pb.SessionState, published: int | None
+        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            kb = await self._view_for(state, published, observations)
             r = await self.engine.run(
                 lambda budget: processor.observe_sequence(
                     state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
@@ -385,7 +242,9 @@ class KatoShell:
             return r.state, out
 
         batch = svc.ObserveSequenceRequest(session_id=reqs[0].session_id, observations=observations)
-        result = await self._transact(reqs[0].session_id, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse)
+        result = await self.runner.transact(
+            reqs[0].session_id, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse
+        )
         return list(result.results)
 
     async def observe_sequence(self, req: svc.ObserveSequenceRequest) -> svc.ObserveSequenceResponse:
@@ -423,29 +282,32 @@ class KatoShell:
             out.final_stm_length = len(state.stm)
             return state, out
 
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
-            kb = await self._view_for(state, list(req.observations))
+        async def run(
+            state: pb.SessionState, published: int | None
+        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            kb = await self._view_for(state, published, list(req.observations))
             inline = _tiny(kb, len(req.observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
-        return await self._transact(
+        return await self.runner.transact(
             req.session_id, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse
         )
 
     async def learn(self, req: svc.LearnRequest) -> svc.LearnResponse:
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.LearnResponse]:
+        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.LearnResponse]:
             # A learn reads no KB and is linear in the (bounded) STM: inline.
             r = await self.engine.run(lambda _budget: processor.learn(state), inline=True)
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
             return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name)
 
-        return await self._transact(req.session_id, "Learn", req, req.request_id, run, svc.LearnResponse)
+        return await self.runner.transact(req.session_id, "Learn", req, req.request_id, run, svc.LearnResponse)
 
     # --- reading a session ---------------------------------------------------------------
 
     async def get_predictions(self, session_id: str) -> svc.GetPredictionsResponse:
-        state = await self._read(session_id)
-        kb = await self._view(state.node_id)
+        loaded = await self.runner.read(session_id)
+        state = loaded.state
+        kb = await self._view(state.node_id, loaded.kb_version)
         out = svc.GetPredictionsResponse()
         await self.engine.run(
             lambda budget: processor.predictions_into(state, kb, out.predictions, out.future_potentials, budget),
@@ -457,10 +319,12 @@ class KatoShell:
         return svc.ShortTermMemory(events=(await self._read(session_id)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest) -> None:
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
             return processor.clear_stm(state), svc.ShortTermMemory()
 
-        await self._transact(req.session_id, "ClearShortTermMemory", req, req.request_id, run, svc.ShortTermMemory)
+        await self.runner.transact(
+            req.session_id, "ClearShortTermMemory", req, req.request_id, run, svc.ShortTermMemory
+        )
 
     async def percept_data(self, session_id: str) -> pb.PerceptData:
         return (await self._read(session_id)).percept
@@ -477,25 +341,25 @@ class KatoShell:
         if not req.session_id:
             await self._clear_node(req)
             return
-        fp = requests.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
-        loaded = await self._load(req.session_id, req.request_id)
+        fp = request_ids.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
+        loaded = await self.runner.load(req.session_id, req.request_id)
         node = loaded.state.node_id
         if req.node_id and req.node_id != node:
             raise InvalidArgument.for_field(
                 "node_id", "names another node than the session's; give one of them", reason="NODE_MISMATCH"
             )
         if loaded.record is not None:  # a retry: answered by the transaction below, no second wipe
-            requests.check_replay(loaded.record, "ClearKnowledgeBase", fp)
+            request_ids.check_replay(loaded.record, "ClearKnowledgeBase", fp)
         else:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
             await self._read(req.session_id)
             await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
 
-        async def run(state: pb.SessionState) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
             return processor.clear_stm(state), svc.ShortTermMemory()
 
-        await self._transact(req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory)
+        await self.runner.transact(req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory)
 
     async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest) -> None:
         limits.require_node_id(req.node_id)
@@ -503,37 +367,20 @@ class KatoShell:
         key = ""
         if req.request_id:
             key = scoped_key("kbreq", req.node_id, principal(), req.request_id)
-            fp = requests.fingerprint("ClearKnowledgeBase", req)
+            fp = request_ids.fingerprint("ClearKnowledgeBase", req)
             previous = await self.sessions.recorded(key)
             if previous is not None:
-                requests.check_replay(previous, "ClearKnowledgeBase", fp)
+                request_ids.check_replay(previous, "ClearKnowledgeBase", fp)
                 return
         await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
         if key:
-            done = requests.record("ClearKnowledgeBase", fp, b"")
+            done = request_ids.record("ClearKnowledgeBase", fp, b"")
             await self.sessions.remember(key, done, self.settings.max_ttl_seconds * 1000)
-
-
-def _settled(task: asyncio.Future[list[pb.PatternWrite]]) -> None:
-    """Mark an apply's error as seen: its caller got it, or — the call having ended — the
-    outbox is still there and the relay retries it."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _tiny(kb: KnowledgeView, observations: int) -> bool:
     """Work too small for an engine thread: no pattern or vector to search, few observations."""
     return observations <= INLINE_OBSERVATIONS and kb.pattern_count() == 0 and kb.vector_dimension() is None
-
-
-def _refused(writes: list[pb.PatternWrite]) -> FailedPrecondition:
-    names = ", ".join(PATTERN_PREFIX + w.name for w in writes if w.name) or "vectors"
-    return FailedPrecondition(
-        f"the call was committed, but MongoDB refused to store {names}; "
-        "it is kept as a dead letter for operators and the session stays usable",
-        reason="PATTERN_REJECTED",
-        metadata={"write_ids": ",".join(w.write_id for w in writes)},
-    )
 
 
 def _observe_response(r: processor.ObserveStep, with_predictions: bool) -> svc.ObserveResponse:

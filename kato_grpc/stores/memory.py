@@ -6,9 +6,12 @@ rules with upserts in a transaction. Not shared between processes and not durabl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.engine.records import merge_metadata, window_emotives
 from kato_grpc.stores.index import KnowledgeIndex, SymbolChange
+from kato_grpc.stores.protocols import Applied
 from kato_grpc.v1 import engine_pb2 as pb
 
 
@@ -74,3 +77,24 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
         """
         self.reset()
         self.version += 1
+
+
+class InMemoryPatternStore:
+    """The pattern store's in-memory twin: one InMemoryKnowledgeBase per node, the same
+    exactly-once ledger per KB. Refuses nothing, so it keeps no dead letters."""
+
+    def __init__(self) -> None:
+        self._kbs: dict[str, InMemoryKnowledgeBase] = {}
+
+    def kb(self, kb_id: str) -> InMemoryKnowledgeBase:
+        return self._kbs.setdefault(kb_id, InMemoryKnowledgeBase())
+
+    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
+        kb = self.kb(kb_id)
+        return Applied(sum(kb.apply(w) for w in writes), kb.version)
+
+    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
+        raise AssertionError("the in-memory pattern store refuses no write")
+
+    def is_permanent(self, error: BaseException) -> bool:
+        return False

@@ -39,6 +39,7 @@ from pymongo.write_concern import WriteConcern
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.stores.index import SymbolChange
+from kato_grpc.stores.protocols import Applied
 from kato_grpc.v1 import engine_pb2 as pb
 
 Doc = dict[str, Any]
@@ -77,14 +78,6 @@ def is_permanent(exc: BaseException) -> bool:
     ):
         return False
     return bool(_codes(exc) & PERMANENT_CODES)
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """How many writes of a batch this call applied, and the KB version afterwards."""
-
-    count: int
-    version: int
 
 
 @dataclass(slots=True)
@@ -204,6 +197,9 @@ class MongoPatternStore:
                 if not is_duplicate(exc) or attempt == DUPLICATE_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def is_permanent(self, error: BaseException) -> bool:
+        return is_permanent(error)
 
     async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
         """Keep a write MongoDB refused for good where operators can see it (idempotent)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from kato_grpc.stores.protocols import Loaded
 from kato_grpc.v1 import engine_pb2 as pb
 
 # Load + slide the TTL + the request's record (if any) + the outbox, in one round trip.
@@ -126,27 +127,11 @@ DUE_KEY = "kato:outbox:due"
 
 
 @dataclass(frozen=True, slots=True)
-class Loaded:
-    state: pb.SessionState  # without pending writes: those are ``outbox``
-    version: int
-    record: pb.RequestRecord | None  # what this request_id did before, if anything
-    outbox: pb.Outbox | None  # writes committed but maybe not applied yet
-    outbox_version: int = 0
-    kb_version: int | None = None  # the node's published KB version, when asked for
-
-
-@dataclass(frozen=True, slots=True)
 class RecordLimits:
     """How many request records a session keeps (the oldest go first)."""
 
     count: int = 1000
     bytes: int = 8 * 1024 * 1024
-
-
-class CasResult:
-    OK = 1
-    CONFLICT = 0
-    GONE = -1
 
 
 def state_key(session_id: str) -> str:

@@ -108,7 +108,8 @@ def test_two_processes_lose_and_double_nothing(
 
 def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: Path) -> None:
     database = "kato_" + uuid.uuid4().hex[:8]
-    doomed = new_server(*stores, log_dir, database).start(KATO_FAULT_CRASH_AFTER_COMMIT="true")
+    # Its own Redis database: no other server's outbox can reach this one's (crashing) store.
+    doomed = new_server(*stores, log_dir, database, redis_db=15).start(KATO_FAULT_CRASH_AFTER_COMMIT="true")
     stub = doomed.stub()
     node = "crash-" + uuid.uuid4().hex
     sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
@@ -119,7 +120,7 @@ def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: P
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert doomed.stop() == 86  # died between the Redis commit and the MongoDB write
 
-    survivor = new_server(*stores, log_dir, database).start()
+    survivor = new_server(*stores, log_dir, database, redis_db=15).start()
     try:
         stub = survivor.stub()
         name = "PTRN|" + pattern_name([["a"], ["b"]])

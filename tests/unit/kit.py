@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kato_grpc.engine import processor
 from kato_grpc.replay import Replayer, config_from_json
 
 
@@ -33,7 +32,7 @@ def future_potentials(r: Replayer) -> list[dict[str, Any]]:
 
 
 def set_config(r: Replayer, **config: Any) -> None:
-    r.state = processor.update_config(r.state, config_from_json(config))
+    r.update_config(config_from_json(config))
 
 
 def clear_stm(r: Replayer) -> None:

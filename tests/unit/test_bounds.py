@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from kato_grpc import request_ids as requests
 from kato_grpc.engine import processor
 from kato_grpc.engine.alignment import matching_blocks
 from kato_grpc.engine.budget import Budget
@@ -19,7 +20,7 @@ from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, requests
+from server import limits
 from server.stream import ReadAhead, batches
 
 

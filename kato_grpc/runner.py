@@ -1,0 +1,224 @@
+"""The transaction runner: the one loop every session-changing call goes through.
+
+load (the session, its outbox, the request id's record) → apply a left-over outbox → replay a
+recorded request, or run the transition → compare-and-set (new state, new outbox, request
+record) → apply the new outbox exactly once → drop it. A version conflict means another call
+won: wait a moment (jittered) and run again. No locks.
+
+It owns, in one place each: the version bump, write identity (``request_ids``), the outbox
+flush, request-id records and conflict retries. It is typed against two Protocols — a session
+store and a pattern store — with a Redis/MongoDB implementation (``stores/redis_sessions.py``,
+``stores/mongo_patterns.py``) and an in-memory twin (``stores/memory.py``) that the replay tool
+and the fast tests use. A transition gets what it needs as arguments: the loaded state and the
+node's published KB version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+from google.protobuf.message import Message
+
+from kato_grpc import request_ids
+from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
+from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
+from kato_grpc.v1 import engine_pb2 as pb
+
+R = TypeVar("R", bound=Message)
+# A transition: (loaded state, the node's published KB version or None) -> (new state, response).
+Transition = Callable[[pb.SessionState, int | None], Awaitable[tuple[pb.SessionState, R]]]
+MAX_REMEMBERED_NODES = 100_000
+log = structlog.get_logger("kato.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How the runner retries and what it refuses."""
+
+    cas_retries: int = 32
+    backoff_max_seconds: float = 0.05
+    default_ttl_seconds: int = 3600
+    max_session_bytes: int = 4 * 1024 * 1024
+
+
+def session_not_found(session_id: str) -> NotFound:
+    return NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
+
+
+def _no_check(*_: str) -> None:
+    return None
+
+
+class TransactionRunner:
+    def __init__(
+        self,
+        sessions: SessionStore,
+        patterns: PatternStore,
+        policy: Policy | None = None,
+        *,
+        check_ids: Callable[[str, str], None] = _no_check,
+        authorize: Callable[[str], None] = _no_check,
+    ) -> None:
+        self.sessions = sessions
+        self.patterns = patterns
+        self.policy = policy or Policy()
+        self._check_ids = check_ids
+        self._authorize = authorize
+        self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
+        self._applying: set[asyncio.Future[list[pb.PatternWrite]]] = set()
+
+    async def load(self, session_id: str, request_id: str = "") -> Loaded:
+        """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node."""
+        self._check_ids(session_id, request_id)
+        # Once a session's node is known, its KB version rides along with the load.
+        loaded = await self.sessions.load(session_id, request_id, self._nodes.get(session_id))
+        if loaded is None:
+            self._nodes.pop(session_id, None)
+            raise session_not_found(session_id)
+        self._authorize(loaded.state.node_id)
+        if session_id not in self._nodes:
+            if len(self._nodes) >= MAX_REMEMBERED_NODES:
+                self._nodes.pop(next(iter(self._nodes)))
+            self._nodes[session_id] = loaded.state.node_id
+        return loaded
+
+    async def read(self, session_id: str) -> Loaded:
+        """A session for reading: its outbox applied, so its learns are visible in the KB."""
+        loaded = await self.load(session_id)
+        if loaded.outbox is not None:
+            await self.apply(loaded.outbox)
+            await self.sessions.drop_outbox(session_id, loaded.outbox_version)
+        return loaded
+
+    async def transact(
+        self, session_id: str, method: str, request: Message, request_id: str, transition: Transition[R], kind: type[R]
+    ) -> R:
+        fp = request_ids.fingerprint(method, request) if request_id else b""
+        for attempt in range(self.policy.cas_retries):
+            if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
+                await asyncio.sleep(random.uniform(0, min(self.policy.backoff_max_seconds, 0.0005 * 2**attempt)))
+            loaded = await self.load(session_id, request_id)
+            if loaded.outbox is not None:
+                await self.apply(loaded.outbox)  # before anything: a replay must not skip it
+            if loaded.record is not None:
+                request_ids.check_replay(loaded.record, method, fp)
+                if loaded.outbox is not None:
+                    await self.sessions.drop_outbox(session_id, loaded.outbox_version)
+                return kind.FromString(loaded.record.response)
+            new_state, response = await transition(loaded.state, loaded.kb_version)
+            new_state.version = loaded.version + 1
+            self._check_size(loaded.state, new_state)
+            outbox = None
+            if new_state.pending_writes:
+                outbox = pb.Outbox(session_id=session_id, node_id=new_state.node_id, writes=new_state.pending_writes)
+                new_state.ClearField("pending_writes")
+                request_ids.identify_writes(list(outbox.writes), session_id, request_id, fp, loaded.version)
+            result = await self.sessions.compare_and_set(
+                new_state,
+                loaded.version,
+                self.ttl_ms(new_state),
+                outbox=outbox,
+                clear_outbox=loaded.outbox is not None,
+                request_id=request_id,
+                record=request_ids.record(method, fp, response) if request_id else None,
+            )
+            if result == CasResult.GONE:
+                raise session_not_found(session_id)
+            if result == CasResult.CONFLICT:
+                continue
+            if outbox is not None:
+                refused = await self.apply(outbox)
+                await self.sessions.drop_outbox(session_id, new_state.version)
+                if refused:
+                    raise _refused(refused)
+            return response
+        raise Aborted(
+            f"session {session_id} changed concurrently {self.policy.cas_retries} times; retry",
+            reason="CAS_RETRIES_EXHAUSTED",
+        )
+
+    def ttl_ms(self, state: pb.SessionState) -> int:
+        return int((state.ttl_seconds or self.policy.default_ttl_seconds) * 1000)
+
+    def _check_size(self, old: pb.SessionState, new: pb.SessionState) -> None:
+        """A session may not grow past the byte limit (shrinking is always allowed)."""
+        size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
+        limit = self.policy.max_session_bytes
+        if size > limit and size > old.ByteSize():
+            raise ResourceExhausted(
+                f"the session would hold {size:,} bytes, over the limit of {limit:,} (KATO_MAX_SESSION_BYTES): "
+                "learn or clear its short-term memory first",
+                reason="SESSION_TOO_LARGE",
+                metadata={"bytes": str(size), "limit": str(limit)},
+            )
+
+    async def apply(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
+        """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
+        the pattern store refuses for good are kept as dead letters and returned (the rest
+        still land).
+
+        The store work is shielded from the caller's cancellation: a deadline that passes
+        mid-transaction answers the client, but the transaction goes on to its commit. Cut
+        off instead, it would stay open in MongoDB, holding its ledger entry, until the server
+        reaps it (60 s) — and every other attempt to apply the same writes would wait for that.
+        """
+        task = asyncio.ensure_future(self._apply_now(outbox))
+        self._applying.add(task)
+        task.add_done_callback(self._applying.discard)
+        task.add_done_callback(_settled)
+        return await asyncio.shield(task)
+
+    async def drain_applies(self, timeout: float) -> None:
+        """Let applies that outlived their calls finish (shutdown), for at most ``timeout``."""
+        if self._applying:
+            await asyncio.wait(set(self._applying), timeout=timeout)
+
+    async def _apply_now(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
+        writes = list(outbox.writes)
+        try:
+            applied = await self.patterns.apply_many(outbox.node_id, writes)
+            await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+            return []
+        except Exception as exc:
+            if not self.patterns.is_permanent(exc):
+                raise
+        refused: list[pb.PatternWrite] = []
+        for write in writes:  # one by one: find the refused ones, land the others
+            try:
+                applied = await self.patterns.apply_many(outbox.node_id, [write])
+                await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+            except Exception as exc:
+                if not self.patterns.is_permanent(exc):
+                    raise
+                await self.patterns.dead_letter(outbox.node_id, write, exc)
+                log.warning(
+                    "the pattern store refused a write; kept as a dead letter",
+                    write_id=write.write_id,
+                    node_id=outbox.node_id,
+                    pattern=write.name,
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
+                refused.append(write)
+        return refused
+
+
+def _settled(task: asyncio.Future[list[pb.PatternWrite]]) -> None:
+    """Mark an apply's error as seen: its caller got it, or — the call having ended — the
+    outbox is still there and the relay retries it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _refused(writes: list[pb.PatternWrite]) -> FailedPrecondition:
+    names = ", ".join("PTRN|" + w.name for w in writes if w.name) or "vectors"
+    return FailedPrecondition(
+        f"the call was committed, but the knowledge base refused to store {names}; "
+        "it is kept as a dead letter for operators and the session stays usable",
+        reason="PATTERN_REJECTED",
+        metadata={"write_ids": ",".join(w.write_id for w in writes)},
+    )

@@ -26,9 +26,10 @@ from server.engine_runner import EngineRunner
 from server.faults import CrashBeforeApply
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
+from server.observing import Observing
 from server.relay import OutboxRelay
 from server.servicer import KatoServicer
-from server.shell import KatoShell
+from server.sessions import Sessions
 
 log = structlog.get_logger("kato.server")
 # How often the GIL passes between threads (Python's default: 5 ms). The event loop shares
@@ -71,8 +72,12 @@ class KatoServer:
             check_ids=limits.check_ids,
             authorize=authorize,
         )
-        self.shell = KatoShell(settings, self.sessions, self.patterns, self.cache, self.engine, self.runner)
-        self.servicer = KatoServicer(self.shell, KbAdmin(settings, self.sessions, self.patterns))
+        self.servicer = KatoServicer(
+            settings,
+            Sessions(settings, self.sessions, self.runner),
+            Observing(settings, self.sessions, self.cache, self.engine, self.runner),
+            KbAdmin(settings, self.sessions, self.patterns, self.runner),
+        )
         self.relay = OutboxRelay(
             self.sessions,
             self.runner.apply,

@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from pymongo import errors as mongo_errors
 from redis import exceptions as redis_errors
 
-from kato_grpc.errors import KatoError, Unavailable
+from kato_grpc.errors import Aborted, KatoError, Unavailable
 
 DOMAIN = "kato.v1"
 
@@ -34,7 +34,22 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
 
 
 # MongoDB answers these while it starts, stops or recovers: the store is not available (yet).
-_MONGO_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+_MONGO_UNAVAILABLE_CODES = {
+    6: "HostUnreachable",
+    7: "HostNotFound",
+    89: "NetworkTimeout",
+    91: "ShutdownInProgress",
+    189: "PrimarySteppedDown",
+    262: "ExceededTimeLimit",
+    9001: "SocketException",
+    10107: "NotWritablePrimary",
+    11600: "InterruptedAtShutdown",
+    11602: "InterruptedDueToReplStateChange",
+    13435: "NotPrimaryNoSecondaryOk",
+    13436: "NotPrimaryOrSecondary",
+}
+# A transaction that lost a race with another: the store is fine, the call is retryable.
+_MONGO_WRITE_CONFLICT = 112
 _MONGO_RETRY_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult", "RetryableWriteError")
 
 
@@ -42,6 +57,8 @@ def as_kato_error(exc: BaseException) -> KatoError | None:
     """The KatoError an exception stands for, or None for an unexpected failure."""
     if isinstance(exc, KatoError):
         return exc
+    if isinstance(exc, mongo_errors.OperationFailure) and exc.code == _MONGO_WRITE_CONFLICT:
+        return Aborted("a concurrent change to the knowledge base won; retry", reason="WRITE_CONFLICT")
     if isinstance(exc, _STORE_DOWN) or _mongo_unavailable(exc):
         return Unavailable("a backing store is unavailable; retry", reason="STORE_UNAVAILABLE")
     return None

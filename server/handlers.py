@@ -8,9 +8,9 @@ INVALID_ARGUMENT (``request``, with the parser's complaint).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -43,29 +43,43 @@ def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Undecoda
     return parse
 
 
-def _unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    async def handle(request: Message | Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+class Guarded(Protocol):
+    """What the handlers are built from: a guard and the unary use cases (``servicer.py``)."""
+
+    def guard(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[Any]) -> Awaitable[Any]: ...
+
+    def unary_calls(self) -> dict[str, Callable[[Any], Awaitable[Message]]]: ...
+
+
+def _unary(
+    name: str, guarded: Guarded, call: Callable[[Any], Awaitable[Message]]
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
+    async def handle(request: Message | Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
         if isinstance(request, Undecodable):
             await context.abort_with_status(to_status(request.error()))
-        return await behavior(request, context)
+        result: Message = await guarded.guard(name, context, call(request))
+        return result
 
     return handle
 
 
-def add_service(servicer: Any, server: grpc.aio.Server) -> None:
-    """Register every method of ``kato.v1.KatoService`` on ``server``."""
+def add_service(servicer: Guarded, server: grpc.aio.Server) -> None:
+    """Register every method of ``kato.v1.KatoService`` on ``server``: each unary use case
+    behind the servicer's guard; streams are the servicer's own methods."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    calls = servicer.unary_calls()
     for method in SERVICE.methods:
         parse = _parser(message_factory.GetMessageClass(method.input_type))
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
-        behavior = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                behavior, request_deserializer=parse, response_serializer=serialize
+                getattr(servicer, method.name), request_deserializer=parse, response_serializer=serialize
             )
         elif not method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behavior), request_deserializer=parse, response_serializer=serialize
+                _unary(method.name, servicer, calls[method.name]),
+                request_deserializer=parse,
+                response_serializer=serialize,
             )
         else:  # pragma: no cover - the API has no such method
             raise TypeError(f"unsupported streaming shape for {method.name}")

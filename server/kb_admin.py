@@ -1,23 +1,25 @@
-"""Knowledge-base administration: reading, listing, changing and deleting patterns.
+"""Knowledge-base administration: patterns (get, list, update, delete) and wiping a KB.
 
-No session is involved: each call checks its request (``limits``), authorizes the node and
-goes to the pattern store; a change publishes the KB's new version so every process's cache
-refreshes.
+Each call checks its request (``limits``), authorizes the node and goes to the pattern store;
+a change publishes the KB's new version so every process's cache refreshes. A wipe with a
+session also clears the session's STM, through the transaction runner.
 """
 
 from __future__ import annotations
 
 import base64
 
+from kato_grpc import request_ids
 from kato_grpc.engine import processor
 from kato_grpc.errors import InvalidArgument, NotFound
+from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
-from server.auth import authorize
+from server.auth import authorize, principal
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -28,10 +30,13 @@ def pattern_not_found(name: str, node_id: str) -> NotFound:
 
 
 class KbAdmin:
-    def __init__(self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore) -> None:
+    def __init__(
+        self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore, runner: TransactionRunner
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.patterns = patterns
+        self.runner = runner
 
     async def get_pattern(self, req: svc.GetPatternRequest) -> pb.Pattern:
         limits.require_node_id(req.node_id)
@@ -84,3 +89,46 @@ class KbAdmin:
         if version is None:
             raise pattern_not_found(req.name, req.node_id)
         await self.sessions.publish_kb_version(req.node_id, version)
+
+    async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+        """KATO's clear-all: wipe the KB (of the session's node, or of ``node_id``) and, with a
+        session, clear its STM. Both given must agree."""
+        limits.check_request_id(req.request_id)
+        if not req.session_id:
+            await self._clear_node(req)
+            return
+        fp = request_ids.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
+        loaded = await self.runner.load(req.session_id, req.request_id)
+        node = loaded.state.node_id
+        if req.node_id and req.node_id != node:
+            raise InvalidArgument.for_field(
+                "node_id", "names another node than the session's; give one of them", reason="NODE_MISMATCH"
+            )
+        if loaded.record is not None:  # a retry: answered by the transaction below, no second wipe
+            request_ids.check_replay(loaded.record, "ClearKnowledgeBase", fp)
+        else:
+            # Apply the outbox first: writes learned before the wipe must land before it, never
+            # after (the ledger then keeps them from being applied again).
+            await self.runner.read(req.session_id)
+            await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
+
+        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+            return processor.clear_stm(state), svc.ShortTermMemory()
+
+        await self.runner.transact(req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory)
+
+    async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+        limits.require_node_id(req.node_id)
+        authorize(req.node_id)
+        key = ""
+        if req.request_id:
+            key = scoped_key("kbreq", req.node_id, principal(), req.request_id)
+            fp = request_ids.fingerprint("ClearKnowledgeBase", req)
+            previous = await self.sessions.recorded(key)
+            if previous is not None:
+                request_ids.check_replay(previous, "ClearKnowledgeBase", fp)
+                return
+        await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
+        if key:
+            done = request_ids.record("ClearKnowledgeBase", fp, b"")
+            await self.sessions.remember(key, done, self.settings.max_ttl_seconds * 1000)

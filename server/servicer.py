@@ -1,6 +1,4 @@
-"""``kato.v1.KatoService`` over grpc.aio: thin methods around the shell, one error mapping."""
-
-# ruff: noqa: N802 - method names are the RPC names grpc dispatches to
+"""``kato.v1.KatoService`` over grpc.aio: a table of use cases behind one guard, one error mapping."""
 
 from __future__ import annotations
 
@@ -8,23 +6,24 @@ import asyncio
 import contextlib
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
 import structlog
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from kato_grpc.errors import DeadlineExceeded, KatoError, Unavailable
-from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.settings import Settings
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from server import limits
 from server.auth import authenticate
 from server.errors import as_kato_error, internal_status, to_status
 from server.handlers import decoded
 from server.kb_admin import KbAdmin
-from server.shell import KatoShell
+from server.observing import Observing
+from server.sessions import Sessions
 from server.stream import batches
 
 T = TypeVar("T")
@@ -40,11 +39,14 @@ def _request_id(context: Ctx) -> str:
     return uuid.uuid4().hex
 
 
-class KatoServicer(svc_grpc.KatoServiceServicer):
-    def __init__(self, shell: KatoShell, admin: KbAdmin) -> None:
-        self.shell = shell
+class KatoServicer:
+    """``kato.v1.KatoService``: the use cases behind one guard (see ``unary_calls``)."""
+
+    def __init__(self, settings: Settings, sessions: Sessions, observing: Observing, admin: KbAdmin) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.observing = observing
         self.admin = admin
-        self.settings = shell.settings
         # Shutdown: once draining, new calls are refused with UNAVAILABLE (retryable, so a
         # client goes to another replica) while the ones in flight finish.
         self.draining = False
@@ -67,7 +69,7 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
         authenticate(metadata, self.settings.auth_tokens)
 
-    async def _guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
+    async def guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
         with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
             self.inflight += 1
             self._idle.clear()
@@ -103,29 +105,7 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
                 if not self.inflight:
                     self._idle.set()
 
-    async def CreateSession(self, request: svc.CreateSessionRequest, context: Ctx) -> svc.Session:
-        return await self._guard("CreateSession", context, self.shell.create_session(request))
-
-    async def GetSession(self, request: svc.GetSessionRequest, context: Ctx) -> svc.Session:
-        return await self._guard("GetSession", context, self.shell.get_session(request.session_id))
-
-    async def DeleteSession(self, request: svc.DeleteSessionRequest, context: Ctx) -> empty_pb2.Empty:
-        await self._guard("DeleteSession", context, self.shell.delete_session(request.session_id))
-        return empty_pb2.Empty()
-
-    async def ExtendSession(self, request: svc.ExtendSessionRequest, context: Ctx) -> svc.Session:
-        return await self._guard("ExtendSession", context, self.shell.extend_session(request))
-
-    async def UpdateSessionConfig(self, request: svc.UpdateSessionConfigRequest, context: Ctx) -> svc.Session:
-        return await self._guard("UpdateSessionConfig", context, self.shell.update_config(request))
-
-    async def Observe(self, request: svc.ObserveRequest, context: Ctx) -> svc.ObserveResponse:
-        return await self._guard("Observe", context, self.shell.observe(request))
-
-    async def ObserveSequence(self, request: svc.ObserveSequenceRequest, context: Ctx) -> svc.ObserveSequenceResponse:
-        return await self._guard("ObserveSequence", context, self.shell.observe_sequence(request))
-
-    async def ObserveStream(
+    async def ObserveStream(  # noqa: N802 - the RPC name grpc dispatches to
         self,
         request_iterator: AsyncIterator[svc.ObserveRequest],
         context: Ctx,
@@ -134,7 +114,7 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         session (without request_id, all valid) are committed together: one load, one
         compare-and-set, the same responses as one by one (see ``server/stream.py``)."""
         # Authenticate when the stream opens, before reading anything from it.
-        await self._guard("ObserveStream", context, _noop())
+        await self.guard("ObserveStream", context, _noop())
         stream = batches(
             decoded(request_iterator),
             lambda r: limits.check_observe(r, self.settings),
@@ -143,47 +123,44 @@ class KatoServicer(svc_grpc.KatoServiceServicer):
         )
         async for batch in stream:
             if isinstance(batch, KatoError):  # answered after every observation before it
-                await self._guard("ObserveStream", context, _raise(batch))
+                await self.guard("ObserveStream", context, _raise(batch))
                 return
-            responses = await self._guard("ObserveStream", context, self.shell.observe_batch(batch))
+            responses = await self.guard("ObserveStream", context, self.observing.observe_batch(batch))
             for response in responses:
                 yield response
 
-    async def Learn(self, request: svc.LearnRequest, context: Ctx) -> svc.LearnResponse:
-        return await self._guard("Learn", context, self.shell.learn(request))
+    def unary_calls(self) -> dict[str, Callable[[Any], Awaitable[Message]]]:
+        """What each unary RPC does: the use case, given the decoded request. ``add_service``
+        wraps every one in ``guard`` — deadline, auth, drain and error mapping, in one place."""
+        s, o, k = self.sessions, self.observing, self.admin
+        return {
+            "CreateSession": s.create_session,
+            "GetSession": lambda r: s.get_session(r.session_id),
+            "DeleteSession": _empty(lambda r: s.delete_session(r.session_id)),
+            "ExtendSession": s.extend_session,
+            "UpdateSessionConfig": s.update_config,
+            "Observe": o.observe,
+            "ObserveSequence": o.observe_sequence,
+            "Learn": o.learn,
+            "GetPredictions": lambda r: o.get_predictions(r.session_id),
+            "GetShortTermMemory": lambda r: o.get_stm(r.session_id),
+            "ClearShortTermMemory": _empty(o.clear_stm),
+            "GetPerceptData": lambda r: o.percept_data(r.session_id),
+            "GetCognitionData": lambda r: o.cognition_data(r.session_id),
+            "GetPattern": k.get_pattern,
+            "ListPatterns": k.list_patterns,
+            "UpdatePattern": k.update_pattern,
+            "DeletePattern": _empty(k.delete_pattern),
+            "ClearKnowledgeBase": _empty(k.clear_knowledge_base),
+        }
 
-    async def GetPredictions(self, request: svc.GetPredictionsRequest, context: Ctx) -> svc.GetPredictionsResponse:
-        return await self._guard("GetPredictions", context, self.shell.get_predictions(request.session_id))
 
-    async def GetShortTermMemory(self, request: svc.GetShortTermMemoryRequest, context: Ctx) -> svc.ShortTermMemory:
-        return await self._guard("GetShortTermMemory", context, self.shell.get_stm(request.session_id))
-
-    async def ClearShortTermMemory(self, request: svc.ClearShortTermMemoryRequest, context: Ctx) -> empty_pb2.Empty:
-        await self._guard("ClearShortTermMemory", context, self.shell.clear_stm(request))
+def _empty(call: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[Message]]:
+    async def run(request: Any) -> Message:
+        await call(request)
         return empty_pb2.Empty()
 
-    async def GetPerceptData(self, request: svc.GetPerceptDataRequest, context: Ctx) -> pb.PerceptData:
-        return await self._guard("GetPerceptData", context, self.shell.percept_data(request.session_id))
-
-    async def GetCognitionData(self, request: svc.GetCognitionDataRequest, context: Ctx) -> pb.CognitionData:
-        return await self._guard("GetCognitionData", context, self.shell.cognition_data(request.session_id))
-
-    async def GetPattern(self, request: svc.GetPatternRequest, context: Ctx) -> pb.Pattern:
-        return await self._guard("GetPattern", context, self.admin.get_pattern(request))
-
-    async def ListPatterns(self, request: svc.ListPatternsRequest, context: Ctx) -> svc.ListPatternsResponse:
-        return await self._guard("ListPatterns", context, self.admin.list_patterns(request))
-
-    async def UpdatePattern(self, request: svc.UpdatePatternRequest, context: Ctx) -> pb.Pattern:
-        return await self._guard("UpdatePattern", context, self.admin.update_pattern(request))
-
-    async def DeletePattern(self, request: svc.DeletePatternRequest, context: Ctx) -> empty_pb2.Empty:
-        await self._guard("DeletePattern", context, self.admin.delete_pattern(request))
-        return empty_pb2.Empty()
-
-    async def ClearKnowledgeBase(self, request: svc.ClearKnowledgeBaseRequest, context: Ctx) -> empty_pb2.Empty:
-        await self._guard("ClearKnowledgeBase", context, self.shell.clear_knowledge_base(request))
-        return empty_pb2.Empty()
+    return run
 
 
 def _discard(work: Awaitable[object]) -> None:

@@ -92,20 +92,6 @@ class Match:
         return (self.evidence + self.confidence) * self.snr + self.frag_term
 
 
-def match_pattern(
-    pattern: PatternRecord,
-    state: Sequence[str],
-    stm: Sequence[Sequence[str]],
-    config: EngineConfig,
-    weight: Callable[[str], float] | None,
-) -> Match | None:
-    """Match one pattern in full; None when it does not pass the recall-threshold gate."""
-    m = align(pattern, state, config)
-    if m is not None:
-        complete(m, state, stm, weight)
-    return m
-
-
 def align(
     pattern: PatternRecord, state: Sequence[str], config: EngineConfig, tick: Callable[[], None] | None = None
 ) -> Match | None:

@@ -93,7 +93,7 @@ def new_session(session_id: str, node_id: str, config: pb.SessionConfig) -> pb.S
 def update_config(state: pb.SessionState, config: pb.SessionConfig) -> pb.SessionState:
     """Replace the session config; nothing is applied when any field is invalid."""
     validate_config(config)
-    new = _copy(state)
+    new = copy_state(state)
     new.config.CopyFrom(config)
     return new
 
@@ -109,7 +109,7 @@ def observe(
 ) -> ObserveResult:
     """One observation (spec 2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
     validate_observation(observation)
-    new = _copy(state)
+    new = copy_state(state)
     step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), resolve_config(new.config), budget)
     return ObserveResult(
         unique_id=step.unique_id,
@@ -140,7 +140,7 @@ def observe_sequence(
     the state: copying per observation made a long sequence quadratic, as the outbox grows."""
     for observation in observations:
         validate_observation(observation)
-    new = _copy(state)
+    new = copy_state(state)
     cfg = resolve_config(new.config)  # nothing in a sequence changes the config
     steps: list[SequenceStep] = []
     writes: list[pb.PatternWrite] = []
@@ -199,8 +199,6 @@ def _observe_into(
     new.percept.metadata.MergeFrom(observation.metadata)
     del new.last_predictions[:]
     new.last_predictions.extend(predictions)
-    del new.last_future_potentials[:]
-    new.last_future_potentials.extend(futures)
 
     auto_learned: str | None = None
     writes: list[pb.PatternWrite] = []
@@ -231,7 +229,7 @@ def learn(state: pb.SessionState) -> LearnResult:
     if not state.stm:
         raise FailedPrecondition("cannot learn from an empty short-term memory", reason="STM_EMPTY")
     cfg = resolve_config(state.config)
-    new = _copy(state)
+    new = copy_state(state)
     name, writes = _consume_stm(new, state.version, cfg)
     return LearnResult(
         state=new,
@@ -259,13 +257,12 @@ def predictions_into(
 
 def clear_stm(state: pb.SessionState) -> pb.SessionState:
     """Reset STM, accumulators, time, percept and last predictions (spec 5.2)."""
-    new = _copy(state)
+    new = copy_state(state)
     for name in (
         "stm",
         "emotives_accumulator",
         "metadata_accumulator",
         "last_predictions",
-        "last_future_potentials",
         "pending_vectors",
     ):
         new.ClearField(name)
@@ -364,7 +361,8 @@ def _cap(records: Sequence[object]) -> None:
         del records[:excess]  # type: ignore[attr-defined]
 
 
-def _copy(state: pb.SessionState) -> pb.SessionState:
+def copy_state(state: pb.SessionState) -> pb.SessionState:
+    """A private copy of a state (transitions never change their input)."""
     new = pb.SessionState()
     new.CopyFrom(state)
     return new

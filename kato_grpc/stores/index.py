@@ -60,12 +60,6 @@ class _Postings:
         self.event_lengths.append(event_length)
         self._arrays = None
 
-    def remove(self, pattern_id: int) -> None:
-        i = self.ids.index(pattern_id)
-        for column in (self.ids, self.counts, self.positions, self.event_lengths):
-            del column[i]
-        self._arrays = None
-
     def arrays(self) -> PostingArrays:
         if self._arrays is None:
             self._arrays = PostingArrays(
@@ -203,16 +197,6 @@ class KnowledgeIndex:
         for symbol in dict.fromkeys(flat):
             position = flat.index(symbol)
             self._own_postings(symbol).add(pattern_id, flat.count(symbol), position, event_length_at[position])
-
-    def remove_pattern(self, name: str) -> None:
-        pattern_id = self._ids.pop(name, None)
-        if pattern_id is None:
-            return
-        record = self._records[pattern_id]
-        self._records[pattern_id] = None
-        if record is not None:
-            for symbol in set(record.flat):
-                self._own_postings(symbol).remove(pattern_id)
 
     def apply_symbol_change(self, change: SymbolChange) -> None:
         """Apply one learn's statistics, in the order given (floats add up in that order)."""

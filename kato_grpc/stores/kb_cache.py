@@ -107,6 +107,3 @@ class KbCache:
             # collection over millions of them is a p99 spike of hundreds of milliseconds.
             gc.freeze()
         return index
-
-    def cached_patterns(self) -> int:
-        return sum(len(i) for i in self._indexes.values())

@@ -1077,7 +1077,6 @@ class SessionState(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     PERCEPT_FIELD_NUMBER: _builtins.int
     LAST_PREDICTIONS_FIELD_NUMBER: _builtins.int
-    LAST_FUTURE_POTENTIALS_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PENDING_WRITES_FIELD_NUMBER: _builtins.int
@@ -1085,7 +1084,6 @@ class SessionState(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
-    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
     time: _builtins.int
@@ -1106,8 +1104,6 @@ class SessionState(_message.Message):
     @_builtins.property
     def last_predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Prediction]: ...
     @_builtins.property
-    def last_future_potentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___FuturePotential]: ...
-    @_builtins.property
     def config(self) -> Global___SessionConfig: ...
     @_builtins.property
     def pending_writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternWrite]:
@@ -1123,8 +1119,6 @@ class SessionState(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1136,7 +1130,6 @@ class SessionState(_message.Message):
         time: _builtins.int = ...,
         percept: Global___PerceptData | None = ...,
         last_predictions: _abc.Iterable[Global___Prediction] | None = ...,
-        last_future_potentials: _abc.Iterable[Global___FuturePotential] | None = ...,
         config: Global___SessionConfig | None = ...,
         version: _builtins.int = ...,
         pending_writes: _abc.Iterable[Global___PatternWrite] | None = ...,
@@ -1144,11 +1137,10 @@ class SessionState(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
-        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "expire_time", b"expire_time", "percept", b"percept"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "percept", b"percept"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "expire_time", b"expire_time", "last_future_potentials", b"last_future_potentials", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,7 +40,7 @@ def test_matching_blocks_equal_difflib(pattern: list[str], state: list[str]) -> 
 @settings(max_examples=3000, deadline=None)
 @given(pattern=TOKENS, state=TOKENS)
 def test_extras_of_the_present_span_are_the_unmatched_state_symbols(pattern: list[str], state: list[str]) -> None:
-    # matching.match_pattern relies on this identity instead of a second alignment.
+    # matching.align relies on this identity instead of a second alignment.
     blocks = matching_blocks(pattern, state)
     if blocks:
         present_flat = pattern[blocks[0][0] : blocks[-1][0] + blocks[-1][2]]

@@ -7,7 +7,7 @@ from pytest import approx
 
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.knowledge import PatternRecord
-from kato_grpc.engine.matching import match_pattern
+from kato_grpc.engine.matching import align, complete
 from tests.unit.kit import clear_stm, future_potentials, learn, observe, predictions, session, set_config
 
 
@@ -344,7 +344,9 @@ def test_w15_weighted_similarity(
     pattern: list[str], state: list[str], weights: dict[str, float], unweighted: float, weighted: float
 ) -> None:
     record = PatternRecord.build("p", [[s] for s in pattern], 1)
-    m = match_pattern(record, state, [[s] for s in state], EngineConfig(), lambda s: weights.get(s, 0.01))
+    m = align(record, state, EngineConfig())
+    assert m is not None
+    complete(m, state, [[s] for s in state], lambda s: weights.get(s, 0.01))
     assert m is not None and m.weighted is not None
     assert m.similarity == approx(unweighted)
     assert m.weighted.similarity == approx(weighted)

@@ -1,0 +1,135 @@
+"""Session use cases: create, get, delete, extend, reconfigure.
+
+Changes go through the transaction runner (``kato_grpc/runner.py``); CreateSession makes a
+new session with a compare-and-set on no previous version, its request id scoped by node and
+caller (``kato_grpc/request_ids.py`` decides what a retry gets).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from google.protobuf import timestamp_pb2
+
+from kato_grpc import request_ids
+from kato_grpc.engine import processor
+from kato_grpc.engine.config import effective_config
+from kato_grpc.errors import Aborted, InvalidArgument, NotFound
+from kato_grpc.runner import TransactionRunner, session_not_found
+from kato_grpc.settings import Settings
+from kato_grpc.stores.protocols import CasResult
+from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from server import limits
+from server.auth import authorize, principal
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class Sessions:
+    def __init__(self, settings: Settings, sessions: RedisSessionStore, runner: TransactionRunner) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.runner = runner
+
+    async def _read(self, session_id: str) -> pb.SessionState:
+        return (await self.runner.read(session_id)).state
+
+    def session_proto(self, state: pb.SessionState) -> svc.Session:
+        expire = timestamp_pb2.Timestamp()
+        expire.FromSeconds(int(time.time()) + (state.ttl_seconds or self.settings.session_ttl_seconds))
+        return svc.Session(
+            session_id=state.session_id,
+            node_id=state.node_id,
+            config=effective_config(state.config),
+            ttl_seconds=state.ttl_seconds,
+            create_time=state.create_time,
+            expire_time=expire,
+            metadata=state.metadata,
+            etag=str(state.version),
+            stm_length=len(state.stm),
+            time=state.time,
+        )
+
+    async def create_session(self, req: svc.CreateSessionRequest) -> svc.Session:
+        limits.require_node_id(req.node_id)
+        authorize(req.node_id)
+        limits.check_request_id(req.request_id)
+        ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
+        limits.check_ttl(ttl, self.settings)
+        if len(req.metadata) > self.settings.max_metadata_keys:
+            raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
+        key, fp = "", b""
+        if req.request_id:  # scoped by node and caller: nobody else's id can name this session
+            key = scoped_key("create", req.node_id, principal(), req.request_id)
+            fp = request_ids.fingerprint("CreateSession", req)
+            existing = await self._created(key, fp)
+            if existing is not None:
+                return existing
+        state = processor.new_session("s-" + secrets.token_hex(16), req.node_id, req.config)
+        state.ttl_seconds = ttl
+        state.metadata.update(req.metadata)
+        state.create_time.CopyFrom(_now())
+        state.version = 1
+        if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
+            raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
+        if key:
+            mine = request_ids.record("CreateSession", fp, state.session_id.encode())
+            winner = await self.sessions.remember(key, mine, self.runner.ttl_ms(state))
+            if winner.response != mine.response:  # a concurrent retry created it first
+                await self.sessions.delete(state.session_id)
+                request_ids.check_replay(winner, "CreateSession", fp)
+                return await self.get_session(winner.response.decode())
+        return self.session_proto(state)
+
+    async def _created(self, key: str, fp: bytes) -> svc.Session | None:
+        """The session an earlier CreateSession with this (scoped) request id made, if alive."""
+        previous = await self.sessions.recorded(key)
+        if previous is None:
+            return None
+        request_ids.check_replay(previous, "CreateSession", fp)
+        try:
+            return await self.get_session(previous.response.decode())
+        except NotFound:  # it expired or was deleted: the id may create a new one
+            await self.sessions.forget(key)
+            return None
+
+    async def get_session(self, session_id: str) -> svc.Session:
+        return self.session_proto(await self._read(session_id))
+
+    async def delete_session(self, session_id: str) -> None:
+        # Not found, or not this caller's node: nothing is deleted. The outbox is applied
+        # first; one committed after this load outlives the session and the relay applies it.
+        await self._read(session_id)
+        if not await self.sessions.delete(session_id):
+            raise session_not_found(session_id)
+
+    async def extend_session(self, req: svc.ExtendSessionRequest) -> svc.Session:
+        limits.check_ttl(req.ttl_seconds, self.settings)
+
+        async def extend(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.Session]:
+            new = processor.copy_state(state)
+            new.ttl_seconds = req.ttl_seconds
+            new.version = state.version + 1  # so the returned etag is the saved one
+            return new, self.session_proto(new)
+
+        return await self.runner.transact(req.session_id, "ExtendSession", req, "", extend, svc.Session)
+
+    async def update_config(self, req: svc.UpdateSessionConfigRequest) -> svc.Session:
+        async def update(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.Session]:
+            merged = pb.SessionConfig()
+            merged.CopyFrom(state.config)
+            merged.MergeFrom(req.config)
+            new = processor.update_config(state, merged)
+            new.version = state.version + 1
+            return new, self.session_proto(new)
+
+        return await self.runner.transact(
+            req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session
+        )

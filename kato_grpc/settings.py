@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     outbox_relay_interval_seconds: float = Field(1.0, gt=0)
     store_timeout_seconds: float = Field(5.0, gt=0)
 
-    # Request limits (DESIGN 9), enforced before any work.
+    # Request limits (architecture.md §9), enforced before any work.
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_symbols_per_event: int = Field(1000, ge=1)
     max_symbol_bytes: int = Field(1024, ge=1)

@@ -1,4 +1,4 @@
-"""The one mapping from exceptions to gRPC statuses with rich details (DESIGN 7).
+"""The one mapping from exceptions to gRPC statuses with rich details (architecture.md §7).
 
 KatoErrors carry their code, reason and field violations; store outages become UNAVAILABLE;
 anything else is INTERNAL with a generic message (the stack trace goes to the log only).

@@ -1,7 +1,7 @@
 """Registering KatoService with decoding done by us, not by grpc.
 
 grpc answers a request it cannot deserialize with INTERNAL; a client that sends bad bytes
-must get INVALID_ARGUMENT instead (DESIGN 7). So every handler receives the raw bytes, parsed
+must get INVALID_ARGUMENT instead (architecture.md §7). So every handler receives the raw bytes, parsed
 here; what does not parse becomes an ``Undecodable`` that the servicer answers with
 INVALID_ARGUMENT (``request``, with the parser's complaint).
 """

@@ -1,4 +1,4 @@
-"""Request checks done before any work (DESIGN 9): identifiers, size limits, numbers.
+"""Request checks done before any work (architecture.md §9): identifiers, size limits, numbers.
 
 The one place requests are checked: unary Observe, ObserveSequence, every ObserveStream
 message and UpdatePattern all go through ``check_observation`` / the functions below, so a

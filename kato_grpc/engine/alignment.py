@@ -1,7 +1,8 @@
-"""Sequence alignment primitives of spec 4.3-4.4.
+"""Sequence alignment primitives of engine.md §4.3-4.4.
 
 The gate similarity is LCS-based (RapidFuzz); the block alignment is difflib's recursive
-longest-match with ``autojunk=False`` — the two differ on purpose (D-9, Q-MATCH-1).
+longest-match with ``autojunk=False`` — the two differ on purpose (D-9: for some inputs
+2·|matches|/(|p|+|s|) is below the gate similarity).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ def token_similarity(pattern: Sequence[str], state: Sequence[str]) -> float:
 
 
 def character_similarity(pattern: Sequence[str], state: Sequence[str]) -> float:
-    """RapidFuzz ratio of the space-joined sequences, as a fraction (spec 4.3, character mode)."""
+    """RapidFuzz ratio of the space-joined sequences, as a fraction (engine.md §4.3, character mode)."""
     return float(fuzz.ratio(" ".join(pattern), " ".join(state))) / 100.0
 
 
 def token_ratio_percent(a: str, b: str) -> float:
-    """Character ratio of two tokens in percent (fuzzy token matching, spec 4.15.1)."""
+    """Character ratio of two tokens in percent (fuzzy token matching, engine.md §4.15.1)."""
     if a == b:
         return 100.0
     return float(fuzz.ratio(a, b))
@@ -40,7 +41,7 @@ def matching_blocks(
     """Recursive longest-block alignment of pattern against state, adjacent blocks merged.
 
     This is exactly difflib's ``SequenceMatcher(None, pattern, state, autojunk=False)
-    .get_matching_blocks()`` (spec 4.4's definition) minus the final dummy block: the same
+    .get_matching_blocks()`` (engine.md §4.4's definition) minus the final dummy block: the same
     search and tie-breaks, without the junk and popularity bookkeeping that never applies here
     and without building a matcher object per candidate (a test compares the two).
     ``tick`` is called every ``tick_every`` pattern positions (it may raise to stop a long

@@ -108,7 +108,7 @@ def screen(kb: KnowledgeView, state: Sequence[str], config: EngineConfig) -> Scr
             [character_similarity(kb.pattern_by_id(int(i)).flat, state) for i in hit_ids], dtype=np.float64
         )
     single_snr = (2 - (n - 1)) / (2 + (n - 1))
-    # The same expression, in the same order, as Match.pre_potential (spec 4.8).
+    # The same expression, in the same order, as Match.pre_potential (engine.md §4.8).
     pre = (1 / hit_lengths + 1 / event_lengths[entry].astype(np.int64)) * single_snr + 1.0
     hits = SingleHits(hit_ids, pre, similarity, positions[entry], first_in_state[entry])
     return Screen(hits.take(similarity >= config.recall_threshold), others)

@@ -1,4 +1,4 @@
-"""Session configuration: validation (spec 5.11, D-1, D-16) and resolution to defaults."""
+"""Session configuration: validation (engine.md §5.11, D-1, D-16) and resolution to defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from kato_grpc.errors import FieldViolation, InvalidArgument
 from kato_grpc.v1 import engine_pb2 as pb
 
-# Appendix B defaults.
+# engine.md Appendix B defaults.
 DEFAULT_RECALL_THRESHOLD = 0.1
 DEFAULT_MAX_PREDICTIONS = 100
 DEFAULT_PERSISTENCE = 5

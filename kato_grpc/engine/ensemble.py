@@ -1,4 +1,4 @@
-"""Ensemble metrics, ranking and future potentials (spec 4.8-4.14; D-6, D-7, D-11-D-15).
+"""Ensemble metrics, ranking and future potentials (engine.md §4.8-4.14; D-6, D-7, D-11-D-15).
 
 Everything here runs over the pruned set of gated candidates in ``name`` order, so every
 float sum has one fixed order and the output never depends on hash seeds.
@@ -78,7 +78,7 @@ class Ensemble:
     n_patterns: int
     vocabulary_size: int
     total_pattern_frequencies: int
-    prob: dict[str, float]  # symbol probability over the ensemble's matches and missing (spec 4.9)
+    prob: dict[str, float]  # symbol probability over the ensemble's matches and missing (engine.md §4.9)
     pmf: dict[str, int]  # pattern member frequency of every symbol above
 
 
@@ -90,7 +90,7 @@ def score(
     The descriptive metrics that depend on one prediction alone come from ``describe``."""
     totals = kb.totals()
     n_patterns = totals.total_unique_patterns
-    # Symbol probability cache: symbols of matches and event-aligned missing only (spec 4.9).
+    # Symbol probability cache: symbols of matches and event-aligned missing only (engine.md §4.9).
     pmf: dict[str, int] = {}
     prob: dict[str, float] = {}
     for m in matches:
@@ -174,7 +174,7 @@ def _itfdf(
     ens_freq: int,
 ) -> float:
     """1 - cosine distance between the state's and the present's probability-weighted
-    counts, scaled by frequency (spec 4.9). The sums run over symbols in sorted order; the
+    counts, scaled by frequency (engine.md §4.9). The sums run over symbols in sorted order; the
     state's squared norm is the same for every candidate, so it is summed once (a symbol
     missing on one side adds exactly 0.0 to a sum, which changes no float)."""
     if ens_freq == 0:

@@ -74,7 +74,7 @@ class PostingArrays(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class SymbolStats:
-    """Statistics of one symbol (spec 1.8, HEAD rules)."""
+    """Statistics of one symbol (engine.md §1.8, HEAD rules)."""
 
     frequency: int = 0
     pattern_member_frequency: int = 0

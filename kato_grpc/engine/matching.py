@@ -1,7 +1,7 @@
-"""Matching one candidate pattern against the STM (spec 4.3-4.7, 4.15; D-9, D-18, D-19).
+"""Matching one candidate pattern against the STM (engine.md §4.3-4.7, 4.15; D-9, D-18, D-19).
 
 Produces everything of a prediction that depends on that pattern alone; ensemble metrics
-(spec 4.9-4.11) come later in ``ensemble``.
+(engine.md §4.9-4.11) come later in ``ensemble``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class WeightedMetrics:
 @dataclass(slots=True)
 class Match:
     """The per-pattern part of a prediction, built in two steps: ``align`` gives everything
-    pruning needs (spec 4.8), ``complete`` the event lists and weighted metrics, only for the
+    pruning needs (engine.md §4.8), ``complete`` the event lists and weighted metrics, only for the
     candidates that survive pruning. Never changed once complete."""
 
     pattern: PatternRecord
@@ -88,7 +88,7 @@ class Match:
 
     @property
     def pre_potential(self) -> float:
-        """Provisional score for pruning (spec 4.8): always the unweighted metrics."""
+        """Provisional score for pruning (engine.md §4.8): always the unweighted metrics."""
         return (self.evidence + self.confidence) * self.snr + self.frag_term
 
 
@@ -158,7 +158,7 @@ def _aligned(
     extras_count: int,
     blocks: int,
 ) -> Match:
-    """The unweighted metrics (spec 4.6-4.7) of an alignment, for ``align`` and its closed form."""
+    """The unweighted metrics (engine.md §4.6-4.7) of an alignment, for ``align`` and its closed form."""
     p = pattern.flat
     m = len(matches)
     lpr = sum(len(ev) for ev in pattern.events[present_start:future_start])
@@ -194,7 +194,7 @@ def complete(
 def _segment(
     events: Sequence[tuple[str, ...]], past_len: int, present_len: int, matches: Sequence[str]
 ) -> tuple[int, int]:
-    """Map the flat regions back onto whole events (spec 4.5), with the membership fix-up:
+    """Map the flat regions back onto whole events (engine.md §4.5), with the membership fix-up:
     the event indexes where present and future start."""
     target = past_len
     covered = 0
@@ -244,7 +244,7 @@ def _weighted(
     present: Events,
     extras: Sequence[Sequence[str]],
 ) -> WeightedMetrics:
-    """Affinity-weighted metrics (spec 4.15.3 with D-19's floor for every symbol)."""
+    """Affinity-weighted metrics (engine.md §4.15.3 with D-19's floor for every symbol)."""
     w_matches = sum(weight(s) for s in matches)
     w_pattern = sum(weight(s) for s in pattern)
     w_state = sum(weight(s) for s in state)

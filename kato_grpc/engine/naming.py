@@ -1,4 +1,4 @@
-"""KATO-compatible names: patterns (D-27, spec 1.4) and vectors (D-26, spec 1.5)."""
+"""KATO-compatible names: patterns (D-27, engine.md §1.4) and vectors (D-26, engine.md §1.5)."""
 
 from __future__ import annotations
 

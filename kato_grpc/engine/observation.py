@@ -1,4 +1,4 @@
-"""Checking an observation and turning it into an STM event (spec 1.2, 1.5, 2.1; D-26)."""
+"""Checking an observation and turning it into an STM event (engine.md §1.2, 1.5, 2.1; D-26)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def check_finite(values: Mapping[str, float], field: str) -> None:
 
 
 def validate_observation(observation: pb.Observation, field: str = "observation") -> None:
-    """Reject non-finite numbers and ragged vectors before any work (D-26, DESIGN 9)."""
+    """Reject non-finite numbers and ragged vectors before any work (D-26, architecture.md §9)."""
     check_finite(observation.emotives, f"{field}.emotives")
     dims = {len(v.values) for v in observation.vectors}
     if 0 in dims:
@@ -59,7 +59,7 @@ def build_percept(
     sort_symbols: bool,
     field: str = "observation",
 ) -> Percept:
-    """Vector symbols first, then strings, each group sorted when ``sort_symbols`` (spec 1.2)."""
+    """Vector symbols first, then strings, each group sorted when ``sort_symbols`` (engine.md §1.2)."""
     vector_symbols: list[str] = []
     pending_vector = None
     if observation.vectors:

@@ -1,4 +1,4 @@
-"""Predictions for an STM against a knowledge-base view (spec 4, Appendix A, with Decisions)."""
+"""Predictions for an STM against a knowledge-base view (engine.md §4, engine.md Appendix A, with Decisions)."""
 
 from __future__ import annotations
 

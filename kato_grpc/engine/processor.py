@@ -2,7 +2,7 @@
 
 Each function takes a SessionState (and, where needed, a read-only KnowledgeView) and
 returns a new SessionState plus outputs and PatternWrites. Inputs are never mutated: the
-new state is a copy. This is KATO's stateless processor (DESIGN 2).
+new state is a copy. This is KATO's stateless processor (architecture.md §2).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def observe(
     limits: StmLimits | None = None,
     budget: Budget | None = None,
 ) -> ObserveResult:
-    """One observation (spec 2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
+    """One observation (engine.md §2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
     validate_observation(observation)
     new = copy_state(state)
     step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), resolve_config(new.config), budget)
@@ -225,7 +225,7 @@ def _observe_into(
 
 
 def learn(state: pb.SessionState) -> LearnResult:
-    """Learn the STM as a pattern (spec 3 with D-3, D-22)."""
+    """Learn the STM as a pattern (engine.md §3 with D-3, D-22)."""
     if not state.stm:
         raise FailedPrecondition("cannot learn from an empty short-term memory", reason="STM_EMPTY")
     cfg = resolve_config(state.config)
@@ -256,7 +256,7 @@ def predictions_into(
 
 
 def clear_stm(state: pb.SessionState) -> pb.SessionState:
-    """Reset STM, accumulators, time, percept and last predictions (spec 5.2)."""
+    """Reset STM, accumulators, time, percept and last predictions (engine.md §5.2)."""
     new = copy_state(state)
     for name in (
         "stm",

@@ -1,4 +1,4 @@
-"""Emotive and metadata records: averaging (spec 1.6), stringification (D-29), merging (1.7)."""
+"""Emotive and metadata records: averaging (engine.md §1.6), stringification (D-29), merging (1.7)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def stringify_metadata(metadata: Mapping[str, struct_pb2.Value], field: str = "m
 
 
 def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
-    """key -> sorted unique values over all records (spec 1.7)."""
+    """key -> sorted unique values over all records (engine.md §1.7)."""
     merged: dict[str, set[str]] = {}
     for record in records:
         for key, value in record.items():
@@ -60,7 +60,7 @@ def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[
 
 
 def merge_metadata(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Union per key, sorted (re-learn rule of spec 1.7)."""
+    """Union per key, sorted (re-learn rule of engine.md §1.7)."""
     out = {key: sorted(set(values)) for key, values in old.items()}
     for key, values in new.items():
         out[key] = sorted(set(out.get(key, ())) | set(values))
@@ -70,7 +70,7 @@ def merge_metadata(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[
 def window_emotives(
     stored: Sequence[Mapping[str, float]], incoming: Sequence[Mapping[str, float]], persistence: int
 ) -> list[dict[str, float]]:
-    """The pattern's emotive window after a learn (spec 1.6, D-4)."""
+    """The pattern's emotive window after a learn (engine.md §1.6, D-4)."""
     if not incoming:
         return [dict(r) for r in stored]
     return [dict(r) for r in [*stored, *incoming][-persistence:]]

@@ -1,4 +1,4 @@
-"""Nearest indexed vectors for a percept vector (spec 1.5: 3 nearest, euclidean, no cut-off)."""
+"""Nearest indexed vectors for a percept vector (engine.md §1.5: 3 nearest, euclidean, no cut-off)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from kato_grpc.engine.knowledge import PatternRecord, PostingArrays, SymbolStats
 
 @dataclass(frozen=True, slots=True)
 class SymbolChange:
-    """What one learn does to symbol statistics (spec 1.6, 1.8): +count per distinct symbol,
+    """What one learn does to symbol statistics (engine.md §1.6, 1.8): +count per distinct symbol,
     +1 pmf when the pattern is new, + the learn's average emotives to its affinity."""
 
     counts: Mapping[str, int]

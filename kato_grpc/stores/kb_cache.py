@@ -1,4 +1,4 @@
-"""The per-process knowledge-base cache, stamped with each KB's version (DESIGN 4, D-8).
+"""The per-process knowledge-base cache, stamped with each KB's version (architecture.md §4, D-8).
 
 Every read is given the KB version that writers publish in Redis after each MongoDB commit
 (one cheap GET) and fetches only what changed since the cached version, so predictions never

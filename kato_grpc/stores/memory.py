@@ -70,7 +70,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
         )
 
     def clear(self) -> None:
-        """ClearKnowledgeBase: all data goes, the version moves on (DESIGN 4).
+        """ClearKnowledgeBase: all data goes, the version moves on (architecture.md §4).
 
         The ledger of applied write ids stays, so a late retry of an old write cannot
         resurrect a pattern into the wiped KB.

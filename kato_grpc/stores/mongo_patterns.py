@@ -335,7 +335,7 @@ class MongoPatternStore:
         return UpdateOne({"kb_id": kb_id, "name": write.name}, update, upsert=True)
 
     async def clear(self, kb_id: str) -> int:
-        """Wipe a KB; its version moves on and every cache reloads (DESIGN 4)."""
+        """Wipe a KB; its version moves on and every cache reloads (architecture.md §4)."""
         return await self._transaction(lambda s: self._clear_in(s, kb_id))
 
     async def _clear_in(self, s: AsyncClientSession, kb_id: str) -> int:
@@ -367,7 +367,7 @@ class MongoPatternStore:
         return version
 
     async def delete_pattern(self, kb_id: str, name: str) -> int | None:
-        """Remove a pattern; symbol statistics and totals stay as they are (spec 5.4).
+        """Remove a pattern; symbol statistics and totals stay as they are (engine.md §5.4).
         Returns the new KB version, or None when there was no such pattern."""
         return await self._transaction(lambda s: self._delete_in(s, kb_id, name))
 

@@ -331,8 +331,8 @@ Global___Observation: _TypeAlias = Observation  # noqa: Y015
 
 @_typing.final
 class SessionConfig(_message.Message):
-    """Per-session engine parameters (spec 5.11 as kept by the Decisions).
-    Every field has presence: unset means the default of spec Appendix B.
+    """Per-session engine parameters (engine.md §5.11 as kept by the Decisions).
+    Every field has presence: unset means the default of engine.md Appendix B.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -465,7 +465,7 @@ Global___Anomaly: _TypeAlias = Anomaly  # noqa: Y015
 
 @_typing.final
 class Prediction(_message.Message):
-    """One ranked prediction: every field of spec 4.16 plus metadata, pattern_probability
+    """One ranked prediction: every field of engine.md §4.16 plus metadata, pattern_probability
     and weighted_strength (D-5, D-14).
     """
 
@@ -755,7 +755,7 @@ Global___Pattern: _TypeAlias = Pattern  # noqa: Y015
 
 @_typing.final
 class PerceptData(_message.Message):
-    """What the last observation looked like (spec 5.5)."""
+    """What the last observation looked like (engine.md §5.5)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -832,7 +832,7 @@ Global___PerceptData: _TypeAlias = PerceptData  # noqa: Y015
 
 @_typing.final
 class CognitionData(_message.Message):
-    """The KATO cognition view of a session (spec 5.6)."""
+    """The KATO cognition view of a session (engine.md §5.6)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -919,7 +919,7 @@ Global___PendingVector: _TypeAlias = PendingVector  # noqa: Y015
 @_typing.final
 class PatternWrite(_message.Message):
     """A change to a knowledge base, computed by the pure engine and applied by the shell
-    exactly once (DESIGN 5).
+    exactly once (architecture.md §5).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

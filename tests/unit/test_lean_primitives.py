@@ -1,4 +1,4 @@
-"""The lean primitives of the hot path equal their plain definitions (spec 4.4, snr's E_x, future keys)."""
+"""The lean primitives of the hot path equal their plain definitions (engine.md §4.4, snr's E_x, future keys)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pattern and vector names are KATO's (spec 1.4, 1.5; D-26, D-27)."""
+"""Pattern and vector names are KATO's (engine.md §1.4, 1.5; D-26, D-27)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Observe, learn, clear and config transitions (spec 1.2, 2, 3, 5; D-1, D-3, D-21-D-25)."""
+"""Observe, learn, clear and config transitions (engine.md §1.2, 2, 3, 5; D-1, D-3, D-21-D-25)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests of the pure core: purity, determinism and the invariants of spec 4."""
+"""Property tests of the pure core: purity, determinism and the invariants of engine.md §4."""
 
 from __future__ import annotations
 

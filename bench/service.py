@@ -15,10 +15,8 @@ import argparse
 import asyncio
 import datetime as dt
 import math
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kato_grpc import devstack
+from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
@@ -52,56 +51,6 @@ async def timed(n: int, call: Callable[[int], Awaitable[Any]]) -> list[float]:
         await call(i)
         out.append((time.perf_counter() - t0) * 1000)
     return out
-
-
-class Server:
-    def __init__(self, redis: devstack.LocalServer, mongo: devstack.LocalServer, log: Path, workers: int) -> None:
-        self.port = devstack.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KATO_")}
-        env |= {
-            "KATO_PORT": str(self.port),
-            "KATO_REDIS_URL": devstack.redis_url(redis),
-            "KATO_MONGODB_URI": devstack.mongodb_uri(mongo),
-            "KATO_WORKERS": str(workers),
-            "KATO_LOG_LEVEL": "WARNING",
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server"],
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        self.address = f"127.0.0.1:{self.port}"
-
-    async def wait(self) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for _ in range(600):
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def rss_mb(self) -> float:
-        pids = [self.proc.pid]
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-        total = 0
-        for pid in pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        return total / 1024
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def obs(*symbols: str) -> pb.Observation:
@@ -154,7 +103,7 @@ async def train(stub: svc_grpc.KatoServiceAsyncStub, node: str, count: int, rng:
 
 
 async def prediction_suite(
-    stub: svc_grpc.KatoServiceAsyncStub, server: Server, sizes: list[int], queries: int
+    stub: svc_grpc.KatoServiceAsyncStub, server: ServerProcess, sizes: list[int], queries: int
 ) -> tuple[list[dict[str, float]], float]:
     rng = random.Random(SEED)
     node = "bench-predict"
@@ -249,9 +198,8 @@ async def stream_vs_unary(stub: svc_grpc.KatoServiceAsyncStub, n: int) -> tuple[
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        log = Path(tmp) / "server.log"
-        server = Server(redis, mongo, log, workers=1)
-        await server.wait()
+        server = new_server(redis, mongo, Path(tmp))
+        await asyncio.to_thread(server.start, KATO_WORKERS="1")
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = svc_grpc.KatoServiceStub(channel)
@@ -262,8 +210,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["predictions"], results["training_rate"] = rows, rate
         finally:
             server.stop()
-        server = Server(redis, mongo, log, workers=2)
-        await server.wait()
+        server = new_server(redis, mongo, Path(tmp))
+        await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
             results["throughput"] = await throughput(server.address, 64, args.seconds)
             results["stream_throughput"] = await throughput(server.address, 64, args.seconds, streams=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.service import Server
 from kato_grpc import devstack
+from kato_grpc.devserver import new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
@@ -73,8 +73,8 @@ async def client(stub: svc_grpc.KatoServiceAsyncStub, k: int, stop: float, codes
 
 async def run(minutes: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = Server(redis, mongo, Path(tmp) / "server.log", workers=2)
-        await server.wait()
+        server = new_server(redis, mongo, Path(tmp))
+        await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
             channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
             stubs = [svc_grpc.KatoServiceStub(c) for c in channels]

@@ -40,8 +40,11 @@ class Settings(BaseSettings):
     max_call_seconds: float = Field(120.0, gt=0)
     # Threads the engine runs on (off the event loop); they share the GIL.
     engine_threads: int = Field(4, ge=1, le=64)
-    # Process-wide: pass the GIL every 1 ms instead of Python's 5 ms (server/app.py).
+    # Process-wide policies (server/app.py, server/memory_policy.py): pass the GIL every 1 ms
+    # instead of Python's 5 ms; after a large KB refresh, freeze the GC and return freed heap.
     gil_switch_interval: bool = True
+    gc_freeze: bool = True
+    malloc_trim: bool = True
     cas_retries: int = Field(32, ge=1, le=10_000)
     # Conflict retries wait a random time up to min(this, 1 ms × 2^attempt).
     cas_backoff_max_seconds: float = Field(0.05, ge=0)

@@ -20,7 +20,7 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_patterns import Doc, MongoPatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
+from server import limits, memory_policy
 from server.auth import authorize
 from server.engine_runner import EngineRunner
 from server.faults import CrashBeforeApply
@@ -58,7 +58,10 @@ class KatoServer:
             self._redis, RecordLimits(settings.max_request_records, settings.max_request_record_bytes)
         )
         self.patterns = MongoPatternStore(self._mongo, settings.mongodb_database)
-        self.cache = KbCache(self.patterns)
+        self.cache = KbCache(
+            self.patterns,
+            after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
+        )
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(
             self.sessions,

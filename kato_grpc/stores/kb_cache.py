@@ -14,13 +14,10 @@ sees a half-applied refresh.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import cast
 
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.mongo_patterns import KbChanges, MongoPatternStore
@@ -29,26 +26,19 @@ DEFAULT_MAX_KBS = 100
 FREEZE_AFTER = 1000
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return cast(Callable[[int], int], ctypes.CDLL("libc.so.6").malloc_trim)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _release_free_memory() -> None:
-    """Hand the heap freed by a large refresh (decoded documents, the replayed symbol log)
-    back to the OS, so the process's RSS is the cache, not the refresh's high-water mark."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 class KbCache:
-    def __init__(self, store: MongoPatternStore, max_kbs: int = DEFAULT_MAX_KBS, check_seconds: float = 1.0) -> None:
+    """``after_large_refresh`` is the process's memory policy (``server/memory_policy.py``),
+    run after a refresh of at least ``FREEZE_AFTER`` patterns; none by default."""
+
+    def __init__(
+        self,
+        store: MongoPatternStore,
+        max_kbs: int = DEFAULT_MAX_KBS,
+        check_seconds: float = 1.0,
+        after_large_refresh: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
+        self._after_large_refresh = after_large_refresh
         self._max = max_kbs
         self._check_seconds = check_seconds
         self._indexes: OrderedDict[str, KnowledgeIndex] = OrderedDict()
@@ -76,8 +66,8 @@ class KbCache:
             index = self._merge(kb_id, changes)
             large = len(changes.patterns) >= FREEZE_AFTER
             del changes
-            if large:
-                _release_free_memory()
+            if large and self._after_large_refresh is not None:
+                self._after_large_refresh()
         self._indexes.move_to_end(kb_id)
         while len(self._indexes) > self._max:
             evicted, _ = self._indexes.popitem(last=False)
@@ -102,8 +92,4 @@ class KbCache:
         index.set_totals(replace(changes.totals, vocabulary_size=index.symbol_count()))
         index.version = changes.version
         self._indexes[kb_id] = index
-        if len(changes.patterns) >= FREEZE_AFTER:
-            # Move the (long-lived) cached records out of the cyclic GC's reach: a full
-            # collection over millions of them is a p99 spike of hundreds of milliseconds.
-            gc.freeze()
         return index

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.integration.harness import ROOT
+from kato_grpc.devserver import ROOT
 
 
 def test_engine_benchmark_smoke() -> None:

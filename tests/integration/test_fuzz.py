@@ -12,11 +12,11 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kato_grpc.devserver import ServerProcess
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.fuzz import METHODS, SERVICE, message
-from tests.integration.harness import ServerProcess
 
 REQUESTS = int(os.environ.get("KATO_FUZZ_REQUESTS", "1500"))
 ALLOWED = {

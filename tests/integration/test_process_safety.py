@@ -17,10 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kato_grpc import devstack
+from kato_grpc.devserver import ROOT, ServerProcess, new_server, server_env
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-from tests.integration.harness import ROOT, ServerProcess, new_server, server_env
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 ALPHABET = [f"s{i}" for i in range(20)]

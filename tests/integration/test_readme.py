@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.harness import ROOT, ServerProcess
+from kato_grpc.devserver import ROOT, ServerProcess
 
 
 def readme_block() -> str:

@@ -17,10 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from kato_grpc import devstack
+from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from tests.integration.harness import ServerProcess, new_server
 from tests.integration.support import eventually, frequency
 
 T = TypeVar("T")

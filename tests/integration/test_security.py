@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from kato_grpc import devstack
+from kato_grpc.devserver import new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-from tests.integration.harness import new_server
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 TOKENS = {"alice-token": ["alice"], "ops-token": ["*"]}

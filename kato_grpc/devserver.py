@@ -1,7 +1,12 @@
-"""Real servers for integration tests: local stores and `python -m server` processes."""
+"""``python -m server`` processes on local stores, for the integration tests and the benchmarks.
+
+One harness for both: start a server on a free port (its own Redis database and MongoDB
+database when asked), wait until it is SERVING, give out stubs, read its memory, stop it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kato_grpc import devstack
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -60,6 +65,25 @@ class ServerProcess:
         self.channels.append(channel)
         return svc_grpc.KatoServiceStub(channel)
 
+    async def wait_serving_async(self, timeout: float = 60.0) -> None:
+        await asyncio.to_thread(self.wait_serving, timeout)
+
+    def pids(self) -> list[int]:
+        """The server process and its workers."""
+        if self.proc is None:
+            return []
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [self.proc.pid] + ([int(p) for p in children.read_text().split()] if children.exists() else [])
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its workers."""
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
     def stop(self, sig: int | None = None) -> int | None:
         for channel in self.channels:
             channel.close()
@@ -97,9 +121,15 @@ def server_env(
 
 
 def new_server(
-    redis: devstack.LocalServer, mongo: devstack.LocalServer, log_dir: Path, database: str = "kato", redis_db: int = 0
+    redis: devstack.LocalServer,
+    mongo: devstack.LocalServer,
+    log_dir: Path,
+    database: str = "kato",
+    redis_db: int = 0,
+    log_level: str = "WARNING",
 ) -> ServerProcess:
     """A server process on a free port. Its own ``redis_db`` keeps other servers' outbox
     relays away from its sessions (a test that must see what one server does alone)."""
     port = devstack.free_port()
-    return ServerProcess(port, server_env(redis, mongo, port, database, redis_db), log_dir / f"server-{port}.log")
+    env = server_env(redis, mongo, port, database, redis_db) | {"KATO_LOG_LEVEL": log_level}
+    return ServerProcess(port, env, log_dir / f"server-{port}.log")

@@ -1,0 +1,38 @@
+"""Process-wide memory policy, run by the KB cache after a large refresh (100k+ patterns
+loaded at once). Each part can be switched off (``KATO_GC_FREEZE``, ``KATO_MALLOC_TRIM``).
+
+- **gc.freeze**: moves every object alive now — mostly the cached pattern records, which live
+  as long as the process — out of the cyclic garbage collector's reach. A full collection over
+  millions of them was a p99 spike of hundreds of milliseconds (docs/performance.md).
+- **malloc_trim**: hands the heap freed by the refresh (decoded documents, the replayed symbol
+  log) back to the OS, so RSS is the cache and not the refresh's high-water mark (glibc only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from collections.abc import Callable
+from typing import cast
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL("libc.so.6").malloc_trim)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def after_large_refresh(*, freeze: bool, trim: bool) -> Callable[[], None] | None:
+    """The hook for ``KbCache``, or None when both parts are off."""
+    trimmer = _malloc_trim() if trim else None
+    if not freeze and trimmer is None:
+        return None
+
+    def apply() -> None:
+        if freeze:
+            gc.freeze()
+        if trimmer is not None:
+            trimmer(0)
+
+    return apply

@@ -17,7 +17,8 @@ from pymongo import AsyncMongoClient
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.mongo_patterns import Doc, MongoPatternStore
+from kato_grpc.stores.mongo_docs import Doc
+from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits, memory_policy

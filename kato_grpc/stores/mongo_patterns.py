@@ -27,57 +27,34 @@ from __future__ import annotations
 import datetime
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from bson.errors import InvalidDocument
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.stores.index import SymbolChange
+from kato_grpc.stores.mongo_docs import (
+    RECORD_FIELDS,
+    Doc,
+    pattern_doc,
+    pattern_from_doc,
+    pattern_op,
+    symbol_log_parts,
+    totals_from_doc,
+)
+from kato_grpc.stores.mongo_errors import error_codes, is_duplicate, is_permanent
 from kato_grpc.stores.protocols import Applied
 from kato_grpc.v1 import engine_pb2 as pb
 
-Doc = dict[str, Any]
 R = TypeVar("R")
 DUPLICATE_RETRIES = 5
-DUPLICATE_KEY = 11000
-# Errors that no retry can fix: BadValue (e.g. a counter that would overflow), FailedToParse,
-# TypeMismatch, BSONObjectTooLarge and the "document after update too large" family.
-PERMANENT_CODES = frozenset({2, 9, 14, 10334, 17419, 17420})
-# A symbol_log document holds the learns of one batch; past this many bytes of symbols it is
-# split in parts (MongoDB documents end at 16 MiB).
-SYMBOL_LOG_PART_BYTES = 4 * 1024 * 1024
 # The write itself is kept in a dead letter up to this size (its summary always).
 DEAD_LETTER_WRITE_BYTES = 1024 * 1024
-
-
-def _codes(exc: BaseException) -> set[int]:
-    if isinstance(exc, BulkWriteError):
-        return {int(e.get("code", 0)) for e in exc.details.get("writeErrors", [])}
-    if isinstance(exc, OperationFailure) and exc.code is not None:
-        return {int(exc.code)}
-    return set()
-
-
-def is_duplicate(exc: BaseException) -> bool:
-    codes = _codes(exc)
-    return isinstance(exc, DuplicateKeyError) or (bool(codes) and codes <= {DUPLICATE_KEY})
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """True when MongoDB (or the driver) refuses a write for good: retrying cannot help."""
-    if isinstance(exc, InvalidDocument | OverflowError):  # DocumentTooLarge is an InvalidDocument
-        return True
-    if isinstance(exc, PyMongoError) and any(
-        exc.has_error_label(label) for label in ("TransientTransactionError", "RetryableWriteError")
-    ):
-        return False
-    return bool(_codes(exc) & PERMANENT_CODES)
 
 
 @dataclass(slots=True)
@@ -90,60 +67,6 @@ class KbChanges:
     patterns: list[PatternRecord] = field(default_factory=list)
     symbol_changes: list[SymbolChange] = field(default_factory=list)
     vectors: list[tuple[str, list[float]]] = field(default_factory=list)
-
-
-# What a PatternRecord is built from: decoding nothing else keeps a large refresh's garbage
-# (and the heap fragmentation it leaves behind) small.
-RECORD_FIELDS = {"_id": 0, "name": 1, "events": 1, "frequency": 1, "emotives": 1, "metadata": 1}
-
-
-def pattern_from_doc(doc: Mapping[str, Any]) -> PatternRecord:
-    metadata: dict[str, set[str]] = {}
-    for key, value in doc.get("metadata", []):
-        metadata.setdefault(key, set()).add(value)
-    return PatternRecord.build(
-        doc["name"],
-        doc["events"],
-        int(doc.get("frequency", 0)),
-        [{k: float(v) for k, v in record} for record in doc.get("emotives", [])],
-        {k: sorted(v) for k, v in metadata.items()},
-    )
-
-
-def _totals_from_doc(doc: Mapping[str, Any] | None) -> Totals:
-    if not doc:
-        return Totals()
-    return Totals(
-        total_unique_patterns=int(doc.get("total_unique_patterns", 0)),
-        total_pattern_frequencies=int(doc.get("total_pattern_frequencies", 0)),
-        # The vocabulary is the number of distinct symbols: the cache counts it itself.
-        vocabulary_size=0,
-    )
-
-
-def _symbol_log_parts(
-    kb_id: str, version: int, learns: Sequence[pb.PatternWrite], new_flags: Sequence[bool]
-) -> list[Doc]:
-    """A batch's symbol-statistics log: one document, or several parts (in order) when its
-    symbols would make one too large."""
-    parts: list[Doc] = []
-    current: list[Doc] = []
-    size = 0
-    for w, is_new in zip(learns, new_flags, strict=True):
-        entry_bytes = sum(len(k) + 16 for k in w.symbol_counts) + sum(len(k) + 16 for k in w.affinity_delta)
-        if current and size + entry_bytes > SYMBOL_LOG_PART_BYTES:
-            parts.append({"kb_id": kb_id, "kb_version": version, "part": len(parts), "learns": current})
-            current, size = [], 0
-        current.append(
-            {
-                "c": sorted([k, v] for k, v in w.symbol_counts.items()),
-                "n": is_new,
-                "a": sorted([k, v] for k, v in w.affinity_delta.items()),
-            }
-        )
-        size += entry_bytes
-    parts.append({"kb_id": kb_id, "kb_version": version, "part": len(parts), "learns": current})
-    return parts
 
 
 class MongoPatternStore:
@@ -208,7 +131,7 @@ class MongoPatternStore:
             "kb_id": kb_id,
             "name": write.name,
             "error": f"{type(error).__name__}: {str(error)[:500]}",
-            "codes": sorted(_codes(error)),
+            "codes": sorted(error_codes(error)),
             "write_bytes": size,
             "time": datetime.datetime.now(datetime.UTC),
         }
@@ -260,7 +183,7 @@ class MongoPatternStore:
             await db.vectors.bulk_write(vector_ops, ordered=True, session=s)
         if learns:
             await self._write_patterns(s, kb_id, learns, new_flags, version)
-            await db.symbol_log.insert_many(_symbol_log_parts(kb_id, version, learns, new_flags), session=s)
+            await db.symbol_log.insert_many(symbol_log_parts(kb_id, version, learns, new_flags), session=s)
         return Applied(len(todo), version)
 
     async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[pb.PatternWrite]) -> list[bool]:
@@ -287,52 +210,12 @@ class MongoPatternStore:
     ) -> None:
         """Write the batch's patterns: those the KB does not have yet as whole documents (one
         cheap bulk insert, the common case when training), the rest updated in batch order."""
-        inserts = [self._pattern_doc(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if new]
-        updates = [self._pattern_op(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if not new]
+        inserts = [pattern_doc(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if new]
+        updates = [pattern_op(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if not new]
         if inserts:
             await self._db.patterns.insert_many(inserts, ordered=True, session=s)
         if updates:
             await self._db.patterns.bulk_write(updates, ordered=True, session=s)
-
-    @staticmethod
-    def _pattern_doc(kb_id: str, write: pb.PatternWrite, version: int) -> Doc:
-        """The document a first learn creates: what the upsert below would produce on insert."""
-        events = [list(e.symbols) for e in write.events]
-        records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
-        pairs = [[k, v] for k, values in sorted(write.metadata.items()) for v in values.values]
-        unique_pairs = [list(p) for p in dict.fromkeys(tuple(p) for p in pairs)]
-        return {
-            "kb_id": kb_id,
-            "name": write.name,
-            "events": events,
-            "length": sum(len(e) for e in events),
-            "symbols": sorted({x for e in events for x in e}),
-            "frequency": 1,
-            "kb_version": version,
-            "emotives": records[-write.persistence :] if records else [],
-            "metadata": unique_pairs,
-        }
-
-    @staticmethod
-    def _pattern_op(kb_id: str, write: pb.PatternWrite, version: int) -> UpdateOne:
-        events = [list(e.symbols) for e in write.events]
-        on_insert: Doc = {
-            "events": events,
-            "length": sum(len(e) for e in events),
-            "symbols": sorted({x for e in events for x in e}),
-        }
-        update: Doc = {"$inc": {"frequency": 1}, "$set": {"kb_version": version}, "$setOnInsert": on_insert}
-        records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
-        if records:
-            update["$push"] = {"emotives": {"$each": records, "$slice": -write.persistence}}
-        else:
-            on_insert["emotives"] = []
-        pairs = [[k, v] for k, values in sorted(write.metadata.items()) for v in values.values]
-        if pairs:
-            update["$addToSet"] = {"metadata": {"$each": pairs}}
-        else:
-            on_insert["metadata"] = []
-        return UpdateOne({"kb_id": kb_id, "name": write.name}, update, upsert=True)
 
     async def clear(self, kb_id: str) -> int:
         """Wipe a KB; its version moves on and every cache reloads (architecture.md §4)."""
@@ -428,7 +311,7 @@ class MongoPatternStore:
             version = int(kb["version"]) if kb else 0
             full = since <= 0 or since > version or int((kb or {}).get("reload_version", 0)) > since
             query: Doc = {"kb_id": kb_id} if full else {"kb_id": kb_id, "kb_version": {"$gt": since}}
-            changes = KbChanges(version=version, full=full, totals=_totals_from_doc(kb))
+            changes = KbChanges(version=version, full=full, totals=totals_from_doc(kb))
             async for doc in self._db.patterns.find(query, RECORD_FIELDS):
                 changes.patterns.append(pattern_from_doc(doc))
             async for doc in self._db.symbol_log.find(query).sort([("kb_version", ASCENDING), ("part", ASCENDING)]):

@@ -198,7 +198,7 @@ async def stream_vs_unary(stub: svc_grpc.KatoServiceAsyncStub, n: int) -> tuple[
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp))
+        server = new_server(redis, mongo, Path(tmp), quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="1")
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
@@ -210,7 +210,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["predictions"], results["training_rate"] = rows, rate
         finally:
             server.stop()
-        server = new_server(redis, mongo, Path(tmp))
+        server = new_server(redis, mongo, Path(tmp), quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
             results["throughput"] = await throughput(server.address, 64, args.seconds)

@@ -73,7 +73,7 @@ async def client(stub: svc_grpc.KatoServiceAsyncStub, k: int, stop: float, codes
 
 async def run(minutes: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp))
+        server = new_server(redis, mongo, Path(tmp), quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
             channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]

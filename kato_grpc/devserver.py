@@ -104,19 +104,27 @@ class ServerProcess:
 
 
 def server_env(
-    redis: devstack.LocalServer, mongo: devstack.LocalServer, port: int, database: str, redis_db: int = 0
+    redis: devstack.LocalServer,
+    mongo: devstack.LocalServer,
+    port: int,
+    database: str,
+    redis_db: int = 0,
+    *,
+    quick: bool = True,
 ) -> dict[str, str]:
+    """The environment of a server on these stores. ``quick``: the tests' short health
+    interval and store timeouts (outages are noticed fast); off, the defaults (benchmarks load
+    large knowledge bases that take longer than a test's store timeout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KATO_")}
     env.update(
         KATO_PORT=str(port),
         KATO_REDIS_URL=devstack.redis_url(redis).rsplit("/", 1)[0] + f"/{redis_db}",
         KATO_MONGODB_URI=devstack.mongodb_uri(mongo),
         KATO_MONGODB_DATABASE=database,
-        KATO_HEALTH_INTERVAL_SECONDS="0.2",
-        KATO_STORE_TIMEOUT_SECONDS="2",
-        KATO_GRACE_SECONDS="5",
         KATO_LOG_LEVEL="WARNING",
     )
+    if quick:
+        env.update(KATO_HEALTH_INTERVAL_SECONDS="0.2", KATO_STORE_TIMEOUT_SECONDS="2", KATO_GRACE_SECONDS="5")
     return env
 
 
@@ -127,9 +135,10 @@ def new_server(
     database: str = "kato",
     redis_db: int = 0,
     log_level: str = "WARNING",
+    quick: bool = True,
 ) -> ServerProcess:
     """A server process on a free port. Its own ``redis_db`` keeps other servers' outbox
     relays away from its sessions (a test that must see what one server does alone)."""
     port = devstack.free_port()
-    env = server_env(redis, mongo, port, database, redis_db) | {"KATO_LOG_LEVEL": log_level}
+    env = server_env(redis, mongo, port, database, redis_db, quick=quick) | {"KATO_LOG_LEVEL": log_level}
     return ServerProcess(port, env, log_dir / f"server-{port}.log")

@@ -97,7 +97,15 @@ class KatoServicer:
                     log.exception("unexpected error")
                     await context.abort_with_status(internal_status())
                     raise  # unreachable: abort_with_status raises
-                log.info("request failed", code=error.code, reason=error.reason)
+                if error is exc:
+                    log.info("request failed", code=error.code, reason=error.reason)
+                else:  # a store failure: say which, so an operator can tell a timeout from a refusal
+                    log.warning(
+                        "request failed",
+                        code=error.code,
+                        reason=error.reason,
+                        cause=f"{type(exc).__name__}: {exc}"[:300],
+                    )
                 await context.abort_with_status(to_status(error))
                 raise
             finally:

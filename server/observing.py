@@ -12,7 +12,6 @@ import uuid
 
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
-from kato_grpc.engine.config import resolve_config
 from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
@@ -54,10 +53,9 @@ class Observing:
     async def _view_for(
         self, state: pb.SessionState, published: int | None, observations: list[pb.Observation]
     ) -> KnowledgeView:
-        # Skip the KB round trip when nothing in the call can read the KB.
-        if resolve_config(state.config).process_predictions or any(o.vectors for o in observations):
+        if processor.reads_knowledge(state, observations):
             return await self._view(state.node_id, published)
-        return _EMPTY_KB
+        return _EMPTY_KB  # no KB round trip when nothing in the call can read the KB
 
     async def _read(self, session_id: str) -> pb.SessionState:
         return (await self.runner.read(session_id)).state

@@ -224,6 +224,13 @@ def _observe_into(
     )
 
 
+def reads_knowledge(state: pb.SessionState, observations: Sequence[pb.Observation]) -> bool:
+    """Whether observing these can read the knowledge base: observe-time predictions are on,
+    or an observation has vectors (their nearest indexed neighbours, engine.md §1.5). When not,
+    the shell need not fetch a KnowledgeView at all."""
+    return resolve_config(state.config).process_predictions or any(o.vectors for o in observations)
+
+
 def learn(state: pb.SessionState) -> LearnResult:
     """Learn the STM as a pattern (engine.md §3 with D-3, D-22)."""
     if not state.stm:

@@ -1,11 +1,23 @@
-"""Small helpers to drive the pure engine in tests (one session on an in-memory KB)."""
+"""The unit tests' support module: drive one session on an in-memory KB (through the replay
+tool, so through the real transaction runner), and build knowledge bases directly."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hypothesis import strategies as st
+
+from kato_grpc.engine.naming import pattern_name
 from kato_grpc.replay import Replayer, config_from_json
+from kato_grpc.stores.memory import InMemoryKnowledgeBase
+from kato_grpc.v1 import engine_pb2 as pb
+
+# Hypothesis strategies for small KBs over a 12-symbol alphabet (many overlaps, many ties).
+SYMBOL = st.sampled_from([f"s{i}" for i in range(12)])
+EVENT = st.lists(SYMBOL, min_size=1, max_size=3)
+PATTERN = st.lists(EVENT, min_size=1, max_size=6)
 
 
 def session(**config: Any) -> Replayer:
@@ -37,3 +49,20 @@ def set_config(r: Replayer, **config: Any) -> None:
 
 def clear_stm(r: Replayer) -> None:
     r.run({"op": "clear_stm"})
+
+
+def pattern_write(events: Sequence[Sequence[str]], name: str | None = None) -> pb.PatternWrite:
+    """The write a learn of ``events`` makes (no emotives or metadata); ``name`` overrides the
+    real one (for tests of name ordering)."""
+    write = pb.PatternWrite(name=name or pattern_name(events), persistence=5)
+    write.events.extend(pb.Event(symbols=e) for e in events)
+    write.symbol_counts.update(Counter(s for e in events for s in e))
+    return write
+
+
+def kb_of(patterns: Iterable[Sequence[Sequence[str]]]) -> InMemoryKnowledgeBase:
+    """An in-memory KB that learned each pattern once."""
+    kb = InMemoryKnowledgeBase()
+    for events in patterns:
+        kb.apply(pattern_write(events))
+    return kb

@@ -22,21 +22,11 @@ from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
 from server.stream import ReadAhead, batches
-
-
-def _kb(*patterns: list[list[str]]) -> InMemoryKnowledgeBase:
-    kb = InMemoryKnowledgeBase()
-    for k, events in enumerate(patterns):
-        state = processor.new_session(f"s{k}", "n", pb.SessionConfig())
-        for e in events:
-            state.stm.add(symbols=e)
-        for write in processor.learn(state).writes:
-            kb.apply(write)
-    return kb
+from tests.unit.kit import kb_of
 
 
 def test_work_over_the_limit_is_refused_before_any_alignment() -> None:
-    kb = _kb([["a"]] * 50, [["a", "b"]] * 50)
+    kb = kb_of([[["a"]] * 50, [["a", "b"]] * 50])
     stm = [["a"]] * 100
     config = resolve_config(pb.SessionConfig(recall_threshold=0.0))
     # pairs: 100 STM "a"s × (50 + 50) pattern "a"s = 10,000, plus 150 pattern symbols

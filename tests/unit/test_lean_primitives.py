@@ -16,7 +16,7 @@ from kato_grpc.engine.predict import future_proto, predict, predict_into, predic
 from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from tests.unit.test_screening import PATTERN, _kb
+from tests.unit.kit import PATTERN, kb_of
 
 # Few distinct tokens, so runs repeat and tie-breaks between equal-length runs are exercised.
 TOKENS = st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=14)
@@ -77,7 +77,7 @@ def test_wire_event_fields_parse_back_to_the_events(events: tuple[tuple[str, ...
 @settings(max_examples=100, deadline=None)
 @given(patterns=st.lists(PATTERN, min_size=1, max_size=30), stm=PATTERN)
 def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[str]]], stm: list[list[str]]) -> None:
-    kb = _kb(patterns)
+    kb = kb_of(patterns)
     result = predict_scored(stm, kb, EngineConfig(recall_threshold=0.1, max_predictions=5))
     for r in result.ranked:
         m, proto = r.match, prediction_proto(r)

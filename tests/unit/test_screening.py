@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 from unittest.mock import patch
 
@@ -11,24 +10,9 @@ from hypothesis import strategies as st
 
 from kato_grpc.engine import predict as predict_module
 from kato_grpc.engine.config import EngineConfig
-from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.predict import predict_scored, prediction_proto
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
-from kato_grpc.v1 import engine_pb2 as pb
-
-SYMBOL = st.sampled_from([f"s{i}" for i in range(12)])
-EVENT = st.lists(SYMBOL, min_size=1, max_size=3)
-PATTERN = st.lists(EVENT, min_size=1, max_size=6)
-
-
-def _kb(patterns: list[list[list[str]]]) -> InMemoryKnowledgeBase:
-    kb = InMemoryKnowledgeBase()
-    for events in patterns:
-        write = pb.PatternWrite(name=pattern_name(events), persistence=5)
-        write.events.extend(pb.Event(symbols=e) for e in events)
-        write.symbol_counts.update(Counter(s for e in events for s in e))
-        kb.apply(write)
-    return kb
+from tests.unit.kit import EVENT, PATTERN, kb_of, pattern_write
 
 
 def _outputs(stm: list[list[str]], kb: InMemoryKnowledgeBase, config: EngineConfig, exhaustive: bool) -> Any:
@@ -58,7 +42,7 @@ def test_fast_path_equals_exhaustive_path(
     token: bool,
     fuzzy: float,
 ) -> None:
-    kb = _kb(patterns)
+    kb = kb_of(patterns)
     config = EngineConfig(
         recall_threshold=threshold,
         max_predictions=max_predictions,
@@ -68,10 +52,10 @@ def test_fast_path_equals_exhaustive_path(
     assert _outputs(stm, kb, config, exhaustive=False) == _outputs(stm, kb, config, exhaustive=True)
 
 
-def test_single_hits_dominate_a_sparse_kb() -> None:
+def test_single_hits_dominate_a_sparsekb_of() -> None:
     # Patterns that share one symbol with the query each: all single hits, pruning by name ties.
     patterns = [[[f"a{i}"], ["x"], [f"b{i}"]] for i in range(30)]
-    kb = _kb(patterns)
+    kb = kb_of(patterns)
     config = EngineConfig(max_predictions=4)
     fast = _outputs([["x"], ["y"]], kb, config, exhaustive=False)
     assert fast == _outputs([["x"], ["y"]], kb, config, exhaustive=True)
@@ -85,10 +69,7 @@ def test_ties_at_the_cut_go_to_the_smallest_names_even_when_name_prefixes_collid
     kb = InMemoryKnowledgeBase()
     for i, name in enumerate(names):
         events = [[f"a{i}"], ["x"], [f"b{i}"]]
-        write = pb.PatternWrite(name=name, persistence=5)
-        write.events.extend(pb.Event(symbols=e) for e in events)
-        write.symbol_counts.update(Counter(s for e in events for s in e))
-        kb.apply(write)
+        kb.apply(pattern_write(events, name))
     for max_predictions in (1, 2, 3, 5, 11):
         config = EngineConfig(max_predictions=max_predictions)
         with patch.object(predict_module, "SMALL_SCREEN", -1):

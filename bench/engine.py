@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import rapidfuzz
 
+from kato_grpc.encoding import add_predictions
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.predict import predict
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
 
 ALPHABET = [f"s{i:04d}" for i in range(1000)]
 SEED = 20261125
@@ -65,6 +67,13 @@ def rss_mb() -> float:
     return 0.0
 
 
+def answer(stm: list[list[str]], kb: InMemoryKnowledgeBase, config: EngineConfig) -> svc.GetPredictionsResponse:
+    """A GetPredictions answer without IO: the engine's values, then their messages."""
+    out = svc.GetPredictionsResponse()
+    add_predictions(predict(stm, kb, config), out.predictions, out.future_potentials)
+    return out
+
+
 def measure(size: int, repeats: int) -> dict[str, float]:
     rng = random.Random(SEED)
     gc.collect()
@@ -78,7 +87,7 @@ def measure(size: int, repeats: int) -> dict[str, float]:
     counts = []
     for stm in queries(patterns, repeats, rng):
         t0 = time.perf_counter()
-        preds, _ = predict(stm, kb, config)
+        preds = answer(stm, kb, config).predictions
         samples.append((time.perf_counter() - t0) * 1000)
         counts.append(len(preds))
     samples.sort()
@@ -87,7 +96,7 @@ def measure(size: int, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         stm = [[symbol] for symbol in rng.sample(ALPHABET, 3)]
         t0 = time.perf_counter()
-        predict(stm, kb, config)
+        answer(stm, kb, config)
         random_samples.append((time.perf_counter() - t0) * 1000)
     return {
         "patterns": size,

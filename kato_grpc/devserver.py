@@ -28,6 +28,7 @@ class ServerProcess:
     port: int
     env: dict[str, str]
     log_path: Path
+    module: str = "server"  # what ``python -m`` runs
     proc: subprocess.Popen[bytes] | None = None
     channels: list[grpc.Channel] = field(default_factory=list)
 
@@ -38,7 +39,7 @@ class ServerProcess:
     def start(self, **extra_env: str) -> ServerProcess:
         env = {**self.env, **extra_env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=env, stdout=log, stderr=log)
         self.wait_serving()
         return self
 
@@ -136,9 +137,10 @@ def new_server(
     redis_db: int = 0,
     log_level: str = "WARNING",
     quick: bool = True,
+    module: str = "server",
 ) -> ServerProcess:
     """A server process on a free port. Its own ``redis_db`` keeps other servers' outbox
     relays away from its sessions (a test that must see what one server does alone)."""
     port = devstack.free_port()
     env = server_env(redis, mongo, port, database, redis_db, quick=quick) | {"KATO_LOG_LEVEL": log_level}
-    return ServerProcess(port, env, log_dir / f"server-{port}.log")
+    return ServerProcess(port, env, log_dir / f"server-{port}.log", module)

@@ -20,14 +20,16 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.empty_pb2 import Empty
 
-from kato_grpc import jsonview
+from kato_grpc import encoding, jsonview
 from kato_grpc.engine import processor
 from kato_grpc.engine.naming import strip_pattern_prefix
+from kato_grpc.engine.predict import PredictionSet
 from kato_grpc.errors import InvalidArgument, KatoError
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemorySessionStore
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
 
 SESSION_ID = "replay"
 NODE_ID = "replay"
@@ -128,8 +130,7 @@ class Replayer:
             "stm": jsonview.events(r.state.stm),
         }
         if op.get("record", True):
-            out["predictions"] = [jsonview.prediction(p) for p in r.predictions]
-            out["future_potentials"] = [jsonview.future_potential(f) for f in r.future_potentials]
+            out.update(_predictions_json(r.predictions))
         return out
 
     def _op_learn(self, op: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,11 +150,7 @@ class Replayer:
         return {"status": r.status, "pattern_name": r.pattern_name}
 
     def _op_predictions(self, op: Mapping[str, Any]) -> dict[str, Any]:
-        preds, futures = processor.predictions(self.state, self.kb)
-        return {
-            "predictions": [jsonview.prediction(p) for p in preds],
-            "future_potentials": [jsonview.future_potential(f) for f in futures],
-        }
+        return _predictions_json(processor.predictions(self.state, self.kb))
 
     def _op_clear_stm(self, op: Mapping[str, Any]) -> dict[str, Any]:
         self._commit("ClearShortTermMemory", processor.clear_stm)
@@ -173,10 +170,20 @@ class Replayer:
         record = self.kb.pattern(strip_pattern_prefix(name))
         if record is None:
             return {"error": "NOT_FOUND"}
-        return {"pattern": jsonview.pattern(processor.pattern_proto(record))}
+        return {"pattern": jsonview.pattern(encoding.pattern_proto(record))}
 
     def _op_get_stm(self, op: Mapping[str, Any]) -> dict[str, Any]:
         return {"stm": jsonview.events(self.state.stm)}
+
+
+def _predictions_json(result: PredictionSet) -> dict[str, Any]:
+    """Predictions as the service sends them: the same encoder, then the JSON view."""
+    response = svc.GetPredictionsResponse()
+    encoding.add_predictions(result, response.predictions, response.future_potentials)
+    return {
+        "predictions": [jsonview.prediction(p) for p in response.predictions],
+        "future_potentials": [jsonview.future_potential(f) for f in response.future_potentials],
+    }
 
 
 def replay(scenario: Mapping[str, Any]) -> dict[str, Any]:

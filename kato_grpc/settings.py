@@ -80,7 +80,3 @@ class Settings(BaseSettings):
     health_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
-
-    # Test hook (never set in production): the pattern store is wrapped so that its first
-    # write kills the process — after the session commit, before MongoDB (server/faults.py).
-    fault_crash_after_commit: bool = False

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 
 import grpc
 import redis.asyncio as aioredis
@@ -19,12 +20,12 @@ from kato_grpc.settings import Settings
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits, memory_policy
 from server.auth import authorize
 from server.engine_runner import EngineRunner
-from server.faults import CrashBeforeApply
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
 from server.observing import Observing
@@ -43,7 +44,15 @@ SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
 class KatoServer:
     """One serving process: call ``start()``, then ``wait()``; ``stop()`` drains gracefully."""
 
-    def __init__(self, settings: Settings, redis_url: str, mongodb_uri: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        mongodb_uri: str,
+        wrap_pattern_store: Callable[[PatternStore], PatternStore] | None = None,
+    ) -> None:
+        """``wrap_pattern_store`` wraps the store the transaction runner applies writes
+        through (fault injection in tests); reads and administration use the store itself."""
         self.settings = settings
         timeout = settings.store_timeout_seconds
         self._redis = aioredis.from_url(
@@ -66,7 +75,7 @@ class KatoServer:
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(
             self.sessions,
-            CrashBeforeApply(self.patterns) if settings.fault_crash_after_commit else self.patterns,
+            wrap_pattern_store(self.patterns) if wrap_pattern_store is not None else self.patterns,
             Policy(
                 cas_retries=settings.cas_retries,
                 backoff_max_seconds=settings.cas_backoff_max_seconds,
@@ -186,9 +195,14 @@ class KatoServer:
         await self.server.wait_for_termination()
 
 
-async def serve(settings: Settings, redis_url: str, mongodb_uri: str) -> None:
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    mongodb_uri: str,
+    wrap_pattern_store: Callable[[PatternStore], PatternStore] | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT."""
-    server = KatoServer(settings, redis_url, mongodb_uri)
+    server = KatoServer(settings, redis_url, mongodb_uri, wrap_pattern_store)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

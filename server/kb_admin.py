@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from kato_grpc import request_ids
+from kato_grpc import encoding, request_ids
 from kato_grpc.engine import processor
 from kato_grpc.errors import InvalidArgument, NotFound
 from kato_grpc.runner import TransactionRunner
@@ -45,7 +45,7 @@ class KbAdmin:
         record = await self.patterns.get_pattern(req.node_id, bare)
         if record is None:
             raise pattern_not_found(req.name, req.node_id)
-        return processor.pattern_proto(record)
+        return encoding.pattern_proto(record)
 
     async def list_patterns(self, req: svc.ListPatternsRequest) -> svc.ListPatternsResponse:
         limits.require_node_id(req.node_id)
@@ -62,7 +62,7 @@ class KbAdmin:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument.for_field("page_token", "is not a token this service issued") from exc
         records = await self.patterns.list_patterns(req.node_id, after, size + 1)
-        out = svc.ListPatternsResponse(patterns=[processor.pattern_proto(r) for r in records[:size]])
+        out = svc.ListPatternsResponse(patterns=[encoding.pattern_proto(r) for r in records[:size]])
         if len(records) > size:
             out.next_page_token = base64.urlsafe_b64encode(records[size - 1].name.encode()).decode()
         return out
@@ -79,7 +79,7 @@ class KbAdmin:
         )
         if record is None:
             raise pattern_not_found(req.pattern.name, req.node_id)
-        return processor.pattern_proto(record)
+        return encoding.pattern_proto(record)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
         limits.require_node_id(req.node_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 
+from kato_grpc import encoding
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.knowledge import KnowledgeView
@@ -66,16 +67,19 @@ class Observing:
         limits.check_observe(req, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
+        def compute(
+            state: pb.SessionState, kb: KnowledgeView, budget: Budget
+        ) -> tuple[pb.SessionState, svc.ObserveResponse]:
+            r = processor.observe(
+                state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
+            )
+            out = svc.ObserveResponse()
+            _fill_observe(out, r, req.return_predictions)
+            return r.state, out
+
         async def run(state: pb.SessionState, published: int | None) -> tuple[pb.SessionState, svc.ObserveResponse]:
             kb = await self._view_for(state, published, [req.observation])
-            r = await self.engine.run(
-                lambda budget: processor.observe(
-                    state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
-                ),
-                [kb],
-                inline=_tiny(kb, 1),
-            )
-            return r.state, _observe_response(r, req.return_predictions)
+            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=_tiny(kb, 1))
 
         return await self.runner.transact(req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse)
 
@@ -92,21 +96,23 @@ class Observing:
         ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
         observations = [r.observation for r in reqs]
 
+        def compute(
+            state: pb.SessionState, kb: KnowledgeView, budget: Budget
+        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            r = processor.observe_sequence(
+                state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
+            )
+            out = svc.ObserveSequenceResponse()
+            for req, step in zip(reqs, r.steps, strict=True):
+                _fill_observe(out.results.add(), step.observed, req.return_predictions)
+            return r.state, out
+
         async def run(
             state: pb.SessionState, published: int | None
         ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, published, observations)
-            r = await self.engine.run(
-                lambda budget: processor.observe_sequence(
-                    state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
-                ),
-                [kb],
-                inline=_tiny(kb, len(observations)),
-            )
-            out = svc.ObserveSequenceResponse()
-            for req, step in zip(reqs, r.steps, strict=True):
-                out.results.append(_observe_response(step.observed, req.return_predictions))
-            return r.state, out
+            inline = _tiny(kb, len(observations))
+            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         batch = svc.ObserveSequenceRequest(session_id=reqs[0].session_id, observations=observations)
         result = await self.runner.transact(
@@ -135,7 +141,7 @@ class Observing:
             )
             state = r.state
             for step in r.steps:
-                out.results.append(_observe_response(step.observed, req.return_predictions))
+                _fill_observe(out.results.add(), step.observed, req.return_predictions)
                 if step.observed.auto_learned_pattern:
                     out.auto_learned_patterns.append(step.observed.auto_learned_pattern)
                 if step.learned_after is not None:
@@ -175,12 +181,13 @@ class Observing:
         loaded = await self.runner.read(session_id)
         state = loaded.state
         kb = await self._view(state.node_id, loaded.kb_version)
-        out = svc.GetPredictionsResponse()
-        await self.engine.run(
-            lambda budget: processor.predictions_into(state, kb, out.predictions, out.future_potentials, budget),
-            [kb],
-        )
-        return out
+
+        def compute(budget: Budget) -> svc.GetPredictionsResponse:
+            out = svc.GetPredictionsResponse()  # built on the engine thread too: it can be large
+            encoding.add_predictions(processor.predictions(state, kb, budget), out.predictions, out.future_potentials)
+            return out
+
+        return await self.engine.run(compute, [kb])
 
     async def get_stm(self, session_id: str) -> svc.ShortTermMemory:
         return svc.ShortTermMemory(events=(await self._read(session_id)).stm)
@@ -205,13 +212,9 @@ def _tiny(kb: KnowledgeView, observations: int) -> bool:
     return observations <= INLINE_OBSERVATIONS and kb.pattern_count() == 0 and kb.vector_dimension() is None
 
 
-def _observe_response(r: processor.ObserveStep, with_predictions: bool) -> svc.ObserveResponse:
-    out = svc.ObserveResponse(
-        stm_length=r.stm_length, time=r.time, unique_id=r.unique_id, dropped_events=r.dropped_events
-    )
+def _fill_observe(out: svc.ObserveResponse, r: processor.ObserveStep, with_predictions: bool) -> None:
+    out.stm_length, out.time, out.unique_id, out.dropped_events = r.stm_length, r.time, r.unique_id, r.dropped_events
     if r.auto_learned_pattern:
         out.auto_learned_pattern = r.auto_learned_pattern
     if with_predictions:
-        out.predictions.extend(r.predictions)
-        out.future_potentials.extend(r.future_potentials)
-    return out
+        encoding.add_predictions(r.predictions, out.predictions, out.future_potentials)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
@@ -21,10 +20,11 @@ Events = tuple[tuple[str, ...], ...]
 _NO_METADATA: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 
 
-@lru_cache(maxsize=1 << 16)
-def _single(symbol: str) -> tuple[str]:
-    """One shared tuple per one-symbol event: about half of all events in typical KBs."""
-    return (symbol,)
+def _single(shared: dict[str, tuple[str]], symbol: str) -> tuple[str]:
+    event = shared.get(symbol)
+    if event is None:
+        event = shared[symbol] = (symbol,)
+    return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +45,15 @@ class PatternRecord:
         frequency: int,
         emotives: Sequence[Mapping[str, float]] = (),
         metadata: Mapping[str, Sequence[str]] | None = None,
+        singles: dict[str, tuple[str]] | None = None,
     ) -> PatternRecord:
+        """``singles`` shares one tuple per one-symbol event (about half of all events in
+        typical KBs) between the records built with it: a KB's index keeps one such table,
+        so its lifetime and size are the KB's (no process-wide cache)."""
         # Interned symbols: a KB repeats a small alphabet across many patterns, and one str
         # object per symbol (not per occurrence) is most of a cached pattern's memory.
-        evs = tuple(_single(sys.intern(e[0])) if len(e) == 1 else tuple(sys.intern(s) for s in e) for e in events)
+        shared = {} if singles is None else singles
+        evs = tuple(_single(shared, sys.intern(e[0])) if len(e) == 1 else tuple(map(sys.intern, e)) for e in events)
         return PatternRecord(
             name=name,
             events=evs,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.candidates import SingleHits, screen
@@ -16,9 +14,6 @@ from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import DESCRIPTIVE, FutureGroup, Scored, describe, prune, rank, score
 from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord, name_key
 from kato_grpc.engine.matching import Match, align, align_single_hit, complete
-from kato_grpc.engine.records import average_emotives
-from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
-from kato_grpc.v1 import engine_pb2 as pb
 
 AFFINITY_FLOOR = 0.01
 SMALL_SCREEN = 48
@@ -34,31 +29,6 @@ class PredictionSet:
 
 
 def predict(
-    stm: Sequence[Sequence[str]], kb: KnowledgeView, config: EngineConfig, budget: Budget | None = None
-) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
-    """Ranked predictions and future potentials, from one computation (D-15)."""
-    result = predict_scored(stm, kb, config, budget=budget)
-    return [prediction_proto(r) for r in result.ranked], [future_proto(g) for g in result.futures]
-
-
-def predict_into(
-    stm: Sequence[Sequence[str]],
-    kb: KnowledgeView,
-    config: EngineConfig,
-    predictions: RepeatedCompositeFieldContainer[pb.Prediction],
-    futures: RepeatedCompositeFieldContainer[pb.FuturePotential],
-    budget: Budget | None = None,
-) -> None:
-    """``predict``, built straight into a message's repeated fields (appended): a response
-    made of hundreds of messages built apart would copy each one once more."""
-    result = predict_scored(stm, kb, config, budget=budget)
-    for r in result.ranked:
-        _fill_prediction(predictions.add(**_prediction_fields(r)), r)
-    for g in result.futures:
-        _fill_future(futures.add(**_future_fields(g)), g)
-
-
-def predict_scored(
     stm: Sequence[Sequence[str]],
     kb: KnowledgeView,
     config: EngineConfig,
@@ -66,9 +36,10 @@ def predict_scored(
     exhaustive: bool = False,
     budget: Budget | None = None,
 ) -> PredictionSet:
-    """The whole prediction computation. ``exhaustive`` turns off the screening shortcuts
-    (the reference path the tests compare the fast one against). ``budget`` bounds the
-    alignment work and can call the computation off (none: unbounded)."""
+    """Ranked predictions and future potentials, from one computation (D-15), as values
+    (``kato_grpc/encoding.py`` turns them into messages). ``exhaustive`` turns off the
+    screening shortcuts (the reference path the tests compare the fast one against).
+    ``budget`` bounds the alignment work and can call the computation off (none: unbounded)."""
     state = [s for event in stm for s in event]
     if not state:
         return PredictionSet()
@@ -213,89 +184,3 @@ def _affinity_weight(kb: KnowledgeView, emotive: str) -> Callable[[str], float]:
         return w
 
     return weight
-
-
-_P = pb.Prediction.DESCRIPTOR
-_PAST, _PRESENT, _FUTURE, _SEQUENCE = (field_tag(_P, f) for f in ("past", "present", "future", "sequence"))
-_MISSING, _EXTRAS = field_tag(_P, "missing"), field_tag(_P, "extras")
-_FUTURE_POTENTIAL_FUTURE = field_tag(pb.FuturePotential.DESCRIPTOR, "future")
-
-
-def prediction_proto(r: Scored) -> pb.Prediction:
-    out = pb.Prediction(**_prediction_fields(r))
-    _fill_prediction(out, r)
-    return out
-
-
-def _prediction_fields(r: Scored) -> dict[str, Any]:
-    m = r.match
-    return dict(
-        type="prototypical",
-        name=m.name,
-        frequency=m.frequency,
-        emotives=average_emotives(m.pattern.emotives),
-        metadata={k: pb.StringList(values=v) for k, v in m.pattern.metadata.items()},
-        matches=m.matches,
-        anomalies=[pb.Anomaly(observed=a.observed, expected=a.expected, similarity=a.similarity) for a in m.anomalies],
-        similarity=m.similarity,
-        evidence=m.evidence,
-        confidence=m.confidence,
-        snr=m.snr,
-        fragmentation=m.fragmentation,
-        itfdf_similarity=r.itfdf_similarity,
-        confluence=r.confluence,
-        entropy=r.entropy,
-        normalized_entropy=r.normalized_entropy,
-        global_normalized_entropy=r.global_normalized_entropy,
-        tfidf_score=r.tfidf_score,
-        pattern_probability=r.pattern_probability,
-        weighted_strength=r.weighted_strength,
-        predictive_information=r.predictive_information,
-        bayesian_prior=r.bayesian_prior,
-        bayesian_likelihood=r.bayesian_likelihood,
-        bayesian_posterior=r.bayesian_posterior,
-        potential=r.potential,
-    )
-
-
-def _fill_prediction(out: pb.Prediction, r: Scored) -> None:
-    """The event fields (as wire bytes) and the weighted metrics."""
-    m = r.match
-    encoded = encoded_events(m.pattern.events)
-    out.MergeFromString(
-        b"".join(
-            (
-                join_field(_PAST, encoded[: m.present_start]),
-                join_field(_PRESENT, encoded[m.present_start : m.future_start]),
-                join_field(_FUTURE, encoded[m.future_start :]),
-                events_field(_MISSING, m.missing),
-                events_field(_EXTRAS, m.extras),
-                join_field(_SEQUENCE, encoded),
-            )
-        )
-    )
-    if m.weighted is not None:
-        if m.weighted.similarity is not None:
-            out.weighted_similarity = m.weighted.similarity
-        out.weighted_evidence = m.weighted.evidence
-        out.weighted_confidence = m.weighted.confidence
-        out.weighted_snr = m.weighted.snr
-
-
-def future_proto(g: FutureGroup) -> pb.FuturePotential:
-    out = pb.FuturePotential(**_future_fields(g))
-    _fill_future(out, g)
-    return out
-
-
-def _future_fields(g: FutureGroup) -> dict[str, Any]:
-    return dict(
-        aggregate_potential=g.aggregate_potential,
-        supporting_patterns=g.supporting_patterns,
-        total_weighted_frequency=g.total_weighted_frequency,
-    )
-
-
-def _fill_future(out: pb.FuturePotential, g: FutureGroup) -> None:
-    m = g.representative
-    out.MergeFromString(join_field(_FUTURE_POTENTIAL_FUTURE, encoded_events(m.pattern.events)[m.future_start :]))

@@ -7,29 +7,41 @@ new state is a copy. This is KATO's stateless processor (architecture.md §2).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
-
+from kato_grpc.encoding import add_predictions
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
-from kato_grpc.engine.knowledge import KnowledgeView, PatternRecord
-from kato_grpc.engine.naming import PATTERN_PREFIX, pattern_name
+from kato_grpc.engine.knowledge import KnowledgeView
+from kato_grpc.engine.learning import LearnResult, consume_stm, copy_state, learn, stm_lists
 from kato_grpc.engine.observation import build_percept, validate_observation
-from kato_grpc.engine.predict import predict, predict_into
-from kato_grpc.engine.records import accumulate_metadata, average_emotives, stringify_metadata
-from kato_grpc.errors import FailedPrecondition
+from kato_grpc.engine.predict import PredictionSet, predict
+from kato_grpc.engine.records import average_emotives, stringify_metadata
 from kato_grpc.v1 import engine_pb2 as pb
+
+# Every transition, in one namespace (learning lives in its own module).
+__all__ = [
+    "LearnResult",
+    "ObserveResult",
+    "ObserveStep",
+    "SequenceResult",
+    "StmLimits",
+    "clear_stm",
+    "cognition_data",
+    "copy_state",
+    "learn",
+    "new_session",
+    "observe",
+    "observe_sequence",
+    "predictions",
+    "reads_knowledge",
+    "update_config",
+]
 
 DEFAULT_MAX_STM_EVENTS = 1000
 DEFAULT_MAX_STM_SYMBOLS = 10_000
 MAX_ACCUMULATOR_ENTRIES = 1000
-MIN_PATTERN_SYMBOLS = 2
-
-LEARNED = "LEARNED"
-INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +62,7 @@ class ObserveStep:
     stm_length: int
     time: int
     auto_learned_pattern: str | None
-    predictions: list[pb.Prediction]
-    future_potentials: list[pb.FuturePotential]
+    predictions: PredictionSet  # values; kato_grpc/encoding.py builds the messages
     dropped_events: int
     writes: list[pb.PatternWrite]
 
@@ -72,14 +83,6 @@ class SequenceResult:
     state: pb.SessionState
     steps: list[SequenceStep]
     writes: list[pb.PatternWrite]
-
-
-@dataclass(frozen=True, slots=True)
-class LearnResult:
-    state: pb.SessionState
-    status: str  # LEARNED or INSUFFICIENT_DATA (D-22)
-    pattern_name: str  # "PTRN|<sha1>" or "" when nothing was learnable
-    writes: list[pb.PatternWrite] = field(default_factory=list)
 
 
 def new_session(session_id: str, node_id: str, config: pb.SessionConfig) -> pb.SessionState:
@@ -117,7 +120,6 @@ def observe(
         time=step.time,
         auto_learned_pattern=step.auto_learned_pattern,
         predictions=step.predictions,
-        future_potentials=step.future_potentials,
         dropped_events=step.dropped_events,
         writes=step.writes,
         state=new,
@@ -151,7 +153,7 @@ def observe_sequence(
         writes += step.writes
         learned = None
         if learn_after_each and new.stm:
-            learned, learned_writes = _consume_stm(new, new.version, cfg)
+            learned, learned_writes = consume_stm(new, cfg)
             writes += learned_writes
         steps.append(SequenceStep(step, learned))
     return SequenceResult(new, steps, writes)
@@ -169,8 +171,7 @@ def _observe_into(
     """Apply one (validated) observation to ``new``, the caller's private copy."""
     percept = build_percept(observation, kb, new.pending_vectors, cfg.sort_symbols)
 
-    predictions: list[pb.Prediction] = []
-    futures: list[pb.FuturePotential] = []
+    predictions = PredictionSet()
     dropped = 0
     non_empty = bool(observation.strings) or bool(observation.vectors)
     if non_empty:
@@ -181,7 +182,7 @@ def _observe_into(
             new.pending_vectors.append(percept.vector)
         # An empty KB predicts nothing; skipping it spares copying out a long STM per call.
         if cfg.process_predictions and kb.pattern_count():
-            predictions, futures = predict(_stm_lists(new), kb, cfg, budget)
+            predictions = predict(stm_lists(new), kb, cfg, budget=budget)
 
     # Accumulate before any auto-learn: the triggering observation's emotives count (D-3).
     if observation.emotives:
@@ -198,16 +199,16 @@ def _observe_into(
     new.percept.emotives.update(average_emotives(r.values for r in new.emotives_accumulator))
     new.percept.metadata.MergeFrom(observation.metadata)
     del new.last_predictions[:]
-    new.last_predictions.extend(predictions)
+    add_predictions(predictions, new.last_predictions)
 
     auto_learned: str | None = None
     writes: list[pb.PatternWrite] = []
     if non_empty and _auto_learn_due(len(new.stm), cfg):
-        events = _stm_lists(new)
+        events = stm_lists(new)
         keep = (
             events[len(events) - (cfg.max_pattern_length - 1) :] if cfg.rolling and cfg.max_pattern_length > 1 else []
         )
-        name, writes = _consume_stm(new, new.version, cfg)
+        name, writes = consume_stm(new, cfg)
         for event in keep:
             new.stm.add(symbols=event)
         auto_learned = name or None
@@ -218,7 +219,6 @@ def _observe_into(
         time=new.time,
         auto_learned_pattern=auto_learned,
         predictions=predictions,
-        future_potentials=futures,
         dropped_events=dropped,
         writes=writes,
     )
@@ -231,35 +231,9 @@ def reads_knowledge(state: pb.SessionState, observations: Sequence[pb.Observatio
     return resolve_config(state.config).process_predictions or any(o.vectors for o in observations)
 
 
-def learn(state: pb.SessionState) -> LearnResult:
-    """Learn the STM as a pattern (engine.md §3 with D-3, D-22)."""
-    if not state.stm:
-        raise FailedPrecondition("cannot learn from an empty short-term memory", reason="STM_EMPTY")
-    cfg = resolve_config(state.config)
-    new = copy_state(state)
-    name, writes = _consume_stm(new, state.version, cfg)
-    return LearnResult(
-        state=new,
-        status=LEARNED if name else INSUFFICIENT_DATA,
-        pattern_name=name,
-        writes=writes,
-    )
-
-
-def predictions(state: pb.SessionState, kb: KnowledgeView) -> tuple[list[pb.Prediction], list[pb.FuturePotential]]:
+def predictions(state: pb.SessionState, kb: KnowledgeView, budget: Budget | None = None) -> PredictionSet:
     """Predictions for the session's STM with the session's config (a pure read)."""
-    return predict(_stm_lists(state), kb, resolve_config(state.config))
-
-
-def predictions_into(
-    state: pb.SessionState,
-    kb: KnowledgeView,
-    predictions: RepeatedCompositeFieldContainer[pb.Prediction],
-    futures: RepeatedCompositeFieldContainer[pb.FuturePotential],
-    budget: Budget | None = None,
-) -> None:
-    """``predictions``, appended to a response's repeated fields (no copies of each message)."""
-    predict_into(_stm_lists(state), kb, resolve_config(state.config), predictions, futures, budget)
+    return predict(stm_lists(state), kb, resolve_config(state.config), budget=budget)
 
 
 def clear_stm(state: pb.SessionState) -> pb.SessionState:
@@ -290,51 +264,6 @@ def cognition_data(state: pb.SessionState) -> pb.CognitionData:
     return out
 
 
-def pattern_proto(record: PatternRecord) -> pb.Pattern:
-    return pb.Pattern(
-        name=PATTERN_PREFIX + record.name,
-        events=[pb.Event(symbols=e) for e in record.events],
-        length=record.length,
-        frequency=record.frequency,
-        emotives=[pb.EmotiveRecord(values=e) for e in record.emotives],
-        metadata={k: pb.StringList(values=v) for k, v in record.metadata.items()},
-    )
-
-
-def _consume_stm(new: pb.SessionState, from_version: int, cfg: EngineConfig) -> tuple[str, list[pb.PatternWrite]]:
-    """Turn the STM into a PatternWrite (when learnable) and clear STM and accumulators.
-
-    Mutates ``new``, which is always the caller's private copy.
-    """
-    events = _stm_lists(new)
-    flat = [s for e in events for s in e]
-    emotives = [dict(r.values) for r in new.emotives_accumulator]
-    metadata = accumulate_metadata(r.values for r in new.metadata_accumulator)
-    vectors = list(new.pending_vectors)
-    name = ""
-    writes: list[pb.PatternWrite] = []
-    if len(flat) >= MIN_PATTERN_SYMBOLS or vectors:
-        write = pb.PatternWrite(
-            write_id=f"{new.session_id}:{from_version}:{len(new.pending_writes)}",
-            persistence=cfg.persistence,
-            vectors=vectors,
-        )
-        if len(flat) >= MIN_PATTERN_SYMBOLS:
-            name = pattern_name(events)
-            write.name = name
-            write.events.extend(pb.Event(symbols=e) for e in events)
-            write.emotives.extend(pb.EmotiveRecord(values=e) for e in emotives)
-            for key, values in metadata.items():
-                write.metadata[key].values.extend(values)
-            write.symbol_counts.update(Counter(flat))
-            write.affinity_delta.update(average_emotives(emotives))
-        new.pending_writes.append(write)
-        writes.append(write)
-    for field_name in ("stm", "emotives_accumulator", "metadata_accumulator", "pending_vectors"):
-        new.ClearField(field_name)
-    return (PATTERN_PREFIX + name if name else ""), writes
-
-
 def _drop_oldest(new: pb.SessionState, limits: StmLimits) -> int:
     """Drop the oldest events beyond the limits; the newest event always stays."""
     dropped = max(0, len(new.stm) - limits.max_events)
@@ -358,18 +287,7 @@ def _auto_learn_due(stm_events: int, cfg: EngineConfig) -> bool:
     return cfg.max_pattern_length > 0 and stm_events >= cfg.max_pattern_length
 
 
-def _stm_lists(state: pb.SessionState) -> list[list[str]]:
-    return [list(e.symbols) for e in state.stm]
-
-
 def _cap(records: Sequence[object]) -> None:
     excess = len(records) - MAX_ACCUMULATOR_ENTRIES
     if excess > 0:
         del records[:excess]  # type: ignore[attr-defined]
-
-
-def copy_state(state: pb.SessionState) -> pb.SessionState:
-    """A private copy of a state (transitions never change their input)."""
-    new = pb.SessionState()
-    new.CopyFrom(state)
-    return new

@@ -79,9 +79,11 @@ class KnowledgeIndex:
     changes a ``clone``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, singles: dict[str, tuple[str]] | None = None) -> None:
         self.version = 0
         self.readers = 0
+        # One tuple per one-symbol event, shared by this KB's records (PatternRecord.build).
+        self.singles: dict[str, tuple[str]] = {} if singles is None else singles
         self._symbols: dict[str, SymbolStats] = {}
         # name -> id -> record: one dict entry per pattern (a second dict by name cost ~10 MB
         # per 100k patterns); removed patterns leave None so ids stay stable.
@@ -161,7 +163,7 @@ class KnowledgeIndex:
 
     def clone(self) -> KnowledgeIndex:
         """A copy that can be changed while this one is being read (postings copied on write)."""
-        new = KnowledgeIndex()
+        new = KnowledgeIndex(self.singles)  # tuples are immutable: the table can be shared
         new.version = self.version
         new._symbols = dict(self._symbols)
         new._ids = dict(self._ids)

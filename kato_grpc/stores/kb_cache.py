@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from kato_grpc.stores.index import KnowledgeIndex
-from kato_grpc.stores.mongo_patterns import KbChanges, MongoPatternStore
+from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.mongo_reads import KbChanges
 
 DEFAULT_MAX_KBS = 100
 FREEZE_AFTER = 1000
@@ -62,8 +63,9 @@ class KbCache:
             self._checked[kb_id] = now
         if index is None or index.version != current:
             since = index.version if index is not None else 0
-            changes = await self._store.changes_since(kb_id, since)
-            index = self._merge(kb_id, changes)
+            singles = index.singles if index is not None else {}
+            changes = await self._store.changes_since(kb_id, since, singles)
+            index = self._merge(kb_id, changes, singles)
             large = len(changes.patterns) >= FREEZE_AFTER
             del changes
             if large and self._after_large_refresh is not None:
@@ -74,12 +76,14 @@ class KbCache:
             self._checked.pop(evicted, None)
         return index
 
-    def _merge(self, kb_id: str, changes: KbChanges) -> KnowledgeIndex:
+    def _merge(self, kb_id: str, changes: KbChanges, singles: dict[str, tuple[str]]) -> KnowledgeIndex:
         index = self._indexes.get(kb_id)
         if index is not None and changes.version <= index.version:
             return index  # a concurrent refresh already brought something at least as new
-        if index is None or changes.full:
-            index = KnowledgeIndex()
+        if index is None:
+            index = KnowledgeIndex(singles)
+        elif changes.full:
+            index = KnowledgeIndex()  # a fresh table: the wiped KB's symbols are not kept
         elif index.readers:
             # Engine threads are reading this index: change a copy, they keep theirs.
             index = index.clone()

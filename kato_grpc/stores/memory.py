@@ -47,6 +47,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
                 1,
                 window_emotives([], incoming, write.persistence),
                 metadata,
+                self.singles,
             )
         else:
             record = PatternRecord.build(
@@ -55,6 +56,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
                 old.frequency + 1,
                 window_emotives(old.emotives, incoming, write.persistence),
                 merge_metadata(old.metadata, metadata),
+                self.singles,
             )
         self.put_pattern(record)
         self.apply_symbol_change(

@@ -22,7 +22,7 @@ SYMBOL_LOG_PART_BYTES = 4 * 1024 * 1024
 RECORD_FIELDS = {"_id": 0, "name": 1, "events": 1, "frequency": 1, "emotives": 1, "metadata": 1}
 
 
-def pattern_from_doc(doc: Mapping[str, Any]) -> PatternRecord:
+def pattern_from_doc(doc: Mapping[str, Any], singles: dict[str, tuple[str]] | None = None) -> PatternRecord:
     metadata: dict[str, set[str]] = {}
     for key, value in doc.get("metadata", []):
         metadata.setdefault(key, set()).add(value)
@@ -32,6 +32,7 @@ def pattern_from_doc(doc: Mapping[str, Any]) -> PatternRecord:
         int(doc.get("frequency", 0)),
         [{k: float(v) for k, v in record} for record in doc.get("emotives", [])],
         {k: sorted(v) for k, v in metadata.items()},
+        singles,
     )
 
 

@@ -9,6 +9,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 
@@ -43,3 +44,32 @@ def error_info(exc: grpc.RpcError) -> tuple[str, str, str]:
             detail.Unpack(info)
             return exc.code().name, info.reason, info.metadata.get("method", "")
     return exc.code().name, "", ""
+
+
+def create(stub: svc_grpc.KatoServiceStub, node_id: str, **config: object) -> str:
+    return stub.CreateSession(
+        svc.CreateSessionRequest(node_id=node_id, config=pb.SessionConfig(**config))  # type: ignore[arg-type]
+    ).session_id
+
+
+def observe(stub: svc_grpc.KatoServiceStub, sid: str, *symbols: str, **kw: object) -> svc.ObserveResponse:
+    return stub.Observe(
+        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=symbols), **kw)  # type: ignore[arg-type]
+    )
+
+
+def details(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[str]]:
+    status = rpc_status.from_call(exc)
+    assert status is not None
+    reason, fields = "", []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "kato.v1"
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    return exc.code(), reason, fields

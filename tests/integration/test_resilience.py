@@ -21,6 +21,7 @@ from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from tests.integration.crashing_server import CRASH_EXIT_CODE
 from tests.integration.support import eventually, frequency
 
 T = TypeVar("T")
@@ -109,7 +110,7 @@ def test_two_processes_lose_and_double_nothing(
 def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: Path) -> None:
     database = "kato_" + uuid.uuid4().hex[:8]
     # Its own Redis database: no other server's outbox can reach this one's (crashing) store.
-    doomed = new_server(*stores, log_dir, database, redis_db=15).start(KATO_FAULT_CRASH_AFTER_COMMIT="true")
+    doomed = new_server(*stores, log_dir, database, redis_db=15, module="tests.integration.crashing_server").start()
     stub = doomed.stub()
     node = "crash-" + uuid.uuid4().hex
     sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
@@ -118,7 +119,7 @@ def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: P
     with pytest.raises(grpc.RpcError) as info:
         stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-once"), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert doomed.stop() == 86  # died between the Redis commit and the MongoDB write
+    assert doomed.stop() == CRASH_EXIT_CODE  # died between the Redis commit and the MongoDB write
 
     survivor = new_server(*stores, log_dir, database, redis_db=15).start()
     try:

@@ -13,7 +13,7 @@ from kato_grpc.engine.alignment import matching_blocks
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import resolve_config
 from kato_grpc.engine.knowledge import PatternRecord
-from kato_grpc.engine.predict import predict_scored
+from kato_grpc.engine.predict import predict
 from kato_grpc.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, KatoError, ResourceExhausted
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
@@ -30,13 +30,13 @@ def test_work_over_the_limit_is_refused_before_any_alignment() -> None:
     stm = [["a"]] * 100
     config = resolve_config(pb.SessionConfig(recall_threshold=0.0))
     # pairs: 100 STM "a"s × (50 + 50) pattern "a"s = 10,000, plus 150 pattern symbols
-    assert len(predict_scored(stm, kb, config, budget=Budget(10_150)).ranked) == 2
+    assert len(predict(stm, kb, config, budget=Budget(10_150)).ranked) == 2
     with pytest.raises(ResourceExhausted) as info:
-        predict_scored(stm, kb, config, budget=Budget(10_149))
+        predict(stm, kb, config, budget=Budget(10_149))
     assert info.value.reason == "WORK_BUDGET_EXCEEDED" and info.value.metadata["work"] == "10150"
     # the screened path (positive threshold) is bounded the same way
     with pytest.raises(ResourceExhausted):
-        predict_scored(stm, kb, resolve_config(pb.SessionConfig(recall_threshold=0.1)), budget=Budget(100))
+        predict(stm, kb, resolve_config(pb.SessionConfig(recall_threshold=0.1)), budget=Budget(100))
 
 
 def test_a_cancelled_budget_stops_a_long_alignment() -> None:

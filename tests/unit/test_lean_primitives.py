@@ -9,11 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kato_grpc.encoding import add_predictions, encode_events, field_tag, future_proto, join_field, prediction_proto
 from kato_grpc.engine.alignment import matching_blocks
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import _future_key
-from kato_grpc.engine.predict import future_proto, predict, predict_into, predict_scored, prediction_proto
-from kato_grpc.engine.wire import encoded_events, events_field, field_tag, join_field
+from kato_grpc.engine.predict import predict
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.unit.kit import PATTERN, kb_of
@@ -67,18 +67,17 @@ WIRE_SYMBOL = st.sampled_from(["a", "é", "x" * 200, "δ" * 70, ""])
 def test_wire_event_fields_parse_back_to_the_events(events: tuple[tuple[str, ...], ...]) -> None:
     for field in ("past", "missing", "sequence"):
         tag = field_tag(pb.Prediction.DESCRIPTOR, field)
-        direct = pb.Prediction.FromString(events_field(tag, events))
-        cached = pb.Prediction.FromString(join_field(tag, encoded_events(events)))
+        wire = pb.Prediction.FromString(join_field(tag, encode_events(events)))
         expected = pb.Prediction()
         getattr(expected, field).extend(pb.Event(symbols=e) for e in events)
-        assert direct == cached == expected
+        assert wire == expected
 
 
 @settings(max_examples=100, deadline=None)
 @given(patterns=st.lists(PATTERN, min_size=1, max_size=30), stm=PATTERN)
 def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[str]]], stm: list[list[str]]) -> None:
     kb = kb_of(patterns)
-    result = predict_scored(stm, kb, EngineConfig(recall_threshold=0.1, max_predictions=5))
+    result = predict(stm, kb, EngineConfig(recall_threshold=0.1, max_predictions=5))
     for r in result.ranked:
         m, proto = r.match, prediction_proto(r)
         for field in ("past", "present", "future", "missing", "extras"):
@@ -87,9 +86,9 @@ def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[s
         assert (proto.name, list(proto.matches), proto.potential) == (m.name, m.matches, r.potential)
     for g in result.futures:
         assert _plain(future_proto(g).future) == _plain(g.representative.future)
-    # Built straight into a response: the same messages as built one by one.
-    config = EngineConfig(recall_threshold=0.1, max_predictions=5)
+    # Built straight into a response (one pattern's events encoded once, shared by its
+    # prediction and its future potential): the same messages as built one by one.
     response = svc.GetPredictionsResponse()
-    predict_into(stm, kb, config, response.predictions, response.future_potentials)
-    predictions, futures = predict(stm, kb, config)
-    assert list(response.predictions) == predictions and list(response.future_potentials) == futures
+    add_predictions(result, response.predictions, response.future_potentials)
+    assert list(response.predictions) == [prediction_proto(r) for r in result.ranked]
+    assert list(response.future_potentials) == [future_proto(g) for g in result.futures]

@@ -14,12 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest import approx
 
+from kato_grpc.encoding import add_predictions
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import resolve_config
-from kato_grpc.engine.predict import predict_scored
+from kato_grpc.engine.predict import PredictionSet, predict
 from kato_grpc.replay import Replayer, config_from_json, observation_from_json, replay
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
 
 SYMBOLS = st.sampled_from(["a", "b", "c", "d", "e", "f", "ab", "ba", "é", ""])
 EVENT = st.lists(SYMBOLS, min_size=1, max_size=3)
@@ -86,7 +88,7 @@ def test_prediction_invariants(scenario: dict[str, Any]) -> None:
     for op in scenario["operations"][:-1]:
         r.run(op)
     stm = [list(e.symbols) for e in r.state.stm]
-    scored = predict_scored(stm, r.kb, resolve_config(r.state.config)).ensemble
+    scored = predict(stm, r.kb, resolve_config(r.state.config)).ensemble
     preds = r.run({"op": "predictions"})["predictions"]
     stm_len = len(r.state.stm)
     for p in preds:
@@ -148,14 +150,19 @@ def test_kb_view_is_not_written_by_predictions() -> None:
     assert _kb_snapshot(kb) == before
 
 
+def _encoded(result: PredictionSet) -> bytes:
+    out = svc.GetPredictionsResponse()
+    add_predictions(result, out.predictions, out.future_potentials)
+    return out.SerializeToString(deterministic=True)
+
+
 def _step_outputs(step: processor.ObserveStep) -> Any:
     return (
         step.unique_id,
         step.stm_length,
         step.time,
         step.auto_learned_pattern,
-        [p.SerializeToString(deterministic=True) for p in step.predictions],
-        [f.SerializeToString(deterministic=True) for f in step.future_potentials],
+        _encoded(step.predictions),
         step.dropped_events,
         [w.SerializeToString(deterministic=True) for w in step.writes],
     )

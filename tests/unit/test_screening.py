@@ -8,9 +8,10 @@ from unittest.mock import patch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kato_grpc.encoding import prediction_proto
 from kato_grpc.engine import predict as predict_module
 from kato_grpc.engine.config import EngineConfig
-from kato_grpc.engine.predict import predict_scored, prediction_proto
+from kato_grpc.engine.predict import predict
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from tests.unit.kit import EVENT, PATTERN, kb_of, pattern_write
 
@@ -18,7 +19,7 @@ from tests.unit.kit import EVENT, PATTERN, kb_of, pattern_write
 def _outputs(stm: list[list[str]], kb: InMemoryKnowledgeBase, config: EngineConfig, exhaustive: bool) -> Any:
     # Small KBs would take the direct path; these tests are about the screened one.
     with patch.object(predict_module, "SMALL_SCREEN", -1):
-        result = predict_scored(stm, kb, config, exhaustive=exhaustive)
+        result = predict(stm, kb, config, exhaustive=exhaustive)
     return (
         [prediction_proto(r).SerializeToString(deterministic=True) for r in result.ranked],
         [(g.key, g.aggregate_potential, g.supporting_patterns) for g in result.futures],
@@ -73,7 +74,7 @@ def test_ties_at_the_cut_go_to_the_smallest_names_even_when_name_prefixes_collid
     for max_predictions in (1, 2, 3, 5, 11):
         config = EngineConfig(max_predictions=max_predictions)
         with patch.object(predict_module, "SMALL_SCREEN", -1):
-            fast = predict_scored([["x"], ["y"]], kb, config)
+            fast = predict([["x"], ["y"]], kb, config)
         assert [r.match.name for r in fast.ensemble] == sorted(names)[: 3 * max_predictions]
         assert _outputs([["x"], ["y"]], kb, config, exhaustive=False) == _outputs(
             [["x"], ["y"]], kb, config, exhaustive=True

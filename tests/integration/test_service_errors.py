@@ -1,0 +1,104 @@
+"""Errors end to end: documented codes with rich details (ErrorInfo, BadRequest naming the
+field), bad input that changes nothing, oversized and undecodable messages."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.support import create, details, observe
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "field"),
+    [
+        (lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id="")), "INVALID_ARGUMENT", "node_id"),
+        # 258 bytes of UTF-8 in 129 characters: the limit is in bytes.
+        (
+            lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id="é" * 129)),
+            "INVALID_ARGUMENT", "node_id",
+        ),
+        (
+            lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id=n, ttl_seconds=5)),
+            "INVALID_ARGUMENT", "ttl_seconds",
+        ),
+        (
+            lambda s, n: s.CreateSession(
+                svc.CreateSessionRequest(node_id=n, config=pb.SessionConfig(recall_threshold=math.nan))
+            ),
+            "INVALID_ARGUMENT", "config.recall_threshold",
+        ),
+        (lambda s, n: s.Observe(svc.ObserveRequest(session_id="")), "INVALID_ARGUMENT", "session_id"),
+        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-" + "0" * 32)), "NOT_FOUND", None),
+        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-unknown")), "INVALID_ARGUMENT", "session_id"),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|" + "0" * 40)), "NOT_FOUND", None),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|00")), "INVALID_ARGUMENT", "name"),
+        (
+            lambda s, n: s.ListPatterns(svc.ListPatternsRequest(node_id=n, page_token="%%%")),
+            "INVALID_ARGUMENT", "page_token",
+        ),
+    ],
+)  # fmt: skip
+def test_errors_have_documented_codes_and_fields(
+    stub: svc_grpc.KatoServiceStub, node_id: str, call: object, code: str, field: str | None
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call(stub, node_id)  # type: ignore[operator]
+    got_code, reason, fields = details(info.value)
+    assert got_code.name == code and reason
+    if field is not None:
+        assert fields == [field]
+
+
+def test_bad_observations_are_invalid_argument_and_change_nothing(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    observe(stub, sid, "a")
+    bad = [
+        (pb.Observation(strings=["a"], emotives={"joy": math.inf}), "observation.emotives.joy"),
+        (pb.Observation(vectors=[pb.Vector(values=[1.0, math.nan])]), "observation.vectors[0]"),
+        (pb.Observation(metadata={"k": struct_pb2.Value(number_value=math.nan)}), "observation.metadata.k"),
+        (pb.Observation(strings=["x" * 5000]), "observation.strings[0]"),
+    ]
+    for obs, field in bad:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs))
+        assert details(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(info.value)[2] == [field]
+    session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert (session.time, session.stm_length) == (1, 1)
+
+
+def test_learn_on_empty_stm_is_failed_precondition(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Learn(svc.LearnRequest(session_id=sid))
+    assert details(info.value)[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "STM_EMPTY")
+
+
+def test_undecodable_bytes_are_invalid_argument_not_internal(server: object, stub: svc_grpc.KatoServiceStub) -> None:
+    channel = grpc.insecure_channel(server.address)  # type: ignore[attr-defined]
+    for path in ("/kato.v1.KatoService/Observe", "/kato.v1.KatoService/CreateSession"):
+        unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
+        with pytest.raises(grpc.RpcError) as info:
+            unary(b"\xff\xff\xff", timeout=5)
+        assert details(info.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "UNDECODABLE_REQUEST")
+    stream: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream("/kato.v1.KatoService/ObserveStream")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(iter([b"\xff\xff\xff"]), timeout=5))
+    assert details(info.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "UNDECODABLE_REQUEST")
+    channel.close()
+
+
+def test_oversized_messages_are_resource_exhausted(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    sid = create(stub, node_id)
+    huge = pb.Observation(strings=["x" * 1000] * 5000)  # ~5 MB > the 4 MiB default limit
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Observe(svc.ObserveRequest(session_id=sid, observation=huge))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time == 0

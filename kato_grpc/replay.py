@@ -21,6 +21,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.empty_pb2 import Empty
 
 from kato_grpc import encoding, jsonview
+from kato_grpc.access import ANYONE
 from kato_grpc.engine import processor
 from kato_grpc.engine.naming import strip_pattern_prefix
 from kato_grpc.engine.predict import PredictionSet
@@ -89,7 +90,7 @@ class Replayer:
     @property
     def state(self) -> pb.SessionState:
         """The session as last committed."""
-        return asyncio.run(self.runner.read(SESSION_ID)).state
+        return asyncio.run(self.runner.read(SESSION_ID, ANYONE)).state
 
     def _commit(self, method: str, change: Callable[[pb.SessionState], pb.SessionState]) -> None:
         """One transaction of the runner whose transition is the pure ``change``."""
@@ -97,7 +98,7 @@ class Replayer:
         async def transition(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Empty]:
             return change(state), Empty()
 
-        asyncio.run(self.runner.transact(SESSION_ID, method, Empty(), "", transition, Empty))
+        asyncio.run(self.runner.transact(SESSION_ID, method, Empty(), "", transition, Empty, caller=ANYONE))
 
     def update_config(self, config: pb.SessionConfig) -> None:
         self._commit("UpdateSessionConfig", lambda state: processor.update_config(state, config))

@@ -19,19 +19,23 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import structlog
 from google.protobuf.message import Message
 
 from kato_grpc import request_ids
+from kato_grpc.access import Caller
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 
 R = TypeVar("R", bound=Message)
 # A transition: (loaded state, the node's published KB version or None) -> (new state, response).
-Transition = Callable[[pb.SessionState, int | None], Awaitable[tuple[pb.SessionState, R]]]
+# The response may instead be a function of the committed state, for responses that show its
+# version (an etag): the runner bumps the version, then calls it.
+Respond: TypeAlias = R | Callable[[pb.SessionState], R]
+Transition = Callable[[pb.SessionState, int | None], Awaitable[tuple[pb.SessionState, Respond[R]]]]
 MAX_REMEMBERED_NODES = 100_000
 log = structlog.get_logger("kato.runner")
 
@@ -62,17 +66,15 @@ class TransactionRunner:
         policy: Policy | None = None,
         *,
         check_ids: Callable[[str, str], None] = _no_check,
-        authorize: Callable[[str], None] = _no_check,
     ) -> None:
         self.sessions = sessions
         self.patterns = patterns
         self.policy = policy or Policy()
         self._check_ids = check_ids
-        self._authorize = authorize
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
         self._applying: set[asyncio.Future[list[pb.PatternWrite]]] = set()
 
-    async def load(self, session_id: str, request_id: str = "") -> Loaded:
+    async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node."""
         self._check_ids(session_id, request_id)
         # Once a session's node is known, its KB version rides along with the load.
@@ -80,29 +82,37 @@ class TransactionRunner:
         if loaded is None:
             self._nodes.pop(session_id, None)
             raise session_not_found(session_id)
-        self._authorize(loaded.state.node_id)
+        caller.authorize(loaded.state.node_id)
         if session_id not in self._nodes:
             if len(self._nodes) >= MAX_REMEMBERED_NODES:
                 self._nodes.pop(next(iter(self._nodes)))
             self._nodes[session_id] = loaded.state.node_id
         return loaded
 
-    async def read(self, session_id: str) -> Loaded:
+    async def read(self, session_id: str, caller: Caller) -> Loaded:
         """A session for reading: its outbox applied, so its learns are visible in the KB."""
-        loaded = await self.load(session_id)
+        loaded = await self.load(session_id, caller)
         if loaded.outbox is not None:
             await self.apply(loaded.outbox)
             await self.sessions.drop_outbox(session_id, loaded.outbox_version)
         return loaded
 
     async def transact(
-        self, session_id: str, method: str, request: Message, request_id: str, transition: Transition[R], kind: type[R]
+        self,
+        session_id: str,
+        method: str,
+        request: Message,
+        request_id: str,
+        transition: Transition[R],
+        kind: type[R],
+        *,
+        caller: Caller,
     ) -> R:
         fp = request_ids.fingerprint(method, request) if request_id else b""
         for attempt in range(self.policy.cas_retries):
             if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
                 await asyncio.sleep(random.uniform(0, min(self.policy.backoff_max_seconds, 0.0005 * 2**attempt)))
-            loaded = await self.load(session_id, request_id)
+            loaded = await self.load(session_id, caller, request_id)
             if loaded.outbox is not None:
                 await self.apply(loaded.outbox)  # before anything: a replay must not skip it
             if loaded.record is not None:
@@ -110,8 +120,9 @@ class TransactionRunner:
                 if loaded.outbox is not None:
                     await self.sessions.drop_outbox(session_id, loaded.outbox_version)
                 return kind.FromString(loaded.record.response)
-            new_state, response = await transition(loaded.state, loaded.kb_version)
+            new_state, respond = await transition(loaded.state, loaded.kb_version)
             new_state.version = loaded.version + 1
+            response = respond(new_state) if callable(respond) else respond
             self._check_size(loaded.state, new_state)
             outbox = None
             if new_state.pending_writes:

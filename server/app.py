@@ -24,7 +24,6 @@ from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits, memory_policy
-from server.auth import authorize
 from server.engine_runner import EngineRunner
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
@@ -83,7 +82,6 @@ class KatoServer:
                 max_session_bytes=settings.max_session_bytes,
             ),
             check_ids=limits.check_ids,
-            authorize=authorize,
         )
         self.servicer = KatoServicer(
             settings,

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
+from kato_grpc.access import Caller
 from kato_grpc.errors import InvalidArgument
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server.errors import to_status
@@ -46,18 +47,20 @@ def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Undecoda
 class Guarded(Protocol):
     """What the handlers are built from: a guard and the unary use cases (``servicer.py``)."""
 
-    def guard(self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[Any]) -> Awaitable[Any]: ...
+    def guard(
+        self, rpc: str, context: grpc.aio.ServicerContext[Any, Any], work: Callable[[Caller], Awaitable[Any]]
+    ) -> Awaitable[Any]: ...
 
-    def unary_calls(self) -> dict[str, Callable[[Any], Awaitable[Message]]]: ...
+    def unary_calls(self) -> dict[str, Callable[[Any, Caller], Awaitable[Message]]]: ...
 
 
 def _unary(
-    name: str, guarded: Guarded, call: Callable[[Any], Awaitable[Message]]
+    name: str, guarded: Guarded, call: Callable[[Any, Caller], Awaitable[Message]]
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
     async def handle(request: Message | Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
         if isinstance(request, Undecodable):
             await context.abort_with_status(to_status(request.error()))
-        result: Message = await guarded.guard(name, context, call(request))
+        result: Message = await guarded.guard(name, context, lambda caller: call(request, caller))
         return result
 
     return handle

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 
 from kato_grpc import encoding, request_ids
+from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.errors import InvalidArgument, NotFound
 from kato_grpc.runner import TransactionRunner
@@ -19,7 +20,6 @@ from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
-from server.auth import authorize, principal
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -38,18 +38,18 @@ class KbAdmin:
         self.patterns = patterns
         self.runner = runner
 
-    async def get_pattern(self, req: svc.GetPatternRequest) -> pb.Pattern:
+    async def get_pattern(self, req: svc.GetPatternRequest, caller: Caller) -> pb.Pattern:
         limits.require_node_id(req.node_id)
         bare = limits.pattern_name(req.name)
-        authorize(req.node_id)
+        caller.authorize(req.node_id)
         record = await self.patterns.get_pattern(req.node_id, bare)
         if record is None:
             raise pattern_not_found(req.name, req.node_id)
         return encoding.pattern_proto(record)
 
-    async def list_patterns(self, req: svc.ListPatternsRequest) -> svc.ListPatternsResponse:
+    async def list_patterns(self, req: svc.ListPatternsRequest, caller: Caller) -> svc.ListPatternsResponse:
         limits.require_node_id(req.node_id)
-        authorize(req.node_id)
+        caller.authorize(req.node_id)
         if req.page_size < 0:
             raise InvalidArgument.for_field("page_size", "must not be negative")
         size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -67,9 +67,9 @@ class KbAdmin:
             out.next_page_token = base64.urlsafe_b64encode(records[size - 1].name.encode()).decode()
         return out
 
-    async def update_pattern(self, req: svc.UpdatePatternRequest) -> pb.Pattern:
+    async def update_pattern(self, req: svc.UpdatePatternRequest, caller: Caller) -> pb.Pattern:
         bare, mask = limits.check_pattern_update(req, self.settings)
-        authorize(req.node_id)
+        caller.authorize(req.node_id)
         record = await self.patterns.update_pattern(
             req.node_id,
             bare,
@@ -81,24 +81,24 @@ class KbAdmin:
             raise pattern_not_found(req.pattern.name, req.node_id)
         return encoding.pattern_proto(record)
 
-    async def delete_pattern(self, req: svc.DeletePatternRequest) -> None:
+    async def delete_pattern(self, req: svc.DeletePatternRequest, caller: Caller) -> None:
         limits.require_node_id(req.node_id)
         bare = limits.pattern_name(req.name)
-        authorize(req.node_id)
+        caller.authorize(req.node_id)
         version = await self.patterns.delete_pattern(req.node_id, bare)
         if version is None:
             raise pattern_not_found(req.name, req.node_id)
         await self.sessions.publish_kb_version(req.node_id, version)
 
-    async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+    async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         """KATO's clear-all: wipe the KB (of the session's node, or of ``node_id``) and, with a
         session, clear its STM. Both given must agree."""
         limits.check_request_id(req.request_id)
         if not req.session_id:
-            await self._clear_node(req)
+            await self._clear_node(req, caller)
             return
         fp = request_ids.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
-        loaded = await self.runner.load(req.session_id, req.request_id)
+        loaded = await self.runner.load(req.session_id, caller, req.request_id)
         node = loaded.state.node_id
         if req.node_id and req.node_id != node:
             raise InvalidArgument.for_field(
@@ -109,20 +109,22 @@ class KbAdmin:
         else:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
-            await self.runner.read(req.session_id)
+            await self.runner.read(req.session_id, caller)
             await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
 
         async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
             return processor.clear_stm(state), svc.ShortTermMemory()
 
-        await self.runner.transact(req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory)
+        await self.runner.transact(
+            req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory, caller=caller
+        )
 
-    async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest) -> None:
+    async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         limits.require_node_id(req.node_id)
-        authorize(req.node_id)
+        caller.authorize(req.node_id)
         key = ""
         if req.request_id:
-            key = scoped_key("kbreq", req.node_id, principal(), req.request_id)
+            key = scoped_key("kbreq", req.node_id, caller.principal, req.request_id)
             fp = request_ids.fingerprint("ClearKnowledgeBase", req)
             previous = await self.sessions.recorded(key)
             if previous is not None:

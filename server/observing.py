@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 
 from kato_grpc import encoding
+from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.knowledge import KnowledgeView
@@ -58,12 +59,12 @@ class Observing:
             return await self._view(state.node_id, published)
         return _EMPTY_KB  # no KB round trip when nothing in the call can read the KB
 
-    async def _read(self, session_id: str) -> pb.SessionState:
-        return (await self.runner.read(session_id)).state
+    async def _read(self, session_id: str, caller: Caller) -> pb.SessionState:
+        return (await self.runner.read(session_id, caller)).state
 
     # --- sessions ------------------------------------------------------------------------
 
-    async def observe(self, req: svc.ObserveRequest) -> svc.ObserveResponse:
+    async def observe(self, req: svc.ObserveRequest, caller: Caller) -> svc.ObserveResponse:
         limits.check_observe(req, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
@@ -81,16 +82,18 @@ class Observing:
             kb = await self._view_for(state, published, [req.observation])
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=_tiny(kb, 1))
 
-        return await self.runner.transact(req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse)
+        return await self.runner.transact(
+            req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse, caller=caller
+        )
 
-    async def observe_batch(self, reqs: list[svc.ObserveRequest]) -> list[svc.ObserveResponse]:
+    async def observe_batch(self, reqs: list[svc.ObserveRequest], caller: Caller) -> list[svc.ObserveResponse]:
         """Several observations of one session (no request_ids) in one load / compare-and-set.
 
         The responses are exactly those of sequential Observe calls; the batch commits as one
         (used by ObserveStream to absorb high-rate clients).
         """
         if len(reqs) == 1:
-            return [await self.observe(reqs[0])]
+            return [await self.observe(reqs[0], caller)]
         for req in reqs:
             limits.check_observe(req, self.settings)
         ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
@@ -116,11 +119,11 @@ class Observing:
 
         batch = svc.ObserveSequenceRequest(session_id=reqs[0].session_id, observations=observations)
         result = await self.runner.transact(
-            reqs[0].session_id, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse
+            reqs[0].session_id, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse, caller=caller
         )
         return list(result.results)
 
-    async def observe_sequence(self, req: svc.ObserveSequenceRequest) -> svc.ObserveSequenceResponse:
+    async def observe_sequence(self, req: svc.ObserveSequenceRequest, caller: Caller) -> svc.ObserveSequenceResponse:
         limits.check_sequence(req, self.settings)
         prefix = "seq-obs-" + uuid.uuid4().hex  # one random draw per call, not per observation
         ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
@@ -163,22 +166,24 @@ class Observing:
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         return await self.runner.transact(
-            req.session_id, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse
+            req.session_id, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse, caller=caller
         )
 
-    async def learn(self, req: svc.LearnRequest) -> svc.LearnResponse:
+    async def learn(self, req: svc.LearnRequest, caller: Caller) -> svc.LearnResponse:
         async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.LearnResponse]:
             # A learn reads no KB and is linear in the (bounded) STM: inline.
             r = await self.engine.run(lambda _budget: processor.learn(state), inline=True)
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
             return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name)
 
-        return await self.runner.transact(req.session_id, "Learn", req, req.request_id, run, svc.LearnResponse)
+        return await self.runner.transact(
+            req.session_id, "Learn", req, req.request_id, run, svc.LearnResponse, caller=caller
+        )
 
     # --- reading a session ---------------------------------------------------------------
 
-    async def get_predictions(self, session_id: str) -> svc.GetPredictionsResponse:
-        loaded = await self.runner.read(session_id)
+    async def get_predictions(self, session_id: str, caller: Caller) -> svc.GetPredictionsResponse:
+        loaded = await self.runner.read(session_id, caller)
         state = loaded.state
         kb = await self._view(state.node_id, loaded.kb_version)
 
@@ -189,22 +194,22 @@ class Observing:
 
         return await self.engine.run(compute, [kb])
 
-    async def get_stm(self, session_id: str) -> svc.ShortTermMemory:
-        return svc.ShortTermMemory(events=(await self._read(session_id)).stm)
+    async def get_stm(self, session_id: str, caller: Caller) -> svc.ShortTermMemory:
+        return svc.ShortTermMemory(events=(await self._read(session_id, caller)).stm)
 
-    async def clear_stm(self, req: svc.ClearShortTermMemoryRequest) -> None:
+    async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> None:
         async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
             return processor.clear_stm(state), svc.ShortTermMemory()
 
         await self.runner.transact(
-            req.session_id, "ClearShortTermMemory", req, req.request_id, run, svc.ShortTermMemory
+            req.session_id, "ClearShortTermMemory", req, req.request_id, run, svc.ShortTermMemory, caller=caller
         )
 
-    async def percept_data(self, session_id: str) -> pb.PerceptData:
-        return (await self._read(session_id)).percept
+    async def percept_data(self, session_id: str, caller: Caller) -> pb.PerceptData:
+        return (await self._read(session_id, caller)).percept
 
-    async def cognition_data(self, session_id: str) -> pb.CognitionData:
-        return processor.cognition_data(await self._read(session_id))
+    async def cognition_data(self, session_id: str, caller: Caller) -> pb.CognitionData:
+        return processor.cognition_data(await self._read(session_id, caller))
 
 
 def _tiny(kb: KnowledgeView, observations: int) -> bool:

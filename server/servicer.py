@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -14,6 +14,7 @@ import structlog
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from kato_grpc.access import Caller
 from kato_grpc.errors import DeadlineExceeded, KatoError, Unavailable
 from kato_grpc.settings import Settings
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -29,6 +30,7 @@ from server.stream import batches
 T = TypeVar("T")
 STREAM_BATCH = 64
 Ctx = grpc.aio.ServicerContext[Any, Any]
+Call = Callable[[Any, Caller], Awaitable[Message]]  # a unary use case: (request, caller) -> response
 log = structlog.get_logger("kato.rpc")
 
 
@@ -65,11 +67,12 @@ class KatoServicer:
         limit = self.settings.max_call_seconds
         return limit if remaining is None else min(remaining, limit)
 
-    def _authenticate(self, context: Ctx) -> None:
+    def _authenticate(self, context: Ctx) -> Caller:
         metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
-        authenticate(metadata, self.settings.auth_tokens)
+        return authenticate(metadata, self.settings.auth_tokens)
 
-    async def guard(self, rpc: str, context: Ctx, work: Awaitable[T]) -> T:
+    async def guard(self, rpc: str, context: Ctx, work: Callable[[Caller], Awaitable[T]]) -> T:
+        """Run ``work`` for the authenticated caller: drain, deadline, auth, error mapping."""
         with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
             self.inflight += 1
             self._idle.clear()
@@ -80,10 +83,9 @@ class KatoServicer:
                 # engine computation made for it; state stays consistent when it fires (the
                 # outbox carries any learn not yet applied; engine threads stop).
                 async with asyncio.timeout(self._time_limit(context)) as deadline:
-                    self._authenticate(context)
-                    return await work
+                    caller = self._authenticate(context)
+                    return await work(caller)
             except TimeoutError as exc:
-                _discard(work)
                 error = as_kato_error(exc)
                 if deadline.expired():
                     error = DeadlineExceeded("the call's deadline passed", reason="DEADLINE_EXCEEDED")
@@ -91,7 +93,6 @@ class KatoServicer:
                 await context.abort_with_status(to_status(error))
                 raise
             except Exception as exc:
-                _discard(work)
                 error = as_kato_error(exc)
                 if error is None:
                     log.exception("unexpected error")
@@ -122,7 +123,7 @@ class KatoServicer:
         session (without request_id, all valid) are committed together: one load, one
         compare-and-set, the same responses as one by one (see ``server/stream.py``)."""
         # Authenticate when the stream opens, before reading anything from it.
-        await self.guard("ObserveStream", context, _noop())
+        await self.guard("ObserveStream", context, _opened)
         stream = batches(
             decoded(request_iterator),
             lambda r: limits.check_observe(r, self.settings),
@@ -131,30 +132,31 @@ class KatoServicer:
         )
         async for batch in stream:
             if isinstance(batch, KatoError):  # answered after every observation before it
-                await self.guard("ObserveStream", context, _raise(batch))
+                await self.guard("ObserveStream", context, _failing(batch))
                 return
-            responses = await self.guard("ObserveStream", context, self.observing.observe_batch(batch))
+            responses = await self.guard("ObserveStream", context, partial(self.observing.observe_batch, batch))
             for response in responses:
                 yield response
 
-    def unary_calls(self) -> dict[str, Callable[[Any], Awaitable[Message]]]:
-        """What each unary RPC does: the use case, given the decoded request. ``add_service``
-        wraps every one in ``guard`` — deadline, auth, drain and error mapping, in one place."""
+    def unary_calls(self) -> dict[str, Call]:
+        """What each unary RPC does: the use case, given the decoded request and the caller.
+        ``add_service`` wraps every one in ``guard`` — deadline, auth, drain and error
+        mapping, in one place."""
         s, o, k = self.sessions, self.observing, self.admin
         return {
             "CreateSession": s.create_session,
-            "GetSession": lambda r: s.get_session(r.session_id),
-            "DeleteSession": _empty(lambda r: s.delete_session(r.session_id)),
+            "GetSession": lambda r, c: s.get_session(r.session_id, c),
+            "DeleteSession": _empty(lambda r, c: s.delete_session(r.session_id, c)),
             "ExtendSession": s.extend_session,
             "UpdateSessionConfig": s.update_config,
             "Observe": o.observe,
             "ObserveSequence": o.observe_sequence,
             "Learn": o.learn,
-            "GetPredictions": lambda r: o.get_predictions(r.session_id),
-            "GetShortTermMemory": lambda r: o.get_stm(r.session_id),
+            "GetPredictions": lambda r, c: o.get_predictions(r.session_id, c),
+            "GetShortTermMemory": lambda r, c: o.get_stm(r.session_id, c),
             "ClearShortTermMemory": _empty(o.clear_stm),
-            "GetPerceptData": lambda r: o.percept_data(r.session_id),
-            "GetCognitionData": lambda r: o.cognition_data(r.session_id),
+            "GetPerceptData": lambda r, c: o.percept_data(r.session_id, c),
+            "GetCognitionData": lambda r, c: o.cognition_data(r.session_id, c),
             "GetPattern": k.get_pattern,
             "ListPatterns": k.list_patterns,
             "UpdatePattern": k.update_pattern,
@@ -163,23 +165,20 @@ class KatoServicer:
         }
 
 
-def _empty(call: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[Message]]:
-    async def run(request: Any) -> Message:
-        await call(request)
+def _empty(call: Callable[[Any, Caller], Awaitable[None]]) -> Call:
+    async def run(request: Any, caller: Caller) -> Message:
+        await call(request, caller)
         return empty_pb2.Empty()
 
     return run
 
 
-def _discard(work: Awaitable[object]) -> None:
-    """Close a call's coroutine that failed before it ran (no 'never awaited' warning)."""
-    if inspect.iscoroutine(work):
-        work.close()
-
-
-async def _raise(error: KatoError) -> None:
-    raise error
-
-
-async def _noop() -> None:
+async def _opened(_caller: Caller) -> None:
     return None
+
+
+def _failing(error: KatoError) -> Callable[[Caller], Awaitable[None]]:
+    async def fail(_caller: Caller) -> None:
+        raise error
+
+    return fail

@@ -13,17 +13,17 @@ import time
 from google.protobuf import timestamp_pb2
 
 from kato_grpc import request_ids
+from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import effective_config
 from kato_grpc.errors import Aborted, InvalidArgument, NotFound
-from kato_grpc.runner import TransactionRunner, session_not_found
+from kato_grpc.runner import Respond, TransactionRunner, session_not_found
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import CasResult
 from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
-from server.auth import authorize, principal
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -38,8 +38,8 @@ class Sessions:
         self.sessions = sessions
         self.runner = runner
 
-    async def _read(self, session_id: str) -> pb.SessionState:
-        return (await self.runner.read(session_id)).state
+    async def _read(self, session_id: str, caller: Caller) -> pb.SessionState:
+        return (await self.runner.read(session_id, caller)).state
 
     def session_proto(self, state: pb.SessionState) -> svc.Session:
         expire = timestamp_pb2.Timestamp()
@@ -57,9 +57,9 @@ class Sessions:
             time=state.time,
         )
 
-    async def create_session(self, req: svc.CreateSessionRequest) -> svc.Session:
+    async def create_session(self, req: svc.CreateSessionRequest, caller: Caller) -> svc.Session:
         limits.require_node_id(req.node_id)
-        authorize(req.node_id)
+        caller.authorize(req.node_id)
         limits.check_request_id(req.request_id)
         ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
         limits.check_ttl(ttl, self.settings)
@@ -67,9 +67,9 @@ class Sessions:
             raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
         key, fp = "", b""
         if req.request_id:  # scoped by node and caller: nobody else's id can name this session
-            key = scoped_key("create", req.node_id, principal(), req.request_id)
+            key = scoped_key("create", req.node_id, caller.principal, req.request_id)
             fp = request_ids.fingerprint("CreateSession", req)
-            existing = await self._created(key, fp)
+            existing = await self._created(key, fp, caller)
             if existing is not None:
                 return existing
         state = processor.new_session("s-" + secrets.token_hex(16), req.node_id, req.config)
@@ -85,51 +85,48 @@ class Sessions:
             if winner.response != mine.response:  # a concurrent retry created it first
                 await self.sessions.delete(state.session_id)
                 request_ids.check_replay(winner, "CreateSession", fp)
-                return await self.get_session(winner.response.decode())
+                return await self.get_session(winner.response.decode(), caller)
         return self.session_proto(state)
 
-    async def _created(self, key: str, fp: bytes) -> svc.Session | None:
+    async def _created(self, key: str, fp: bytes, caller: Caller) -> svc.Session | None:
         """The session an earlier CreateSession with this (scoped) request id made, if alive."""
         previous = await self.sessions.recorded(key)
         if previous is None:
             return None
         request_ids.check_replay(previous, "CreateSession", fp)
         try:
-            return await self.get_session(previous.response.decode())
+            return await self.get_session(previous.response.decode(), caller)
         except NotFound:  # it expired or was deleted: the id may create a new one
             await self.sessions.forget(key)
             return None
 
-    async def get_session(self, session_id: str) -> svc.Session:
-        return self.session_proto(await self._read(session_id))
+    async def get_session(self, session_id: str, caller: Caller) -> svc.Session:
+        return self.session_proto(await self._read(session_id, caller))
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, session_id: str, caller: Caller) -> None:
         # Not found, or not this caller's node: nothing is deleted. The outbox is applied
         # first; one committed after this load outlives the session and the relay applies it.
-        await self._read(session_id)
+        await self._read(session_id, caller)
         if not await self.sessions.delete(session_id):
             raise session_not_found(session_id)
 
-    async def extend_session(self, req: svc.ExtendSessionRequest) -> svc.Session:
+    async def extend_session(self, req: svc.ExtendSessionRequest, caller: Caller) -> svc.Session:
         limits.check_ttl(req.ttl_seconds, self.settings)
 
-        async def extend(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.Session]:
+        async def extend(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Respond[svc.Session]]:
             new = processor.copy_state(state)
             new.ttl_seconds = req.ttl_seconds
-            new.version = state.version + 1  # so the returned etag is the saved one
-            return new, self.session_proto(new)
+            return new, self.session_proto  # built from the saved state: its etag is the new version
 
-        return await self.runner.transact(req.session_id, "ExtendSession", req, "", extend, svc.Session)
+        return await self.runner.transact(req.session_id, "ExtendSession", req, "", extend, svc.Session, caller=caller)
 
-    async def update_config(self, req: svc.UpdateSessionConfigRequest) -> svc.Session:
-        async def update(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.Session]:
+    async def update_config(self, req: svc.UpdateSessionConfigRequest, caller: Caller) -> svc.Session:
+        async def update(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Respond[svc.Session]]:
             merged = pb.SessionConfig()
             merged.CopyFrom(state.config)
             merged.MergeFrom(req.config)
-            new = processor.update_config(state, merged)
-            new.version = state.version + 1
-            return new, self.session_proto(new)
+            return processor.update_config(state, merged), self.session_proto
 
         return await self.runner.transact(
-            req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session
+            req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session, caller=caller
         )

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
+from kato_grpc.access import ANYONE, Caller
 from kato_grpc.engine import processor
-from kato_grpc.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
-from kato_grpc.runner import Policy, TransactionRunner
+from kato_grpc.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from kato_grpc.runner import Policy, Respond, TransactionRunner
 from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemorySessionStore
 from kato_grpc.stores.protocols import Applied, CasResult
@@ -57,11 +58,11 @@ async def _learn(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionSta
 def _run(runner: TransactionRunner, method: str, transition: object, request_id: str = "", body: str = "") -> object:
     request = svc.LearnRequest(session_id=SID, request_id=request_id + body)
     kind = svc.LearnResponse if transition is _learn else Empty
-    return asyncio.run(runner.transact(SID, method, request, request_id, transition, kind))  # type: ignore[arg-type]
+    return asyncio.run(runner.transact(SID, method, request, request_id, transition, kind, caller=ANYONE))  # type: ignore[arg-type]
 
 
 def _stm(runner: TransactionRunner) -> list[list[str]]:
-    return [list(e.symbols) for e in asyncio.run(runner.read(SID)).state.stm]
+    return [list(e.symbols) for e in asyncio.run(runner.read(SID, ANYONE)).state.stm]
 
 
 def test_a_conflict_recomputes_on_the_newer_state() -> None:
@@ -151,10 +152,10 @@ def test_loads_slide_the_ttl_and_an_expired_session_is_gone() -> None:
     runner, _, _, clock = _setup()
     for _ in range(3):
         clock.now += 50  # under the 60 s TTL each time, 150 s in all
-        asyncio.run(runner.read(SID))
+        asyncio.run(runner.read(SID, ANYONE))
     clock.now += 61
     with pytest.raises(NotFound):
-        asyncio.run(runner.read(SID))
+        asyncio.run(runner.read(SID, ANYONE))
 
 
 class RefusingPatterns(InMemoryPatternStore):
@@ -191,3 +192,25 @@ def test_a_session_cannot_grow_past_its_byte_limit() -> None:
         for i in range(100):
             _run(runner, "Observe", _observe(f"symbol-{i}"))
     assert 0 < len(_stm(runner)) < 100
+
+
+def test_the_caller_must_be_allowed_the_sessions_node() -> None:
+    runner, _, _, _ = _setup()
+    state = asyncio.run(runner.read(SID, ANYONE)).state
+    elsewhere = Caller(frozenset({"another-node"}), "tenant-b")
+    with pytest.raises(PermissionDenied):
+        asyncio.run(runner.read(SID, elsewhere))
+    with pytest.raises(PermissionDenied):
+        asyncio.run(runner.transact(SID, "Learn", svc.LearnRequest(), "", _learn, svc.LearnResponse, caller=elsewhere))
+    assert asyncio.run(runner.read(SID, Caller(frozenset({state.node_id})))).state == state  # nothing changed
+
+
+def test_a_response_built_from_the_committed_state_sees_the_new_version() -> None:
+    runner, _, _, _ = _setup()
+    before = asyncio.run(runner.read(SID, ANYONE)).version
+
+    async def touch(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Respond[svc.LearnResponse]]:
+        return processor.copy_state(state), lambda saved: svc.LearnResponse(pattern_name=str(saved.version))
+
+    reply = asyncio.run(runner.transact(SID, "Touch", Empty(), "", touch, svc.LearnResponse, caller=ANYONE))
+    assert reply.pattern_name == str(before + 1) == str(asyncio.run(runner.read(SID, ANYONE)).version)

@@ -1,8 +1,19 @@
-"""The comparison rule of the conformance README, as a function that lists every difference."""
+"""The recorded scenarios, and the comparison rule of the conformance README as a function
+that lists every difference (shared by the replay and the gRPC conformance tests)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.json"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
 
 INTEGER_KEYS = frozenset({"frequency", "length", "time", "stm_length", "supporting_patterns"})
 

@@ -6,19 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kato_grpc.replay import replay
-from tests.conformance.compare import differences
-
-SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.json"))
-
-
-def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+from tests.conformance.compare import SCENARIOS, differences, load
 
 
 def test_all_55_scenarios_are_present() -> None:

@@ -9,8 +9,7 @@ import pytest
 
 from kato_grpc.replay import replay
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-from tests.conformance.compare import differences
-from tests.conformance.test_replay import SCENARIOS
+from tests.conformance.compare import SCENARIOS, differences
 from tests.integration.grpc_replay import replay_grpc
 
 

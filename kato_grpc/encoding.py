@@ -11,14 +11,14 @@ Events go out as protobuf wire bytes. Creating one ``Event`` message per event (
 fields per prediction, plus a future per group) was most of the cost of building a response;
 the same fields written as bytes and merged in one ``MergeFromString`` give an identical
 message at a fraction of the cost (tests compare the two). Only the length-delimited framing
-is written here; field numbers come from the generated descriptors. Nothing is cached across
-calls: within one call a pattern's events are encoded once and shared by its past, present,
-future, sequence and future-potential fields.
+is written here; field numbers come from the generated descriptors. Each distinct event is
+encoded once (``EventMemo``: per call, or the service's bounded one across calls), and a
+pattern's encoded events serve its past, present, future, sequence and future-potential fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor
@@ -58,19 +58,61 @@ def field_tag(message: Descriptor, field: str) -> bytes:
 _SYMBOL_TAG = field_tag(pb.Event.DESCRIPTOR, "symbols")
 
 
-def _event(event: Sequence[str]) -> bytes:
-    """One ``Event`` as the value of a length-delimited field: its length, then its body."""
-    parts = []
-    for symbol in event:
+# What one memo entry costs beyond its bytes (dict slot, bytes header, a share of the key).
+ENTRY_OVERHEAD = 160
+DEFAULT_MEMO_BYTES = 8 * 1024 * 1024
+
+
+class _Symbols(dict[str, bytes]):
+    """Symbol -> its ``symbols`` field (key, length, UTF-8)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        self.max_bytes, self.size = max_bytes, 0
+
+    def __missing__(self, symbol: str) -> bytes:
         data = symbol.encode()
-        parts.append(_SYMBOL_TAG + _length(len(data)) + data)
-    body = b"".join(parts)
-    return _length(len(body)) + body
+        field = _SYMBOL_TAG + _length(len(data)) + data
+        if self.max_bytes:
+            self.size += len(field) + ENTRY_OVERHEAD
+            if self.size > self.max_bytes:
+                self.clear()
+                self.size = len(field) + ENTRY_OVERHEAD
+        self[symbol] = field
+        return field
 
 
-def encode_events(events: Sequence[Sequence[str]]) -> list[bytes]:
+class EventMemo(dict[tuple[str, ...], bytes]):
+    """Event -> its encoding as a field value (length, then body), each distinct event encoded
+    once: a KB's patterns share most of their events.
+
+    A pure memo — an event's encoding depends on its symbols alone, so an entry is never
+    stale. One per call by default; the service keeps one per process across calls (hot
+    patterns are predicted again and again), bounded by ``max_bytes``: past it, the memo
+    starts over. Engine threads share it: dict operations are atomic, a race at worst encodes
+    an event twice or miscounts the size a little.
+    """
+
+    def __init__(self, max_bytes: int = 0) -> None:  # 0: unbounded (one call's memo)
+        super().__init__()
+        self.max_bytes, self.size = max_bytes, 0
+        self._symbols = _Symbols(max_bytes // 4)
+
+    def __missing__(self, event: tuple[str, ...]) -> bytes:
+        body = b"".join(map(self._symbols.__getitem__, event))
+        value = _length(len(body)) + body
+        if self.max_bytes:
+            self.size += len(value) + ENTRY_OVERHEAD
+            if self.size > self.max_bytes:
+                self.clear()
+                self.size = len(value) + ENTRY_OVERHEAD
+        self[event] = value
+        return value
+
+
+def encode_events(events: Iterable[Sequence[str]], memo: EventMemo | None = None) -> list[bytes]:
     """Each event encoded as a field value; slices of the result give past, present, future."""
-    return [_event(e) for e in events]
+    return list(map((memo if memo is not None else EventMemo()).__getitem__, map(tuple, events)))
 
 
 def join_field(tag: bytes, encoded: Sequence[bytes]) -> bytes:
@@ -88,33 +130,34 @@ def add_predictions(
     result: PredictionSet,
     predictions: RepeatedCompositeFieldContainer[pb.Prediction],
     futures: RepeatedCompositeFieldContainer[pb.FuturePotential] | None = None,
+    memo: EventMemo | None = None,
 ) -> None:
     """Append the ranked predictions (and, given a field for them, the future potentials)."""
-    encoded: dict[int, list[bytes]] = {}  # id(pattern) -> its events, for this call only
-
-    def events_of(record: PatternRecord) -> list[bytes]:
-        found = encoded.get(id(record))
-        if found is None:
-            found = encoded[id(record)] = encode_events(record.events)
-        return found
-
+    memo = EventMemo() if memo is None else memo
+    # A future potential's representative is often a prediction too: its events are at hand.
+    encoded: dict[int, list[bytes]] = {}  # id(pattern) -> its events
     for r in result.ranked:
-        _fill_prediction(predictions.add(**_prediction_fields(r)), r, events_of(r.match.pattern))
+        events = encoded[id(r.match.pattern)] = encode_events(r.match.pattern.events, memo)
+        _fill_prediction(predictions.add(**_prediction_fields(r)), r, events, memo)
     if futures is not None:
         for g in result.futures:
-            _fill_future(futures.add(), g, events_of(g.representative.pattern))
+            m = g.representative
+            known = encoded.get(id(m.pattern))
+            future = known[m.future_start :] if known is not None else encode_events(m.future, memo)
+            _fill_future(futures.add(), g, future)
 
 
 def prediction_proto(r: Scored) -> pb.Prediction:
     """One prediction as a message (tests and tools; responses use ``add_predictions``)."""
     out = pb.Prediction(**_prediction_fields(r))
-    _fill_prediction(out, r, encode_events(r.match.pattern.events))
+    memo = EventMemo()
+    _fill_prediction(out, r, encode_events(r.match.pattern.events, memo), memo)
     return out
 
 
 def future_proto(g: FutureGroup) -> pb.FuturePotential:
     out = pb.FuturePotential()
-    _fill_future(out, g, encode_events(g.representative.pattern.events))
+    _fill_future(out, g, encode_events(g.representative.future))
     return out
 
 
@@ -149,7 +192,7 @@ def _prediction_fields(r: Scored) -> dict[str, Any]:
     )
 
 
-def _fill_prediction(out: pb.Prediction, r: Scored, encoded: list[bytes]) -> None:
+def _fill_prediction(out: pb.Prediction, r: Scored, encoded: list[bytes], memo: EventMemo) -> None:
     """The event fields (as wire bytes) and the weighted metrics."""
     m = r.match
     out.MergeFromString(
@@ -158,8 +201,8 @@ def _fill_prediction(out: pb.Prediction, r: Scored, encoded: list[bytes]) -> Non
                 join_field(_PAST, encoded[: m.present_start]),
                 join_field(_PRESENT, encoded[m.present_start : m.future_start]),
                 join_field(_FUTURE, encoded[m.future_start :]),
-                join_field(_MISSING, encode_events(m.missing)),
-                join_field(_EXTRAS, encode_events(m.extras)),
+                join_field(_MISSING, encode_events(m.missing, memo)),
+                join_field(_EXTRAS, encode_events(m.extras, memo)),
                 join_field(_SEQUENCE, encoded),
             )
         )
@@ -172,11 +215,11 @@ def _fill_prediction(out: pb.Prediction, r: Scored, encoded: list[bytes]) -> Non
         out.weighted_snr = m.weighted.snr
 
 
-def _fill_future(out: pb.FuturePotential, g: FutureGroup, encoded: list[bytes]) -> None:
+def _fill_future(out: pb.FuturePotential, g: FutureGroup, future: list[bytes]) -> None:
     out.aggregate_potential = g.aggregate_potential
     out.supporting_patterns = g.supporting_patterns
     out.total_weighted_frequency = g.total_weighted_frequency
-    out.MergeFromString(join_field(_FUTURE_POTENTIAL_FUTURE, encoded[g.representative.future_start :]))
+    out.MergeFromString(join_field(_FUTURE_POTENTIAL_FUTURE, future))
 
 
 def pattern_proto(record: PatternRecord) -> pb.Pattern:

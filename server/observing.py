@@ -46,6 +46,8 @@ class Observing:
         self.engine = engine
         self.runner = runner
         self.stm_limits = processor.StmLimits(settings.max_stm_events, settings.max_stm_symbols)
+        # Encoded events, shared by this process's calls (bounded; see encoding.EventMemo).
+        self.memo = encoding.EventMemo(encoding.DEFAULT_MEMO_BYTES)
 
     async def _view(self, node_id: str, published: int | None) -> KnowledgeView:
         if published is None:  # the load did not bring it (first call on the session here)
@@ -72,10 +74,10 @@ class Observing:
             state: pb.SessionState, kb: KnowledgeView, budget: Budget
         ) -> tuple[pb.SessionState, svc.ObserveResponse]:
             r = processor.observe(
-                state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
+                state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget, memo=self.memo
             )
             out = svc.ObserveResponse()
-            _fill_observe(out, r, req.return_predictions)
+            _fill_observe(out, r, req.return_predictions, self.memo)
             return r.state, out
 
         async def run(state: pb.SessionState, published: int | None) -> tuple[pb.SessionState, svc.ObserveResponse]:
@@ -103,11 +105,11 @@ class Observing:
             state: pb.SessionState, kb: KnowledgeView, budget: Budget
         ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
             r = processor.observe_sequence(
-                state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
+                state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget, memo=self.memo
             )
             out = svc.ObserveSequenceResponse()
             for req, step in zip(reqs, r.steps, strict=True):
-                _fill_observe(out.results.add(), step.observed, req.return_predictions)
+                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo)
             return r.state, out
 
         async def run(
@@ -141,10 +143,11 @@ class Observing:
                 clear_stm_between=req.clear_stm_between,
                 learn_after_each=req.learn_after_each,
                 budget=budget,
+                memo=self.memo,
             )
             state = r.state
             for step in r.steps:
-                _fill_observe(out.results.add(), step.observed, req.return_predictions)
+                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo)
                 if step.observed.auto_learned_pattern:
                     out.auto_learned_patterns.append(step.observed.auto_learned_pattern)
                 if step.learned_after is not None:
@@ -189,7 +192,8 @@ class Observing:
 
         def compute(budget: Budget) -> svc.GetPredictionsResponse:
             out = svc.GetPredictionsResponse()  # built on the engine thread too: it can be large
-            encoding.add_predictions(processor.predictions(state, kb, budget), out.predictions, out.future_potentials)
+            result = processor.predictions(state, kb, budget)
+            encoding.add_predictions(result, out.predictions, out.future_potentials, self.memo)
             return out
 
         return await self.engine.run(compute, [kb])
@@ -217,9 +221,11 @@ def _tiny(kb: KnowledgeView, observations: int) -> bool:
     return observations <= INLINE_OBSERVATIONS and kb.pattern_count() == 0 and kb.vector_dimension() is None
 
 
-def _fill_observe(out: svc.ObserveResponse, r: processor.ObserveStep, with_predictions: bool) -> None:
+def _fill_observe(
+    out: svc.ObserveResponse, r: processor.ObserveStep, with_predictions: bool, memo: encoding.EventMemo
+) -> None:
     out.stm_length, out.time, out.unique_id, out.dropped_events = r.stm_length, r.time, r.unique_id, r.dropped_events
     if r.auto_learned_pattern:
         out.auto_learned_pattern = r.auto_learned_pattern
     if with_predictions:
-        encoding.add_predictions(r.predictions, out.predictions, out.future_potentials)
+        encoding.add_predictions(r.predictions, out.predictions, out.future_potentials, memo)

@@ -9,7 +9,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kato_grpc.encoding import add_predictions, encode_events, field_tag, future_proto, join_field, prediction_proto
+from kato_grpc.encoding import (
+    EventMemo,
+    add_predictions,
+    encode_events,
+    field_tag,
+    future_proto,
+    join_field,
+    prediction_proto,
+)
 from kato_grpc.engine.alignment import matching_blocks
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import _future_key
@@ -92,3 +100,27 @@ def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[s
     add_predictions(result, response.predictions, response.future_potentials)
     assert list(response.predictions) == [prediction_proto(r) for r in result.ranked]
     assert list(response.future_potentials) == [future_proto(g) for g in result.futures]
+
+
+def test_a_bounded_memo_starts_over_and_never_changes_an_encoding() -> None:
+    memo = EventMemo(max_bytes=8192)
+    events = [(f"s{i}", "é" * (i % 40)) for i in range(3000)]
+    for event in events * 2:
+        assert memo[event] == encode_events([event])[0]  # a fresh memo's encoding
+        assert memo.size <= memo.max_bytes
+    assert 0 < len(memo) < len(events)  # it started over, more than once
+
+
+@settings(max_examples=50, deadline=None)
+@given(patterns=st.lists(PATTERN, min_size=1, max_size=30), stms=st.lists(PATTERN, min_size=1, max_size=4))
+def test_a_memo_shared_across_calls_builds_the_same_messages(
+    patterns: list[list[list[str]]], stms: list[list[list[str]]]
+) -> None:
+    kb, shared = kb_of(patterns), EventMemo(max_bytes=2048)
+    config = EngineConfig(recall_threshold=0.1, max_predictions=5)
+    for stm in stms:
+        result = predict(stm, kb, config)
+        fresh, reused = svc.GetPredictionsResponse(), svc.GetPredictionsResponse()
+        add_predictions(result, fresh.predictions, fresh.future_potentials)
+        add_predictions(result, reused.predictions, reused.future_potentials, shared)
+        assert fresh == reused

@@ -60,11 +60,12 @@ class FutureGroup:
 
 
 def prune(matches: Sequence[Match], max_predictions: int) -> list[Match]:
-    """Keep the best 3 × max_predictions by pre_potential (ties by name), back in name order."""
+    """Keep the best 3 × max_predictions by pre_potential, ties by similarity (the more similar
+    first), then name (D-11); back in name order."""
     limit = 3 * max_predictions
     if len(matches) <= limit:
         return list(matches)
-    kept = sorted(matches, key=lambda m: (-m.pre_potential, m.name))[:limit]
+    kept = sorted(matches, key=lambda m: (-m.pre_potential, -m.similarity, m.name))[:limit]
     return sorted(kept, key=lambda m: m.name)
 
 
@@ -161,8 +162,9 @@ def _pmf(symbol: str, ensemble: Ensemble, kb: KnowledgeView) -> int:
 
 
 def rank(scored: Sequence[Scored], key: str, max_predictions: int) -> list[Scored]:
-    """Sort by the rank key descending, ties by name ascending (D-11); cut to max_predictions."""
-    return sorted(scored, key=lambda r: (-r.rank_value(key), r.match.name))[:max_predictions]
+    """Sort by the rank key descending, ties by similarity descending, then name ascending
+    (D-11); cut to max_predictions."""
+    return sorted(scored, key=lambda r: (-r.rank_value(key), -r.match.similarity, r.match.name))[:max_predictions]
 
 
 def _itfdf(

@@ -131,29 +131,54 @@ def _screened_ensemble(
 
 def _prune_mixed(kb: KnowledgeView, full: list[Match], hits: SingleHits, limit: int) -> tuple[list[Match], SingleHits]:
     """Pruning (D-12) over aligned candidates and single hits together: the ``limit`` best by
-    (pre_potential desc, name asc), exactly as ``ensemble.prune`` orders them."""
+    (pre_potential desc, similarity desc, name asc), exactly as ``ensemble.prune`` orders them
+    (D-11). Thousands of single hits can tie, so each tie is settled on arrays first."""
     scores = np.concatenate([hits.pre_potential, np.array([m.pre_potential for m in full], dtype=np.float64)])
     cut = float(np.partition(scores, len(scores) - limit)[len(scores) - limit])  # the limit-th best
     chosen = hits.pre_potential > cut
     kept_full = [m for m in full if m.pre_potential > cut]
     slots = limit - int(chosen.sum()) - len(kept_full)
-    # Ties at the cut go to the smallest names. Thousands of single hits can tie, so they are
-    # compared by name keys first and by full names only where keys are equal.
     tied_hits = np.flatnonzero(hits.pre_potential == cut)
-    tied_ids = hits.ids[tied_hits]
     tied_full = [m for m in full if m.pre_potential == cut]
-    keys = np.concatenate([kb.name_keys()[tied_ids], np.array([name_key(m.name) for m in tied_full], dtype=np.uint64)])
-    if slots < len(keys):
-        boundary = np.partition(keys, slots - 1)[slots - 1]
-        sure, undecided = keys < boundary, np.flatnonzero(keys == boundary)
-        by_name = sorted(undecided.tolist(), key=lambda k: _tied_name(kb, k, tied_ids, tied_full))
-        sure[by_name[: slots - int(sure.sum())]] = True
-    else:
-        sure = np.ones(len(keys), dtype=bool)
     n_hits = len(tied_hits)
+    similarity = np.concatenate(
+        [hits.similarity[tied_hits], np.array([m.similarity for m in tied_full], dtype=np.float64)]
+    )
+    sure = np.zeros(len(similarity), dtype=bool)
+    if slots >= len(similarity):
+        sure[:] = True
+    else:
+        # The slots-th most similar; more similar ones are in, equally similar ones go by name.
+        boundary = float(-np.partition(-similarity, slots - 1)[slots - 1])
+        sure |= similarity > boundary
+        undecided = np.flatnonzero(similarity == boundary)
+        tied_ids = hits.ids[tied_hits]
+        for k in _smallest_names(kb, undecided, slots - int(sure.sum()), tied_ids, tied_full):
+            sure[k] = True
     chosen[tied_hits[sure[:n_hits]]] = True
     kept_full += [m for m, keep in zip(tied_full, sure[n_hits:].tolist(), strict=True) if keep]
     return kept_full, hits.take(chosen)
+
+
+def _smallest_names(
+    kb: KnowledgeView,
+    candidates: npt.NDArray[np.intp],
+    count: int,
+    tied_ids: npt.NDArray[np.int32],
+    tied_full: list[Match],
+) -> list[int]:
+    """The ``count`` candidates with the smallest names. ``candidates`` index the tied single
+    hits (below ``len(tied_ids)``), then the tied aligned ones, in ascending order. Names are
+    compared by their keys first and in full only where keys are equal."""
+    if count >= len(candidates):
+        return [int(k) for k in candidates]
+    split = int(np.searchsorted(candidates, len(tied_ids)))
+    full_keys = [name_key(tied_full[k - len(tied_ids)].name) for k in candidates[split:].tolist()]
+    keys = np.concatenate([kb.name_keys()[tied_ids[candidates[:split]]], np.array(full_keys, dtype=np.uint64)])
+    boundary = np.partition(keys, count - 1)[count - 1]
+    sure: list[int] = candidates[keys < boundary].tolist()
+    undecided = sorted(candidates[keys == boundary].tolist(), key=lambda k: _tied_name(kb, k, tied_ids, tied_full))
+    return sure + undecided[: count - len(sure)]
 
 
 def _tied_name(kb: KnowledgeView, k: int, tied_ids: npt.NDArray[np.int32], tied_full: list[Match]) -> str:

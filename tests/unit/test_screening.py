@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 from unittest.mock import patch
 
@@ -79,3 +80,25 @@ def test_ties_at_the_cut_go_to_the_smallest_names_even_when_name_prefixes_collid
         assert _outputs([["x"], ["y"]], kb, config, exhaustive=False) == _outputs(
             [["x"], ["y"]], kb, config, exhaustive=True
         )
+
+
+def test_ties_at_the_cut_go_to_the_most_similar_then_the_smallest_names() -> None:
+    # D-11: patterns of many lengths share one symbol with a 3-symbol STM: all tie at
+    # pre_potential while their similarity (2 / (|p| + |s|)) differs: the more similar must win the cut,
+    # names settle the rest, on the fast path exactly as on the exhaustive one.
+    patterns = [[["x"]] + [[f"p{i}-{j}"] for j in range(1 + i % 7)] for i in range(40)]
+    kb = kb_of(patterns)
+    stm = [["x"], ["y"], ["z"]]  # one shared symbol, two extras: pre_potential 1.0 for all
+    everyone = predict(stm, kb, EngineConfig(max_predictions=100), exhaustive=True).ensemble
+    order = sorted(everyone, key=lambda r: (-r.match.pre_potential, -r.match.similarity, r.match.name))
+    pairs = itertools.pairwise(order)
+    assert any(
+        a.match.pre_potential == b.match.pre_potential and a.match.similarity != b.match.similarity for a, b in pairs
+    )
+    for max_predictions in (1, 2, 3, 5, 8):
+        config = EngineConfig(max_predictions=max_predictions)
+        with patch.object(predict_module, "SMALL_SCREEN", -1):
+            fast = predict(stm, kb, config)
+        expected = sorted(r.match.name for r in order[: 3 * max_predictions])
+        assert [r.match.name for r in fast.ensemble] == expected
+        assert _outputs(stm, kb, config, exhaustive=False) == _outputs(stm, kb, config, exhaustive=True)

@@ -18,9 +18,10 @@ pattern's encoded events serve its past, present, future, sequence and future-po
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
+from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
@@ -28,7 +29,7 @@ from kato_grpc.engine.ensemble import FutureGroup, Scored
 from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.engine.naming import PATTERN_PREFIX
 from kato_grpc.engine.predict import PredictionSet
-from kato_grpc.engine.records import average_emotives
+from kato_grpc.engine.records import average_emotives, metadata_value
 from kato_grpc.v1 import engine_pb2 as pb
 
 _LENGTH_DELIMITED = 2
@@ -168,7 +169,7 @@ def _prediction_fields(r: Scored) -> dict[str, Any]:
         name=m.name,
         frequency=m.frequency,
         emotives=average_emotives(m.pattern.emotives),
-        metadata={k: pb.StringList(values=v) for k, v in m.pattern.metadata.items()},
+        metadata=json_lists(m.pattern.metadata),
         matches=m.matches,
         anomalies=[pb.Anomaly(observed=a.observed, expected=a.expected, similarity=a.similarity) for a in m.anomalies],
         similarity=m.similarity,
@@ -229,5 +230,15 @@ def pattern_proto(record: PatternRecord) -> pb.Pattern:
         length=record.length,
         frequency=record.frequency,
         emotives=[pb.EmotiveRecord(values=e) for e in record.emotives],
-        metadata={k: pb.StringList(values=v) for k, v in record.metadata.items()},
+        metadata=json_lists(record.metadata),
     )
+
+
+def json_lists(metadata: Mapping[str, Sequence[str]]) -> dict[str, struct_pb2.ListValue]:
+    """Stored metadata (canonical JSON texts) as the JSON values a client sent (D-29)."""
+    out = {}
+    for key, texts in metadata.items():
+        values = struct_pb2.ListValue()
+        values.extend(cast(Any, [metadata_value(t) for t in texts]))  # nested lists and dicts too
+        out[key] = values
+    return out

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from google.protobuf import json_format
+
+from kato_grpc.engine.records import canonical_json, metadata_value
 from kato_grpc.v1 import engine_pb2 as pb
 
 _FLOAT_FIELDS = (
@@ -34,8 +37,13 @@ def events(evs: Iterable[pb.Event]) -> list[list[str]]:
     return [list(e.symbols) for e in evs]
 
 
-def string_lists(m: Any) -> dict[str, list[str]]:
-    return {k: list(v.values) for k, v in sorted(m.items())}
+def json_lists(m: Any) -> dict[str, list[Any]]:
+    """key -> JSON values (D-29); integral numbers as integers, as their canonical text says."""
+    return {k: [_json_value(x) for x in v.values] for k, v in sorted(m.items())}
+
+
+def _json_value(value: Any) -> Any:
+    return metadata_value(canonical_json(json_format.MessageToDict(value)))
 
 
 def prediction(p: pb.Prediction) -> dict[str, Any]:
@@ -44,7 +52,7 @@ def prediction(p: pb.Prediction) -> dict[str, Any]:
         "name": p.name,
         "frequency": p.frequency,
         "emotives": dict(sorted(p.emotives.items())),
-        "metadata": string_lists(p.metadata),
+        "metadata": json_lists(p.metadata),
         "matches": list(p.matches),
         "past": events(p.past),
         "present": events(p.present),
@@ -79,5 +87,5 @@ def pattern(p: pb.Pattern) -> dict[str, Any]:
         "length": p.length,
         "frequency": p.frequency,
         "emotives": [dict(sorted(e.values.items())) for e in p.emotives],
-        "metadata": string_lists(p.metadata),
+        "metadata": json_lists(p.metadata),
     }

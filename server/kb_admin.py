@@ -12,6 +12,7 @@ import base64
 from kato_grpc import encoding, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
+from kato_grpc.engine.records import canonical_values
 from kato_grpc.errors import InvalidArgument, NotFound
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
@@ -75,7 +76,11 @@ class KbAdmin:
             bare,
             frequency=req.pattern.frequency if "frequency" in mask else None,
             emotives=[dict(r.values) for r in req.pattern.emotives] if "emotives" in mask else None,
-            metadata={k: list(v.values) for k, v in req.pattern.metadata.items()} if "metadata" in mask else None,
+            metadata=(
+                {k: canonical_values(v, f"pattern.metadata.{k}") for k, v in req.pattern.metadata.items()}
+                if "metadata" in mask
+                else None
+            ),
         )
         if record is None:
             raise pattern_not_found(req.pattern.name, req.node_id)

@@ -17,7 +17,7 @@ from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.engine.learning import LearnResult, consume_stm, copy_state, learn, stm_lists
 from kato_grpc.engine.observation import build_percept, validate_observation
 from kato_grpc.engine.predict import PredictionSet, predict
-from kato_grpc.engine.records import average_emotives, stringify_metadata
+from kato_grpc.engine.records import average_emotives, canonical_metadata
 from kato_grpc.v1 import engine_pb2 as pb
 
 # Every transition, in one namespace (learning lives in its own module).
@@ -194,7 +194,7 @@ def _observe_into(
         new.emotives_accumulator.add(values=dict(observation.emotives))
         _cap(new.emotives_accumulator)
     if observation.metadata:
-        new.metadata_accumulator.add(values=stringify_metadata(observation.metadata, "observation.metadata"))
+        new.metadata_accumulator.add(values=canonical_metadata(observation.metadata, "observation.metadata"))
         _cap(new.metadata_accumulator)
 
     new.time += 1

@@ -1,7 +1,14 @@
-"""Emotive and metadata records: averaging (engine.md §1.6), stringification (D-29), merging (1.7)."""
+"""Emotive and metadata records: averaging (engine.md §1.6), canonical JSON values (D-29),
+merging (§1.7).
+
+A metadata value is kept as its canonical JSON text: two values are the same when their texts
+are equal, and a key's values are ordered by that text (code-point order, which is the byte
+order of UTF-8). The text is what the session and the KB store; clients get the JSON value back.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -45,13 +52,43 @@ def to_python(value: struct_pb2.Value, field: str) -> PyValue:
     return None
 
 
-def stringify_metadata(metadata: Mapping[str, struct_pb2.Value], field: str = "metadata") -> dict[str, str]:
-    """Observation metadata as stored: ``str()`` of each converted value (D-29)."""
-    return {key: str(to_python(value, f"{field}.{key}")) for key, value in metadata.items()}
+def canonical_json(value: PyValue) -> str:
+    """The canonical JSON text of a value (D-29): integral numbers below 2^53 as integers
+    (``3.0`` is ``3``), other numbers in shortest round-trip form, strings escaping only
+    ``"``, ``\\`` and control characters, no spaces, object keys sorted."""
+    return json.dumps(_normalized(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def _normalized(value: PyValue) -> PyValue:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        number = float(value)
+        return int(number) if number.is_integer() and abs(number) < _INT_LIMIT else number
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return {k: _normalized(v) for k, v in value.items()}
+
+
+def canonical_metadata(metadata: Mapping[str, struct_pb2.Value], field: str = "metadata") -> dict[str, str]:
+    """Observation metadata as stored: each value's canonical JSON text (D-29). A NaN or an
+    infinity anywhere in a value is INVALID_ARGUMENT naming it."""
+    return {key: canonical_json(to_python(value, f"{field}.{key}")) for key, value in metadata.items()}
+
+
+def canonical_values(values: struct_pb2.ListValue, field: str) -> list[str]:
+    """A key's values given as a JSON list (UpdatePattern): their canonical texts."""
+    return [canonical_json(to_python(v, f"{field}[{i}]")) for i, v in enumerate(values.values)]
+
+
+def metadata_value(text: str) -> PyValue:
+    """A stored canonical text as the JSON value it stands for."""
+    value: PyValue = json.loads(text)
+    return value
 
 
 def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
-    """key -> sorted unique values over all records (engine.md §1.7)."""
+    """key -> unique canonical texts over all records, in canonical order (engine.md §1.7)."""
     merged: dict[str, set[str]] = {}
     for record in records:
         for key, value in record.items():

@@ -3,12 +3,14 @@ operations, and how documents become the records the KB cache indexes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import UpdateOne
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
+from kato_grpc.engine.records import canonical_json
 from kato_grpc.v1 import engine_pb2 as pb
 
 Doc = dict[str, Any]
@@ -25,7 +27,7 @@ RECORD_FIELDS = {"_id": 0, "name": 1, "events": 1, "frequency": 1, "emotives": 1
 def pattern_from_doc(doc: Mapping[str, Any], singles: dict[str, tuple[str]] | None = None) -> PatternRecord:
     metadata: dict[str, set[str]] = {}
     for key, value in doc.get("metadata", []):
-        metadata.setdefault(key, set()).add(value)
+        metadata.setdefault(key, set()).add(_canonical(value))
     return PatternRecord.build(
         doc["name"],
         doc["events"],
@@ -34,6 +36,16 @@ def pattern_from_doc(doc: Mapping[str, Any], singles: dict[str, tuple[str]] | No
         {k: sorted(v) for k, v in metadata.items()},
         singles,
     )
+
+
+def _canonical(stored: str) -> str:
+    """A stored metadata value as canonical JSON (D-29). Values stored before D-29 are Python
+    ``str()`` texts: one that parses as JSON is read as that value (``3``, ``[1, 2]``), any
+    other as a string (``hello``, ``True``) — what a string value was stored as."""
+    try:
+        return canonical_json(json.loads(stored))
+    except ValueError:
+        return canonical_json(stored)
 
 
 def totals_from_doc(doc: Mapping[str, Any] | None) -> Totals:

@@ -208,7 +208,7 @@ Global___EmotiveRecord: _TypeAlias = EmotiveRecord  # noqa: Y015
 
 @_typing.final
 class MetadataRecord(_message.Message):
-    """The metadata of one observation, already stringified as spec D-29 says."""
+    """The metadata of one observation: each value as its canonical JSON text (engine.md D-29)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -310,7 +310,7 @@ class Observation(_message.Message):
     def emotives(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
-        """JSON values; stored as Python str() of the value (spec D-29)."""
+        """JSON values (engine.md D-29): a pattern returns them as sent, unique per key."""
 
     def __init__(
         self,
@@ -499,12 +499,12 @@ class Prediction(_message.Message):
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
         @_builtins.property
-        def value(self) -> Global___StringList: ...
+        def value(self) -> _struct_pb2.ListValue: ...
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: Global___StringList | None = ...,
+            value: _struct_pb2.ListValue | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -577,7 +577,9 @@ class Prediction(_message.Message):
     @_builtins.property
     def emotives(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
-    def metadata(self) -> _containers.MessageMap[_builtins.str, Global___StringList]: ...
+    def metadata(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.ListValue]:
+        """The pattern's metadata: key -> its distinct JSON values, in canonical order (D-29)."""
+
     @_builtins.property
     def matches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -601,7 +603,7 @@ class Prediction(_message.Message):
         name: _builtins.str = ...,
         frequency: _builtins.int = ...,
         emotives: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-        metadata: _abc.Mapping[_builtins.str, Global___StringList] | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _struct_pb2.ListValue] | None = ...,
         matches: _abc.Iterable[_builtins.str] | None = ...,
         past: _abc.Iterable[Global___Event] | None = ...,
         present: _abc.Iterable[Global___Event] | None = ...,
@@ -701,12 +703,12 @@ class Pattern(_message.Message):
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
         @_builtins.property
-        def value(self) -> Global___StringList: ...
+        def value(self) -> _struct_pb2.ListValue: ...
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: Global___StringList | None = ...,
+            value: _struct_pb2.ListValue | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -732,8 +734,8 @@ class Pattern(_message.Message):
         """Rolling window of observation emotive dicts (last `persistence`)."""
 
     @_builtins.property
-    def metadata(self) -> _containers.MessageMap[_builtins.str, Global___StringList]:
-        """key -> sorted unique strings."""
+    def metadata(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.ListValue]:
+        """key -> its distinct JSON values, in canonical order (D-29)."""
 
     def __init__(
         self,
@@ -743,7 +745,7 @@ class Pattern(_message.Message):
         length: _builtins.int = ...,
         frequency: _builtins.int = ...,
         emotives: _abc.Iterable[Global___EmotiveRecord] | None = ...,
-        metadata: _abc.Mapping[_builtins.str, Global___StringList] | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _struct_pb2.ListValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1008,7 +1010,7 @@ class PatternWrite(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, Global___StringList]:
-        """The accumulated metadata of this learn (key -> sorted unique strings)."""
+        """The accumulated metadata of this learn: key -> canonical JSON texts, in order (D-29)."""
 
     @_builtins.property
     def symbol_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:

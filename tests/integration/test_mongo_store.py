@@ -11,7 +11,7 @@ from pymongo import AsyncMongoClient
 
 from kato_grpc import devstack
 from kato_grpc.engine.naming import pattern_name
-from kato_grpc.engine.records import average_emotives
+from kato_grpc.engine.records import average_emotives, canonical_json
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
@@ -32,7 +32,7 @@ def _writes(n: int, seed: int) -> list[pb.PatternWrite]:
         write.symbol_counts.update(Counter(s for e in events for s in e))
         write.affinity_delta.update(average_emotives(emotives))
         if rng.random() < 0.5:
-            write.metadata["k"].values.extend(sorted({rng.choice("xyz") for _ in range(2)}))
+            write.metadata["k"].values.extend(sorted({canonical_json(rng.choice(["x", 1, True])) for _ in range(2)}))
         out.append(write)
     return out
 
@@ -95,6 +95,26 @@ def test_cache_without_a_published_version_asks_mongodb_once_per_check_interval(
         await store.apply_many("quiet", _writes(3, 2))
         await asyncio.sleep(0.6)
         assert len(await cache.view("quiet")) > 0 and asked > loaded
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_metadata_stored_before_d29_reads_as_json_values(stores: Stores) -> None:
+    # Values stored as Python str() texts before D-29 come back as JSON values: JSON texts as
+    # what they say, anything else as a string; duplicates of new canonical values merge.
+    async def run() -> None:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
+        database = "kato_" + uuid.uuid4().hex[:8]
+        store = MongoPatternStore(client, database)
+        name = pattern_name([["a"], ["b"]])
+        legacy = [["k", "hello"], ["k", '"hello"'], ["k", "3"], ["k", "3.0"], ["k", "True"], ["k", "[1, 2]"]]
+        await client[database].patterns.insert_one(
+            {"kb_id": "old", "name": name, "events": [["a"], ["b"]], "frequency": 1, "metadata": legacy}
+        )
+        record = await store.get_pattern("old", name)
+        assert record is not None
+        assert record.metadata == {"k": ('"True"', '"hello"', "3", "[1,2]")}
         await store.close()
 
     asyncio.run(run())

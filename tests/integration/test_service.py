@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -60,6 +61,24 @@ def test_pattern_admin_update_list_delete(stub: svc_grpc.KatoServiceStub, node_i
         )
     )
     assert updated.frequency == 7
+    # Metadata are JSON values in and out (D-29): 3 and 3.0 are one value, "3" another.
+    values = json_format.Parse('[3.0, "3", 3, true, {"z": [1, null]}]', struct_pb2.ListValue())
+    meta = stub.UpdatePattern(
+        svc.UpdatePatternRequest(
+            node_id=node_id, pattern=pb.Pattern(name=names[0], metadata={"k": values}), update_mask=["metadata"]
+        )
+    )
+    got: object = json_format.MessageToDict(meta.metadata["k"])
+    assert got == ["3", 3.0, True, {"z": [1.0, None]}]
+    with pytest.raises(grpc.RpcError) as bad:
+        nan = struct_pb2.ListValue()
+        nan.extend(["ok", float("nan")])
+        stub.UpdatePattern(
+            svc.UpdatePatternRequest(
+                node_id=node_id, pattern=pb.Pattern(name=names[0], metadata={"k": nan}), update_mask=["metadata"]
+            )
+        )
+    assert details(bad.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, ["pattern.metadata.k[1]"])
     observe(stub, sid, "a", "b")
     assert stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions[0].frequency == 7
     stub.DeletePattern(svc.DeletePatternRequest(node_id=node_id, name=names[0]))

@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import validate_config
 from kato_grpc.engine.naming import pattern_name
+from kato_grpc.engine.records import canonical_json
 from kato_grpc.engine.vectors import nearest
 from kato_grpc.errors import FailedPrecondition, InvalidArgument
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
@@ -161,21 +162,33 @@ def test_percept_and_cognition_data() -> None:
     assert cog.time == 1
 
 
-def test_metadata_values_are_stringified_like_python() -> None:
+def test_metadata_values_come_back_as_the_json_values_sent() -> None:
+    # D-29: JSON values, not Python text; 3 and 3.0 are one value, "3" another; each key's
+    # distinct values in canonical-JSON order (strings first: '"' is the lowest leading byte).
     r = session()
     r.run(
         {
             "op": "observe",
             "strings": ["a", "b"],
-            "metadata": {"i": 3.0, "f": 2.5, "t": True, "n": None, "l": [1, 2], "s": ["a"], "big": 1e20},
+            "metadata": {"i": 3.0, "f": 2.5, "t": True, "n": None, "l": [1, 2], "o": {"b": 1, "a": "é\n"}},
         }
     )
+    r.run({"op": "observe", "strings": ["c"], "metadata": {"i": 3, "f": "3", "big": 1e20}})
+    r.run({"op": "observe", "strings": ["d"], "metadata": {"i": "3", "f": -0.5}})
     r.run({"op": "learn"})
     md = r.run({"op": "get_pattern"})["pattern"]["metadata"]
     assert md == {
-        "i": ["3"], "f": ["2.5"], "t": ["True"], "n": ["None"], "l": ["[1, 2]"], "s": ["['a']"],
-        "big": ["1e+20"],
+        "i": ["3", 3], "f": ["3", -0.5, 2.5], "t": [True], "n": [None], "l": [[1, 2]],
+        "o": [{"a": "é\n", "b": 1}], "big": [1e20],
     }  # fmt: skip
+    assert [type(v) for v in md["i"]] == [str, int]
+
+
+def test_canonical_json_is_the_identity_of_a_metadata_value() -> None:
+    assert canonical_json(3.0) == canonical_json(3) == "3"
+    assert canonical_json(2**53) == "9007199254740992.0"  # past 2^53: a float's shortest form
+    assert canonical_json({"b": [1.0, None], "a": 'x"y'}) == '{"a":"x\\"y","b":[1,null]}'
+    assert canonical_json("é\u2028") == '"é\u2028"'  # only quote, backslash, controls escaped
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

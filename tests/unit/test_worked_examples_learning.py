@@ -40,7 +40,7 @@ def test_w11_relearn_window_average() -> None:
     assert p["emotives"]["value"] == approx(0.42)
 
 
-def test_w12_metadata_stringified_and_merged() -> None:
+def test_w12_metadata_json_values_merged() -> None:
     r = session()
     r.run({"op": "observe", "strings": ["a"], "metadata": {"count": 123, "price": 45.67, "flag": True}})
     r.run({"op": "observe", "strings": ["b"], "metadata": {"name": "test", "source": "test1"}})
@@ -50,7 +50,7 @@ def test_w12_metadata_stringified_and_merged() -> None:
     r.run({"op": "learn"})
     md = r.run({"op": "get_pattern"})["pattern"]["metadata"]
     assert md == {
-        "count": ["123"], "price": ["45.67"], "flag": ["True"], "name": ["test"], "source": ["test1", "test2"]
+        "count": [123], "price": [45.67], "flag": [True], "name": ["test"], "source": ["test1", "test2"]
     }  # fmt: skip
 
 

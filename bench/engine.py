@@ -28,6 +28,7 @@ from kato_grpc.encoding import DEFAULT_MEMO_BYTES, EventMemo, add_predictions
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.predict import predict
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -42,7 +43,7 @@ def build_kb(size: int, rng: random.Random) -> tuple[InMemoryKnowledgeBase, list
     for _ in range(size):
         events = [sorted(rng.sample(ALPHABET, rng.randint(1, 2))) for _ in range(rng.randint(5, 10))]
         patterns.append(events)
-        write = pb.PatternWrite(name=pattern_name(events), persistence=5)
+        write = storage.PatternWrite(name=pattern_name(events), persistence=5)
         write.events.extend(pb.Event(symbols=e) for e in events)
         write.symbol_counts.update(Counter(s for e in events for s in e))
         kb.apply(write)

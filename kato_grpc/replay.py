@@ -26,6 +26,7 @@ from kato_grpc.engine import processor
 from kato_grpc.engine.naming import strip_pattern_prefix
 from kato_grpc.engine.predict import PredictionSet
 from kato_grpc.errors import InvalidArgument, KatoError
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemorySessionStore
@@ -88,14 +89,14 @@ class Replayer:
         return self.patterns.kb(NODE_ID)
 
     @property
-    def state(self) -> pb.SessionState:
+    def state(self) -> storage.SessionState:
         """The session as last committed."""
         return asyncio.run(self.runner.read(SESSION_ID, ANYONE)).state
 
-    def _commit(self, method: str, change: Callable[[pb.SessionState], pb.SessionState]) -> None:
+    def _commit(self, method: str, change: Callable[[storage.SessionState], storage.SessionState]) -> None:
         """One transaction of the runner whose transition is the pure ``change``."""
 
-        async def transition(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Empty]:
+        async def transition(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, Empty]:
             return change(state), Empty()
 
         asyncio.run(self.runner.transact(SESSION_ID, method, Empty(), "", transition, Empty, caller=ANYONE))
@@ -116,7 +117,7 @@ class Replayer:
         observation, unique_id = observation_from_json(op), f"obs-{self._observations}"
         results: list[processor.ObserveResult] = []
 
-        def observe(state: pb.SessionState) -> pb.SessionState:
+        def observe(state: storage.SessionState) -> storage.SessionState:
             results.append(processor.observe(state, observation, self.kb, unique_id=unique_id))
             return results[-1].state
 
@@ -137,7 +138,7 @@ class Replayer:
     def _op_learn(self, op: Mapping[str, Any]) -> dict[str, Any]:
         results: list[processor.LearnResult] = []
 
-        def learn(state: pb.SessionState) -> pb.SessionState:
+        def learn(state: storage.SessionState) -> storage.SessionState:
             results.append(processor.learn(state))
             return results[-1].state
 

@@ -22,7 +22,7 @@ import secrets
 from google.protobuf.message import Message
 
 from kato_grpc.errors import AlreadyExists
-from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.internal.v1 import session_pb2 as storage
 
 
 def fingerprint(method: str, request: Message) -> bytes:
@@ -30,12 +30,12 @@ def fingerprint(method: str, request: Message) -> bytes:
     return hashlib.sha256(method.encode() + b"\0" + request.SerializeToString(deterministic=True)).digest()
 
 
-def record(method: str, fp: bytes, response: Message | bytes) -> pb.RequestRecord:
+def record(method: str, fp: bytes, response: Message | bytes) -> storage.RequestRecord:
     body = response if isinstance(response, bytes) else response.SerializeToString()
-    return pb.RequestRecord(method=method, fingerprint=fp, response=body)
+    return storage.RequestRecord(method=method, fingerprint=fp, response=body)
 
 
-def check_replay(previous: pb.RequestRecord, method: str, fp: bytes) -> None:
+def check_replay(previous: storage.RequestRecord, method: str, fp: bytes) -> None:
     """Allow a retry of the recorded request; refuse any other use of its id."""
     if previous.method != method:
         raise AlreadyExists(
@@ -52,7 +52,7 @@ def check_replay(previous: pb.RequestRecord, method: str, fp: bytes) -> None:
 
 
 def identify_writes(
-    writes: list[pb.PatternWrite], session_id: str, request_id: str, fp: bytes, base_version: int
+    writes: list[storage.PatternWrite], session_id: str, request_id: str, fp: bytes, base_version: int
 ) -> None:
     """Give one execution's pattern writes their ledger ids (see the module docstring)."""
     if request_id:

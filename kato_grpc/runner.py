@@ -27,15 +27,15 @@ from google.protobuf.message import Message
 from kato_grpc import request_ids
 from kato_grpc.access import Caller
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
-from kato_grpc.v1 import engine_pb2 as pb
 
 R = TypeVar("R", bound=Message)
 # A transition: (loaded state, the node's published KB version or None) -> (new state, response).
 # The response may instead be a function of the committed state, for responses that show its
 # version (an etag): the runner bumps the version, then calls it.
-Respond: TypeAlias = R | Callable[[pb.SessionState], R]
-Transition = Callable[[pb.SessionState, int | None], Awaitable[tuple[pb.SessionState, Respond[R]]]]
+Respond: TypeAlias = R | Callable[[storage.SessionState], R]
+Transition = Callable[[storage.SessionState, int | None], Awaitable[tuple[storage.SessionState, Respond[R]]]]
 MAX_REMEMBERED_NODES = 100_000
 log = structlog.get_logger("kato.runner")
 
@@ -72,7 +72,7 @@ class TransactionRunner:
         self.policy = policy or Policy()
         self._check_ids = check_ids
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
-        self._applying: set[asyncio.Future[list[pb.PatternWrite]]] = set()
+        self._applying: set[asyncio.Future[list[storage.PatternWrite]]] = set()
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node."""
@@ -126,7 +126,9 @@ class TransactionRunner:
             self._check_size(loaded.state, new_state)
             outbox = None
             if new_state.pending_writes:
-                outbox = pb.Outbox(session_id=session_id, node_id=new_state.node_id, writes=new_state.pending_writes)
+                outbox = storage.Outbox(
+                    session_id=session_id, node_id=new_state.node_id, writes=new_state.pending_writes
+                )
                 new_state.ClearField("pending_writes")
                 request_ids.identify_writes(list(outbox.writes), session_id, request_id, fp, loaded.version)
             result = await self.sessions.compare_and_set(
@@ -153,10 +155,10 @@ class TransactionRunner:
             reason="CAS_RETRIES_EXHAUSTED",
         )
 
-    def ttl_ms(self, state: pb.SessionState) -> int:
+    def ttl_ms(self, state: storage.SessionState) -> int:
         return int((state.ttl_seconds or self.policy.default_ttl_seconds) * 1000)
 
-    def _check_size(self, old: pb.SessionState, new: pb.SessionState) -> None:
+    def _check_size(self, old: storage.SessionState, new: storage.SessionState) -> None:
         """A session may not grow past the byte limit (shrinking is always allowed)."""
         size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
         limit = self.policy.max_session_bytes
@@ -168,7 +170,7 @@ class TransactionRunner:
                 metadata={"bytes": str(size), "limit": str(limit)},
             )
 
-    async def apply(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
+    async def apply(self, outbox: storage.Outbox) -> list[storage.PatternWrite]:
         """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
         the pattern store refuses for good are kept as dead letters and returned (the rest
         still land).
@@ -189,7 +191,7 @@ class TransactionRunner:
         if self._applying:
             await asyncio.wait(set(self._applying), timeout=timeout)
 
-    async def _apply_now(self, outbox: pb.Outbox) -> list[pb.PatternWrite]:
+    async def _apply_now(self, outbox: storage.Outbox) -> list[storage.PatternWrite]:
         writes = list(outbox.writes)
         try:
             applied = await self.patterns.apply_many(outbox.node_id, writes)
@@ -198,7 +200,7 @@ class TransactionRunner:
         except Exception as exc:
             if not self.patterns.is_permanent(exc):
                 raise
-        refused: list[pb.PatternWrite] = []
+        refused: list[storage.PatternWrite] = []
         for write in writes:  # one by one: find the refused ones, land the others
             try:
                 applied = await self.patterns.apply_many(outbox.node_id, [write])
@@ -218,14 +220,14 @@ class TransactionRunner:
         return refused
 
 
-def _settled(task: asyncio.Future[list[pb.PatternWrite]]) -> None:
+def _settled(task: asyncio.Future[list[storage.PatternWrite]]) -> None:
     """Mark an apply's error as seen: its caller got it, or — the call having ended — the
     outbox is still there and the relay retries it."""
     if not task.cancelled():
         task.exception()
 
 
-def _refused(writes: list[pb.PatternWrite]) -> FailedPrecondition:
+def _refused(writes: list[storage.PatternWrite]) -> FailedPrecondition:
     names = ", ".join("PTRN|" + w.name for w in writes if w.name) or "vectors"
     return FailedPrecondition(
         f"the call was committed, but the knowledge base refused to store {names}; "

@@ -12,7 +12,6 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pymongo import AsyncMongoClient
 
 from kato_grpc.runner import Policy, TransactionRunner
@@ -23,7 +22,7 @@ from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, memory_policy
+from server import limits, memory_policy, reflection
 from server.engine_runner import EngineRunner
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
@@ -114,14 +113,7 @@ class KatoServer:
         await self._ensure_indexes()
         add_service(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
+        reflection.enable(self.server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{self.settings.host}:{self.settings.port}"
         if self.settings.tls_cert_file and self.settings.tls_key_file:
             credentials = grpc.ssl_server_credentials(

@@ -14,6 +14,7 @@ from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.records import canonical_values
 from kato_grpc.errors import InvalidArgument, NotFound
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
@@ -117,7 +118,7 @@ class KbAdmin:
             await self.runner.read(req.session_id, caller)
             await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
 
-        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+        async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.ShortTermMemory]:
             return processor.clear_stm(state), svc.ShortTermMemory()
 
         await self.runner.transact(

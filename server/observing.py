@@ -15,6 +15,7 @@ from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.knowledge import KnowledgeView
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
@@ -55,13 +56,13 @@ class Observing:
         return await self.cache.view(node_id, published)
 
     async def _view_for(
-        self, state: pb.SessionState, published: int | None, observations: list[pb.Observation]
+        self, state: storage.SessionState, published: int | None, observations: list[pb.Observation]
     ) -> KnowledgeView:
         if processor.reads_knowledge(state, observations):
             return await self._view(state.node_id, published)
         return _EMPTY_KB  # no KB round trip when nothing in the call can read the KB
 
-    async def _read(self, session_id: str, caller: Caller) -> pb.SessionState:
+    async def _read(self, session_id: str, caller: Caller) -> storage.SessionState:
         return (await self.runner.read(session_id, caller)).state
 
     # --- sessions ------------------------------------------------------------------------
@@ -71,8 +72,8 @@ class Observing:
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
         def compute(
-            state: pb.SessionState, kb: KnowledgeView, budget: Budget
-        ) -> tuple[pb.SessionState, svc.ObserveResponse]:
+            state: storage.SessionState, kb: KnowledgeView, budget: Budget
+        ) -> tuple[storage.SessionState, svc.ObserveResponse]:
             r = processor.observe(
                 state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget, memo=self.memo
             )
@@ -80,7 +81,9 @@ class Observing:
             _fill_observe(out, r, req.return_predictions, self.memo)
             return r.state, out
 
-        async def run(state: pb.SessionState, published: int | None) -> tuple[pb.SessionState, svc.ObserveResponse]:
+        async def run(
+            state: storage.SessionState, published: int | None
+        ) -> tuple[storage.SessionState, svc.ObserveResponse]:
             kb = await self._view_for(state, published, [req.observation])
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=_tiny(kb, 1))
 
@@ -102,8 +105,8 @@ class Observing:
         observations = [r.observation for r in reqs]
 
         def compute(
-            state: pb.SessionState, kb: KnowledgeView, budget: Budget
-        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            state: storage.SessionState, kb: KnowledgeView, budget: Budget
+        ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             r = processor.observe_sequence(
                 state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget, memo=self.memo
             )
@@ -113,8 +116,8 @@ class Observing:
             return r.state, out
 
         async def run(
-            state: pb.SessionState, published: int | None
-        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            state: storage.SessionState, published: int | None
+        ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, published, observations)
             inline = _tiny(kb, len(observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
@@ -131,8 +134,8 @@ class Observing:
         ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
 
         def compute(
-            state: pb.SessionState, kb: KnowledgeView, budget: Budget
-        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            state: storage.SessionState, kb: KnowledgeView, budget: Budget
+        ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             out = svc.ObserveSequenceResponse(initial_stm_length=len(state.stm))
             r = processor.observe_sequence(
                 state,
@@ -162,8 +165,8 @@ class Observing:
             return state, out
 
         async def run(
-            state: pb.SessionState, published: int | None
-        ) -> tuple[pb.SessionState, svc.ObserveSequenceResponse]:
+            state: storage.SessionState, published: int | None
+        ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, published, list(req.observations))
             inline = _tiny(kb, len(req.observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
@@ -173,7 +176,7 @@ class Observing:
         )
 
     async def learn(self, req: svc.LearnRequest, caller: Caller) -> svc.LearnResponse:
-        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.LearnResponse]:
+        async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.LearnResponse]:
             # A learn reads no KB and is linear in the (bounded) STM: inline.
             r = await self.engine.run(lambda _budget: processor.learn(state), inline=True)
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
@@ -202,7 +205,7 @@ class Observing:
         return svc.ShortTermMemory(events=(await self._read(session_id, caller)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> None:
-        async def run(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.ShortTermMemory]:
+        async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.ShortTermMemory]:
             return processor.clear_stm(state), svc.ShortTermMemory()
 
         await self.runner.transact(

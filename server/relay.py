@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.redis_sessions import RedisSessionStore
-from kato_grpc.v1 import engine_pb2 as pb
 
 log = structlog.get_logger("kato.relay")
 BATCH = 100
@@ -30,7 +30,7 @@ class OutboxRelay:
     def __init__(
         self,
         sessions: RedisSessionStore,
-        apply: Callable[[pb.Outbox], Awaitable[object]],
+        apply: Callable[[storage.Outbox], Awaitable[object]],
         *,
         after_seconds: float,
         interval_seconds: float,

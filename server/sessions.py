@@ -17,6 +17,7 @@ from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import effective_config
 from kato_grpc.errors import Aborted, InvalidArgument, NotFound
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Respond, TransactionRunner, session_not_found
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import CasResult
@@ -38,10 +39,10 @@ class Sessions:
         self.sessions = sessions
         self.runner = runner
 
-    async def _read(self, session_id: str, caller: Caller) -> pb.SessionState:
+    async def _read(self, session_id: str, caller: Caller) -> storage.SessionState:
         return (await self.runner.read(session_id, caller)).state
 
-    def session_proto(self, state: pb.SessionState) -> svc.Session:
+    def session_proto(self, state: storage.SessionState) -> svc.Session:
         expire = timestamp_pb2.Timestamp()
         expire.FromSeconds(int(time.time()) + (state.ttl_seconds or self.settings.session_ttl_seconds))
         return svc.Session(
@@ -113,7 +114,9 @@ class Sessions:
     async def extend_session(self, req: svc.ExtendSessionRequest, caller: Caller) -> svc.Session:
         limits.check_ttl(req.ttl_seconds, self.settings)
 
-        async def extend(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Respond[svc.Session]]:
+        async def extend(
+            state: storage.SessionState, _kb: int | None
+        ) -> tuple[storage.SessionState, Respond[svc.Session]]:
             new = processor.copy_state(state)
             new.ttl_seconds = req.ttl_seconds
             return new, self.session_proto  # built from the saved state: its etag is the new version
@@ -121,7 +124,9 @@ class Sessions:
         return await self.runner.transact(req.session_id, "ExtendSession", req, "", extend, svc.Session, caller=caller)
 
     async def update_config(self, req: svc.UpdateSessionConfigRequest, caller: Caller) -> svc.Session:
-        async def update(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Respond[svc.Session]]:
+        async def update(
+            state: storage.SessionState, _kb: int | None
+        ) -> tuple[storage.SessionState, Respond[svc.Session]]:
             merged = pb.SessionConfig()
             merged.CopyFrom(state.config)
             merged.MergeFrom(req.config)

@@ -13,6 +13,7 @@ from kato_grpc.engine.config import EngineConfig, resolve_config
 from kato_grpc.engine.naming import PATTERN_PREFIX, pattern_name
 from kato_grpc.engine.records import accumulate_metadata, average_emotives
 from kato_grpc.errors import FailedPrecondition
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.v1 import engine_pb2 as pb
 
 MIN_PATTERN_SYMBOLS = 2
@@ -23,13 +24,13 @@ INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
 
 @dataclass(frozen=True, slots=True)
 class LearnResult:
-    state: pb.SessionState
+    state: storage.SessionState
     status: str  # LEARNED or INSUFFICIENT_DATA (D-22)
     pattern_name: str  # "PTRN|<sha1>" or "" when nothing was learnable
-    writes: list[pb.PatternWrite] = field(default_factory=list)
+    writes: list[storage.PatternWrite] = field(default_factory=list)
 
 
-def learn(state: pb.SessionState) -> LearnResult:
+def learn(state: storage.SessionState) -> LearnResult:
     """Learn the STM as a pattern (engine.md §3 with D-3, D-22)."""
     if not state.stm:
         raise FailedPrecondition("cannot learn from an empty short-term memory", reason="STM_EMPTY")
@@ -44,7 +45,7 @@ def learn(state: pb.SessionState) -> LearnResult:
     )
 
 
-def consume_stm(new: pb.SessionState, cfg: EngineConfig) -> tuple[str, list[pb.PatternWrite]]:
+def consume_stm(new: storage.SessionState, cfg: EngineConfig) -> tuple[str, list[storage.PatternWrite]]:
     """Turn the STM into a PatternWrite (when learnable) and clear STM and accumulators.
 
     Mutates ``new``, which is always the caller's private copy. The write has no id: the
@@ -56,9 +57,9 @@ def consume_stm(new: pb.SessionState, cfg: EngineConfig) -> tuple[str, list[pb.P
     metadata = accumulate_metadata(r.values for r in new.metadata_accumulator)
     vectors = list(new.pending_vectors)
     name = ""
-    writes: list[pb.PatternWrite] = []
+    writes: list[storage.PatternWrite] = []
     if len(flat) >= MIN_PATTERN_SYMBOLS or vectors:
-        write = pb.PatternWrite(
+        write = storage.PatternWrite(
             persistence=cfg.persistence,
             vectors=vectors,
         )
@@ -78,12 +79,12 @@ def consume_stm(new: pb.SessionState, cfg: EngineConfig) -> tuple[str, list[pb.P
     return (PATTERN_PREFIX + name if name else ""), writes
 
 
-def stm_lists(state: pb.SessionState) -> list[list[str]]:
+def stm_lists(state: storage.SessionState) -> list[list[str]]:
     return [list(e.symbols) for e in state.stm]
 
 
-def copy_state(state: pb.SessionState) -> pb.SessionState:
+def copy_state(state: storage.SessionState) -> storage.SessionState:
     """A private copy of a state (transitions never change their input)."""
-    new = pb.SessionState()
+    new = storage.SessionState()
     new.CopyFrom(state)
     return new

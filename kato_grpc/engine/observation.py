@@ -13,6 +13,7 @@ from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.engine.naming import vector_name
 from kato_grpc.engine.vectors import nearest
 from kato_grpc.errors import FieldViolation, InvalidArgument
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.v1 import engine_pb2 as pb
 
 NEAREST_VECTORS = 3
@@ -23,7 +24,7 @@ class Percept:
     """The event an observation produces, and the percept vector it queues for indexing."""
 
     event: list[str]
-    vector: pb.PendingVector | None
+    vector: storage.PendingVector | None
 
 
 def check_finite(values: Mapping[str, float], field: str) -> None:
@@ -55,7 +56,7 @@ def validate_observation(observation: pb.Observation, field: str = "observation"
 def build_percept(
     observation: pb.Observation,
     kb: KnowledgeView,
-    pending: Sequence[pb.PendingVector],
+    pending: Sequence[storage.PendingVector],
     sort_symbols: bool,
     field: str = "observation",
 ) -> Percept:
@@ -71,7 +72,7 @@ def build_percept(
         vector_symbols = list(dict.fromkeys(names))
         if sort_symbols:
             vector_symbols.sort()
-        pending_vector = pb.PendingVector(name=own, vector=pb.Vector(values=summed.tolist()))
+        pending_vector = storage.PendingVector(name=own, vector=pb.Vector(values=summed.tolist()))
     strings = list(observation.strings)
     if sort_symbols:
         strings.sort()
@@ -79,7 +80,7 @@ def build_percept(
 
 
 def _check_dimension(
-    vector: npt.NDArray[np.float64], kb: KnowledgeView, pending: Sequence[pb.PendingVector], field: str
+    vector: npt.NDArray[np.float64], kb: KnowledgeView, pending: Sequence[storage.PendingVector], field: str
 ) -> None:
     expected = kb.vector_dimension()
     if expected is None and pending:

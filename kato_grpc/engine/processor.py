@@ -18,6 +18,7 @@ from kato_grpc.engine.learning import LearnResult, consume_stm, copy_state, lear
 from kato_grpc.engine.observation import build_percept, validate_observation
 from kato_grpc.engine.predict import PredictionSet, predict
 from kato_grpc.engine.records import average_emotives, canonical_metadata
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.v1 import engine_pb2 as pb
 
 # Every transition, in one namespace (learning lives in its own module).
@@ -64,12 +65,12 @@ class ObserveStep:
     auto_learned_pattern: str | None
     predictions: PredictionSet  # values; kato_grpc/encoding.py builds the messages
     dropped_events: int
-    writes: list[pb.PatternWrite]
+    writes: list[storage.PatternWrite]
 
 
 @dataclass(frozen=True, slots=True)
 class ObserveResult(ObserveStep):
-    state: pb.SessionState
+    state: storage.SessionState
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +81,20 @@ class SequenceStep:
 
 @dataclass(frozen=True, slots=True)
 class SequenceResult:
-    state: pb.SessionState
+    state: storage.SessionState
     steps: list[SequenceStep]
-    writes: list[pb.PatternWrite]
+    writes: list[storage.PatternWrite]
 
 
-def new_session(session_id: str, node_id: str, config: pb.SessionConfig) -> pb.SessionState:
+def new_session(session_id: str, node_id: str, config: pb.SessionConfig) -> storage.SessionState:
     """A fresh session; the config is validated (D-1: invalid config is an error, not ignored)."""
     validate_config(config)
-    state = pb.SessionState(session_id=session_id, node_id=node_id)
+    state = storage.SessionState(session_id=session_id, node_id=node_id)
     state.config.CopyFrom(config)
     return state
 
 
-def update_config(state: pb.SessionState, config: pb.SessionConfig) -> pb.SessionState:
+def update_config(state: storage.SessionState, config: pb.SessionConfig) -> storage.SessionState:
     """Replace the session config; nothing is applied when any field is invalid."""
     validate_config(config)
     new = copy_state(state)
@@ -102,7 +103,7 @@ def update_config(state: pb.SessionState, config: pb.SessionConfig) -> pb.Sessio
 
 
 def observe(
-    state: pb.SessionState,
+    state: storage.SessionState,
     observation: pb.Observation,
     kb: KnowledgeView,
     *,
@@ -129,7 +130,7 @@ def observe(
 
 
 def observe_sequence(
-    state: pb.SessionState,
+    state: storage.SessionState,
     observations: Sequence[pb.Observation],
     kb: KnowledgeView,
     *,
@@ -148,7 +149,7 @@ def observe_sequence(
     new = copy_state(state)
     cfg = resolve_config(new.config)  # nothing in a sequence changes the config
     steps: list[SequenceStep] = []
-    writes: list[pb.PatternWrite] = []
+    writes: list[storage.PatternWrite] = []
     for i, (observation, unique_id) in enumerate(zip(observations, unique_ids, strict=True)):
         if clear_stm_between and i > 0:
             new.ClearField("stm")
@@ -163,7 +164,7 @@ def observe_sequence(
 
 
 def _observe_into(
-    new: pb.SessionState,
+    new: storage.SessionState,
     observation: pb.Observation,
     kb: KnowledgeView,
     unique_id: str,
@@ -207,7 +208,7 @@ def _observe_into(
     add_predictions(predictions, new.last_predictions, memo=memo)
 
     auto_learned: str | None = None
-    writes: list[pb.PatternWrite] = []
+    writes: list[storage.PatternWrite] = []
     if non_empty and _auto_learn_due(len(new.stm), cfg):
         events = stm_lists(new)
         keep = (
@@ -229,19 +230,19 @@ def _observe_into(
     )
 
 
-def reads_knowledge(state: pb.SessionState, observations: Sequence[pb.Observation]) -> bool:
+def reads_knowledge(state: storage.SessionState, observations: Sequence[pb.Observation]) -> bool:
     """Whether observing these can read the knowledge base: observe-time predictions are on,
     or an observation has vectors (their nearest indexed neighbours, engine.md §1.5). When not,
     the shell need not fetch a KnowledgeView at all."""
     return resolve_config(state.config).process_predictions or any(o.vectors for o in observations)
 
 
-def predictions(state: pb.SessionState, kb: KnowledgeView, budget: Budget | None = None) -> PredictionSet:
+def predictions(state: storage.SessionState, kb: KnowledgeView, budget: Budget | None = None) -> PredictionSet:
     """Predictions for the session's STM with the session's config (a pure read)."""
     return predict(stm_lists(state), kb, resolve_config(state.config), budget=budget)
 
 
-def clear_stm(state: pb.SessionState) -> pb.SessionState:
+def clear_stm(state: storage.SessionState) -> storage.SessionState:
     """Reset STM, accumulators, time, percept and last predictions (engine.md §5.2)."""
     new = copy_state(state)
     for name in (
@@ -257,7 +258,7 @@ def clear_stm(state: pb.SessionState) -> pb.SessionState:
     return new
 
 
-def cognition_data(state: pb.SessionState) -> pb.CognitionData:
+def cognition_data(state: storage.SessionState) -> pb.CognitionData:
     out = pb.CognitionData(
         predictions=state.last_predictions,
         symbols=[s for e in state.stm for s in e.symbols],
@@ -269,7 +270,7 @@ def cognition_data(state: pb.SessionState) -> pb.CognitionData:
     return out
 
 
-def _drop_oldest(new: pb.SessionState, limits: StmLimits) -> int:
+def _drop_oldest(new: storage.SessionState, limits: StmLimits) -> int:
     """Drop the oldest events beyond the limits; the newest event always stays."""
     dropped = max(0, len(new.stm) - limits.max_events)
     if dropped:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.engine.records import merge_metadata, window_emotives
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.index import KnowledgeIndex, SymbolChange
 from kato_grpc.stores.protocols import Applied
-from kato_grpc.v1 import engine_pb2 as pb
 
 
 class InMemoryKnowledgeBase(KnowledgeIndex):
@@ -22,7 +22,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
         super().__init__()
         self._applied: set[str] = set()
 
-    def apply(self, write: pb.PatternWrite) -> bool:
+    def apply(self, write: storage.PatternWrite) -> bool:
         """Apply a PatternWrite once; a write id seen before is ignored. True if applied."""
         if write.write_id and write.write_id in self._applied:
             return False
@@ -35,7 +35,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
         self.version += 1
         return True
 
-    def _learn(self, write: pb.PatternWrite) -> None:
+    def _learn(self, write: storage.PatternWrite) -> None:
         old = self.pattern(write.name)
         is_new = old is None
         incoming = [dict(r.values) for r in write.emotives]
@@ -91,11 +91,11 @@ class InMemoryPatternStore:
     def kb(self, kb_id: str) -> InMemoryKnowledgeBase:
         return self._kbs.setdefault(kb_id, InMemoryKnowledgeBase())
 
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
+    async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         kb = self.kb(kb_id)
         return Applied(sum(kb.apply(w) for w in writes), kb.version)
 
-    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
+    async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:
         raise AssertionError("the in-memory pattern store refuses no write")
 
     def is_permanent(self, error: BaseException) -> bool:

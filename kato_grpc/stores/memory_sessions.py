@@ -13,9 +13,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import CasResult, Loaded
 from kato_grpc.stores.redis_sessions import RecordLimits
-from kato_grpc.v1 import engine_pb2 as pb
 
 
 @dataclass
@@ -50,24 +50,24 @@ class InMemorySessionStore:
         record = session.records.get(request_id) if request_id else None
         outbox = self._outboxes.get(session_id)
         return Loaded(
-            state=pb.SessionState.FromString(session.blob),
+            state=storage.SessionState.FromString(session.blob),
             version=session.version,
-            record=pb.RequestRecord.FromString(record) if record else None,
-            outbox=pb.Outbox.FromString(outbox[1]) if outbox else None,
+            record=storage.RequestRecord.FromString(record) if record else None,
+            outbox=storage.Outbox.FromString(outbox[1]) if outbox else None,
             outbox_version=outbox[0] if outbox else 0,
             kb_version=self.kb_versions.get(kb_id) if kb_id is not None else None,
         )
 
     async def compare_and_set(
         self,
-        state: pb.SessionState,
+        state: storage.SessionState,
         expected_version: int | None,
         ttl_ms: int,
         *,
-        outbox: pb.Outbox | None = None,
+        outbox: storage.Outbox | None = None,
         clear_outbox: bool = False,
         request_id: str = "",
-        record: pb.RequestRecord | None = None,
+        record: storage.RequestRecord | None = None,
     ) -> int:
         assert not state.pending_writes, "pending writes travel as the outbox, never in the state"
         session = self._live(state.session_id)
@@ -99,9 +99,9 @@ class InMemorySessionStore:
             return True
         return False
 
-    def outbox(self, session_id: str) -> pb.Outbox | None:
+    def outbox(self, session_id: str) -> storage.Outbox | None:
         found = self._outboxes.get(session_id)
-        return pb.Outbox.FromString(found[1]) if found else None
+        return storage.Outbox.FromString(found[1]) if found else None
 
     async def kb_version(self, kb_id: str) -> int | None:
         return self.kb_versions.get(kb_id)

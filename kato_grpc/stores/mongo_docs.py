@@ -11,7 +11,7 @@ from pymongo import UpdateOne
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.engine.records import canonical_json
-from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.internal.v1 import session_pb2 as storage
 
 Doc = dict[str, Any]
 # A symbol_log document holds the learns of one batch; past this many bytes of symbols it is
@@ -60,7 +60,7 @@ def totals_from_doc(doc: Mapping[str, Any] | None) -> Totals:
 
 
 def symbol_log_parts(
-    kb_id: str, version: int, learns: Sequence[pb.PatternWrite], new_flags: Sequence[bool]
+    kb_id: str, version: int, learns: Sequence[storage.PatternWrite], new_flags: Sequence[bool]
 ) -> list[Doc]:
     """A batch's symbol-statistics log: one document, or several parts (in order) when its
     symbols would make one too large."""
@@ -84,7 +84,7 @@ def symbol_log_parts(
     return parts
 
 
-def pattern_doc(kb_id: str, write: pb.PatternWrite, version: int) -> Doc:
+def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int) -> Doc:
     """The document a first learn creates: what the upsert below would produce on insert."""
     events = [list(e.symbols) for e in write.events]
     records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
@@ -103,7 +103,7 @@ def pattern_doc(kb_id: str, write: pb.PatternWrite, version: int) -> Doc:
     }
 
 
-def pattern_op(kb_id: str, write: pb.PatternWrite, version: int) -> UpdateOne:
+def pattern_op(kb_id: str, write: storage.PatternWrite, version: int) -> UpdateOne:
     events = [list(e.symbols) for e in write.events]
     on_insert: Doc = {
         "events": events,

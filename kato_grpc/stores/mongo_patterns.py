@@ -35,6 +35,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from kato_grpc.engine.knowledge import PatternRecord
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.mongo_docs import (
     Doc,
     pattern_doc,
@@ -45,7 +46,6 @@ from kato_grpc.stores.mongo_docs import (
 from kato_grpc.stores.mongo_errors import error_codes, is_duplicate, is_permanent
 from kato_grpc.stores.mongo_reads import PatternReads
 from kato_grpc.stores.protocols import Applied
-from kato_grpc.v1 import engine_pb2 as pb
 
 R = TypeVar("R")
 DUPLICATE_RETRIES = 5
@@ -74,17 +74,17 @@ class MongoPatternStore(PatternReads):
 
     # --- writes --------------------------------------------------------------------------
 
-    async def apply(self, kb_id: str, write: pb.PatternWrite) -> bool:
+    async def apply(self, kb_id: str, write: storage.PatternWrite) -> bool:
         """Apply one PatternWrite exactly once. True if this call applied it."""
         return (await self.apply_many(kb_id, [write])).count == 1
 
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
+    async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         """Apply PatternWrites in order, each exactly once, in one transaction of bulk
         operations (a handful of round trips however many writes)."""
         if not writes:
             return Applied(0, await self.kb_version(kb_id))
         # Ids repeated inside one batch are applied once, like a retry.
-        unique: dict[str, pb.PatternWrite] = {}
+        unique: dict[str, storage.PatternWrite] = {}
         for w in writes:
             unique.setdefault(w.write_id or f"anon-{len(unique)}", w)
         batch = list(unique.values())
@@ -108,7 +108,7 @@ class MongoPatternStore(PatternReads):
     def is_permanent(self, error: BaseException) -> bool:
         return is_permanent(error)
 
-    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
+    async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:
         """Keep a write MongoDB refused for good where operators can see it (idempotent)."""
         size = write.ByteSize()
         doc: Doc = {
@@ -133,7 +133,7 @@ class MongoPatternStore(PatternReads):
             return result
 
     async def _apply_in(
-        self, s: AsyncClientSession, kb_id: str, writes: Sequence[pb.PatternWrite], *, check: bool
+        self, s: AsyncClientSession, kb_id: str, writes: Sequence[storage.PatternWrite], *, check: bool
     ) -> Applied:
         db = self._db
         todo = list(writes)
@@ -170,7 +170,7 @@ class MongoPatternStore(PatternReads):
             await db.symbol_log.insert_many(symbol_log_parts(kb_id, version, learns, new_flags), session=s)
         return Applied(len(todo), version)
 
-    async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[pb.PatternWrite]) -> list[bool]:
+    async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[storage.PatternWrite]) -> list[bool]:
         """True for each learn that creates its pattern (the first learn of a name in the batch
         that the KB does not have yet)."""
         if not learns:
@@ -188,7 +188,7 @@ class MongoPatternStore(PatternReads):
         self,
         s: AsyncClientSession,
         kb_id: str,
-        learns: Sequence[pb.PatternWrite],
+        learns: Sequence[storage.PatternWrite],
         new_flags: Sequence[bool],
         version: int,
     ) -> None:

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.internal.v1 import session_pb2 as storage
 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    state: pb.SessionState  # without pending writes: those are ``outbox``
+    state: storage.SessionState  # without pending writes: those are ``outbox``
     version: int
-    record: pb.RequestRecord | None  # what this request_id did before, if anything
-    outbox: pb.Outbox | None  # writes committed but maybe not applied yet
+    record: storage.RequestRecord | None  # what this request_id did before, if anything
+    outbox: storage.Outbox | None  # writes committed but maybe not applied yet
     outbox_version: int = 0
     kb_version: int | None = None  # the node's published KB version, when asked for
 
@@ -42,14 +42,14 @@ class SessionStore(Protocol):
 
     async def compare_and_set(
         self,
-        state: pb.SessionState,
+        state: storage.SessionState,
         expected_version: int | None,
         ttl_ms: int,
         *,
-        outbox: pb.Outbox | None = None,
+        outbox: storage.Outbox | None = None,
         clear_outbox: bool = False,
         request_id: str = "",
-        record: pb.RequestRecord | None = None,
+        record: storage.RequestRecord | None = None,
     ) -> int: ...
 
     async def drop_outbox(self, session_id: str, version: int) -> bool: ...
@@ -58,9 +58,9 @@ class SessionStore(Protocol):
 
 
 class PatternStore(Protocol):
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied: ...
+    async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied: ...
 
-    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None: ...
+    async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None: ...
 
     def is_permanent(self, error: BaseException) -> bool:
         """True when the store refuses a write for good (retrying cannot help)."""

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import Loaded
-from kato_grpc.v1 import engine_pb2 as pb
 
 # Load + slide the TTL + the request's record (if any) + the outbox, in one round trip.
 _LOAD = """
@@ -194,24 +194,24 @@ class RedisSessionStore:
         if version is None or blob is None:
             return None
         return Loaded(
-            state=pb.SessionState.FromString(blob),
+            state=storage.SessionState.FromString(blob),
             version=int(version),
-            record=pb.RequestRecord.FromString(record) if record else None,
-            outbox=pb.Outbox.FromString(outbox) if outbox else None,
+            record=storage.RequestRecord.FromString(record) if record else None,
+            outbox=storage.Outbox.FromString(outbox) if outbox else None,
             outbox_version=int(outbox_version) if outbox_version else 0,
             kb_version=kb_version,
         )
 
     async def compare_and_set(
         self,
-        state: pb.SessionState,
+        state: storage.SessionState,
         expected_version: int | None,
         ttl_ms: int,
         *,
-        outbox: pb.Outbox | None = None,
+        outbox: storage.Outbox | None = None,
         clear_outbox: bool = False,
         request_id: str = "",
-        record: pb.RequestRecord | None = None,
+        record: storage.RequestRecord | None = None,
     ) -> int:
         """Save ``state`` (its ``version`` is the new version) if the stored one is expected.
 
@@ -251,11 +251,11 @@ class RedisSessionStore:
         flat = await self._due(keys=[DUE_KEY], args=[str(older_than_ms), str(limit)])
         return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def read_outbox(self, session_id: str) -> tuple[pb.Outbox, int] | None:
+    async def read_outbox(self, session_id: str) -> tuple[storage.Outbox, int] | None:
         version, blob = await self._redis.hmget(outbox_key(session_id), ["v", "w"])
         if version is None or blob is None:
             return None
-        return pb.Outbox.FromString(_bytes(blob)), int(version)
+        return storage.Outbox.FromString(_bytes(blob)), int(version)
 
     async def release_outbox(self, session_id: str, version: int | None, score: float) -> None:
         await self._release(
@@ -275,16 +275,16 @@ class RedisSessionStore:
         """Delete a session and its request records. Its outbox stays until applied."""
         return bool(await self._redis.delete(state_key(session_id)))
 
-    async def remember(self, key: str, record: pb.RequestRecord, ttl_ms: int) -> pb.RequestRecord:
+    async def remember(self, key: str, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
         """Record a session-less request unless one is there; returns the record that won."""
         if await self._redis.set(key, record.SerializeToString(), px=ttl_ms, nx=True):
             return record
         existing = await self._redis.get(key)
-        return pb.RequestRecord.FromString(_bytes(existing)) if existing else record
+        return storage.RequestRecord.FromString(_bytes(existing)) if existing else record
 
-    async def recorded(self, key: str) -> pb.RequestRecord | None:
+    async def recorded(self, key: str) -> storage.RequestRecord | None:
         existing = await self._redis.get(key)
-        return pb.RequestRecord.FromString(_bytes(existing)) if existing else None
+        return storage.RequestRecord.FromString(_bytes(existing)) if existing else None
 
     async def forget(self, key: str) -> None:
         await self._redis.delete(key)

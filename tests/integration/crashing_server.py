@@ -15,9 +15,9 @@ import os
 from collections.abc import Sequence
 
 from kato_grpc import logs
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import Applied, PatternStore
-from kato_grpc.v1 import engine_pb2 as pb
 from server.app import serve
 
 CRASH_EXIT_CODE = 86
@@ -27,10 +27,10 @@ class CrashBeforeApply:
     def __init__(self, inner: PatternStore) -> None:
         self._inner = inner
 
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
+    async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         os._exit(CRASH_EXIT_CODE)
 
-    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
+    async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:
         await self._inner.dead_letter(kb_id, write, error)
 
     def is_permanent(self, error: BaseException) -> bool:

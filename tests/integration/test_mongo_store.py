@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from kato_grpc import devstack
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.records import average_emotives, canonical_json
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
@@ -20,13 +21,13 @@ from kato_grpc.v1 import engine_pb2 as pb
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
 
-def _writes(n: int, seed: int) -> list[pb.PatternWrite]:
+def _writes(n: int, seed: int) -> list[storage.PatternWrite]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
         events = [[rng.choice("abcdef.$")] for _ in range(rng.randint(2, 4))]
         emotives = [{rng.choice(["joy", "a.b", "$x"]): rng.uniform(-1, 1)} for _ in range(rng.randint(0, 3))]
-        write = pb.PatternWrite(write_id=f"w-{seed}-{i}", name=pattern_name(events), persistence=rng.randint(1, 3))
+        write = storage.PatternWrite(write_id=f"w-{seed}-{i}", name=pattern_name(events), persistence=rng.randint(1, 3))
         write.events.extend(pb.Event(symbols=e) for e in events)
         write.emotives.extend(pb.EmotiveRecord(values=e) for e in emotives)
         write.symbol_counts.update(Counter(s for e in events for s in e))

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
 from kato_grpc.devserver import ROOT, ServerProcess
 
 
@@ -35,3 +40,25 @@ def test_readme_grpcurl_round_trip(server: ServerProcess) -> None:
     assert '"LEARN_STATUS_LEARNED"' in out
     assert re.search(r'"future": \[\s*\{\s*"symbols": \[\s*"world"', out)
     assert '"SERVING"' in out
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_answers_under_v1_and_v1alpha(server: ServerProcess, version: str) -> None:
+    # Current tools ask grpc.reflection.v1 first; older ones v1alpha. Same messages on the wire.
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="kato.v1.KatoService"),
+        ]
+        listed, file = list(call(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"kato.v1.KatoService", "grpc.reflection.v1.ServerReflection"} <= names
+    protos = [
+        descriptor_pb2.FileDescriptorProto.FromString(b) for b in file.file_descriptor_response.file_descriptor_proto
+    ]
+    assert "kato/v1/kato_service.proto" in {p.name for p in protos}

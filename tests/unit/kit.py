@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from kato_grpc.engine.naming import pattern_name
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.replay import Replayer, config_from_json
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
@@ -51,10 +52,10 @@ def clear_stm(r: Replayer) -> None:
     r.run({"op": "clear_stm"})
 
 
-def pattern_write(events: Sequence[Sequence[str]], name: str | None = None) -> pb.PatternWrite:
+def pattern_write(events: Sequence[Sequence[str]], name: str | None = None) -> storage.PatternWrite:
     """The write a learn of ``events`` makes (no emotives or metadata); ``name`` overrides the
     real one (for tests of name ordering)."""
-    write = pb.PatternWrite(name=name or pattern_name(events), persistence=5)
+    write = storage.PatternWrite(name=name or pattern_name(events), persistence=5)
     write.events.extend(pb.Event(symbols=e) for e in events)
     write.symbol_counts.update(Counter(s for e in events for s in e))
     return write

@@ -15,6 +15,7 @@ from kato_grpc.engine.config import resolve_config
 from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.engine.predict import predict
 from kato_grpc.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, KatoError, ResourceExhausted
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
@@ -99,11 +100,11 @@ def test_request_identity() -> None:
         requests.check_replay(seen, "Observe", fp)
     with pytest.raises(AlreadyExists):
         requests.check_replay(seen, "Learn", b"other")
-    writes = [pb.PatternWrite(), pb.PatternWrite()]
+    writes = [storage.PatternWrite(), storage.PatternWrite()]
     requests.identify_writes(writes, "s", "r", fp, 7)
-    again = [pb.PatternWrite(), pb.PatternWrite()]
+    again = [storage.PatternWrite(), storage.PatternWrite()]
     requests.identify_writes(again, "s", "r", fp, 7)
-    later = [pb.PatternWrite()]
+    later = [storage.PatternWrite()]
     requests.identify_writes(later, "s", "r", fp, 9)
     assert [w.write_id for w in writes] == [w.write_id for w in again]  # a re-execution: same ids
     assert len({writes[0].write_id, writes[1].write_id, later[0].write_id}) == 3

@@ -14,6 +14,7 @@ from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.records import canonical_json
 from kato_grpc.engine.vectors import nearest
 from kato_grpc.errors import FailedPrecondition, InvalidArgument
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 from tests.unit.kit import learn, observe, predictions, session
@@ -76,7 +77,7 @@ def test_learn_statuses() -> None:
 
 
 def test_failed_learn_changes_nothing() -> None:
-    state = pb.SessionState(session_id="s", node_id="n")
+    state = storage.SessionState(session_id="s", node_id="n")
     state.emotives_accumulator.add(values={"joy": 1.0})
     with pytest.raises(FailedPrecondition) as info:
         processor.learn(state)

@@ -18,6 +18,7 @@ from kato_grpc.encoding import add_predictions
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import resolve_config
 from kato_grpc.engine.predict import PredictionSet, predict
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.replay import Replayer, config_from_json, observation_from_json, replay
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
@@ -201,11 +202,11 @@ def test_a_sequence_is_the_same_as_one_observe_after_another(
     )
 
     expected_steps = []
-    expected_writes: list[pb.PatternWrite] = []
+    expected_writes: list[storage.PatternWrite] = []
     one_by_one = state
     for i, (obs, uid) in enumerate(zip(observations, ids, strict=True)):
         if clear_between and i > 0:
-            one_by_one = pb.SessionState.FromString(one_by_one.SerializeToString())
+            one_by_one = storage.SessionState.FromString(one_by_one.SerializeToString())
             one_by_one.ClearField("stm")
         step = processor.observe(one_by_one, obs, r.kb, unique_id=uid)
         one_by_one = step.state

@@ -11,6 +11,7 @@ from google.protobuf.empty_pb2 import Empty
 from kato_grpc.access import ANYONE, Caller
 from kato_grpc.engine import processor
 from kato_grpc.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Policy, Respond, TransactionRunner
 from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemorySessionStore
@@ -44,13 +45,13 @@ def _setup(
 
 
 def _observe(symbol: str) -> object:
-    async def transition(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Empty]:
+    async def transition(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, Empty]:
         return processor.observe(state, pb.Observation(strings=[symbol]), EMPTY_KB, unique_id=symbol).state, Empty()
 
     return transition
 
 
-async def _learn(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, svc.LearnResponse]:
+async def _learn(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.LearnResponse]:
     r = processor.learn(state)
     return r.state, svc.LearnResponse(status=svc.LEARN_STATUS_LEARNED, pattern_name=r.pattern_name)
 
@@ -69,7 +70,7 @@ def test_a_conflict_recomputes_on_the_newer_state() -> None:
     runner, sessions, _, _ = _setup()
     calls = 0
 
-    async def transition(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Empty]:
+    async def transition(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, Empty]:
         nonlocal calls
         calls += 1
         if calls == 1:  # another call commits meanwhile
@@ -86,8 +87,8 @@ def test_a_conflict_recomputes_on_the_newer_state() -> None:
 def test_conflicts_beyond_the_retries_are_aborted() -> None:
     runner, sessions, _, _ = _setup(policy=Policy(cas_retries=3, backoff_max_seconds=0))
 
-    async def always_loses(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Empty]:
-        other = pb.SessionState()
+    async def always_loses(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, Empty]:
+        other = storage.SessionState()
         other.CopyFrom(state)
         other.version = state.version + 1
         await sessions.compare_and_set(other, state.version, 60_000)
@@ -104,7 +105,7 @@ class FlakyPatterns(InMemoryPatternStore):
         super().__init__()
         self.failures = failures
 
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
+    async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("the pattern store is down")
@@ -163,10 +164,10 @@ class RefusingPatterns(InMemoryPatternStore):
         super().__init__()
         self.dead: list[str] = []
 
-    async def apply_many(self, kb_id: str, writes: Sequence[pb.PatternWrite]) -> Applied:
+    async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         raise OverflowError("refused for good")
 
-    async def dead_letter(self, kb_id: str, write: pb.PatternWrite, error: BaseException) -> None:
+    async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:
         self.dead.append(write.write_id)
 
     def is_permanent(self, error: BaseException) -> bool:
@@ -209,7 +210,9 @@ def test_a_response_built_from_the_committed_state_sees_the_new_version() -> Non
     runner, _, _, _ = _setup()
     before = asyncio.run(runner.read(SID, ANYONE)).version
 
-    async def touch(state: pb.SessionState, _kb: int | None) -> tuple[pb.SessionState, Respond[svc.LearnResponse]]:
+    async def touch(
+        state: storage.SessionState, _kb: int | None
+    ) -> tuple[storage.SessionState, Respond[svc.LearnResponse]]:
         return processor.copy_state(state), lambda saved: svc.LearnResponse(pattern_name=str(saved.version))
 
     reply = asyncio.run(runner.transact(SID, "Touch", Empty(), "", touch, svc.LearnResponse, caller=ANYONE))

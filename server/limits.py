@@ -137,13 +137,31 @@ PATTERN_FIELDS = frozenset({"frequency", "emotives", "metadata"})
 
 
 def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> tuple[str, set[str]]:
-    """The bare pattern name and the fields to change (every field when no mask is given)."""
+    """The bare pattern name and the fields to change (AIP-134): the mask's paths; ``*`` for
+    all; no mask, the fields the request sets."""
     require_node_id(req.node_id)
     bare = pattern_name(req.pattern.name, "pattern.name")
-    mask = set(req.update_mask) or set(PATTERN_FIELDS)
-    unknown = mask - PATTERN_FIELDS
-    if unknown:
-        raise InvalidArgument.for_field("update_mask", f"unknown fields: {', '.join(sorted(unknown))}")
+    paths = list(req.update_mask.paths)
+    if not paths:
+        p = req.pattern
+        mask = {
+            f
+            for f, given in (("frequency", p.frequency != 0), ("emotives", p.emotives), ("metadata", p.metadata))
+            if given
+        }
+        if not mask:
+            raise InvalidArgument.for_field(
+                "update_mask", "is empty and the pattern sets none of frequency, emotives, metadata: nothing to update"
+            )
+    elif paths == ["*"]:
+        mask = set(PATTERN_FIELDS)
+    else:
+        mask = set(paths)
+        unknown = mask - PATTERN_FIELDS
+        if unknown:
+            raise InvalidArgument.for_field(
+                "update_mask", f"unknown fields: {', '.join(sorted(unknown))} (use frequency, emotives, metadata or *)"
+            )
     if "frequency" in mask and not 1 <= req.pattern.frequency <= MAX_FREQUENCY:
         raise InvalidArgument.for_field("pattern.frequency", f"must be between 1 and {MAX_FREQUENCY}")
     if "emotives" in mask:

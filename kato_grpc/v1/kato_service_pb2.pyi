@@ -5,6 +5,7 @@ The KATO gRPC service: sessions over shared knowledge bases (architecture.md §6
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -687,17 +688,20 @@ class UpdatePatternRequest(_message.Message):
         """The pattern's name, and the new frequency / emotives / metadata."""
 
     @_builtins.property
-    def update_mask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Which of frequency, emotives, metadata to replace; empty = all three."""
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which of `frequency`, `emotives`, `metadata` to replace (AIP-134). Absent or empty: the
+        fields set in `pattern` (a non-zero frequency, non-empty emotives or metadata) — nothing
+        else changes. `*`: all three, so an empty list clears it.
+        """
 
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         pattern: _engine_pb2.Pattern | None = ...,
-        update_mask: _abc.Iterable[_builtins.str] | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "pattern", b"pattern", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

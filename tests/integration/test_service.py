@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -55,30 +55,32 @@ def test_pattern_admin_update_list_delete(stub: svc_grpc.KatoServiceStub, node_i
     second = stub.ListPatterns(svc.ListPatternsRequest(node_id=node_id, page_size=2, page_token=first.next_page_token))
     assert sorted(names) == [p.name for p in [*first.patterns, *second.patterns]]
     assert second.next_page_token == ""
-    updated = stub.UpdatePattern(
-        svc.UpdatePatternRequest(
-            node_id=node_id, pattern=pb.Pattern(name=names[0], frequency=7), update_mask=["frequency"]
-        )
-    )
-    assert updated.frequency == 7
+
+    def update(pattern: pb.Pattern, *paths: str) -> pb.Pattern:
+        mask = field_mask_pb2.FieldMask(paths=paths) if paths else None
+        return stub.UpdatePattern(svc.UpdatePatternRequest(node_id=node_id, pattern=pattern, update_mask=mask))
+
     # Metadata are JSON values in and out (D-29): 3 and 3.0 are one value, "3" another.
     values = json_format.Parse('[3.0, "3", 3, true, {"z": [1, null]}]', struct_pb2.ListValue())
-    meta = stub.UpdatePattern(
-        svc.UpdatePatternRequest(
-            node_id=node_id, pattern=pb.Pattern(name=names[0], metadata={"k": values}), update_mask=["metadata"]
-        )
-    )
+    meta = update(pb.Pattern(name=names[0], metadata={"k": values}, frequency=5), "metadata")
     got: object = json_format.MessageToDict(meta.metadata["k"])
-    assert got == ["3", 3.0, True, {"z": [1.0, None]}]
-    with pytest.raises(grpc.RpcError) as bad:
-        nan = struct_pb2.ListValue()
-        nan.extend(["ok", float("nan")])
-        stub.UpdatePattern(
-            svc.UpdatePatternRequest(
-                node_id=node_id, pattern=pb.Pattern(name=names[0], metadata={"k": nan}), update_mask=["metadata"]
-            )
-        )
-    assert details(bad.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, ["pattern.metadata.k[1]"])
+    assert got == ["3", 3.0, True, {"z": [1.0, None]}] and meta.frequency == 1  # only the mask's field
+    # No mask (AIP-134): exactly the fields the request sets; emotives and metadata stay.
+    emotive = pb.EmotiveRecord(values={"joy": 0.5})
+    assert update(pb.Pattern(name=names[0], emotives=[emotive])).metadata == meta.metadata
+    updated = update(pb.Pattern(name=names[0], frequency=7))
+    assert (updated.frequency, list(updated.emotives), updated.metadata) == (7, [emotive], meta.metadata)
+    # "*": every field, so the ones left empty are cleared.
+    assert update(pb.Pattern(name=names[0], frequency=7), "*").metadata == {}
+    bad_updates: list[tuple[pb.Pattern, tuple[str, ...], str]] = [
+        (pb.Pattern(name=names[0]), (), "update_mask"),  # nothing set, no mask
+        (pb.Pattern(name=names[0], frequency=2), ("frequency", "name"), "update_mask"),
+        (pb.Pattern(name=names[0], metadata={"k": _with_nan()}), ("metadata",), "pattern.metadata.k[1]"),
+    ]
+    for pattern, paths, field in bad_updates:
+        with pytest.raises(grpc.RpcError) as bad:
+            update(pattern, *paths)
+        assert details(bad.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, [field])
     observe(stub, sid, "a", "b")
     assert stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).predictions[0].frequency == 7
     stub.DeletePattern(svc.DeletePatternRequest(node_id=node_id, name=names[0]))
@@ -242,3 +244,9 @@ def test_a_cancelled_call_leaves_the_session_whole(stub: svc_grpc.KatoServiceStu
     # All or nothing: the sequence committed as one, or not at all; the server answers on.
     assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time in (0, 3000)
     assert observe(stub, sid, "after").time in (1, 3001)
+
+
+def _with_nan() -> struct_pb2.ListValue:
+    values = struct_pb2.ListValue()
+    values.extend(["ok", float("nan")])
+    return values

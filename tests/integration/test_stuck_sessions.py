@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from pymongo import MongoClient
 
 from kato_grpc import devstack
@@ -54,7 +54,9 @@ def test_frequencies_that_could_overflow_are_refused(stub: svc_grpc.KatoServiceS
     with pytest.raises(grpc.RpcError) as info:
         stub.UpdatePattern(
             svc.UpdatePatternRequest(
-                node_id=node_id, pattern=pb.Pattern(name=name, frequency=2**63 - 1), update_mask=["frequency"]
+                node_id=node_id,
+                pattern=pb.Pattern(name=name, frequency=2**63 - 1),
+                update_mask=field_mask_pb2.FieldMask(paths=["frequency"]),
             )
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

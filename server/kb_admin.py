@@ -100,16 +100,15 @@ class KbAdmin:
         """KATO's clear-all: wipe the KB (of the session's node, or of ``node_id``) and, with a
         session, clear its STM. Both given must agree."""
         limits.check_request_id(req.request_id)
-        if not req.session_id:
+        target = req.WhichOneof("target")
+        if target is None:
+            raise InvalidArgument.for_field("target", "set session_id (clear-all of a session) or node_id")
+        if target == "node_id":
             await self._clear_node(req, caller)
             return
         fp = request_ids.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
         loaded = await self.runner.load(req.session_id, caller, req.request_id)
         node = loaded.state.node_id
-        if req.node_id and req.node_id != node:
-            raise InvalidArgument.for_field(
-                "node_id", "names another node than the session's; give one of them", reason="NODE_MISMATCH"
-            )
         if loaded.record is not None:  # a retry: answered by the transaction below, no second wipe
             request_ids.check_replay(loaded.record, "ClearKnowledgeBase", fp)
         else:

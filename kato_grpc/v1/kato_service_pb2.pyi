@@ -739,9 +739,9 @@ class ClearKnowledgeBaseRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """The session whose node's KB is wiped (KATO clear-all: the session's STM is cleared too)."""
+    """KATO's clear-all: the KB of the session's node is wiped and the session's STM cleared."""
     node_id: _builtins.str
-    """Alternatively, a node_id without a session."""
+    """A node's KB, without a session."""
     request_id: _builtins.str
     def __init__(
         self,
@@ -750,10 +750,12 @@ class ClearKnowledgeBaseRequest(_message.Message):
         node_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "request_id", b"request_id", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["session_id", "node_id"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___ClearKnowledgeBaseRequest: _TypeAlias = ClearKnowledgeBaseRequest  # noqa: Y015

@@ -23,7 +23,7 @@ from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-from tests.integration.support import error_info, eventually, frequency
+from tests.integration.support import details, error_info, eventually, frequency
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 _DB = itertools.count(1)
@@ -230,7 +230,14 @@ def test_clear_knowledge_base_refuses_a_session_and_another_node(quiet: ServerPr
     )
     sid = stub.CreateSession(svc.CreateSessionRequest(node_id=mine)).session_id
     with pytest.raises(grpc.RpcError) as info:
-        stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, node_id=theirs))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(request_id="no-target"))
+    assert details(info.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, ["target"])
+    # The target is a oneof: a request carrying both on the wire means its last one, never
+    # "the session silently wins".
+    both = (
+        svc.ClearKnowledgeBaseRequest(node_id=theirs).SerializeToString()
+        + svc.ClearKnowledgeBaseRequest(session_id=sid).SerializeToString()
+    )
+    assert svc.ClearKnowledgeBaseRequest.FromString(both).WhichOneof("target") == "session_id"
+    stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest.FromString(both))
     assert len(stub.ListPatterns(svc.ListPatternsRequest(node_id=theirs)).patterns) == 1
-    stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, node_id=mine))  # agreeing is fine

@@ -146,7 +146,7 @@ class KatoServicer:
         return {
             "CreateSession": s.create_session,
             "GetSession": lambda r, c: s.get_session(r.session_id, c),
-            "DeleteSession": _empty(lambda r, c: s.delete_session(r.session_id, c)),
+            "DeleteSession": _empty(lambda r, c: s.delete_session(r.session_id, c, r.etag)),
             "ExtendSession": s.extend_session,
             "UpdateSessionConfig": s.update_config,
             "Observe": o.observe,

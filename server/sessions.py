@@ -104,10 +104,10 @@ class Sessions:
     async def get_session(self, session_id: str, caller: Caller) -> svc.Session:
         return self.session_proto(await self._read(session_id, caller))
 
-    async def delete_session(self, session_id: str, caller: Caller) -> None:
+    async def delete_session(self, session_id: str, caller: Caller, etag: str = "") -> None:
         # Not found, or not this caller's node: nothing is deleted. The outbox is applied
         # first; one committed after this load outlives the session and the relay applies it.
-        await self._read(session_id, caller)
+        _check_etag(etag, await self._read(session_id, caller))
         if not await self.sessions.delete(session_id):
             raise session_not_found(session_id)
 
@@ -117,6 +117,7 @@ class Sessions:
         async def extend(
             state: storage.SessionState, _kb: int | None
         ) -> tuple[storage.SessionState, Respond[svc.Session]]:
+            _check_etag(req.etag, state)
             new = processor.copy_state(state)
             new.ttl_seconds = req.ttl_seconds
             return new, self.session_proto  # built from the saved state: its etag is the new version
@@ -127,6 +128,7 @@ class Sessions:
         async def update(
             state: storage.SessionState, _kb: int | None
         ) -> tuple[storage.SessionState, Respond[svc.Session]]:
+            _check_etag(req.etag, state)
             merged = pb.SessionConfig()
             merged.CopyFrom(state.config)
             merged.MergeFrom(req.config)
@@ -134,4 +136,14 @@ class Sessions:
 
         return await self.runner.transact(
             req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session, caller=caller
+        )
+
+
+def _check_etag(etag: str, state: storage.SessionState) -> None:
+    """A conditional change (AIP-154): refused when the session moved past the client's etag."""
+    if etag and etag != str(state.version):
+        raise Aborted(
+            "the session changed since this etag was read; read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"etag": str(state.version)},
         )

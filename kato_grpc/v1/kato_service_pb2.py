@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kato_grpc.v1 import engine_pb2 as kato_dot_v1_dot_engine__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akato/v1/kato_service.proto\x12\x07kato.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14kato/v1/engine.proto\"\xe0\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08metadata\x18\x07 \x03(\x0b\x32\x1e.kato.v1.Session.MetadataEntry\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x12\n\nstm_length\x18\t \x01(\x03\x12\x0c\n\x04time\x18\n \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x01\n\x14\x43reateSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.kato.v1.CreateSessionRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_ttl_seconds\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x14\x45xtendSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"l\n\x1aUpdateSessionConfigRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x7f\n\x0eObserveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x0bobservation\x18\x02 \x01(\x0b\x32\x14.kato.v1.Observation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1a\n\x12return_predictions\x18\x04 \x01(\x08\"\xf9\x01\n\x0fObserveResponse\x12\x12\n\nstm_length\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x03\x12\x11\n\tunique_id\x18\x03 \x01(\t\x12!\n\x14\x61uto_learned_pattern\x18\x04 \x01(\tH\x00\x88\x01\x01\x12(\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x06 \x03(\x0b\x32\x18.kato.v1.FuturePotential\x12\x16\n\x0e\x64ropped_events\x18\x07 \x01(\x03\x42\x17\n\x15_auto_learned_pattern\"\xd3\x01\n\x16ObserveSequenceRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x0cobservations\x18\x02 \x03(\x0b\x32\x14.kato.v1.Observation\x12\x18\n\x10learn_after_each\x18\x03 \x01(\x08\x12\x14\n\x0clearn_at_end\x18\x04 \x01(\x08\x12\x19\n\x11\x63lear_stm_between\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1a\n\x12return_predictions\x18\x07 \x01(\x08\"\xd7\x01\n\x17ObserveSequenceResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kato.v1.ObserveResponse\x12\x1d\n\x15\x61uto_learned_patterns\x18\x02 \x03(\t\x12\"\n\x15\x66inal_learned_pattern\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\x12initial_stm_length\x18\x04 \x01(\x03\x12\x18\n\x10\x66inal_stm_length\x18\x05 \x01(\x03\x42\x18\n\x16_final_learned_pattern\"6\n\x0cLearnRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\rLearnResponse\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.kato.v1.LearnStatus\x12\x14\n\x0cpattern_name\x18\x02 \x01(\t\"+\n\x15GetPredictionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"w\n\x16GetPredictionsResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x02 \x03(\x0b\x32\x18.kato.v1.FuturePotential\"/\n\x19GetShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"1\n\x0fShortTermMemory\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.kato.v1.Event\"E\n\x1b\x43learShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"+\n\x15GetPerceptDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x17GetCognitionDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"2\n\x11GetPatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x13ListPatternsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x14ListPatternsResponse\x12\"\n\x08patterns\x18\x01 \x03(\x0b\x32\x10.kato.v1.Pattern\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x14UpdatePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x07pattern\x18\x02 \x01(\x0b\x32\x10.kato.v1.Pattern\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x14\x44\x65letePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"b\n\x19\x43learKnowledgeBaseRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07node_id\x18\x02 \x01(\tH\x00\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x08\n\x06target*i\n\x0bLearnStatus\x12\x1c\n\x18LEARN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14LEARN_STATUS_LEARNED\x10\x01\x12\"\n\x1eLEARN_STATUS_INSUFFICIENT_DATA\x10\x02\x32\xef\n\n\x0bKatoService\x12@\n\rCreateSession\x12\x1d.kato.v1.CreateSessionRequest\x1a\x10.kato.v1.Session\x12:\n\nGetSession\x12\x1a.kato.v1.GetSessionRequest\x1a\x10.kato.v1.Session\x12\x46\n\rDeleteSession\x12\x1d.kato.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12@\n\rExtendSession\x12\x1d.kato.v1.ExtendSessionRequest\x1a\x10.kato.v1.Session\x12L\n\x13UpdateSessionConfig\x12#.kato.v1.UpdateSessionConfigRequest\x1a\x10.kato.v1.Session\x12<\n\x07Observe\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse\x12T\n\x0fObserveSequence\x12\x1f.kato.v1.ObserveSequenceRequest\x1a .kato.v1.ObserveSequenceResponse\x12\x46\n\rObserveStream\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse(\x01\x30\x01\x12\x36\n\x05Learn\x12\x15.kato.v1.LearnRequest\x1a\x16.kato.v1.LearnResponse\x12Q\n\x0eGetPredictions\x12\x1e.kato.v1.GetPredictionsRequest\x1a\x1f.kato.v1.GetPredictionsResponse\x12R\n\x12GetShortTermMemory\x12\".kato.v1.GetShortTermMemoryRequest\x1a\x18.kato.v1.ShortTermMemory\x12T\n\x14\x43learShortTermMemory\x12$.kato.v1.ClearShortTermMemoryRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\x0eGetPerceptData\x12\x1e.kato.v1.GetPerceptDataRequest\x1a\x14.kato.v1.PerceptData\x12L\n\x10GetCognitionData\x12 .kato.v1.GetCognitionDataRequest\x1a\x16.kato.v1.CognitionData\x12:\n\nGetPattern\x12\x1a.kato.v1.GetPatternRequest\x1a\x10.kato.v1.Pattern\x12K\n\x0cListPatterns\x12\x1c.kato.v1.ListPatternsRequest\x1a\x1d.kato.v1.ListPatternsResponse\x12@\n\rUpdatePattern\x12\x1d.kato.v1.UpdatePatternRequest\x1a\x10.kato.v1.Pattern\x12\x46\n\rDeletePattern\x12\x1d.kato.v1.DeletePatternRequest\x1a\x16.google.protobuf.Empty\x12P\n\x12\x43learKnowledgeBase\x12\".kato.v1.ClearKnowledgeBaseRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akato/v1/kato_service.proto\x12\x07kato.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14kato/v1/engine.proto\"\xe0\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08metadata\x18\x07 \x03(\x0b\x32\x1e.kato.v1.Session.MetadataEntry\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x12\n\nstm_length\x18\t \x01(\x03\x12\x0c\n\x04time\x18\n \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x01\n\x14\x43reateSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.kato.v1.CreateSessionRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_ttl_seconds\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"8\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"M\n\x14\x45xtendSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"z\n\x1aUpdateSessionConfigRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"\x7f\n\x0eObserveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x0bobservation\x18\x02 \x01(\x0b\x32\x14.kato.v1.Observation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1a\n\x12return_predictions\x18\x04 \x01(\x08\"\xf9\x01\n\x0fObserveResponse\x12\x12\n\nstm_length\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x03\x12\x11\n\tunique_id\x18\x03 \x01(\t\x12!\n\x14\x61uto_learned_pattern\x18\x04 \x01(\tH\x00\x88\x01\x01\x12(\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x06 \x03(\x0b\x32\x18.kato.v1.FuturePotential\x12\x16\n\x0e\x64ropped_events\x18\x07 \x01(\x03\x42\x17\n\x15_auto_learned_pattern\"\xd3\x01\n\x16ObserveSequenceRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x0cobservations\x18\x02 \x03(\x0b\x32\x14.kato.v1.Observation\x12\x18\n\x10learn_after_each\x18\x03 \x01(\x08\x12\x14\n\x0clearn_at_end\x18\x04 \x01(\x08\x12\x19\n\x11\x63lear_stm_between\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1a\n\x12return_predictions\x18\x07 \x01(\x08\"\xd7\x01\n\x17ObserveSequenceResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kato.v1.ObserveResponse\x12\x1d\n\x15\x61uto_learned_patterns\x18\x02 \x03(\t\x12\"\n\x15\x66inal_learned_pattern\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\x12initial_stm_length\x18\x04 \x01(\x03\x12\x18\n\x10\x66inal_stm_length\x18\x05 \x01(\x03\x42\x18\n\x16_final_learned_pattern\"6\n\x0cLearnRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\rLearnResponse\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.kato.v1.LearnStatus\x12\x14\n\x0cpattern_name\x18\x02 \x01(\t\"+\n\x15GetPredictionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"w\n\x16GetPredictionsResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x02 \x03(\x0b\x32\x18.kato.v1.FuturePotential\"/\n\x19GetShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"1\n\x0fShortTermMemory\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.kato.v1.Event\"E\n\x1b\x43learShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"+\n\x15GetPerceptDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x17GetCognitionDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"2\n\x11GetPatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x13ListPatternsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x14ListPatternsResponse\x12\"\n\x08patterns\x18\x01 \x03(\x0b\x32\x10.kato.v1.Pattern\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x14UpdatePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x07pattern\x18\x02 \x01(\x0b\x32\x10.kato.v1.Pattern\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x14\x44\x65letePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"b\n\x19\x43learKnowledgeBaseRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07node_id\x18\x02 \x01(\tH\x00\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x08\n\x06target*i\n\x0bLearnStatus\x12\x1c\n\x18LEARN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14LEARN_STATUS_LEARNED\x10\x01\x12\"\n\x1eLEARN_STATUS_INSUFFICIENT_DATA\x10\x02\x32\xef\n\n\x0bKatoService\x12@\n\rCreateSession\x12\x1d.kato.v1.CreateSessionRequest\x1a\x10.kato.v1.Session\x12:\n\nGetSession\x12\x1a.kato.v1.GetSessionRequest\x1a\x10.kato.v1.Session\x12\x46\n\rDeleteSession\x12\x1d.kato.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12@\n\rExtendSession\x12\x1d.kato.v1.ExtendSessionRequest\x1a\x10.kato.v1.Session\x12L\n\x13UpdateSessionConfig\x12#.kato.v1.UpdateSessionConfigRequest\x1a\x10.kato.v1.Session\x12<\n\x07Observe\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse\x12T\n\x0fObserveSequence\x12\x1f.kato.v1.ObserveSequenceRequest\x1a .kato.v1.ObserveSequenceResponse\x12\x46\n\rObserveStream\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse(\x01\x30\x01\x12\x36\n\x05Learn\x12\x15.kato.v1.LearnRequest\x1a\x16.kato.v1.LearnResponse\x12Q\n\x0eGetPredictions\x12\x1e.kato.v1.GetPredictionsRequest\x1a\x1f.kato.v1.GetPredictionsResponse\x12R\n\x12GetShortTermMemory\x12\".kato.v1.GetShortTermMemoryRequest\x1a\x18.kato.v1.ShortTermMemory\x12T\n\x14\x43learShortTermMemory\x12$.kato.v1.ClearShortTermMemoryRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\x0eGetPerceptData\x12\x1e.kato.v1.GetPerceptDataRequest\x1a\x14.kato.v1.PerceptData\x12L\n\x10GetCognitionData\x12 .kato.v1.GetCognitionDataRequest\x1a\x16.kato.v1.CognitionData\x12:\n\nGetPattern\x12\x1a.kato.v1.GetPatternRequest\x1a\x10.kato.v1.Pattern\x12K\n\x0cListPatterns\x12\x1c.kato.v1.ListPatternsRequest\x1a\x1d.kato.v1.ListPatternsResponse\x12@\n\rUpdatePattern\x12\x1d.kato.v1.UpdatePatternRequest\x1a\x10.kato.v1.Pattern\x12\x46\n\rDeletePattern\x12\x1d.kato.v1.DeletePatternRequest\x1a\x16.google.protobuf.Empty\x12P\n\x12\x43learKnowledgeBase\x12\".kato.v1.ClearKnowledgeBaseRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_LEARNSTATUS']._serialized_start=2899
-  _globals['_LEARNSTATUS']._serialized_end=3004
+  _globals['_LEARNSTATUS']._serialized_start=2941
+  _globals['_LEARNSTATUS']._serialized_end=3046
   _globals['_SESSION']._serialized_start=158
   _globals['_SESSION']._serialized_end=510
   _globals['_SESSION_METADATAENTRY']._serialized_start=463
@@ -52,49 +52,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSESSIONREQUEST']._serialized_start=768
   _globals['_GETSESSIONREQUEST']._serialized_end=807
   _globals['_DELETESESSIONREQUEST']._serialized_start=809
-  _globals['_DELETESESSIONREQUEST']._serialized_end=851
-  _globals['_EXTENDSESSIONREQUEST']._serialized_start=853
-  _globals['_EXTENDSESSIONREQUEST']._serialized_end=916
-  _globals['_UPDATESESSIONCONFIGREQUEST']._serialized_start=918
-  _globals['_UPDATESESSIONCONFIGREQUEST']._serialized_end=1026
-  _globals['_OBSERVEREQUEST']._serialized_start=1028
-  _globals['_OBSERVEREQUEST']._serialized_end=1155
-  _globals['_OBSERVERESPONSE']._serialized_start=1158
-  _globals['_OBSERVERESPONSE']._serialized_end=1407
-  _globals['_OBSERVESEQUENCEREQUEST']._serialized_start=1410
-  _globals['_OBSERVESEQUENCEREQUEST']._serialized_end=1621
-  _globals['_OBSERVESEQUENCERESPONSE']._serialized_start=1624
-  _globals['_OBSERVESEQUENCERESPONSE']._serialized_end=1839
-  _globals['_LEARNREQUEST']._serialized_start=1841
-  _globals['_LEARNREQUEST']._serialized_end=1895
-  _globals['_LEARNRESPONSE']._serialized_start=1897
-  _globals['_LEARNRESPONSE']._serialized_end=1972
-  _globals['_GETPREDICTIONSREQUEST']._serialized_start=1974
-  _globals['_GETPREDICTIONSREQUEST']._serialized_end=2017
-  _globals['_GETPREDICTIONSRESPONSE']._serialized_start=2019
-  _globals['_GETPREDICTIONSRESPONSE']._serialized_end=2138
-  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_start=2140
-  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_end=2187
-  _globals['_SHORTTERMMEMORY']._serialized_start=2189
-  _globals['_SHORTTERMMEMORY']._serialized_end=2238
-  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_start=2240
-  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_end=2309
-  _globals['_GETPERCEPTDATAREQUEST']._serialized_start=2311
-  _globals['_GETPERCEPTDATAREQUEST']._serialized_end=2354
-  _globals['_GETCOGNITIONDATAREQUEST']._serialized_start=2356
-  _globals['_GETCOGNITIONDATAREQUEST']._serialized_end=2401
-  _globals['_GETPATTERNREQUEST']._serialized_start=2403
-  _globals['_GETPATTERNREQUEST']._serialized_end=2453
-  _globals['_LISTPATTERNSREQUEST']._serialized_start=2455
-  _globals['_LISTPATTERNSREQUEST']._serialized_end=2532
-  _globals['_LISTPATTERNSRESPONSE']._serialized_start=2534
-  _globals['_LISTPATTERNSRESPONSE']._serialized_end=2617
-  _globals['_UPDATEPATTERNREQUEST']._serialized_start=2619
-  _globals['_UPDATEPATTERNREQUEST']._serialized_end=2742
-  _globals['_DELETEPATTERNREQUEST']._serialized_start=2744
-  _globals['_DELETEPATTERNREQUEST']._serialized_end=2797
-  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_start=2799
-  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_end=2897
-  _globals['_KATOSERVICE']._serialized_start=3007
-  _globals['_KATOSERVICE']._serialized_end=4398
+  _globals['_DELETESESSIONREQUEST']._serialized_end=865
+  _globals['_EXTENDSESSIONREQUEST']._serialized_start=867
+  _globals['_EXTENDSESSIONREQUEST']._serialized_end=944
+  _globals['_UPDATESESSIONCONFIGREQUEST']._serialized_start=946
+  _globals['_UPDATESESSIONCONFIGREQUEST']._serialized_end=1068
+  _globals['_OBSERVEREQUEST']._serialized_start=1070
+  _globals['_OBSERVEREQUEST']._serialized_end=1197
+  _globals['_OBSERVERESPONSE']._serialized_start=1200
+  _globals['_OBSERVERESPONSE']._serialized_end=1449
+  _globals['_OBSERVESEQUENCEREQUEST']._serialized_start=1452
+  _globals['_OBSERVESEQUENCEREQUEST']._serialized_end=1663
+  _globals['_OBSERVESEQUENCERESPONSE']._serialized_start=1666
+  _globals['_OBSERVESEQUENCERESPONSE']._serialized_end=1881
+  _globals['_LEARNREQUEST']._serialized_start=1883
+  _globals['_LEARNREQUEST']._serialized_end=1937
+  _globals['_LEARNRESPONSE']._serialized_start=1939
+  _globals['_LEARNRESPONSE']._serialized_end=2014
+  _globals['_GETPREDICTIONSREQUEST']._serialized_start=2016
+  _globals['_GETPREDICTIONSREQUEST']._serialized_end=2059
+  _globals['_GETPREDICTIONSRESPONSE']._serialized_start=2061
+  _globals['_GETPREDICTIONSRESPONSE']._serialized_end=2180
+  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_start=2182
+  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_end=2229
+  _globals['_SHORTTERMMEMORY']._serialized_start=2231
+  _globals['_SHORTTERMMEMORY']._serialized_end=2280
+  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_start=2282
+  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_end=2351
+  _globals['_GETPERCEPTDATAREQUEST']._serialized_start=2353
+  _globals['_GETPERCEPTDATAREQUEST']._serialized_end=2396
+  _globals['_GETCOGNITIONDATAREQUEST']._serialized_start=2398
+  _globals['_GETCOGNITIONDATAREQUEST']._serialized_end=2443
+  _globals['_GETPATTERNREQUEST']._serialized_start=2445
+  _globals['_GETPATTERNREQUEST']._serialized_end=2495
+  _globals['_LISTPATTERNSREQUEST']._serialized_start=2497
+  _globals['_LISTPATTERNSREQUEST']._serialized_end=2574
+  _globals['_LISTPATTERNSRESPONSE']._serialized_start=2576
+  _globals['_LISTPATTERNSRESPONSE']._serialized_end=2659
+  _globals['_UPDATEPATTERNREQUEST']._serialized_start=2661
+  _globals['_UPDATEPATTERNREQUEST']._serialized_end=2784
+  _globals['_DELETEPATTERNREQUEST']._serialized_start=2786
+  _globals['_DELETEPATTERNREQUEST']._serialized_end=2839
+  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_start=2841
+  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_end=2939
+  _globals['_KATOSERVICE']._serialized_start=3049
+  _globals['_KATOSERVICE']._serialized_end=4440
 # @@protoc_insertion_point(module_scope)

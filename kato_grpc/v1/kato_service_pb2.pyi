@@ -199,15 +199,21 @@ class DeleteSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    etag: _builtins.str
+    """Optional (AIP-154): delete only if the session is still at this etag (from Session.etag);
+    otherwise ABORTED with reason ETAG_MISMATCH and nothing is deleted.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,18 +225,24 @@ class ExtendSessionRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     ttl_seconds: _builtins.int
     """New sliding TTL; range 60..86400."""
+    etag: _builtins.str
+    """Optional (AIP-154): change only if the session is still at this etag; otherwise ABORTED
+    with reason ETAG_MISMATCH.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,8 +255,13 @@ class UpdateSessionConfigRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     request_id: _builtins.str
+    etag: _builtins.str
+    """Optional (AIP-154): change only if the session is still at this etag; otherwise ABORTED
+    with reason ETAG_MISMATCH.
+    """
     @_builtins.property
     def config(self) -> _engine_pb2.SessionConfig:
         """Fields set here replace the session's; unset fields keep their current value."""
@@ -255,10 +272,11 @@ class UpdateSessionConfigRequest(_message.Message):
         session_id: _builtins.str = ...,
         config: _engine_pb2.SessionConfig | None = ...,
         request_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "etag", b"etag", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -250,3 +251,30 @@ def _with_nan() -> struct_pb2.ListValue:
     values = struct_pb2.ListValue()
     values.extend(["ok", float("nan")])
     return values
+
+
+def test_a_stale_etag_is_aborted_and_changes_nothing(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+    # AIP-154: a conditional change names the etag it read; a stale one is ABORTED.
+    session = stub.CreateSession(svc.CreateSessionRequest(node_id=node_id))
+    sid, first = session.session_id, session.etag
+    config = pb.SessionConfig(max_predictions=3)
+    second = stub.UpdateSessionConfig(svc.UpdateSessionConfigRequest(session_id=sid, config=config, etag=first))
+    assert second.etag != first and second.config.max_predictions == 3
+    stale_calls: list[Callable[[], object]] = [
+        lambda: stub.UpdateSessionConfig(
+            svc.UpdateSessionConfigRequest(session_id=sid, config=pb.SessionConfig(max_predictions=9), etag=first)
+        ),
+        lambda: stub.ExtendSession(svc.ExtendSessionRequest(session_id=sid, ttl_seconds=120, etag=first)),
+        lambda: stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid, etag=first)),
+    ]
+    for call in stale_calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert details(info.value)[:2] == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    now = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert (now.etag, now.config.max_predictions, now.ttl_seconds) == (second.etag, 3, session.ttl_seconds)
+    extended = stub.ExtendSession(svc.ExtendSessionRequest(session_id=sid, ttl_seconds=120, etag=now.etag))
+    stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid, etag=extended.etag))
+    with pytest.raises(grpc.RpcError) as gone:
+        stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND

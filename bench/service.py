@@ -157,11 +157,11 @@ async def throughput(address: str, sessions: int, seconds: float, *, streams: bo
         nonlocal done
         window = asyncio.Semaphore(STREAM_WINDOW)  # observations sent and not yet answered
 
-        async def requests() -> AsyncIterator[svc.ObserveRequest]:
+        async def requests() -> AsyncIterator[svc.ObserveStreamRequest]:
             k = 0
             while time.perf_counter() < stop:
                 await window.acquire()
-                yield svc.ObserveRequest(session_id=sids[i], observation=obs(f"t{k % 50}"))
+                yield svc.ObserveStreamRequest(session_id=sids[i], observation=obs(f"t{k % 50}"))
                 k += 1
 
         async for _ in stubs[i % 8].ObserveStream(requests()):
@@ -183,9 +183,9 @@ async def stream_vs_unary(stub: svc_grpc.KatoServiceAsyncStub, n: int) -> tuple[
         await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs(f"u{i % 50}")))
     unary = n / (time.perf_counter() - t0)
 
-    async def requests() -> AsyncIterator[svc.ObserveRequest]:
+    async def requests() -> AsyncIterator[svc.ObserveStreamRequest]:
         for i in range(n):
-            yield svc.ObserveRequest(session_id=sid, observation=obs(f"u{i % 50}"))
+            yield svc.ObserveStreamRequest(session_id=sid, observation=obs(f"u{i % 50}"))
 
     t0 = time.perf_counter()
     count = 0

@@ -30,7 +30,9 @@ from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.engine.naming import PATTERN_PREFIX
 from kato_grpc.engine.predict import PredictionSet
 from kato_grpc.engine.records import average_emotives, metadata_value
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.v1 import kato_service_pb2 as svc
 
 _LENGTH_DELIMITED = 2
 
@@ -165,7 +167,7 @@ def future_proto(g: FutureGroup) -> pb.FuturePotential:
 def _prediction_fields(r: Scored) -> dict[str, Any]:
     m = r.match
     return dict(
-        type="prototypical",
+        type=pb.PREDICTION_TYPE_PROTOTYPICAL,
         name=m.name,
         frequency=m.frequency,
         emotives=average_emotives(m.pattern.emotives),
@@ -241,4 +243,17 @@ def json_lists(metadata: Mapping[str, Sequence[str]]) -> dict[str, struct_pb2.Li
         values = struct_pb2.ListValue()
         values.extend(cast(Any, [metadata_value(t) for t in texts]))  # nested lists and dicts too
         out[key] = values
+    return out
+
+
+def cognition_data(state: storage.SessionState) -> svc.GetCognitionDataResponse:
+    """KATO's cognition view of a session (docs/engine.md §5.6), from its stored state."""
+    out = svc.GetCognitionDataResponse(
+        predictions=state.last_predictions,
+        symbols=[s for e in state.stm for s in e.symbols],
+        short_term_memory=state.stm,
+        time=state.time,
+    )
+    if state.emotives_accumulator:
+        out.emotives.update(state.emotives_accumulator[-1].values)
     return out

@@ -30,6 +30,8 @@ _FLOAT_FIELDS = (
     "bayesian_posterior",
     "potential",
 )
+# KATO's names for the prediction types.
+_TYPES = {pb.PREDICTION_TYPE_PROTOTYPICAL: "prototypical", pb.PREDICTION_TYPE_UNSPECIFIED: ""}
 _OPTIONAL_FIELDS = ("weighted_similarity", "weighted_evidence", "weighted_confidence", "weighted_snr")
 
 
@@ -48,7 +50,7 @@ def _json_value(value: Any) -> Any:
 
 def prediction(p: pb.Prediction) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "type": p.type,
+        "type": _TYPES[p.type],
         "name": p.name,
         "frequency": p.frequency,
         "emotives": dict(sorted(p.emotives.items())),

@@ -117,11 +117,19 @@ class KbAdmin:
             await self.runner.read(req.session_id, caller)
             await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
 
-        async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.ShortTermMemory]:
-            return processor.clear_stm(state), svc.ShortTermMemory()
+        async def run(
+            state: storage.SessionState, _kb: int | None
+        ) -> tuple[storage.SessionState, svc.ClearKnowledgeBaseResponse]:
+            return processor.clear_stm(state), svc.ClearKnowledgeBaseResponse()
 
         await self.runner.transact(
-            req.session_id, "ClearKnowledgeBase", req, req.request_id, run, svc.ShortTermMemory, caller=caller
+            req.session_id,
+            "ClearKnowledgeBase",
+            req,
+            req.request_id,
+            run,
+            svc.ClearKnowledgeBaseResponse,
+            caller=caller,
         )
 
     async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:

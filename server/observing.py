@@ -201,22 +201,25 @@ class Observing:
 
         return await self.engine.run(compute, [kb])
 
-    async def get_stm(self, session_id: str, caller: Caller) -> svc.ShortTermMemory:
-        return svc.ShortTermMemory(events=(await self._read(session_id, caller)).stm)
+    async def get_stm(self, session_id: str, caller: Caller) -> svc.GetShortTermMemoryResponse:
+        return svc.GetShortTermMemoryResponse(events=(await self._read(session_id, caller)).stm)
 
-    async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> None:
-        async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.ShortTermMemory]:
-            return processor.clear_stm(state), svc.ShortTermMemory()
+    async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> svc.ClearShortTermMemoryResponse:
+        async def run(
+            state: storage.SessionState, _kb: int | None
+        ) -> tuple[storage.SessionState, svc.ClearShortTermMemoryResponse]:
+            return processor.clear_stm(state), svc.ClearShortTermMemoryResponse()
 
-        await self.runner.transact(
-            req.session_id, "ClearShortTermMemory", req, req.request_id, run, svc.ShortTermMemory, caller=caller
+        kind = svc.ClearShortTermMemoryResponse
+        return await self.runner.transact(
+            req.session_id, "ClearShortTermMemory", req, req.request_id, run, kind, caller=caller
         )
 
-    async def percept_data(self, session_id: str, caller: Caller) -> pb.PerceptData:
-        return (await self._read(session_id, caller)).percept
+    async def percept_data(self, session_id: str, caller: Caller) -> svc.GetPerceptDataResponse:
+        return svc.GetPerceptDataResponse(percept=(await self._read(session_id, caller)).percept)
 
-    async def cognition_data(self, session_id: str, caller: Caller) -> pb.CognitionData:
-        return processor.cognition_data(await self._read(session_id, caller))
+    async def cognition_data(self, session_id: str, caller: Caller) -> svc.GetCognitionDataResponse:
+        return encoding.cognition_data(await self._read(session_id, caller))
 
 
 def _tiny(kb: KnowledgeView, observations: int) -> bool:

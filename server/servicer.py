@@ -146,7 +146,7 @@ class KatoServicer:
         return {
             "CreateSession": s.create_session,
             "GetSession": lambda r, c: s.get_session(r.session_id, c),
-            "DeleteSession": _empty(lambda r, c: s.delete_session(r.session_id, c, r.etag)),
+            "DeleteSession": _answer(lambda r, c: s.delete_session(r.session_id, c, r.etag), empty_pb2.Empty),
             "ExtendSession": s.extend_session,
             "UpdateSessionConfig": s.update_config,
             "Observe": o.observe,
@@ -154,21 +154,23 @@ class KatoServicer:
             "Learn": o.learn,
             "GetPredictions": lambda r, c: o.get_predictions(r.session_id, c),
             "GetShortTermMemory": lambda r, c: o.get_stm(r.session_id, c),
-            "ClearShortTermMemory": _empty(o.clear_stm),
+            "ClearShortTermMemory": o.clear_stm,
             "GetPerceptData": lambda r, c: o.percept_data(r.session_id, c),
             "GetCognitionData": lambda r, c: o.cognition_data(r.session_id, c),
             "GetPattern": k.get_pattern,
             "ListPatterns": k.list_patterns,
             "UpdatePattern": k.update_pattern,
-            "DeletePattern": _empty(k.delete_pattern),
-            "ClearKnowledgeBase": _empty(k.clear_knowledge_base),
+            "DeletePattern": _answer(k.delete_pattern, empty_pb2.Empty),
+            "ClearKnowledgeBase": _answer(k.clear_knowledge_base, svc.ClearKnowledgeBaseResponse),
         }
 
 
-def _empty(call: Callable[[Any, Caller], Awaitable[None]]) -> Call:
+def _answer(call: Callable[[Any, Caller], Awaitable[None]], kind: type[Message]) -> Call:
+    """A use case that answers nothing, answered with an empty ``kind``."""
+
     async def run(request: Any, caller: Caller) -> Message:
         await call(request, caller)
-        return empty_pb2.Empty()
+        return kind()
 
     return run
 

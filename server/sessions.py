@@ -27,9 +27,10 @@ from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
 
 
-def _now() -> timestamp_pb2.Timestamp:
+def _now(plus_seconds: int = 0) -> timestamp_pb2.Timestamp:
+    """Now (plus some seconds), in microseconds: every timestamp of the API has one precision."""
     ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
+    ts.FromMicroseconds(time.time_ns() // 1000 + plus_seconds * 1_000_000)
     return ts
 
 
@@ -43,8 +44,7 @@ class Sessions:
         return (await self.runner.read(session_id, caller)).state
 
     def session_proto(self, state: storage.SessionState) -> svc.Session:
-        expire = timestamp_pb2.Timestamp()
-        expire.FromSeconds(int(time.time()) + (state.ttl_seconds or self.settings.session_ttl_seconds))
+        expire = _now(state.ttl_seconds or self.settings.session_ttl_seconds)
         return svc.Session(
             session_id=state.session_id,
             node_id=state.node_id,

@@ -29,7 +29,6 @@ __all__ = [
     "SequenceResult",
     "StmLimits",
     "clear_stm",
-    "cognition_data",
     "copy_state",
     "learn",
     "new_session",
@@ -256,18 +255,6 @@ def clear_stm(state: storage.SessionState) -> storage.SessionState:
     new.ClearField("percept")
     new.time = 0
     return new
-
-
-def cognition_data(state: storage.SessionState) -> pb.CognitionData:
-    out = pb.CognitionData(
-        predictions=state.last_predictions,
-        symbols=[s for e in state.stm for s in e.symbols],
-        short_term_memory=state.stm,
-        time=state.time,
-    )
-    if state.emotives_accumulator:
-        out.emotives.update(state.emotives_accumulator[-1].values)
-    return out
 
 
 def _drop_oldest(new: storage.SessionState, limits: StmLimits) -> int:

@@ -28,19 +28,22 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kato_grpc.v1 import engine_pb2 as kato_dot_v1_dot_engine__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akato/v1/kato_service.proto\x12\x07kato.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14kato/v1/engine.proto\"\xe0\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08metadata\x18\x07 \x03(\x0b\x32\x1e.kato.v1.Session.MetadataEntry\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x12\n\nstm_length\x18\t \x01(\x03\x12\x0c\n\x04time\x18\n \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x01\n\x14\x43reateSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.kato.v1.CreateSessionRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_ttl_seconds\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"8\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"M\n\x14\x45xtendSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"z\n\x1aUpdateSessionConfigRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"\x7f\n\x0eObserveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x0bobservation\x18\x02 \x01(\x0b\x32\x14.kato.v1.Observation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1a\n\x12return_predictions\x18\x04 \x01(\x08\"\xf9\x01\n\x0fObserveResponse\x12\x12\n\nstm_length\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x03\x12\x11\n\tunique_id\x18\x03 \x01(\t\x12!\n\x14\x61uto_learned_pattern\x18\x04 \x01(\tH\x00\x88\x01\x01\x12(\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x06 \x03(\x0b\x32\x18.kato.v1.FuturePotential\x12\x16\n\x0e\x64ropped_events\x18\x07 \x01(\x03\x42\x17\n\x15_auto_learned_pattern\"\xd3\x01\n\x16ObserveSequenceRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x0cobservations\x18\x02 \x03(\x0b\x32\x14.kato.v1.Observation\x12\x18\n\x10learn_after_each\x18\x03 \x01(\x08\x12\x14\n\x0clearn_at_end\x18\x04 \x01(\x08\x12\x19\n\x11\x63lear_stm_between\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1a\n\x12return_predictions\x18\x07 \x01(\x08\"\xd7\x01\n\x17ObserveSequenceResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kato.v1.ObserveResponse\x12\x1d\n\x15\x61uto_learned_patterns\x18\x02 \x03(\t\x12\"\n\x15\x66inal_learned_pattern\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\x12initial_stm_length\x18\x04 \x01(\x03\x12\x18\n\x10\x66inal_stm_length\x18\x05 \x01(\x03\x42\x18\n\x16_final_learned_pattern\"6\n\x0cLearnRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\rLearnResponse\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.kato.v1.LearnStatus\x12\x14\n\x0cpattern_name\x18\x02 \x01(\t\"+\n\x15GetPredictionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"w\n\x16GetPredictionsResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x02 \x03(\x0b\x32\x18.kato.v1.FuturePotential\"/\n\x19GetShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"1\n\x0fShortTermMemory\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.kato.v1.Event\"E\n\x1b\x43learShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"+\n\x15GetPerceptDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"-\n\x17GetCognitionDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"2\n\x11GetPatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x13ListPatternsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x14ListPatternsResponse\x12\"\n\x08patterns\x18\x01 \x03(\x0b\x32\x10.kato.v1.Pattern\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x14UpdatePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x07pattern\x18\x02 \x01(\x0b\x32\x10.kato.v1.Pattern\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x14\x44\x65letePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"b\n\x19\x43learKnowledgeBaseRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07node_id\x18\x02 \x01(\tH\x00\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x08\n\x06target*i\n\x0bLearnStatus\x12\x1c\n\x18LEARN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14LEARN_STATUS_LEARNED\x10\x01\x12\"\n\x1eLEARN_STATUS_INSUFFICIENT_DATA\x10\x02\x32\xef\n\n\x0bKatoService\x12@\n\rCreateSession\x12\x1d.kato.v1.CreateSessionRequest\x1a\x10.kato.v1.Session\x12:\n\nGetSession\x12\x1a.kato.v1.GetSessionRequest\x1a\x10.kato.v1.Session\x12\x46\n\rDeleteSession\x12\x1d.kato.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12@\n\rExtendSession\x12\x1d.kato.v1.ExtendSessionRequest\x1a\x10.kato.v1.Session\x12L\n\x13UpdateSessionConfig\x12#.kato.v1.UpdateSessionConfigRequest\x1a\x10.kato.v1.Session\x12<\n\x07Observe\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse\x12T\n\x0fObserveSequence\x12\x1f.kato.v1.ObserveSequenceRequest\x1a .kato.v1.ObserveSequenceResponse\x12\x46\n\rObserveStream\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse(\x01\x30\x01\x12\x36\n\x05Learn\x12\x15.kato.v1.LearnRequest\x1a\x16.kato.v1.LearnResponse\x12Q\n\x0eGetPredictions\x12\x1e.kato.v1.GetPredictionsRequest\x1a\x1f.kato.v1.GetPredictionsResponse\x12R\n\x12GetShortTermMemory\x12\".kato.v1.GetShortTermMemoryRequest\x1a\x18.kato.v1.ShortTermMemory\x12T\n\x14\x43learShortTermMemory\x12$.kato.v1.ClearShortTermMemoryRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\x0eGetPerceptData\x12\x1e.kato.v1.GetPerceptDataRequest\x1a\x14.kato.v1.PerceptData\x12L\n\x10GetCognitionData\x12 .kato.v1.GetCognitionDataRequest\x1a\x16.kato.v1.CognitionData\x12:\n\nGetPattern\x12\x1a.kato.v1.GetPatternRequest\x1a\x10.kato.v1.Pattern\x12K\n\x0cListPatterns\x12\x1c.kato.v1.ListPatternsRequest\x1a\x1d.kato.v1.ListPatternsResponse\x12@\n\rUpdatePattern\x12\x1d.kato.v1.UpdatePatternRequest\x1a\x10.kato.v1.Pattern\x12\x46\n\rDeletePattern\x12\x1d.kato.v1.DeletePatternRequest\x1a\x16.google.protobuf.Empty\x12P\n\x12\x43learKnowledgeBase\x12\".kato.v1.ClearKnowledgeBaseRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akato/v1/kato_service.proto\x12\x07kato.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14kato/v1/engine.proto\"\xe0\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12&\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08metadata\x18\x07 \x03(\x0b\x32\x1e.kato.v1.Session.MetadataEntry\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12\x12\n\nstm_length\x18\t \x01(\x05\x12\x0c\n\x04time\x18\n \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x01\n\x14\x43reateSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.kato.v1.CreateSessionRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_ttl_seconds\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"8\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"M\n\x14\x45xtendSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"z\n\x1aUpdateSessionConfigRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"\x7f\n\x0eObserveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x0bobservation\x18\x02 \x01(\x0b\x32\x14.kato.v1.Observation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1a\n\x12return_predictions\x18\x04 \x01(\x08\"\xf9\x01\n\x0fObserveResponse\x12\x12\n\nstm_length\x18\x01 \x01(\x05\x12\x0c\n\x04time\x18\x02 \x01(\x03\x12\x11\n\tunique_id\x18\x03 \x01(\t\x12!\n\x14\x61uto_learned_pattern\x18\x04 \x01(\tH\x00\x88\x01\x01\x12(\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x06 \x03(\x0b\x32\x18.kato.v1.FuturePotential\x12\x16\n\x0e\x64ropped_events\x18\x07 \x01(\x05\x42\x17\n\x15_auto_learned_pattern\"\x85\x01\n\x14ObserveStreamRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x0bobservation\x18\x02 \x01(\x0b\x32\x14.kato.v1.Observation\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1a\n\x12return_predictions\x18\x04 \x01(\x08\"\xff\x01\n\x15ObserveStreamResponse\x12\x12\n\nstm_length\x18\x01 \x01(\x05\x12\x0c\n\x04time\x18\x02 \x01(\x03\x12\x11\n\tunique_id\x18\x03 \x01(\t\x12!\n\x14\x61uto_learned_pattern\x18\x04 \x01(\tH\x00\x88\x01\x01\x12(\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x06 \x03(\x0b\x32\x18.kato.v1.FuturePotential\x12\x16\n\x0e\x64ropped_events\x18\x07 \x01(\x05\x42\x17\n\x15_auto_learned_pattern\"\xd3\x01\n\x16ObserveSequenceRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x0cobservations\x18\x02 \x03(\x0b\x32\x14.kato.v1.Observation\x12\x18\n\x10learn_after_each\x18\x03 \x01(\x08\x12\x14\n\x0clearn_at_end\x18\x04 \x01(\x08\x12\x19\n\x11\x63lear_stm_between\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1a\n\x12return_predictions\x18\x07 \x01(\x08\"\xd7\x01\n\x17ObserveSequenceResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kato.v1.ObserveResponse\x12\x1d\n\x15\x61uto_learned_patterns\x18\x02 \x03(\t\x12\"\n\x15\x66inal_learned_pattern\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\x12initial_stm_length\x18\x04 \x01(\x05\x12\x18\n\x10\x66inal_stm_length\x18\x05 \x01(\x05\x42\x18\n\x16_final_learned_pattern\"6\n\x0cLearnRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\rLearnResponse\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.kato.v1.LearnStatus\x12\x14\n\x0cpattern_name\x18\x02 \x01(\t\"+\n\x15GetPredictionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"w\n\x16GetPredictionsResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x33\n\x11\x66uture_potentials\x18\x02 \x03(\x0b\x32\x18.kato.v1.FuturePotential\"/\n\x19GetShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x1aGetShortTermMemoryResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.kato.v1.Event\"E\n\x1b\x43learShortTermMemoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1e\n\x1c\x43learShortTermMemoryResponse\"+\n\x15GetPerceptDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"?\n\x16GetPerceptDataResponse\x12%\n\x07percept\x18\x01 \x01(\x0b\x32\x14.kato.v1.PerceptData\"-\n\x17GetCognitionDataRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x82\x02\n\x18GetCognitionDataResponse\x12(\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x13.kato.v1.Prediction\x12\x41\n\x08\x65motives\x18\x02 \x03(\x0b\x32/.kato.v1.GetCognitionDataResponse.EmotivesEntry\x12\x0f\n\x07symbols\x18\x03 \x03(\t\x12)\n\x11short_term_memory\x18\x04 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x0c\n\x04time\x18\x05 \x01(\x03\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x11GetPatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"M\n\x13ListPatternsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x14ListPatternsResponse\x12\"\n\x08patterns\x18\x01 \x03(\x0b\x32\x10.kato.v1.Pattern\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x14UpdatePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x07pattern\x18\x02 \x01(\x0b\x32\x10.kato.v1.Pattern\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x14\x44\x65letePatternRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"b\n\x19\x43learKnowledgeBaseRequest\x12\x14\n\nsession_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07node_id\x18\x02 \x01(\tH\x00\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x08\n\x06target\"\x1c\n\x1a\x43learKnowledgeBaseResponse*i\n\x0bLearnStatus\x12\x1c\n\x18LEARN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14LEARN_STATUS_LEARNED\x10\x01\x12\"\n\x1eLEARN_STATUS_INSUFFICIENT_DATA\x10\x02\x32\xb8\x0b\n\x0bKatoService\x12@\n\rCreateSession\x12\x1d.kato.v1.CreateSessionRequest\x1a\x10.kato.v1.Session\x12:\n\nGetSession\x12\x1a.kato.v1.GetSessionRequest\x1a\x10.kato.v1.Session\x12\x46\n\rDeleteSession\x12\x1d.kato.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\x12@\n\rExtendSession\x12\x1d.kato.v1.ExtendSessionRequest\x1a\x10.kato.v1.Session\x12L\n\x13UpdateSessionConfig\x12#.kato.v1.UpdateSessionConfigRequest\x1a\x10.kato.v1.Session\x12<\n\x07Observe\x12\x17.kato.v1.ObserveRequest\x1a\x18.kato.v1.ObserveResponse\x12T\n\x0fObserveSequence\x12\x1f.kato.v1.ObserveSequenceRequest\x1a .kato.v1.ObserveSequenceResponse\x12R\n\rObserveStream\x12\x1d.kato.v1.ObserveStreamRequest\x1a\x1e.kato.v1.ObserveStreamResponse(\x01\x30\x01\x12\x36\n\x05Learn\x12\x15.kato.v1.LearnRequest\x1a\x16.kato.v1.LearnResponse\x12Q\n\x0eGetPredictions\x12\x1e.kato.v1.GetPredictionsRequest\x1a\x1f.kato.v1.GetPredictionsResponse\x12]\n\x12GetShortTermMemory\x12\".kato.v1.GetShortTermMemoryRequest\x1a#.kato.v1.GetShortTermMemoryResponse\x12\x63\n\x14\x43learShortTermMemory\x12$.kato.v1.ClearShortTermMemoryRequest\x1a%.kato.v1.ClearShortTermMemoryResponse\x12Q\n\x0eGetPerceptData\x12\x1e.kato.v1.GetPerceptDataRequest\x1a\x1f.kato.v1.GetPerceptDataResponse\x12W\n\x10GetCognitionData\x12 .kato.v1.GetCognitionDataRequest\x1a!.kato.v1.GetCognitionDataResponse\x12:\n\nGetPattern\x12\x1a.kato.v1.GetPatternRequest\x1a\x10.kato.v1.Pattern\x12K\n\x0cListPatterns\x12\x1c.kato.v1.ListPatternsRequest\x1a\x1d.kato.v1.ListPatternsResponse\x12@\n\rUpdatePattern\x12\x1d.kato.v1.UpdatePatternRequest\x1a\x10.kato.v1.Pattern\x12\x46\n\rDeletePattern\x12\x1d.kato.v1.DeletePatternRequest\x1a\x16.google.protobuf.Empty\x12]\n\x12\x43learKnowledgeBase\x12\".kato.v1.ClearKnowledgeBaseRequest\x1a#.kato.v1.ClearKnowledgeBaseResponseB{\n\nio.kato.v1B\x10KatoServiceProtoP\x01Z4github.com/kato-grpc/kato-grpc/gen/go/kato/v1;katov1\xa2\x02\x03KTO\xaa\x02\x07Kato.V1\xca\x02\x07Kato\\V1\xea\x02\x08Kato::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kato_grpc.v1.kato_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\nio.kato.v1B\020KatoServiceProtoP\001Z4github.com/kato-grpc/kato-grpc/gen/go/kato/v1;katov1\242\002\003KTO\252\002\007Kato.V1\312\002\007Kato\\V1\352\002\010Kato::V1'
   _globals['_SESSION_METADATAENTRY']._loaded_options = None
   _globals['_SESSION_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATESESSIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_LEARNSTATUS']._serialized_start=2941
-  _globals['_LEARNSTATUS']._serialized_end=3046
+  _globals['_GETCOGNITIONDATARESPONSE_EMOTIVESENTRY']._loaded_options = None
+  _globals['_GETCOGNITIONDATARESPONSE_EMOTIVESENTRY']._serialized_options = b'8\001'
+  _globals['_LEARNSTATUS']._serialized_start=3734
+  _globals['_LEARNSTATUS']._serialized_end=3839
   _globals['_SESSION']._serialized_start=158
   _globals['_SESSION']._serialized_end=510
   _globals['_SESSION_METADATAENTRY']._serialized_start=463
@@ -61,40 +64,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVEREQUEST']._serialized_end=1197
   _globals['_OBSERVERESPONSE']._serialized_start=1200
   _globals['_OBSERVERESPONSE']._serialized_end=1449
-  _globals['_OBSERVESEQUENCEREQUEST']._serialized_start=1452
-  _globals['_OBSERVESEQUENCEREQUEST']._serialized_end=1663
-  _globals['_OBSERVESEQUENCERESPONSE']._serialized_start=1666
-  _globals['_OBSERVESEQUENCERESPONSE']._serialized_end=1881
-  _globals['_LEARNREQUEST']._serialized_start=1883
-  _globals['_LEARNREQUEST']._serialized_end=1937
-  _globals['_LEARNRESPONSE']._serialized_start=1939
-  _globals['_LEARNRESPONSE']._serialized_end=2014
-  _globals['_GETPREDICTIONSREQUEST']._serialized_start=2016
-  _globals['_GETPREDICTIONSREQUEST']._serialized_end=2059
-  _globals['_GETPREDICTIONSRESPONSE']._serialized_start=2061
-  _globals['_GETPREDICTIONSRESPONSE']._serialized_end=2180
-  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_start=2182
-  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_end=2229
-  _globals['_SHORTTERMMEMORY']._serialized_start=2231
-  _globals['_SHORTTERMMEMORY']._serialized_end=2280
-  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_start=2282
-  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_end=2351
-  _globals['_GETPERCEPTDATAREQUEST']._serialized_start=2353
-  _globals['_GETPERCEPTDATAREQUEST']._serialized_end=2396
-  _globals['_GETCOGNITIONDATAREQUEST']._serialized_start=2398
-  _globals['_GETCOGNITIONDATAREQUEST']._serialized_end=2443
-  _globals['_GETPATTERNREQUEST']._serialized_start=2445
-  _globals['_GETPATTERNREQUEST']._serialized_end=2495
-  _globals['_LISTPATTERNSREQUEST']._serialized_start=2497
-  _globals['_LISTPATTERNSREQUEST']._serialized_end=2574
-  _globals['_LISTPATTERNSRESPONSE']._serialized_start=2576
-  _globals['_LISTPATTERNSRESPONSE']._serialized_end=2659
-  _globals['_UPDATEPATTERNREQUEST']._serialized_start=2661
-  _globals['_UPDATEPATTERNREQUEST']._serialized_end=2784
-  _globals['_DELETEPATTERNREQUEST']._serialized_start=2786
-  _globals['_DELETEPATTERNREQUEST']._serialized_end=2839
-  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_start=2841
-  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_end=2939
-  _globals['_KATOSERVICE']._serialized_start=3049
-  _globals['_KATOSERVICE']._serialized_end=4440
+  _globals['_OBSERVESTREAMREQUEST']._serialized_start=1452
+  _globals['_OBSERVESTREAMREQUEST']._serialized_end=1585
+  _globals['_OBSERVESTREAMRESPONSE']._serialized_start=1588
+  _globals['_OBSERVESTREAMRESPONSE']._serialized_end=1843
+  _globals['_OBSERVESEQUENCEREQUEST']._serialized_start=1846
+  _globals['_OBSERVESEQUENCEREQUEST']._serialized_end=2057
+  _globals['_OBSERVESEQUENCERESPONSE']._serialized_start=2060
+  _globals['_OBSERVESEQUENCERESPONSE']._serialized_end=2275
+  _globals['_LEARNREQUEST']._serialized_start=2277
+  _globals['_LEARNREQUEST']._serialized_end=2331
+  _globals['_LEARNRESPONSE']._serialized_start=2333
+  _globals['_LEARNRESPONSE']._serialized_end=2408
+  _globals['_GETPREDICTIONSREQUEST']._serialized_start=2410
+  _globals['_GETPREDICTIONSREQUEST']._serialized_end=2453
+  _globals['_GETPREDICTIONSRESPONSE']._serialized_start=2455
+  _globals['_GETPREDICTIONSRESPONSE']._serialized_end=2574
+  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_start=2576
+  _globals['_GETSHORTTERMMEMORYREQUEST']._serialized_end=2623
+  _globals['_GETSHORTTERMMEMORYRESPONSE']._serialized_start=2625
+  _globals['_GETSHORTTERMMEMORYRESPONSE']._serialized_end=2685
+  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_start=2687
+  _globals['_CLEARSHORTTERMMEMORYREQUEST']._serialized_end=2756
+  _globals['_CLEARSHORTTERMMEMORYRESPONSE']._serialized_start=2758
+  _globals['_CLEARSHORTTERMMEMORYRESPONSE']._serialized_end=2788
+  _globals['_GETPERCEPTDATAREQUEST']._serialized_start=2790
+  _globals['_GETPERCEPTDATAREQUEST']._serialized_end=2833
+  _globals['_GETPERCEPTDATARESPONSE']._serialized_start=2835
+  _globals['_GETPERCEPTDATARESPONSE']._serialized_end=2898
+  _globals['_GETCOGNITIONDATAREQUEST']._serialized_start=2900
+  _globals['_GETCOGNITIONDATAREQUEST']._serialized_end=2945
+  _globals['_GETCOGNITIONDATARESPONSE']._serialized_start=2948
+  _globals['_GETCOGNITIONDATARESPONSE']._serialized_end=3206
+  _globals['_GETCOGNITIONDATARESPONSE_EMOTIVESENTRY']._serialized_start=3159
+  _globals['_GETCOGNITIONDATARESPONSE_EMOTIVESENTRY']._serialized_end=3206
+  _globals['_GETPATTERNREQUEST']._serialized_start=3208
+  _globals['_GETPATTERNREQUEST']._serialized_end=3258
+  _globals['_LISTPATTERNSREQUEST']._serialized_start=3260
+  _globals['_LISTPATTERNSREQUEST']._serialized_end=3337
+  _globals['_LISTPATTERNSRESPONSE']._serialized_start=3339
+  _globals['_LISTPATTERNSRESPONSE']._serialized_end=3422
+  _globals['_UPDATEPATTERNREQUEST']._serialized_start=3424
+  _globals['_UPDATEPATTERNREQUEST']._serialized_end=3547
+  _globals['_DELETEPATTERNREQUEST']._serialized_start=3549
+  _globals['_DELETEPATTERNREQUEST']._serialized_end=3602
+  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_start=3604
+  _globals['_CLEARKNOWLEDGEBASEREQUEST']._serialized_end=3702
+  _globals['_CLEARKNOWLEDGEBASERESPONSE']._serialized_start=3704
+  _globals['_CLEARKNOWLEDGEBASERESPONSE']._serialized_end=3732
+  _globals['_KATOSERVICE']._serialized_start=3842
+  _globals['_KATOSERVICE']._serialized_end=5306
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,8 @@ if _version_not_supported:
 
 
 class KatoServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Sessions, observing and learning, predictions, and the knowledge bases they share.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -73,8 +74,8 @@ class KatoServiceStub:
                 _registered_method=True)
         self.ObserveStream = channel.stream_stream(
                 '/kato.v1.KatoService/ObserveStream',
-                request_serializer=kato_dot_v1_dot_kato__service__pb2.ObserveRequest.SerializeToString,
-                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ObserveResponse.FromString,
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.ObserveStreamRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ObserveStreamResponse.FromString,
                 _registered_method=True)
         self.Learn = channel.unary_unary(
                 '/kato.v1.KatoService/Learn',
@@ -89,22 +90,22 @@ class KatoServiceStub:
         self.GetShortTermMemory = channel.unary_unary(
                 '/kato.v1.KatoService/GetShortTermMemory',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.GetShortTermMemoryRequest.SerializeToString,
-                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ShortTermMemory.FromString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.GetShortTermMemoryResponse.FromString,
                 _registered_method=True)
         self.ClearShortTermMemory = channel.unary_unary(
                 '/kato.v1.KatoService/ClearShortTermMemory',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.ClearShortTermMemoryRequest.SerializeToString,
-                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ClearShortTermMemoryResponse.FromString,
                 _registered_method=True)
         self.GetPerceptData = channel.unary_unary(
                 '/kato.v1.KatoService/GetPerceptData',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.GetPerceptDataRequest.SerializeToString,
-                response_deserializer=kato_dot_v1_dot_engine__pb2.PerceptData.FromString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.GetPerceptDataResponse.FromString,
                 _registered_method=True)
         self.GetCognitionData = channel.unary_unary(
                 '/kato.v1.KatoService/GetCognitionData',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.GetCognitionDataRequest.SerializeToString,
-                response_deserializer=kato_dot_v1_dot_engine__pb2.CognitionData.FromString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.GetCognitionDataResponse.FromString,
                 _registered_method=True)
         self.GetPattern = channel.unary_unary(
                 '/kato.v1.KatoService/GetPattern',
@@ -129,127 +130,179 @@ class KatoServiceStub:
         self.ClearKnowledgeBase = channel.unary_unary(
                 '/kato.v1.KatoService/ClearKnowledgeBase',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseRequest.SerializeToString,
-                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseResponse.FromString,
                 _registered_method=True)
 
 
 class KatoServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Sessions, observing and learning, predictions, and the knowledge bases they share.
+    """
 
     def CreateSession(self, request, context):
-        """Session lifecycle.
+        """Opens a session on a knowledge base. With a request_id, a retry returns the same
+        session (ids are scoped by node and caller).
+        Errors: INVALID_ARGUMENT (node_id, config.*, ttl_seconds, metadata), ALREADY_EXISTS
+        REQUEST_ID_REUSED (the request_id was used with another body).
+        Example: {"node_id": "demo", "config": {"max_predictions": 5}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads a session (its TTL slides).
+        Example: {"session_id": "s-0123456789abcdef0123456789abcdef"}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a session; learns it committed still reach its knowledge base.
+        Errors: ABORTED ETAG_MISMATCH (a stale etag).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExtendSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sets a session's sliding TTL.
+        Errors: INVALID_ARGUMENT ttl_seconds, ABORTED ETAG_MISMATCH.
+        Example: {"session_id": "s-…", "ttl_seconds": 7200}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSessionConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes the fields of a session's config that the request sets; the others stay.
+        Errors: INVALID_ARGUMENT config.* (nothing applied), ABORTED ETAG_MISMATCH, ALREADY_EXISTS
+        REQUEST_ID_REUSED.
+        Example: {"session_id": "s-…", "config": {"recall_threshold": 0.3}}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Observe(self, request, context):
-        """Observing and learning.
+        """Observes one event: the STM grows, predictions are computed (process_predictions) and an
+        auto-learn may happen (max_pattern_length).
+        Errors: INVALID_ARGUMENT observation.* (NON_FINITE_NUMBER, TOO_MANY_SYMBOLS,
+        SYMBOL_TOO_LONG, VECTOR_DIMENSION_MISMATCH, ...), RESOURCE_EXHAUSTED SESSION_TOO_LARGE
+        (learn or clear first) or WORK_BUDGET_EXCEEDED (the prediction was too large to compute),
+        FAILED_PRECONDITION PATTERN_REJECTED (an auto-learned pattern the knowledge base refused;
+        the call was committed), ALREADY_EXISTS REQUEST_ID_REUSED.
+        Example: {"session_id": "s-…", "observation": {"strings": ["hello"]}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ObserveSequence(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Observes several events in order, as repeated Observe calls would, committed together;
+        learns after each or at the end when asked. Errors: those of Observe, and
+        INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_SEQUENCE_OBSERVATIONS).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ObserveStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """A stream of Observe calls: one response per request, in order. Requests already waiting
+        for the same session are committed together; the responses are those of unary calls. An
+        invalid request ends the stream with its error after every request before it is answered.
+        Errors: those of Observe.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Learn(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Learns the STM as a pattern and clears STM and accumulators (D-3, D-22).
+        Errors: FAILED_PRECONDITION STM_EMPTY (nothing observed since the last learn) or
+        PATTERN_REJECTED (committed, but the knowledge base refused the pattern), ALREADY_EXISTS
+        REQUEST_ID_REUSED.
+        Example: {"session_id": "s-…", "request_id": "learn-42"}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPredictions(self, request, context):
-        """Reading a session.
+        """The predictions for the session's STM against its knowledge base now.
+        Errors: RESOURCE_EXHAUSTED WORK_BUDGET_EXCEEDED (KATO_MAX_PREDICTION_WORK).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetShortTermMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The session's short-term memory.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClearShortTermMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Empties the STM, the accumulators, `time`, the percept and the last predictions.
+        Errors: ALREADY_EXISTS REQUEST_ID_REUSED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPerceptData(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The last observation as the engine saw it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCognitionData(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """KATO's cognition view: last predictions, STM, time, emotives.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPattern(self, request, context):
-        """The knowledge base of a node.
+        """One pattern of a knowledge base.
+        Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (40 hex, `PTRN|` optional).
+        Example: {"node_id": "demo", "name": "PTRN|7f9d…"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPatterns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The patterns of a knowledge base in name order, a page at a time.
+        Errors: INVALID_ARGUMENT page_size, page_token.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePattern(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replaces a pattern's frequency, emotives or metadata (AIP-134 masks); symbol statistics
+        and totals are left as they are.
+        Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT update_mask, pattern.*.
+        Example: {"node_id": "demo", "pattern": {"name": "PTRN|7f9d…", "frequency": 3}}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeletePattern(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a pattern. Errors: NOT_FOUND PATTERN_NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClearKnowledgeBase(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or a
+        node's. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -294,8 +347,8 @@ def add_KatoServiceServicer_to_server(servicer, server):
             ),
             'ObserveStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ObserveStream,
-                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ObserveRequest.FromString,
-                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ObserveResponse.SerializeToString,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ObserveStreamRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ObserveStreamResponse.SerializeToString,
             ),
             'Learn': grpc.unary_unary_rpc_method_handler(
                     servicer.Learn,
@@ -310,22 +363,22 @@ def add_KatoServiceServicer_to_server(servicer, server):
             'GetShortTermMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShortTermMemory,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.GetShortTermMemoryRequest.FromString,
-                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ShortTermMemory.SerializeToString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.GetShortTermMemoryResponse.SerializeToString,
             ),
             'ClearShortTermMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearShortTermMemory,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.ClearShortTermMemoryRequest.FromString,
-                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ClearShortTermMemoryResponse.SerializeToString,
             ),
             'GetPerceptData': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPerceptData,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.GetPerceptDataRequest.FromString,
-                    response_serializer=kato_dot_v1_dot_engine__pb2.PerceptData.SerializeToString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.GetPerceptDataResponse.SerializeToString,
             ),
             'GetCognitionData': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCognitionData,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.GetCognitionDataRequest.FromString,
-                    response_serializer=kato_dot_v1_dot_engine__pb2.CognitionData.SerializeToString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.GetCognitionDataResponse.SerializeToString,
             ),
             'GetPattern': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPattern,
@@ -350,7 +403,7 @@ def add_KatoServiceServicer_to_server(servicer, server):
             'ClearKnowledgeBase': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearKnowledgeBase,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseRequest.FromString,
-                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,7 +414,8 @@ def add_KatoServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KatoService:
-    """Missing associated documentation comment in .proto file."""
+    """Sessions, observing and learning, predictions, and the knowledge bases they share.
+    """
 
     @staticmethod
     def CreateSession(request,
@@ -567,8 +621,8 @@ class KatoService:
             request_iterator,
             target,
             '/kato.v1.KatoService/ObserveStream',
-            kato_dot_v1_dot_kato__service__pb2.ObserveRequest.SerializeToString,
-            kato_dot_v1_dot_kato__service__pb2.ObserveResponse.FromString,
+            kato_dot_v1_dot_kato__service__pb2.ObserveStreamRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.ObserveStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -649,7 +703,7 @@ class KatoService:
             target,
             '/kato.v1.KatoService/GetShortTermMemory',
             kato_dot_v1_dot_kato__service__pb2.GetShortTermMemoryRequest.SerializeToString,
-            kato_dot_v1_dot_kato__service__pb2.ShortTermMemory.FromString,
+            kato_dot_v1_dot_kato__service__pb2.GetShortTermMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -676,7 +730,7 @@ class KatoService:
             target,
             '/kato.v1.KatoService/ClearShortTermMemory',
             kato_dot_v1_dot_kato__service__pb2.ClearShortTermMemoryRequest.SerializeToString,
-            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            kato_dot_v1_dot_kato__service__pb2.ClearShortTermMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -703,7 +757,7 @@ class KatoService:
             target,
             '/kato.v1.KatoService/GetPerceptData',
             kato_dot_v1_dot_kato__service__pb2.GetPerceptDataRequest.SerializeToString,
-            kato_dot_v1_dot_engine__pb2.PerceptData.FromString,
+            kato_dot_v1_dot_kato__service__pb2.GetPerceptDataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -730,7 +784,7 @@ class KatoService:
             target,
             '/kato.v1.KatoService/GetCognitionData',
             kato_dot_v1_dot_kato__service__pb2.GetCognitionDataRequest.SerializeToString,
-            kato_dot_v1_dot_engine__pb2.CognitionData.FromString,
+            kato_dot_v1_dot_kato__service__pb2.GetCognitionDataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -865,7 +919,7 @@ class KatoService:
             target,
             '/kato.v1.KatoService/ClearKnowledgeBase',
             kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseRequest.SerializeToString,
-            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -160,10 +160,11 @@ def test_a_used_request_id_is_refused_by_every_other_call(quiet: ServerProcess) 
     # The stream replays a unary Observe's id as the same call, and refuses another body.
     replies = list(
         stub.ObserveStream(
-            iter([svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1")])
+            iter([svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1")])
         )
     )
-    assert replies == [first]
+    # The stream's messages are Observe's, field for field: the same bytes as the first answer.
+    assert [r.SerializeToString(deterministic=True) for r in replies] == [first.SerializeToString(deterministic=True)]
 
 
 def test_create_session_request_ids_are_scoped_by_node_and_caller(quiet: ServerProcess) -> None:
@@ -205,7 +206,8 @@ def test_observe_stream_keeps_valid_observations_before_a_bad_one(quiet: ServerP
     stub = quiet.stub()
     sid = stub.CreateSession(svc.CreateSessionRequest(node_id="stream-" + uuid.uuid4().hex)).session_id
     requests = [
-        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])) for s in ("a", "b", "x" * 2000)
+        svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(strings=[s]))
+        for s in ("a", "b", "x" * 2000)
     ]
     answers: list[int] = []
     with pytest.raises(grpc.RpcError) as info:

@@ -33,7 +33,7 @@ def test_round_trip_create_observe_learn_predict(stub: svc_grpc.KatoServiceStub,
     assert bare == pattern
     listed = stub.ListPatterns(svc.ListPatternsRequest(node_id=node_id))
     assert [p.name for p in listed.patterns] == [learned.pattern_name]
-    percept = stub.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid))
+    percept = stub.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).percept
     assert list(percept.strings) == ["hello"]
     cognition = stub.GetCognitionData(svc.GetCognitionDataRequest(session_id=sid))
     assert list(cognition.symbols) == ["hello"] and cognition.time == 4
@@ -160,7 +160,7 @@ def test_observe_sequence_and_stream(stub: svc_grpc.KatoServiceStub, node_id: st
     assert r.final_stm_length == 1
     stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
     requests = [
-        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s]), return_predictions=True)
+        svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(strings=[s]), return_predictions=True)
         for s in ("x", "y")
     ]
     responses = list(stub.ObserveStream(iter(requests)))
@@ -180,7 +180,7 @@ def test_sessions_on_one_node_are_isolated_but_share_the_kb(stub: svc_grpc.KatoS
                 r = observe(stub, sid, s, return_predictions=True)
                 stm = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid))
                 seen = {x for e in stm.events for x in e.symbols}
-                seen |= set(stub.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).strings)
+                seen |= set(stub.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).percept.strings)
                 seen |= {x for p in r.predictions for e in p.extras for x in e.symbols}
                 seen |= {x for p in r.predictions for x in p.matches}
                 if not seen <= own:
@@ -211,7 +211,7 @@ def test_observe_stream_batches_but_answers_like_unary_calls(stub: svc_grpc.Kato
     observe(stub, sid, "b")
     stub.Learn(svc.LearnRequest(session_id=sid))
     requests = [
-        svc.ObserveRequest(
+        svc.ObserveStreamRequest(
             session_id=sid if i % 50 else other, observation=pb.Observation(strings=["a" if i % 2 else "b"])
         )
         for i in range(300)
@@ -223,10 +223,10 @@ def test_observe_stream_batches_but_answers_like_unary_calls(stub: svc_grpc.Kato
     # An invalid observation mid-stream: everything before it is answered and kept, then the error.
     bad = [
         *requests[1:5],
-        svc.ObserveRequest(session_id=sid, observation=pb.Observation(emotives={"e": math.nan})),
+        svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(emotives={"e": math.nan})),
         *requests[1:5],
     ]
-    got: list[svc.ObserveResponse] = []
+    got: list[svc.ObserveStreamResponse] = []
     with pytest.raises(grpc.RpcError) as info:
         for response in stub.ObserveStream(iter(bad)):
             got.append(response)

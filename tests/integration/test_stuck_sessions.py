@@ -132,7 +132,7 @@ def test_observe_stream_authenticates_when_it_opens(stores: Stores, log_dir: Pat
     try:
         stub = server.stub()
 
-        def silent() -> Iterator[svc.ObserveRequest]:
+        def silent() -> Iterator[svc.ObserveStreamRequest]:
             release.wait(30)  # sends nothing until the test ends
             yield from ()
 
@@ -142,7 +142,7 @@ def test_observe_stream_authenticates_when_it_opens(stores: Stores, log_dir: Pat
         # The scheme is case-insensitive (RFC 7235).
         lower = (("authorization", "bearer t0ken"),)
         sid = stub.CreateSession(svc.CreateSessionRequest(node_id="alice"), metadata=lower).session_id
-        request = svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]))
+        request = svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(strings=["a"]))
         assert [r.stm_length for r in stub.ObserveStream(iter([request]), metadata=lower)] == [1]
     finally:
         release.set()

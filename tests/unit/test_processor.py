@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 
+from kato_grpc import encoding
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import validate_config
 from kato_grpc.engine.naming import pattern_name
@@ -157,7 +158,7 @@ def test_percept_and_cognition_data() -> None:
     r.run({"op": "observe", "strings": ["world", "hello"], "emotives": {"joy": 0.8}})
     assert list(r.state.percept.strings) == ["hello", "world"]
     assert dict(r.state.percept.emotives) == {"joy": 0.8}
-    cog = processor.cognition_data(r.state)
+    cog = encoding.cognition_data(r.state)
     assert list(cog.symbols) == ["hello", "world"]
     assert dict(cog.emotives) == {"joy": 0.8}
     assert cog.time == 1

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest import approx
 
+from kato_grpc import encoding
 from kato_grpc.encoding import add_predictions
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import resolve_config
@@ -73,7 +74,7 @@ def test_processors_never_mutate_their_inputs(scenario: dict[str, Any], extra: l
     processor.observe(r.state, obs, r.kb, unique_id="u")
     processor.predictions(r.state, r.kb)
     processor.clear_stm(r.state)
-    processor.cognition_data(r.state)
+    encoding.cognition_data(r.state)
     if r.state.stm:
         processor.learn(r.state)
 

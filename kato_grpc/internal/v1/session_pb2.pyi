@@ -32,7 +32,9 @@ class StringList(_message.Message):
 
     VALUES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The strings, in order."""
+
     def __init__(
         self,
         *,
@@ -74,7 +76,9 @@ class MetadataRecord(_message.Message):
 
     VALUES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Key -> canonical JSON text of the value."""
+
     def __init__(
         self,
         *,
@@ -97,8 +101,11 @@ class PendingVector(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its symbol: "VCTR|" + sha1 of the values (D-26)."""
     @_builtins.property
-    def vector(self) -> _engine_pb2.Vector: ...
+    def vector(self) -> _engine_pb2.Vector:
+        """The values."""
+
     def __init__(
         self,
         *,
@@ -200,7 +207,9 @@ class PatternWrite(_message.Message):
     persistence: _builtins.int
     """Window length for the pattern's emotives."""
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]:
+        """The events learned (empty for a vectors-only write)."""
+
     @_builtins.property
     def emotives(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.EmotiveRecord]:
         """The emotive accumulator consumed by this learn (raw observation dicts)."""
@@ -284,26 +293,39 @@ class SessionState(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """"s-" + 32 hex."""
     node_id: _builtins.str
+    """The knowledge base (D-28)."""
     time: _builtins.int
     """Number of Observe calls since creation or the last clear."""
     version: _builtins.int
     """Incremented on every save; the compare-and-set key."""
     ttl_seconds: _builtins.int
+    """The sliding TTL; 0 means the server's default."""
     @_builtins.property
-    def stm(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]: ...
+    def stm(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]:
+        """Short-term memory, oldest event first."""
+
     @_builtins.property
-    def emotives_accumulator(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.EmotiveRecord]: ...
+    def emotives_accumulator(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.EmotiveRecord]:
+        """Emotive records observed since the last learn (at most 1000, oldest dropped)."""
+
     @_builtins.property
-    def metadata_accumulator(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataRecord]: ...
+    def metadata_accumulator(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataRecord]:
+        """Metadata records observed since the last learn (at most 1000, oldest dropped)."""
+
     @_builtins.property
     def percept(self) -> _engine_pb2.PerceptData:
         """Unset until the first observation."""
 
     @_builtins.property
-    def last_predictions(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Prediction]: ...
+    def last_predictions(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Prediction]:
+        """The predictions of the last observation (GetCognitionData)."""
+
     @_builtins.property
-    def config(self) -> _engine_pb2.SessionConfig: ...
+    def config(self) -> _engine_pb2.SessionConfig:
+        """The config as the client set it (unset fields take defaults when used)."""
+
     @_builtins.property
     def pending_writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternWrite]:
         """The writes of the call being computed. Never stored in the session blob: the session
@@ -315,9 +337,13 @@ class SessionState(_message.Message):
         """Vectors observed since the last learn, indexed by the next learn (D-26)."""
 
     @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The client's labels."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session was created."""
+
     def __init__(
         self,
         *,
@@ -358,9 +384,13 @@ class Outbox(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session that committed the writes."""
     node_id: _builtins.str
+    """The knowledge base they go to."""
     @_builtins.property
-    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternWrite]: ...
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternWrite]:
+        """The writes, in commit order."""
+
     def __init__(
         self,
         *,
@@ -388,8 +418,11 @@ class RequestRecord(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     method: _builtins.str
+    """The RPC's name, e.g. "Learn"."""
     fingerprint: _builtins.bytes
+    """sha256 of the method and the request's deterministic serialization."""
     response: _builtins.bytes
+    """The serialized first response."""
     def __init__(
         self,
         *,

@@ -1,0 +1,33 @@
+"""buf keeps the API's contract: lint clean, and a breaking change against the baseline fails."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from kato_grpc.devserver import ROOT
+
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+
+
+def _buf(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BUF), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_api_is_lint_clean_and_unbroken_against_its_baseline() -> None:
+    assert _buf(ROOT, "lint").returncode == 0
+    assert _buf(ROOT, "breaking", "proto", "--against", "api/kato-v1.binpb").returncode == 0
+
+
+def test_a_breaking_change_fails_and_a_storage_change_does_not(tmp_path: Path) -> None:
+    for part in ("proto", "third_party", "api"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")
+    internal = tmp_path / "proto/kato/internal/v1/session.proto"
+    internal.write_text(internal.read_text().replace("int64 version = 11;", "int64 version = 99;"))
+    assert _buf(tmp_path, "breaking", "proto", "--against", "api/kato-v1.binpb").returncode == 0
+    service = tmp_path / "proto/kato/v1/kato_service.proto"
+    service.write_text(service.read_text().replace("string etag = 8;", "string etag = 18;"))
+    broken = _buf(tmp_path, "breaking", "proto", "--against", "api/kato-v1.binpb")
+    assert broken.returncode != 0 and "etag" in broken.stdout + broken.stderr

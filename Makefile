@@ -40,6 +40,7 @@ api-baseline: $(NODE_STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
+	$(BIN)/python scripts/gen_api_docs.py
 
 # Rewrites BENCHMARKS.md: engine-only predictions up to 1M patterns, then the service suite (~15 min).
 bench: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,3 +32,15 @@ def test_a_breaking_change_fails_and_a_storage_change_does_not(tmp_path: Path) -
     service.write_text(service.read_text().replace("string etag = 8;", "string etag = 18;"))
     broken = _buf(tmp_path, "breaking", "proto", "--against", "api/kato-v1.binpb")
     assert broken.returncode != 0 and "etag" in broken.stdout + broken.stderr
+
+
+def test_the_api_reference_is_generated_from_the_protos_as_they_are() -> None:
+    # docs/api.md is `make proto`'s output: a proto comment changed without regenerating fails.
+    spec = importlib.util.spec_from_file_location("gen_api_docs", ROOT / "scripts" / "gen_api_docs.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    rendered: str = generator.render()
+    assert (ROOT / "docs" / "api.md").read_text(encoding="utf-8") == rendered
+    for rpc in ("CreateSession", "ObserveStream", "ClearKnowledgeBase"):
+        assert f"### {rpc}\n" in rendered

@@ -1,0 +1,37 @@
+"""A client in another language: Node (grpc-js + proto-loader, loaded from proto/) runs the
+README round trip and decodes an error's google.rpc.Status details (tests/node/roundtrip.js)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from kato_grpc.devserver import ROOT, ServerProcess
+
+
+def test_a_node_client_runs_the_round_trip(server: ServerProcess) -> None:
+    proc = subprocess.run(
+        ["node", str(ROOT / "tests" / "node" / "roundtrip.js"), server.address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    # Bounded counters are plain numbers in JSON-minded clients, enums have their names.
+    assert seen["ttl_seconds"] == 3600 and seen["learn_status"] == "LEARN_STATUS_LEARNED"
+    assert seen["pattern_name"].startswith("PTRN|")
+    assert seen["prediction"] == {
+        "name": seen["pattern_name"][len("PTRN|") :],
+        "type": "PREDICTION_TYPE_PROTOTYPICAL",
+        "future": [["world"], ["again"]],
+    }
+    error = seen["error"]
+    assert error["grpcCode"] == 3 and error["status"]["code"] == 3  # INVALID_ARGUMENT
+    kinds = {d["type"]: d for d in error["status"]["details"]}
+    assert kinds["google.rpc.ErrorInfo"]["domain"] == "kato.v1"
+    assert kinds["google.rpc.ErrorInfo"]["reason"] == "SYMBOL_TOO_LONG"
+    violations = kinds["google.rpc.BadRequest"]["fieldViolations"]  # protobufjs camel-cases
+    assert [v["field"] for v in violations] == ["observation.strings[0]"]

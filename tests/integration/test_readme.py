@@ -40,6 +40,10 @@ def test_readme_grpcurl_round_trip(server: ServerProcess) -> None:
     assert '"LEARN_STATUS_LEARNED"' in out
     assert re.search(r'"future": \[\s*\{\s*"symbols": \[\s*"world"', out)
     assert '"SERVING"' in out
+    # Bounded counters are JSON numbers, kinds are enum names, metadata are JSON values.
+    assert re.search(r'"stm_length": 1\b', out) and re.search(r'"length": 3\b', out)
+    assert '"type": "PREDICTION_TYPE_PROTOTYPICAL"' in out
+    assert re.search(r'"n": \[\s*3\s*\]', out)
 
 
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])

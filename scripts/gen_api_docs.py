@@ -14,12 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "api.md"
 PACKAGE = "kato.v1"
+BEHAVIOR = field_behavior_pb2.field_behavior
 F = descriptor_pb2.FieldDescriptorProto
 SCALARS = {
     F.TYPE_DOUBLE: "double",
@@ -41,7 +43,8 @@ def descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "kato" / "v1").glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "set.binpb"
-        args = ["protoc", f"-I{ROOT / 'proto'}", f"-I{include}", "--include_source_info", f"-o{out}", *protos]
+        includes = [f"-I{ROOT / 'proto'}", f"-I{ROOT / 'third_party' / 'googleapis'}", f"-I{include}"]
+        args = ["protoc", *includes, "--include_source_info", f"-o{out}", *protos]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -127,6 +130,9 @@ class Renderer:
             if field.HasField("oneof_index") and not field.proto3_optional:
                 label = f"oneof {message.oneof_decl[field.oneof_index].name}: "
             description = self.inline(file, *path, FIELD, index)
+            behaviors = [field_behavior_pb2.FieldBehavior.Name(b) for b in field.options.Extensions[BEHAVIOR]]
+            if behaviors:  # google.api.field_behavior: REQUIRED, OUTPUT_ONLY, IMMUTABLE, OPTIONAL
+                description = f"**{', '.join(behaviors)}.** {description}"
             out.append(f"| `{field.name}` | {label}{self.type_name(field)} | {field.number} | {description} |")
         return [*out, ""]
 

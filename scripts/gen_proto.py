@@ -33,6 +33,7 @@ def main() -> int:
         args = [
             "protoc",
             f"-I{PROTO_DIR}",
+            f"-I{ROOT / 'third_party' / 'googleapis'}",
             f"-I{include}",
             f"--python_out={tmp}",
             f"--mypy_out={tmp}",

@@ -26,10 +26,10 @@ def test_a_breaking_change_fails_and_a_storage_change_does_not(tmp_path: Path) -
         shutil.copytree(ROOT / part, tmp_path / part)
     shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")
     internal = tmp_path / "proto/kato/internal/v1/session.proto"
-    internal.write_text(internal.read_text().replace("int64 version = 11;", "int64 version = 99;"))
+    internal.write_text(_changed(internal.read_text(), "int64 version = 11", "int64 version = 99"))
     assert _buf(tmp_path, "breaking", "proto", "--against", "api/kato-v1.binpb").returncode == 0
     service = tmp_path / "proto/kato/v1/kato_service.proto"
-    service.write_text(service.read_text().replace("string etag = 8;", "string etag = 18;"))
+    service.write_text(_changed(service.read_text(), "string etag = 8 ", "string etag = 18 "))
     broken = _buf(tmp_path, "breaking", "proto", "--against", "api/kato-v1.binpb")
     assert broken.returncode != 0 and "etag" in broken.stdout + broken.stderr
 
@@ -44,3 +44,8 @@ def test_the_api_reference_is_generated_from_the_protos_as_they_are() -> None:
     assert (ROOT / "docs" / "api.md").read_text(encoding="utf-8") == rendered
     for rpc in ("CreateSession", "ObserveStream", "ClearKnowledgeBase"):
         assert f"### {rpc}\n" in rendered
+
+
+def _changed(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old  # the edit must happen, or the test proves nothing
+    return text.replace(old, new)

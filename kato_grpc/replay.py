@@ -102,7 +102,7 @@ class Replayer:
         asyncio.run(self.runner.transact(SESSION_ID, method, Empty(), "", transition, Empty, caller=ANYONE))
 
     def update_config(self, config: pb.SessionConfig) -> None:
-        self._commit("UpdateSessionConfig", lambda state: processor.update_config(state, config))
+        self._commit("UpdateSession", lambda state: processor.update_config(state, config))
 
     def run(self, op: Mapping[str, Any]) -> dict[str, Any]:
         kind = op["op"]

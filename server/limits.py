@@ -174,3 +174,33 @@ def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> t
     if "metadata" in mask and len(req.pattern.metadata) > settings.max_metadata_keys:
         raise InvalidArgument.for_field("pattern.metadata", f"has more than {settings.max_metadata_keys} keys")
     return bare, mask
+
+
+SESSION_FIELDS = ("config", "ttl_seconds", "metadata")
+CONFIG_FIELDS = frozenset(f.name for f in pb.SessionConfig.DESCRIPTOR.fields)
+
+
+def check_session_update(req: svc.UpdateSessionRequest, settings: Settings) -> list[str]:
+    """The paths UpdateSession changes (AIP-134): the mask's (``*`` for all), or without one
+    the fields the request sets; their values checked here, the config by the engine."""
+    check_request_id(req.request_id)
+    s = req.session
+    paths = list(req.update_mask.paths)
+    if not paths:
+        paths = [f"config.{f.name}" for f, _ in s.config.ListFields()]
+        paths += [name for name, given in (("ttl_seconds", s.ttl_seconds != 0), ("metadata", s.metadata)) if given]
+        if not paths:
+            raise InvalidArgument.for_field("update_mask", "is empty and the session sets nothing to update")
+    elif paths == ["*"]:
+        paths = list(SESSION_FIELDS)
+    for path in paths:
+        known = path in SESSION_FIELDS or (path.startswith("config.") and path[len("config.") :] in CONFIG_FIELDS)
+        if not known:
+            raise InvalidArgument.for_field(
+                "update_mask", f"cannot update {path!r} (use config, config.<parameter>, ttl_seconds, metadata or *)"
+            )
+    if "ttl_seconds" in paths:
+        check_ttl(s.ttl_seconds, settings, "session.ttl_seconds")
+    if "metadata" in paths and len(s.metadata) > settings.max_metadata_keys:
+        raise InvalidArgument.for_field("session.metadata", f"has more than {settings.max_metadata_keys} keys")
+    return paths

@@ -111,31 +111,32 @@ class Sessions:
         if not await self.sessions.delete(session_id):
             raise session_not_found(session_id)
 
-    async def extend_session(self, req: svc.ExtendSessionRequest, caller: Caller) -> svc.Session:
-        limits.check_ttl(req.ttl_seconds, self.settings)
+    async def update_session(self, req: svc.UpdateSessionRequest, caller: Caller) -> svc.Session:
+        paths = limits.check_session_update(req, self.settings)
+        given = req.session
 
-        async def extend(
-            state: storage.SessionState, _kb: int | None
-        ) -> tuple[storage.SessionState, Respond[svc.Session]]:
-            _check_etag(req.etag, state)
-            new = processor.copy_state(state)
-            new.ttl_seconds = req.ttl_seconds
-            return new, self.session_proto  # built from the saved state: its etag is the new version
-
-        return await self.runner.transact(req.session_id, "ExtendSession", req, "", extend, svc.Session, caller=caller)
-
-    async def update_config(self, req: svc.UpdateSessionConfigRequest, caller: Caller) -> svc.Session:
         async def update(
             state: storage.SessionState, _kb: int | None
         ) -> tuple[storage.SessionState, Respond[svc.Session]]:
-            _check_etag(req.etag, state)
-            merged = pb.SessionConfig()
-            merged.CopyFrom(state.config)
-            merged.MergeFrom(req.config)
-            return processor.update_config(state, merged), self.session_proto
+            _check_etag(given.etag, state)
+            config = pb.SessionConfig()
+            config.CopyFrom(given.config if "config" in paths else state.config)
+            for path in paths:
+                if path.startswith("config."):  # one parameter: the request's value, or its default
+                    name = path[len("config.") :]
+                    config.ClearField(name)  # type: ignore[arg-type]
+                    if given.config.HasField(name):  # type: ignore[arg-type]
+                        setattr(config, name, getattr(given.config, name))
+            new = processor.update_config(state, config)  # validated; nothing applied if invalid
+            if "ttl_seconds" in paths:
+                new.ttl_seconds = given.ttl_seconds
+            if "metadata" in paths:
+                new.ClearField("metadata")
+                new.metadata.update(given.metadata)
+            return new, self.session_proto  # built from the saved state: its etag is the new version
 
         return await self.runner.transact(
-            req.session_id, "UpdateSessionConfig", req, req.request_id, update, svc.Session, caller=caller
+            given.session_id, "UpdateSession", req, req.request_id, update, svc.Session, caller=caller
         )
 
 

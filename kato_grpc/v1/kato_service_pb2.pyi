@@ -103,14 +103,18 @@ class Session(_message.Message):
     STM_LENGTH_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """"s-" + 32 hex digits, made by the server. Example: "s-0123456789abcdef0123456789abcdef"."""
+    """"s-" + 32 hex digits, made by the server; names the session in every other call.
+    Example: "s-0123456789abcdef0123456789abcdef".
+    """
     node_id: _builtins.str
     """The knowledge base the session learns into and predicts from (D-28)."""
     ttl_seconds: _builtins.int
-    """The sliding TTL: every call on the session moves expire_time to now + ttl_seconds."""
+    """The sliding TTL in seconds, 60..86400: every call on the session moves expire_time to
+    now + ttl_seconds.
+    """
     etag: _builtins.str
-    """Changes with every change of the session; give it back to change only this version
-    (AIP-154).
+    """Changes with every change of the session; give it back (UpdateSession, DeleteSession) to
+    change only this version (AIP-154).
     """
     stm_length: _builtins.int
     """Events in the short-term memory (at most KATO_MAX_STM_EVENTS)."""
@@ -269,74 +273,43 @@ class DeleteSessionRequest(_message.Message):
 Global___DeleteSessionRequest: _TypeAlias = DeleteSessionRequest  # noqa: Y015
 
 @_typing.final
-class ExtendSessionRequest(_message.Message):
-    """The request of ExtendSession."""
+class UpdateSessionRequest(_message.Message):
+    """The request of UpdateSession."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    TTL_SECONDS_FIELD_NUMBER: _builtins.int
-    ETAG_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
-    ttl_seconds: _builtins.int
-    """The new sliding TTL in seconds, 60..86400."""
-    etag: _builtins.str
-    """Optional (AIP-154): change only if the session is still at this etag; otherwise ABORTED
-    with reason ETAG_MISMATCH.
-    """
-    def __init__(
-        self,
-        *,
-        session_id: _builtins.str = ...,
-        ttl_seconds: _builtins.int = ...,
-        etag: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ExtendSessionRequest: _TypeAlias = ExtendSessionRequest  # noqa: Y015
-
-@_typing.final
-class UpdateSessionConfigRequest(_message.Message):
-    """The request of UpdateSessionConfig."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    CONFIG_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    ETAG_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
     request_id: _builtins.str
     """Makes the call safe to retry (AIP-155)."""
-    etag: _builtins.str
-    """Optional (AIP-154): change only if the session is still at this etag; otherwise ABORTED
-    with reason ETAG_MISMATCH.
-    """
     @_builtins.property
-    def config(self) -> _engine_pb2.SessionConfig:
-        """The fields set here replace the session's; unset fields keep their current value."""
+    def session(self) -> Global___Session:
+        """The session (`session_id`) and its new values; `etag`, when set, makes the change
+        conditional (AIP-154). Output-only fields are ignored.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change: `config` (the whole config; its unset fields return to their
+        defaults), `config.<parameter>` (one parameter), `ttl_seconds`, `metadata`; `*` for all
+        three. Absent or empty: the fields `session` sets.
+        """
 
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
-        config: _engine_pb2.SessionConfig | None = ...,
+        session: Global___Session | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
         request_id: _builtins.str = ...,
-        etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "etag", b"etag", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session", b"session", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___UpdateSessionConfigRequest: _TypeAlias = UpdateSessionConfigRequest  # noqa: Y015
+Global___UpdateSessionRequest: _TypeAlias = UpdateSessionRequest  # noqa: Y015
 
 @_typing.final
 class ObserveRequest(_message.Message):

@@ -52,14 +52,9 @@ class KatoServiceStub:
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
-        self.ExtendSession = channel.unary_unary(
-                '/kato.v1.KatoService/ExtendSession',
-                request_serializer=kato_dot_v1_dot_kato__service__pb2.ExtendSessionRequest.SerializeToString,
-                response_deserializer=kato_dot_v1_dot_kato__service__pb2.Session.FromString,
-                _registered_method=True)
-        self.UpdateSessionConfig = channel.unary_unary(
-                '/kato.v1.KatoService/UpdateSessionConfig',
-                request_serializer=kato_dot_v1_dot_kato__service__pb2.UpdateSessionConfigRequest.SerializeToString,
+        self.UpdateSession = channel.unary_unary(
+                '/kato.v1.KatoService/UpdateSession',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.UpdateSessionRequest.SerializeToString,
                 response_deserializer=kato_dot_v1_dot_kato__service__pb2.Session.FromString,
                 _registered_method=True)
         self.Observe = channel.unary_unary(
@@ -165,20 +160,16 @@ class KatoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ExtendSession(self, request, context):
-        """Sets a session's sliding TTL.
-        Errors: INVALID_ARGUMENT ttl_seconds, ABORTED ETAG_MISMATCH.
-        Example: {"session_id": "s-…", "ttl_seconds": 7200}.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UpdateSessionConfig(self, request, context):
-        """Changes the fields of a session's config that the request sets; the others stay.
-        Errors: INVALID_ARGUMENT config.* (nothing applied), ABORTED ETAG_MISMATCH, ALREADY_EXISTS
-        REQUEST_ID_REUSED.
-        Example: {"session_id": "s-…", "config": {"recall_threshold": 0.3}}.
+    def UpdateSession(self, request, context):
+        """Changes a session's config, TTL or labels (AIP-134): the paths of `update_mask`, or
+        without a mask the fields `session` sets (each set config field, a non-zero ttl_seconds,
+        non-empty metadata); everything else stays. With `session.etag`, only if the session is
+        still at that etag (AIP-154).
+        Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
+        session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
+        ALREADY_EXISTS REQUEST_ID_REUSED.
+        Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+        {"recall_threshold": 0.3}}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -325,14 +316,9 @@ def add_KatoServiceServicer_to_server(servicer, server):
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.DeleteSessionRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
-            'ExtendSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.ExtendSession,
-                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ExtendSessionRequest.FromString,
-                    response_serializer=kato_dot_v1_dot_kato__service__pb2.Session.SerializeToString,
-            ),
-            'UpdateSessionConfig': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateSessionConfig,
-                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.UpdateSessionConfigRequest.FromString,
+            'UpdateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSession,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.UpdateSessionRequest.FromString,
                     response_serializer=kato_dot_v1_dot_kato__service__pb2.Session.SerializeToString,
             ),
             'Observe': grpc.unary_unary_rpc_method_handler(
@@ -499,7 +485,7 @@ class KatoService:
             _registered_method=True)
 
     @staticmethod
-    def ExtendSession(request,
+    def UpdateSession(request,
             target,
             options=(),
             channel_credentials=None,
@@ -512,35 +498,8 @@ class KatoService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/kato.v1.KatoService/ExtendSession',
-            kato_dot_v1_dot_kato__service__pb2.ExtendSessionRequest.SerializeToString,
-            kato_dot_v1_dot_kato__service__pb2.Session.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UpdateSessionConfig(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/kato.v1.KatoService/UpdateSessionConfig',
-            kato_dot_v1_dot_kato__service__pb2.UpdateSessionConfigRequest.SerializeToString,
+            '/kato.v1.KatoService/UpdateSession',
+            kato_dot_v1_dot_kato__service__pb2.UpdateSessionRequest.SerializeToString,
             kato_dot_v1_dot_kato__service__pb2.Session.FromString,
             options,
             channel_credentials,

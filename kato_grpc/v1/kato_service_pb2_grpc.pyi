@@ -70,16 +70,16 @@ class KatoServiceStub:
     """Deletes a session; learns it committed still reach its knowledge base.
     Errors: ABORTED ETAG_MISMATCH (a stale etag).
     """
-    ExtendSession: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ExtendSessionRequest, _kato_service_pb2.Session]
-    """Sets a session's sliding TTL.
-    Errors: INVALID_ARGUMENT ttl_seconds, ABORTED ETAG_MISMATCH.
-    Example: {"session_id": "s-…", "ttl_seconds": 7200}.
-    """
-    UpdateSessionConfig: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.UpdateSessionConfigRequest, _kato_service_pb2.Session]
-    """Changes the fields of a session's config that the request sets; the others stay.
-    Errors: INVALID_ARGUMENT config.* (nothing applied), ABORTED ETAG_MISMATCH, ALREADY_EXISTS
-    REQUEST_ID_REUSED.
-    Example: {"session_id": "s-…", "config": {"recall_threshold": 0.3}}.
+    UpdateSession: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.UpdateSessionRequest, _kato_service_pb2.Session]
+    """Changes a session's config, TTL or labels (AIP-134): the paths of `update_mask`, or
+    without a mask the fields `session` sets (each set config field, a non-zero ttl_seconds,
+    non-empty metadata); everything else stays. With `session.etag`, only if the session is
+    still at that etag (AIP-154).
+    Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
+    session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
+    ALREADY_EXISTS REQUEST_ID_REUSED.
+    Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+    {"recall_threshold": 0.3}}}.
     """
     Observe: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveRequest, _kato_service_pb2.ObserveResponse]
     """Observes one event: the STM grows, predictions are computed (process_predictions) and an
@@ -165,16 +165,16 @@ class KatoServiceAsyncStub(KatoServiceStub):
     """Deletes a session; learns it committed still reach its knowledge base.
     Errors: ABORTED ETAG_MISMATCH (a stale etag).
     """
-    ExtendSession: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ExtendSessionRequest, _kato_service_pb2.Session]  # type: ignore[assignment]
-    """Sets a session's sliding TTL.
-    Errors: INVALID_ARGUMENT ttl_seconds, ABORTED ETAG_MISMATCH.
-    Example: {"session_id": "s-…", "ttl_seconds": 7200}.
-    """
-    UpdateSessionConfig: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.UpdateSessionConfigRequest, _kato_service_pb2.Session]  # type: ignore[assignment]
-    """Changes the fields of a session's config that the request sets; the others stay.
-    Errors: INVALID_ARGUMENT config.* (nothing applied), ABORTED ETAG_MISMATCH, ALREADY_EXISTS
-    REQUEST_ID_REUSED.
-    Example: {"session_id": "s-…", "config": {"recall_threshold": 0.3}}.
+    UpdateSession: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.UpdateSessionRequest, _kato_service_pb2.Session]  # type: ignore[assignment]
+    """Changes a session's config, TTL or labels (AIP-134): the paths of `update_mask`, or
+    without a mask the fields `session` sets (each set config field, a non-zero ttl_seconds,
+    non-empty metadata); everything else stays. With `session.etag`, only if the session is
+    still at that etag (AIP-154).
+    Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
+    session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
+    ALREADY_EXISTS REQUEST_ID_REUSED.
+    Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+    {"recall_threshold": 0.3}}}.
     """
     Observe: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveRequest, _kato_service_pb2.ObserveResponse]  # type: ignore[assignment]
     """Observes one event: the STM grows, predictions are computed (process_predictions) and an
@@ -277,26 +277,20 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def ExtendSession(
+    def UpdateSession(
         self,
-        request: _kato_service_pb2.ExtendSessionRequest,
+        request: _kato_service_pb2.UpdateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kato_service_pb2.Session, _abc.Awaitable[_kato_service_pb2.Session]]:
-        """Sets a session's sliding TTL.
-        Errors: INVALID_ARGUMENT ttl_seconds, ABORTED ETAG_MISMATCH.
-        Example: {"session_id": "s-…", "ttl_seconds": 7200}.
-        """
-
-    @_abc_1.abstractmethod
-    def UpdateSessionConfig(
-        self,
-        request: _kato_service_pb2.UpdateSessionConfigRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_kato_service_pb2.Session, _abc.Awaitable[_kato_service_pb2.Session]]:
-        """Changes the fields of a session's config that the request sets; the others stay.
-        Errors: INVALID_ARGUMENT config.* (nothing applied), ABORTED ETAG_MISMATCH, ALREADY_EXISTS
-        REQUEST_ID_REUSED.
-        Example: {"session_id": "s-…", "config": {"recall_threshold": 0.3}}.
+        """Changes a session's config, TTL or labels (AIP-134): the paths of `update_mask`, or
+        without a mask the fields `session` sets (each set config field, a non-zero ttl_seconds,
+        non-empty metadata); everything else stays. With `session.etag`, only if the session is
+        still at that etag (AIP-154).
+        Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
+        session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
+        ALREADY_EXISTS REQUEST_ID_REUSED.
+        Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+        {"recall_threshold": 0.3}}}.
         """
 
     @_abc_1.abstractmethod

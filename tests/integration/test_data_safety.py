@@ -144,8 +144,10 @@ def test_a_used_request_id_is_refused_by_every_other_call(quiet: ServerProcess) 
         lambda: stub.ObserveSequence(
             svc.ObserveSequenceRequest(session_id=sid, observations=[pb.Observation(strings=["c"])], request_id="r1")
         ),
-        lambda: stub.UpdateSessionConfig(
-            svc.UpdateSessionConfigRequest(session_id=sid, config=pb.SessionConfig(max_predictions=3), request_id="r1")
+        lambda: stub.UpdateSession(
+            svc.UpdateSessionRequest(
+                session=svc.Session(session_id=sid, config=pb.SessionConfig(max_predictions=3)), request_id="r1"
+            )
         ),
         lambda: stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid, request_id="r1")),
         lambda: stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, request_id="r1")),

@@ -44,11 +44,8 @@ def _heavy_session(stub: svc_grpc.KatoServiceStub, pattern_events: int) -> str:
         )
     sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, config=quiet)).session_id
     stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sid, observations=_events(rnd, 1000)), timeout=120)
-    stub.UpdateSessionConfig(
-        svc.UpdateSessionConfigRequest(
-            session_id=sid, config=pb.SessionConfig(recall_threshold=0.0, process_predictions=True)
-        )
-    )
+    config = pb.SessionConfig(recall_threshold=0.0, process_predictions=True)
+    stub.UpdateSession(svc.UpdateSessionRequest(session=svc.Session(session_id=sid, config=config)))
     return sid
 
 

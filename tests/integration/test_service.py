@@ -109,27 +109,36 @@ def test_repeated_request_id_returns_first_response_and_changes_nothing(
     assert created.session_id == recreated.session_id
 
 
-def test_update_config_merges_and_validates(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
+def _update(stub: svc_grpc.KatoServiceStub, session: svc.Session, *paths: str) -> svc.Session:
+    mask = field_mask_pb2.FieldMask(paths=paths) if paths else None
+    return stub.UpdateSession(svc.UpdateSessionRequest(session=session, update_mask=mask))
+
+
+def test_update_session_changes_what_it_names_and_validates(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
     sid = create(stub, node_id, max_predictions=5)
-    s = stub.UpdateSessionConfig(
-        svc.UpdateSessionConfigRequest(session_id=sid, config=pb.SessionConfig(recall_threshold=0.5))
-    )
-    assert (s.config.max_predictions, s.config.recall_threshold) == (5, 0.5)
-    with pytest.raises(grpc.RpcError) as info:
-        stub.UpdateSessionConfig(
-            svc.UpdateSessionConfigRequest(
-                session_id=sid, config=pb.SessionConfig(rank_sort_algo=pb.RANK_SORT_ALGO_WEIGHTED_SNR)
-            )
-        )
-    assert details(info.value)[2] == ["config.rank_sort_algo"]
-    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).config.recall_threshold == 0.5
-
-
-def test_extend_session_sets_the_sliding_ttl(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
-    sid = create(stub, node_id)
-    s = stub.ExtendSession(svc.ExtendSessionRequest(session_id=sid, ttl_seconds=120))
-    assert s.ttl_seconds == 120
+    # No mask (AIP-134): the fields the request sets; the other config parameters stay.
+    s = _update(stub, svc.Session(session_id=sid, config=pb.SessionConfig(recall_threshold=0.5)))
+    assert (s.config.max_predictions, s.config.recall_threshold, s.ttl_seconds) == (5, 0.5, 3600)
+    s = _update(stub, svc.Session(session_id=sid, ttl_seconds=120, metadata={"team": "a"}))
+    assert (s.ttl_seconds, dict(s.metadata), s.config.max_predictions) == (120, {"team": "a"}, 5)
     assert 100 <= s.expire_time.seconds - s.create_time.seconds <= 140
+    # One parameter by path: named but unset goes back to its default; "config" replaces it all.
+    assert _update(stub, svc.Session(session_id=sid), "config.max_predictions").config.max_predictions == 100
+    s = _update(stub, svc.Session(session_id=sid, config=pb.SessionConfig(persistence=7)), "config")
+    assert (s.config.persistence, s.config.recall_threshold, dict(s.metadata)) == (7, 0.1, {"team": "a"})
+    bad: list[tuple[svc.Session, tuple[str, ...], str]] = [
+        (svc.Session(session_id=sid, config=pb.SessionConfig(rank_sort_algo=pb.RANK_SORT_ALGO_WEIGHTED_SNR)), (),
+         "config.rank_sort_algo"),
+        (svc.Session(session_id=sid, ttl_seconds=5), (), "session.ttl_seconds"),
+        (svc.Session(session_id=sid), (), "update_mask"),  # nothing set, no mask
+        (svc.Session(session_id=sid, node_id="other"), ("node_id",), "update_mask"),  # immutable
+    ]  # fmt: skip
+    for session, paths, field in bad:
+        with pytest.raises(grpc.RpcError) as info:
+            _update(stub, session, *paths)
+        assert details(info.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+    after = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    assert (after.config.persistence, after.ttl_seconds, after.node_id) == (7, 120, node_id)
 
 
 def test_observe_sequence_and_stream(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
@@ -258,13 +267,11 @@ def test_a_stale_etag_is_aborted_and_changes_nothing(stub: svc_grpc.KatoServiceS
     session = stub.CreateSession(svc.CreateSessionRequest(node_id=node_id))
     sid, first = session.session_id, session.etag
     config = pb.SessionConfig(max_predictions=3)
-    second = stub.UpdateSessionConfig(svc.UpdateSessionConfigRequest(session_id=sid, config=config, etag=first))
+    second = _update(stub, svc.Session(session_id=sid, config=config, etag=first))
     assert second.etag != first and second.config.max_predictions == 3
     stale_calls: list[Callable[[], object]] = [
-        lambda: stub.UpdateSessionConfig(
-            svc.UpdateSessionConfigRequest(session_id=sid, config=pb.SessionConfig(max_predictions=9), etag=first)
-        ),
-        lambda: stub.ExtendSession(svc.ExtendSessionRequest(session_id=sid, ttl_seconds=120, etag=first)),
+        lambda: _update(stub, svc.Session(session_id=sid, config=pb.SessionConfig(max_predictions=9), etag=first)),
+        lambda: _update(stub, svc.Session(session_id=sid, ttl_seconds=120, etag=first)),
         lambda: stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid, etag=first)),
     ]
     for call in stale_calls:
@@ -273,7 +280,7 @@ def test_a_stale_etag_is_aborted_and_changes_nothing(stub: svc_grpc.KatoServiceS
         assert details(info.value)[:2] == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
     now = stub.GetSession(svc.GetSessionRequest(session_id=sid))
     assert (now.etag, now.config.max_predictions, now.ttl_seconds) == (second.etag, 3, session.ttl_seconds)
-    extended = stub.ExtendSession(svc.ExtendSessionRequest(session_id=sid, ttl_seconds=120, etag=now.etag))
+    extended = _update(stub, svc.Session(session_id=sid, ttl_seconds=120, etag=now.etag))
     stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid, etag=extended.etag))
     with pytest.raises(grpc.RpcError) as gone:
         stub.GetSession(svc.GetSessionRequest(session_id=sid))

@@ -185,6 +185,7 @@ def check_session_update(req: svc.UpdateSessionRequest, settings: Settings) -> l
     the fields the request sets; their values checked here, the config by the engine."""
     check_request_id(req.request_id)
     s = req.session
+    require_session_id(s.session_id, "session.session_id")
     paths = list(req.update_mask.paths)
     if not paths:
         paths = [f"config.{f.name}" for f, _ in s.config.ListFields()]

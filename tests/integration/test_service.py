@@ -132,6 +132,7 @@ def test_update_session_changes_what_it_names_and_validates(stub: svc_grpc.KatoS
         (svc.Session(session_id=sid, ttl_seconds=5), (), "session.ttl_seconds"),
         (svc.Session(session_id=sid), (), "update_mask"),  # nothing set, no mask
         (svc.Session(session_id=sid, node_id="other"), ("node_id",), "update_mask"),  # immutable
+        (svc.Session(session_id="s-123", ttl_seconds=120), (), "session.session_id"),
     ]  # fmt: skip
     for session, paths, field in bad:
         with pytest.raises(grpc.RpcError) as info:

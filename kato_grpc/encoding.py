@@ -19,7 +19,7 @@ pattern's encoded events serve its past, present, future, sequence and future-po
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor
@@ -64,28 +64,35 @@ _SYMBOL_TAG = field_tag(pb.Event.DESCRIPTOR, "symbols")
 # What one memo entry costs beyond its bytes (dict slot, bytes header, a share of the key).
 ENTRY_OVERHEAD = 160
 DEFAULT_MEMO_BYTES = 8 * 1024 * 1024
+K = TypeVar("K")
 
 
-class _Symbols(dict[str, bytes]):
-    """Symbol -> its ``symbols`` field (key, length, UTF-8)."""
+class _Bounded(dict[K, bytes]):
+    """A dict of encodings that starts over past ``max_bytes`` (0: unbounded)."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__()
         self.max_bytes, self.size = max_bytes, 0
 
-    def __missing__(self, symbol: str) -> bytes:
-        data = symbol.encode()
-        field = _SYMBOL_TAG + _length(len(data)) + data
+    def _keep(self, key: K, value: bytes) -> bytes:
         if self.max_bytes:
-            self.size += len(field) + ENTRY_OVERHEAD
+            self.size += len(value) + ENTRY_OVERHEAD
             if self.size > self.max_bytes:
                 self.clear()
-                self.size = len(field) + ENTRY_OVERHEAD
-        self[symbol] = field
-        return field
+                self.size = len(value) + ENTRY_OVERHEAD
+        self[key] = value
+        return value
 
 
-class EventMemo(dict[tuple[str, ...], bytes]):
+class _Symbols(_Bounded[str]):
+    """Symbol -> its ``symbols`` field (key, length, UTF-8)."""
+
+    def __missing__(self, symbol: str) -> bytes:
+        data = symbol.encode()
+        return self._keep(symbol, _SYMBOL_TAG + _length(len(data)) + data)
+
+
+class EventMemo(_Bounded[tuple[str, ...]]):
     """Event -> its encoding as a field value (length, then body), each distinct event encoded
     once: a KB's patterns share most of their events.
 
@@ -97,20 +104,12 @@ class EventMemo(dict[tuple[str, ...], bytes]):
     """
 
     def __init__(self, max_bytes: int = 0) -> None:  # 0: unbounded (one call's memo)
-        super().__init__()
-        self.max_bytes, self.size = max_bytes, 0
+        super().__init__(max_bytes)
         self._symbols = _Symbols(max_bytes // 4)
 
     def __missing__(self, event: tuple[str, ...]) -> bytes:
         body = b"".join(map(self._symbols.__getitem__, event))
-        value = _length(len(body)) + body
-        if self.max_bytes:
-            self.size += len(value) + ENTRY_OVERHEAD
-            if self.size > self.max_bytes:
-                self.clear()
-                self.size = len(value) + ENTRY_OVERHEAD
-        self[event] = value
-        return value
+        return self._keep(event, _length(len(body)) + body)
 
 
 def encode_events(events: Iterable[Sequence[str]], memo: EventMemo | None = None) -> list[bytes]:

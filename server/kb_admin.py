@@ -40,10 +40,16 @@ class KbAdmin:
         self.patterns = patterns
         self.runner = runner
 
-    async def get_pattern(self, req: svc.GetPatternRequest, caller: Caller) -> pb.Pattern:
+    @staticmethod
+    def _pattern(req: svc.GetPatternRequest | svc.DeletePatternRequest, caller: Caller) -> str:
+        """The bare name of the pattern a request names, once the caller may see its node."""
         limits.require_node_id(req.node_id)
         bare = limits.pattern_name(req.name)
         caller.authorize(req.node_id)
+        return bare
+
+    async def get_pattern(self, req: svc.GetPatternRequest, caller: Caller) -> pb.Pattern:
+        bare = self._pattern(req, caller)
         record = await self.patterns.get_pattern(req.node_id, bare)
         if record is None:
             raise pattern_not_found(req.name, req.node_id)
@@ -88,9 +94,7 @@ class KbAdmin:
         return encoding.pattern_proto(record)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest, caller: Caller) -> None:
-        limits.require_node_id(req.node_id)
-        bare = limits.pattern_name(req.name)
-        caller.authorize(req.node_id)
+        bare = self._pattern(req, caller)
         version = await self.patterns.delete_pattern(req.node_id, bare)
         if version is None:
             raise pattern_not_found(req.name, req.node_id)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import rapidfuzz
 
+from kato_grpc import names
 from kato_grpc.encoding import DEFAULT_MEMO_BYTES, EventMemo, add_predictions
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.naming import pattern_name
@@ -33,6 +34,8 @@ from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 
+# Predictions name their patterns in full, as the service sends them.
+PREFIX = names.pattern_prefix("bench")
 ALPHABET = [f"s{i:04d}" for i in range(1000)]
 SEED = 20261125
 
@@ -74,7 +77,7 @@ def answer(
     """A GetPredictions answer without IO: the engine's values, then their messages (with a
     memo of encoded events shared by the calls, as the service keeps one per process)."""
     out = svc.GetPredictionsResponse()
-    add_predictions(predict(stm, kb, config), out.predictions, out.future_potentials, memo)
+    add_predictions(predict(stm, kb, config), PREFIX, out.predictions, out.future_potentials, memo)
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -58,25 +58,29 @@ def obs(*symbols: str) -> pb.Observation:
 
 
 async def latency_suite(stub: svc_grpc.KatoServiceAsyncStub, health: Any, n: int) -> dict[str, Any]:
-    sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id="bench-latency"))).session_id
+    sid = (
+        await stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("bench-latency")))
+        )
+    ).name
     rng = random.Random(SEED)
     for _ in range(50):  # a small KB so observe-time predictions do real work
         seq = [obs(*rng.sample(ALPHABET[:200], 1)) for _ in range(5)]
-        await stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sid, observations=seq, learn_at_end=True))
+        await stub.ObserveSequence(svc.ObserveSequenceRequest(name=sid, observations=seq, learn_at_end=True))
     hc = await timed(n, lambda i: health.Check(health_pb2.HealthCheckRequest()))
     ob = []
     for i in range(n):
         if i % 4 == 0:  # keep the STM short (4 events), as auto-learning sessions do; not timed
-            await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+            await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
         t0 = time.perf_counter()
-        await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs(ALPHABET[i % 200])))
+        await stub.Observe(svc.ObserveRequest(name=sid, observation=obs(ALPHABET[i % 200])))
         ob.append((time.perf_counter() - t0) * 1000)
     learn_samples = []
     for i in range(max(50, n // 10)):
-        await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs(f"l{i}")))
-        await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs(f"m{i}")))
+        await stub.Observe(svc.ObserveRequest(name=sid, observation=obs(f"l{i}")))
+        await stub.Observe(svc.ObserveRequest(name=sid, observation=obs(f"m{i}")))
         t0 = time.perf_counter()
-        await stub.Learn(svc.LearnRequest(session_id=sid))
+        await stub.Learn(svc.LearnRequest(name=sid))
         learn_samples.append((time.perf_counter() - t0) * 1000)
     return {"health": percentiles(hc), "observe": percentiles(ob), "learn": percentiles(learn_samples)}
 
@@ -90,14 +94,18 @@ async def train(stub: svc_grpc.KatoServiceAsyncStub, node: str, count: int, rng:
     sessions = {}
     for length in range(5, 11):
         config = pb.SessionConfig(max_pattern_length=length, process_predictions=False)
-        sessions[length] = (await stub.CreateSession(svc.CreateSessionRequest(node_id=node, config=config))).session_id
+        sessions[length] = (
+            await stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node), config=config))
+            )
+        ).name
     learned = 0
     t0 = time.perf_counter()
     while learned < count:
         length = rng.randint(5, 10)
         batch = min(100, count - learned)
         seq = training_sequences(rng, batch, length)
-        reply = await stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sessions[length], observations=seq))
+        reply = await stub.ObserveSequence(svc.ObserveSequenceRequest(name=sessions[length], observations=seq))
         learned += len(reply.auto_learned_patterns)
     return learned / (time.perf_counter() - t0)
 
@@ -107,7 +115,11 @@ async def prediction_suite(
 ) -> tuple[list[dict[str, float]], float]:
     rng = random.Random(SEED)
     node = "bench-predict"
-    query_sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id=node))).session_id
+    query_sid = (
+        await stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+        )
+    ).name
     rows = []
     have = 0
     rates = []
@@ -116,16 +128,16 @@ async def prediction_suite(
         have = size
         samples = []
         for _ in range(queries):
-            await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=query_sid))
+            await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=query_sid))
             for _ in range(3):
                 await stub.Observe(
                     svc.ObserveRequest(
-                        session_id=query_sid,
+                        name=query_sid,
                         observation=pb.Observation(strings=rng.sample(ALPHABET, 1)),
                     )
                 )
             t0 = time.perf_counter()
-            await stub.GetPredictions(svc.GetPredictionsRequest(session_id=query_sid))
+            await stub.GetPredictions(svc.GetPredictionsRequest(name=query_sid))
             samples.append((time.perf_counter() - t0) * 1000)
         p50, p99 = percentiles(samples)
         rows.append({"patterns": size, "p50": p50, "p99": p99, "rss_mb": server.rss_mb()})
@@ -138,7 +150,11 @@ async def throughput(address: str, sessions: int, seconds: float, *, streams: bo
     channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
     stubs = [svc_grpc.KatoServiceStub(c) for c in channels]
     sids = [
-        (await stubs[i % 8].CreateSession(svc.CreateSessionRequest(node_id=f"bench-tp-{i % 4}"))).session_id
+        (
+            await stubs[i % 8].CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(f"bench-tp-{i % 4}")))
+            )
+        ).name
         for i in range(sessions)
     ]
     done = 0
@@ -149,7 +165,7 @@ async def throughput(address: str, sessions: int, seconds: float, *, streams: bo
         stub = stubs[i % 8]
         k = 0
         while time.perf_counter() < stop:
-            await stub.Observe(svc.ObserveRequest(session_id=sids[i], observation=obs(f"t{k % 50}")))
+            await stub.Observe(svc.ObserveRequest(name=sids[i], observation=obs(f"t{k % 50}")))
             k += 1
             done += 1
 
@@ -161,7 +177,7 @@ async def throughput(address: str, sessions: int, seconds: float, *, streams: bo
             k = 0
             while time.perf_counter() < stop:
                 await window.acquire()
-                yield svc.ObserveStreamRequest(session_id=sids[i], observation=obs(f"t{k % 50}"))
+                yield svc.ObserveStreamRequest(name=sids[i], observation=obs(f"t{k % 50}"))
                 k += 1
 
         async for _ in stubs[i % 8].ObserveStream(requests()):
@@ -177,15 +193,19 @@ async def throughput(address: str, sessions: int, seconds: float, *, streams: bo
 
 
 async def stream_vs_unary(stub: svc_grpc.KatoServiceAsyncStub, n: int) -> tuple[float, float]:
-    sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id="bench-stream"))).session_id
+    sid = (
+        await stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("bench-stream")))
+        )
+    ).name
     t0 = time.perf_counter()
     for i in range(n):
-        await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs(f"u{i % 50}")))
+        await stub.Observe(svc.ObserveRequest(name=sid, observation=obs(f"u{i % 50}")))
     unary = n / (time.perf_counter() - t0)
 
     async def requests() -> AsyncIterator[svc.ObserveStreamRequest]:
         for i in range(n):
-            yield svc.ObserveStreamRequest(session_id=sid, observation=obs(f"u{i % 50}"))
+            yield svc.ObserveStreamRequest(name=sid, observation=obs(f"u{i % 50}"))
 
     t0 = time.perf_counter()
     count = 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -44,28 +44,34 @@ async def client(stub: svc_grpc.KatoServiceAsyncStub, k: int, stop: float, codes
     rng = random.Random(k)
     node = f"soak-{k % 4}"
     pool = _pool(node)
-    sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id=node))).session_id
+    sid = (
+        await stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+        )
+    ).name
     while time.monotonic() < stop:
         action = rng.random()
         try:
             if action < 0.6:
                 obs = pb.Observation(strings=rng.sample(ALPHABET, rng.randint(1, 2)))
-                await stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs, return_predictions=True))
+                await stub.Observe(svc.ObserveRequest(name=sid, observation=obs, return_predictions=True))
             elif action < 0.75:
                 # Learned alone (not after whatever the session observed before), so the
                 # pattern is one of the pool's.
-                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
                 seq = [pb.Observation(strings=[symbol]) for symbol in rng.choice(pool)]
-                await stub.ObserveSequence(
-                    svc.ObserveSequenceRequest(session_id=sid, observations=seq, learn_at_end=True)
-                )
+                await stub.ObserveSequence(svc.ObserveSequenceRequest(name=sid, observations=seq, learn_at_end=True))
             elif action < 0.9:
-                await stub.GetPredictions(svc.GetPredictionsRequest(session_id=sid))
+                await stub.GetPredictions(svc.GetPredictionsRequest(name=sid))
             elif action < 0.97:
-                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
             else:
-                await stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid))
-                sid = (await stub.CreateSession(svc.CreateSessionRequest(node_id=node))).session_id
+                await stub.DeleteSession(svc.DeleteSessionRequest(name=sid))
+                sid = (
+                    await stub.CreateSession(
+                        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+                    )
+                ).name
             codes["OK"] += 1
         except grpc.aio.AioRpcError as exc:
             codes[exc.code().name] += 1
@@ -90,7 +96,9 @@ async def run(minutes: float) -> dict[str, object]:
             samples.append((time.monotonic() - started, server.rss_mb()))
             patterns = 0
             for node in range(4):
-                listed = await stubs[0].ListPatterns(svc.ListPatternsRequest(node_id=f"soak-{node}", page_size=1000))
+                listed = await stubs[0].ListPatterns(
+                    svc.ListPatternsRequest(parent=names.knowledge_base(f"soak-{node}"), page_size=1000)
+                )
                 patterns += len(listed.patterns)
             for c in channels:
                 await c.close()

@@ -25,9 +25,9 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from kato_grpc import names
 from kato_grpc.engine.ensemble import FutureGroup, Scored
 from kato_grpc.engine.knowledge import PatternRecord
-from kato_grpc.engine.naming import PATTERN_PREFIX
 from kato_grpc.engine.predict import PredictionSet
 from kato_grpc.engine.records import average_emotives, metadata_value
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -130,17 +130,20 @@ _FUTURE_POTENTIAL_FUTURE = field_tag(pb.FuturePotential.DESCRIPTOR, "future")
 
 def add_predictions(
     result: PredictionSet,
+    prefix: str,
     predictions: RepeatedCompositeFieldContainer[pb.Prediction],
     futures: RepeatedCompositeFieldContainer[pb.FuturePotential] | None = None,
     memo: EventMemo | None = None,
 ) -> None:
-    """Append the ranked predictions (and, given a field for them, the future potentials)."""
+    """Append the ranked predictions (and, given a field for them, the future potentials).
+    ``prefix`` is the knowledge base's ``names.pattern_prefix``: a prediction names its
+    pattern by the pattern's resource name."""
     memo = EventMemo() if memo is None else memo
     # A future potential's representative is often a prediction too: its events are at hand.
     encoded: dict[int, list[bytes]] = {}  # id(pattern) -> its events
     for r in result.ranked:
         events = encoded[id(r.match.pattern)] = encode_events(r.match.pattern.events, memo)
-        _fill_prediction(predictions.add(**_prediction_fields(r)), r, events, memo)
+        _fill_prediction(predictions.add(**_prediction_fields(r, prefix)), r, events, memo)
     if futures is not None:
         for g in result.futures:
             m = g.representative
@@ -149,9 +152,9 @@ def add_predictions(
             _fill_future(futures.add(), g, future)
 
 
-def prediction_proto(r: Scored) -> pb.Prediction:
+def prediction_proto(r: Scored, prefix: str) -> pb.Prediction:
     """One prediction as a message (tests and tools; responses use ``add_predictions``)."""
-    out = pb.Prediction(**_prediction_fields(r))
+    out = pb.Prediction(**_prediction_fields(r, prefix))
     memo = EventMemo()
     _fill_prediction(out, r, encode_events(r.match.pattern.events, memo), memo)
     return out
@@ -163,11 +166,11 @@ def future_proto(g: FutureGroup) -> pb.FuturePotential:
     return out
 
 
-def _prediction_fields(r: Scored) -> dict[str, Any]:
+def _prediction_fields(r: Scored, prefix: str) -> dict[str, Any]:
     m = r.match
     return dict(
         type=pb.PREDICTION_TYPE_PROTOTYPICAL,
-        name=m.name,
+        pattern=prefix + m.name,
         frequency=m.frequency,
         emotives=average_emotives(m.pattern.emotives),
         metadata=json_lists(m.pattern.metadata),
@@ -224,9 +227,9 @@ def _fill_future(out: pb.FuturePotential, g: FutureGroup, future: list[bytes]) -
     out.MergeFromString(join_field(_FUTURE_POTENTIAL_FUTURE, future))
 
 
-def pattern_proto(record: PatternRecord) -> pb.Pattern:
+def pattern_proto(record: PatternRecord, node_id: str) -> pb.Pattern:
     return pb.Pattern(
-        name=PATTERN_PREFIX + record.name,
+        name=names.pattern(node_id, record.name),
         events=[pb.Event(symbols=e) for e in record.events],
         length=record.length,
         frequency=record.frequency,

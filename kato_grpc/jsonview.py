@@ -1,4 +1,6 @@
-"""Plain-JSON views of engine messages, in the layout of the conformance scenarios."""
+"""Plain-JSON views of engine messages, in the layout of the conformance scenarios: KATO's
+forms, so a pattern's resource name becomes its bare sha1 in a prediction and ``PTRN|<sha1>``
+in a pattern (``names.pattern_id`` / ``names.kato_pattern_name``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from kato_grpc import names
 from kato_grpc.engine.records import canonical_json, metadata_value
 from kato_grpc.v1 import engine_pb2 as pb
 
@@ -51,7 +54,7 @@ def _json_value(value: Any) -> Any:
 def prediction(p: pb.Prediction) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": _TYPES[p.type],
-        "name": p.name,
+        "name": names.pattern_id(p.pattern),
         "frequency": p.frequency,
         "emotives": dict(sorted(p.emotives.items())),
         "metadata": json_lists(p.metadata),
@@ -84,7 +87,7 @@ def future_potential(f: pb.FuturePotential) -> dict[str, Any]:
 
 def pattern(p: pb.Pattern) -> dict[str, Any]:
     return {
-        "name": p.name,
+        "name": names.kato_pattern_name(p.name),
         "events": events(p.events),
         "length": p.length,
         "frequency": p.frequency,

@@ -20,7 +20,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.empty_pb2 import Empty
 
-from kato_grpc import encoding, jsonview
+from kato_grpc import encoding, jsonview, names
 from kato_grpc.access import ANYONE
 from kato_grpc.engine import processor
 from kato_grpc.engine.naming import strip_pattern_prefix
@@ -172,7 +172,7 @@ class Replayer:
         record = self.kb.pattern(strip_pattern_prefix(name))
         if record is None:
             return {"error": "NOT_FOUND"}
-        return {"pattern": jsonview.pattern(encoding.pattern_proto(record))}
+        return {"pattern": jsonview.pattern(encoding.pattern_proto(record, NODE_ID))}
 
     def _op_get_stm(self, op: Mapping[str, Any]) -> dict[str, Any]:
         return {"stm": jsonview.events(self.state.stm)}
@@ -181,7 +181,7 @@ class Replayer:
 def _predictions_json(result: PredictionSet) -> dict[str, Any]:
     """Predictions as the service sends them: the same encoder, then the JSON view."""
     response = svc.GetPredictionsResponse()
-    encoding.add_predictions(result, response.predictions, response.future_potentials)
+    encoding.add_predictions(result, names.pattern_prefix(NODE_ID), response.predictions, response.future_potentials)
     return {
         "predictions": [jsonview.prediction(p) for p in response.predictions],
         "future_potentials": [jsonview.future_potential(f) for f in response.future_potentials],

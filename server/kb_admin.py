@@ -27,8 +27,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-def pattern_not_found(name: str, node_id: str) -> NotFound:
-    return NotFound(f"pattern {name} not found in node {node_id}", reason="PATTERN_NOT_FOUND")
+def pattern_not_found(name: str) -> NotFound:
+    return NotFound(f"pattern {name} not found", reason="PATTERN_NOT_FOUND")
 
 
 class KbAdmin:
@@ -41,23 +41,22 @@ class KbAdmin:
         self.runner = runner
 
     @staticmethod
-    def _pattern(req: svc.GetPatternRequest | svc.DeletePatternRequest, caller: Caller) -> str:
-        """The bare name of the pattern a request names, once the caller may see its node."""
-        limits.require_node_id(req.node_id)
-        bare = limits.pattern_name(req.name)
-        caller.authorize(req.node_id)
-        return bare
+    def _pattern(req: svc.GetPatternRequest | svc.DeletePatternRequest, caller: Caller) -> tuple[str, str]:
+        """(node id, sha1) of the pattern a request names, once the caller may see its node."""
+        node, sha1 = limits.pattern_ref(req.name)
+        caller.authorize(node)
+        return node, sha1
 
     async def get_pattern(self, req: svc.GetPatternRequest, caller: Caller) -> pb.Pattern:
-        bare = self._pattern(req, caller)
-        record = await self.patterns.get_pattern(req.node_id, bare)
+        node, sha1 = self._pattern(req, caller)
+        record = await self.patterns.get_pattern(node, sha1)
         if record is None:
-            raise pattern_not_found(req.name, req.node_id)
-        return encoding.pattern_proto(record)
+            raise pattern_not_found(req.name)
+        return encoding.pattern_proto(record, node)
 
     async def list_patterns(self, req: svc.ListPatternsRequest, caller: Caller) -> svc.ListPatternsResponse:
-        limits.require_node_id(req.node_id)
-        caller.authorize(req.node_id)
+        node = limits.node_id(req.parent, "parent")
+        caller.authorize(node)
         if req.page_size < 0:
             raise InvalidArgument.for_field("page_size", "must not be negative")
         size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -69,18 +68,18 @@ class KbAdmin:
             )
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument.for_field("page_token", "is not a token this service issued") from exc
-        records = await self.patterns.list_patterns(req.node_id, after, size + 1)
-        out = svc.ListPatternsResponse(patterns=[encoding.pattern_proto(r) for r in records[:size]])
+        records = await self.patterns.list_patterns(node, after, size + 1)
+        out = svc.ListPatternsResponse(patterns=[encoding.pattern_proto(r, node) for r in records[:size]])
         if len(records) > size:
             out.next_page_token = base64.urlsafe_b64encode(records[size - 1].name.encode()).decode()
         return out
 
     async def update_pattern(self, req: svc.UpdatePatternRequest, caller: Caller) -> pb.Pattern:
-        bare, mask = limits.check_pattern_update(req, self.settings)
-        caller.authorize(req.node_id)
+        (node, sha1), mask = limits.check_pattern_update(req, self.settings)
+        caller.authorize(node)
         record = await self.patterns.update_pattern(
-            req.node_id,
-            bare,
+            node,
+            sha1,
             frequency=req.pattern.frequency if "frequency" in mask else None,
             emotives=[dict(r.values) for r in req.pattern.emotives] if "emotives" in mask else None,
             metadata=(
@@ -90,35 +89,38 @@ class KbAdmin:
             ),
         )
         if record is None:
-            raise pattern_not_found(req.pattern.name, req.node_id)
-        return encoding.pattern_proto(record)
+            raise pattern_not_found(req.pattern.name)
+        return encoding.pattern_proto(record, node)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest, caller: Caller) -> None:
-        bare = self._pattern(req, caller)
-        version = await self.patterns.delete_pattern(req.node_id, bare)
+        node, sha1 = self._pattern(req, caller)
+        version = await self.patterns.delete_pattern(node, sha1)
         if version is None:
-            raise pattern_not_found(req.name, req.node_id)
-        await self.sessions.publish_kb_version(req.node_id, version)
+            raise pattern_not_found(req.name)
+        await self.sessions.publish_kb_version(node, version)
 
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
-        """KATO's clear-all: wipe the KB (of the session's node, or of ``node_id``) and, with a
-        session, clear its STM. Both given must agree."""
+        """KATO's clear-all: wipe the KB (of the session's node, or the one named) and, with a
+        session, clear its STM."""
         limits.check_request_id(req.request_id)
         target = req.WhichOneof("target")
         if target is None:
-            raise InvalidArgument.for_field("target", "set session_id (clear-all of a session) or node_id")
-        if target == "node_id":
+            raise InvalidArgument.for_field(
+                "target", "set session (KATO's clear-all of a session) or knowledge_base", reason="MISSING_FIELD"
+            )
+        if target == "knowledge_base":
             await self._clear_node(req, caller)
             return
+        sid = limits.session_id(req.session, "session")
         fp = request_ids.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
-        loaded = await self.runner.load(req.session_id, caller, req.request_id)
+        loaded = await self.runner.load(sid, caller, req.request_id)
         node = loaded.state.node_id
         if loaded.record is not None:  # a retry: answered by the transaction below, no second wipe
             request_ids.check_replay(loaded.record, "ClearKnowledgeBase", fp)
         else:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
-            await self.runner.read(req.session_id, caller)
+            await self.runner.read(sid, caller)
             await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
 
         async def run(
@@ -127,7 +129,7 @@ class KbAdmin:
             return processor.clear_stm(state), svc.ClearKnowledgeBaseResponse()
 
         await self.runner.transact(
-            req.session_id,
+            sid,
             "ClearKnowledgeBase",
             req,
             req.request_id,
@@ -137,17 +139,17 @@ class KbAdmin:
         )
 
     async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
-        limits.require_node_id(req.node_id)
-        caller.authorize(req.node_id)
+        node = limits.node_id(req.knowledge_base, "knowledge_base")
+        caller.authorize(node)
         key = ""
         if req.request_id:
-            key = scoped_key("kbreq", req.node_id, caller.principal, req.request_id)
+            key = scoped_key("kbreq", node, caller.principal, req.request_id)
             fp = request_ids.fingerprint("ClearKnowledgeBase", req)
             previous = await self.sessions.recorded(key)
             if previous is not None:
                 request_ids.check_replay(previous, "ClearKnowledgeBase", fp)
                 return
-        await self.sessions.publish_kb_version(req.node_id, await self.patterns.clear(req.node_id))
+        await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
         if key:
             done = request_ids.record("ClearKnowledgeBase", fp, b"")
             await self.sessions.remember(key, done, self.settings.max_ttl_seconds * 1000)

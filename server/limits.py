@@ -1,4 +1,4 @@
-"""Request checks done before any work (architecture.md §9): identifiers, size limits, numbers.
+"""Request checks done before any work (architecture.md §9): names, size limits, numbers.
 
 The one place requests are checked: unary Observe, ObserveSequence, every ObserveStream
 message and UpdatePattern all go through ``check_observation`` / the functions below, so a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from kato_grpc.engine.naming import strip_pattern_prefix
+from kato_grpc import names
 from kato_grpc.engine.observation import check_finite, validate_observation
 from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
@@ -28,20 +28,58 @@ PATTERN_NAME = re.compile(r"[0-9a-f]{40}")
 MAX_FREQUENCY = 2**53 - 1
 
 
-def require_session_id(session_id: str, field: str = "session_id") -> None:
-    if not session_id:
-        raise InvalidArgument.for_field(field, "is required", reason="MISSING_FIELD")
+def require_session_id(session_id: str, field: str = "name") -> None:
+    """A bare session id (the transaction runner checks it again on every load)."""
     if not SESSION_ID.fullmatch(session_id):
         raise InvalidArgument.for_field(
-            field, "is not a session id this service issued ('s-' and 32 hex digits)", reason="MALFORMED_ID"
+            field, "is not a session this service issued ('sessions/s-' and 32 hex digits)", reason="MALFORMED_ID"
         )
 
 
-def require_node_id(node_id: str, field: str = "node_id") -> None:
+def require_node_id(node_id: str, field: str) -> None:
     if not node_id:
-        raise InvalidArgument.for_field(field, "is required", reason="MISSING_FIELD")
+        raise InvalidArgument.for_field(field, "names no knowledge base ('knowledgeBases/' and its id)")
     if len(node_id.encode("utf-8")) > MAX_NODE_ID_BYTES:
-        raise InvalidArgument.for_field(field, f"is longer than {MAX_NODE_ID_BYTES} bytes")
+        raise InvalidArgument.for_field(field, f"has a knowledge base id longer than {MAX_NODE_ID_BYTES} bytes")
+
+
+def _required(name: str, field: str) -> None:
+    if not name:
+        raise InvalidArgument.for_field(field, "is required", reason="MISSING_FIELD")
+
+
+def session_id(name: str, field: str = "name") -> str:
+    """The session id of ``sessions/{session}``; anything else is refused."""
+    _required(name, field)
+    sid = names.parse_session(name)
+    require_session_id("" if sid is None else sid, field)
+    return str(sid)
+
+
+def node_id(name: str, field: str) -> str:
+    """The node id of ``knowledgeBases/{knowledge_base}`` (D-28: non-empty, ≤ 256 bytes)."""
+    _required(name, field)
+    node = names.parse_knowledge_base(name)
+    if node is None:
+        raise InvalidArgument.for_field(
+            field, "is not a knowledge base name ('knowledgeBases/' and its id)", reason="MALFORMED_ID"
+        )
+    require_node_id(node, field)
+    return node
+
+
+def pattern_ref(name: str, field: str = "name") -> tuple[str, str]:
+    """(node id, sha1) of ``knowledgeBases/{knowledge_base}/patterns/{pattern}``."""
+    _required(name, field)
+    parsed = names.parse_pattern(name)
+    if parsed is None or not PATTERN_NAME.fullmatch(parsed[1]):
+        raise InvalidArgument.for_field(
+            field,
+            "is not a pattern name ('knowledgeBases/{kb}/patterns/' and 40 lowercase hex digits)",
+            reason="MALFORMED_ID",
+        )
+    require_node_id(parsed[0], field)
+    return parsed
 
 
 def check_ids(session_id: str, request_id: str) -> None:
@@ -55,18 +93,6 @@ def check_request_id(request_id: str) -> None:
         raise InvalidArgument.for_field("request_id", f"is longer than {MAX_ID_CHARS} characters")
 
 
-def pattern_name(name: str, field: str = "name") -> str:
-    """The bare 40-hex name of ``name`` (``PTRN|`` optional); anything else is refused."""
-    if not name:
-        raise InvalidArgument.for_field(field, "is required", reason="MISSING_FIELD")
-    bare = strip_pattern_prefix(name)
-    if not PATTERN_NAME.fullmatch(bare):
-        raise InvalidArgument.for_field(
-            field, "is not a pattern name (40 lowercase hex digits, optionally after 'PTRN|')", reason="MALFORMED_ID"
-        )
-    return bare
-
-
 def check_ttl(ttl_seconds: int, settings: Settings, field: str = "ttl_seconds") -> None:
     if not settings.min_ttl_seconds <= ttl_seconds <= settings.max_ttl_seconds:
         raise InvalidArgument.for_field(
@@ -74,15 +100,16 @@ def check_ttl(ttl_seconds: int, settings: Settings, field: str = "ttl_seconds") 
         )
 
 
-def check_observe(req: svc.ObserveRequest, settings: Settings) -> None:
-    """Everything about one ObserveRequest (unary or one message of a stream)."""
-    require_session_id(req.session_id)
+def check_observe(req: svc.ObserveRequest, settings: Settings) -> str:
+    """Everything about one ObserveRequest (unary or one message of a stream); its session id."""
+    sid = session_id(req.name)
     check_request_id(req.request_id)
     check_observation(req.observation, settings)
+    return sid
 
 
-def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> None:
-    require_session_id(req.session_id)
+def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> str:
+    sid = session_id(req.name)
     check_request_id(req.request_id)
     if len(req.observations) > settings.max_observations_per_sequence:
         raise InvalidArgument.for_field(
@@ -92,6 +119,7 @@ def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> None:
         )
     for i, obs in enumerate(req.observations):
         check_observation(obs, settings, f"observations[{i}]")
+    return sid
 
 
 def check_observation(obs: pb.Observation, settings: Settings, field: str = "observation") -> None:
@@ -136,11 +164,10 @@ def check_emotives(values: Mapping[str, float], settings: Settings, field: str) 
 PATTERN_FIELDS = frozenset({"frequency", "emotives", "metadata"})
 
 
-def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> tuple[str, set[str]]:
-    """The bare pattern name and the fields to change (AIP-134): the mask's paths; ``*`` for
-    all; no mask, the fields the request sets."""
-    require_node_id(req.node_id)
-    bare = pattern_name(req.pattern.name, "pattern.name")
+def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> tuple[tuple[str, str], set[str]]:
+    """The pattern's (node id, sha1) and the fields to change (AIP-134): the mask's paths;
+    ``*`` for all; no mask, the fields the request sets."""
+    ref = pattern_ref(req.pattern.name, "pattern.name")
     paths = list(req.update_mask.paths)
     if not paths:
         p = req.pattern
@@ -173,19 +200,20 @@ def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> t
             check_emotives(r.values, settings, f"pattern.emotives[{i}]")
     if "metadata" in mask and len(req.pattern.metadata) > settings.max_metadata_keys:
         raise InvalidArgument.for_field("pattern.metadata", f"has more than {settings.max_metadata_keys} keys")
-    return bare, mask
+    return ref, mask
 
 
 SESSION_FIELDS = ("config", "ttl_seconds", "metadata")
 CONFIG_FIELDS = frozenset(f.name for f in pb.SessionConfig.DESCRIPTOR.fields)
 
 
-def check_session_update(req: svc.UpdateSessionRequest, settings: Settings) -> list[str]:
-    """The paths UpdateSession changes (AIP-134): the mask's (``*`` for all), or without one
-    the fields the request sets; their values checked here, the config by the engine."""
+def check_session_update(req: svc.UpdateSessionRequest, settings: Settings) -> tuple[str, list[str]]:
+    """The session id and the paths UpdateSession changes (AIP-134): the mask's (``*`` for
+    all), or without one the fields the request sets; their values checked here, the config
+    by the engine."""
     check_request_id(req.request_id)
     s = req.session
-    require_session_id(s.session_id, "session.session_id")
+    sid = session_id(s.name, "session.name")
     paths = list(req.update_mask.paths)
     if not paths:
         paths = [f"config.{f.name}" for f, _ in s.config.ListFields()]
@@ -204,4 +232,4 @@ def check_session_update(req: svc.UpdateSessionRequest, settings: Settings) -> l
         check_ttl(s.ttl_seconds, settings, "session.ttl_seconds")
     if "metadata" in paths and len(s.metadata) > settings.max_metadata_keys:
         raise InvalidArgument.for_field("session.metadata", f"has more than {settings.max_metadata_keys} keys")
-    return paths
+    return sid, paths

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from kato_grpc import encoding
+from kato_grpc import encoding, names
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
@@ -68,7 +68,7 @@ class Observing:
     # --- sessions ------------------------------------------------------------------------
 
     async def observe(self, req: svc.ObserveRequest, caller: Caller) -> svc.ObserveResponse:
-        limits.check_observe(req, self.settings)
+        sid = limits.check_observe(req, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
         def compute(
@@ -78,7 +78,7 @@ class Observing:
                 state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget, memo=self.memo
             )
             out = svc.ObserveResponse()
-            _fill_observe(out, r, req.return_predictions, self.memo)
+            _fill_observe(out, r, req.return_predictions, self.memo, state.node_id)
             return r.state, out
 
         async def run(
@@ -87,9 +87,7 @@ class Observing:
             kb = await self._view_for(state, published, [req.observation])
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=_tiny(kb, 1))
 
-        return await self.runner.transact(
-            req.session_id, "Observe", req, req.request_id, run, svc.ObserveResponse, caller=caller
-        )
+        return await self.runner.transact(sid, "Observe", req, req.request_id, run, svc.ObserveResponse, caller=caller)
 
     async def observe_batch(self, reqs: list[svc.ObserveRequest], caller: Caller) -> list[svc.ObserveResponse]:
         """Several observations of one session (no request_ids) in one load / compare-and-set.
@@ -99,7 +97,8 @@ class Observing:
         """
         if len(reqs) == 1:
             return [await self.observe(reqs[0], caller)]
-        for req in reqs:
+        sid = limits.check_observe(reqs[0], self.settings)
+        for req in reqs[1:]:
             limits.check_observe(req, self.settings)
         ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
         observations = [r.observation for r in reqs]
@@ -112,7 +111,7 @@ class Observing:
             )
             out = svc.ObserveSequenceResponse()
             for req, step in zip(reqs, r.steps, strict=True):
-                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo)
+                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, state.node_id)
             return r.state, out
 
         async def run(
@@ -122,14 +121,14 @@ class Observing:
             inline = _tiny(kb, len(observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
-        batch = svc.ObserveSequenceRequest(session_id=reqs[0].session_id, observations=observations)
+        batch = svc.ObserveSequenceRequest(name=reqs[0].name, observations=observations)
         result = await self.runner.transact(
-            reqs[0].session_id, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse, caller=caller
+            sid, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse, caller=caller
         )
         return list(result.results)
 
     async def observe_sequence(self, req: svc.ObserveSequenceRequest, caller: Caller) -> svc.ObserveSequenceResponse:
-        limits.check_sequence(req, self.settings)
+        sid = limits.check_sequence(req, self.settings)
         prefix = "seq-obs-" + uuid.uuid4().hex  # one random draw per call, not per observation
         ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
 
@@ -148,19 +147,19 @@ class Observing:
                 budget=budget,
                 memo=self.memo,
             )
-            state = r.state
+            node, state = state.node_id, r.state
             for step in r.steps:
-                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo)
+                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, node)
                 if step.observed.auto_learned_pattern:
-                    out.auto_learned_patterns.append(step.observed.auto_learned_pattern)
+                    out.auto_learned_patterns.append(names.pattern(node, step.observed.auto_learned_pattern))
                 if step.learned_after is not None:
-                    out.auto_learned_patterns.append(step.learned_after)
+                    out.auto_learned_patterns.append(names.pattern(node, step.learned_after))
             if req.learn_at_end and state.stm:
                 learned = processor.learn(state)
                 state = learned.state
-                out.auto_learned_patterns.append(learned.pattern_name)
+                out.auto_learned_patterns.append(names.pattern(node, learned.pattern_name))
                 if learned.pattern_name:
-                    out.final_learned_pattern = learned.pattern_name
+                    out.final_learned_pattern = names.pattern(node, learned.pattern_name)
             out.final_stm_length = len(state.stm)
             return state, out
 
@@ -172,19 +171,19 @@ class Observing:
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         return await self.runner.transact(
-            req.session_id, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse, caller=caller
+            sid, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse, caller=caller
         )
 
     async def learn(self, req: svc.LearnRequest, caller: Caller) -> svc.LearnResponse:
+        sid = limits.session_id(req.name)
+
         async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.LearnResponse]:
             # A learn reads no KB and is linear in the (bounded) STM: inline.
             r = await self.engine.run(lambda _budget: processor.learn(state), inline=True)
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
-            return r.state, svc.LearnResponse(status=status, pattern_name=r.pattern_name)
+            return r.state, svc.LearnResponse(status=status, pattern=names.pattern(state.node_id, r.pattern_name))
 
-        return await self.runner.transact(
-            req.session_id, "Learn", req, req.request_id, run, svc.LearnResponse, caller=caller
-        )
+        return await self.runner.transact(sid, "Learn", req, req.request_id, run, svc.LearnResponse, caller=caller)
 
     # --- reading a session ---------------------------------------------------------------
 
@@ -196,7 +195,8 @@ class Observing:
         def compute(budget: Budget) -> svc.GetPredictionsResponse:
             out = svc.GetPredictionsResponse()  # built on the engine thread too: it can be large
             result = processor.predictions(state, kb, budget)
-            encoding.add_predictions(result, out.predictions, out.future_potentials, self.memo)
+            prefix = names.pattern_prefix(state.node_id)
+            encoding.add_predictions(result, prefix, out.predictions, out.future_potentials, self.memo)
             return out
 
         return await self.engine.run(compute, [kb])
@@ -205,15 +205,15 @@ class Observing:
         return svc.GetShortTermMemoryResponse(events=(await self._read(session_id, caller)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> svc.ClearShortTermMemoryResponse:
+        sid = limits.session_id(req.name)
+
         async def run(
             state: storage.SessionState, _kb: int | None
         ) -> tuple[storage.SessionState, svc.ClearShortTermMemoryResponse]:
             return processor.clear_stm(state), svc.ClearShortTermMemoryResponse()
 
         kind = svc.ClearShortTermMemoryResponse
-        return await self.runner.transact(
-            req.session_id, "ClearShortTermMemory", req, req.request_id, run, kind, caller=caller
-        )
+        return await self.runner.transact(sid, "ClearShortTermMemory", req, req.request_id, run, kind, caller=caller)
 
     async def percept_data(self, session_id: str, caller: Caller) -> svc.GetPerceptDataResponse:
         return svc.GetPerceptDataResponse(percept=(await self._read(session_id, caller)).percept)
@@ -228,10 +228,11 @@ def _tiny(kb: KnowledgeView, observations: int) -> bool:
 
 
 def _fill_observe(
-    out: svc.ObserveResponse, r: processor.ObserveStep, with_predictions: bool, memo: encoding.EventMemo
+    out: svc.ObserveResponse, r: processor.ObserveStep, with_predictions: bool, memo: encoding.EventMemo, node_id: str
 ) -> None:
     out.stm_length, out.time, out.unique_id, out.dropped_events = r.stm_length, r.time, r.unique_id, r.dropped_events
     if r.auto_learned_pattern:
-        out.auto_learned_pattern = r.auto_learned_pattern
+        out.auto_learned_pattern = names.pattern(node_id, r.auto_learned_pattern)
     if with_predictions:
-        encoding.add_predictions(r.predictions, out.predictions, out.future_potentials, memo)
+        prefix = names.pattern_prefix(node_id)
+        encoding.add_predictions(r.predictions, prefix, out.predictions, out.future_potentials, memo)

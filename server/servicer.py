@@ -145,23 +145,32 @@ class KatoServicer:
         s, o, k = self.sessions, self.observing, self.admin
         return {
             "CreateSession": s.create_session,
-            "GetSession": lambda r, c: s.get_session(r.session_id, c),
-            "DeleteSession": _answer(lambda r, c: s.delete_session(r.session_id, c, r.etag), empty_pb2.Empty),
+            "GetSession": _named(s.get_session),
+            "DeleteSession": _answer(s.delete_session, empty_pb2.Empty),
             "UpdateSession": s.update_session,
             "Observe": o.observe,
             "ObserveSequence": o.observe_sequence,
             "Learn": o.learn,
-            "GetPredictions": lambda r, c: o.get_predictions(r.session_id, c),
-            "GetShortTermMemory": lambda r, c: o.get_stm(r.session_id, c),
+            "GetPredictions": _named(o.get_predictions),
+            "GetShortTermMemory": _named(o.get_stm),
             "ClearShortTermMemory": o.clear_stm,
-            "GetPerceptData": lambda r, c: o.percept_data(r.session_id, c),
-            "GetCognitionData": lambda r, c: o.cognition_data(r.session_id, c),
+            "GetPerceptData": _named(o.percept_data),
+            "GetCognitionData": _named(o.cognition_data),
             "GetPattern": k.get_pattern,
             "ListPatterns": k.list_patterns,
             "UpdatePattern": k.update_pattern,
             "DeletePattern": _answer(k.delete_pattern, empty_pb2.Empty),
             "ClearKnowledgeBase": _answer(k.clear_knowledge_base, svc.ClearKnowledgeBaseResponse),
         }
+
+
+def _named(read: Callable[[str, Caller], Awaitable[Message]]) -> Call:
+    """A read of the session the request's ``name`` names ("sessions/s-…")."""
+
+    async def run(request: Any, caller: Caller) -> Message:
+        return await read(limits.session_id(request.name), caller)
+
+    return run
 
 
 def _answer(call: Callable[[Any, Caller], Awaitable[None]], kind: type[Message]) -> Call:

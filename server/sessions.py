@@ -12,7 +12,7 @@ import time
 
 from google.protobuf import timestamp_pb2
 
-from kato_grpc import request_ids
+from kato_grpc import names, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import effective_config
@@ -46,8 +46,8 @@ class Sessions:
     def session_proto(self, state: storage.SessionState) -> svc.Session:
         expire = _now(state.ttl_seconds or self.settings.session_ttl_seconds)
         return svc.Session(
-            session_id=state.session_id,
-            node_id=state.node_id,
+            name=names.session(state.session_id),
+            knowledge_base=names.knowledge_base(state.node_id),
             config=effective_config(state.config),
             ttl_seconds=state.ttl_seconds,
             create_time=state.create_time,
@@ -59,23 +59,24 @@ class Sessions:
         )
 
     async def create_session(self, req: svc.CreateSessionRequest, caller: Caller) -> svc.Session:
-        limits.require_node_id(req.node_id)
-        caller.authorize(req.node_id)
+        given = req.session
+        node = limits.node_id(given.knowledge_base, "session.knowledge_base")
+        caller.authorize(node)
         limits.check_request_id(req.request_id)
-        ttl = req.ttl_seconds if req.HasField("ttl_seconds") else self.settings.session_ttl_seconds
-        limits.check_ttl(ttl, self.settings)
-        if len(req.metadata) > self.settings.max_metadata_keys:
-            raise InvalidArgument.for_field("metadata", f"has more than {self.settings.max_metadata_keys} keys")
+        ttl = given.ttl_seconds or self.settings.session_ttl_seconds
+        limits.check_ttl(ttl, self.settings, "session.ttl_seconds")
+        if len(given.metadata) > self.settings.max_metadata_keys:
+            raise InvalidArgument.for_field("session.metadata", f"has more than {self.settings.max_metadata_keys} keys")
         key, fp = "", b""
         if req.request_id:  # scoped by node and caller: nobody else's id can name this session
-            key = scoped_key("create", req.node_id, caller.principal, req.request_id)
+            key = scoped_key("create", node, caller.principal, req.request_id)
             fp = request_ids.fingerprint("CreateSession", req)
             existing = await self._created(key, fp, caller)
             if existing is not None:
                 return existing
-        state = processor.new_session("s-" + secrets.token_hex(16), req.node_id, req.config)
+        state = processor.new_session("s-" + secrets.token_hex(16), node, given.config, field="session.config")
         state.ttl_seconds = ttl
-        state.metadata.update(req.metadata)
+        state.metadata.update(given.metadata)
         state.create_time.CopyFrom(_now())
         state.version = 1
         if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
@@ -104,15 +105,16 @@ class Sessions:
     async def get_session(self, session_id: str, caller: Caller) -> svc.Session:
         return self.session_proto(await self._read(session_id, caller))
 
-    async def delete_session(self, session_id: str, caller: Caller, etag: str = "") -> None:
+    async def delete_session(self, req: svc.DeleteSessionRequest, caller: Caller) -> None:
+        session_id = limits.session_id(req.name)
         # Not found, or not this caller's node: nothing is deleted. The outbox is applied
         # first; one committed after this load outlives the session and the relay applies it.
-        _check_etag(etag, await self._read(session_id, caller))
+        _check_etag(req.etag, await self._read(session_id, caller))
         if not await self.sessions.delete(session_id):
             raise session_not_found(session_id)
 
     async def update_session(self, req: svc.UpdateSessionRequest, caller: Caller) -> svc.Session:
-        paths = limits.check_session_update(req, self.settings)
+        sid, paths = limits.check_session_update(req, self.settings)
         given = req.session
 
         async def update(
@@ -127,7 +129,7 @@ class Sessions:
                     config.ClearField(name)  # type: ignore[arg-type]
                     if given.config.HasField(name):  # type: ignore[arg-type]
                         setattr(config, name, getattr(given.config, name))
-            new = processor.update_config(state, config)  # validated; nothing applied if invalid
+            new = processor.update_config(state, config, field="session.config")  # nothing applied if invalid
             if "ttl_seconds" in paths:
                 new.ttl_seconds = given.ttl_seconds
             if "metadata" in paths:
@@ -135,9 +137,7 @@ class Sessions:
                 new.metadata.update(given.metadata)
             return new, self.session_proto  # built from the saved state: its etag is the new version
 
-        return await self.runner.transact(
-            given.session_id, "UpdateSession", req, req.request_id, update, svc.Session, caller=caller
-        )
+        return await self.runner.transact(sid, "UpdateSession", req, req.request_id, update, svc.Session, caller=caller)
 
 
 def _check_etag(etag: str, state: storage.SessionState) -> None:

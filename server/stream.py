@@ -67,7 +67,7 @@ class ReadAhead(Generic[T]):
 
 async def batches(
     requests: AsyncIterator[svc.ObserveRequest],
-    check: Callable[[svc.ObserveRequest], None],
+    check: Callable[[svc.ObserveRequest], object],
     *,
     max_items: int,
     max_bytes: int,
@@ -115,9 +115,11 @@ async def batches(
         reader.cancel()
 
 
-def _joins(request: svc.ObserveRequest, first: svc.ObserveRequest, check: Callable[[svc.ObserveRequest], None]) -> bool:
+def _joins(
+    request: svc.ObserveRequest, first: svc.ObserveRequest, check: Callable[[svc.ObserveRequest], object]
+) -> bool:
     """May ``request`` be committed in ``first``'s batch? Same session, no request id, valid."""
-    if request.session_id != first.session_id or request.request_id:
+    if request.name != first.name or request.request_id:
         return False
     try:
         check(request)

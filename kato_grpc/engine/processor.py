@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kato_grpc import names
 from kato_grpc.encoding import EventMemo, add_predictions
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
@@ -85,17 +86,22 @@ class SequenceResult:
     writes: list[storage.PatternWrite]
 
 
-def new_session(session_id: str, node_id: str, config: pb.SessionConfig) -> storage.SessionState:
-    """A fresh session; the config is validated (D-1: invalid config is an error, not ignored)."""
-    validate_config(config)
+def new_session(
+    session_id: str, node_id: str, config: pb.SessionConfig, *, field: str = "config"
+) -> storage.SessionState:
+    """A fresh session; the config is validated (D-1: invalid config is an error, not ignored);
+    ``field`` is what errors call it."""
+    validate_config(config, prefix=field)
     state = storage.SessionState(session_id=session_id, node_id=node_id)
     state.config.CopyFrom(config)
     return state
 
 
-def update_config(state: storage.SessionState, config: pb.SessionConfig) -> storage.SessionState:
+def update_config(
+    state: storage.SessionState, config: pb.SessionConfig, *, field: str = "config"
+) -> storage.SessionState:
     """Replace the session config; nothing is applied when any field is invalid."""
-    validate_config(config)
+    validate_config(config, prefix=field)
     new = copy_state(state)
     new.config.CopyFrom(config)
     return new
@@ -204,7 +210,7 @@ def _observe_into(
     new.percept.emotives.update(average_emotives(r.values for r in new.emotives_accumulator))
     new.percept.metadata.MergeFrom(observation.metadata)
     del new.last_predictions[:]
-    add_predictions(predictions, new.last_predictions, memo=memo)
+    add_predictions(predictions, names.pattern_prefix(new.node_id), new.last_predictions, memo=memo)
 
     auto_learned: str | None = None
     writes: list[storage.PatternWrite] = []

@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kato/v1/engine.proto\x12\x07kato.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x18\n\x05\x45vent\x12\x0f\n\x07symbols\x18\x01 \x03(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x01\"r\n\rEmotiveRecord\x12\x32\n\x06values\x18\x01 \x03(\x0b\x32\".kato.v1.EmotiveRecord.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb9\x02\n\x0bObservation\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12 \n\x07vectors\x18\x02 \x03(\x0b\x32\x0f.kato.v1.Vector\x12\x34\n\x08\x65motives\x18\x03 \x03(\x0b\x32\".kato.v1.Observation.EmotivesEntry\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".kato.v1.Observation.MetadataEntry\x12\x11\n\tunique_id\x18\x05 \x01(\t\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xe4\x04\n\rSessionConfig\x12\x1f\n\x12max_pattern_length\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0bpersistence\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10recall_threshold\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\'\n\x08stm_mode\x18\x04 \x01(\x0e\x32\x10.kato.v1.StmModeH\x03\x88\x01\x01\x12\x1c\n\x0fmax_predictions\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x19\n\x0csort_symbols\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12 \n\x13process_predictions\x18\x07 \x01(\x08H\x06\x88\x01\x01\x12\x1f\n\x12use_token_matching\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\"\n\x15\x66uzzy_token_threshold\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x32\n\x0erank_sort_algo\x18\n \x01(\x0e\x32\x15.kato.v1.RankSortAlgoH\t\x88\x01\x01\x12\x1d\n\x10\x61\x66\x66inity_emotive\x18\x0b \x01(\tH\n\x88\x01\x01\x42\x15\n\x13_max_pattern_lengthB\x0e\n\x0c_persistenceB\x13\n\x11_recall_thresholdB\x0b\n\t_stm_modeB\x12\n\x10_max_predictionsB\x0f\n\r_sort_symbolsB\x16\n\x14_process_predictionsB\x15\n\x13_use_token_matchingB\x18\n\x16_fuzzy_token_thresholdB\x11\n\x0f_rank_sort_algoB\x13\n\x11_affinity_emotive\"A\n\x07\x41nomaly\x12\x10\n\x08observed\x18\x01 \x01(\t\x12\x10\n\x08\x65xpected\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x01\"\xb7\t\n\nPrediction\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.kato.v1.PredictionType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfrequency\x18\x03 \x01(\x03\x12\x33\n\x08\x65motives\x18\x04 \x03(\x0b\x32!.kato.v1.Prediction.EmotivesEntry\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.kato.v1.Prediction.MetadataEntry\x12\x0f\n\x07matches\x18\x06 \x03(\t\x12\x1c\n\x04past\x18\x07 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1f\n\x07present\x18\x08 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1e\n\x06\x66uture\x18\t \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1f\n\x07missing\x18\n \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1e\n\x06\x65xtras\x18\x0b \x03(\x0b\x32\x0e.kato.v1.Event\x12#\n\tanomalies\x18\x0c \x03(\x0b\x32\x10.kato.v1.Anomaly\x12 \n\x08sequence\x18\r \x03(\x0b\x32\x0e.kato.v1.Event\x12\x12\n\nsimilarity\x18\x0e \x01(\x01\x12\x10\n\x08\x65vidence\x18\x0f \x01(\x01\x12\x12\n\nconfidence\x18\x10 \x01(\x01\x12\x0b\n\x03snr\x18\x11 \x01(\x01\x12\x15\n\rfragmentation\x18\x12 \x01(\x01\x12\x18\n\x10itfdf_similarity\x18\x13 \x01(\x01\x12\x12\n\nconfluence\x18\x14 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x15 \x01(\x01\x12\x1a\n\x12normalized_entropy\x18\x16 \x01(\x01\x12!\n\x19global_normalized_entropy\x18\x17 \x01(\x01\x12\x13\n\x0btfidf_score\x18\x18 \x01(\x01\x12\x1b\n\x13pattern_probability\x18\x19 \x01(\x01\x12\x19\n\x11weighted_strength\x18\x1a \x01(\x01\x12\x1e\n\x16predictive_information\x18\x1b \x01(\x01\x12\x16\n\x0e\x62\x61yesian_prior\x18\x1c \x01(\x01\x12\x1b\n\x13\x62\x61yesian_likelihood\x18\x1d \x01(\x01\x12\x1a\n\x12\x62\x61yesian_posterior\x18\x1e \x01(\x01\x12\x11\n\tpotential\x18\x1f \x01(\x01\x12 \n\x13weighted_similarity\x18  \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11weighted_evidence\x18! \x01(\x01H\x01\x88\x01\x01\x12 \n\x13weighted_confidence\x18\" \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cweighted_snr\x18# \x01(\x01H\x03\x88\x01\x01\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aK\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValue:\x02\x38\x01\x42\x16\n\x14_weighted_similarityB\x14\n\x12_weighted_evidenceB\x16\n\x14_weighted_confidenceB\x0f\n\r_weighted_snr\"\x8d\x01\n\x0f\x46uturePotential\x12\x1e\n\x06\x66uture\x18\x01 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1b\n\x13\x61ggregate_potential\x18\x02 \x01(\x01\x12\x1b\n\x13supporting_patterns\x18\x03 \x01(\x05\x12 \n\x18total_weighted_frequency\x18\x04 \x01(\x01\"\x83\x02\n\x07Pattern\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x0e\n\x06length\x18\x03 \x01(\x05\x12\x11\n\tfrequency\x18\x04 \x01(\x03\x12(\n\x08\x65motives\x18\x05 \x03(\x0b\x32\x16.kato.v1.EmotiveRecord\x12\x30\n\x08metadata\x18\x06 \x03(\x0b\x32\x1e.kato.v1.Pattern.MetadataEntry\x1aK\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValue:\x02\x38\x01\"\xa6\x02\n\x0bPerceptData\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12 \n\x07vectors\x18\x02 \x03(\x0b\x32\x0f.kato.v1.Vector\x12\x34\n\x08\x65motives\x18\x03 \x03(\x0b\x32\".kato.v1.PerceptData.EmotivesEntry\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".kato.v1.PerceptData.MetadataEntry\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01*M\n\x07StmMode\x12\x18\n\x14STM_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTM_MODE_CLEAR\x10\x01\x12\x14\n\x10STM_MODE_ROLLING\x10\x02*\xec\x05\n\x0cRankSortAlgo\x12\x1e\n\x1aRANK_SORT_ALGO_UNSPECIFIED\x10\x00\x12\x1c\n\x18RANK_SORT_ALGO_POTENTIAL\x10\x01\x12\x1d\n\x19RANK_SORT_ALGO_SIMILARITY\x10\x02\x12\x1b\n\x17RANK_SORT_ALGO_EVIDENCE\x10\x03\x12\x1d\n\x19RANK_SORT_ALGO_CONFIDENCE\x10\x04\x12\x16\n\x12RANK_SORT_ALGO_SNR\x10\x05\x12 \n\x1cRANK_SORT_ALGO_FRAGMENTATION\x10\x06\x12\x1c\n\x18RANK_SORT_ALGO_FREQUENCY\x10\x07\x12%\n!RANK_SORT_ALGO_NORMALIZED_ENTROPY\x10\x08\x12,\n(RANK_SORT_ALGO_GLOBAL_NORMALIZED_ENTROPY\x10\t\x12#\n\x1fRANK_SORT_ALGO_ITFDF_SIMILARITY\x10\n\x12\x1d\n\x19RANK_SORT_ALGO_CONFLUENCE\x10\x0b\x12)\n%RANK_SORT_ALGO_PREDICTIVE_INFORMATION\x10\x0c\x12%\n!RANK_SORT_ALGO_BAYESIAN_POSTERIOR\x10\r\x12!\n\x1dRANK_SORT_ALGO_BAYESIAN_PRIOR\x10\x0e\x12&\n\"RANK_SORT_ALGO_BAYESIAN_LIKELIHOOD\x10\x0f\x12\x1e\n\x1aRANK_SORT_ALGO_TFIDF_SCORE\x10\x10\x12&\n\"RANK_SORT_ALGO_WEIGHTED_SIMILARITY\x10\x11\x12$\n RANK_SORT_ALGO_WEIGHTED_EVIDENCE\x10\x12\x12&\n\"RANK_SORT_ALGO_WEIGHTED_CONFIDENCE\x10\x13\x12\x1f\n\x1bRANK_SORT_ALGO_WEIGHTED_SNR\x10\x14*S\n\x0ePredictionType\x12\x1f\n\x1bPREDICTION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cPREDICTION_TYPE_PROTOTYPICAL\x10\x01\x42v\n\nio.kato.v1B\x0b\x45ngineProtoP\x01Z4github.com/kato-grpc/kato-grpc/gen/go/kato/v1;katov1\xa2\x02\x03KTO\xaa\x02\x07Kato.V1\xca\x02\x07Kato\\V1\xea\x02\x08Kato::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kato/v1/engine.proto\x12\x07kato.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x18\n\x05\x45vent\x12\x0f\n\x07symbols\x18\x01 \x03(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x01\"r\n\rEmotiveRecord\x12\x32\n\x06values\x18\x01 \x03(\x0b\x32\".kato.v1.EmotiveRecord.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb9\x02\n\x0bObservation\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12 \n\x07vectors\x18\x02 \x03(\x0b\x32\x0f.kato.v1.Vector\x12\x34\n\x08\x65motives\x18\x03 \x03(\x0b\x32\".kato.v1.Observation.EmotivesEntry\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".kato.v1.Observation.MetadataEntry\x12\x11\n\tunique_id\x18\x05 \x01(\t\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xe4\x04\n\rSessionConfig\x12\x1f\n\x12max_pattern_length\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0bpersistence\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10recall_threshold\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\'\n\x08stm_mode\x18\x04 \x01(\x0e\x32\x10.kato.v1.StmModeH\x03\x88\x01\x01\x12\x1c\n\x0fmax_predictions\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x19\n\x0csort_symbols\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12 \n\x13process_predictions\x18\x07 \x01(\x08H\x06\x88\x01\x01\x12\x1f\n\x12use_token_matching\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\"\n\x15\x66uzzy_token_threshold\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x32\n\x0erank_sort_algo\x18\n \x01(\x0e\x32\x15.kato.v1.RankSortAlgoH\t\x88\x01\x01\x12\x1d\n\x10\x61\x66\x66inity_emotive\x18\x0b \x01(\tH\n\x88\x01\x01\x42\x15\n\x13_max_pattern_lengthB\x0e\n\x0c_persistenceB\x13\n\x11_recall_thresholdB\x0b\n\t_stm_modeB\x12\n\x10_max_predictionsB\x0f\n\r_sort_symbolsB\x16\n\x14_process_predictionsB\x15\n\x13_use_token_matchingB\x18\n\x16_fuzzy_token_thresholdB\x11\n\x0f_rank_sort_algoB\x13\n\x11_affinity_emotive\"A\n\x07\x41nomaly\x12\x10\n\x08observed\x18\x01 \x01(\t\x12\x10\n\x08\x65xpected\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x01\"\xd0\t\n\nPrediction\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.kato.v1.PredictionType\x12%\n\x07pattern\x18\x02 \x01(\tB\x14\xfa\x41\x11\n\x0fkato.v1/Pattern\x12\x11\n\tfrequency\x18\x03 \x01(\x03\x12\x33\n\x08\x65motives\x18\x04 \x03(\x0b\x32!.kato.v1.Prediction.EmotivesEntry\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.kato.v1.Prediction.MetadataEntry\x12\x0f\n\x07matches\x18\x06 \x03(\t\x12\x1c\n\x04past\x18\x07 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1f\n\x07present\x18\x08 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1e\n\x06\x66uture\x18\t \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1f\n\x07missing\x18\n \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1e\n\x06\x65xtras\x18\x0b \x03(\x0b\x32\x0e.kato.v1.Event\x12#\n\tanomalies\x18\x0c \x03(\x0b\x32\x10.kato.v1.Anomaly\x12 \n\x08sequence\x18\r \x03(\x0b\x32\x0e.kato.v1.Event\x12\x12\n\nsimilarity\x18\x0e \x01(\x01\x12\x10\n\x08\x65vidence\x18\x0f \x01(\x01\x12\x12\n\nconfidence\x18\x10 \x01(\x01\x12\x0b\n\x03snr\x18\x11 \x01(\x01\x12\x15\n\rfragmentation\x18\x12 \x01(\x01\x12\x18\n\x10itfdf_similarity\x18\x13 \x01(\x01\x12\x12\n\nconfluence\x18\x14 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x15 \x01(\x01\x12\x1a\n\x12normalized_entropy\x18\x16 \x01(\x01\x12!\n\x19global_normalized_entropy\x18\x17 \x01(\x01\x12\x13\n\x0btfidf_score\x18\x18 \x01(\x01\x12\x1b\n\x13pattern_probability\x18\x19 \x01(\x01\x12\x19\n\x11weighted_strength\x18\x1a \x01(\x01\x12\x1e\n\x16predictive_information\x18\x1b \x01(\x01\x12\x16\n\x0e\x62\x61yesian_prior\x18\x1c \x01(\x01\x12\x1b\n\x13\x62\x61yesian_likelihood\x18\x1d \x01(\x01\x12\x1a\n\x12\x62\x61yesian_posterior\x18\x1e \x01(\x01\x12\x11\n\tpotential\x18\x1f \x01(\x01\x12 \n\x13weighted_similarity\x18  \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11weighted_evidence\x18! \x01(\x01H\x01\x88\x01\x01\x12 \n\x13weighted_confidence\x18\" \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cweighted_snr\x18# \x01(\x01H\x03\x88\x01\x01\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aK\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValue:\x02\x38\x01\x42\x16\n\x14_weighted_similarityB\x14\n\x12_weighted_evidenceB\x16\n\x14_weighted_confidenceB\x0f\n\r_weighted_snr\"\x8d\x01\n\x0f\x46uturePotential\x12\x1e\n\x06\x66uture\x18\x01 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x1b\n\x13\x61ggregate_potential\x18\x02 \x01(\x01\x12\x1b\n\x13supporting_patterns\x18\x03 \x01(\x05\x12 \n\x18total_weighted_frequency\x18\x04 \x01(\x01\"\xe6\x02\n\x07Pattern\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1e\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x0e\n\x06length\x18\x03 \x01(\x05\x12\x11\n\tfrequency\x18\x04 \x01(\x03\x12(\n\x08\x65motives\x18\x05 \x03(\x0b\x32\x16.kato.v1.EmotiveRecord\x12\x30\n\x08metadata\x18\x06 \x03(\x0b\x32\x1e.kato.v1.Pattern.MetadataEntry\x1aK\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.ListValue:\x02\x38\x01:[\xea\x41X\n\x0fkato.v1/Pattern\x12\x32knowledgeBases/{knowledge_base}/patterns/{pattern}*\x08patterns2\x07pattern\"\xa6\x02\n\x0bPerceptData\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12 \n\x07vectors\x18\x02 \x03(\x0b\x32\x0f.kato.v1.Vector\x12\x34\n\x08\x65motives\x18\x03 \x03(\x0b\x32\".kato.v1.PerceptData.EmotivesEntry\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".kato.v1.PerceptData.MetadataEntry\x1a/\n\rEmotivesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aG\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01*M\n\x07StmMode\x12\x18\n\x14STM_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTM_MODE_CLEAR\x10\x01\x12\x14\n\x10STM_MODE_ROLLING\x10\x02*\xec\x05\n\x0cRankSortAlgo\x12\x1e\n\x1aRANK_SORT_ALGO_UNSPECIFIED\x10\x00\x12\x1c\n\x18RANK_SORT_ALGO_POTENTIAL\x10\x01\x12\x1d\n\x19RANK_SORT_ALGO_SIMILARITY\x10\x02\x12\x1b\n\x17RANK_SORT_ALGO_EVIDENCE\x10\x03\x12\x1d\n\x19RANK_SORT_ALGO_CONFIDENCE\x10\x04\x12\x16\n\x12RANK_SORT_ALGO_SNR\x10\x05\x12 \n\x1cRANK_SORT_ALGO_FRAGMENTATION\x10\x06\x12\x1c\n\x18RANK_SORT_ALGO_FREQUENCY\x10\x07\x12%\n!RANK_SORT_ALGO_NORMALIZED_ENTROPY\x10\x08\x12,\n(RANK_SORT_ALGO_GLOBAL_NORMALIZED_ENTROPY\x10\t\x12#\n\x1fRANK_SORT_ALGO_ITFDF_SIMILARITY\x10\n\x12\x1d\n\x19RANK_SORT_ALGO_CONFLUENCE\x10\x0b\x12)\n%RANK_SORT_ALGO_PREDICTIVE_INFORMATION\x10\x0c\x12%\n!RANK_SORT_ALGO_BAYESIAN_POSTERIOR\x10\r\x12!\n\x1dRANK_SORT_ALGO_BAYESIAN_PRIOR\x10\x0e\x12&\n\"RANK_SORT_ALGO_BAYESIAN_LIKELIHOOD\x10\x0f\x12\x1e\n\x1aRANK_SORT_ALGO_TFIDF_SCORE\x10\x10\x12&\n\"RANK_SORT_ALGO_WEIGHTED_SIMILARITY\x10\x11\x12$\n RANK_SORT_ALGO_WEIGHTED_EVIDENCE\x10\x12\x12&\n\"RANK_SORT_ALGO_WEIGHTED_CONFIDENCE\x10\x13\x12\x1f\n\x1bRANK_SORT_ALGO_WEIGHTED_SNR\x10\x14*S\n\x0ePredictionType\x12\x1f\n\x1bPREDICTION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cPREDICTION_TYPE_PROTOTYPICAL\x10\x01\x42v\n\nio.kato.v1B\x0b\x45ngineProtoP\x01Z4github.com/kato-grpc/kato-grpc/gen/go/kato/v1;katov1\xa2\x02\x03KTO\xaa\x02\x07Kato.V1\xca\x02\x07Kato\\V1\xea\x02\x08Kato::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,52 +45,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTION_EMOTIVESENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTION_METADATAENTRY']._loaded_options = None
   _globals['_PREDICTION_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_PREDICTION'].fields_by_name['pattern']._loaded_options = None
+  _globals['_PREDICTION'].fields_by_name['pattern']._serialized_options = b'\372A\021\n\017kato.v1/Pattern'
   _globals['_PATTERN_METADATAENTRY']._loaded_options = None
   _globals['_PATTERN_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_PATTERN'].fields_by_name['name']._loaded_options = None
+  _globals['_PATTERN'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_PATTERN']._loaded_options = None
+  _globals['_PATTERN']._serialized_options = b'\352AX\n\017kato.v1/Pattern\0222knowledgeBases/{knowledge_base}/patterns/{pattern}*\010patterns2\007pattern'
   _globals['_PERCEPTDATA_EMOTIVESENTRY']._loaded_options = None
   _globals['_PERCEPTDATA_EMOTIVESENTRY']._serialized_options = b'8\001'
   _globals['_PERCEPTDATA_METADATAENTRY']._loaded_options = None
   _globals['_PERCEPTDATA_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_STMMODE']._serialized_start=3142
-  _globals['_STMMODE']._serialized_end=3219
-  _globals['_RANKSORTALGO']._serialized_start=3222
-  _globals['_RANKSORTALGO']._serialized_end=3970
-  _globals['_PREDICTIONTYPE']._serialized_start=3972
-  _globals['_PREDICTIONTYPE']._serialized_end=4055
-  _globals['_EVENT']._serialized_start=63
-  _globals['_EVENT']._serialized_end=87
-  _globals['_VECTOR']._serialized_start=89
-  _globals['_VECTOR']._serialized_end=113
-  _globals['_EMOTIVERECORD']._serialized_start=115
-  _globals['_EMOTIVERECORD']._serialized_end=229
-  _globals['_EMOTIVERECORD_VALUESENTRY']._serialized_start=184
-  _globals['_EMOTIVERECORD_VALUESENTRY']._serialized_end=229
-  _globals['_OBSERVATION']._serialized_start=232
-  _globals['_OBSERVATION']._serialized_end=545
-  _globals['_OBSERVATION_EMOTIVESENTRY']._serialized_start=425
-  _globals['_OBSERVATION_EMOTIVESENTRY']._serialized_end=472
-  _globals['_OBSERVATION_METADATAENTRY']._serialized_start=474
-  _globals['_OBSERVATION_METADATAENTRY']._serialized_end=545
-  _globals['_SESSIONCONFIG']._serialized_start=548
-  _globals['_SESSIONCONFIG']._serialized_end=1160
-  _globals['_ANOMALY']._serialized_start=1162
-  _globals['_ANOMALY']._serialized_end=1227
-  _globals['_PREDICTION']._serialized_start=1230
-  _globals['_PREDICTION']._serialized_end=2437
-  _globals['_PREDICTION_EMOTIVESENTRY']._serialized_start=425
-  _globals['_PREDICTION_EMOTIVESENTRY']._serialized_end=472
-  _globals['_PREDICTION_METADATAENTRY']._serialized_start=2275
-  _globals['_PREDICTION_METADATAENTRY']._serialized_end=2350
-  _globals['_FUTUREPOTENTIAL']._serialized_start=2440
-  _globals['_FUTUREPOTENTIAL']._serialized_end=2581
-  _globals['_PATTERN']._serialized_start=2584
-  _globals['_PATTERN']._serialized_end=2843
-  _globals['_PATTERN_METADATAENTRY']._serialized_start=2275
-  _globals['_PATTERN_METADATAENTRY']._serialized_end=2350
-  _globals['_PERCEPTDATA']._serialized_start=2846
-  _globals['_PERCEPTDATA']._serialized_end=3140
-  _globals['_PERCEPTDATA_EMOTIVESENTRY']._serialized_start=425
-  _globals['_PERCEPTDATA_EMOTIVESENTRY']._serialized_end=472
-  _globals['_PERCEPTDATA_METADATAENTRY']._serialized_start=474
-  _globals['_PERCEPTDATA_METADATAENTRY']._serialized_end=545
+  _globals['_STMMODE']._serialized_start=3326
+  _globals['_STMMODE']._serialized_end=3403
+  _globals['_RANKSORTALGO']._serialized_start=3406
+  _globals['_RANKSORTALGO']._serialized_end=4154
+  _globals['_PREDICTIONTYPE']._serialized_start=4156
+  _globals['_PREDICTIONTYPE']._serialized_end=4239
+  _globals['_EVENT']._serialized_start=123
+  _globals['_EVENT']._serialized_end=147
+  _globals['_VECTOR']._serialized_start=149
+  _globals['_VECTOR']._serialized_end=173
+  _globals['_EMOTIVERECORD']._serialized_start=175
+  _globals['_EMOTIVERECORD']._serialized_end=289
+  _globals['_EMOTIVERECORD_VALUESENTRY']._serialized_start=244
+  _globals['_EMOTIVERECORD_VALUESENTRY']._serialized_end=289
+  _globals['_OBSERVATION']._serialized_start=292
+  _globals['_OBSERVATION']._serialized_end=605
+  _globals['_OBSERVATION_EMOTIVESENTRY']._serialized_start=485
+  _globals['_OBSERVATION_EMOTIVESENTRY']._serialized_end=532
+  _globals['_OBSERVATION_METADATAENTRY']._serialized_start=534
+  _globals['_OBSERVATION_METADATAENTRY']._serialized_end=605
+  _globals['_SESSIONCONFIG']._serialized_start=608
+  _globals['_SESSIONCONFIG']._serialized_end=1220
+  _globals['_ANOMALY']._serialized_start=1222
+  _globals['_ANOMALY']._serialized_end=1287
+  _globals['_PREDICTION']._serialized_start=1290
+  _globals['_PREDICTION']._serialized_end=2522
+  _globals['_PREDICTION_EMOTIVESENTRY']._serialized_start=485
+  _globals['_PREDICTION_EMOTIVESENTRY']._serialized_end=532
+  _globals['_PREDICTION_METADATAENTRY']._serialized_start=2360
+  _globals['_PREDICTION_METADATAENTRY']._serialized_end=2435
+  _globals['_FUTUREPOTENTIAL']._serialized_start=2525
+  _globals['_FUTUREPOTENTIAL']._serialized_end=2666
+  _globals['_PATTERN']._serialized_start=2669
+  _globals['_PATTERN']._serialized_end=3027
+  _globals['_PATTERN_METADATAENTRY']._serialized_start=2360
+  _globals['_PATTERN_METADATAENTRY']._serialized_end=2435
+  _globals['_PERCEPTDATA']._serialized_start=3030
+  _globals['_PERCEPTDATA']._serialized_end=3324
+  _globals['_PERCEPTDATA_EMOTIVESENTRY']._serialized_start=485
+  _globals['_PERCEPTDATA_EMOTIVESENTRY']._serialized_end=532
+  _globals['_PERCEPTDATA_METADATAENTRY']._serialized_start=534
+  _globals['_PERCEPTDATA_METADATAENTRY']._serialized_end=605
 # @@protoc_insertion_point(module_scope)

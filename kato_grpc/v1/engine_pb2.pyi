@@ -552,7 +552,7 @@ class Prediction(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     TYPE_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
     FREQUENCY_FIELD_NUMBER: _builtins.int
     EMOTIVES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
@@ -588,9 +588,9 @@ class Prediction(_message.Message):
     WEIGHTED_SNR_FIELD_NUMBER: _builtins.int
     type: Global___PredictionType.ValueType
     """Always PREDICTION_TYPE_PROTOTYPICAL today."""
-    name: _builtins.str
-    """The pattern's name: 40 hex digits, the sha1 of its events (D-27). GetPattern takes it
-    with or without the `PTRN|` prefix.
+    pattern: _builtins.str
+    """The pattern that makes this prediction, "knowledgeBases/{kb}/patterns/{sha1}" (D-27):
+    give it to GetPattern.
     """
     frequency: _builtins.int
     """How often the pattern was learned."""
@@ -682,7 +682,7 @@ class Prediction(_message.Message):
         self,
         *,
         type: Global___PredictionType.ValueType = ...,
-        name: _builtins.str = ...,
+        pattern: _builtins.str = ...,
         frequency: _builtins.int = ...,
         emotives: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _struct_pb2.ListValue] | None = ...,
@@ -719,7 +719,7 @@ class Prediction(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_weighted_confidence", b"_weighted_confidence", "_weighted_evidence", b"_weighted_evidence", "_weighted_similarity", b"_weighted_similarity", "_weighted_snr", b"_weighted_snr", "weighted_confidence", b"weighted_confidence", "weighted_evidence", b"weighted_evidence", "weighted_similarity", b"weighted_similarity", "weighted_snr", b"weighted_snr"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weighted_confidence", b"_weighted_confidence", "_weighted_evidence", b"_weighted_evidence", "_weighted_similarity", b"_weighted_similarity", "_weighted_snr", b"_weighted_snr", "anomalies", b"anomalies", "bayesian_likelihood", b"bayesian_likelihood", "bayesian_posterior", b"bayesian_posterior", "bayesian_prior", b"bayesian_prior", "confidence", b"confidence", "confluence", b"confluence", "emotives", b"emotives", "entropy", b"entropy", "evidence", b"evidence", "extras", b"extras", "fragmentation", b"fragmentation", "frequency", b"frequency", "future", b"future", "global_normalized_entropy", b"global_normalized_entropy", "itfdf_similarity", b"itfdf_similarity", "matches", b"matches", "metadata", b"metadata", "missing", b"missing", "name", b"name", "normalized_entropy", b"normalized_entropy", "past", b"past", "pattern_probability", b"pattern_probability", "potential", b"potential", "predictive_information", b"predictive_information", "present", b"present", "sequence", b"sequence", "similarity", b"similarity", "snr", b"snr", "tfidf_score", b"tfidf_score", "type", b"type", "weighted_confidence", b"weighted_confidence", "weighted_evidence", b"weighted_evidence", "weighted_similarity", b"weighted_similarity", "weighted_snr", b"weighted_snr", "weighted_strength", b"weighted_strength"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weighted_confidence", b"_weighted_confidence", "_weighted_evidence", b"_weighted_evidence", "_weighted_similarity", b"_weighted_similarity", "_weighted_snr", b"_weighted_snr", "anomalies", b"anomalies", "bayesian_likelihood", b"bayesian_likelihood", "bayesian_posterior", b"bayesian_posterior", "bayesian_prior", b"bayesian_prior", "confidence", b"confidence", "confluence", b"confluence", "emotives", b"emotives", "entropy", b"entropy", "evidence", b"evidence", "extras", b"extras", "fragmentation", b"fragmentation", "frequency", b"frequency", "future", b"future", "global_normalized_entropy", b"global_normalized_entropy", "itfdf_similarity", b"itfdf_similarity", "matches", b"matches", "metadata", b"metadata", "missing", b"missing", "normalized_entropy", b"normalized_entropy", "past", b"past", "pattern", b"pattern", "pattern_probability", b"pattern_probability", "potential", b"potential", "predictive_information", b"predictive_information", "present", b"present", "sequence", b"sequence", "similarity", b"similarity", "snr", b"snr", "tfidf_score", b"tfidf_score", "type", b"type", "weighted_confidence", b"weighted_confidence", "weighted_evidence", b"weighted_evidence", "weighted_similarity", b"weighted_similarity", "weighted_snr", b"weighted_snr", "weighted_strength", b"weighted_strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weighted_confidence: _TypeAlias = _typing.Literal["weighted_confidence"]  # noqa: Y015
     _WhichOneofArgType__weighted_confidence: _TypeAlias = _typing.Literal["_weighted_confidence", b"_weighted_confidence"]  # noqa: Y015
@@ -810,8 +810,8 @@ class Pattern(_message.Message):
     EMOTIVES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """"PTRN|" + the 40-hex sha1 of its events (D-27); in UpdatePattern, with or without the
-    prefix. Example: "PTRN|7f9d5c...".
+    """"knowledgeBases/{kb}/patterns/" + the 40-hex sha1 of its events (D-27).
+    Example: "knowledgeBases/demo/patterns/7f9d5c...".
     """
     length: _builtins.int
     """The number of symbols in all events."""

@@ -3,9 +3,16 @@
 isort:skip_file
 The KATO service: sessions of short-term memory over shared knowledge bases.
 
-A client opens a session on a knowledge base (`node_id`), observes events, learns the
-short-term memory as patterns and reads ranked predictions, each traceable to the pattern
-that produced it. Same inputs, same outputs, always.
+A client opens a session on a knowledge base, observes events, learns the short-term memory
+as patterns and reads ranked predictions, each traceable to the pattern that produced it.
+Same inputs, same outputs, always.
+
+Resources (AIP-122) and their names:
+- a knowledge base: `knowledgeBases/{knowledge_base}`, where {knowledge_base} is KATO's
+  node id verbatim (any non-empty UTF-8 up to 256 bytes, "/" included; D-28);
+- a pattern of it: `knowledgeBases/{knowledge_base}/patterns/{pattern}`, {pattern} the
+  40-hex sha1 of its events (D-27) — the one form of a pattern's name in every message;
+- a session: `sessions/{session}`, {session} "s-" + 32 hex digits made by the server.
 
 Errors are gRPC statuses with rich details (google/rpc/status.proto): an ErrorInfo
 (domain "kato.v1", a `reason` listed per method below, metadata) and, for bad input, a
@@ -68,7 +75,7 @@ Global___LearnStatus: _TypeAlias = LearnStatus  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
-    """A session: private short-term memory over the shared knowledge base of `node_id`."""
+    """A session: private short-term memory over a shared knowledge base."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -92,8 +99,8 @@ class Session(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    NODE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
@@ -102,15 +109,17 @@ class Session(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     STM_LENGTH_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """"s-" + 32 hex digits, made by the server; names the session in every other call.
-    Example: "s-0123456789abcdef0123456789abcdef".
+    name: _builtins.str
+    """"sessions/" + the id the server made ("s-" + 32 hex digits); names the session in every
+    other call. Example: "sessions/s-0123456789abcdef0123456789abcdef".
     """
-    node_id: _builtins.str
-    """The knowledge base the session learns into and predicts from (D-28)."""
+    knowledge_base: _builtins.str
+    """The knowledge base the session learns into and predicts from, "knowledgeBases/{node id}"
+    (D-28); required in CreateSession. Example: "knowledgeBases/demo".
+    """
     ttl_seconds: _builtins.int
     """The sliding TTL in seconds, 60..86400: every call on the session moves expire_time to
-    now + ttl_seconds.
+    now + ttl_seconds. In CreateSession, 0 means KATO_SESSION_TTL_SECONDS (3600).
     """
     etag: _builtins.str
     """Changes with every change of the session; give it back (UpdateSession, DeleteSession) to
@@ -122,7 +131,9 @@ class Session(_message.Message):
     """Observations since creation or the last ClearShortTermMemory."""
     @_builtins.property
     def config(self) -> _engine_pb2.SessionConfig:
-        """The effective config: every parameter with its value, defaults filled in."""
+        """The effective config: every parameter with its value, defaults filled in. In
+        CreateSession, unset fields take their defaults.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -134,13 +145,13 @@ class Session(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The client's labels, as given to CreateSession."""
+        """The client's labels (at most KATO_MAX_METADATA_KEYS)."""
 
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
-        node_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        knowledge_base: _builtins.str = ...,
         config: _engine_pb2.SessionConfig | None = ...,
         ttl_seconds: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
@@ -152,7 +163,7 @@ class Session(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "etag", b"etag", "expire_time", b"expire_time", "metadata", b"metadata", "node_id", b"node_id", "session_id", b"session_id", "stm_length", b"stm_length", "time", b"time", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "etag", b"etag", "expire_time", b"expire_time", "knowledge_base", b"knowledge_base", "metadata", b"metadata", "name", b"name", "stm_length", b"stm_length", "time", b"time", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,61 +175,27 @@ class CreateSessionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class MetadataEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    NODE_ID_FIELD_NUMBER: _builtins.int
-    CONFIG_FIELD_NUMBER: _builtins.int
-    TTL_SECONDS_FIELD_NUMBER: _builtins.int
-    METADATA_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    node_id: _builtins.str
-    """The knowledge base to attach to: any non-empty UTF-8 string up to 256 bytes (D-28)."""
-    ttl_seconds: _builtins.int
-    """Sliding TTL in seconds, 60..86400; default KATO_SESSION_TTL_SECONDS (3600)."""
     request_id: _builtins.str
     """Makes the call safe to retry (AIP-155): the same id and body return the same session."""
     @_builtins.property
-    def config(self) -> _engine_pb2.SessionConfig:
-        """Engine parameters; unset fields take their defaults."""
-
-    @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Labels kept with the session (at most KATO_MAX_METADATA_KEYS)."""
+    def session(self) -> Global___Session:
+        """The session to open: `knowledge_base` (required), and optionally `config`, `ttl_seconds`
+        and `metadata`. Output-only fields and `name` are ignored.
+        """
 
     def __init__(
         self,
         *,
-        node_id: _builtins.str = ...,
-        config: _engine_pb2.SessionConfig | None = ...,
-        ttl_seconds: _builtins.int | None = ...,
-        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        session: Global___Session | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds", "config", b"config", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds", "config", b"config", "metadata", b"metadata", "node_id", b"node_id", "request_id", b"request_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__ttl_seconds: _TypeAlias = _typing.Literal["ttl_seconds"]  # noqa: Y015
-    _WhichOneofArgType__ttl_seconds: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl_seconds) -> _WhichOneofReturnType__ttl_seconds | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateSessionRequest: _TypeAlias = CreateSessionRequest  # noqa: Y015
 
@@ -228,17 +205,17 @@ class GetSessionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,10 +227,10 @@ class DeleteSessionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     etag: _builtins.str
     """Optional (AIP-154): delete only if the session is still at this etag (from Session.etag);
     otherwise ABORTED with reason ETAG_MISMATCH and nothing is deleted.
@@ -261,12 +238,12 @@ class DeleteSessionRequest(_message.Message):
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,8 +262,8 @@ class UpdateSessionRequest(_message.Message):
     """Makes the call safe to retry (AIP-155)."""
     @_builtins.property
     def session(self) -> Global___Session:
-        """The session (`session_id`) and its new values; `etag`, when set, makes the change
-        conditional (AIP-154). Output-only fields are ignored.
+        """The session (`name`) and its new values; `etag`, when set, makes the change conditional
+        (AIP-154). Output-only fields are ignored.
         """
 
     @_builtins.property
@@ -317,12 +294,12 @@ class ObserveRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     OBSERVATION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_PREDICTIONS_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     request_id: _builtins.str
     """Makes the call safe to retry (AIP-155): a retry returns the first response and changes
     nothing.
@@ -338,14 +315,14 @@ class ObserveRequest(_message.Message):
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         observation: _engine_pb2.Observation | None = ...,
         request_id: _builtins.str = ...,
         return_predictions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation", "request_id", b"request_id", "return_predictions", b"return_predictions", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "observation", b"observation", "request_id", b"request_id", "return_predictions", b"return_predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -371,7 +348,9 @@ class ObserveResponse(_message.Message):
     unique_id: _builtins.str
     """The observation's id: the client's unique_id, or one the server made."""
     auto_learned_pattern: _builtins.str
-    """"PTRN|<sha1>" when this observation triggered an auto-learn of at least two symbols."""
+    """The pattern's name ("knowledgeBases/{kb}/patterns/{sha1}") when this observation
+    triggered an auto-learn of at least two symbols.
+    """
     dropped_events: _builtins.int
     """Events dropped from the front of the STM by its size limits (0 normally; D-21)."""
     @_builtins.property
@@ -409,12 +388,12 @@ class ObserveStreamRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     OBSERVATION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_PREDICTIONS_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     request_id: _builtins.str
     """Makes the observation safe to resend (AIP-155); it is then committed alone."""
     return_predictions: _builtins.bool
@@ -426,14 +405,14 @@ class ObserveStreamRequest(_message.Message):
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         observation: _engine_pb2.Observation | None = ...,
         request_id: _builtins.str = ...,
         return_predictions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation", "request_id", b"request_id", "return_predictions", b"return_predictions", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "observation", b"observation", "request_id", b"request_id", "return_predictions", b"return_predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -459,7 +438,7 @@ class ObserveStreamResponse(_message.Message):
     unique_id: _builtins.str
     """The observation's id: the client's unique_id, or one the server made."""
     auto_learned_pattern: _builtins.str
-    """"PTRN|<sha1>" when this observation triggered an auto-learn."""
+    """The pattern's name when this observation triggered an auto-learn."""
     dropped_events: _builtins.int
     """Events dropped from the front of the STM by its size limits."""
     @_builtins.property
@@ -497,15 +476,15 @@ class ObserveSequenceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
     LEARN_AFTER_EACH_FIELD_NUMBER: _builtins.int
     LEARN_AT_END_FIELD_NUMBER: _builtins.int
     CLEAR_STM_BETWEEN_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_PREDICTIONS_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     learn_after_each: _builtins.bool
     """Learn after each observation (when the STM is not empty)."""
     learn_at_end: _builtins.bool
@@ -523,7 +502,7 @@ class ObserveSequenceRequest(_message.Message):
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         observations: _abc.Iterable[_engine_pb2.Observation] | None = ...,
         learn_after_each: _builtins.bool = ...,
         learn_at_end: _builtins.bool = ...,
@@ -533,7 +512,7 @@ class ObserveSequenceRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_stm_between", b"clear_stm_between", "learn_after_each", b"learn_after_each", "learn_at_end", b"learn_at_end", "observations", b"observations", "request_id", b"request_id", "return_predictions", b"return_predictions", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_stm_between", b"clear_stm_between", "learn_after_each", b"learn_after_each", "learn_at_end", b"learn_at_end", "name", b"name", "observations", b"observations", "request_id", b"request_id", "return_predictions", b"return_predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,7 +530,7 @@ class ObserveSequenceResponse(_message.Message):
     INITIAL_STM_LENGTH_FIELD_NUMBER: _builtins.int
     FINAL_STM_LENGTH_FIELD_NUMBER: _builtins.int
     final_learned_pattern: _builtins.str
-    """The learn_at_end pattern, when one was learned."""
+    """The learn_at_end pattern's name, when one was learned."""
     initial_stm_length: _builtins.int
     """STM events before the first observation."""
     final_stm_length: _builtins.int
@@ -562,8 +541,8 @@ class ObserveSequenceResponse(_message.Message):
 
     @_builtins.property
     def auto_learned_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Every learn of the call in order: auto-learns, learn_after_each results ("" when nothing
-        was learnable) and the final learn.
+        """Every learn of the call in order, as pattern names: auto-learns, learn_after_each
+        results ("" when nothing was learnable) and the final learn.
         """
 
     def __init__(
@@ -591,21 +570,21 @@ class LearnRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     request_id: _builtins.str
     """Makes the call safe to retry (AIP-155): the pattern is learned once."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -618,20 +597,22 @@ class LearnResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
-    PATTERN_NAME_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
     status: Global___LearnStatus.ValueType
     """What the learn did."""
-    pattern_name: _builtins.str
-    """"PTRN|<sha1>", or "" with LEARN_STATUS_INSUFFICIENT_DATA."""
+    pattern: _builtins.str
+    """The pattern learned, "knowledgeBases/{kb}/patterns/{sha1}"; "" with
+    LEARN_STATUS_INSUFFICIENT_DATA.
+    """
     def __init__(
         self,
         *,
         status: Global___LearnStatus.ValueType = ...,
-        pattern_name: _builtins.str = ...,
+        pattern: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pattern_name", b"pattern_name", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,17 +624,17 @@ class GetPredictionsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,17 +676,17 @@ class GetShortTermMemoryRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,21 +722,21 @@ class ClearShortTermMemoryRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     request_id: _builtins.str
     """Makes the call safe to retry (AIP-155)."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -784,17 +765,17 @@ class GetPerceptDataRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -830,17 +811,17 @@ class GetCognitionDataRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """The session."""
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The session: "sessions/s-…"."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -918,21 +899,17 @@ class GetPatternRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NODE_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
-    node_id: _builtins.str
-    """The knowledge base."""
     name: _builtins.str
-    """The pattern: 40 hex digits, with or without the "PTRN|" prefix."""
+    """The pattern: "knowledgeBases/{kb}/patterns/{sha1}"."""
     def __init__(
         self,
         *,
-        node_id: _builtins.str = ...,
         name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -944,11 +921,11 @@ class ListPatternsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NODE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    node_id: _builtins.str
-    """The knowledge base."""
+    parent: _builtins.str
+    """The knowledge base: "knowledgeBases/{kb}"."""
     page_size: _builtins.int
     """Patterns per page: 1..1000; 0 means 100."""
     page_token: _builtins.str
@@ -956,13 +933,13 @@ class ListPatternsRequest(_message.Message):
     def __init__(
         self,
         *,
-        node_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,11 +979,8 @@ class UpdatePatternRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NODE_ID_FIELD_NUMBER: _builtins.int
     PATTERN_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
-    node_id: _builtins.str
-    """The knowledge base."""
     @_builtins.property
     def pattern(self) -> _engine_pb2.Pattern:
         """The pattern's name, and its new frequency / emotives / metadata."""
@@ -1021,13 +995,12 @@ class UpdatePatternRequest(_message.Message):
     def __init__(
         self,
         *,
-        node_id: _builtins.str = ...,
         pattern: _engine_pb2.Pattern | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "pattern", b"pattern", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1039,21 +1012,17 @@ class DeletePatternRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NODE_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
-    node_id: _builtins.str
-    """The knowledge base."""
     name: _builtins.str
-    """The pattern: 40 hex digits, with or without the "PTRN|" prefix."""
+    """The pattern: "knowledgeBases/{kb}/patterns/{sha1}"."""
     def __init__(
         self,
         *,
-        node_id: _builtins.str = ...,
         name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1065,27 +1034,29 @@ class ClearKnowledgeBaseRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    NODE_ID_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    session_id: _builtins.str
-    """KATO's clear-all: the KB of the session's node is wiped and the session's STM cleared."""
-    node_id: _builtins.str
-    """A node's KB, without a session."""
+    session: _builtins.str
+    """KATO's clear-all, "sessions/s-…": the session's knowledge base is wiped and its STM
+    cleared.
+    """
+    knowledge_base: _builtins.str
+    """A knowledge base, without a session: "knowledgeBases/{kb}"."""
     request_id: _builtins.str
     """Makes the call safe to retry (AIP-155): the knowledge base is wiped once."""
     def __init__(
         self,
         *,
-        session_id: _builtins.str = ...,
-        node_id: _builtins.str = ...,
+        session: _builtins.str = ...,
+        knowledge_base: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["knowledge_base", b"knowledge_base", "session", b"session", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "request_id", b"request_id", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["knowledge_base", b"knowledge_base", "request_id", b"request_id", "session", b"session", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["session_id", "node_id"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["session", "knowledge_base"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 

@@ -134,11 +134,13 @@ class KatoServiceServicer:
     """
 
     def CreateSession(self, request, context):
-        """Opens a session on a knowledge base. With a request_id, a retry returns the same
-        session (ids are scoped by node and caller).
-        Errors: INVALID_ARGUMENT (node_id, config.*, ttl_seconds, metadata), ALREADY_EXISTS
-        REQUEST_ID_REUSED (the request_id was used with another body).
-        Example: {"node_id": "demo", "config": {"max_predictions": 5}}.
+        """Opens a session on a knowledge base (AIP-133). With a request_id, a retry returns the same
+        session (request ids are scoped by knowledge base and caller).
+        Errors: INVALID_ARGUMENT session.knowledge_base, session.config.*, session.ttl_seconds,
+        session.metadata; ALREADY_EXISTS REQUEST_ID_REUSED (the request_id was used with another
+        body).
+        Example: {"session": {"knowledge_base": "knowledgeBases/demo", "config":
+        {"max_predictions": 5}}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,7 +148,7 @@ class KatoServiceServicer:
 
     def GetSession(self, request, context):
         """Reads a session (its TTL slides).
-        Example: {"session_id": "s-0123456789abcdef0123456789abcdef"}.
+        Example: {"name": "sessions/s-0123456789abcdef0123456789abcdef"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,7 +170,7 @@ class KatoServiceServicer:
         Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
         session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
         ALREADY_EXISTS REQUEST_ID_REUSED.
-        Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+        Example: {"session": {"name": "sessions/s-…", "ttl_seconds": 7200, "config":
         {"recall_threshold": 0.3}}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -183,7 +185,7 @@ class KatoServiceServicer:
         (learn or clear first) or WORK_BUDGET_EXCEEDED (the prediction was too large to compute),
         FAILED_PRECONDITION PATTERN_REJECTED (an auto-learned pattern the knowledge base refused;
         the call was committed), ALREADY_EXISTS REQUEST_ID_REUSED.
-        Example: {"session_id": "s-…", "observation": {"strings": ["hello"]}}.
+        Example: {"name": "sessions/s-…", "observation": {"strings": ["hello"]}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,7 +215,7 @@ class KatoServiceServicer:
         Errors: FAILED_PRECONDITION STM_EMPTY (nothing observed since the last learn) or
         PATTERN_REJECTED (committed, but the knowledge base refused the pattern), ALREADY_EXISTS
         REQUEST_ID_REUSED.
-        Example: {"session_id": "s-…", "request_id": "learn-42"}.
+        Example: {"name": "sessions/s-…", "request_id": "learn-42"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -258,8 +260,8 @@ class KatoServiceServicer:
 
     def GetPattern(self, request, context):
         """One pattern of a knowledge base.
-        Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (40 hex, `PTRN|` optional).
-        Example: {"node_id": "demo", "name": "PTRN|7f9d…"}.
+        Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (MALFORMED_ID).
+        Example: {"name": "knowledgeBases/demo/patterns/7f9d…"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,7 +269,8 @@ class KatoServiceServicer:
 
     def ListPatterns(self, request, context):
         """The patterns of a knowledge base in name order, a page at a time.
-        Errors: INVALID_ARGUMENT page_size, page_token.
+        Errors: INVALID_ARGUMENT parent, page_size, page_token.
+        Example: {"parent": "knowledgeBases/demo", "page_size": 50}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,7 +280,7 @@ class KatoServiceServicer:
         """Replaces a pattern's frequency, emotives or metadata (AIP-134 masks); symbol statistics
         and totals are left as they are.
         Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT update_mask, pattern.*.
-        Example: {"node_id": "demo", "pattern": {"name": "PTRN|7f9d…", "frequency": 3}}.
+        Example: {"pattern": {"name": "knowledgeBases/demo/patterns/7f9d…", "frequency": 3}}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,8 +294,9 @@ class KatoServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearKnowledgeBase(self, request, context):
-        """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or a
-        node's. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+        """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
+        named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+        Example: {"knowledge_base": "knowledgeBases/demo"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -3,9 +3,16 @@
 isort:skip_file
 The KATO service: sessions of short-term memory over shared knowledge bases.
 
-A client opens a session on a knowledge base (`node_id`), observes events, learns the
-short-term memory as patterns and reads ranked predictions, each traceable to the pattern
-that produced it. Same inputs, same outputs, always.
+A client opens a session on a knowledge base, observes events, learns the short-term memory
+as patterns and reads ranked predictions, each traceable to the pattern that produced it.
+Same inputs, same outputs, always.
+
+Resources (AIP-122) and their names:
+- a knowledge base: `knowledgeBases/{knowledge_base}`, where {knowledge_base} is KATO's
+  node id verbatim (any non-empty UTF-8 up to 256 bytes, "/" included; D-28);
+- a pattern of it: `knowledgeBases/{knowledge_base}/patterns/{pattern}`, {pattern} the
+  40-hex sha1 of its events (D-27) — the one form of a pattern's name in every message;
+- a session: `sessions/{session}`, {session} "s-" + 32 hex digits made by the server.
 
 Errors are gRPC statuses with rich details (google/rpc/status.proto): an ErrorInfo
 (domain "kato.v1", a `reason` listed per method below, metadata) and, for bad input, a
@@ -56,15 +63,17 @@ class KatoServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> KatoServiceAsyncStub: ...
     CreateSession: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.CreateSessionRequest, _kato_service_pb2.Session]
-    """Opens a session on a knowledge base. With a request_id, a retry returns the same
-    session (ids are scoped by node and caller).
-    Errors: INVALID_ARGUMENT (node_id, config.*, ttl_seconds, metadata), ALREADY_EXISTS
-    REQUEST_ID_REUSED (the request_id was used with another body).
-    Example: {"node_id": "demo", "config": {"max_predictions": 5}}.
+    """Opens a session on a knowledge base (AIP-133). With a request_id, a retry returns the same
+    session (request ids are scoped by knowledge base and caller).
+    Errors: INVALID_ARGUMENT session.knowledge_base, session.config.*, session.ttl_seconds,
+    session.metadata; ALREADY_EXISTS REQUEST_ID_REUSED (the request_id was used with another
+    body).
+    Example: {"session": {"knowledge_base": "knowledgeBases/demo", "config":
+    {"max_predictions": 5}}}.
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.GetSessionRequest, _kato_service_pb2.Session]
     """Reads a session (its TTL slides).
-    Example: {"session_id": "s-0123456789abcdef0123456789abcdef"}.
+    Example: {"name": "sessions/s-0123456789abcdef0123456789abcdef"}.
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.DeleteSessionRequest, _empty_pb2.Empty]
     """Deletes a session; learns it committed still reach its knowledge base.
@@ -78,7 +87,7 @@ class KatoServiceStub:
     Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
     session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
     ALREADY_EXISTS REQUEST_ID_REUSED.
-    Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+    Example: {"session": {"name": "sessions/s-…", "ttl_seconds": 7200, "config":
     {"recall_threshold": 0.3}}}.
     """
     Observe: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveRequest, _kato_service_pb2.ObserveResponse]
@@ -89,7 +98,7 @@ class KatoServiceStub:
     (learn or clear first) or WORK_BUDGET_EXCEEDED (the prediction was too large to compute),
     FAILED_PRECONDITION PATTERN_REJECTED (an auto-learned pattern the knowledge base refused;
     the call was committed), ALREADY_EXISTS REQUEST_ID_REUSED.
-    Example: {"session_id": "s-…", "observation": {"strings": ["hello"]}}.
+    Example: {"name": "sessions/s-…", "observation": {"strings": ["hello"]}}.
     """
     ObserveSequence: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveSequenceRequest, _kato_service_pb2.ObserveSequenceResponse]
     """Observes several events in order, as repeated Observe calls would, committed together;
@@ -107,7 +116,7 @@ class KatoServiceStub:
     Errors: FAILED_PRECONDITION STM_EMPTY (nothing observed since the last learn) or
     PATTERN_REJECTED (committed, but the knowledge base refused the pattern), ALREADY_EXISTS
     REQUEST_ID_REUSED.
-    Example: {"session_id": "s-…", "request_id": "learn-42"}.
+    Example: {"name": "sessions/s-…", "request_id": "learn-42"}.
     """
     GetPredictions: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.GetPredictionsRequest, _kato_service_pb2.GetPredictionsResponse]
     """The predictions for the session's STM against its knowledge base now.
@@ -125,24 +134,26 @@ class KatoServiceStub:
     """KATO's cognition view: last predictions, STM, time, emotives."""
     GetPattern: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.GetPatternRequest, _engine_pb2.Pattern]
     """One pattern of a knowledge base.
-    Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (40 hex, `PTRN|` optional).
-    Example: {"node_id": "demo", "name": "PTRN|7f9d…"}.
+    Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (MALFORMED_ID).
+    Example: {"name": "knowledgeBases/demo/patterns/7f9d…"}.
     """
     ListPatterns: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ListPatternsRequest, _kato_service_pb2.ListPatternsResponse]
     """The patterns of a knowledge base in name order, a page at a time.
-    Errors: INVALID_ARGUMENT page_size, page_token.
+    Errors: INVALID_ARGUMENT parent, page_size, page_token.
+    Example: {"parent": "knowledgeBases/demo", "page_size": 50}.
     """
     UpdatePattern: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.UpdatePatternRequest, _engine_pb2.Pattern]
     """Replaces a pattern's frequency, emotives or metadata (AIP-134 masks); symbol statistics
     and totals are left as they are.
     Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT update_mask, pattern.*.
-    Example: {"node_id": "demo", "pattern": {"name": "PTRN|7f9d…", "frequency": 3}}.
+    Example: {"pattern": {"name": "knowledgeBases/demo/patterns/7f9d…", "frequency": 3}}.
     """
     DeletePattern: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.DeletePatternRequest, _empty_pb2.Empty]
     """Deletes a pattern. Errors: NOT_FOUND PATTERN_NOT_FOUND."""
     ClearKnowledgeBase: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ClearKnowledgeBaseRequest, _kato_service_pb2.ClearKnowledgeBaseResponse]
-    """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or a
-    node's. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+    """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
+    named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+    Example: {"knowledge_base": "knowledgeBases/demo"}.
     """
 
 @_typing.type_check_only
@@ -151,15 +162,17 @@ class KatoServiceAsyncStub(KatoServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSession: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.CreateSessionRequest, _kato_service_pb2.Session]  # type: ignore[assignment]
-    """Opens a session on a knowledge base. With a request_id, a retry returns the same
-    session (ids are scoped by node and caller).
-    Errors: INVALID_ARGUMENT (node_id, config.*, ttl_seconds, metadata), ALREADY_EXISTS
-    REQUEST_ID_REUSED (the request_id was used with another body).
-    Example: {"node_id": "demo", "config": {"max_predictions": 5}}.
+    """Opens a session on a knowledge base (AIP-133). With a request_id, a retry returns the same
+    session (request ids are scoped by knowledge base and caller).
+    Errors: INVALID_ARGUMENT session.knowledge_base, session.config.*, session.ttl_seconds,
+    session.metadata; ALREADY_EXISTS REQUEST_ID_REUSED (the request_id was used with another
+    body).
+    Example: {"session": {"knowledge_base": "knowledgeBases/demo", "config":
+    {"max_predictions": 5}}}.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.GetSessionRequest, _kato_service_pb2.Session]  # type: ignore[assignment]
     """Reads a session (its TTL slides).
-    Example: {"session_id": "s-0123456789abcdef0123456789abcdef"}.
+    Example: {"name": "sessions/s-0123456789abcdef0123456789abcdef"}.
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.DeleteSessionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a session; learns it committed still reach its knowledge base.
@@ -173,7 +186,7 @@ class KatoServiceAsyncStub(KatoServiceStub):
     Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
     session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
     ALREADY_EXISTS REQUEST_ID_REUSED.
-    Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+    Example: {"session": {"name": "sessions/s-…", "ttl_seconds": 7200, "config":
     {"recall_threshold": 0.3}}}.
     """
     Observe: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveRequest, _kato_service_pb2.ObserveResponse]  # type: ignore[assignment]
@@ -184,7 +197,7 @@ class KatoServiceAsyncStub(KatoServiceStub):
     (learn or clear first) or WORK_BUDGET_EXCEEDED (the prediction was too large to compute),
     FAILED_PRECONDITION PATTERN_REJECTED (an auto-learned pattern the knowledge base refused;
     the call was committed), ALREADY_EXISTS REQUEST_ID_REUSED.
-    Example: {"session_id": "s-…", "observation": {"strings": ["hello"]}}.
+    Example: {"name": "sessions/s-…", "observation": {"strings": ["hello"]}}.
     """
     ObserveSequence: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveSequenceRequest, _kato_service_pb2.ObserveSequenceResponse]  # type: ignore[assignment]
     """Observes several events in order, as repeated Observe calls would, committed together;
@@ -202,7 +215,7 @@ class KatoServiceAsyncStub(KatoServiceStub):
     Errors: FAILED_PRECONDITION STM_EMPTY (nothing observed since the last learn) or
     PATTERN_REJECTED (committed, but the knowledge base refused the pattern), ALREADY_EXISTS
     REQUEST_ID_REUSED.
-    Example: {"session_id": "s-…", "request_id": "learn-42"}.
+    Example: {"name": "sessions/s-…", "request_id": "learn-42"}.
     """
     GetPredictions: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.GetPredictionsRequest, _kato_service_pb2.GetPredictionsResponse]  # type: ignore[assignment]
     """The predictions for the session's STM against its knowledge base now.
@@ -220,24 +233,26 @@ class KatoServiceAsyncStub(KatoServiceStub):
     """KATO's cognition view: last predictions, STM, time, emotives."""
     GetPattern: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.GetPatternRequest, _engine_pb2.Pattern]  # type: ignore[assignment]
     """One pattern of a knowledge base.
-    Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (40 hex, `PTRN|` optional).
-    Example: {"node_id": "demo", "name": "PTRN|7f9d…"}.
+    Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (MALFORMED_ID).
+    Example: {"name": "knowledgeBases/demo/patterns/7f9d…"}.
     """
     ListPatterns: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ListPatternsRequest, _kato_service_pb2.ListPatternsResponse]  # type: ignore[assignment]
     """The patterns of a knowledge base in name order, a page at a time.
-    Errors: INVALID_ARGUMENT page_size, page_token.
+    Errors: INVALID_ARGUMENT parent, page_size, page_token.
+    Example: {"parent": "knowledgeBases/demo", "page_size": 50}.
     """
     UpdatePattern: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.UpdatePatternRequest, _engine_pb2.Pattern]  # type: ignore[assignment]
     """Replaces a pattern's frequency, emotives or metadata (AIP-134 masks); symbol statistics
     and totals are left as they are.
     Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT update_mask, pattern.*.
-    Example: {"node_id": "demo", "pattern": {"name": "PTRN|7f9d…", "frequency": 3}}.
+    Example: {"pattern": {"name": "knowledgeBases/demo/patterns/7f9d…", "frequency": 3}}.
     """
     DeletePattern: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.DeletePatternRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a pattern. Errors: NOT_FOUND PATTERN_NOT_FOUND."""
     ClearKnowledgeBase: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ClearKnowledgeBaseRequest, _kato_service_pb2.ClearKnowledgeBaseResponse]  # type: ignore[assignment]
-    """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or a
-    node's. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+    """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
+    named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+    Example: {"knowledge_base": "knowledgeBases/demo"}.
     """
 
 class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -249,11 +264,13 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _kato_service_pb2.CreateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kato_service_pb2.Session, _abc.Awaitable[_kato_service_pb2.Session]]:
-        """Opens a session on a knowledge base. With a request_id, a retry returns the same
-        session (ids are scoped by node and caller).
-        Errors: INVALID_ARGUMENT (node_id, config.*, ttl_seconds, metadata), ALREADY_EXISTS
-        REQUEST_ID_REUSED (the request_id was used with another body).
-        Example: {"node_id": "demo", "config": {"max_predictions": 5}}.
+        """Opens a session on a knowledge base (AIP-133). With a request_id, a retry returns the same
+        session (request ids are scoped by knowledge base and caller).
+        Errors: INVALID_ARGUMENT session.knowledge_base, session.config.*, session.ttl_seconds,
+        session.metadata; ALREADY_EXISTS REQUEST_ID_REUSED (the request_id was used with another
+        body).
+        Example: {"session": {"knowledge_base": "knowledgeBases/demo", "config":
+        {"max_predictions": 5}}}.
         """
 
     @_abc_1.abstractmethod
@@ -263,7 +280,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kato_service_pb2.Session, _abc.Awaitable[_kato_service_pb2.Session]]:
         """Reads a session (its TTL slides).
-        Example: {"session_id": "s-0123456789abcdef0123456789abcdef"}.
+        Example: {"name": "sessions/s-0123456789abcdef0123456789abcdef"}.
         """
 
     @_abc_1.abstractmethod
@@ -289,7 +306,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT update_mask (unknown or output-only paths, nothing to update),
         session.config.* (nothing applied), session.ttl_seconds, ABORTED ETAG_MISMATCH,
         ALREADY_EXISTS REQUEST_ID_REUSED.
-        Example: {"session": {"session_id": "s-…", "ttl_seconds": 7200, "config":
+        Example: {"session": {"name": "sessions/s-…", "ttl_seconds": 7200, "config":
         {"recall_threshold": 0.3}}}.
         """
 
@@ -306,7 +323,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         (learn or clear first) or WORK_BUDGET_EXCEEDED (the prediction was too large to compute),
         FAILED_PRECONDITION PATTERN_REJECTED (an auto-learned pattern the knowledge base refused;
         the call was committed), ALREADY_EXISTS REQUEST_ID_REUSED.
-        Example: {"session_id": "s-…", "observation": {"strings": ["hello"]}}.
+        Example: {"name": "sessions/s-…", "observation": {"strings": ["hello"]}}.
         """
 
     @_abc_1.abstractmethod
@@ -342,7 +359,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: FAILED_PRECONDITION STM_EMPTY (nothing observed since the last learn) or
         PATTERN_REJECTED (committed, but the knowledge base refused the pattern), ALREADY_EXISTS
         REQUEST_ID_REUSED.
-        Example: {"session_id": "s-…", "request_id": "learn-42"}.
+        Example: {"name": "sessions/s-…", "request_id": "learn-42"}.
         """
 
     @_abc_1.abstractmethod
@@ -396,8 +413,8 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_engine_pb2.Pattern, _abc.Awaitable[_engine_pb2.Pattern]]:
         """One pattern of a knowledge base.
-        Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (40 hex, `PTRN|` optional).
-        Example: {"node_id": "demo", "name": "PTRN|7f9d…"}.
+        Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT name (MALFORMED_ID).
+        Example: {"name": "knowledgeBases/demo/patterns/7f9d…"}.
         """
 
     @_abc_1.abstractmethod
@@ -407,7 +424,8 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kato_service_pb2.ListPatternsResponse, _abc.Awaitable[_kato_service_pb2.ListPatternsResponse]]:
         """The patterns of a knowledge base in name order, a page at a time.
-        Errors: INVALID_ARGUMENT page_size, page_token.
+        Errors: INVALID_ARGUMENT parent, page_size, page_token.
+        Example: {"parent": "knowledgeBases/demo", "page_size": 50}.
         """
 
     @_abc_1.abstractmethod
@@ -419,7 +437,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replaces a pattern's frequency, emotives or metadata (AIP-134 masks); symbol statistics
         and totals are left as they are.
         Errors: NOT_FOUND PATTERN_NOT_FOUND, INVALID_ARGUMENT update_mask, pattern.*.
-        Example: {"node_id": "demo", "pattern": {"name": "PTRN|7f9d…", "frequency": 3}}.
+        Example: {"pattern": {"name": "knowledgeBases/demo/patterns/7f9d…", "frequency": 3}}.
         """
 
     @_abc_1.abstractmethod
@@ -436,8 +454,9 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _kato_service_pb2.ClearKnowledgeBaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kato_service_pb2.ClearKnowledgeBaseResponse, _abc.Awaitable[_kato_service_pb2.ClearKnowledgeBaseResponse]]:
-        """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or a
-        node's. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+        """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
+        named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
+        Example: {"knowledge_base": "knowledgeBases/demo"}.
         """
 
 def add_KatoServiceServicer_to_server(servicer: KatoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

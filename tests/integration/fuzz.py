@@ -25,7 +25,7 @@ _INT_RANGES = {
 def scalar(field: FieldDescriptor, ids: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
     t = field.type
     if t == FieldDescriptor.TYPE_STRING:
-        if field.name in ("session_id", "node_id", "name"):
+        if field.name in ("name", "parent", "session", "knowledge_base"):  # resource names
             return ids
         return st.one_of(st.text(max_size=12), st.text(min_size=200, max_size=2000), st.sampled_from(["", "a", "é"]))
     if t == FieldDescriptor.TYPE_BOOL:

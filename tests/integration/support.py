@@ -9,15 +9,16 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 
 
-def frequency(stub: svc_grpc.KatoServiceStub, node: str, name: str) -> int:
-    """A pattern's frequency in a node's KB; 0 when the KB does not have it."""
+def frequency(stub: svc_grpc.KatoServiceStub, name: str) -> int:
+    """A pattern's frequency ("knowledgeBases/{kb}/patterns/{sha1}"); 0 when its KB lacks it."""
     try:
-        return int(stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency)
+        return int(stub.GetPattern(svc.GetPatternRequest(name=name)).frequency)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             raise
@@ -47,14 +48,14 @@ def error_info(exc: grpc.RpcError) -> tuple[str, str, str]:
 
 
 def create(stub: svc_grpc.KatoServiceStub, node_id: str, **config: object) -> str:
-    return stub.CreateSession(
-        svc.CreateSessionRequest(node_id=node_id, config=pb.SessionConfig(**config))  # type: ignore[arg-type]
-    ).session_id
+    """A new session on ``node_id``'s knowledge base; its name ("sessions/s-…")."""
+    session = svc.Session(knowledge_base=names.knowledge_base(node_id), config=pb.SessionConfig(**config))  # type: ignore[arg-type]
+    return stub.CreateSession(svc.CreateSessionRequest(session=session)).name
 
 
 def observe(stub: svc_grpc.KatoServiceStub, sid: str, *symbols: str, **kw: object) -> svc.ObserveResponse:
     return stub.Observe(
-        svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=symbols), **kw)  # type: ignore[arg-type]
+        svc.ObserveRequest(name=sid, observation=pb.Observation(strings=symbols), **kw)  # type: ignore[arg-type]
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
@@ -44,13 +44,15 @@ def quiet(stores: Stores, log_dir: Path) -> Iterator[ServerProcess]:
 def _cut_off_learn(stub: svc_grpc.KatoServiceStub, mongo: devstack.LocalServer, node: str, symbols: list[str]) -> str:
     """A Learn whose MongoDB apply is cut off by its deadline (MongoDB stalled): committed to
     the session, not yet in the KB. Returns the session id."""
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+    ).name
     for s in symbols:
-        stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+        stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
     mongo.proc.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(grpc.RpcError) as info:
-            stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"), timeout=1.5)
+            stub.Learn(svc.LearnRequest(name=sid, request_id="learn-1"), timeout=1.5)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         mongo.proc.send_signal(signal.SIGCONT)
@@ -59,35 +61,35 @@ def _cut_off_learn(stub: svc_grpc.KatoServiceStub, mongo: devstack.LocalServer, 
 
 def test_cut_off_learn_lands_once_on_retry(quiet: ServerProcess, stores: Stores) -> None:
     stub, node = quiet.stub(), "retry-" + uuid.uuid4().hex
-    name = "PTRN|" + pattern_name([["r1"], ["r2"]])
+    name = names.pattern(node, pattern_name([["r1"], ["r2"]]))
     sid = _cut_off_learn(stub, stores[1], node, ["r1", "r2"])
-    retry = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"), timeout=30)
-    assert (retry.status, retry.pattern_name) == (svc.LEARN_STATUS_LEARNED, name)
-    assert frequency(stub, node, name) == 1  # the replay applied the outbox before answering
-    assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events == []  # committed once
-    stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-1"), timeout=30)
-    assert frequency(stub, node, name) == 1
+    retry = stub.Learn(svc.LearnRequest(name=sid, request_id="learn-1"), timeout=30)
+    assert (retry.status, retry.pattern) == (svc.LEARN_STATUS_LEARNED, name)
+    assert frequency(stub, name) == 1  # the replay applied the outbox before answering
+    assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).events == []  # committed once
+    stub.Learn(svc.LearnRequest(name=sid, request_id="learn-1"), timeout=30)
+    assert frequency(stub, name) == 1
 
 
 def test_cut_off_learn_lands_once_when_the_session_is_deleted(quiet: ServerProcess, stores: Stores) -> None:
     stub, node = quiet.stub(), "delete-" + uuid.uuid4().hex
-    name = "PTRN|" + pattern_name([["d1"], ["d2"]])
+    name = names.pattern(node, pattern_name([["d1"], ["d2"]]))
     sid = _cut_off_learn(stub, stores[1], node, ["d1", "d2"])
-    stub.DeleteSession(svc.DeleteSessionRequest(session_id=sid), timeout=30)
-    assert frequency(stub, node, name) == 1
+    stub.DeleteSession(svc.DeleteSessionRequest(name=sid), timeout=30)
+    assert frequency(stub, name) == 1
 
 
 def test_cut_off_learn_lands_once_when_nobody_calls_again(stores: Stores, log_dir: Path) -> None:
     server = _server(stores, log_dir, KATO_OUTBOX_RELAY_AFTER_SECONDS="1", KATO_OUTBOX_RELAY_INTERVAL_SECONDS="0.5")
     try:
         stub, node = server.stub(), "silence-" + uuid.uuid4().hex
-        name = "PTRN|" + pattern_name([["q1"], ["q2"]])
+        name = names.pattern(node, pattern_name([["q1"], ["q2"]]))
         _cut_off_learn(stub, stores[1], node, ["q1", "q2"])
         started = time.monotonic()
-        assert eventually(lambda: frequency(stub, node, name) == 1, timeout=15), "the relay applied it"
+        assert eventually(lambda: frequency(stub, name) == 1, timeout=15), "the relay applied it"
         assert time.monotonic() - started < 10  # within seconds
         time.sleep(2)
-        assert frequency(stub, node, name) == 1
+        assert frequency(stub, name) == 1
     finally:
         server.stop()
 
@@ -96,19 +98,21 @@ def test_request_records_live_as_long_as_their_session(stores: Stores, log_dir: 
     server = _server(stores, log_dir, KATO_MIN_TTL_SECONDS="1")
     try:
         stub, node = server.stub(), "ttl-" + uuid.uuid4().hex
-        sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, ttl_seconds=2)).session_id
+        sid = stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node), ttl_seconds=2))
+        ).name
         for s in ("t1", "t2"):
-            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
-        first = stub.Learn(svc.LearnRequest(session_id=sid, request_id="L"))
+            stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
+        first = stub.Learn(svc.LearnRequest(name=sid, request_id="L"))
         for _ in range(8):  # 4 s: twice the TTL, the session kept alive by its calls
             time.sleep(0.5)
-            stub.GetSession(svc.GetSessionRequest(session_id=sid))
+            stub.GetSession(svc.GetSessionRequest(name=sid))
         for s in ("t1", "t2"):
-            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
-        again = stub.Learn(svc.LearnRequest(session_id=sid, request_id="L"))
+            stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
+        again = stub.Learn(svc.LearnRequest(name=sid, request_id="L"))
         assert again == first
-        assert frequency(stub, node, first.pattern_name) == 1
-        assert len(stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events) == 2
+        assert frequency(stub, first.pattern) == 1
+        assert len(stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).events) == 2
     finally:
         server.stop()
 
@@ -117,52 +121,54 @@ def test_an_evicted_request_id_runs_again_and_its_learn_counts(stores: Stores, l
     server = _server(stores, log_dir, KATO_MAX_REQUEST_RECORDS="2")
     try:
         stub, node = server.stub(), "evict-" + uuid.uuid4().hex
-        sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+        sid = stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+        ).name
         name = ""
         for round_ in range(2):
             for s in ("e1", "e2"):
-                stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
-            name = stub.Learn(svc.LearnRequest(session_id=sid, request_id="L")).pattern_name
+                stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
+            name = stub.Learn(svc.LearnRequest(name=sid, request_id="L")).pattern
             for i in range(2):  # two newer records push "L" out
-                stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid, request_id=f"c{round_}{i}"))
-        assert frequency(stub, node, name) == 2  # a new execution: its write is not the first one's
+                stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid, request_id=f"c{round_}{i}"))
+        assert frequency(stub, name) == 2  # a new execution: its write is not the first one's
     finally:
         server.stop()
 
 
 def test_a_used_request_id_is_refused_by_every_other_call(quiet: ServerProcess) -> None:
     stub, node = quiet.stub(), "reuse-" + uuid.uuid4().hex
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
-    first = stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1"))
-    same = stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1"))
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+    ).name
+    first = stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["a"]), request_id="r1"))
+    same = stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["a"]), request_id="r1"))
     assert same == first
     others: list[Callable[[], object]] = [
-        lambda: stub.Observe(
-            svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"]), request_id="r1")
-        ),
-        lambda: stub.Learn(svc.LearnRequest(session_id=sid, request_id="r1")),
+        lambda: stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["b"]), request_id="r1")),
+        lambda: stub.Learn(svc.LearnRequest(name=sid, request_id="r1")),
         lambda: stub.ObserveSequence(
-            svc.ObserveSequenceRequest(session_id=sid, observations=[pb.Observation(strings=["c"])], request_id="r1")
+            svc.ObserveSequenceRequest(name=sid, observations=[pb.Observation(strings=["c"])], request_id="r1")
         ),
         lambda: stub.UpdateSession(
             svc.UpdateSessionRequest(
-                session=svc.Session(session_id=sid, config=pb.SessionConfig(max_predictions=3)), request_id="r1"
+                session=svc.Session(name=sid, config=pb.SessionConfig(max_predictions=3)), request_id="r1"
             )
         ),
-        lambda: stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid, request_id="r1")),
-        lambda: stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session_id=sid, request_id="r1")),
+        lambda: stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid, request_id="r1")),
+        lambda: stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session=sid, request_id="r1")),
     ]
     for call in others:
         with pytest.raises(grpc.RpcError) as info:
             call()
         assert error_info(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "Observe")
     # Nothing any of them would have done happened.
-    session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    session = stub.GetSession(svc.GetSessionRequest(name=sid))
     assert (session.time, session.stm_length, session.config.max_predictions) == (1, 1, 100)
     # The stream replays a unary Observe's id as the same call, and refuses another body.
     replies = list(
         stub.ObserveStream(
-            iter([svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(strings=["a"]), request_id="r1")])
+            iter([svc.ObserveStreamRequest(name=sid, observation=pb.Observation(strings=["a"]), request_id="r1")])
         )
     )
     # The stream's messages are Observe's, field for field: the same bytes as the first answer.
@@ -172,15 +178,29 @@ def test_a_used_request_id_is_refused_by_every_other_call(quiet: ServerProcess) 
 def test_create_session_request_ids_are_scoped_by_node_and_caller(quiet: ServerProcess) -> None:
     stub = quiet.stub()
     a, b = "node-a-" + uuid.uuid4().hex, "node-b-" + uuid.uuid4().hex
-    made = stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "a"}, request_id="X"))
-    stub.Observe(svc.ObserveRequest(session_id=made.session_id, observation=pb.Observation(strings=["secret"])))
-    other = stub.CreateSession(svc.CreateSessionRequest(node_id=b, request_id="X"))
-    assert other.session_id != made.session_id and other.node_id == b and dict(other.metadata) == {}
+    made = stub.CreateSession(
+        svc.CreateSessionRequest(
+            session=svc.Session(knowledge_base=names.knowledge_base(a), metadata={"who": "a"}), request_id="X"
+        )
+    )
+    stub.Observe(svc.ObserveRequest(name=made.name, observation=pb.Observation(strings=["secret"])))
+    other = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(b)), request_id="X")
+    )
+    assert other.name != made.name and other.knowledge_base == names.knowledge_base(b) and dict(other.metadata) == {}
     assert other.stm_length == 0
-    again = stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "a"}, request_id="X"))
-    assert again.session_id == made.session_id
+    again = stub.CreateSession(
+        svc.CreateSessionRequest(
+            session=svc.Session(knowledge_base=names.knowledge_base(a), metadata={"who": "a"}), request_id="X"
+        )
+    )
+    assert again.name == made.name
     with pytest.raises(grpc.RpcError) as info:
-        stub.CreateSession(svc.CreateSessionRequest(node_id=a, metadata={"who": "z"}, request_id="X"))
+        stub.CreateSession(
+            svc.CreateSessionRequest(
+                session=svc.Session(knowledge_base=names.knowledge_base(a), metadata={"who": "z"}), request_id="X"
+            )
+        )
     assert error_info(info.value) == ("ALREADY_EXISTS", "REQUEST_ID_REUSED", "CreateSession")
 
 
@@ -191,25 +211,28 @@ def test_create_session_request_ids_do_not_cross_tenants(stores: Stores, log_dir
         stub = server.stub()
 
         def create(node: str, token: str) -> svc.Session:
-            request = svc.CreateSessionRequest(node_id=node, request_id="shared-id")
+            request = svc.CreateSessionRequest(
+                session=svc.Session(knowledge_base=names.knowledge_base(node)), request_id="shared-id"
+            )
             return stub.CreateSession(request, metadata=(("authorization", f"Bearer {token}"),))
 
         alice = create("alice", "alice-token")
         bob = create("bob", "bob-token")  # not refused, and not told the id was used
         ops = create("alice", "ops-token")
-        assert len({alice.session_id, bob.session_id, ops.session_id}) == 3
-        assert bob.node_id == "bob"
-        assert create("alice", "alice-token").session_id == alice.session_id
+        assert len({alice.name, bob.name, ops.name}) == 3
+        assert bob.knowledge_base == "knowledgeBases/bob"
+        assert create("alice", "alice-token").name == alice.name
     finally:
         server.stop()
 
 
 def test_observe_stream_keeps_valid_observations_before_a_bad_one(quiet: ServerProcess) -> None:
     stub = quiet.stub()
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id="stream-" + uuid.uuid4().hex)).session_id
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("stream-" + uuid.uuid4().hex)))
+    ).name
     requests = [
-        svc.ObserveStreamRequest(session_id=sid, observation=pb.Observation(strings=[s]))
-        for s in ("a", "b", "x" * 2000)
+        svc.ObserveStreamRequest(name=sid, observation=pb.Observation(strings=[s])) for s in ("a", "b", "x" * 2000)
     ]
     answers: list[int] = []
     with pytest.raises(grpc.RpcError) as info:
@@ -217,31 +240,35 @@ def test_observe_stream_keeps_valid_observations_before_a_bad_one(quiet: ServerP
             answers.append(reply.stm_length)
     assert answers == [1, 2]
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    stm = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events
+    stm = stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).events
     assert [list(e.symbols) for e in stm] == [["a"], ["b"]]
 
 
 def test_clear_knowledge_base_refuses_a_session_and_another_node(quiet: ServerProcess) -> None:
     stub = quiet.stub()
     mine, theirs = "mine-" + uuid.uuid4().hex, "theirs-" + uuid.uuid4().hex
-    victim = stub.CreateSession(svc.CreateSessionRequest(node_id=theirs)).session_id
+    victim = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(theirs)))
+    ).name
     stub.ObserveSequence(
         svc.ObserveSequenceRequest(
-            session_id=victim,
+            name=victim,
             observations=[pb.Observation(strings=["v1"]), pb.Observation(strings=["v2"])],
             learn_at_end=True,
         )
     )
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=mine)).session_id
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(mine)))
+    ).name
     with pytest.raises(grpc.RpcError) as info:
         stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(request_id="no-target"))
     assert details(info.value)[::2] == (grpc.StatusCode.INVALID_ARGUMENT, ["target"])
     # The target is a oneof: a request carrying both on the wire means its last one, never
     # "the session silently wins".
     both = (
-        svc.ClearKnowledgeBaseRequest(node_id=theirs).SerializeToString()
-        + svc.ClearKnowledgeBaseRequest(session_id=sid).SerializeToString()
+        svc.ClearKnowledgeBaseRequest(knowledge_base=names.knowledge_base(theirs)).SerializeToString()
+        + svc.ClearKnowledgeBaseRequest(session=sid).SerializeToString()
     )
-    assert svc.ClearKnowledgeBaseRequest.FromString(both).WhichOneof("target") == "session_id"
+    assert svc.ClearKnowledgeBaseRequest.FromString(both).WhichOneof("target") == "session"
     stub.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest.FromString(both))
-    assert len(stub.ListPatterns(svc.ListPatternsRequest(node_id=theirs)).patterns) == 1
+    assert len(stub.ListPatterns(svc.ListPatternsRequest(parent=names.knowledge_base(theirs))).patterns) == 1

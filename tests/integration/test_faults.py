@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
@@ -27,7 +27,7 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCo
 
 def _learn_pair(stub: svc_grpc.KatoServiceStub, sid: str, request_id: str) -> grpc.StatusCode:
     request = svc.ObserveSequenceRequest(
-        session_id=sid,
+        name=sid,
         observations=[pb.Observation(strings=["p"]), pb.Observation(strings=["q"])],
         learn_at_end=True,
         request_id=request_id,
@@ -46,7 +46,12 @@ def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> No
         try:
             stubs = [server.stub() for _ in range(4)]
             node = "faults-" + uuid.uuid4().hex
-            sessions = [stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(4)]
+            sessions = [
+                stubs[0]
+                .CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node))))
+                .name
+                for _ in range(4)
+            ]
             done: Counter[str] = Counter()
             codes: Counter[str] = Counter()
             unexpected: list[str] = []
@@ -90,9 +95,9 @@ def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> No
             assert codes["UNAVAILABLE"] > 0, codes  # the outages were felt
             # Touch every session (flushes any outbox), then count: one learn per answered call.
             for sid in sessions:
-                stubs[0].GetSession(svc.GetSessionRequest(session_id=sid))
-            name = "PTRN|" + pattern_name([["p"], ["q"]])
-            frequency = stubs[0].GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency
+                stubs[0].GetSession(svc.GetSessionRequest(name=sid))
+            name = names.pattern(node, pattern_name([["p"], ["q"]]))
+            frequency = stubs[0].GetPattern(svc.GetPatternRequest(name=name)).frequency
             assert frequency == sum(done.values()), (frequency, done, codes)
         finally:
             server.stop()
@@ -102,13 +107,18 @@ def test_sigterm_with_calls_in_flight(stores: Stores, log_dir: Path) -> None:
     server = new_server(*stores, log_dir).start()
     stub = server.stub()
     node = "drain-" + uuid.uuid4().hex
-    sids = [stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(32)]
+    sids = [
+        stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+        ).name
+        for _ in range(32)
+    ]
     sequence = [pb.Observation(strings=[f"s{i}"]) for i in range(150)]
     outcomes: list[str] = []
 
     def call(sid: str) -> None:
         try:
-            stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sid, observations=sequence), timeout=30)
+            stub.ObserveSequence(svc.ObserveSequenceRequest(name=sid, observations=sequence), timeout=30)
             outcomes.append("OK")
         except grpc.RpcError as exc:
             outcomes.append(exc.code().name)
@@ -126,7 +136,7 @@ def test_sigterm_with_calls_in_flight(stores: Stores, log_dir: Path) -> None:
     restarted = new_server(*stores, log_dir).start()
     try:
         stub2 = restarted.stub()
-        times = [stub2.GetSession(svc.GetSessionRequest(session_id=sid)).time for sid in sids]
+        times = [stub2.GetSession(svc.GetSessionRequest(name=sid)).time for sid in sids]
         assert set(times) <= {0, 150}
         assert times.count(150) == outcomes.count("OK")
     finally:
@@ -136,18 +146,21 @@ def test_sigterm_with_calls_in_flight(stores: Stores, log_dir: Path) -> None:
 def test_a_thousand_sessions_on_one_node_never_leak(server: object) -> None:
     stub = server.stub()  # type: ignore[attr-defined]
     node = "crowd-" + uuid.uuid4().hex
-    sessions = [stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(1000)]
+    sessions = [
+        stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+        ).name
+        for _ in range(1000)
+    ]
 
     def run(i: int) -> list[str]:
         sid = sessions[i]
         own = {f"own-{i}", "shared"}
-        stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[f"own-{i}"])))
+        stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[f"own-{i}"])))
         r = stub.Observe(
-            svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["shared"]), return_predictions=True)
+            svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["shared"]), return_predictions=True)
         )
-        stm = {
-            s for e in stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events for s in e.symbols
-        }
+        stm = {s for e in stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).events for s in e.symbols}
         extras = {s for p in r.predictions for e in p.extras for s in e.symbols}
         return sorted((stm | extras) - own)
 

@@ -12,6 +12,7 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kato_grpc import names
 from kato_grpc.devserver import ServerProcess
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -31,29 +32,48 @@ ALLOWED = {
 
 
 def _snapshot(s: svc_grpc.KatoServiceStub, sid: str) -> tuple[bytes, ...]:
-    session = s.GetSession(svc.GetSessionRequest(session_id=sid))
+    session = s.GetSession(svc.GetSessionRequest(name=sid))
     session.ClearField("expire_time")  # slides with every read
     return (
         session.SerializeToString(deterministic=True),
-        s.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).SerializeToString(),
-        s.GetPerceptData(svc.GetPerceptDataRequest(session_id=sid)).SerializeToString(deterministic=True),
-        s.GetCognitionData(svc.GetCognitionDataRequest(session_id=sid)).SerializeToString(deterministic=True),
-        s.GetPredictions(svc.GetPredictionsRequest(session_id=sid)).SerializeToString(deterministic=True),
+        s.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).SerializeToString(),
+        s.GetPerceptData(svc.GetPerceptDataRequest(name=sid)).SerializeToString(deterministic=True),
+        s.GetCognitionData(svc.GetCognitionDataRequest(name=sid)).SerializeToString(deterministic=True),
+        s.GetPredictions(svc.GetPredictionsRequest(name=sid)).SerializeToString(deterministic=True),
     )
 
 
 def test_fuzzed_requests_get_documented_codes_and_hurt_no_bystander(server: ServerProcess) -> None:
     stub = server.stub()
     bystander_node = "bystander-" + uuid.uuid4().hex
-    bystander = stub.CreateSession(svc.CreateSessionRequest(node_id=bystander_node)).session_id
+    bystander = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(bystander_node)))
+    ).name
     for s in ("x", "y", "z"):
-        stub.Observe(svc.ObserveRequest(session_id=bystander, observation=pb.Observation(strings=[s])))
-    stub.Learn(svc.LearnRequest(session_id=bystander))
-    stub.Observe(svc.ObserveRequest(session_id=bystander, observation=pb.Observation(strings=["x"])))
+        stub.Observe(svc.ObserveRequest(name=bystander, observation=pb.Observation(strings=[s])))
+    stub.Learn(svc.LearnRequest(name=bystander))
+    stub.Observe(svc.ObserveRequest(name=bystander, observation=pb.Observation(strings=["x"])))
     before = _snapshot(stub, bystander)
 
-    fuzz_sessions = [stub.CreateSession(svc.CreateSessionRequest(node_id=f"fuzz-{i}")).session_id for i in range(3)]
-    ids = st.sampled_from([*fuzz_sessions, "fuzz-0", "fuzz-1", "", "s-" + "0" * 32, "x" * 300])
+    fuzz_sessions = [
+        stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(f"fuzz-{i}")))
+        ).name
+        for i in range(3)
+    ]
+    ids = st.sampled_from(
+        [
+            *fuzz_sessions,
+            "knowledgeBases/fuzz-0",
+            "knowledgeBases/fuzz-1",
+            names.pattern("fuzz-0", "0" * 40),
+            "fuzz-0",
+            "",
+            "s-" + "0" * 32,
+            "sessions/s-" + "0" * 32,
+            "x" * 300,
+        ]
+    )
     channel = grpc.insecure_channel(server.address)
     seen: dict[str, int] = {}
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 
+from kato_grpc import names
 from kato_grpc.devserver import ROOT, ServerProcess
+from kato_grpc.engine.naming import pattern_name
 
 
 def test_a_node_client_runs_the_round_trip(server: ServerProcess) -> None:
@@ -22,9 +24,15 @@ def test_a_node_client_runs_the_round_trip(server: ServerProcess) -> None:
     seen = json.loads(proc.stdout)
     # Bounded counters are plain numbers in JSON-minded clients, enums have their names.
     assert seen["ttl_seconds"] == 3600 and seen["learn_status"] == "LEARN_STATUS_LEARNED"
-    assert seen["pattern_name"].startswith("PTRN|")
+    # Resource names (AIP-122), one form of a pattern's name in every message.
+    node = seen["node"]
+    assert seen["session"]["name"].startswith("sessions/s-")
+    assert seen["session"]["knowledge_base"] == names.knowledge_base(node)
+    pattern = names.pattern(node, pattern_name([["hello"], ["world"], ["again"]]))
+    assert seen["pattern"] == pattern
+    assert seen["got_pattern"] == {"name": pattern, "frequency": "1"}  # int64: a string in JSON
     assert seen["prediction"] == {
-        "name": seen["pattern_name"][len("PTRN|") :],
+        "pattern": pattern,
         "type": "PREDICTION_TYPE_PROTOTYPICAL",
         "future": [["world"], ["again"]],
     }

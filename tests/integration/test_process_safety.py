@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import ROOT, ServerProcess, new_server, server_env
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -37,15 +37,19 @@ def _heavy_session(stub: svc_grpc.KatoServiceStub, pattern_events: int) -> str:
     node = "heavy-" + uuid.uuid4().hex
     quiet = pb.SessionConfig(process_predictions=False)
     for _ in range(3):
-        sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, config=quiet)).session_id
+        sid = stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node), config=quiet))
+        ).name
         stub.ObserveSequence(
-            svc.ObserveSequenceRequest(session_id=sid, observations=_events(rnd, pattern_events), learn_at_end=True),
+            svc.ObserveSequenceRequest(name=sid, observations=_events(rnd, pattern_events), learn_at_end=True),
             timeout=120,
         )
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node, config=quiet)).session_id
-    stub.ObserveSequence(svc.ObserveSequenceRequest(session_id=sid, observations=_events(rnd, 1000)), timeout=120)
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node), config=quiet))
+    ).name
+    stub.ObserveSequence(svc.ObserveSequenceRequest(name=sid, observations=_events(rnd, 1000)), timeout=120)
     config = pb.SessionConfig(recall_threshold=0.0, process_predictions=True)
-    stub.UpdateSession(svc.UpdateSessionRequest(session=svc.Session(session_id=sid, config=config)))
+    stub.UpdateSession(svc.UpdateSessionRequest(session=svc.Session(name=sid, config=config)))
     return sid
 
 
@@ -57,12 +61,16 @@ def _p99(samples: list[float]) -> float:
 def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(server: ServerProcess) -> None:
     stub = server.stub()
     heavy = _heavy_session(stub, 300)  # ~4.5M symbol pairs: within the default work limit
-    other = stub.CreateSession(svc.CreateSessionRequest(node_id="bystander-" + uuid.uuid4().hex)).session_id
+    other = stub.CreateSession(
+        svc.CreateSessionRequest(
+            session=svc.Session(knowledge_base=names.knowledge_base("bystander-" + uuid.uuid4().hex))
+        )
+    ).name
     outcome: list[object] = []
 
     def run_heavy() -> None:
         started = time.monotonic()
-        outcome.append(stub.GetPredictions(svc.GetPredictionsRequest(session_id=heavy), timeout=60))
+        outcome.append(stub.GetPredictions(svc.GetPredictionsRequest(name=heavy), timeout=60))
         outcome.append(time.monotonic() - started)
 
     thread = threading.Thread(target=run_heavy)
@@ -72,7 +80,7 @@ def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(ser
         health = health_pb2_grpc.HealthStub(channel)
         bystander = svc_grpc.KatoServiceStub(channel)
         health.Check(health_pb2.HealthCheckRequest())
-        bystander.Observe(svc.ObserveRequest(session_id=other, observation=pb.Observation(strings=["x"])))
+        bystander.Observe(svc.ObserveRequest(name=other, observation=pb.Observation(strings=["x"])))
         thread.start()
         time.sleep(0.05)
         while thread.is_alive():
@@ -80,7 +88,7 @@ def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(ser
             health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             health_ms.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            bystander.Observe(svc.ObserveRequest(session_id=other, observation=pb.Observation(strings=["x"])))
+            bystander.Observe(svc.ObserveRequest(name=other, observation=pb.Observation(strings=["x"])))
             observe_ms.append((time.perf_counter() - t) * 1000)
     thread.join()
     predictions, took = outcome
@@ -99,7 +107,7 @@ def test_heavy_work_stops_at_the_deadline(stores: Stores, log_dir: Path) -> None
         heavy = _heavy_session(stub, 1000)  # ~15M symbol pairs: several seconds of alignment
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
-            stub.GetPredictions(svc.GetPredictionsRequest(session_id=heavy))  # no client deadline
+            stub.GetPredictions(svc.GetPredictionsRequest(name=heavy))  # no client deadline
         took = time.monotonic() - started
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert 1.0 <= took < 1.1 + 0.2, took  # 100 ms, and some for a loaded test machine
@@ -112,7 +120,7 @@ def test_work_over_the_limit_is_refused_up_front(server: ServerProcess) -> None:
     heavy = _heavy_session(stub, 1000)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as refused:
-        stub.GetPredictions(svc.GetPredictionsRequest(session_id=heavy))
+        stub.GetPredictions(svc.GetPredictionsRequest(name=heavy))
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert time.monotonic() - started < 1.0  # refused before any alignment
 
@@ -121,7 +129,7 @@ def test_shutdown_during_heavy_work_ends_within_the_grace_period(stores: Stores,
     server = new_server(*stores, log_dir).start(KATO_MAX_PREDICTION_WORK="1000000000000", KATO_GRACE_SECONDS="2")
     stub = server.stub()
     heavy = _heavy_session(stub, 1000)
-    calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(session_id=heavy)) for _ in range(3)]
+    calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(name=heavy)) for _ in range(3)]
     time.sleep(0.5)
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0
@@ -152,7 +160,9 @@ def test_a_killed_worker_is_replaced(stores: Stores, log_dir: Path) -> None:
         assert "worker died; started a replacement" in server.log_path.read_text()
         stub = server.stub()
         for _ in range(8):
-            stub.CreateSession(svc.CreateSessionRequest(node_id="replaced"))
+            stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("replaced")))
+            )
     finally:
         assert server.stop(signal.SIGTERM) == 0
 
@@ -178,7 +188,7 @@ def test_logs_reach_a_file_while_the_server_runs_and_survive_kill_9(stores: Stor
     try:
         assert "serving" in server.log_path.read_text()  # written at once, not at exit
         with pytest.raises(grpc.RpcError):
-            server.stub().GetSession(svc.GetSessionRequest(session_id="s-" + "0" * 32))
+            server.stub().GetSession(svc.GetSessionRequest(name="s-" + "0" * 32))
     finally:
         server.stop(signal.SIGKILL)
     assert "request failed" in server.log_path.read_text()

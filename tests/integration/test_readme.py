@@ -44,6 +44,10 @@ def test_readme_grpcurl_round_trip(server: ServerProcess) -> None:
     assert re.search(r'"stm_length": 1\b', out) and re.search(r'"length": 3\b', out)
     assert '"type": "PREDICTION_TYPE_PROTOTYPICAL"' in out
     assert re.search(r'"n": \[\s*3\s*\]', out)
+    # Resource names (AIP-122): one form of the pattern's everywhere.
+    learned = re.findall(r'"pattern": "(knowledgeBases/demo/patterns/[0-9a-f]{40})"', out)
+    assert len(learned) == 2 and len(set(learned)) == 1  # Learn, then GetPredictions
+    assert f'"name": "{learned[0]}"' in out  # GetPattern
 
 
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])

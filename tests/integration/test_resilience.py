@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
@@ -65,15 +65,16 @@ def test_two_processes_lose_and_double_nothing(
     stubs = [s.stub() for s in two_servers for _ in range(4)]  # several channels per process
     node = "conc-" + uuid.uuid4().hex
     sessions = [
-        stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id for _ in range(sessions_count)
+        stubs[0]
+        .CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node))))
+        .name
+        for _ in range(sessions_count)
     ]
     calls = LOAD_CALLS
 
     def observe(i: int) -> str:
         sid = sessions[i % len(sessions)]
-        request = svc.ObserveRequest(
-            session_id=sid, observation=pb.Observation(strings=[f"s{i % 7}"]), request_id=f"obs-{i}"
-        )
+        request = svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[f"s{i % 7}"]), request_id=f"obs-{i}")
         with_retry(lambda: stubs[i % len(stubs)].Observe(request, timeout=60))
         return sid
 
@@ -82,29 +83,29 @@ def test_two_processes_lose_and_double_nothing(
         sent = Counter(pool.map(observe, range(calls)))
     print(f"{calls} observes in {time.monotonic() - started:.1f}s")
     for sid in sessions:
-        assert stubs[1].GetSession(svc.GetSessionRequest(session_id=sid)).time == sent[sid] == calls // sessions_count
+        assert stubs[1].GetSession(svc.GetSessionRequest(name=sid)).time == sent[sid] == calls // sessions_count
 
     for sid in sessions:
-        stubs[0].ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+        stubs[0].ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
     learns = 200
 
     def learn(i: int) -> None:
         request = svc.ObserveSequenceRequest(
-            session_id=sessions[i % len(sessions)],
+            name=sessions[i % len(sessions)],
             observations=[pb.Observation(strings=["p"]), pb.Observation(strings=["q"])],
             learn_at_end=True,
             request_id=f"learn-{i}",
         )
         result = with_retry(lambda: stubs[i % len(stubs)].ObserveSequence(request, timeout=60))
-        assert result.final_learned_pattern.startswith("PTRN|")
+        assert result.final_learned_pattern == names.pattern(node, pattern_name([["p"], ["q"]]))
 
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(learn, range(learns)))
     print(f"{learns} learns in {time.monotonic() - started:.1f}s")
-    name = "PTRN|" + pattern_name([["p"], ["q"]])
+    name = names.pattern(node, pattern_name([["p"], ["q"]]))
     for stub in (stubs[0], stubs[-1]):
-        assert stub.GetPattern(svc.GetPatternRequest(node_id=node, name=name)).frequency == learns
+        assert stub.GetPattern(svc.GetPatternRequest(name=name)).frequency == learns
 
 
 def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: Path) -> None:
@@ -113,27 +114,29 @@ def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: P
     doomed = new_server(*stores, log_dir, database, redis_db=15, module="tests.integration.crashing_server").start()
     stub = doomed.stub()
     node = "crash-" + uuid.uuid4().hex
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+    ).name
     for s in ("a", "b"):
-        stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[s])))
+        stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
     with pytest.raises(grpc.RpcError) as info:
-        stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-once"), timeout=10)
+        stub.Learn(svc.LearnRequest(name=sid, request_id="learn-once"), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert doomed.stop() == CRASH_EXIT_CODE  # died between the Redis commit and the MongoDB write
 
     survivor = new_server(*stores, log_dir, database, redis_db=15).start()
     try:
         stub = survivor.stub()
-        name = "PTRN|" + pattern_name([["a"], ["b"]])
+        name = names.pattern(node, pattern_name([["a"], ["b"]]))
         # The write waited in the session's outbox; a relay applies it without any call on
         # the session, and the client's retry gets the first response. Exactly once.
-        assert eventually(lambda: frequency(stub, node, name) == 1), "the relay applied the outbox"
-        assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(session_id=sid)).events == []
-        retry = stub.Learn(svc.LearnRequest(session_id=sid, request_id="learn-once"))
-        assert (retry.status, retry.pattern_name) == (svc.LEARN_STATUS_LEARNED, name)
+        assert eventually(lambda: frequency(stub, name) == 1), "the relay applied the outbox"
+        assert stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).events == []
+        retry = stub.Learn(svc.LearnRequest(name=sid, request_id="learn-once"))
+        assert (retry.status, retry.pattern) == (svc.LEARN_STATUS_LEARNED, name)
         for _ in range(3):
-            stub.GetSession(svc.GetSessionRequest(session_id=sid))
-            assert frequency(stub, node, name) == 1
+            stub.GetSession(svc.GetSessionRequest(name=sid))
+            assert frequency(stub, name) == 1
     finally:
         survivor.stop()
 
@@ -143,18 +146,20 @@ def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
         server = new_server(redis, mongo, tmp_path).start()
         try:
             stub = server.stub()
-            sid = stub.CreateSession(svc.CreateSessionRequest(node_id="health")).session_id
-            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"])))
+            sid = stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("health")))
+            ).name
+            stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["a"])))
             time.sleep(1.2)  # let the append-only file reach the disk (appendfsync everysec)
             redis.kill()
             assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(grpc.RpcError) as info:
-                stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"])))
+                stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["b"])))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             redis.restart()
             assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING)
             reply = _eventually_value(
-                lambda: stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["b"])))
+                lambda: stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["b"])))
             )
             assert reply.time == 2  # the session survived the restart (AOF) and nothing was half-applied
         finally:
@@ -175,8 +180,10 @@ def _eventually_value(call: Callable[[], T], timeout: float = 20.0) -> T:
 def test_sigterm_drains_and_exits_cleanly(stores: Stores, log_dir: Path) -> None:
     server = new_server(*stores, log_dir).start()
     stub = server.stub()
-    sid = stub.CreateSession(svc.CreateSessionRequest(node_id="shutdown")).session_id
-    stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["a"])))
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("shutdown")))
+    ).name
+    stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["a"])))
     assert server.stop(signal.SIGTERM) == 0
     assert server.health() is None  # nothing listens any more
 
@@ -186,20 +193,22 @@ def test_workers_share_one_port_and_stay_coherent(stores: Stores, log_dir: Path)
     try:
         stubs = [server.stub() for _ in range(8)]  # separate channels land on either process
         node = "workers-" + uuid.uuid4().hex
-        sid = stubs[0].CreateSession(svc.CreateSessionRequest(node_id=node)).session_id
-        for i, stub in enumerate(stubs):
-            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=[f"w{i}"])))
-        assert stubs[3].GetSession(svc.GetSessionRequest(session_id=sid)).time == len(stubs)
-        stubs[5].Learn(svc.LearnRequest(session_id=sid))
-        for stub in stubs:
-            stub.Observe(svc.ObserveRequest(session_id=sid, observation=pb.Observation(strings=["w0"])))
-            stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
-        observe = svc.ObserveRequest(
-            session_id=sid, observation=pb.Observation(strings=["w0"]), return_predictions=True
+        sid = (
+            stubs[0]
+            .CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node))))
+            .name
         )
+        for i, stub in enumerate(stubs):
+            stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[f"w{i}"])))
+        assert stubs[3].GetSession(svc.GetSessionRequest(name=sid)).time == len(stubs)
+        stubs[5].Learn(svc.LearnRequest(name=sid))
+        for stub in stubs:
+            stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["w0"])))
+            stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
+        observe = svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["w0"]), return_predictions=True)
         for stub in stubs:  # every process sees the pattern the other learned
             assert len(stub.Observe(observe).predictions) == 1
-            stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(session_id=sid))
+            stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
         assert len(_server_pids(server)) == 2  # two serving processes behind one port
     finally:
         assert server.stop(signal.SIGTERM) == 0

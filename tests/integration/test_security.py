@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
 from kato_grpc.devserver import new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -30,30 +30,44 @@ def test_tokens_authenticate_and_scope_nodes(stores: Stores, log_dir: Path) -> N
     try:
         stub = server.stub()
         with pytest.raises(grpc.RpcError) as missing:
-            stub.CreateSession(svc.CreateSessionRequest(node_id="alice"))
+            stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("alice")))
+            )
         assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as wrong:
-            stub.CreateSession(svc.CreateSessionRequest(node_id="alice"), metadata=_with("nope"))
+            stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("alice"))),
+                metadata=_with("nope"),
+            )
         assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-        alice = stub.CreateSession(svc.CreateSessionRequest(node_id="alice"), metadata=_with("alice-token"))
-        bob = stub.CreateSession(svc.CreateSessionRequest(node_id="bob"), metadata=_with("ops-token"))
+        alice = stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("alice"))),
+            metadata=_with("alice-token"),
+        )
+        bob = stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("bob"))),
+            metadata=_with("ops-token"),
+        )
         with pytest.raises(grpc.RpcError) as other_node:
-            stub.CreateSession(svc.CreateSessionRequest(node_id="bob"), metadata=_with("alice-token"))
+            stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("bob"))),
+                metadata=_with("alice-token"),
+            )
         assert other_node.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # alice's token cannot touch bob's session or bob's KB, whatever the call.
         denied: list[Callable[[], object]] = [
             lambda: stub.Observe(
-                svc.ObserveRequest(session_id=bob.session_id, observation=pb.Observation(strings=["x"])),
+                svc.ObserveRequest(name=bob.name, observation=pb.Observation(strings=["x"])),
                 metadata=_with("alice-token"),
             ),
-            lambda: stub.GetSession(svc.GetSessionRequest(session_id=bob.session_id), metadata=_with("alice-token")),
-            lambda: stub.DeleteSession(
-                svc.DeleteSessionRequest(session_id=bob.session_id), metadata=_with("alice-token")
+            lambda: stub.GetSession(svc.GetSessionRequest(name=bob.name), metadata=_with("alice-token")),
+            lambda: stub.DeleteSession(svc.DeleteSessionRequest(name=bob.name), metadata=_with("alice-token")),
+            lambda: stub.ListPatterns(
+                svc.ListPatternsRequest(parent=names.knowledge_base("bob")), metadata=_with("alice-token")
             ),
-            lambda: stub.ListPatterns(svc.ListPatternsRequest(node_id="bob"), metadata=_with("alice-token")),
             lambda: stub.ClearKnowledgeBase(
-                svc.ClearKnowledgeBaseRequest(node_id="bob"), metadata=_with("alice-token")
+                svc.ClearKnowledgeBaseRequest(knowledge_base=names.knowledge_base("bob")), metadata=_with("alice-token")
             ),
         ]
         for call in denied:
@@ -61,13 +75,13 @@ def test_tokens_authenticate_and_scope_nodes(stores: Stores, log_dir: Path) -> N
                 call()
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         stub.Observe(
-            svc.ObserveRequest(session_id=alice.session_id, observation=pb.Observation(strings=["x"])),
+            svc.ObserveRequest(name=alice.name, observation=pb.Observation(strings=["x"])),
             metadata=_with("alice-token"),
         )
-        assert stub.GetSession(svc.GetSessionRequest(session_id=bob.session_id), metadata=_with("ops-token")).time == 0
+        assert stub.GetSession(svc.GetSessionRequest(name=bob.name), metadata=_with("ops-token")).time == 0
         assert server.health() == 1  # probes need no token
         log = server.log_path.read_text()
-        assert "alice-token" not in log and bob.session_id not in log
+        assert "alice-token" not in log and bob.name not in log
     finally:
         server.stop()
 
@@ -90,8 +104,15 @@ def test_tls_serves_encrypted_only(stores: Stores, log_dir: Path, tmp_path: Path
         with grpc.secure_channel(server.address, credentials) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
             stub = svc_grpc.KatoServiceStub(channel)
-            assert stub.CreateSession(svc.CreateSessionRequest(node_id="tls")).node_id == "tls"
+            assert (
+                stub.CreateSession(
+                    svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("tls")))
+                ).knowledge_base
+                == "knowledgeBases/tls"
+            )
         with grpc.insecure_channel(server.address) as plain, pytest.raises(grpc.RpcError):
-            svc_grpc.KatoServiceStub(plain).CreateSession(svc.CreateSessionRequest(node_id="tls"), timeout=3)
+            svc_grpc.KatoServiceStub(plain).CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("tls"))), timeout=3
+            )
     finally:
         server.stop()

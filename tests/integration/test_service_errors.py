@@ -9,40 +9,55 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.support import create, details, observe
 
 
+def _create(kb: str, **fields: object) -> svc.CreateSessionRequest:
+    return svc.CreateSessionRequest(session=svc.Session(knowledge_base=kb, **fields))  # type: ignore[arg-type]
+
+
+_SID = "s-" + "0" * 32
+
+
 @pytest.mark.parametrize(
     ("call", "code", "field"),
     [
-        (lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id="")), "INVALID_ARGUMENT", "node_id"),
+        (lambda s, n: s.CreateSession(_create("")), "INVALID_ARGUMENT", "session.knowledge_base"),
+        (lambda s, n: s.CreateSession(_create("demo")), "INVALID_ARGUMENT", "session.knowledge_base"),
+        (lambda s, n: s.CreateSession(_create("knowledgeBases/")), "INVALID_ARGUMENT", "session.knowledge_base"),
         # 258 bytes of UTF-8 in 129 characters: the limit is in bytes.
-        (
-            lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id="é" * 129)),
-            "INVALID_ARGUMENT", "node_id",
-        ),
-        (
-            lambda s, n: s.CreateSession(svc.CreateSessionRequest(node_id=n, ttl_seconds=5)),
-            "INVALID_ARGUMENT", "ttl_seconds",
-        ),
+        (lambda s, n: s.CreateSession(_create("knowledgeBases/" + "é" * 129)), "INVALID_ARGUMENT",
+         "session.knowledge_base"),
+        (lambda s, n: s.CreateSession(_create(names.knowledge_base(n), ttl_seconds=5)), "INVALID_ARGUMENT",
+         "session.ttl_seconds"),
         (
             lambda s, n: s.CreateSession(
-                svc.CreateSessionRequest(node_id=n, config=pb.SessionConfig(recall_threshold=math.nan))
+                _create(names.knowledge_base(n), config=pb.SessionConfig(recall_threshold=math.nan))
             ),
-            "INVALID_ARGUMENT", "config.recall_threshold",
+            "INVALID_ARGUMENT", "session.config.recall_threshold",
         ),
-        (lambda s, n: s.Observe(svc.ObserveRequest(session_id="")), "INVALID_ARGUMENT", "session_id"),
-        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-" + "0" * 32)), "NOT_FOUND", None),
-        (lambda s, n: s.Learn(svc.LearnRequest(session_id="s-unknown")), "INVALID_ARGUMENT", "session_id"),
-        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|" + "0" * 40)), "NOT_FOUND", None),
-        (lambda s, n: s.GetPattern(svc.GetPatternRequest(node_id=n, name="PTRN|00")), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.Observe(svc.ObserveRequest(name="")), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.Learn(svc.LearnRequest(name="sessions/" + _SID)), "NOT_FOUND", None),
+        (lambda s, n: s.Learn(svc.LearnRequest(name=_SID)), "INVALID_ARGUMENT", "name"),  # a bare id
+        (lambda s, n: s.Learn(svc.LearnRequest(name="sessions/s-unknown")), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.GetSession(svc.GetSessionRequest(name="sessions/")), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(name=names.pattern(n, "0" * 40))), "NOT_FOUND", None),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(name=names.pattern(n, "00"))), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.GetPattern(svc.GetPatternRequest(name="PTRN|" + "0" * 40)), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.DeletePattern(svc.DeletePatternRequest(name="0" * 40)), "INVALID_ARGUMENT", "name"),
+        (lambda s, n: s.ListPatterns(svc.ListPatternsRequest(parent=n)), "INVALID_ARGUMENT", "parent"),
         (
-            lambda s, n: s.ListPatterns(svc.ListPatternsRequest(node_id=n, page_token="%%%")),
+            lambda s, n: s.ListPatterns(svc.ListPatternsRequest(parent=names.knowledge_base(n), page_token="%%%")),
             "INVALID_ARGUMENT", "page_token",
         ),
+        (lambda s, n: s.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(session=_SID)), "INVALID_ARGUMENT",
+         "session"),
+        (lambda s, n: s.ClearKnowledgeBase(svc.ClearKnowledgeBaseRequest(knowledge_base=n)), "INVALID_ARGUMENT",
+         "knowledge_base"),
     ],
 )  # fmt: skip
 def test_errors_have_documented_codes_and_fields(
@@ -67,17 +82,17 @@ def test_bad_observations_are_invalid_argument_and_change_nothing(stub: svc_grpc
     ]
     for obs, field in bad:
         with pytest.raises(grpc.RpcError) as info:
-            stub.Observe(svc.ObserveRequest(session_id=sid, observation=obs))
+            stub.Observe(svc.ObserveRequest(name=sid, observation=obs))
         assert details(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
         assert details(info.value)[2] == [field]
-    session = stub.GetSession(svc.GetSessionRequest(session_id=sid))
+    session = stub.GetSession(svc.GetSessionRequest(name=sid))
     assert (session.time, session.stm_length) == (1, 1)
 
 
 def test_learn_on_empty_stm_is_failed_precondition(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
     sid = create(stub, node_id)
     with pytest.raises(grpc.RpcError) as info:
-        stub.Learn(svc.LearnRequest(session_id=sid))
+        stub.Learn(svc.LearnRequest(name=sid))
     assert details(info.value)[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "STM_EMPTY")
 
 
@@ -99,6 +114,6 @@ def test_oversized_messages_are_resource_exhausted(stub: svc_grpc.KatoServiceStu
     sid = create(stub, node_id)
     huge = pb.Observation(strings=["x" * 1000] * 5000)  # ~5 MB > the 4 MiB default limit
     with pytest.raises(grpc.RpcError) as info:
-        stub.Observe(svc.ObserveRequest(session_id=sid, observation=huge))
+        stub.Observe(svc.ObserveRequest(name=sid, observation=huge))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert stub.GetSession(svc.GetSessionRequest(session_id=sid)).time == 0
+    assert stub.GetSession(svc.GetSessionRequest(name=sid)).time == 0

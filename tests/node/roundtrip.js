@@ -61,18 +61,21 @@ async function main() {
   const kato = load();
   const client = new kato.KatoService(address, grpc.credentials.createInsecure());
   const node = "node-client-" + process.pid + "-" + Date.now();
-  const session = await call(client, "CreateSession", { node_id: node, config: { recall_threshold: 0.1 } });
-  const sid = session.session_id;
+  const session = await call(client, "CreateSession", {
+    session: { knowledge_base: "knowledgeBases/" + node, config: { recall_threshold: 0.1 } },
+  });
+  const sid = session.name;
   for (const s of ["hello", "world", "again"]) {
-    await call(client, "Observe", { session_id: sid, observation: { strings: [s] } });
+    await call(client, "Observe", { name: sid, observation: { strings: [s] } });
   }
-  const learned = await call(client, "Learn", { session_id: sid });
-  await call(client, "Observe", { session_id: sid, observation: { strings: ["hello"] } });
-  const predictions = await call(client, "GetPredictions", { session_id: sid });
+  const learned = await call(client, "Learn", { name: sid });
+  await call(client, "Observe", { name: sid, observation: { strings: ["hello"] } });
+  const predictions = await call(client, "GetPredictions", { name: sid });
+  const pattern = await call(client, "GetPattern", { name: learned.pattern });
   const top = predictions.predictions[0];
   let error;
   try {
-    await call(client, "Observe", { session_id: sid, observation: { strings: ["x".repeat(5000)] } });
+    await call(client, "Observe", { name: sid, observation: { strings: ["x".repeat(5000)] } });
     throw new Error("an oversized symbol was accepted");
   } catch (err) {
     if (!err.metadata) throw err;
@@ -81,11 +84,14 @@ async function main() {
   client.close();
   console.log(
     JSON.stringify({
+      node,
+      session: { name: session.name, knowledge_base: session.knowledge_base },
       stm_length: session.stm_length,
       ttl_seconds: session.ttl_seconds,
       learn_status: learned.status,
-      pattern_name: learned.pattern_name,
-      prediction: { name: top.name, type: top.type, future: top.future.map((e) => e.symbols) },
+      pattern: learned.pattern,
+      got_pattern: { name: pattern.name, frequency: pattern.frequency },
+      prediction: { pattern: top.pattern, type: top.type, future: top.future.map((e) => e.symbols) },
       error,
     }),
   );

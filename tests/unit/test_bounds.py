@@ -88,10 +88,8 @@ def test_a_clone_changes_without_touching_its_source() -> None:
 
 
 def test_request_identity() -> None:
-    a = svc.LearnRequest(session_id="s", request_id="r")
-    assert requests.fingerprint("Learn", a) == requests.fingerprint(
-        "Learn", svc.LearnRequest(session_id="s", request_id="r")
-    )
+    a = svc.LearnRequest(name="s", request_id="r")
+    assert requests.fingerprint("Learn", a) == requests.fingerprint("Learn", svc.LearnRequest(name="s", request_id="r"))
     assert requests.fingerprint("Learn", a) != requests.fingerprint("ClearShortTermMemory", a)
     fp = requests.fingerprint("Learn", a)
     seen = requests.record("Learn", fp, svc.LearnResponse())
@@ -110,19 +108,37 @@ def test_request_identity() -> None:
     assert len({writes[0].write_id, writes[1].write_id, later[0].write_id}) == 3
 
 
-def test_identifiers_are_checked() -> None:
-    limits.require_session_id("s-" + "0" * 32)
-    for bad in ("s-x", "S}:req:X", "s-" + "0" * 32 + "}:state"):
+def test_resource_names_are_checked_and_give_their_ids() -> None:
+    sid = "s-" + "0" * 32
+    assert limits.session_id("sessions/" + sid) == sid
+    for bad in ("", sid, "sessions/s-x", "sessions/S}:req:X", f"sessions/{sid}}}:state", f"knowledgeBases/{sid}"):
+        with pytest.raises(InvalidArgument) as info:
+            limits.session_id(bad)
+        assert [v.field for v in info.value.violations] == ["name"]
+    # Node ids are any UTF-8 up to 256 bytes (D-28), "/" included: taken verbatim.
+    for node in ("demo", "a/b", "é" * 128, "x/patterns/y"):
+        assert limits.node_id("knowledgeBases/" + node, "parent") == node
+        sha1 = "a" * 40
+        assert limits.pattern_ref(f"knowledgeBases/{node}/patterns/{sha1}") == (node, sha1)
+    for bad in ("", "demo", "knowledgeBases/", "knowledgeBases/" + "é" * 129, "sessions/demo"):
         with pytest.raises(InvalidArgument):
-            limits.require_session_id(bad)
-    assert limits.pattern_name("PTRN|" + "a" * 40) == "a" * 40
-    for bad in ("PTRN|00", "x" * 2000, "A" * 40):
+            limits.node_id(bad, "parent")
+    for bad in (
+        "",
+        "PTRN|" + "a" * 40,  # KATO's form is not the API's
+        "a" * 40,
+        "knowledgeBases/demo/patterns/00",
+        "knowledgeBases/demo/patterns/" + "A" * 40,
+        "knowledgeBases//patterns/" + "a" * 40,
+        "knowledgeBases/demo/" + "a" * 40,
+        "x" * 2000,
+    ):
         with pytest.raises(InvalidArgument):
-            limits.pattern_name(bad)
+            limits.pattern_ref(bad)
 
 
 def _requests(*symbols: str) -> list[svc.ObserveRequest]:
-    return [svc.ObserveRequest(session_id="s", observation=pb.Observation(strings=[s])) for s in symbols]
+    return [svc.ObserveRequest(name="s", observation=pb.Observation(strings=[s])) for s in symbols]
 
 
 def test_stream_batches_answer_valid_observations_before_an_invalid_one() -> None:

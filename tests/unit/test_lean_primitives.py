@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kato_grpc import names
 from kato_grpc.encoding import (
     EventMemo,
     add_predictions,
@@ -27,6 +28,7 @@ from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.unit.kit import PATTERN, kb_of
 
 # Few distinct tokens, so runs repeat and tie-breaks between equal-length runs are exercised.
+PREFIX = names.pattern_prefix("kb")
 TOKENS = st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=14)
 
 
@@ -87,18 +89,18 @@ def test_prediction_messages_carry_the_matched_events(patterns: list[list[list[s
     kb = kb_of(patterns)
     result = predict(stm, kb, EngineConfig(recall_threshold=0.1, max_predictions=5))
     for r in result.ranked:
-        m, proto = r.match, prediction_proto(r)
+        m, proto = r.match, prediction_proto(r, PREFIX)
         for field in ("past", "present", "future", "missing", "extras"):
             assert _plain(getattr(proto, field)) == _plain(getattr(m, field)), field
         assert _plain(proto.sequence) == _plain(m.pattern.events)
-        assert (proto.name, list(proto.matches), proto.potential) == (m.name, m.matches, r.potential)
+        assert (proto.pattern, list(proto.matches), proto.potential) == (PREFIX + m.name, m.matches, r.potential)
     for g in result.futures:
         assert _plain(future_proto(g).future) == _plain(g.representative.future)
     # Built straight into a response (one pattern's events encoded once, shared by its
     # prediction and its future potential): the same messages as built one by one.
     response = svc.GetPredictionsResponse()
-    add_predictions(result, response.predictions, response.future_potentials)
-    assert list(response.predictions) == [prediction_proto(r) for r in result.ranked]
+    add_predictions(result, PREFIX, response.predictions, response.future_potentials)
+    assert list(response.predictions) == [prediction_proto(r, PREFIX) for r in result.ranked]
     assert list(response.future_potentials) == [future_proto(g) for g in result.futures]
 
 
@@ -121,6 +123,6 @@ def test_a_memo_shared_across_calls_builds_the_same_messages(
     for stm in stms:
         result = predict(stm, kb, config)
         fresh, reused = svc.GetPredictionsResponse(), svc.GetPredictionsResponse()
-        add_predictions(result, fresh.predictions, fresh.future_potentials)
-        add_predictions(result, reused.predictions, reused.future_potentials, shared)
+        add_predictions(result, PREFIX, fresh.predictions, fresh.future_potentials)
+        add_predictions(result, PREFIX, reused.predictions, reused.future_potentials, shared)
         assert fresh == reused

@@ -1,44 +1,28 @@
-"""Pattern and vector names are KATO's (engine.md §1.4, 1.5; D-26, D-27)."""
+"""Resource names (kato_grpc/names.py): made and parsed back to the same ids, for any node id."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kato_grpc.engine.naming import pattern_name, vector_name
+from kato_grpc import names
 
-
-@pytest.mark.parametrize(
-    ("events", "sha1"),
-    [
-        ([["a"], ["b"], ["c"]], "b98534b32c1d7489d4ce1a48724aa65aeecbdba9"),
-        ([["alpha"], ["beta"], ["gamma"]], "24e0f524f26eecfb14849cf3b3b57c44f3e705c2"),
-        ([["hello", "world"], ["bar", "foo"]], "0405596c4d7172818bfeb508925e83226d4c4971"),
-        ([["it's"], ["x"]], "271339250f33fe945c5a24f7deb31f02ce16ddb5"),
-    ],
-)
-def test_pattern_name_matches_kato(events: list[list[str]], sha1: str) -> None:
-    assert pattern_name(events) == sha1
+NODE = st.text(min_size=1, max_size=40) | st.sampled_from(["a/b", "x/patterns/y", "/", "patterns", "é"])
+SHA1 = st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)
 
 
-def test_event_structure_and_order_change_the_name() -> None:
-    names = {pattern_name([["a", "b"]]), pattern_name([["a"], ["b"]]), pattern_name([["b"], ["a"]])}
-    assert len(names) == 3
+@given(node=NODE, sha1=SHA1)
+def test_names_parse_back_to_their_ids(node: str, sha1: str) -> None:
+    assert names.parse_knowledge_base(names.knowledge_base(node)) == node
+    name = names.pattern(node, sha1)
+    assert name == names.pattern(node, "PTRN|" + sha1) == names.pattern_prefix(node) + sha1
+    assert names.parse_pattern(name) == (node, sha1)  # from the right: "/patterns/" in a node id is fine
+    assert names.pattern_id(name) == sha1 and names.kato_pattern_name(name) == "PTRN|" + sha1
+    assert names.parse_session(names.session("s-" + sha1[:32])) == "s-" + sha1[:32]
 
 
-@pytest.mark.parametrize(
-    ("vector", "name"),
-    [
-        ([1.0, 2.0, 3.0], "VCTR|fe5de4472f7e4d5c9cdd19cadebfa06fe3da8e43"),
-        ([0.5, 0.5], "VCTR|5fd4ba00d0f8c4cf90ef2ba613c34939835927e1"),
-    ],
-)
-def test_vector_name_matches_kato(vector: list[float], name: str) -> None:
-    assert vector_name(np.asarray(vector)) == name
-
-
-def test_vector_name_ignores_global_numpy_print_options() -> None:
-    vector = np.asarray([0.1, 1 / 3])
-    before = vector_name(vector)
-    with np.printoptions(precision=2, linewidth=10, floatmode="fixed"):
-        assert vector_name(vector) == before
+def test_other_forms_are_not_names() -> None:
+    assert names.parse_session("s-" + "0" * 32) is None
+    assert names.parse_knowledge_base("demo") is None
+    assert names.parse_pattern("knowledgeBases/demo/" + "0" * 40) is None
+    assert names.pattern("demo", "") == "" and names.kato_pattern_name("") == ""

@@ -154,7 +154,7 @@ def test_kb_view_is_not_written_by_predictions() -> None:
 
 def _encoded(result: PredictionSet) -> bytes:
     out = svc.GetPredictionsResponse()
-    add_predictions(result, out.predictions, out.future_potentials)
+    add_predictions(result, "", out.predictions, out.future_potentials)
     return out.SerializeToString(deterministic=True)
 
 

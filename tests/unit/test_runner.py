@@ -53,11 +53,11 @@ def _observe(symbol: str) -> object:
 
 async def _learn(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.LearnResponse]:
     r = processor.learn(state)
-    return r.state, svc.LearnResponse(status=svc.LEARN_STATUS_LEARNED, pattern_name=r.pattern_name)
+    return r.state, svc.LearnResponse(status=svc.LEARN_STATUS_LEARNED, pattern=r.pattern_name)
 
 
 def _run(runner: TransactionRunner, method: str, transition: object, request_id: str = "", body: str = "") -> object:
-    request = svc.LearnRequest(session_id=SID, request_id=request_id + body)
+    request = svc.LearnRequest(name=SID, request_id=request_id + body)
     kind = svc.LearnResponse if transition is _learn else Empty
     return asyncio.run(runner.transact(SID, method, request, request_id, transition, kind, caller=ANYONE))  # type: ignore[arg-type]
 
@@ -122,12 +122,12 @@ def test_an_outbox_left_by_a_failed_apply_lands_exactly_once_with_the_next_call(
     assert sessions.outbox(SID) is not None and _stm_raw(sessions) == []  # committed, not applied
     assert patterns.kb("n").pattern_count() == 0
     first = _run(runner, "Learn", _learn, request_id="L")  # the retry applies it, then answers
-    assert isinstance(first, svc.LearnResponse) and first.pattern_name
-    record = patterns.kb("n").pattern(first.pattern_name.removeprefix("PTRN|"))
+    assert isinstance(first, svc.LearnResponse) and first.pattern
+    record = patterns.kb("n").pattern(first.pattern.removeprefix("PTRN|"))
     assert record is not None and record.frequency == 1
     assert sessions.outbox(SID) is None
     _run(runner, "Observe", _observe("c"))
-    assert patterns.kb("n").pattern(first.pattern_name.removeprefix("PTRN|")).frequency == 1  # type: ignore[union-attr]
+    assert patterns.kb("n").pattern(first.pattern.removeprefix("PTRN|")).frequency == 1  # type: ignore[union-attr]
 
 
 def _stm_raw(sessions: InMemorySessionStore) -> list[list[str]]:
@@ -213,7 +213,7 @@ def test_a_response_built_from_the_committed_state_sees_the_new_version() -> Non
     async def touch(
         state: storage.SessionState, _kb: int | None
     ) -> tuple[storage.SessionState, Respond[svc.LearnResponse]]:
-        return processor.copy_state(state), lambda saved: svc.LearnResponse(pattern_name=str(saved.version))
+        return processor.copy_state(state), lambda saved: svc.LearnResponse(pattern=str(saved.version))
 
     reply = asyncio.run(runner.transact(SID, "Touch", Empty(), "", touch, svc.LearnResponse, caller=ANYONE))
-    assert reply.pattern_name == str(before + 1) == str(asyncio.run(runner.read(SID, ANYONE)).version)
+    assert reply.pattern == str(before + 1) == str(asyncio.run(runner.read(SID, ANYONE)).version)

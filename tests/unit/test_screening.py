@@ -22,7 +22,7 @@ def _outputs(stm: list[list[str]], kb: InMemoryKnowledgeBase, config: EngineConf
     with patch.object(predict_module, "SMALL_SCREEN", -1):
         result = predict(stm, kb, config, exhaustive=exhaustive)
     return (
-        [prediction_proto(r).SerializeToString(deterministic=True) for r in result.ranked],
+        [prediction_proto(r, "").SerializeToString(deterministic=True) for r in result.ranked],
         [(g.key, g.aggregate_potential, g.supporting_patterns) for g in result.futures],
     )
 

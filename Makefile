@@ -42,10 +42,11 @@ proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 	$(BIN)/python scripts/gen_api_docs.py
 
-# Rewrites BENCHMARKS.md: engine-only predictions up to 1M patterns, then the service suite (~15 min).
+# Rewrites BENCHMARKS.md: engine-only predictions up to 1M patterns, the service suite, the tools (~25 min).
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 1000000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md
+	$(BIN)/python -m bench.tools --write BENCHMARKS.md
 
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.

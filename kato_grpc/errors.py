@@ -93,3 +93,42 @@ class DeadlineExceeded(KatoError):
 class Unavailable(KatoError):
     code = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
+
+
+# Statuses the service itself never raises on purpose, but a client can observe (a crash,
+# a proxy, a cancelled call): the client maps every status code into this tree.
+
+
+class Cancelled(KatoError):
+    code = "CANCELLED"
+    default_reason = "CANCELLED"
+
+
+class Unimplemented(KatoError):
+    code = "UNIMPLEMENTED"
+    default_reason = "UNIMPLEMENTED"
+
+
+class Internal(KatoError):
+    code = "INTERNAL"
+    default_reason = "INTERNAL"
+
+
+BY_CODE: dict[str, type[KatoError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        Aborted,
+        AlreadyExists,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        DeadlineExceeded,
+        Unavailable,
+        Cancelled,
+        Unimplemented,
+        Internal,
+    )
+}

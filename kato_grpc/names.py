@@ -1,6 +1,8 @@
 """The API's resource names (AIP-122) and the ids inside them — the one place they are made
 and taken apart.
 
+- ``knowledgeBases/{knowledge_base}/symbols/{symbol}``: {symbol} percent-encoded (every byte
+  but RFC 3986's unreserved ones), so it holds no "/" and parses from the right too.
 - ``sessions/{session}``: {session} is the id the server made ("s-" + 32 hex digits).
 - ``knowledgeBases/{knowledge_base}``: {knowledge_base} is KATO's node id, verbatim (D-28
   allows any UTF-8, "/" included, so it is never split).
@@ -17,11 +19,14 @@ only, not the id's own rules.
 
 from __future__ import annotations
 
+from urllib.parse import quote, unquote
+
 from kato_grpc.engine.naming import PATTERN_PREFIX, strip_pattern_prefix
 
 SESSIONS = "sessions/"
 KNOWLEDGE_BASES = "knowledgeBases/"
 PATTERNS = "/patterns/"
+SYMBOLS = "/symbols/"
 
 
 def session(session_id: str) -> str:
@@ -42,6 +47,26 @@ def pattern(node_id: str, pattern_id: str) -> str:
     if not pattern_id:
         return ""
     return pattern_prefix(node_id) + strip_pattern_prefix(pattern_id)
+
+
+def symbol(node_id: str, text: str) -> str:
+    return KNOWLEDGE_BASES + node_id + SYMBOLS + quote(text, safe="")
+
+
+def parse_symbol(name: str) -> tuple[str, str] | None:
+    """(node id, symbol) of ``knowledgeBases/{kb}/symbols/{percent-encoded symbol}``; None
+    when the form is wrong or the encoding is not exactly ours (one name per symbol)."""
+    node_id = parse_knowledge_base(name)
+    if node_id is None:
+        return None
+    node_id, sep, encoded = node_id.rpartition(SYMBOLS)
+    if not sep:
+        return None
+    try:
+        text = unquote(encoded, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return (node_id, text) if quote(text, safe="") == encoded else None
 
 
 def parse_session(name: str) -> str | None:

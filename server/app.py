@@ -26,6 +26,8 @@ from server import limits, memory_policy, reflection
 from server.engine_runner import EngineRunner
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
+from server.kb_stats import KbStats
+from server.kb_transfer import KbTransfer
 from server.observing import Observing
 from server.relay import OutboxRelay
 from server.servicer import KatoServicer
@@ -82,11 +84,14 @@ class KatoServer:
             ),
             check_ids=limits.check_ids,
         )
+        stats = KbStats(self.sessions, self.cache, self.engine)
         self.servicer = KatoServicer(
             settings,
             Sessions(settings, self.sessions, self.runner),
             Observing(settings, self.sessions, self.cache, self.engine, self.runner),
             KbAdmin(settings, self.sessions, self.patterns, self.runner),
+            stats,
+            KbTransfer(settings, self.sessions, self.patterns, stats),
         )
         self.relay = OutboxRelay(
             self.sessions,

@@ -87,8 +87,14 @@ def add_service(servicer: Guarded, server: grpc.aio.Server) -> None:
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
-        else:  # pragma: no cover - the API has no such method
-            raise TypeError(f"unsupported streaming shape for {method.name}")
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                getattr(servicer, method.name), request_deserializer=parse, response_serializer=serialize
+            )
+        else:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                getattr(servicer, method.name), request_deserializer=parse, response_serializer=serialize
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
 
 

@@ -7,8 +7,6 @@ session also clears the session's STM, through the transaction runner.
 
 from __future__ import annotations
 
-import base64
-
 from kato_grpc import encoding, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
@@ -21,10 +19,7 @@ from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+from server import limits, paging
 
 
 def pattern_not_found(name: str) -> NotFound:
@@ -57,21 +52,11 @@ class KbAdmin:
     async def list_patterns(self, req: svc.ListPatternsRequest, caller: Caller) -> svc.ListPatternsResponse:
         node = limits.node_id(req.parent, "parent")
         caller.authorize(node)
-        if req.page_size < 0:
-            raise InvalidArgument.for_field("page_size", "must not be negative")
-        size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            after = (
-                base64.b64decode(req.page_token.encode(), altchars=b"-_", validate=True).decode()
-                if req.page_token
-                else ""
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument.for_field("page_token", "is not a token this service issued") from exc
-        records = await self.patterns.list_patterns(node, after, size + 1)
+        size = paging.page_size(req.page_size)
+        records = await self.patterns.list_patterns(node, paging.after(req.page_token) or "", size + 1)
         out = svc.ListPatternsResponse(patterns=[encoding.pattern_proto(r, node) for r in records[:size]])
         if len(records) > size:
-            out.next_page_token = base64.urlsafe_b64encode(records[size - 1].name.encode()).decode()
+            out.next_page_token = paging.token(records[size - 1].name)
         return out
 
     async def update_pattern(self, req: svc.UpdatePatternRequest, caller: Caller) -> pb.Pattern:

@@ -9,9 +9,10 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kato_grpc import names
+from kato_grpc.engine.learning import MIN_PATTERN_SYMBOLS
 from kato_grpc.engine.observation import check_finite, validate_observation
 from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
@@ -23,6 +24,7 @@ MAX_ID_CHARS = 128
 # Session ids are made by the server (``new_session_id``): nothing else can name a session.
 SESSION_ID = re.compile(r"s-[0-9a-f]{32}")
 PATTERN_NAME = re.compile(r"[0-9a-f]{40}")
+VECTOR_NAME = re.compile(r"VCTR\|[0-9a-f]{40}")
 # Frequencies a client may set: far enough below 2^63 that learns can never overflow the
 # stored 64-bit counter, and exact in JSON / JavaScript numbers.
 MAX_FREQUENCY = 2**53 - 1
@@ -82,6 +84,20 @@ def pattern_ref(name: str, field: str = "name") -> tuple[str, str]:
     return parsed
 
 
+def symbol_ref(name: str, field: str = "name") -> tuple[str, str]:
+    """(node id, symbol) of ``knowledgeBases/{knowledge_base}/symbols/{percent-encoded symbol}``."""
+    _required(name, field)
+    parsed = names.parse_symbol(name)
+    if parsed is None:
+        raise InvalidArgument.for_field(
+            field,
+            "is not a symbol name ('knowledgeBases/{kb}/symbols/' and the percent-encoded symbol)",
+            reason="MALFORMED_ID",
+        )
+    require_node_id(parsed[0], field)
+    return parsed
+
+
 def check_ids(session_id: str, request_id: str) -> None:
     """The ids every session call carries (the transaction runner checks them on load)."""
     require_session_id(session_id)
@@ -119,6 +135,9 @@ def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> str:
         )
     for i, obs in enumerate(req.observations):
         check_observation(obs, settings, f"observations[{i}]")
+    for i, index in enumerate(req.learn_after):
+        if not 0 <= index < len(req.observations):
+            raise InvalidArgument.for_field(f"learn_after[{i}]", "is not the index of an observation of the request")
     return sid
 
 
@@ -233,3 +252,55 @@ def check_session_update(req: svc.UpdateSessionRequest, settings: Settings) -> t
     if "metadata" in paths and len(s.metadata) > settings.max_metadata_keys:
         raise InvalidArgument.for_field("session.metadata", f"has more than {settings.max_metadata_keys} keys")
     return sid, paths
+
+
+def import_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument.for_field("import_id", "is required in the first message", reason="MISSING_FIELD")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument.for_field("import_id", f"is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field: str) -> None:
+    """An imported pattern is bounded like a learned one: symbols per event and their bytes,
+    its size (a session's byte limit), emotive records, metadata keys; 2+ symbols (D-22)."""
+    check_emotives(item.affinity, settings, f"{field}.affinity")
+    pattern, field = item.pattern, f"{field}.pattern"
+    symbols = 0
+    for i, event in enumerate(pattern.events):
+        if len(event.symbols) > settings.max_symbols_per_event:
+            raise InvalidArgument.for_field(
+                f"{field}.events[{i}]", f"has more than {settings.max_symbols_per_event} symbols"
+            )
+        for s in event.symbols:
+            if len(s.encode("utf-8")) > settings.max_symbol_bytes:
+                raise InvalidArgument.for_field(
+                    f"{field}.events[{i}]", f"has a symbol longer than {settings.max_symbol_bytes} bytes"
+                )
+        symbols += len(event.symbols)
+    if symbols < MIN_PATTERN_SYMBOLS:
+        raise InvalidArgument.for_field(f"{field}.events", f"has fewer than {MIN_PATTERN_SYMBOLS} symbols")
+    if pattern.ByteSize() > settings.max_session_bytes:
+        raise InvalidArgument.for_field(field, f"is larger than {settings.max_session_bytes} bytes")
+    if not 0 <= pattern.frequency <= MAX_FREQUENCY:
+        raise InvalidArgument.for_field(f"{field}.frequency", f"must be between 1 and {MAX_FREQUENCY} (0 means 1)")
+    if len(pattern.emotives) > settings.max_pattern_emotive_records:
+        raise InvalidArgument.for_field(
+            f"{field}.emotives", f"has more than {settings.max_pattern_emotive_records} records"
+        )
+    for i, record in enumerate(pattern.emotives):
+        check_emotives(record.values, settings, f"{field}.emotives[{i}]")
+    if len(pattern.metadata) > settings.max_metadata_keys:
+        raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
+
+
+def check_imported_vectors(vectors: Sequence[svc.NamedVector], settings: Settings) -> None:
+    for i, v in enumerate(vectors):
+        if not VECTOR_NAME.fullmatch(v.name):
+            raise InvalidArgument.for_field(f"vectors[{i}].name", "is not a vector name ('VCTR|' and 40 hex digits)")
+        if not 0 < len(v.values) <= settings.max_vector_dimension:
+            raise InvalidArgument.for_field(
+                f"vectors[{i}].values", f"must have 1 to {settings.max_vector_dimension} components"
+            )
+        check_finite({str(j): x for j, x in enumerate(v.values)}, f"vectors[{i}].values")

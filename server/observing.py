@@ -144,6 +144,7 @@ class Observing:
                 limits=self.stm_limits,
                 clear_stm_between=req.clear_stm_between,
                 learn_after_each=req.learn_after_each,
+                learn_after=frozenset(req.learn_after),
                 budget=budget,
                 memo=self.memo,
             )

@@ -21,8 +21,10 @@ from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
 from server.auth import authenticate
 from server.errors import as_kato_error, internal_status, to_status
-from server.handlers import decoded
+from server.handlers import Undecodable, decoded
 from server.kb_admin import KbAdmin
+from server.kb_stats import KbStats
+from server.kb_transfer import KbTransfer
 from server.observing import Observing
 from server.sessions import Sessions
 from server.stream import batches
@@ -44,11 +46,21 @@ def _request_id(context: Ctx) -> str:
 class KatoServicer:
     """``kato.v1.KatoService``: the use cases behind one guard (see ``unary_calls``)."""
 
-    def __init__(self, settings: Settings, sessions: Sessions, observing: Observing, admin: KbAdmin) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        observing: Observing,
+        admin: KbAdmin,
+        stats: KbStats,
+        transfer: KbTransfer,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.observing = observing
         self.admin = admin
+        self.stats = stats
+        self.transfer = transfer
         # Shutdown: once draining, new calls are refused with UNAVAILABLE (retryable, so a
         # client goes to another replica) while the ones in flight finish.
         self.draining = False
@@ -138,11 +150,39 @@ class KatoServicer:
             for response in responses:
                 yield response
 
+    async def ExportKnowledgeBase(  # noqa: N802 - the RPC name grpc dispatches to
+        self, request: svc.ExportKnowledgeBaseRequest | Undecodable, context: Ctx
+    ) -> AsyncIterator[svc.ExportKnowledgeBaseResponse]:
+        """Each message is read behind the guard (its own deadline slice: a large KB streams
+        for longer than one call's limit, a batch never does)."""
+        rpc = "ExportKnowledgeBase"
+        if isinstance(request, Undecodable):
+            await self.guard(rpc, context, _failing(request.error()))
+            return
+        caller = await self.guard(rpc, context, _caller)
+        parts = self.transfer.export(request, caller)
+        while (part := await self.guard(rpc, context, lambda _c: anext(parts, None))) is not None:
+            yield part
+
+    async def ImportKnowledgeBase(  # noqa: N802 - the RPC name grpc dispatches to
+        self, request_iterator: AsyncIterator[svc.ImportKnowledgeBaseRequest | Undecodable], context: Ctx
+    ) -> svc.ImportKnowledgeBaseResponse:
+        """Each batch is applied behind the guard, as it arrives (memory: one batch)."""
+        rpc = "ImportKnowledgeBase"
+        run = self.transfer.start_import(await self.guard(rpc, context, _caller))
+        async for request in request_iterator:
+            if isinstance(request, Undecodable):
+                await self.guard(rpc, context, _failing(request.error()))
+            else:
+                await self.guard(rpc, context, partial(_ignore_caller, run.add, request))
+        result: svc.ImportKnowledgeBaseResponse = await self.guard(rpc, context, lambda _c: run.finish())
+        return result
+
     def unary_calls(self) -> dict[str, Call]:
         """What each unary RPC does: the use case, given the decoded request and the caller.
         ``add_service`` wraps every one in ``guard`` — deadline, auth, drain and error
         mapping, in one place."""
-        s, o, k = self.sessions, self.observing, self.admin
+        s, o, k, st = self.sessions, self.observing, self.admin, self.stats
         return {
             "CreateSession": s.create_session,
             "GetSession": _named(s.get_session),
@@ -161,6 +201,9 @@ class KatoServicer:
             "UpdatePattern": k.update_pattern,
             "DeletePattern": _answer(k.delete_pattern, empty_pb2.Empty),
             "ClearKnowledgeBase": _answer(k.clear_knowledge_base, svc.ClearKnowledgeBaseResponse),
+            "GetKnowledgeBase": st.get_knowledge_base,
+            "GetSymbol": st.get_symbol,
+            "ListSymbols": st.list_symbols,
         }
 
 
@@ -185,6 +228,14 @@ def _answer(call: Callable[[Any, Caller], Awaitable[None]], kind: type[Message])
 
 async def _opened(_caller: Caller) -> None:
     return None
+
+
+async def _caller(caller: Caller) -> Caller:
+    return caller
+
+
+async def _ignore_caller(work: Callable[[Any], Awaitable[T]], arg: Any, _caller: Caller) -> T:
+    return await work(arg)
 
 
 def _failing(error: KatoError) -> Callable[[Caller], Awaitable[None]]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy only where vectors are named: the client imports pattern names too
+    import numpy as np
+    import numpy.typing as npt
 
 PATTERN_PREFIX = "PTRN|"
 VECTOR_PREFIX = "VCTR|"
@@ -28,6 +30,8 @@ def vector_name(vector: npt.NDArray[np.float64]) -> str:
     The print options are passed explicitly so that a caller's global NumPy settings can
     never change a name.
     """
+    import numpy as np  # noqa: PLC0415 - see the TYPE_CHECKING import above
+
     text = np.array2string(
         np.asarray(vector, dtype=np.float64),
         max_line_width=75,

@@ -7,7 +7,7 @@ new state is a copy. This is KATO's stateless processor (architecture.md §2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kato_grpc import names
@@ -143,12 +143,14 @@ def observe_sequence(
     limits: StmLimits | None = None,
     clear_stm_between: bool = False,
     learn_after_each: bool = False,
+    learn_after: Collection[int] = (),
     budget: Budget | None = None,
     memo: EventMemo | None = None,
 ) -> SequenceResult:
     """Observations in order, exactly as repeated ``observe`` calls (and ``learn`` after each
-    with ``learn_after_each``, when the STM is not empty) would give, on one private copy of
-    the state: copying per observation made a long sequence quadratic, as the outbox grows."""
+    with ``learn_after_each``, or after the observations ``learn_after`` indexes, when the STM
+    is not empty) would give, on one private copy of the state: copying per observation made
+    a long sequence quadratic, as the outbox grows."""
     for observation in observations:
         validate_observation(observation)
     new = copy_state(state)
@@ -161,7 +163,7 @@ def observe_sequence(
         step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget, memo)
         writes += step.writes
         learned = None
-        if learn_after_each and new.stm:
+        if (learn_after_each or i in learn_after) and new.stm:
             learned, learned_writes = consume_stm(new, cfg)
             writes += learned_writes
         steps.append(SequenceStep(step, learned))

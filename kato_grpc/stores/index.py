@@ -8,6 +8,7 @@ arrays, so candidate selection never scans the whole KB and screens candidates v
 
 from __future__ import annotations
 
+import bisect
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
@@ -96,6 +97,7 @@ class KnowledgeIndex:
         self._postings: dict[str, _Postings] = {}
         self._totals = Totals()
         self._vectors: dict[str, npt.NDArray[np.float64]] = {}
+        self._sorted_symbols: tuple[int, list[str]] | None = None  # (version, symbols in order)
 
     # --- KnowledgeView -------------------------------------------------------------------
 
@@ -160,6 +162,20 @@ class KnowledgeIndex:
 
     def symbol_count(self) -> int:
         return len(self._symbols)
+
+    def vector_count(self) -> int:
+        return len(self._vectors)
+
+    def symbols_after(self, after: str | None, limit: int) -> list[tuple[str, SymbolStats]]:
+        """Up to ``limit`` symbols in code-point order, after ``after`` (None: from the first).
+
+        The order is sorted once per KB version (O(V log V)), then each page is a bisection.
+        """
+        if self._sorted_symbols is None or self._sorted_symbols[0] != self.version:
+            self._sorted_symbols = (self.version, sorted(self._symbols))
+        order = self._sorted_symbols[1]
+        start = 0 if after is None else bisect.bisect_right(order, after)
+        return [(s, self._symbols[s]) for s in order[start : start + limit]]
 
     def clone(self) -> KnowledgeIndex:
         """A copy that can be changed while this one is being read (postings copied on write)."""

@@ -76,6 +76,11 @@ class KbCache:
             self._checked.pop(evicted, None)
         return index
 
+    def cached_version(self, kb_id: str) -> int | None:
+        """The version this process has cached of a KB, or None (it is not cached)."""
+        index = self._indexes.get(kb_id)
+        return None if index is None else index.version
+
     def _merge(self, kb_id: str, changes: KbChanges, singles: dict[str, tuple[str]]) -> KnowledgeIndex:
         index = self._indexes.get(kb_id)
         if index is not None and changes.version <= index.version:

@@ -12,6 +12,7 @@ from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.engine.records import merge_metadata, window_emotives
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.index import KnowledgeIndex, SymbolChange
+from kato_grpc.stores.mongo_docs import learns
 from kato_grpc.stores.protocols import Applied
 
 
@@ -44,7 +45,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
             record = PatternRecord.build(
                 write.name,
                 [list(e.symbols) for e in write.events],
-                1,
+                learns(write),
                 window_emotives([], incoming, write.persistence),
                 metadata,
                 self.singles,
@@ -53,7 +54,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
             record = PatternRecord.build(
                 old.name,
                 old.events,
-                old.frequency + 1,
+                old.frequency + learns(write),
                 window_emotives(old.emotives, incoming, write.persistence),
                 merge_metadata(old.metadata, metadata),
                 self.singles,
@@ -66,7 +67,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
         self.set_totals(
             Totals(
                 total_unique_patterns=t.total_unique_patterns + (1 if is_new else 0),
-                total_pattern_frequencies=t.total_pattern_frequencies + 1,
+                total_pattern_frequencies=t.total_pattern_frequencies + learns(write),
                 vocabulary_size=self.symbol_count(),
             )
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from pymongo import UpdateOne
 
@@ -84,6 +85,22 @@ def symbol_log_parts(
     return parts
 
 
+def field_key(key: str) -> str:
+    """An emotive name as a MongoDB field name ("." and a leading "$" would be paths and
+    operators): "%", "." and "$" percent-encoded, reversibly."""
+    return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
+def affinity_from_doc(doc: Mapping[str, Any]) -> dict[str, float]:
+    """What a pattern's learns added to its symbols' affinity (kept since the export format)."""
+    return {unquote(k): float(v) for k, v in doc.get("affinity", {}).items()}
+
+
+def learns(write: storage.PatternWrite) -> int:
+    """How many learns a write counts for (an import's pattern: its frequency)."""
+    return write.frequency or 1
+
+
 def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int) -> Doc:
     """The document a first learn creates: what the upsert below would produce on insert."""
     events = [list(e.symbols) for e in write.events]
@@ -96,10 +113,11 @@ def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int) -> Doc:
         "events": events,
         "length": sum(len(e) for e in events),
         "symbols": sorted({x for e in events for x in e}),
-        "frequency": 1,
+        "frequency": learns(write),
         "kb_version": version,
         "emotives": records[-write.persistence :] if records else [],
         "metadata": unique_pairs,
+        "affinity": {field_key(k): v for k, v in write.affinity_delta.items()},
     }
 
 
@@ -110,7 +128,8 @@ def pattern_op(kb_id: str, write: storage.PatternWrite, version: int) -> UpdateO
         "length": sum(len(e) for e in events),
         "symbols": sorted({x for e in events for x in e}),
     }
-    update: Doc = {"$inc": {"frequency": 1}, "$set": {"kb_version": version}, "$setOnInsert": on_insert}
+    inc = {"frequency": learns(write)} | {f"affinity.{field_key(k)}": v for k, v in write.affinity_delta.items()}
+    update: Doc = {"$inc": inc, "$set": {"kb_version": version}, "$setOnInsert": on_insert}
     records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
     if records:
         update["$push"] = {"emotives": {"$each": records, "$slice": -write.persistence}}

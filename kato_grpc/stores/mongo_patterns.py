@@ -43,6 +43,9 @@ from kato_grpc.stores.mongo_docs import (
     pattern_op,
     symbol_log_parts,
 )
+from kato_grpc.stores.mongo_docs import (
+    learns as learn_count,
+)
 from kato_grpc.stores.mongo_errors import error_codes, is_duplicate, is_permanent
 from kato_grpc.stores.mongo_reads import PatternReads
 from kato_grpc.stores.protocols import Applied
@@ -152,7 +155,7 @@ class MongoPatternStore(PatternReads):
         # ride along with it (one operation fewer per call). A pattern created concurrently
         # after this read makes the insert below fail, and the whole batch is retried.
         new_flags = await self._new_flags(s, kb_id, learns)
-        totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": len(learns)}
+        totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": sum(map(learn_count, learns))}
         version = await self._next_version(s, kb_id, totals if learns else None)
         vector_ops = [
             UpdateOne(

@@ -4,14 +4,19 @@ cache's refresh), single patterns and pages of them. The collections are describ
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pymongo import ASCENDING
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.stores.index import SymbolChange
-from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, pattern_from_doc, totals_from_doc
+from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, affinity_from_doc, pattern_from_doc, totals_from_doc
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -68,3 +73,25 @@ class PatternReads:
     async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
         cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$gt": after}}).sort("name", 1).limit(limit)
         return [pattern_from_doc(doc) async for doc in cursor]
+
+    def pattern_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[PatternRecord, dict[str, float]]]]:
+        """Every pattern of a KB in name order with what its learns added to affinity, ``size``
+        at a time (one cursor: memory stays at one batch however large the KB)."""
+        fields = RECORD_FIELDS | {"affinity": 1}
+        cursor = self._db.patterns.find({"kb_id": kb_id}, fields).sort("name", ASCENDING)
+        return _batches(cursor.batch_size(size), size, lambda d: (pattern_from_doc(d), affinity_from_doc(d)))
+
+    def vector_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[str, list[float]]]]:
+        cursor = self._db.vectors.find({"kb_id": kb_id}).sort("name", ASCENDING)
+        return _batches(cursor.batch_size(size), size, lambda d: (d["name"], [float(x) for x in d["values"]]))
+
+
+async def _batches(cursor: AsyncCursor[Doc], size: int, convert: Callable[[Doc], T]) -> AsyncIterator[list[T]]:
+    batch: list[T] = []
+    async for doc in cursor:
+        batch.append(convert(doc))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

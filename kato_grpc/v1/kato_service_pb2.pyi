@@ -12,6 +12,8 @@ Resources (AIP-122) and their names:
   node id verbatim (any non-empty UTF-8 up to 256 bytes, "/" included; D-28);
 - a pattern of it: `knowledgeBases/{knowledge_base}/patterns/{pattern}`, {pattern} the
   40-hex sha1 of its events (D-27) — the one form of a pattern's name in every message;
+- a symbol of it: `knowledgeBases/{knowledge_base}/symbols/{symbol}`, {symbol} the symbol
+  percent-encoded (RFC 3986, every byte but unreserved ones: "a/b" is "a%2Fb");
 - a session: `sessions/{session}`, {session} "s-" + 32 hex digits made by the server.
 
 Errors are gRPC statuses with rich details (google/rpc/status.proto): an ErrorInfo
@@ -483,6 +485,7 @@ class ObserveSequenceRequest(_message.Message):
     CLEAR_STM_BETWEEN_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RETURN_PREDICTIONS_FIELD_NUMBER: _builtins.int
+    LEARN_AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The session: "sessions/s-…"."""
     learn_after_each: _builtins.bool
@@ -499,6 +502,13 @@ class ObserveSequenceRequest(_message.Message):
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Observation]:
         """The observations, in order (at most KATO_MAX_SEQUENCE_OBSERVATIONS)."""
 
+    @_builtins.property
+    def learn_after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Learn after the observations at these indexes (0-based, when the STM is not empty): several
+        sequences sent in one call, each learned as its own pattern. Example: [2, 5] learns
+        observations 0-2 and 3-5.
+        """
+
     def __init__(
         self,
         *,
@@ -509,10 +519,11 @@ class ObserveSequenceRequest(_message.Message):
         clear_stm_between: _builtins.bool = ...,
         request_id: _builtins.str = ...,
         return_predictions: _builtins.bool = ...,
+        learn_after: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_stm_between", b"clear_stm_between", "learn_after_each", b"learn_after_each", "learn_at_end", b"learn_at_end", "name", b"name", "observations", b"observations", "request_id", b"request_id", "return_predictions", b"return_predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_stm_between", b"clear_stm_between", "learn_after", b"learn_after", "learn_after_each", b"learn_after_each", "learn_at_end", b"learn_at_end", "name", b"name", "observations", b"observations", "request_id", b"request_id", "return_predictions", b"return_predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1078,3 +1089,506 @@ class ClearKnowledgeBaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearKnowledgeBaseResponse: _TypeAlias = ClearKnowledgeBaseResponse  # noqa: Y015
+
+@_typing.final
+class KnowledgeBase(_message.Message):
+    """A knowledge base: the patterns its sessions learn, shared by all of them (D-28)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATTERN_COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_PATTERN_FREQUENCIES_FIELD_NUMBER: _builtins.int
+    SYMBOL_COUNT_FIELD_NUMBER: _builtins.int
+    VECTOR_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"knowledgeBases/" + KATO's node id. Example: "knowledgeBases/demo"."""
+    version: _builtins.int
+    """Moves on with every change (learn, update, delete, clear); never goes back."""
+    pattern_count: _builtins.int
+    """Distinct patterns (N of D-6)."""
+    total_pattern_frequencies: _builtins.int
+    """The sum of every pattern's frequency."""
+    symbol_count: _builtins.int
+    """Distinct symbols ever learned (V)."""
+    vector_count: _builtins.int
+    """Vectors in its vector index."""
+    @_builtins.property
+    def cache(self) -> Global___KnowledgeBaseCache:
+        """This server process's cache of the knowledge base when the call arrived."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        pattern_count: _builtins.int = ...,
+        total_pattern_frequencies: _builtins.int = ...,
+        symbol_count: _builtins.int = ...,
+        vector_count: _builtins.int = ...,
+        cache: Global___KnowledgeBaseCache | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "name", b"name", "pattern_count", b"pattern_count", "symbol_count", b"symbol_count", "total_pattern_frequencies", b"total_pattern_frequencies", "vector_count", b"vector_count", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KnowledgeBase: _TypeAlias = KnowledgeBase  # noqa: Y015
+
+@_typing.final
+class KnowledgeBaseCache(_message.Message):
+    """A server process's cache of one knowledge base (each process keeps its own)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CACHED_FIELD_NUMBER: _builtins.int
+    CACHED_VERSION_FIELD_NUMBER: _builtins.int
+    cached: _builtins.bool
+    """Whether the knowledge base was cached when the call arrived."""
+    cached_version: _builtins.int
+    """The version cached then; 0 when it was not cached."""
+    def __init__(
+        self,
+        *,
+        cached: _builtins.bool = ...,
+        cached_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "cached_version", b"cached_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KnowledgeBaseCache: _TypeAlias = KnowledgeBaseCache  # noqa: Y015
+
+@_typing.final
+class GetKnowledgeBaseRequest(_message.Message):
+    """The request of GetKnowledgeBase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The knowledge base: "knowledgeBases/{kb}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKnowledgeBaseRequest: _TypeAlias = GetKnowledgeBaseRequest  # noqa: Y015
+
+@_typing.final
+class Symbol(_message.Message):
+    """A symbol's statistics in one knowledge base (docs/engine.md §1.8)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AffinityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    PATTERN_MEMBER_FREQUENCY_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"knowledgeBases/{kb}/symbols/" + the symbol, percent-encoded.
+    Example: "knowledgeBases/demo/symbols/a%2Fb" for the symbol "a/b".
+    """
+    symbol: _builtins.str
+    """The symbol itself."""
+    frequency: _builtins.int
+    """Occurrences over every learn (a learn of a pattern holding it twice adds 2)."""
+    pattern_member_frequency: _builtins.int
+    """Distinct patterns that contain it (pmf)."""
+    probability: _builtins.float
+    """pattern_member_frequency / the KB's pattern count: P(s) of the metrics."""
+    @_builtins.property
+    def affinity(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Emotive -> the sum, over the learns of patterns holding the symbol, of each learn's
+        average emotive value (docs/engine.md §1.6). Empty when no learn had emotives.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        frequency: _builtins.int = ...,
+        pattern_member_frequency: _builtins.int = ...,
+        probability: _builtins.float = ...,
+        affinity: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "frequency", b"frequency", "name", b"name", "pattern_member_frequency", b"pattern_member_frequency", "probability", b"probability", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Symbol: _TypeAlias = Symbol  # noqa: Y015
+
+@_typing.final
+class GetSymbolRequest(_message.Message):
+    """The request of GetSymbol."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The symbol: "knowledgeBases/{kb}/symbols/{percent-encoded symbol}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSymbolRequest: _TypeAlias = GetSymbolRequest  # noqa: Y015
+
+@_typing.final
+class ListSymbolsRequest(_message.Message):
+    """The request of ListSymbols."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The knowledge base: "knowledgeBases/{kb}"."""
+    page_size: _builtins.int
+    """Symbols per page: 1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSymbolsRequest: _TypeAlias = ListSymbolsRequest  # noqa: Y015
+
+@_typing.final
+class ListSymbolsResponse(_message.Message):
+    """The response of ListSymbols."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Give it back for the next page; empty on the last page."""
+    @_builtins.property
+    def symbols(self) -> _containers.RepeatedCompositeFieldContainer[Global___Symbol]:
+        """A page of symbols, in code-point order of the symbol."""
+
+    def __init__(
+        self,
+        *,
+        symbols: _abc.Iterable[Global___Symbol] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "symbols", b"symbols"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSymbolsResponse: _TypeAlias = ListSymbolsResponse  # noqa: Y015
+
+@_typing.final
+class ExportKnowledgeBaseRequest(_message.Message):
+    """The request of ExportKnowledgeBase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The knowledge base: "knowledgeBases/{kb}"."""
+    batch_size: _builtins.int
+    """Patterns per message: 1..1000; 0 means 500."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        batch_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportKnowledgeBaseRequest: _TypeAlias = ExportKnowledgeBaseRequest  # noqa: Y015
+
+@_typing.final
+class ExportHeader(_message.Message):
+    """What an export starts with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_VERSION_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
+    format_version: _builtins.int
+    """The export format's version: 1."""
+    @_builtins.property
+    def knowledge_base(self) -> Global___KnowledgeBase:
+        """The knowledge base exported."""
+
+    def __init__(
+        self,
+        *,
+        format_version: _builtins.int = ...,
+        knowledge_base: Global___KnowledgeBase | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["knowledge_base", b"knowledge_base"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format_version", b"format_version", "knowledge_base", b"knowledge_base"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportHeader: _TypeAlias = ExportHeader  # noqa: Y015
+
+@_typing.final
+class NamedVector(_message.Message):
+    """A vector of a knowledge base's vector index, by its name (D-26)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"VCTR|" + 40 hex digits."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Its components."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedVector: _TypeAlias = NamedVector  # noqa: Y015
+
+@_typing.final
+class ExportedPattern(_message.Message):
+    """A pattern as a knowledge base moves: the pattern, and what its learns added to its symbols'
+    affinity (symbol statistics are derived from these on import, never copied).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AffinityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pattern(self) -> _engine_pb2.Pattern:
+        """The pattern (its name is the exporting KB's; imports ignore it)."""
+
+    @_builtins.property
+    def affinity(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Emotive -> the sum, over the pattern's learns, of each learn's average emotive value
+        (docs/engine.md §1.6). Empty for patterns learned before it was kept: an import then
+        takes each of the `frequency` learns to carry the average of the pattern's emotives.
+        """
+
+    def __init__(
+        self,
+        *,
+        pattern: _engine_pb2.Pattern | None = ...,
+        affinity: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "pattern", b"pattern"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedPattern: _TypeAlias = ExportedPattern  # noqa: Y015
+
+@_typing.final
+class ExportKnowledgeBaseResponse(_message.Message):
+    """One message of ExportKnowledgeBase: the header (first message only), or a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ExportHeader:
+        """Set in the first message, and only there."""
+
+    @_builtins.property
+    def patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedPattern]:
+        """Patterns, in name order across the stream (names in the exported KB)."""
+
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedVector]:
+        """Vectors, after every pattern."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ExportHeader | None = ...,
+        patterns: _abc.Iterable[Global___ExportedPattern] | None = ...,
+        vectors: _abc.Iterable[Global___NamedVector] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "patterns", b"patterns", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportKnowledgeBaseResponse: _TypeAlias = ExportKnowledgeBaseResponse  # noqa: Y015
+
+@_typing.final
+class ImportKnowledgeBaseRequest(_message.Message):
+    """One message of ImportKnowledgeBase: a batch of patterns and vectors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
+    IMPORT_ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    knowledge_base: _builtins.str
+    """The knowledge base to import into: "knowledgeBases/{kb}"; in the first message (later
+    messages may repeat it, not change it).
+    """
+    import_id: _builtins.str
+    """Names this import (1..128 characters), in the first message: a batch already applied
+    under this id and number is skipped, whichever stream sends it again.
+    """
+    batch: _builtins.int
+    """The batch's number, increasing within a stream (a resumed import starts where it
+    stopped: earlier numbers were applied already and are skipped anyway).
+    """
+    @_builtins.property
+    def patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedPattern]:
+        """Patterns: events, frequency (1..2^53−1; 0 means 1), emotives, metadata, and the affinity
+        their learns added. Names are ignored: a pattern's name is the sha1 of its events.
+        """
+
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedVector]:
+        """Vectors to add to the vector index."""
+
+    def __init__(
+        self,
+        *,
+        knowledge_base: _builtins.str = ...,
+        import_id: _builtins.str = ...,
+        batch: _builtins.int = ...,
+        patterns: _abc.Iterable[Global___ExportedPattern] | None = ...,
+        vectors: _abc.Iterable[Global___NamedVector] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "import_id", b"import_id", "knowledge_base", b"knowledge_base", "patterns", b"patterns", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportKnowledgeBaseRequest: _TypeAlias = ImportKnowledgeBaseRequest  # noqa: Y015
+
+@_typing.final
+class ImportKnowledgeBaseResponse(_message.Message):
+    """The response of ImportKnowledgeBase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    APPLIED_BATCHES_FIELD_NUMBER: _builtins.int
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
+    batches: _builtins.int
+    """Batches received."""
+    applied_batches: _builtins.int
+    """Batches this stream applied (the others were applied before, under this import_id)."""
+    patterns: _builtins.int
+    """Patterns in the batches this stream applied."""
+    @_builtins.property
+    def knowledge_base(self) -> Global___KnowledgeBase:
+        """The knowledge base afterwards."""
+
+    def __init__(
+        self,
+        *,
+        batches: _builtins.int = ...,
+        applied_batches: _builtins.int = ...,
+        patterns: _builtins.int = ...,
+        knowledge_base: Global___KnowledgeBase | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["knowledge_base", b"knowledge_base"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_batches", b"applied_batches", "batches", b"batches", "knowledge_base", b"knowledge_base", "patterns", b"patterns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportKnowledgeBaseResponse: _TypeAlias = ImportKnowledgeBaseResponse  # noqa: Y015

@@ -122,6 +122,31 @@ class KatoServiceStub:
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.DeletePatternRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetKnowledgeBase = channel.unary_unary(
+                '/kato.v1.KatoService/GetKnowledgeBase',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.GetKnowledgeBaseRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.KnowledgeBase.FromString,
+                _registered_method=True)
+        self.GetSymbol = channel.unary_unary(
+                '/kato.v1.KatoService/GetSymbol',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.GetSymbolRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.Symbol.FromString,
+                _registered_method=True)
+        self.ListSymbols = channel.unary_unary(
+                '/kato.v1.KatoService/ListSymbols',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.ListSymbolsRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ListSymbolsResponse.FromString,
+                _registered_method=True)
+        self.ExportKnowledgeBase = channel.unary_stream(
+                '/kato.v1.KatoService/ExportKnowledgeBase',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.ExportKnowledgeBaseRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ExportKnowledgeBaseResponse.FromString,
+                _registered_method=True)
+        self.ImportKnowledgeBase = channel.stream_unary(
+                '/kato.v1.KatoService/ImportKnowledgeBase',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseResponse.FromString,
+                _registered_method=True)
         self.ClearKnowledgeBase = channel.unary_unary(
                 '/kato.v1.KatoService/ClearKnowledgeBase',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseRequest.SerializeToString,
@@ -293,6 +318,56 @@ class KatoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetKnowledgeBase(self, request, context):
+        """A knowledge base's statistics as this server's cache of it has them (refreshed first):
+        patterns, symbols, totals, version.
+        Example: {"name": "knowledgeBases/demo"}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSymbol(self, request, context):
+        """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
+        affinity per emotive. Errors: NOT_FOUND SYMBOL_NOT_FOUND (never learned in this KB).
+        Example: {"name": "knowledgeBases/demo/symbols/hello"}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSymbols(self, request, context):
+        """The symbols of a knowledge base in code-point order, a page at a time.
+        Errors: INVALID_ARGUMENT parent, page_size, page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportKnowledgeBase(self, request, context):
+        """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
+        version), then its patterns in name order and its vectors, a batch per message. Patterns
+        learned while the export runs may or may not be in it; the header's version is the one
+        the export started from.
+        Example: {"name": "knowledgeBases/demo"}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportKnowledgeBase(self, request_iterator, context):
+        """Streams patterns (and vectors) into a knowledge base, empty or not: each imported pattern
+        counts as `frequency` learns of its events there — frequencies, symbol statistics and
+        totals add up as they would (docs/formats.md says how affinity is re-derived). The first
+        message names the knowledge base and an `import_id`; every message is a batch applied
+        once per (import_id, batch), so a retried or resumed import never counts twice.
+        Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
+        FAILED_PRECONDITION PATTERN_REJECTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ClearKnowledgeBase(self, request, context):
         """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
         named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
@@ -389,6 +464,31 @@ def add_KatoServiceServicer_to_server(servicer, server):
                     servicer.DeletePattern,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.DeletePatternRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetKnowledgeBase': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKnowledgeBase,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.GetKnowledgeBaseRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.KnowledgeBase.SerializeToString,
+            ),
+            'GetSymbol': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSymbol,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.GetSymbolRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.Symbol.SerializeToString,
+            ),
+            'ListSymbols': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSymbols,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ListSymbolsRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ListSymbolsResponse.SerializeToString,
+            ),
+            'ExportKnowledgeBase': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportKnowledgeBase,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ExportKnowledgeBaseRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ExportKnowledgeBaseResponse.SerializeToString,
+            ),
+            'ImportKnowledgeBase': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportKnowledgeBase,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseResponse.SerializeToString,
             ),
             'ClearKnowledgeBase': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearKnowledgeBase,
@@ -856,6 +956,141 @@ class KatoService:
             '/kato.v1.KatoService/DeletePattern',
             kato_dot_v1_dot_kato__service__pb2.DeletePatternRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKnowledgeBase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kato.v1.KatoService/GetKnowledgeBase',
+            kato_dot_v1_dot_kato__service__pb2.GetKnowledgeBaseRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.KnowledgeBase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSymbol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kato.v1.KatoService/GetSymbol',
+            kato_dot_v1_dot_kato__service__pb2.GetSymbolRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.Symbol.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSymbols(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kato.v1.KatoService/ListSymbols',
+            kato_dot_v1_dot_kato__service__pb2.ListSymbolsRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.ListSymbolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportKnowledgeBase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kato.v1.KatoService/ExportKnowledgeBase',
+            kato_dot_v1_dot_kato__service__pb2.ExportKnowledgeBaseRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.ExportKnowledgeBaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportKnowledgeBase(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kato.v1.KatoService/ImportKnowledgeBase',
+            kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

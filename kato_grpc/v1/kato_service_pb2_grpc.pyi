@@ -12,6 +12,8 @@ Resources (AIP-122) and their names:
   node id verbatim (any non-empty UTF-8 up to 256 bytes, "/" included; D-28);
 - a pattern of it: `knowledgeBases/{knowledge_base}/patterns/{pattern}`, {pattern} the
   40-hex sha1 of its events (D-27) — the one form of a pattern's name in every message;
+- a symbol of it: `knowledgeBases/{knowledge_base}/symbols/{symbol}`, {symbol} the symbol
+  percent-encoded (RFC 3986, every byte but unreserved ones: "a/b" is "a%2Fb");
 - a session: `sessions/{session}`, {session} "s-" + 32 hex digits made by the server.
 
 Errors are gRPC statuses with rich details (google/rpc/status.proto): an ErrorInfo
@@ -150,6 +152,36 @@ class KatoServiceStub:
     """
     DeletePattern: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.DeletePatternRequest, _empty_pb2.Empty]
     """Deletes a pattern. Errors: NOT_FOUND PATTERN_NOT_FOUND."""
+    GetKnowledgeBase: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.GetKnowledgeBaseRequest, _kato_service_pb2.KnowledgeBase]
+    """A knowledge base's statistics as this server's cache of it has them (refreshed first):
+    patterns, symbols, totals, version.
+    Example: {"name": "knowledgeBases/demo"}.
+    """
+    GetSymbol: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.GetSymbolRequest, _kato_service_pb2.Symbol]
+    """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
+    affinity per emotive. Errors: NOT_FOUND SYMBOL_NOT_FOUND (never learned in this KB).
+    Example: {"name": "knowledgeBases/demo/symbols/hello"}.
+    """
+    ListSymbols: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ListSymbolsRequest, _kato_service_pb2.ListSymbolsResponse]
+    """The symbols of a knowledge base in code-point order, a page at a time.
+    Errors: INVALID_ARGUMENT parent, page_size, page_token.
+    """
+    ExportKnowledgeBase: _grpc.UnaryStreamMultiCallable[_kato_service_pb2.ExportKnowledgeBaseRequest, _kato_service_pb2.ExportKnowledgeBaseResponse]
+    """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
+    version), then its patterns in name order and its vectors, a batch per message. Patterns
+    learned while the export runs may or may not be in it; the header's version is the one
+    the export started from.
+    Example: {"name": "knowledgeBases/demo"}.
+    """
+    ImportKnowledgeBase: _grpc.StreamUnaryMultiCallable[_kato_service_pb2.ImportKnowledgeBaseRequest, _kato_service_pb2.ImportKnowledgeBaseResponse]
+    """Streams patterns (and vectors) into a knowledge base, empty or not: each imported pattern
+    counts as `frequency` learns of its events there — frequencies, symbol statistics and
+    totals add up as they would (docs/formats.md says how affinity is re-derived). The first
+    message names the knowledge base and an `import_id`; every message is a batch applied
+    once per (import_id, batch), so a retried or resumed import never counts twice.
+    Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
+    FAILED_PRECONDITION PATTERN_REJECTED.
+    """
     ClearKnowledgeBase: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ClearKnowledgeBaseRequest, _kato_service_pb2.ClearKnowledgeBaseResponse]
     """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
     named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
@@ -249,6 +281,36 @@ class KatoServiceAsyncStub(KatoServiceStub):
     """
     DeletePattern: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.DeletePatternRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a pattern. Errors: NOT_FOUND PATTERN_NOT_FOUND."""
+    GetKnowledgeBase: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.GetKnowledgeBaseRequest, _kato_service_pb2.KnowledgeBase]  # type: ignore[assignment]
+    """A knowledge base's statistics as this server's cache of it has them (refreshed first):
+    patterns, symbols, totals, version.
+    Example: {"name": "knowledgeBases/demo"}.
+    """
+    GetSymbol: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.GetSymbolRequest, _kato_service_pb2.Symbol]  # type: ignore[assignment]
+    """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
+    affinity per emotive. Errors: NOT_FOUND SYMBOL_NOT_FOUND (never learned in this KB).
+    Example: {"name": "knowledgeBases/demo/symbols/hello"}.
+    """
+    ListSymbols: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ListSymbolsRequest, _kato_service_pb2.ListSymbolsResponse]  # type: ignore[assignment]
+    """The symbols of a knowledge base in code-point order, a page at a time.
+    Errors: INVALID_ARGUMENT parent, page_size, page_token.
+    """
+    ExportKnowledgeBase: _aio.UnaryStreamMultiCallable[_kato_service_pb2.ExportKnowledgeBaseRequest, _kato_service_pb2.ExportKnowledgeBaseResponse]  # type: ignore[assignment]
+    """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
+    version), then its patterns in name order and its vectors, a batch per message. Patterns
+    learned while the export runs may or may not be in it; the header's version is the one
+    the export started from.
+    Example: {"name": "knowledgeBases/demo"}.
+    """
+    ImportKnowledgeBase: _aio.StreamUnaryMultiCallable[_kato_service_pb2.ImportKnowledgeBaseRequest, _kato_service_pb2.ImportKnowledgeBaseResponse]  # type: ignore[assignment]
+    """Streams patterns (and vectors) into a knowledge base, empty or not: each imported pattern
+    counts as `frequency` learns of its events there — frequencies, symbol statistics and
+    totals add up as they would (docs/formats.md says how affinity is re-derived). The first
+    message names the knowledge base and an `import_id`; every message is a batch applied
+    once per (import_id, batch), so a retried or resumed import never counts twice.
+    Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
+    FAILED_PRECONDITION PATTERN_REJECTED.
+    """
     ClearKnowledgeBase: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ClearKnowledgeBaseRequest, _kato_service_pb2.ClearKnowledgeBaseResponse]  # type: ignore[assignment]
     """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
     named. Errors: INVALID_ARGUMENT target (neither given), ALREADY_EXISTS REQUEST_ID_REUSED.
@@ -447,6 +509,66 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes a pattern. Errors: NOT_FOUND PATTERN_NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def GetKnowledgeBase(
+        self,
+        request: _kato_service_pb2.GetKnowledgeBaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kato_service_pb2.KnowledgeBase, _abc.Awaitable[_kato_service_pb2.KnowledgeBase]]:
+        """A knowledge base's statistics as this server's cache of it has them (refreshed first):
+        patterns, symbols, totals, version.
+        Example: {"name": "knowledgeBases/demo"}.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSymbol(
+        self,
+        request: _kato_service_pb2.GetSymbolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kato_service_pb2.Symbol, _abc.Awaitable[_kato_service_pb2.Symbol]]:
+        """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
+        affinity per emotive. Errors: NOT_FOUND SYMBOL_NOT_FOUND (never learned in this KB).
+        Example: {"name": "knowledgeBases/demo/symbols/hello"}.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSymbols(
+        self,
+        request: _kato_service_pb2.ListSymbolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kato_service_pb2.ListSymbolsResponse, _abc.Awaitable[_kato_service_pb2.ListSymbolsResponse]]:
+        """The symbols of a knowledge base in code-point order, a page at a time.
+        Errors: INVALID_ARGUMENT parent, page_size, page_token.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportKnowledgeBase(
+        self,
+        request: _kato_service_pb2.ExportKnowledgeBaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kato_service_pb2.ExportKnowledgeBaseResponse], _abc.AsyncIterator[_kato_service_pb2.ExportKnowledgeBaseResponse]]:
+        """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
+        version), then its patterns in name order and its vectors, a batch per message. Patterns
+        learned while the export runs may or may not be in it; the header's version is the one
+        the export started from.
+        Example: {"name": "knowledgeBases/demo"}.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportKnowledgeBase(
+        self,
+        request_iterator: _MaybeAsyncIterator[_kato_service_pb2.ImportKnowledgeBaseRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_kato_service_pb2.ImportKnowledgeBaseResponse, _abc.Awaitable[_kato_service_pb2.ImportKnowledgeBaseResponse]]:
+        """Streams patterns (and vectors) into a knowledge base, empty or not: each imported pattern
+        counts as `frequency` learns of its events there — frequencies, symbol statistics and
+        totals add up as they would (docs/formats.md says how affinity is re-derived). The first
+        message names the knowledge base and an `import_id`; every message is a batch applied
+        once per (import_id, batch), so a retried or resumed import never counts twice.
+        Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
+        FAILED_PRECONDITION PATTERN_REJECTED.
+        """
 
     @_abc_1.abstractmethod
     def ClearKnowledgeBase(

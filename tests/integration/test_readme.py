@@ -70,3 +70,13 @@ def test_reflection_answers_under_v1_and_v1alpha(server: ServerProcess, version:
         descriptor_pb2.FileDescriptorProto.FromString(b) for b in file.file_descriptor_response.file_descriptor_proto
     ]
     assert "kato/v1/kato_service.proto" in {p.name for p in protos}
+
+
+def test_readme_python_example(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- python-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
+    assert match, "the README lost its Python example"
+    exec(compile(match.group(1).replace("127.0.0.1:50051", server.address), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed and printed[0].startswith("knowledgeBases/demo/patterns/")
+    assert "[['world'], ['again']]" in printed[0]

@@ -46,7 +46,13 @@ def test_observe_stream_messages_are_observes_field_for_field() -> None:
 def test_every_rpc_answers_with_its_own_message_or_the_resource() -> None:
     # AIP: standard methods return the resource (or Empty for Delete); every other method has
     # its own <Rpc>Response, so each can grow without touching the others.
-    resources = {"kato.v1.Session", "kato.v1.Pattern", "google.protobuf.Empty"}
+    resources = {
+        "kato.v1.Session",
+        "kato.v1.Pattern",
+        "kato.v1.KnowledgeBase",
+        "kato.v1.Symbol",
+        "google.protobuf.Empty",
+    }
     for method in svc.DESCRIPTOR.services_by_name["KatoService"].methods:
         output = method.output_type.full_name
         assert output in resources or output == f"kato.v1.{method.name}Response", method.name

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kato_grpc.v1 import engine_pb2 as kato_dot_v1_dot_engine__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekato/internal/v1/session.proto\x12\x10kato.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14kato/v1/engine.proto\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"}\n\x0eMetadataRecord\x12<\n\x06values\x18\x01 \x03(\x0b\x32,.kato.internal.v1.MetadataRecord.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\rPendingVector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x06vector\x18\x02 \x01(\x0b\x32\x0f.kato.v1.Vector\"\xcd\x04\n\x0cPatternWrite\x12\x10\n\x08write_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1e\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x0e.kato.v1.Event\x12(\n\x08\x65motives\x18\x04 \x03(\x0b\x32\x16.kato.v1.EmotiveRecord\x12>\n\x08metadata\x18\x05 \x03(\x0b\x32,.kato.internal.v1.PatternWrite.MetadataEntry\x12\x13\n\x0bpersistence\x18\x06 \x01(\x03\x12G\n\rsymbol_counts\x18\x07 \x03(\x0b\x32\x30.kato.internal.v1.PatternWrite.SymbolCountsEntry\x12I\n\x0e\x61\x66\x66inity_delta\x18\x08 \x03(\x0b\x32\x31.kato.internal.v1.PatternWrite.AffinityDeltaEntry\x12\x30\n\x07vectors\x18\t \x03(\x0b\x32\x1f.kato.internal.v1.PendingVector\x1aM\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.kato.internal.v1.StringList:\x02\x38\x01\x1a\x33\n\x11SymbolCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x34\n\x12\x41\x66\x66inityDeltaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbd\x05\n\x0cSessionState\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1b\n\x03stm\x18\x03 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x34\n\x14\x65motives_accumulator\x18\x04 \x03(\x0b\x32\x16.kato.v1.EmotiveRecord\x12>\n\x14metadata_accumulator\x18\x05 \x03(\x0b\x32 .kato.internal.v1.MetadataRecord\x12\x0c\n\x04time\x18\x06 \x01(\x03\x12%\n\x07percept\x18\x07 \x01(\x0b\x32\x14.kato.v1.PerceptData\x12-\n\x10last_predictions\x18\x08 \x03(\x0b\x32\x13.kato.v1.Prediction\x12&\n\x06\x63onfig\x18\n \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\x36\n\x0epending_writes\x18\x0c \x03(\x0b\x32\x1e.kato.internal.v1.PatternWrite\x12\x38\n\x0fpending_vectors\x18\r \x03(\x0b\x32\x1f.kato.internal.v1.PendingVector\x12>\n\x08metadata\x18\x0e \x03(\x0b\x32,.kato.internal.v1.SessionState.MetadataEntry\x12\x13\n\x0bttl_seconds\x18\x0f \x01(\x03\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\t\x10\nJ\x04\x08\x11\x10\x12R\x16last_future_potentialsR\x0b\x65xpire_time\"]\n\x06Outbox\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12.\n\x06writes\x18\x03 \x03(\x0b\x32\x1e.kato.internal.v1.PatternWrite\"F\n\rRequestRecord\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\x0c\x12\x10\n\x08response\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekato/internal/v1/session.proto\x12\x10kato.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14kato/v1/engine.proto\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"}\n\x0eMetadataRecord\x12<\n\x06values\x18\x01 \x03(\x0b\x32,.kato.internal.v1.MetadataRecord.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\rPendingVector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x06vector\x18\x02 \x01(\x0b\x32\x0f.kato.v1.Vector\"\xe0\x04\n\x0cPatternWrite\x12\x10\n\x08write_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1e\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x0e.kato.v1.Event\x12(\n\x08\x65motives\x18\x04 \x03(\x0b\x32\x16.kato.v1.EmotiveRecord\x12>\n\x08metadata\x18\x05 \x03(\x0b\x32,.kato.internal.v1.PatternWrite.MetadataEntry\x12\x13\n\x0bpersistence\x18\x06 \x01(\x03\x12G\n\rsymbol_counts\x18\x07 \x03(\x0b\x32\x30.kato.internal.v1.PatternWrite.SymbolCountsEntry\x12I\n\x0e\x61\x66\x66inity_delta\x18\x08 \x03(\x0b\x32\x31.kato.internal.v1.PatternWrite.AffinityDeltaEntry\x12\x30\n\x07vectors\x18\t \x03(\x0b\x32\x1f.kato.internal.v1.PendingVector\x12\x11\n\tfrequency\x18\n \x01(\x03\x1aM\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.kato.internal.v1.StringList:\x02\x38\x01\x1a\x33\n\x11SymbolCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x34\n\x12\x41\x66\x66inityDeltaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbd\x05\n\x0cSessionState\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1b\n\x03stm\x18\x03 \x03(\x0b\x32\x0e.kato.v1.Event\x12\x34\n\x14\x65motives_accumulator\x18\x04 \x03(\x0b\x32\x16.kato.v1.EmotiveRecord\x12>\n\x14metadata_accumulator\x18\x05 \x03(\x0b\x32 .kato.internal.v1.MetadataRecord\x12\x0c\n\x04time\x18\x06 \x01(\x03\x12%\n\x07percept\x18\x07 \x01(\x0b\x32\x14.kato.v1.PerceptData\x12-\n\x10last_predictions\x18\x08 \x03(\x0b\x32\x13.kato.v1.Prediction\x12&\n\x06\x63onfig\x18\n \x01(\x0b\x32\x16.kato.v1.SessionConfig\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\x36\n\x0epending_writes\x18\x0c \x03(\x0b\x32\x1e.kato.internal.v1.PatternWrite\x12\x38\n\x0fpending_vectors\x18\r \x03(\x0b\x32\x1f.kato.internal.v1.PendingVector\x12>\n\x08metadata\x18\x0e \x03(\x0b\x32,.kato.internal.v1.SessionState.MetadataEntry\x12\x13\n\x0bttl_seconds\x18\x0f \x01(\x03\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\t\x10\nJ\x04\x08\x11\x10\x12R\x16last_future_potentialsR\x0b\x65xpire_time\"]\n\x06Outbox\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12.\n\x06writes\x18\x03 \x03(\x0b\x32\x1e.kato.internal.v1.PatternWrite\"F\n\rRequestRecord\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\x0c\x12\x10\n\x08response\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,19 +52,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PENDINGVECTOR']._serialized_start=264
   _globals['_PENDINGVECTOR']._serialized_end=326
   _globals['_PATTERNWRITE']._serialized_start=329
-  _globals['_PATTERNWRITE']._serialized_end=918
-  _globals['_PATTERNWRITE_METADATAENTRY']._serialized_start=734
-  _globals['_PATTERNWRITE_METADATAENTRY']._serialized_end=811
-  _globals['_PATTERNWRITE_SYMBOLCOUNTSENTRY']._serialized_start=813
-  _globals['_PATTERNWRITE_SYMBOLCOUNTSENTRY']._serialized_end=864
-  _globals['_PATTERNWRITE_AFFINITYDELTAENTRY']._serialized_start=866
-  _globals['_PATTERNWRITE_AFFINITYDELTAENTRY']._serialized_end=918
-  _globals['_SESSIONSTATE']._serialized_start=921
-  _globals['_SESSIONSTATE']._serialized_end=1622
-  _globals['_SESSIONSTATE_METADATAENTRY']._serialized_start=1526
-  _globals['_SESSIONSTATE_METADATAENTRY']._serialized_end=1573
-  _globals['_OUTBOX']._serialized_start=1624
-  _globals['_OUTBOX']._serialized_end=1717
-  _globals['_REQUESTRECORD']._serialized_start=1719
-  _globals['_REQUESTRECORD']._serialized_end=1789
+  _globals['_PATTERNWRITE']._serialized_end=937
+  _globals['_PATTERNWRITE_METADATAENTRY']._serialized_start=753
+  _globals['_PATTERNWRITE_METADATAENTRY']._serialized_end=830
+  _globals['_PATTERNWRITE_SYMBOLCOUNTSENTRY']._serialized_start=832
+  _globals['_PATTERNWRITE_SYMBOLCOUNTSENTRY']._serialized_end=883
+  _globals['_PATTERNWRITE_AFFINITYDELTAENTRY']._serialized_start=885
+  _globals['_PATTERNWRITE_AFFINITYDELTAENTRY']._serialized_end=937
+  _globals['_SESSIONSTATE']._serialized_start=940
+  _globals['_SESSIONSTATE']._serialized_end=1641
+  _globals['_SESSIONSTATE_METADATAENTRY']._serialized_start=1545
+  _globals['_SESSIONSTATE_METADATAENTRY']._serialized_end=1592
+  _globals['_OUTBOX']._serialized_start=1643
+  _globals['_OUTBOX']._serialized_end=1736
+  _globals['_REQUESTRECORD']._serialized_start=1738
+  _globals['_REQUESTRECORD']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

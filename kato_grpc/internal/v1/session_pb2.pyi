@@ -198,6 +198,7 @@ class PatternWrite(_message.Message):
     SYMBOL_COUNTS_FIELD_NUMBER: _builtins.int
     AFFINITY_DELTA_FIELD_NUMBER: _builtins.int
     VECTORS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
     write_id: _builtins.str
     """Idempotency key, unique per execution of a call; given by the transaction runner
     (kato_grpc/request_ids.py).
@@ -206,6 +207,10 @@ class PatternWrite(_message.Message):
     """Bare 40-hex pattern name."""
     persistence: _builtins.int
     """Window length for the pattern's emotives."""
+    frequency: _builtins.int
+    """How many learns this write counts for: 0 means 1 (a learn); an import sets the pattern's
+    frequency (its symbol_counts and affinity_delta already cover every one of them).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]:
         """The events learned (empty for a vectors-only write)."""
@@ -242,10 +247,11 @@ class PatternWrite(_message.Message):
         symbol_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         affinity_delta: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         vectors: _abc.Iterable[Global___PendingVector] | None = ...,
+        frequency: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_delta", b"affinity_delta", "emotives", b"emotives", "events", b"events", "metadata", b"metadata", "name", b"name", "persistence", b"persistence", "symbol_counts", b"symbol_counts", "vectors", b"vectors", "write_id", b"write_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_delta", b"affinity_delta", "emotives", b"emotives", "events", b"events", "frequency", b"frequency", "metadata", b"metadata", "name", b"name", "persistence", b"persistence", "symbol_counts", b"symbol_counts", "vectors", b"vectors", "write_id", b"write_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""The ``kato`` command line (typer + rich): ``kato --help``."""

@@ -1,0 +1,76 @@
+"""What both clients share: the channel options, credentials, and the retry schedule."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from kato_grpc.client.errors import retryable
+from kato_grpc.errors import KatoError
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+# Responses can carry many predictions; the server's own limit is 4 MiB by default.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a client connects and retries.
+
+    ``timeout``: the deadline of each attempt, in seconds. ``retries``: further attempts after
+    UNAVAILABLE, DEADLINE_EXCEEDED or a retryable ABORTED, with the same request (and so the
+    same request id); waits grow from ``backoff`` doubling up to ``max_backoff``, jittered.
+    """
+
+    target: str = DEFAULT_TARGET
+    token: str | None = None
+    tls: bool = False
+    root_certificates: bytes | None = None
+    timeout: float = 30.0
+    retries: int = 4
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls and self.root_certificates is None:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+
+    def wait(self, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt`` (1, 2, ...): full jitter."""
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+# A delete that may have been applied by an attempt whose answer was lost finds nothing the
+# second time: that NOT_FOUND means "done", not "never existed".
+_DELETES = frozenset({"DeleteSession", "DeletePattern"})
+
+
+@dataclass
+class Attempts:
+    """The retry decision for one call, shared by the sync and the async client."""
+
+    options: Options
+    method: str
+    attempt: int = 0
+    ambiguous: bool = False  # an earlier attempt may have been applied
+
+    def after(self, error: KatoError) -> float | None:
+        """Seconds to wait before trying again, or None to give up (raise ``error``)."""
+        self.attempt += 1
+        if not retryable(error) or self.attempt > self.options.retries:
+            return None
+        self.ambiguous = self.ambiguous or error.code != "ABORTED"
+        return self.options.wait(self.attempt)
+
+    def done_anyway(self, error: KatoError) -> bool:
+        return self.ambiguous and self.method in _DELETES and error.code == "NOT_FOUND"

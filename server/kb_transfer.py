@@ -1,0 +1,111 @@
+"""Moving a knowledge base: ExportKnowledgeBase streams it out, ImportKnowledgeBase streams
+patterns in (docs/formats.md). Both stream: memory stays at one batch, whatever the KB's size.
+
+An import's batch becomes PatternWrites (``engine/importing.py``) whose ids are derived from
+the knowledge base, the caller, the import id and the batch, so the pattern store's ledger
+applies each batch once — a retried or resumed import never counts twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+from kato_grpc import encoding, names
+from kato_grpc.access import Caller
+from kato_grpc.engine import importing
+from kato_grpc.errors import InvalidArgument
+from kato_grpc.internal.v1 import session_pb2 as storage
+from kato_grpc.settings import Settings
+from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.v1 import kato_service_pb2 as svc
+from server import limits
+from server.kb_stats import KbStats
+
+FORMAT_VERSION = 1
+DEFAULT_BATCH = 500
+MAX_BATCH = 1000
+
+
+class KbTransfer:
+    def __init__(
+        self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore, stats: KbStats
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.patterns = patterns
+        self.stats = stats
+
+    async def export(
+        self, req: svc.ExportKnowledgeBaseRequest, caller: Caller
+    ) -> AsyncIterator[svc.ExportKnowledgeBaseResponse]:
+        node = limits.node_id(req.name, "name")
+        if not 0 <= req.batch_size <= MAX_BATCH:
+            raise InvalidArgument.for_field("batch_size", f"must be between 0 and {MAX_BATCH}")
+        size = req.batch_size or DEFAULT_BATCH
+        kb = await self.stats.knowledge_base(node, caller)
+        yield svc.ExportKnowledgeBaseResponse(header=svc.ExportHeader(format_version=FORMAT_VERSION, knowledge_base=kb))
+        async for batch in self.patterns.pattern_batches(node, size):
+            yield svc.ExportKnowledgeBaseResponse(
+                patterns=[svc.ExportedPattern(pattern=encoding.pattern_proto(r, node), affinity=a) for r, a in batch]
+            )
+        async for vectors in self.patterns.vector_batches(node, size):
+            yield svc.ExportKnowledgeBaseResponse(vectors=[svc.NamedVector(name=n, values=v) for n, v in vectors])
+
+    def start_import(self, caller: Caller) -> Import:
+        return Import(self, caller)
+
+    def _writes(self, req: svc.ImportKnowledgeBaseRequest, batch_id: str) -> list[storage.PatternWrite]:
+        writes = []
+        for i, item in enumerate(req.patterns):
+            field = f"patterns[{i}]"
+            limits.check_imported_pattern(item, self.settings, field)
+            writes.append(importing.pattern_write(item.pattern, dict(item.affinity), f"{field}.pattern"))
+        if req.vectors:
+            limits.check_imported_vectors(req.vectors, self.settings)
+            writes.append(importing.vector_write([(v.name, v.values) for v in req.vectors]))
+        for n, write in enumerate(writes):
+            write.write_id = f"{batch_id}:{n}"
+        return writes
+
+
+class Import:
+    """One ImportKnowledgeBase stream: ``add`` each message, then ``finish``."""
+
+    def __init__(self, transfer: KbTransfer, caller: Caller) -> None:
+        self.transfer = transfer
+        self.caller = caller
+        self.out = svc.ImportKnowledgeBaseResponse()
+        self.node, self.prefix, self.last = "", "", -1
+
+    async def add(self, req: svc.ImportKnowledgeBaseRequest) -> None:
+        if not self.node:
+            self.node = limits.node_id(req.knowledge_base, "knowledge_base")
+            self.caller.authorize(self.node)
+            self.prefix = _write_prefix(self.node, self.caller, limits.import_id(req.import_id))
+        elif req.knowledge_base and req.knowledge_base != names.knowledge_base(self.node):
+            raise InvalidArgument.for_field("knowledge_base", "changed within the import")
+        if req.batch <= self.last:
+            raise InvalidArgument.for_field("batch", f"must increase within a stream (after {self.last})")
+        self.last = req.batch
+        writes = self.transfer._writes(req, f"{self.prefix}:{req.batch}")
+        applied = await self.transfer.patterns.apply_many(self.node, writes)
+        if applied.count:
+            await self.transfer.sessions.publish_kb_version(self.node, applied.version)
+            self.out.applied_batches += 1
+            self.out.patterns += len(req.patterns)
+        self.out.batches += 1
+
+    async def finish(self) -> svc.ImportKnowledgeBaseResponse:
+        if not self.node:
+            raise InvalidArgument.for_field("knowledge_base", "is required (no message was sent)")
+        self.out.knowledge_base.CopyFrom(await self.transfer.stats.knowledge_base(self.node, self.caller))
+        return self.out
+
+
+def _write_prefix(node: str, caller: Caller, import_id: str) -> str:
+    """Scoped by knowledge base and caller, like request ids: nobody else's import id can make
+    this one's batches look applied."""
+    digest = hashlib.sha256(f"{node}\0{caller.principal}\0{import_id}".encode()).hexdigest()[:32]
+    return f"import:{digest}"

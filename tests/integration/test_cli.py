@@ -1,0 +1,170 @@
+"""The `kato` command line against the live server (typer's test runner): training from each
+file format, resuming, predictions, and the knowledge-base, pattern, symbol and session
+commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from kato_grpc import names
+from kato_grpc.cli import train as training
+from kato_grpc.cli.app import app
+from kato_grpc.client import KatoClient
+from kato_grpc.devserver import ServerProcess
+from kato_grpc.engine.naming import pattern_name
+
+CORPUS = ["the cat sat", "the dog ran", "the cat sat", "a bird sang loudly", "one", "the dog sat"]
+
+
+def run(server: ServerProcess, *args: str) -> str:
+    result = CliRunner().invoke(
+        app, ["--target", server.address, *args], catch_exceptions=False, env={"COLUMNS": "240"}
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _frequencies(kato: KatoClient, kb: str) -> dict[str, int]:
+    return {names.pattern_id(p.name): p.frequency for p in kato.patterns(kb)}
+
+
+def test_train_learns_each_sequence_like_unary_calls(server: ServerProcess, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS) + "\n\n", encoding="utf-8")
+    trained, unary = "cli-" + uuid.uuid4().hex, "unary-" + uuid.uuid4().hex
+    out = run(server, "train", str(corpus), "--kb", trained, "--batch", "2", "--parallel", "2")
+    assert "5 patterns learned from 6 sequences (4 new, 1 re-learned)" in " ".join(out.split())
+    with KatoClient(server.address) as kato:
+        for line in CORPUS:  # the same sequences, one Observe per token, then Learn
+            session = kato.create_session(unary)
+            for token in line.split():
+                kato.observe(session.name, [token])
+            kato.learn(session.name)
+        assert _frequencies(kato, trained) == _frequencies(kato, unary)
+        assert _frequencies(kato, trained)[pattern_name([["the"], ["cat"], ["sat"]])] == 2
+
+
+def test_train_reads_jsonl_csv_and_line_blocks(server: ServerProcess, tmp_path: Path) -> None:
+    kb = "formats-" + uuid.uuid4().hex
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({"events": [["x", "y"], {"strings": ["z"], "emotives": {"joy": 1.5}}], "metadata": {"src": 1}})
+        + "\n"
+        + json.dumps([["p"], ["q"]])
+        + "\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "b.csv").write_text("m n,o\nr,s t\n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("u v\nw\n\nk\nl\n", encoding="utf-8")
+    run(server, "train", str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv"), "--kb", kb)
+    run(server, "train", str(tmp_path / "c.txt"), "--kb", kb, "--events", "line")
+    with KatoClient(server.address) as kato:
+        learned = {names.pattern_id(p.name): p for p in kato.patterns(kb)}
+        expected = [[["x", "y"], ["z"]], [["p"], ["q"]], [["m", "n"], ["o"]], [["r"], ["s", "t"]],
+                    [["u", "v"], ["w"]], [["k"], ["l"]]]  # fmt: skip
+        assert set(learned) == {pattern_name(e) for e in expected}
+        first = learned[pattern_name(expected[0])]
+        assert [dict(r.values) for r in first.emotives] == [{"joy": 1.5}]
+        assert first.metadata["src"].values[0].number_value == 1
+
+
+class Flaky(KatoClient):
+    """Fails for good after ``calls`` ObserveSequence calls: an interrupted run."""
+
+    def __init__(self, target: str, calls: int) -> None:
+        super().__init__(target)
+        self.calls = calls
+
+    def observe_sequence(self, *args: Any, **kwargs: Any) -> Any:
+        if self.calls == 0:
+            raise RuntimeError("interrupted")
+        self.calls -= 1
+        return super().observe_sequence(*args, **kwargs)
+
+
+def test_an_interrupted_run_resumes_without_counting_twice(server: ServerProcess, tmp_path: Path) -> None:
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("".join(f"s{i} t{i % 7} u{i % 3}\n" for i in range(60)), encoding="utf-8")
+    source = training.Corpus([corpus])
+    once, resumed = "once-" + uuid.uuid4().hex, "resumed-" + uuid.uuid4().hex
+    with KatoClient(server.address) as kato:
+        training.train(kato, once, source, batch=5, parallel=2)
+        with Flaky(server.address, calls=3) as flaky, pytest.raises(RuntimeError):
+            training.train(flaky, resumed, source, batch=5, parallel=2)
+        assert 0 < sum(_frequencies(kato, resumed).values()) < 60
+        result = training.train(kato, resumed, source, batch=5, parallel=2, resume=True)
+        assert result.skipped > 0 and result.skipped + result.sequences == 60
+        assert _frequencies(kato, resumed) == _frequencies(kato, once)
+        again = training.train(kato, resumed, source, batch=5, parallel=2, resume=True)
+        assert (again.sequences, again.skipped) == (0, 60)  # all committed: nothing sent
+        training.train(kato, resumed, source, batch=5, parallel=2)  # no --resume: trained again
+        assert _frequencies(kato, resumed) == {k: 2 * v for k, v in _frequencies(kato, once).items()}
+
+
+def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -> None:
+    kb = "admin-" + uuid.uuid4().hex
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world again\nhello there\n", encoding="utf-8")
+    run(server, "train", str(corpus), "--kb", kb)
+    table = run(server, "predict", kb, "hello", "world", "--config", "recall_threshold=0.1")
+    assert "again" in table and "potential" in table
+    predicted = json.loads(run(server, "predict", kb, "hello", "world", "--json"))
+    assert predicted["predictions"][0]["future"] == [{"symbols": ["again"]}]
+    stats = json.loads(run(server, "kb", "stats", kb, "--json"))
+    assert (stats["pattern_count"], stats["symbol_count"]) == ("2", "4")  # int64: strings in JSON
+    listed = json.loads(run(server, "patterns", "ls", kb, "--json"))
+    assert len(listed) == 2 and "hello" in run(server, "patterns", "ls", kb)
+    name = listed[0]["name"]
+    assert json.loads(run(server, "patterns", "show", name, "--json"))["name"] == name
+    symbols = json.loads(run(server, "symbols", "ls", kb, "--json"))
+    assert [s["symbol"] for s in symbols] == ["again", "hello", "there", "world"]
+    assert json.loads(run(server, "symbols", "show", kb, "hello", "--json"))["pattern_member_frequency"] == "2"
+    # Export, import into a fresh KB, the same patterns; importing the file again adds nothing.
+    exported, copy = tmp_path / "kb.jsonl", "copy-" + uuid.uuid4().hex
+    run(server, "kb", "export", kb, "-o", str(exported))
+    assert json.loads(exported.read_text().splitlines()[0])["format"] == "kato-knowledge-base"
+    assert "2 patterns imported" in run(server, "kb", "import", copy, str(exported))
+    assert "0 patterns imported" in run(server, "kb", "import", copy, str(exported))
+    with KatoClient(server.address) as kato:
+        assert _frequencies(kato, copy) == _frequencies(kato, kb)
+    session = json.loads(run(server, "sessions", "create", kb, "-c", "max_predictions=3", "--json"))
+    assert session["config"]["max_predictions"] == 3
+    assert session["name"] in run(server, "sessions", "show", session["name"])
+    run(server, "sessions", "rm", session["name"])
+    run(server, "patterns", "rm", name)
+    run(server, "kb", "clear", kb, "--yes")
+    assert json.loads(run(server, "kb", "stats", kb, "--json")).get("pattern_count", "0") == "0"
+
+
+def test_help_lists_everything_and_errors_are_one_line(server: ServerProcess) -> None:
+    listing = CliRunner().invoke(app, ["--help"]).output
+    for command in ("train", "predict", "predictions", "kb", "patterns", "symbols", "sessions", "serve", "replay"):
+        assert command in listing
+    for group in ("kb", "patterns", "symbols", "sessions"):
+        assert CliRunner().invoke(app, [group, "--help"]).exit_code == 0
+    failed = subprocess.run(
+        [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address,
+         "sessions", "show", "sessions/s-" + "0" * 32],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 1 and "NOT_FOUND SESSION_NOT_FOUND" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_the_readme_first_ten_minutes(server: ServerProcess, tmp_path: Path) -> None:
+    kb = "weather-" + uuid.uuid4().hex
+    example = Path(__file__).resolve().parents[2] / "examples" / "weather.txt"
+    summary = " ".join(run(server, "train", str(example), "--kb", kb).split())
+    assert "12 patterns learned from 12 sequences (11 new, 1 re-learned)" in summary
+    table = run(server, "predict", kb, "clouds", "wind")
+    assert "umbrella" in table and "thunder" in table
+    assert "w" in run(server, "symbols", "ls", kb)
+    run(server, "kb", "export", kb, "-o", str(tmp_path / "weather.jsonl"))
+    assert "11 patterns imported" in run(server, "kb", "import", kb + "-copy", str(tmp_path / "weather.jsonl"))

@@ -23,13 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import grpc
-
-from kato_grpc import devstack, names
+from kato_grpc import devstack
+from kato_grpc.client import AsyncKatoClient, KatoError, observation
 from kato_grpc.devserver import new_server
-from kato_grpc.v1 import engine_pb2 as pb
-from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 
 ALPHABET = [f"w{i}" for i in range(300)]
 POOL = 100  # learnable sequences per node
@@ -40,41 +36,32 @@ def _pool(node: str) -> list[list[str]]:
     return [[rng.choice(ALPHABET) for _ in range(rng.randint(2, 6))] for _ in range(POOL)]
 
 
-async def client(stub: svc_grpc.KatoServiceAsyncStub, k: int, stop: float, codes: Counter[str]) -> None:
+async def client(kato: AsyncKatoClient, k: int, stop: float, codes: Counter[str]) -> None:
     rng = random.Random(k)
     node = f"soak-{k % 4}"
     pool = _pool(node)
-    sid = (
-        await stub.CreateSession(
-            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
-        )
-    ).name
+    sid = (await kato.create_session(node)).name
     while time.monotonic() < stop:
         action = rng.random()
         try:
             if action < 0.6:
-                obs = pb.Observation(strings=rng.sample(ALPHABET, rng.randint(1, 2)))
-                await stub.Observe(svc.ObserveRequest(name=sid, observation=obs, return_predictions=True))
+                await kato.observe(sid, rng.sample(ALPHABET, rng.randint(1, 2)), return_predictions=True)
             elif action < 0.75:
                 # Learned alone (not after whatever the session observed before), so the
                 # pattern is one of the pool's.
-                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
-                seq = [pb.Observation(strings=[symbol]) for symbol in rng.choice(pool)]
-                await stub.ObserveSequence(svc.ObserveSequenceRequest(name=sid, observations=seq, learn_at_end=True))
+                await kato.clear_short_term_memory(sid)
+                seq = [observation([symbol]) for symbol in rng.choice(pool)]
+                await kato.observe_sequence(sid, seq, learn_at_end=True)
             elif action < 0.9:
-                await stub.GetPredictions(svc.GetPredictionsRequest(name=sid))
+                await kato.get_predictions(sid)
             elif action < 0.97:
-                await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
+                await kato.clear_short_term_memory(sid)
             else:
-                await stub.DeleteSession(svc.DeleteSessionRequest(name=sid))
-                sid = (
-                    await stub.CreateSession(
-                        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
-                    )
-                ).name
+                await kato.delete_session(sid)
+                sid = (await kato.create_session(node)).name
             codes["OK"] += 1
-        except grpc.aio.AioRpcError as exc:
-            codes[exc.code().name] += 1
+        except KatoError as exc:
+            codes[exc.code] += 1
 
 
 async def run(minutes: float) -> dict[str, object]:
@@ -82,12 +69,12 @@ async def run(minutes: float) -> dict[str, object]:
         server = new_server(redis, mongo, Path(tmp), quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
-            channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
-            stubs = [svc_grpc.KatoServiceStub(c) for c in channels]
+            # Retries off: the soak counts what the server answers, not what a retry hides.
+            clients = [AsyncKatoClient(server.address, retries=0) for _ in range(4)]
             started = time.monotonic()
             stop = started + minutes * 60
             codes: Counter[str] = Counter()
-            tasks = [asyncio.create_task(client(stubs[k % 4], k, stop, codes)) for k in range(16)]
+            tasks = [asyncio.create_task(client(clients[k % 4], k, stop, codes)) for k in range(16)]
             samples: list[tuple[float, float]] = []
             while time.monotonic() < stop:
                 samples.append((time.monotonic() - started, server.rss_mb()))
@@ -96,11 +83,8 @@ async def run(minutes: float) -> dict[str, object]:
             samples.append((time.monotonic() - started, server.rss_mb()))
             patterns = 0
             for node in range(4):
-                listed = await stubs[0].ListPatterns(
-                    svc.ListPatternsRequest(parent=names.knowledge_base(f"soak-{node}"), page_size=1000)
-                )
-                patterns += len(listed.patterns)
-            for c in channels:
+                patterns += len((await clients[0].list_patterns(f"soak-{node}", page_size=1000)).patterns)
+            for c in clients:
                 await c.close()
         finally:
             server.stop()

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -45,7 +44,11 @@ def corpus(path: Path, sequences: int) -> None:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's resident memory now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _frequencies(kato: KatoClient, kb: str) -> dict[str, int]:
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 result = train(kato, "bench-train", Corpus([text]), batch=200, parallel=2)
                 out |= {"train_rate": result.learned / result.seconds, "train_seconds": result.seconds}
                 out |= {"train_learned": result.learned, "train_new": result.new}
+                print(f"train: {out['train_rate']:,.0f} patterns/s", flush=True)
                 # The same sequences through unary calls (a sample: unary is ~100x slower).
                 sample = Path(tmp) / "sample.txt"
                 sample.write_text("".join(text.read_text().splitlines(keepends=True)[: args.sample]))
@@ -84,16 +88,20 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 )
                 source = Path(tmp) / "source.jsonl"
                 _write_generated(source, patterns)
+                t0 = time.monotonic()
                 transfer.import_file(kato, "bench-source", source, "gen")
+                print(f"generated import: {args.patterns / (time.monotonic() - t0):,.0f} patterns/s", flush=True)
                 exported = Path(tmp) / "export.jsonl"
-                rss0, t0 = _rss_mb(), time.monotonic()
+                rss0, server0, t0 = _rss_mb(), server.rss_mb(), time.monotonic()
                 with exported.open("w", encoding="utf-8") as fh:
                     count, _ = transfer.export(kato, "bench-source", fh)
                 out |= {"export_rate": count / (time.monotonic() - t0), "exported": count}
+                print(f"export: {out['export_rate']:,.0f} patterns/s", flush=True)
                 t0 = time.monotonic()
                 reply = transfer.import_file(kato, "bench-copy", exported, "copy")
                 out |= {"import_rate": reply.patterns / (time.monotonic() - t0), "imported": reply.patterns}
                 out["client_rss_growth_mb"] = _rss_mb() - rss0
+                out["server_rss_growth_mb"] = server.rss_mb() - server0
         finally:
             server.stop()
     return out
@@ -127,7 +135,8 @@ def report(r: dict[str, float], command: str) -> str:
             f"| export, {int(r['exported']):,} patterns to JSON Lines | {r['export_rate']:,.0f} patterns/s"
             " | ≥ 20,000/s |",
             f"| import of that file into a fresh KB | {r['import_rate']:,.0f} patterns/s | ≥ 20,000/s |",
-            f"| client peak RSS growth during export + import | {r['client_rss_growth_mb']:.0f} MB | flat |",
+            f"| RSS growth over export + import of {int(r['exported']):,} patterns: client, server | "
+            f"{r['client_rss_growth_mb']:.0f} MB, {r['server_rss_growth_mb']:.0f} MB | flat |",
             "",
         ]
     )

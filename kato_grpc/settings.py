@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_pattern_emotive_records: int = Field(100, ge=1)
     # Bytes of ObserveStream messages read ahead of the ones being answered.
     stream_read_ahead_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # WatchKnowledgeBase: a watcher further behind than this many versions is told to resync.
+    watch_max_lag: int = Field(10_000, ge=1)
 
     # Optional bearer-token auth: JSON {"<token>": ["<node_id>", ...]}; "*" allows every node.
     # Unset = no auth (the mesh authenticates). Tokens are never logged.

@@ -28,6 +28,7 @@ from server.handlers import add_service
 from server.kb_admin import KbAdmin
 from server.kb_stats import KbStats
 from server.kb_transfer import KbTransfer
+from server.kb_watch import KbWatch
 from server.observing import Observing
 from server.relay import OutboxRelay
 from server.servicer import KatoServicer
@@ -84,14 +85,14 @@ class KatoServer:
             ),
             check_ids=limits.check_ids,
         )
-        stats = KbStats(self.sessions, self.cache, self.engine)
         self.servicer = KatoServicer(
             settings,
             Sessions(settings, self.sessions, self.runner),
             Observing(settings, self.sessions, self.cache, self.engine, self.runner),
             KbAdmin(settings, self.sessions, self.patterns, self.runner),
-            stats,
-            KbTransfer(settings, self.sessions, self.patterns, stats),
+            KbStats(self.sessions, self.cache, self.engine),
+            KbTransfer(settings, self.sessions, self.patterns),
+            KbWatch(settings, self.sessions, self.patterns),
         )
         self.relay = OutboxRelay(
             self.sessions,

@@ -26,10 +26,7 @@ class KbStats:
         return await self.cache.view(node, await self.sessions.kb_version(node))
 
     async def get_knowledge_base(self, req: svc.GetKnowledgeBaseRequest, caller: Caller) -> svc.KnowledgeBase:
-        return await self.knowledge_base(limits.node_id(req.name, "name"), caller)
-
-    async def knowledge_base(self, node: str, caller: Caller) -> svc.KnowledgeBase:
-        """A knowledge base's statistics (the caller authorized for it first)."""
+        node = limits.node_id(req.name, "name")
         before = self.cache.cached_version(node)
         index = await self._index(node, caller)
         totals = index.totals()

@@ -25,11 +25,15 @@ from server.handlers import Undecodable, decoded
 from server.kb_admin import KbAdmin
 from server.kb_stats import KbStats
 from server.kb_transfer import KbTransfer
+from server.kb_watch import KbWatch
 from server.observing import Observing
 from server.sessions import Sessions
 from server.stream import batches
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+_END: Any = object()  # the end of a server stream's steps
 STREAM_BATCH = 64
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Call = Callable[[Any, Caller], Awaitable[Message]]  # a unary use case: (request, caller) -> response
@@ -54,6 +58,7 @@ class KatoServicer:
         admin: KbAdmin,
         stats: KbStats,
         transfer: KbTransfer,
+        watch: KbWatch,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -61,6 +66,7 @@ class KatoServicer:
         self.admin = admin
         self.stats = stats
         self.transfer = transfer
+        self.watch = watch
         # Shutdown: once draining, new calls are refused with UNAVAILABLE (retryable, so a
         # client goes to another replica) while the ones in flight finish.
         self.draining = False
@@ -153,16 +159,35 @@ class KatoServicer:
     async def ExportKnowledgeBase(  # noqa: N802 - the RPC name grpc dispatches to
         self, request: svc.ExportKnowledgeBaseRequest | Undecodable, context: Ctx
     ) -> AsyncIterator[svc.ExportKnowledgeBaseResponse]:
-        """Each message is read behind the guard (its own deadline slice: a large KB streams
-        for longer than one call's limit, a batch never does)."""
-        rpc = "ExportKnowledgeBase"
+        async for part in self._server_stream("ExportKnowledgeBase", request, context, self.transfer.export):
+            yield part
+
+    async def WatchKnowledgeBase(  # noqa: N802 - the RPC name grpc dispatches to
+        self, request: svc.WatchKnowledgeBaseRequest | Undecodable, context: Ctx
+    ) -> AsyncIterator[svc.WatchKnowledgeBaseResponse]:
+        async for part in self._server_stream("WatchKnowledgeBase", request, context, self.watch.watch):
+            yield part
+
+    async def _server_stream(
+        self,
+        rpc: str,
+        request: M | Undecodable,
+        context: Ctx,
+        stream: Callable[[M, Caller], AsyncIterator[R | None]],
+    ) -> AsyncIterator[R]:
+        """A server stream whose every step runs behind the guard (its own deadline slice: a
+        large export or a watch lasts longer than one call's limit, a step never does). A
+        step that yields None sends nothing (a watch that is idle)."""
         if isinstance(request, Undecodable):
             await self.guard(rpc, context, _failing(request.error()))
             return
-        caller = await self.guard(rpc, context, _caller)
-        parts = self.transfer.export(request, caller)
-        while (part := await self.guard(rpc, context, lambda _c: anext(parts, None))) is not None:
-            yield part
+        parts = stream(request, await self.guard(rpc, context, _caller))
+        while True:
+            part = await self.guard(rpc, context, lambda _c: anext(parts, _END))
+            if part is _END:
+                return
+            if part is not None:
+                yield part
 
     async def ImportKnowledgeBase(  # noqa: N802 - the RPC name grpc dispatches to
         self, request_iterator: AsyncIterator[svc.ImportKnowledgeBaseRequest | Undecodable], context: Ctx

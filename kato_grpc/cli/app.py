@@ -332,6 +332,28 @@ def sessions_rm(ctx: typer.Context, session: str) -> None:
     console.print(f"deleted {session}")
 
 
+@app.command()
+def watch(
+    ctx: typer.Context,
+    kb: Kb,
+    since: Annotated[int | None, typer.Option(help="Start after this KB version (default: now).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Print a knowledge base's changes as they commit (any server process's), until Ctrl-C."""
+    with _client(ctx) as kato:
+        try:
+            for part in kato.watch_knowledge_base(kb, since_version=since):
+                if as_json:
+                    print(json.dumps(views.as_json(part), ensure_ascii=False), flush=True)
+                    continue
+                if part.resync_from_version:
+                    console.print(f"[yellow]fell behind: resynced at version {part.resync_from_version}")
+                for event in part.events:
+                    console.print(views.event(event))
+        except KeyboardInterrupt:
+            return
+
+
 # --- running things here -----------------------------------------------------------------
 
 

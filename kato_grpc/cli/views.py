@@ -107,3 +107,22 @@ def fields(message: Message, title: str) -> Table:
     for key, value in as_json(message).items():
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))
     return table
+
+
+_EVENT_STYLE = {
+    svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_LEARNED: ("learned", "green"),
+    svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_RELEARNED: ("re-learned", "cyan"),
+    svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_UPDATED: ("updated", "yellow"),
+    svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_DELETED: ("deleted", "red"),
+    svc.KNOWLEDGE_BASE_EVENT_KIND_CLEARED: ("cleared", "bold red"),
+}
+
+
+def event(e: svc.KnowledgeBaseEvent) -> Text:
+    """``v42 learned 7f9d5c…``: one line per change."""
+    kind, style = _EVENT_STYLE.get(e.kind, ("?", ""))
+    out = Text(f"v{e.version} ", style="dim")
+    out.append(f"{kind:<10}", style=style)
+    if e.pattern:
+        out.append(" " + names.pattern_id(e.pattern))
+    return out

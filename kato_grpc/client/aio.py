@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -173,14 +173,9 @@ class AsyncKatoClient:
 
     async def patterns(self, knowledge_base: str, *, page_size: int = 1000) -> AsyncIterator[pb.Pattern]:
         """Every pattern of a knowledge base, in name order, a page at a time."""
-        token = ""
-        while True:
-            page = await self.list_patterns(knowledge_base, page_size=page_size, page_token=token)
+        async for page in _pages(lambda t: self.list_patterns(knowledge_base, page_size=page_size, page_token=t)):
             for pattern in page.patterns:
                 yield pattern
-            token = page.next_page_token
-            if not token:
-                return
 
     async def update_pattern(self, pattern: pb.Pattern, paths: Sequence[str] = ()) -> pb.Pattern:
         return await self.call("UpdatePattern", build.update_pattern(pattern, paths), pb.Pattern)
@@ -203,14 +198,9 @@ class AsyncKatoClient:
 
     async def symbols(self, knowledge_base: str, *, page_size: int = 1000) -> AsyncIterator[svc.Symbol]:
         """Every symbol of a knowledge base, in code-point order, a page at a time."""
-        token = ""
-        while True:
-            page = await self.list_symbols(knowledge_base, page_size=page_size, page_token=token)
+        async for page in _pages(lambda t: self.list_symbols(knowledge_base, page_size=page_size, page_token=t)):
             for symbol in page.symbols:
                 yield symbol
-            token = page.next_page_token
-            if not token:
-                return
 
     async def export_knowledge_base(
         self, knowledge_base: str, *, batch_size: int = 0
@@ -235,8 +225,31 @@ class AsyncKatoClient:
         assert isinstance(reply, svc.ImportKnowledgeBaseResponse)
         return reply
 
+    async def watch_knowledge_base(
+        self, knowledge_base: str, *, since_version: int | None = None
+    ) -> AsyncIterator[svc.WatchKnowledgeBaseResponse]:
+        """The KB's committed changes as they happen (until cancelled; not retried)."""
+        request = build.watch(knowledge_base, since_version)
+        try:
+            async for part in self.stub.WatchKnowledgeBase(request, metadata=self.options.metadata()):
+                yield part
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
     async def clear_knowledge_base(
         self, *, session: str | None = None, knowledge_base: str | None = None, request_id: str = ""
     ) -> None:
         request = build.clear_knowledge_base(session, knowledge_base, request_id)
         await self.call("ClearKnowledgeBase", request, svc.ClearKnowledgeBaseResponse)
+
+
+P = TypeVar("P", svc.ListPatternsResponse, svc.ListSymbolsResponse)
+
+
+async def _pages(fetch: Callable[[str], Awaitable[P]]) -> AsyncIterator[P]:
+    """Every page of a List call (AIP-158): from the first, while a next_page_token comes."""
+    page = await fetch("")
+    yield page
+    while page.next_page_token:
+        page = await fetch(page.next_page_token)
+        yield page

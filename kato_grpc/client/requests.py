@@ -167,3 +167,10 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def watch(kb: str, since_version: int | None) -> svc.WatchKnowledgeBaseRequest:
+    request = svc.WatchKnowledgeBaseRequest(name=knowledge_base(kb))
+    if since_version is not None:
+        request.since_version = since_version
+    return request

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -168,13 +168,8 @@ class KatoClient:
 
     def patterns(self, knowledge_base: str, *, page_size: int = 1000) -> Iterator[pb.Pattern]:
         """Every pattern of a knowledge base, in name order, a page at a time."""
-        token = ""
-        while True:
-            page = self.list_patterns(knowledge_base, page_size=page_size, page_token=token)
+        for page in _pages(lambda token: self.list_patterns(knowledge_base, page_size=page_size, page_token=token)):
             yield from page.patterns
-            token = page.next_page_token
-            if not token:
-                return
 
     def update_pattern(self, pattern: pb.Pattern, paths: Sequence[str] = ()) -> pb.Pattern:
         return self.call("UpdatePattern", build.update_pattern(pattern, paths), pb.Pattern)
@@ -195,13 +190,8 @@ class KatoClient:
 
     def symbols(self, knowledge_base: str, *, page_size: int = 1000) -> Iterator[svc.Symbol]:
         """Every symbol of a knowledge base, in code-point order, a page at a time."""
-        token = ""
-        while True:
-            page = self.list_symbols(knowledge_base, page_size=page_size, page_token=token)
+        for page in _pages(lambda token: self.list_symbols(knowledge_base, page_size=page_size, page_token=token)):
             yield from page.symbols
-            token = page.next_page_token
-            if not token:
-                return
 
     def export_knowledge_base(
         self, knowledge_base: str, *, batch_size: int = 0
@@ -223,8 +213,30 @@ class KatoClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 
+    def watch_knowledge_base(
+        self, knowledge_base: str, *, since_version: int | None = None
+    ) -> Iterator[svc.WatchKnowledgeBaseResponse]:
+        """The KB's committed changes as they happen (until closed; not retried)."""
+        request = build.watch(knowledge_base, since_version)
+        try:
+            yield from self.stub.WatchKnowledgeBase(request, metadata=self.options.metadata())
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
     def clear_knowledge_base(
         self, *, session: str | None = None, knowledge_base: str | None = None, request_id: str = ""
     ) -> None:
         request = build.clear_knowledge_base(session, knowledge_base, request_id)
         self.call("ClearKnowledgeBase", request, svc.ClearKnowledgeBaseResponse)
+
+
+P = TypeVar("P", svc.ListPatternsResponse, svc.ListSymbolsResponse)
+
+
+def _pages(fetch: Callable[[str], P]) -> Iterator[P]:
+    """Every page of a List call (AIP-158): from the first, while a next_page_token comes."""
+    page = fetch("")
+    yield page
+    while page.next_page_token:
+        page = fetch(page.next_page_token)
+        yield page

@@ -96,6 +96,11 @@ def affinity_from_doc(doc: Mapping[str, Any]) -> dict[str, float]:
     return {unquote(k): float(v) for k, v in doc.get("affinity", {}).items()}
 
 
+def exported_pattern(doc: Mapping[str, Any]) -> tuple[PatternRecord, dict[str, float]]:
+    """A pattern document as an export has it: the record and what its learns added to affinity."""
+    return pattern_from_doc(doc), affinity_from_doc(doc)
+
+
 def learns(write: storage.PatternWrite) -> int:
     """How many learns a write counts for (an import's pattern: its frequency)."""
     return write.frequency or 1
@@ -112,7 +117,6 @@ def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int) -> Doc:
         "name": write.name,
         "events": events,
         "length": sum(len(e) for e in events),
-        "symbols": sorted({x for e in events for x in e}),
         "frequency": learns(write),
         "kb_version": version,
         "emotives": records[-write.persistence :] if records else [],
@@ -126,7 +130,6 @@ def pattern_op(kb_id: str, write: storage.PatternWrite, version: int) -> UpdateO
     on_insert: Doc = {
         "events": events,
         "length": sum(len(e) for e in events),
-        "symbols": sorted({x for e in events for x in e}),
     }
     inc = {"frequency": learns(write)} | {f"affinity.{field_key(k)}": v for k, v in write.affinity_delta.items()}
     update: Doc = {"$inc": inc, "$set": {"kb_version": version}, "$setOnInsert": on_insert}

@@ -2,7 +2,7 @@
 
 One database, collections keyed by ``kb_id`` (= node_id, D-28):
 
-- ``patterns``  {kb_id, name} unique: events, length, symbols, frequency, emotives (window of
+- ``patterns``  {kb_id, name} unique: events, length, frequency, emotives (window of
   observation records as [key, value] pairs), metadata ([key, value] pairs, a set),
   ``kb_version`` of the last change;
 - ``symbol_log`` {kb_id, kb_version}: per committed batch, the symbol-statistics changes of its
@@ -11,6 +11,9 @@ One database, collections keyed by ``kb_id`` (= node_id, D-28):
   in exactly the order the in-memory KB adds them;
 - ``vectors``   {kb_id, name} unique: values, kb_version;
 - ``kb``        {kb_id} unique: version (monotonic, survives clears), totals, reload_version;
+- ``kb_events`` {kb_id, kb_version}: every committed change for WatchKnowledgeBase — a batch's
+  learns (pattern names, new or not) or an update, delete or wipe. A wipe keeps them (a
+  watcher behind it still sees what came before); they are not compacted yet;
 - ``ledger``    {_id: write_id}: PatternWrites already applied;
 - ``dead_letters`` {_id: write_id}: writes MongoDB refused for good (``is_permanent``), kept
   for operators with the error and the write's size — never retried, never silently dropped.
@@ -74,6 +77,7 @@ class MongoPatternStore(PatternReads):
         await db.symbol_log.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
         await db.vectors.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
         await db.kb.create_index([("kb_id", ASCENDING)], unique=True)
+        await db.kb_events.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
 
     # --- writes --------------------------------------------------------------------------
 
@@ -90,11 +94,18 @@ class MongoPatternStore(PatternReads):
         unique: dict[str, storage.PatternWrite] = {}
         for w in writes:
             unique.setdefault(w.write_id or f"anon-{len(unique)}", w)
-        batch = list(unique.values())
+        return await self._apply(kb_id, list(unique.values()), None)
+
+    async def apply_batch(self, kb_id: str, batch_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
+        """Apply writes that are only ever applied together (an import's batch) once, under
+        one ledger record for all of them: half the documents of a per-write ledger."""
+        return await self._apply(kb_id, list(writes), batch_id)
+
+    async def _apply(self, kb_id: str, batch: list[storage.PatternWrite], batch_id: str | None) -> Applied:
         try:
             # Optimistic: the batch is new (the common case), so the ledger insert comes first
             # and no lookup round trip is spent.
-            return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=False))
+            return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=False, batch_id=batch_id))
         except (DuplicateKeyError, BulkWriteError) as exc:
             if not is_duplicate(exc):
                 raise
@@ -102,7 +113,7 @@ class MongoPatternStore(PatternReads):
         # one of its patterns meanwhile: check the ledger, re-read, try again.
         for attempt in range(DUPLICATE_RETRIES):
             try:
-                return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True))
+                return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True, batch_id=batch_id))
             except (DuplicateKeyError, BulkWriteError) as exc:
                 if not is_duplicate(exc) or attempt == DUPLICATE_RETRIES - 1:
                     raise
@@ -136,18 +147,27 @@ class MongoPatternStore(PatternReads):
             return result
 
     async def _apply_in(
-        self, s: AsyncClientSession, kb_id: str, writes: Sequence[storage.PatternWrite], *, check: bool
+        self,
+        s: AsyncClientSession,
+        kb_id: str,
+        writes: Sequence[storage.PatternWrite],
+        *,
+        check: bool,
+        batch_id: str | None = None,
     ) -> Applied:
+        """``batch_id``: the writes are one ledger record (all or none of them applied);
+        otherwise each write's id is its own."""
         db = self._db
         todo = list(writes)
         if check:  # some of the batch may be in the ledger already (a retry after a crash)
-            ids = [w.write_id for w in writes if w.write_id]
+            ids = [batch_id] if batch_id else [w.write_id for w in writes if w.write_id]
             seen = {doc["_id"] async for doc in db.ledger.find({"_id": {"$in": ids}}, {"_id": 1}, session=s)}
-            todo = [w for w in writes if not w.write_id or w.write_id not in seen]
+            todo = [] if batch_id in seen else [w for w in writes if not w.write_id or w.write_id not in seen]
             if not todo:
                 kb = await db.kb.find_one({"kb_id": kb_id}, {"version": 1}, session=s)
                 return Applied(0, int(kb["version"]) if kb else 0)
-        ledger = [{"_id": w.write_id, "kb_id": kb_id} for w in todo if w.write_id]
+        ids = [batch_id] if batch_id else [w.write_id for w in todo if w.write_id]
+        ledger = [{"_id": i, "kb_id": kb_id} for i in ids]
         if ledger:
             await db.ledger.insert_many(ledger, ordered=True, session=s)
         learns = [w for w in todo if w.name]
@@ -171,6 +191,8 @@ class MongoPatternStore(PatternReads):
         if learns:
             await self._write_patterns(s, kb_id, learns, new_flags, version)
             await db.symbol_log.insert_many(symbol_log_parts(kb_id, version, learns, new_flags), session=s)
+            learned = [[w.name, new] for w, new in zip(learns, new_flags, strict=True)]
+            await db.kb_events.insert_one({"kb_id": kb_id, "kb_version": version, "learns": learned}, session=s)
         return Applied(len(todo), version)
 
     async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[storage.PatternWrite]) -> list[bool]:
@@ -212,7 +234,9 @@ class MongoPatternStore(PatternReads):
         db = self._db
         for coll in (db.patterns, db.symbol_log, db.vectors):
             await coll.delete_many({"kb_id": kb_id}, session=s)
-        return await self._bump_reload(s, kb_id, reset_totals=True)
+        version = await self._bump_reload(s, kb_id, reset_totals=True)
+        await self._event(s, kb_id, version, "cleared")
+        return version
 
     async def _next_version(self, s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> int:
         """Bump the KB's version (and add ``totals`` to its counters) inside the transaction.
@@ -245,7 +269,9 @@ class MongoPatternStore(PatternReads):
         result = await self._db.patterns.delete_one({"kb_id": kb_id, "name": name}, session=s)
         if not result.deleted_count:
             return None
-        return await self._bump_reload(s, kb_id, reset_totals=False)
+        version = await self._bump_reload(s, kb_id, reset_totals=False)
+        await self._event(s, kb_id, version, "deleted", name)
+        return version
 
     async def update_pattern(
         self,
@@ -282,8 +308,14 @@ class MongoPatternStore(PatternReads):
         )
         if doc is None:
             return None
-        await self._bump_reload(s, kb_id, reset_totals=False)
+        version = await self._bump_reload(s, kb_id, reset_totals=False)
+        await self._event(s, kb_id, version, "updated", name)
         return pattern_from_doc(doc)
+
+    async def _event(self, s: AsyncClientSession, kb_id: str, version: int, kind: str, name: str = "") -> None:
+        await self._db.kb_events.insert_one(
+            {"kb_id": kb_id, "kb_version": version, "kind": kind, "name": name}, session=s
+        )
 
     async def close(self) -> None:
         await self._client.close()

@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.stores.index import SymbolChange
-from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, affinity_from_doc, pattern_from_doc, totals_from_doc
+from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, pattern_from_doc, totals_from_doc
 
 T = TypeVar("T")
 
@@ -31,6 +31,13 @@ class KbChanges:
     vectors: list[tuple[str, list[float]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class KbEvent:
+    version: int
+    kind: str  # learned, relearned, updated, deleted, cleared
+    name: str  # the pattern's bare name ("" for a wipe)
+
+
 class PatternReads:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self._db = db
@@ -38,6 +45,12 @@ class PatternReads:
     async def kb_version(self, kb_id: str) -> int:
         doc = await self._db.kb.find_one({"kb_id": kb_id}, projection={"version": 1})
         return int(doc["version"]) if doc else 0
+
+    async def kb_summary(self, kb_id: str) -> tuple[int, Totals, int]:
+        """(version, totals, vector count) as stored: no KB cache is loaded for it."""
+        doc = await self._db.kb.find_one({"kb_id": kb_id})
+        vectors = await self._db.vectors.count_documents({"kb_id": kb_id})
+        return (int(doc["version"]) if doc else 0), totals_from_doc(doc), vectors
 
     async def changes_since(self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None) -> KbChanges:
         """Everything that changed after version ``since`` (a full load when it must be);
@@ -74,15 +87,30 @@ class PatternReads:
         cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$gt": after}}).sort("name", 1).limit(limit)
         return [pattern_from_doc(doc) async for doc in cursor]
 
-    def pattern_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[PatternRecord, dict[str, float]]]]:
-        """Every pattern of a KB in name order with what its learns added to affinity, ``size``
-        at a time (one cursor: memory stays at one batch however large the KB)."""
-        fields = RECORD_FIELDS | {"affinity": 1}
-        cursor = self._db.patterns.find({"kb_id": kb_id}, fields).sort("name", ASCENDING)
-        return _batches(cursor.batch_size(size), size, lambda d: (pattern_from_doc(d), affinity_from_doc(d)))
+    async def events_since(self, kb_id: str, since: int, limit: int) -> list[KbEvent]:
+        """The KB's committed changes after version ``since``, in version order, from at most
+        ``limit`` versions (a batch's learns are one version: never split)."""
+        query: Doc = {"kb_id": kb_id, "kb_version": {"$gt": since}}
+        out: list[KbEvent] = []
+        async for doc in self._db.kb_events.find(query).sort("kb_version", ASCENDING).limit(limit):
+            version = int(doc["kb_version"])
+            if "learns" in doc:
+                out += [KbEvent(version, "learned" if new else "relearned", name) for name, new in doc["learns"]]
+            else:
+                out.append(KbEvent(version, doc["kind"], doc.get("name", "")))
+        return out
+
+    def pattern_documents(self, kb_id: str, size: int) -> AsyncIterator[list[Doc]]:
+        """Every pattern document of a KB, ``size`` at a time, in storage order (one cursor:
+        memory stays at one batch however large the KB; no sort, which would make the store
+        sort the whole KB before the first batch). ``exported_pattern`` decodes one."""
+        # Whole documents: the dev store (SecantusDB) copies every projected document, which
+        # cost more than the bytes a projection saves (measured: docs/performance.md).
+        cursor = self._db.patterns.find({"kb_id": kb_id})
+        return _batches(cursor.batch_size(size), size, lambda d: d)
 
     def vector_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[str, list[float]]]]:
-        cursor = self._db.vectors.find({"kb_id": kb_id}).sort("name", ASCENDING)
+        cursor = self._db.vectors.find({"kb_id": kb_id})
         return _batches(cursor.batch_size(size), size, lambda d: (d["name"], [float(x) for x in d["values"]]))
 
 

@@ -75,6 +75,42 @@ LEARN_STATUS_INSUFFICIENT_DATA: LearnStatus.ValueType  # 2
 """Fewer than two symbols: nothing learned, the STM cleared (D-22)."""
 Global___LearnStatus: _TypeAlias = LearnStatus  # noqa: Y015
 
+class _KnowledgeBaseEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KnowledgeBaseEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KnowledgeBaseEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KNOWLEDGE_BASE_EVENT_KIND_UNSPECIFIED: _KnowledgeBaseEventKind.ValueType  # 0
+    """Never sent."""
+    KNOWLEDGE_BASE_EVENT_KIND_PATTERN_LEARNED: _KnowledgeBaseEventKind.ValueType  # 1
+    """A pattern the knowledge base did not have was learned (or imported)."""
+    KNOWLEDGE_BASE_EVENT_KIND_PATTERN_RELEARNED: _KnowledgeBaseEventKind.ValueType  # 2
+    """A pattern it had was learned again (its frequency grew)."""
+    KNOWLEDGE_BASE_EVENT_KIND_PATTERN_UPDATED: _KnowledgeBaseEventKind.ValueType  # 3
+    """UpdatePattern changed a pattern."""
+    KNOWLEDGE_BASE_EVENT_KIND_PATTERN_DELETED: _KnowledgeBaseEventKind.ValueType  # 4
+    """DeletePattern removed a pattern."""
+    KNOWLEDGE_BASE_EVENT_KIND_CLEARED: _KnowledgeBaseEventKind.ValueType  # 5
+    """ClearKnowledgeBase wiped it."""
+
+class KnowledgeBaseEventKind(_KnowledgeBaseEventKind, metaclass=_KnowledgeBaseEventKindEnumTypeWrapper):
+    """What changed in a knowledge base."""
+
+KNOWLEDGE_BASE_EVENT_KIND_UNSPECIFIED: KnowledgeBaseEventKind.ValueType  # 0
+"""Never sent."""
+KNOWLEDGE_BASE_EVENT_KIND_PATTERN_LEARNED: KnowledgeBaseEventKind.ValueType  # 1
+"""A pattern the knowledge base did not have was learned (or imported)."""
+KNOWLEDGE_BASE_EVENT_KIND_PATTERN_RELEARNED: KnowledgeBaseEventKind.ValueType  # 2
+"""A pattern it had was learned again (its frequency grew)."""
+KNOWLEDGE_BASE_EVENT_KIND_PATTERN_UPDATED: KnowledgeBaseEventKind.ValueType  # 3
+"""UpdatePattern changed a pattern."""
+KNOWLEDGE_BASE_EVENT_KIND_PATTERN_DELETED: KnowledgeBaseEventKind.ValueType  # 4
+"""DeletePattern removed a pattern."""
+KNOWLEDGE_BASE_EVENT_KIND_CLEARED: KnowledgeBaseEventKind.ValueType  # 5
+"""ClearKnowledgeBase wiped it."""
+Global___KnowledgeBaseEventKind: _TypeAlias = KnowledgeBaseEventKind  # noqa: Y015
+
 @_typing.final
 class Session(_message.Message):
     """A session: private short-term memory over a shared knowledge base."""
@@ -1372,7 +1408,9 @@ class ExportHeader(_message.Message):
     """The export format's version: 1."""
     @_builtins.property
     def knowledge_base(self) -> Global___KnowledgeBase:
-        """The knowledge base exported."""
+        """The knowledge base exported, as stored when the export started (its symbol_count is not
+        counted here: 0; GetKnowledgeBase has it).
+        """
 
     def __init__(
         self,
@@ -1486,7 +1524,7 @@ class ExportKnowledgeBaseResponse(_message.Message):
 
     @_builtins.property
     def patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedPattern]:
-        """Patterns, in name order across the stream (names in the exported KB)."""
+        """Patterns, in storage order (names in the exported KB)."""
 
     @_builtins.property
     def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedVector]:
@@ -1575,7 +1613,7 @@ class ImportKnowledgeBaseResponse(_message.Message):
     """Patterns in the batches this stream applied."""
     @_builtins.property
     def knowledge_base(self) -> Global___KnowledgeBase:
-        """The knowledge base afterwards."""
+        """The knowledge base afterwards, as stored (symbol_count is not counted here: 0)."""
 
     def __init__(
         self,
@@ -1592,3 +1630,91 @@ class ImportKnowledgeBaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportKnowledgeBaseResponse: _TypeAlias = ImportKnowledgeBaseResponse  # noqa: Y015
+
+@_typing.final
+class WatchKnowledgeBaseRequest(_message.Message):
+    """The request of WatchKnowledgeBase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SINCE_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The knowledge base: "knowledgeBases/{kb}"."""
+    since_version: _builtins.int
+    """Start after this version (events with a greater one); unset: from the version now."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        since_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "since_version", b"since_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_version", b"_since_version", "name", b"name", "since_version", b"since_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__since_version: _TypeAlias = _typing.Literal["since_version"]  # noqa: Y015
+    _WhichOneofArgType__since_version: _TypeAlias = _typing.Literal["_since_version", b"_since_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since_version) -> _WhichOneofReturnType__since_version | None: ...
+
+Global___WatchKnowledgeBaseRequest: _TypeAlias = WatchKnowledgeBaseRequest  # noqa: Y015
+
+@_typing.final
+class KnowledgeBaseEvent(_message.Message):
+    """One committed change of a knowledge base."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    kind: Global___KnowledgeBaseEventKind.ValueType
+    """What happened."""
+    version: _builtins.int
+    """The knowledge base's version after the change (several events may share one: a batch)."""
+    pattern: _builtins.str
+    """The pattern's name; empty for a wipe."""
+    def __init__(
+        self,
+        *,
+        kind: Global___KnowledgeBaseEventKind.ValueType = ...,
+        version: _builtins.int = ...,
+        pattern: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pattern", b"pattern", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KnowledgeBaseEvent: _TypeAlias = KnowledgeBaseEvent  # noqa: Y015
+
+@_typing.final
+class WatchKnowledgeBaseResponse(_message.Message):
+    """One message of WatchKnowledgeBase: events in version order, or a resync marker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RESYNC_FROM_VERSION_FIELD_NUMBER: _builtins.int
+    resync_from_version: _builtins.int
+    """Set when the watcher fell too far behind: the events up to this version were skipped;
+    the events that follow come after it.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnowledgeBaseEvent]:
+        """Committed changes, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___KnowledgeBaseEvent] | None = ...,
+        resync_from_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "resync_from_version", b"resync_from_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchKnowledgeBaseResponse: _TypeAlias = WatchKnowledgeBaseResponse  # noqa: Y015

@@ -147,6 +147,11 @@ class KatoServiceStub:
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseRequest.SerializeToString,
                 response_deserializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseResponse.FromString,
                 _registered_method=True)
+        self.WatchKnowledgeBase = channel.unary_stream(
+                '/kato.v1.KatoService/WatchKnowledgeBase',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.WatchKnowledgeBaseRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.WatchKnowledgeBaseResponse.FromString,
+                _registered_method=True)
         self.ClearKnowledgeBase = channel.unary_unary(
                 '/kato.v1.KatoService/ClearKnowledgeBase',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.ClearKnowledgeBaseRequest.SerializeToString,
@@ -346,7 +351,7 @@ class KatoServiceServicer:
 
     def ExportKnowledgeBase(self, request, context):
         """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-        version), then its patterns in name order and its vectors, a batch per message. Patterns
+        version), then its patterns and its vectors (in storage order), a batch per message. Patterns
         learned while the export runs may or may not be in it; the header's version is the one
         the export started from.
         Example: {"name": "knowledgeBases/demo"}.
@@ -363,6 +368,18 @@ class KatoServiceServicer:
         once per (import_id, batch), so a retried or resumed import never counts twice.
         Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
         FAILED_PRECONDITION PATTERN_REJECTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchKnowledgeBase(self, request, context):
+        """The committed changes of a knowledge base as they happen, whichever server process made
+        them: one event per pattern learned, re-learned (imports too), updated or deleted, and per
+        wipe, each with the knowledge base's version. From now, or after `since_version`. A
+        watcher more than KATO_WATCH_MAX_LAG versions behind gets `resync_from_version` instead of
+        the events it missed (read the KB again); a slow watcher never slows learning.
+        Example: {"name": "knowledgeBases/demo"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -489,6 +506,11 @@ def add_KatoServiceServicer_to_server(servicer, server):
                     servicer.ImportKnowledgeBase,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseRequest.FromString,
                     response_serializer=kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseResponse.SerializeToString,
+            ),
+            'WatchKnowledgeBase': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchKnowledgeBase,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.WatchKnowledgeBaseRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.WatchKnowledgeBaseResponse.SerializeToString,
             ),
             'ClearKnowledgeBase': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearKnowledgeBase,
@@ -1091,6 +1113,33 @@ class KatoService:
             '/kato.v1.KatoService/ImportKnowledgeBase',
             kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseRequest.SerializeToString,
             kato_dot_v1_dot_kato__service__pb2.ImportKnowledgeBaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchKnowledgeBase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kato.v1.KatoService/WatchKnowledgeBase',
+            kato_dot_v1_dot_kato__service__pb2.WatchKnowledgeBaseRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.WatchKnowledgeBaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -168,7 +168,7 @@ class KatoServiceStub:
     """
     ExportKnowledgeBase: _grpc.UnaryStreamMultiCallable[_kato_service_pb2.ExportKnowledgeBaseRequest, _kato_service_pb2.ExportKnowledgeBaseResponse]
     """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-    version), then its patterns in name order and its vectors, a batch per message. Patterns
+    version), then its patterns and its vectors (in storage order), a batch per message. Patterns
     learned while the export runs may or may not be in it; the header's version is the one
     the export started from.
     Example: {"name": "knowledgeBases/demo"}.
@@ -181,6 +181,14 @@ class KatoServiceStub:
     once per (import_id, batch), so a retried or resumed import never counts twice.
     Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
     FAILED_PRECONDITION PATTERN_REJECTED.
+    """
+    WatchKnowledgeBase: _grpc.UnaryStreamMultiCallable[_kato_service_pb2.WatchKnowledgeBaseRequest, _kato_service_pb2.WatchKnowledgeBaseResponse]
+    """The committed changes of a knowledge base as they happen, whichever server process made
+    them: one event per pattern learned, re-learned (imports too), updated or deleted, and per
+    wipe, each with the knowledge base's version. From now, or after `since_version`. A
+    watcher more than KATO_WATCH_MAX_LAG versions behind gets `resync_from_version` instead of
+    the events it missed (read the KB again); a slow watcher never slows learning.
+    Example: {"name": "knowledgeBases/demo"}.
     """
     ClearKnowledgeBase: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ClearKnowledgeBaseRequest, _kato_service_pb2.ClearKnowledgeBaseResponse]
     """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
@@ -297,7 +305,7 @@ class KatoServiceAsyncStub(KatoServiceStub):
     """
     ExportKnowledgeBase: _aio.UnaryStreamMultiCallable[_kato_service_pb2.ExportKnowledgeBaseRequest, _kato_service_pb2.ExportKnowledgeBaseResponse]  # type: ignore[assignment]
     """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-    version), then its patterns in name order and its vectors, a batch per message. Patterns
+    version), then its patterns and its vectors (in storage order), a batch per message. Patterns
     learned while the export runs may or may not be in it; the header's version is the one
     the export started from.
     Example: {"name": "knowledgeBases/demo"}.
@@ -310,6 +318,14 @@ class KatoServiceAsyncStub(KatoServiceStub):
     once per (import_id, batch), so a retried or resumed import never counts twice.
     Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
     FAILED_PRECONDITION PATTERN_REJECTED.
+    """
+    WatchKnowledgeBase: _aio.UnaryStreamMultiCallable[_kato_service_pb2.WatchKnowledgeBaseRequest, _kato_service_pb2.WatchKnowledgeBaseResponse]  # type: ignore[assignment]
+    """The committed changes of a knowledge base as they happen, whichever server process made
+    them: one event per pattern learned, re-learned (imports too), updated or deleted, and per
+    wipe, each with the knowledge base's version. From now, or after `since_version`. A
+    watcher more than KATO_WATCH_MAX_LAG versions behind gets `resync_from_version` instead of
+    the events it missed (read the KB again); a slow watcher never slows learning.
+    Example: {"name": "knowledgeBases/demo"}.
     """
     ClearKnowledgeBase: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ClearKnowledgeBaseRequest, _kato_service_pb2.ClearKnowledgeBaseResponse]  # type: ignore[assignment]
     """Wipes a knowledge base: a session's (KATO's clear-all, which clears its STM too) or one
@@ -549,7 +565,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_kato_service_pb2.ExportKnowledgeBaseResponse], _abc.AsyncIterator[_kato_service_pb2.ExportKnowledgeBaseResponse]]:
         """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-        version), then its patterns in name order and its vectors, a batch per message. Patterns
+        version), then its patterns and its vectors (in storage order), a batch per message. Patterns
         learned while the export runs may or may not be in it; the header's version is the one
         the export started from.
         Example: {"name": "knowledgeBases/demo"}.
@@ -568,6 +584,20 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         once per (import_id, batch), so a retried or resumed import never counts twice.
         Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
         FAILED_PRECONDITION PATTERN_REJECTED.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchKnowledgeBase(
+        self,
+        request: _kato_service_pb2.WatchKnowledgeBaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kato_service_pb2.WatchKnowledgeBaseResponse], _abc.AsyncIterator[_kato_service_pb2.WatchKnowledgeBaseResponse]]:
+        """The committed changes of a knowledge base as they happen, whichever server process made
+        them: one event per pattern learned, re-learned (imports too), updated or deleted, and per
+        wipe, each with the knowledge base's version. From now, or after `since_version`. A
+        watcher more than KATO_WATCH_MAX_LAG versions behind gets `resync_from_version` instead of
+        the events it missed (read the KB again); a slow watcher never slows learning.
+        Example: {"name": "knowledgeBases/demo"}.
         """
 
     @_abc_1.abstractmethod

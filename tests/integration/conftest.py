@@ -33,6 +33,20 @@ def server(stores: tuple[devstack.LocalServer, devstack.LocalServer], log_dir: P
     proc.stop()
 
 
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+
+
+@pytest.fixture
+def two_servers(stores: Stores, log_dir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes sharing the stores and a database of their own."""
+    database = "kato_" + uuid.uuid4().hex[:8]
+    a = new_server(*stores, log_dir, database).start()
+    b = new_server(*stores, log_dir, database).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
 @pytest.fixture
 def stub(server: ServerProcess) -> svc_grpc.KatoServiceStub:
     return server.stub()

@@ -145,7 +145,18 @@ def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -
 
 def test_help_lists_everything_and_errors_are_one_line(server: ServerProcess) -> None:
     listing = CliRunner().invoke(app, ["--help"]).output
-    for command in ("train", "predict", "predictions", "kb", "patterns", "symbols", "sessions", "serve", "replay"):
+    for command in (
+        "train",
+        "predict",
+        "predictions",
+        "kb",
+        "patterns",
+        "symbols",
+        "sessions",
+        "watch",
+        "serve",
+        "replay",
+    ):
         assert command in listing
     for group in ("kb", "patterns", "symbols", "sessions"):
         assert CliRunner().invoke(app, [group, "--help"]).exit_code == 0
@@ -168,3 +179,23 @@ def test_the_readme_first_ten_minutes(server: ServerProcess, tmp_path: Path) -> 
     assert "w" in run(server, "symbols", "ls", kb)
     run(server, "kb", "export", kb, "-o", str(tmp_path / "weather.jsonl"))
     assert "11 patterns imported" in run(server, "kb", "import", kb + "-copy", str(tmp_path / "weather.jsonl"))
+
+
+def test_watch_prints_changes_as_they_commit(server: ServerProcess) -> None:
+    kb = "watch-" + uuid.uuid4().hex
+    command = [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address]
+    watcher = subprocess.Popen([*command, "watch", kb, "--since", "0", "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        with KatoClient(server.address) as kato:
+            session = kato.create_session(kb)
+            for word in ("sun", "rain"):
+                kato.observe(session.name, [word])
+            learned = kato.learn(session.name).pattern
+        assert watcher.stdout is not None
+        line = json.loads(watcher.stdout.readline())
+        assert line["events"] == [
+            {"kind": "KNOWLEDGE_BASE_EVENT_KIND_PATTERN_LEARNED", "version": "1", "pattern": learned}
+        ]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)

@@ -87,19 +87,30 @@ def test_fuzzed_requests_get_documented_codes_and_hurt_no_bystander(server: Serv
             request = data.draw(message(method.input_type, ids))
             payloads = [request.SerializeToString()]
         path = f"/{SERVICE.full_name}/{method.name}"
+        many = payloads * data.draw(st.integers(1, 3))
+        # A watch never ends by itself: it is cut by a short deadline (the one code it may end with).
+        timeout = 1 if method.name == "WatchKnowledgeBase" else 10
         try:
-            if method.client_streaming:
-                stream: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(path)
-                for _ in stream(iter(payloads * data.draw(st.integers(1, 3))), timeout=10):
+            if method.client_streaming and method.server_streaming:
+                both: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(path)
+                for _ in both(iter(many), timeout=timeout):
+                    pass
+            elif method.client_streaming:
+                upload: grpc.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(path)
+                upload(iter(many), timeout=timeout)
+            elif method.server_streaming:
+                download: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(path)
+                for _ in download(payloads[0], timeout=timeout):
                     pass
             else:
                 unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
-                unary(payloads[0], timeout=10)
+                unary(payloads[0], timeout=timeout)
             code, detail = grpc.StatusCode.OK, ""
         except grpc.RpcError as exc:
             code, detail = exc.code(), str(exc.details())
         seen[code.name] = seen.get(code.name, 0) + 1
-        assert code in ALLOWED, f"{method.name} answered {code.name}"
+        watch_cut = method.name == "WatchKnowledgeBase" and code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert code in ALLOWED or watch_cut, f"{method.name} answered {code.name}"
         if code == grpc.StatusCode.ABORTED:
             assert "etag" in detail, detail
 

@@ -7,7 +7,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -46,16 +46,6 @@ def with_retry(call: Callable[[], T], attempts: int = 20) -> T:
                 raise
             time.sleep(0.01 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-@pytest.fixture
-def two_servers(stores: Stores, log_dir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    database = "kato_" + uuid.uuid4().hex[:8]
-    a = new_server(*stores, log_dir, database).start()
-    b = new_server(*stores, log_dir, database).start()
-    yield a, b
-    a.stop()
-    b.stop()
 
 
 @pytest.mark.parametrize(("clients", "sessions_count"), [(32, 4), (64, 8)])

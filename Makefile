@@ -42,7 +42,8 @@ proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 	$(BIN)/python scripts/gen_api_docs.py
 
-# Rewrites BENCHMARKS.md: engine-only predictions up to 1M patterns, the service suite, the tools (~25 min).
+# Rewrites the sections of BENCHMARKS.md it measures (engine-only predictions up to 1M patterns, the
+# service suite, the tools; ~25 min) and keeps the others (soak, fuzz, load).
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 1000000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md
@@ -61,7 +62,7 @@ fuzz: $(STAMP)
 load: $(STAMP)
 	KATO_LOAD_CALLS=10000 $(BIN)/python -m pytest -q -s tests/integration/test_resilience.py -k 'lose_and_double and 64'
 
-# 10 minutes of mixed load on 2 workers; appends RSS growth after warm-up to BENCHMARKS.md.
+# 10 minutes of mixed load on 2 workers; writes RSS growth after warm-up into BENCHMARKS.md.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --minutes 10 --write BENCHMARKS.md
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import rapidfuzz
 
+from bench.report import write_section
 from kato_grpc import names
 from kato_grpc.encoding import DEFAULT_MEMO_BYTES, EventMemo, add_predictions
 from kato_grpc.engine.config import EngineConfig
@@ -132,12 +133,6 @@ def report(rows: list[dict[str, float]], command: str) -> str:
     except OSError:
         pass
     lines = [
-        "# Benchmarks",
-        "",
-        "Figures are medians (and p99) from one run on a shared, noisy machine: compare ratios,",
-        "not absolute numbers across machines. `make bench` rewrites this file; what the figures",
-        "mean, which targets are missed, by how much and why: `docs/performance.md`.",
-        "",
         "## Engine only: GetPredictions computation (issue 2 baseline)",
         "",
         f"- command: `{command}`",
@@ -178,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(rows, "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
     if args.write:
-        args.write.write_text(text)
+        write_section(args.write, text)
     return 0
 
 

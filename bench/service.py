@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.report import write_section
 from kato_grpc import devstack, names
 from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import engine_pb2 as pb
@@ -312,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, "python -m bench.service " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
     if args.write:
-        with args.write.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+        write_section(args.write, text)
     return 0
 
 

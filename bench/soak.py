@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.report import write_section
 from kato_grpc import devstack
 from kato_grpc.client import AsyncKatoClient, KatoError, observation
 from kato_grpc.devserver import new_server
@@ -101,7 +102,7 @@ async def run(minutes: float) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--write", type=Path, default=None, help="append the report to this file")
+    parser.add_argument("--write", type=Path, default=None, help="write the report's section into this file")
     args = parser.parse_args(argv)
     r = asyncio.run(run(args.minutes))
     codes: Counter[str] = r["codes"]  # type: ignore[assignment]
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = (end - warm) / warm * 100
     text = "\n".join(
         [
-            "## Soak (issue 5)",
+            "## Soak (make soak)",
             "",
             f"- command: `python -m bench.soak {' '.join(sys.argv[1:] if argv is None else argv)}`",
             f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.write:
-        with args.write.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+        write_section(args.write, text)
     return 0
 
 

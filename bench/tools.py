@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.report import write_section
 from kato_grpc import devstack, names
 from kato_grpc.cli import transfer
 from kato_grpc.cli.train import Corpus, train
@@ -156,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(run(args), "python -m bench.tools " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
     if args.write:
-        with args.write.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+        write_section(args.write, text)
     return 0
 
 

@@ -1,10 +1,12 @@
-"""A tiny run of both benchmarks, so `make bench` cannot rot (the figures come from make bench)."""
+"""A tiny run of each benchmark, so `make bench` cannot rot (the figures come from make bench)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+from bench.report import HEADER
 from kato_grpc.devserver import ROOT
 
 
@@ -23,3 +25,18 @@ def test_service_benchmark_smoke() -> None:
     ).stdout  # fmt: skip
     for figure in ("health-check RPC", "Learn", "bulk training", "ObserveStream vs unary", "Growth exponent"):
         assert figure in out
+
+
+def test_tools_benchmark_smoke(tmp_path: Path) -> None:
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text(HEADER + "\n## Soak (make soak)\n\nkept\n", encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "bench.tools", "--sequences", "300", "--sample", "30", "--patterns", "300",
+         "--write", str(report)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    text = report.read_text(encoding="utf-8")
+    assert "## Soak (make soak)\n\nkept" in text  # other sections stay
+    assert "| the same sample through unary Observe + Learn: identical KB | yes | yes |" in text
+    for figure in ("`kato train`, 300 sequences", "export, 300 patterns", "import of that file"):
+        assert figure in text

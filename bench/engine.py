@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import rapidfuzz
 
-from bench.report import write_section
+from bench.report import emit
 from kato_grpc import names
 from kato_grpc.encoding import DEFAULT_MEMO_BYTES, EventMemo, add_predictions
 from kato_grpc.engine.config import EngineConfig
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = [measure(size, args.queries) for size in args.sizes]
     text = report(rows, "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(text)
-    if args.write:
-        write_section(args.write, text)
+    emit(text, args.write)
     return 0
 
 

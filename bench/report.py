@@ -30,3 +30,10 @@ def write_section(path: Path, text: str) -> None:
     else:
         rest.append(body)
     path.write_text("\n".join([head.rstrip() + "\n", *(s.rstrip() + "\n" for s in rest)]), encoding="utf-8")
+
+
+def emit(text: str, path: Path | None) -> None:
+    """A benchmark's report: printed, and written into ``path`` (its section) when given."""
+    print(text)
+    if path is not None:
+        write_section(path, text)

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.report import write_section
+from bench.report import emit
 from kato_grpc import devstack, names
 from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import engine_pb2 as pb
@@ -311,9 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.calls, args.queries, args.seconds = [50, 100], 50, 5, 1.0
     results = asyncio.run(run(args))
     text = report(results, "python -m bench.service " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(text)
-    if args.write:
-        write_section(args.write, text)
+    emit(text, args.write)
     return 0
 
 

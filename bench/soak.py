@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.report import write_section
+from bench.report import emit
 from kato_grpc import devstack
 from kato_grpc.client import AsyncKatoClient, KatoError, observation
 from kato_grpc.devserver import new_server
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    print(text)
-    if args.write:
-        write_section(args.write, text)
+    emit(text, args.write)
     return 0
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.report import write_section
+from bench.report import emit
 from kato_grpc import devstack, names
 from kato_grpc.cli import transfer
 from kato_grpc.cli.train import Corpus, train
@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args(argv)
     text = report(run(args), "python -m bench.tools " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(text)
-    if args.write:
-        write_section(args.write, text)
+    emit(text, args.write)
     return 0
 
 

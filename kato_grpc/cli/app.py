@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -91,6 +94,14 @@ def _print(data: Any) -> None:
     console.print_json(json.dumps(data, ensure_ascii=False))
 
 
+def _show(as_json: bool, messages: Message | list[Any], table: Callable[[], Any]) -> None:
+    """``--json``: the messages in the API's JSON mapping; otherwise ``table()``."""
+    if as_json:
+        _print(views.as_json(messages))
+    else:
+        console.print(table())
+
+
 # --- training and predicting -------------------------------------------------------------
 
 
@@ -164,10 +175,7 @@ def predict(
             reply = kato.get_predictions(session.name)
         finally:
             kato.delete_session(session.name)
-    if as_json:
-        _print(views.as_json(reply))
-    else:
-        console.print(views.predictions(reply, title=f"after {' | '.join(events)}"))
+    _show(as_json, reply, lambda: views.predictions(reply, title=f"after {' | '.join(events)}"))
 
 
 @app.command()
@@ -175,10 +183,7 @@ def predictions(ctx: typer.Context, session: str, as_json: Json = False) -> None
     """The predictions of SESSION ("sessions/s-…") now."""
     with _client(ctx) as kato:
         reply = kato.get_predictions(session)
-    if as_json:
-        _print(views.as_json(reply))
-    else:
-        console.print(views.predictions(reply, title=session))
+    _show(as_json, reply, lambda: views.predictions(reply, title=session))
 
 
 # --- knowledge bases ---------------------------------------------------------------------
@@ -189,10 +194,7 @@ def kb_stats(ctx: typer.Context, kb: Kb, as_json: Json = False) -> None:
     """Patterns, symbols, totals and version of a knowledge base."""
     with _client(ctx) as kato:
         stats = kato.get_knowledge_base(kb)
-    if as_json:
-        _print(views.as_json(stats))
-    else:
-        console.print(views.fields(stats, stats.name))
+    _show(as_json, stats, lambda: views.fields(stats, stats.name))
 
 
 @kb_app.command("export")
@@ -261,8 +263,8 @@ def patterns_ls(
 ) -> None:
     """The patterns of a knowledge base, in name order."""
     with _client(ctx) as kato:
-        items = [p for _, p in zip(range(limit), kato.patterns(kb, page_size=min(limit, 1000)), strict=False)]
-    console.print(views.patterns(items)) if not as_json else _print(views.as_json(items))
+        items = list(islice(kato.patterns(kb, page_size=min(limit, 1000)), limit))
+    _show(as_json, items, lambda: views.patterns(items))
 
 
 @patterns_app.command("show")
@@ -270,7 +272,7 @@ def patterns_show(ctx: typer.Context, name: str, as_json: Json = False) -> None:
     """One pattern, by name ("knowledgeBases/{kb}/patterns/{sha1}")."""
     with _client(ctx) as kato:
         pattern = kato.get_pattern(name)
-    console.print(views.patterns([pattern])) if not as_json else _print(views.as_json(pattern))
+    _show(as_json, pattern, lambda: views.patterns([pattern]))
 
 
 @patterns_app.command("rm")
@@ -290,8 +292,8 @@ def symbols_ls(
 ) -> None:
     """The symbols of a knowledge base with frequency, pattern-member frequency and affinity."""
     with _client(ctx) as kato:
-        items = [s for _, s in zip(range(limit), kato.symbols(kb, page_size=min(limit, 1000)), strict=False)]
-    console.print(views.symbols(items)) if not as_json else _print(views.as_json(items))
+        items = list(islice(kato.symbols(kb, page_size=min(limit, 1000)), limit))
+    _show(as_json, items, lambda: views.symbols(items))
 
 
 @symbols_app.command("show")
@@ -299,7 +301,7 @@ def symbols_show(ctx: typer.Context, kb: Kb, symbol: str, as_json: Json = False)
     """One symbol's statistics."""
     with _client(ctx) as kato:
         item = kato.get_symbol(kb, symbol)
-    console.print(views.symbols([item])) if not as_json else _print(views.as_json(item))
+    _show(as_json, item, lambda: views.symbols([item]))
 
 
 @sessions_app.command("create")
@@ -313,7 +315,7 @@ def sessions_create(
     """Open a session; prints its name."""
     with _client(ctx) as kato:
         session = kato.create_session(kb, config=_config(config) or None, ttl_seconds=ttl)
-    console.print(views.fields(session, session.name)) if not as_json else _print(views.as_json(session))
+    _show(as_json, session, lambda: views.fields(session, session.name))
 
 
 @sessions_app.command("show")
@@ -321,7 +323,7 @@ def sessions_show(ctx: typer.Context, session: str, as_json: Json = False) -> No
     """A session: its config, TTL, STM length."""
     with _client(ctx) as kato:
         item = kato.get_session(session)
-    console.print(views.fields(item, item.name)) if not as_json else _print(views.as_json(item))
+    _show(as_json, item, lambda: views.fields(item, item.name))
 
 
 @sessions_app.command("rm")

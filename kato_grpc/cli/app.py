@@ -9,54 +9,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from google.protobuf.message import Message
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kato_grpc.cli import transfer, views
+from kato_grpc.cli import views
+from kato_grpc.cli.admin import kb_app, patterns_app, sessions_app, symbols_app
+from kato_grpc.cli.common import ConfigOption, Json, Kb, Target, client, config_values, console, errors, show
 from kato_grpc.cli.train import Corpus, train
-from kato_grpc.client import KatoClient, KatoError
+from kato_grpc.client import KatoError
 from kato_grpc.client.channel import DEFAULT_TARGET
 
 app = typer.Typer(help="KATO: learn sequences, read predictions, manage knowledge bases.", no_args_is_help=True)
-kb_app = typer.Typer(help="Knowledge bases: statistics, export, import, clear.", no_args_is_help=True)
-patterns_app = typer.Typer(help="The patterns of a knowledge base.", no_args_is_help=True)
-symbols_app = typer.Typer(help="The symbols of a knowledge base, with their statistics.", no_args_is_help=True)
-sessions_app = typer.Typer(help="Sessions: create, show, delete.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 app.add_typer(patterns_app, name="patterns")
 app.add_typer(symbols_app, name="symbols")
 app.add_typer(sessions_app, name="sessions")
-console = Console()
-errors = Console(stderr=True)
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON (the API's JSON mapping) instead of a table.")]
-Kb = Annotated[str, typer.Argument(help="The knowledge base: its node id (demo) or name (knowledgeBases/demo).")]
-ConfigOption = Annotated[
-    list[str] | None, typer.Option("--config", "-c", help="A session parameter, name=value (repeatable).")
-]
-
-
-@dataclass
-class Target:
-    target: str
-    token: str | None
-    tls: bool
-    ca_file: Path | None
-    timeout: float
-
-    def client(self) -> KatoClient:
-        certificates = self.ca_file.read_bytes() if self.ca_file else None
-        return KatoClient(
-            self.target, token=self.token, tls=self.tls, root_certificates=certificates, timeout=self.timeout
-        )
 
 
 @app.callback()
@@ -69,37 +39,6 @@ def main_options(
     timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 60.0,
 ) -> None:
     ctx.obj = Target(target, token, tls or ca_file is not None, ca_file, timeout)
-
-
-def _client(ctx: typer.Context) -> KatoClient:
-    target: Target = ctx.obj
-    return target.client()
-
-
-def _config(pairs: list[str] | None) -> dict[str, Any]:
-    """``name=value`` pairs: values read as JSON when they are (0.3, true, "x"), else as text."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{pair!r} is not name=value", param_hint="--config")
-        try:
-            out[name] = json.loads(value)
-        except ValueError:
-            out[name] = value
-    return out
-
-
-def _print(data: Any) -> None:
-    console.print_json(json.dumps(data, ensure_ascii=False))
-
-
-def _show(as_json: bool, messages: Message | list[Any], table: Callable[[], Any]) -> None:
-    """``--json``: the messages in the API's JSON mapping; otherwise ``table()``."""
-    if as_json:
-        _print(views.as_json(messages))
-    else:
-        console.print(table())
 
 
 # --- training and predicting -------------------------------------------------------------
@@ -136,7 +75,7 @@ def train_command(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with _client(ctx) as kato, Progress(*columns, console=console, transient=False) as bar:
+    with client(ctx) as kato, Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("sequences", total=total, rate=0.0)
         learned = 0
 
@@ -147,7 +86,14 @@ def train_command(
             bar.update(task, advance=sequences, rate=learned / elapsed)
 
         result = train(
-            kato, kb, source, batch=batch, parallel=parallel, resume=resume, config=_config(config), progress=progress
+            kato,
+            kb,
+            source,
+            batch=batch,
+            parallel=parallel,
+            resume=resume,
+            config=config_values(config),
+            progress=progress,
         )
     rate = result.learned / result.seconds if result.seconds else 0.0
     console.print(
@@ -167,171 +113,23 @@ def predict(
     as_json: Json = False,
 ) -> None:
     """Observe EVENTS on a fresh session and show what the knowledge base predicts."""
-    with _client(ctx) as kato:
-        session = kato.create_session(kb, config=_config(config) or None, ttl_seconds=60)
+    with client(ctx) as kato:
+        session = kato.create_session(kb, config=config_values(config) or None, ttl_seconds=60)
         try:
             for event in events:
                 kato.observe(session.name, event.split())
             reply = kato.get_predictions(session.name)
         finally:
             kato.delete_session(session.name)
-    _show(as_json, reply, lambda: views.predictions(reply, title=f"after {' | '.join(events)}"))
+    show(as_json, reply, lambda: views.predictions(reply, title=f"after {' | '.join(events)}"))
 
 
 @app.command()
 def predictions(ctx: typer.Context, session: str, as_json: Json = False) -> None:
     """The predictions of SESSION ("sessions/s-…") now."""
-    with _client(ctx) as kato:
+    with client(ctx) as kato:
         reply = kato.get_predictions(session)
-    _show(as_json, reply, lambda: views.predictions(reply, title=session))
-
-
-# --- knowledge bases ---------------------------------------------------------------------
-
-
-@kb_app.command("stats")
-def kb_stats(ctx: typer.Context, kb: Kb, as_json: Json = False) -> None:
-    """Patterns, symbols, totals and version of a knowledge base."""
-    with _client(ctx) as kato:
-        stats = kato.get_knowledge_base(kb)
-    _show(as_json, stats, lambda: views.fields(stats, stats.name))
-
-
-@kb_app.command("export")
-def kb_export(
-    ctx: typer.Context,
-    kb: Kb,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="The file (default: standard output).")] = None,
-    batch: Annotated[int, typer.Option(help="Patterns per message.")] = 500,
-) -> None:
-    """Write a knowledge base to a JSON Lines file (docs/formats.md)."""
-    with _client(ctx) as kato:
-        if output is None:
-            transfer.export(kato, kb, sys.stdout, batch)
-            return
-        with output.open("w", encoding="utf-8") as out:
-            patterns, vectors = transfer.export(kato, kb, out, batch)
-    errors.print(f"exported {patterns:,} patterns and {vectors:,} vectors to {output}")
-
-
-@kb_app.command("import")
-def kb_import(
-    ctx: typer.Context,
-    kb: Kb,
-    file: Annotated[Path, typer.Argument(exists=True, help="A file written by `kato kb export`.")],
-    import_id: Annotated[
-        str | None,
-        typer.Option(
-            help="Names this import (default: the file's digest, so importing the same "
-            "file again applies nothing; give another id to add it again)."
-        ),
-    ] = None,
-    batch: Annotated[int, typer.Option(help="Patterns per message.")] = 500,
-) -> None:
-    """Add a file's patterns to a knowledge base, as if learned there (resumable)."""
-    with _client(ctx) as kato:
-        reply = transfer.import_file(kato, kb, file, import_id or transfer.file_import_id(file), batch)
-    console.print(
-        f"{reply.patterns:,} patterns imported in {reply.applied_batches:,} of {reply.batches:,} batches; "
-        f"{reply.knowledge_base.name} now holds {reply.knowledge_base.pattern_count:,} patterns"
-    )
-    if reply.batches and not reply.applied_batches:
-        errors.print("[yellow]nothing applied: this import id was applied before (use --import-id to add it again)")
-
-
-@kb_app.command("clear")
-def kb_clear(
-    ctx: typer.Context, kb: Kb, yes: Annotated[bool, typer.Option("--yes", help="Really wipe it.")] = False
-) -> None:
-    """Wipe a knowledge base (every pattern, statistic and vector)."""
-    if not yes:
-        raise typer.BadParameter("wiping a knowledge base cannot be undone: add --yes", param_hint="--yes")
-    with _client(ctx) as kato:
-        kato.clear_knowledge_base(knowledge_base=kb)
-    console.print(f"cleared {kb}")
-
-
-# --- patterns, symbols, sessions ---------------------------------------------------------
-
-
-@patterns_app.command("ls")
-def patterns_ls(
-    ctx: typer.Context,
-    kb: Kb,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
-    as_json: Json = False,
-) -> None:
-    """The patterns of a knowledge base, in name order."""
-    with _client(ctx) as kato:
-        items = list(islice(kato.patterns(kb, page_size=min(limit, 1000)), limit))
-    _show(as_json, items, lambda: views.patterns(items))
-
-
-@patterns_app.command("show")
-def patterns_show(ctx: typer.Context, name: str, as_json: Json = False) -> None:
-    """One pattern, by name ("knowledgeBases/{kb}/patterns/{sha1}")."""
-    with _client(ctx) as kato:
-        pattern = kato.get_pattern(name)
-    _show(as_json, pattern, lambda: views.patterns([pattern]))
-
-
-@patterns_app.command("rm")
-def patterns_rm(ctx: typer.Context, name: str) -> None:
-    """Delete a pattern."""
-    with _client(ctx) as kato:
-        kato.delete_pattern(name)
-    console.print(f"deleted {name}")
-
-
-@symbols_app.command("ls")
-def symbols_ls(
-    ctx: typer.Context,
-    kb: Kb,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
-    as_json: Json = False,
-) -> None:
-    """The symbols of a knowledge base with frequency, pattern-member frequency and affinity."""
-    with _client(ctx) as kato:
-        items = list(islice(kato.symbols(kb, page_size=min(limit, 1000)), limit))
-    _show(as_json, items, lambda: views.symbols(items))
-
-
-@symbols_app.command("show")
-def symbols_show(ctx: typer.Context, kb: Kb, symbol: str, as_json: Json = False) -> None:
-    """One symbol's statistics."""
-    with _client(ctx) as kato:
-        item = kato.get_symbol(kb, symbol)
-    _show(as_json, item, lambda: views.symbols([item]))
-
-
-@sessions_app.command("create")
-def sessions_create(
-    ctx: typer.Context,
-    kb: Kb,
-    config: ConfigOption = None,
-    ttl: Annotated[int, typer.Option(help="Sliding TTL, seconds (0: the server's default).")] = 0,
-    as_json: Json = False,
-) -> None:
-    """Open a session; prints its name."""
-    with _client(ctx) as kato:
-        session = kato.create_session(kb, config=_config(config) or None, ttl_seconds=ttl)
-    _show(as_json, session, lambda: views.fields(session, session.name))
-
-
-@sessions_app.command("show")
-def sessions_show(ctx: typer.Context, session: str, as_json: Json = False) -> None:
-    """A session: its config, TTL, STM length."""
-    with _client(ctx) as kato:
-        item = kato.get_session(session)
-    _show(as_json, item, lambda: views.fields(item, item.name))
-
-
-@sessions_app.command("rm")
-def sessions_rm(ctx: typer.Context, session: str) -> None:
-    """Delete a session."""
-    with _client(ctx) as kato:
-        kato.delete_session(session)
-    console.print(f"deleted {session}")
+    show(as_json, reply, lambda: views.predictions(reply, title=session))
 
 
 @app.command()
@@ -342,7 +140,7 @@ def watch(
     as_json: Json = False,
 ) -> None:
     """Print a knowledge base's changes as they commit (any server process's), until Ctrl-C."""
-    with _client(ctx) as kato:
+    with client(ctx) as kato:
         try:
             for part in kato.watch_knowledge_base(kb, since_version=since):
                 if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,11 +74,30 @@ class Settings(BaseSettings):
     # Optional bearer-token auth: JSON {"<token>": ["<node_id>", ...]}; "*" allows every node.
     # Unset = no auth (the mesh authenticates). Tokens are never logged.
     auth_tokens: dict[str, list[str]] | None = None
-    # Optional TLS: PEM files; both set = the port serves TLS only.
+    # Optional TLS: PEM files; both set = the port serves TLS only. With a client CA too, every
+    # client must present a certificate that CA signed (mutual TLS).
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    # HTTP/2 connections live long: without an age limit a scaled-out deployment stays as
+    # unbalanced as it was when clients connected. After max_connection_age (0: never) the
+    # server asks the client to reconnect (GOAWAY), letting calls in flight finish within the
+    # grace; keepalive pings find dead peers behind proxies.
+    max_connection_age_seconds: float = Field(300.0, ge=0)
+    max_connection_age_grace_seconds: float = Field(30.0, ge=0)
+    keepalive_time_seconds: float = Field(60.0, gt=0)
+    keepalive_timeout_seconds: float = Field(20.0, gt=0)
 
     grace_seconds: float = Field(5.0, ge=0)
     health_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("KATO_TLS_CERT_FILE and KATO_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("KATO_TLS_CLIENT_CA_FILE (mutual TLS) needs KATO_TLS_CERT_FILE and KATO_TLS_KEY_FILE")
+        return self

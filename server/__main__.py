@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
     except ValidationError as exc:
         for error in exc.errors():
-            name = "KATO_" + "_".join(str(p) for p in error["loc"]).upper()
-            print(f"kato-server: invalid setting {name}: {error['msg']}", file=sys.stderr)
+            name = "KATO_" + "_".join(str(p) for p in error["loc"]).upper() + ": " if error["loc"] else ""
+            print(f"kato-server: invalid setting {name}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     except SettingsError as exc:  # a value that is not even parseable (e.g. bad JSON)
         print(f"kato-server: invalid setting: {exc}", file=sys.stderr)

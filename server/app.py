@@ -42,6 +42,28 @@ GIL_SWITCH_SECONDS = 0.001
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The channel arguments of the server: message sizes, port sharing between workers,
+    connection age (so load spreads over replicas) and keepalive."""
+    ms = 1000
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", 1),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * ms)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * ms)),
+        # Clients may ping as often as the server does (grpc's default would GOAWAY them).
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.keepalive_time_seconds * ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.max_connection_age_seconds:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * ms)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * ms)),
+        ]
+    return options
+
+
 class KatoServer:
     """One serving process: call ``start()``, then ``wait()``; ``stop()`` drains gracefully."""
 
@@ -101,13 +123,7 @@ class KatoServer:
             interval_seconds=settings.outbox_relay_interval_seconds,
         )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.so_reuseport", 1),
-            ]
-        )
+        self.server = grpc.aio.server(options=server_options(settings))
         self.port = 0
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
@@ -121,9 +137,12 @@ class KatoServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{self.settings.host}:{self.settings.port}"
-        if self.settings.tls_cert_file and self.settings.tls_key_file:
+        s = self.settings
+        if s.tls_cert_file and s.tls_key_file:
             credentials = grpc.ssl_server_credentials(
-                [(self.settings.tls_key_file.read_bytes(), self.settings.tls_cert_file.read_bytes())]
+                [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+                root_certificates=s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None,
+                require_client_auth=s.tls_client_ca_file is not None,
             )
             self.port = self.server.add_secure_port(address, credentials)
         else:

@@ -11,7 +11,7 @@ from google.protobuf.empty_pb2 import Empty as _Empty
 from google.protobuf.message import Message
 
 from kato_grpc.client import requests as build
-from kato_grpc.client.channel import CHANNEL_OPTIONS, DEFAULT_TARGET, Attempts, Options
+from kato_grpc.client.channel import DEFAULT_TARGET, Attempts, Options
 from kato_grpc.client.errors import from_rpc_error
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -27,9 +27,9 @@ class AsyncKatoClient:
         self.options = Options(target=target or DEFAULT_TARGET, **options)
         creds = self.options.credentials()
         self._channel = (
-            grpc.aio.secure_channel(self.options.target, creds, CHANNEL_OPTIONS)
+            grpc.aio.secure_channel(self.options.target, creds, self.options.channel_options())
             if creds is not None
-            else grpc.aio.insecure_channel(self.options.target, CHANNEL_OPTIONS)
+            else grpc.aio.insecure_channel(self.options.target, self.options.channel_options())
         )
         self.stub = svc_grpc.KatoServiceStub(self._channel)
 

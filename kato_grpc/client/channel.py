@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -33,9 +34,16 @@ class Options:
     tls: bool = False
     root_certificates: bytes | None = None
     timeout: float = 30.0
+    # "round_robin" spreads calls over every address the target resolves to (e.g.
+    # "ipv4:10.0.0.1:50051,10.0.0.2:50051" or a headless DNS name); None: grpc's pick_first.
+    load_balancing: str | None = None
     retries: int = 4
     backoff: float = 0.05
     max_backoff: float = 2.0
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        balancing = [("grpc.lb_policy_name", self.load_balancing)] if self.load_balancing else []
+        return [*CHANNEL_OPTIONS, *balancing]
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()

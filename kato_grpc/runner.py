@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from kato_grpc import request_ids
 from kato_grpc.access import Caller
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
+from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
 
@@ -66,11 +67,13 @@ class TransactionRunner:
         policy: Policy | None = None,
         *,
         check_ids: Callable[[str, str], None] = _no_check,
+        events: Events = NO_EVENTS,
     ) -> None:
         self.sessions = sessions
         self.patterns = patterns
         self.policy = policy or Policy()
         self._check_ids = check_ids
+        self.events = events
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
         self._applying: set[asyncio.Future[list[storage.PatternWrite]]] = set()
 
@@ -143,6 +146,7 @@ class TransactionRunner:
             if result == CasResult.GONE:
                 raise session_not_found(session_id)
             if result == CasResult.CONFLICT:
+                self.events.cas_conflict()
                 continue
             if outbox is not None:
                 refused = await self.apply(outbox)
@@ -150,6 +154,7 @@ class TransactionRunner:
                 if refused:
                     raise _refused(refused)
             return response
+        self.events.cas_exhausted()
         raise Aborted(
             f"session {session_id} changed concurrently {self.policy.cas_retries} times; retry",
             reason="CAS_RETRIES_EXHAUSTED",
@@ -196,6 +201,7 @@ class TransactionRunner:
         try:
             applied = await self.patterns.apply_many(outbox.node_id, writes)
             await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+            self.events.outbox_applied(len(writes), 0)
             return []
         except Exception as exc:
             if not self.patterns.is_permanent(exc):
@@ -217,6 +223,7 @@ class TransactionRunner:
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 refused.append(write)
+        self.events.outbox_applied(len(writes), len(refused))
         return refused
 
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     keepalive_time_seconds: float = Field(60.0, gt=0)
     keepalive_timeout_seconds: float = Field(20.0, gt=0)
 
+    # Prometheus metrics on this port (worker i of KATO_WORKERS: port + i); unset = off.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+
     grace_seconds: float = Field(5.0, ge=0)
     health_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"

@@ -66,12 +66,12 @@ def claim_port(host: str, port: int) -> socket.socket | None:
     return guard
 
 
-def _serve(settings: Settings, redis_url: str, mongodb_uri: str) -> None:
+def _serve(settings: Settings, redis_url: str, mongodb_uri: str, worker: int = 0) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, redis_url, mongodb_uri))
+        asyncio.run(serve(settings, redis_url, mongodb_uri, worker=worker))
 
 
-def _fork_worker(settings: Settings, redis_url: str, mongodb_uri: str, guard: socket.socket | None) -> int:
+def _fork_worker(settings: Settings, redis_url: str, mongodb_uri: str, guard: socket.socket | None, worker: int) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -80,7 +80,7 @@ def _fork_worker(settings: Settings, redis_url: str, mongodb_uri: str, guard: so
             guard.close()
         code = 0
         try:
-            _serve(settings, redis_url, mongodb_uri)
+            _serve(settings, redis_url, mongodb_uri, worker)
         except BaseException:
             log.exception("worker failed")
             code = 1
@@ -94,8 +94,10 @@ def _supervise(settings: Settings, redis_url: str, mongodb_uri: str, guard: sock
     if settings.workers == 1:
         _serve(settings, redis_url, mongodb_uri)
         return 0
+    # pid -> (started, worker index): a replacement takes the dead worker's index (and so its
+    # metrics port, KATO_METRICS_PORT + index).
     children = {
-        _fork_worker(settings, redis_url, mongodb_uri, guard): time.monotonic() for _ in range(settings.workers)
+        _fork_worker(settings, redis_url, mongodb_uri, guard, i): (time.monotonic(), i) for i in range(settings.workers)
     }
     stopping = False
 
@@ -116,7 +118,7 @@ def _supervise(settings: Settings, redis_url: str, mongodb_uri: str, guard: sock
             done, status = os.waitpid(pid, os.WNOHANG)
             if not done:
                 continue
-            started = children.pop(pid)
+            started, index = children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if stopping:
                 worst = max(worst, code)
@@ -127,8 +129,8 @@ def _supervise(settings: Settings, redis_url: str, mongodb_uri: str, guard: sock
                 forward(signal.SIGTERM, None)
                 worst = 1
                 continue
-            new = _fork_worker(settings, redis_url, mongodb_uri, guard)
-            children[new] = time.monotonic()
+            new = _fork_worker(settings, redis_url, mongodb_uri, guard, index)
+            children[new] = (time.monotonic(), index)
             log.warning("worker died; started a replacement", pid=pid, exit_code=code, replacement=new)
         time.sleep(0.1)
     return worst

@@ -14,6 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pymongo import AsyncMongoClient
 
+from kato_grpc.events import NO_EVENTS
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.kb_cache import KbCache
@@ -29,6 +30,7 @@ from server.kb_admin import KbAdmin
 from server.kb_stats import KbStats
 from server.kb_transfer import KbTransfer
 from server.kb_watch import KbWatch
+from server.metrics import Metrics
 from server.observing import Observing
 from server.relay import OutboxRelay
 from server.servicer import KatoServicer
@@ -73,10 +75,13 @@ class KatoServer:
         redis_url: str,
         mongodb_uri: str,
         wrap_pattern_store: Callable[[PatternStore], PatternStore] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``wrap_pattern_store`` wraps the store the transaction runner applies writes
-        through (fault injection in tests); reads and administration use the store itself."""
+        through (fault injection in tests); reads and administration use the store itself.
+        ``metrics``: counted for Prometheus when given (``server/metrics.py``)."""
         self.settings = settings
+        events = metrics if metrics is not None else NO_EVENTS
         timeout = settings.store_timeout_seconds
         self._redis = aioredis.from_url(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
@@ -94,6 +99,7 @@ class KatoServer:
         self.cache = KbCache(
             self.patterns,
             after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
+            events=events,
         )
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(
@@ -106,10 +112,11 @@ class KatoServer:
                 max_session_bytes=settings.max_session_bytes,
             ),
             check_ids=limits.check_ids,
+            events=events,
         )
         self.servicer = KatoServicer(
             settings,
-            Sessions(settings, self.sessions, self.runner),
+            Sessions(settings, self.sessions, self.runner, events),
             Observing(settings, self.sessions, self.cache, self.engine, self.runner),
             KbAdmin(settings, self.sessions, self.patterns, self.runner),
             KbStats(self.sessions, self.cache, self.engine),
@@ -123,7 +130,8 @@ class KatoServer:
             interval_seconds=settings.outbox_relay_interval_seconds,
         )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=server_options(settings))
+        interceptors = [metrics.interceptor()] if metrics is not None else []
+        self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
         self.port = 0
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
@@ -215,9 +223,15 @@ async def serve(
     redis_url: str,
     mongodb_uri: str,
     wrap_pattern_store: Callable[[PatternStore], PatternStore] | None = None,
+    worker: int = 0,
 ) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    server = KatoServer(settings, redis_url, mongodb_uri, wrap_pattern_store)
+    """Serve until SIGTERM or SIGINT; worker ``worker`` of ``KATO_WORKERS`` serves its metrics
+    on ``KATO_METRICS_PORT + worker``."""
+    metrics = None
+    if settings.metrics_port is not None:
+        metrics = Metrics()
+        metrics.serve(settings.metrics_port + worker)
+    server = KatoServer(settings, redis_url, mongodb_uri, wrap_pattern_store, metrics)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

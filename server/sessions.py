@@ -17,6 +17,7 @@ from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import effective_config
 from kato_grpc.errors import Aborted, InvalidArgument, NotFound
+from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Respond, TransactionRunner, session_not_found
 from kato_grpc.settings import Settings
@@ -35,10 +36,13 @@ def _now(plus_seconds: int = 0) -> timestamp_pb2.Timestamp:
 
 
 class Sessions:
-    def __init__(self, settings: Settings, sessions: RedisSessionStore, runner: TransactionRunner) -> None:
+    def __init__(
+        self, settings: Settings, sessions: RedisSessionStore, runner: TransactionRunner, events: Events = NO_EVENTS
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.runner = runner
+        self.events = events
 
     async def _read(self, session_id: str, caller: Caller) -> storage.SessionState:
         return (await self.runner.read(session_id, caller)).state
@@ -81,6 +85,7 @@ class Sessions:
         state.version = 1
         if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
+        self.events.session_created()
         if key:
             mine = request_ids.record("CreateSession", fp, state.session_id.encode())
             winner = await self.sessions.remember(key, mine, self.runner.ttl_ms(state))
@@ -112,6 +117,7 @@ class Sessions:
         _check_etag(req.etag, await self._read(session_id, caller))
         if not await self.sessions.delete(session_id):
             raise session_not_found(session_id)
+        self.events.session_deleted()
 
     async def update_session(self, req: svc.UpdateSessionRequest, caller: Caller) -> svc.Session:
         sid, paths = limits.check_session_update(req, self.settings)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
+from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.mongo_reads import KbChanges
@@ -37,8 +38,10 @@ class KbCache:
         max_kbs: int = DEFAULT_MAX_KBS,
         check_seconds: float = 1.0,
         after_large_refresh: Callable[[], None] | None = None,
+        events: Events = NO_EVENTS,
     ) -> None:
         self._store = store
+        self._events = events
         self._after_large_refresh = after_large_refresh
         self._max = max_kbs
         self._check_seconds = check_seconds
@@ -61,7 +64,9 @@ class KbCache:
         else:
             current = await self._store.kb_version(kb_id)
             self._checked[kb_id] = now
+        result = "hit"
         if index is None or index.version != current:
+            result = "load" if index is None else "refresh"
             since = index.version if index is not None else 0
             singles = index.singles if index is not None else {}
             changes = await self._store.changes_since(kb_id, since, singles)
@@ -71,9 +76,11 @@ class KbCache:
             if large and self._after_large_refresh is not None:
                 self._after_large_refresh()
         self._indexes.move_to_end(kb_id)
+        self._events.kb_lookup(kb_id, result, len(index))
         while len(self._indexes) > self._max:
             evicted, _ = self._indexes.popitem(last=False)
             self._checked.pop(evicted, None)
+            self._events.kb_evicted(evicted)
         return index
 
     def cached_version(self, kb_id: str) -> int | None:

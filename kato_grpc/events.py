@@ -1,0 +1,54 @@
+"""What the shell reports as it works (CAS conflicts, outbox applies, KB cache lookups,
+sessions): a Protocol the runner, the KB cache and the use cases are given, so they know no
+metrics library. ``NO_EVENTS`` ignores everything (metrics off, tests, the replay);
+``server/metrics.py`` counts them for Prometheus."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Events(Protocol):
+    def cas_conflict(self) -> None:
+        """A compare-and-set lost to another change of the session (the call retries)."""
+
+    def cas_exhausted(self) -> None:
+        """A call gave up after KATO_CAS_RETRIES conflicts (ABORTED)."""
+
+    def outbox_applied(self, writes: int, refused: int) -> None:
+        """An outbox's writes reached the pattern store (``refused`` became dead letters)."""
+
+    def kb_lookup(self, kb_id: str, result: str, patterns: int) -> None:
+        """A KB cache lookup: ``hit``, ``refresh`` (changes merged) or ``load`` (not cached)."""
+
+    def kb_evicted(self, kb_id: str) -> None: ...
+
+    def session_created(self) -> None: ...
+
+    def session_deleted(self) -> None: ...
+
+
+class _NoEvents:
+    def cas_conflict(self) -> None:
+        return None
+
+    def cas_exhausted(self) -> None:
+        return None
+
+    def outbox_applied(self, writes: int, refused: int) -> None:
+        return None
+
+    def kb_lookup(self, kb_id: str, result: str, patterns: int) -> None:
+        return None
+
+    def kb_evicted(self, kb_id: str) -> None:
+        return None
+
+    def session_created(self) -> None:
+        return None
+
+    def session_deleted(self) -> None:
+        return None
+
+
+NO_EVENTS: Events = _NoEvents()

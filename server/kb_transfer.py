@@ -73,7 +73,8 @@ class KbTransfer:
     def start_import(self, caller: Caller) -> Import:
         return Import(self, caller)
 
-    def _writes(self, req: svc.ImportKnowledgeBaseRequest) -> list[storage.PatternWrite]:
+    def writes(self, req: svc.ImportKnowledgeBaseRequest) -> list[storage.PatternWrite]:
+        """A batch's PatternWrites, each pattern checked like a learned one."""
         writes = []
         for i, item in enumerate(req.patterns):
             field = f"patterns[{i}]"
@@ -104,7 +105,7 @@ class Import:
         if req.batch <= self.last:
             raise InvalidArgument.for_field("batch", f"must increase within a stream (after {self.last})")
         self.last = req.batch
-        writes = self.transfer._writes(req)
+        writes = self.transfer.writes(req)
         applied = await self.transfer.patterns.apply_batch(self.node, f"{self.prefix}:{req.batch}", writes)
         if applied.count:
             await self.transfer.sessions.publish_kb_version(self.node, applied.version)

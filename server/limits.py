@@ -143,19 +143,7 @@ def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> str:
 
 def check_observation(obs: pb.Observation, settings: Settings, field: str = "observation") -> None:
     """Sizes first (cheap), then the numbers (finite, consistent vector dimensions)."""
-    if len(obs.strings) > settings.max_symbols_per_event:
-        raise InvalidArgument.for_field(
-            f"{field}.strings",
-            f"has more than {settings.max_symbols_per_event} symbols",
-            reason="TOO_MANY_SYMBOLS",
-        )
-    for i, s in enumerate(obs.strings):
-        if len(s.encode("utf-8")) > settings.max_symbol_bytes:
-            raise InvalidArgument.for_field(
-                f"{field}.strings[{i}]",
-                f"is longer than {settings.max_symbol_bytes} bytes",
-                reason="SYMBOL_TOO_LONG",
-            )
+    check_symbols(obs.strings, settings, f"{field}.strings")
     if len(obs.vectors) > settings.max_vectors_per_observation:
         raise InvalidArgument.for_field(
             f"{field}.vectors", f"has more than {settings.max_vectors_per_observation} vectors"
@@ -172,6 +160,19 @@ def check_observation(obs: pb.Observation, settings: Settings, field: str = "obs
     if len(obs.unique_id) > MAX_ID_CHARS:
         raise InvalidArgument.for_field(f"{field}.unique_id", f"is longer than {MAX_ID_CHARS} characters")
     validate_observation(obs, field)
+
+
+def check_symbols(symbols: Sequence[str], settings: Settings, field: str) -> None:
+    """An event's symbols, observed or imported: how many, and their bytes."""
+    if len(symbols) > settings.max_symbols_per_event:
+        raise InvalidArgument.for_field(
+            field, f"has more than {settings.max_symbols_per_event} symbols", reason="TOO_MANY_SYMBOLS"
+        )
+    for i, s in enumerate(symbols):
+        if len(s.encode("utf-8")) > settings.max_symbol_bytes:
+            raise InvalidArgument.for_field(
+                f"{field}[{i}]", f"is longer than {settings.max_symbol_bytes} bytes", reason="SYMBOL_TOO_LONG"
+            )
 
 
 def check_emotives(values: Mapping[str, float], settings: Settings, field: str) -> None:
@@ -267,19 +268,9 @@ def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field:
     its size (a session's byte limit), emotive records, metadata keys; 2+ symbols (D-22)."""
     check_emotives(item.affinity, settings, f"{field}.affinity")
     pattern, field = item.pattern, f"{field}.pattern"
-    symbols = 0
     for i, event in enumerate(pattern.events):
-        if len(event.symbols) > settings.max_symbols_per_event:
-            raise InvalidArgument.for_field(
-                f"{field}.events[{i}]", f"has more than {settings.max_symbols_per_event} symbols"
-            )
-        for s in event.symbols:
-            if len(s.encode("utf-8")) > settings.max_symbol_bytes:
-                raise InvalidArgument.for_field(
-                    f"{field}.events[{i}]", f"has a symbol longer than {settings.max_symbol_bytes} bytes"
-                )
-        symbols += len(event.symbols)
-    if symbols < MIN_PATTERN_SYMBOLS:
+        check_symbols(event.symbols, settings, f"{field}.events[{i}].symbols")
+    if sum(len(e.symbols) for e in pattern.events) < MIN_PATTERN_SYMBOLS:
         raise InvalidArgument.for_field(f"{field}.events", f"has fewer than {MIN_PATTERN_SYMBOLS} symbols")
     if pattern.ByteSize() > settings.max_session_bytes:
         raise InvalidArgument.for_field(field, f"is larger than {settings.max_session_bytes} bytes")

@@ -85,7 +85,6 @@ class Sessions:
         state.version = 1
         if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
-        self.events.session_created()
         if key:
             mine = request_ids.record("CreateSession", fp, state.session_id.encode())
             winner = await self.sessions.remember(key, mine, self.runner.ttl_ms(state))
@@ -93,6 +92,7 @@ class Sessions:
                 await self.sessions.delete(state.session_id)
                 request_ids.check_replay(winner, "CreateSession", fp)
                 return await self.get_session(winner.response.decode(), caller)
+        self.events.session_created()  # (the one a concurrent retry made instead is not counted twice)
         return self.session_proto(state)
 
     async def _created(self, key: str, fp: bytes, caller: Caller) -> svc.Session | None:

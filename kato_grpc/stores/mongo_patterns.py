@@ -31,7 +31,7 @@ import datetime
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
@@ -39,10 +39,10 @@ from pymongo.write_concern import WriteConcern
 
 from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.internal.v1 import session_pb2 as storage
+from kato_grpc.stores import mongo_admin as admin
 from kato_grpc.stores.mongo_docs import (
     Doc,
     pattern_doc,
-    pattern_from_doc,
     pattern_op,
     symbol_log_parts,
 )
@@ -176,7 +176,7 @@ class MongoPatternStore(PatternReads):
         # after this read makes the insert below fail, and the whole batch is retried.
         new_flags = await self._new_flags(s, kb_id, learns)
         totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": sum(map(learn_count, learns))}
-        version = await self._next_version(s, kb_id, totals if learns else None)
+        version = await admin.next_version(self._db, s, kb_id, totals if learns else None)
         vector_ops = [
             UpdateOne(
                 {"kb_id": kb_id, "name": pv.name},
@@ -228,50 +228,12 @@ class MongoPatternStore(PatternReads):
 
     async def clear(self, kb_id: str) -> int:
         """Wipe a KB; its version moves on and every cache reloads (architecture.md §4)."""
-        return await self._transaction(lambda s: self._clear_in(s, kb_id))
-
-    async def _clear_in(self, s: AsyncClientSession, kb_id: str) -> int:
-        db = self._db
-        for coll in (db.patterns, db.symbol_log, db.vectors):
-            await coll.delete_many({"kb_id": kb_id}, session=s)
-        version = await self._bump_reload(s, kb_id, reset_totals=True)
-        await self._event(s, kb_id, version, "cleared")
-        return version
-
-    async def _next_version(self, s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> int:
-        """Bump the KB's version (and add ``totals`` to its counters) inside the transaction.
-        Every write to a KB does this before writing anything but its ledger, so concurrent
-        writes conflict on this one document and versions follow commit order."""
-        kb = await self._db.kb.find_one_and_update(
-            {"kb_id": kb_id},
-            {"$inc": {"version": 1, **(totals or {})}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=s,
-        )
-        assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
-        return int(kb["version"])
-
-    async def _bump_reload(self, s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
-        version = await self._next_version(s, kb_id)
-        fields: Doc = {"reload_version": version}
-        if reset_totals:
-            fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0}
-        await self._db.kb.update_one({"kb_id": kb_id}, {"$set": fields}, session=s)
-        return version
+        return await self._transaction(lambda s: admin.clear_in(self._db, s, kb_id))
 
     async def delete_pattern(self, kb_id: str, name: str) -> int | None:
         """Remove a pattern; symbol statistics and totals stay as they are (engine.md §5.4).
         Returns the new KB version, or None when there was no such pattern."""
-        return await self._transaction(lambda s: self._delete_in(s, kb_id, name))
-
-    async def _delete_in(self, s: AsyncClientSession, kb_id: str, name: str) -> int | None:
-        result = await self._db.patterns.delete_one({"kb_id": kb_id, "name": name}, session=s)
-        if not result.deleted_count:
-            return None
-        version = await self._bump_reload(s, kb_id, reset_totals=False)
-        await self._event(s, kb_id, version, "deleted", name)
-        return version
+        return await self._transaction(lambda s: admin.delete_in(self._db, s, kb_id, name))
 
     async def update_pattern(
         self,
@@ -282,39 +244,8 @@ class MongoPatternStore(PatternReads):
         emotives: Sequence[Mapping[str, float]] | None,
         metadata: Mapping[str, Sequence[str]] | None,
     ) -> PatternRecord | None:
-        return await self._transaction(lambda s: self._update_in(s, kb_id, name, frequency, emotives, metadata))
-
-    async def _update_in(
-        self,
-        s: AsyncClientSession,
-        kb_id: str,
-        name: str,
-        frequency: int | None,
-        emotives: Sequence[Mapping[str, float]] | None,
-        metadata: Mapping[str, Sequence[str]] | None,
-    ) -> PatternRecord | None:
-        fields: Doc = {}
-        if frequency is not None:
-            fields["frequency"] = frequency
-        if emotives is not None:
-            fields["emotives"] = [sorted([k, v] for k, v in r.items()) for r in emotives]
-        if metadata is not None:
-            fields["metadata"] = [[k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))]
-        doc = await self._db.patterns.find_one_and_update(
-            {"kb_id": kb_id, "name": name},
-            {"$set": fields} if fields else {"$inc": {"frequency": 0}},
-            return_document=ReturnDocument.AFTER,
-            session=s,
-        )
-        if doc is None:
-            return None
-        version = await self._bump_reload(s, kb_id, reset_totals=False)
-        await self._event(s, kb_id, version, "updated", name)
-        return pattern_from_doc(doc)
-
-    async def _event(self, s: AsyncClientSession, kb_id: str, version: int, kind: str, name: str = "") -> None:
-        await self._db.kb_events.insert_one(
-            {"kb_id": kb_id, "kb_version": version, "kind": kind, "name": name}, session=s
+        return await self._transaction(
+            lambda s: admin.update_in(self._db, s, kb_id, name, frequency, emotives, metadata)
         )
 
     async def close(self) -> None:

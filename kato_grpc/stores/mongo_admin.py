@@ -1,0 +1,92 @@
+"""The pattern store's KB versions and its administrative changes (wipe, delete, update),
+each run inside a transaction of ``MongoPatternStore`` (``mongo_patterns.py``), which also
+describes the collections. Every change bumps the KB's version first: concurrent writes to a
+KB conflict on that one document, so versions follow commit order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from kato_grpc.engine.knowledge import PatternRecord
+from kato_grpc.stores.mongo_docs import Doc, pattern_from_doc
+
+
+async def next_version(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> int:
+    """Bump the KB's version (and add ``totals`` to its counters) inside the transaction.
+    Every write to a KB does this before writing anything but its ledger."""
+    kb = await db.kb.find_one_and_update(
+        {"kb_id": kb_id},
+        {"$inc": {"version": 1, **(totals or {})}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+        session=s,
+    )
+    assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
+    return int(kb["version"])
+
+
+async def _bump_reload(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
+    """A new version from which caches reload the KB whole (a change the logs cannot replay)."""
+    version = await next_version(db, s, kb_id)
+    fields: Doc = {"reload_version": version}
+    if reset_totals:
+        fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0}
+    await db.kb.update_one({"kb_id": kb_id}, {"$set": fields}, session=s)
+    return version
+
+
+async def _event(
+    db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, version: int, kind: str, name: str = ""
+) -> None:
+    """A change for WatchKnowledgeBase (learns write theirs with their batch)."""
+    await db.kb_events.insert_one({"kb_id": kb_id, "kb_version": version, "kind": kind, "name": name}, session=s)
+
+
+async def clear_in(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str) -> int:
+    for coll in (db.patterns, db.symbol_log, db.vectors):
+        await coll.delete_many({"kb_id": kb_id}, session=s)
+    version = await _bump_reload(db, s, kb_id, reset_totals=True)
+    await _event(db, s, kb_id, version, "cleared")
+    return version
+
+
+async def delete_in(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, name: str) -> int | None:
+    result = await db.patterns.delete_one({"kb_id": kb_id, "name": name}, session=s)
+    if not result.deleted_count:
+        return None
+    version = await _bump_reload(db, s, kb_id, reset_totals=False)
+    await _event(db, s, kb_id, version, "deleted", name)
+    return version
+
+
+async def update_in(
+    db: AsyncDatabase[Doc],
+    s: AsyncClientSession,
+    kb_id: str,
+    name: str,
+    frequency: int | None,
+    emotives: Sequence[Mapping[str, float]] | None,
+    metadata: Mapping[str, Sequence[str]] | None,
+) -> PatternRecord | None:
+    fields: Doc = {}
+    if frequency is not None:
+        fields["frequency"] = frequency
+    if emotives is not None:
+        fields["emotives"] = [sorted([k, v] for k, v in r.items()) for r in emotives]
+    if metadata is not None:
+        fields["metadata"] = [[k, v] for k, values in sorted(metadata.items()) for v in sorted(set(values))]
+    doc = await db.patterns.find_one_and_update(
+        {"kb_id": kb_id, "name": name},
+        {"$set": fields} if fields else {"$inc": {"frequency": 0}},
+        return_document=ReturnDocument.AFTER,
+        session=s,
+    )
+    if doc is None:
+        return None
+    version = await _bump_reload(db, s, kb_id, reset_totals=False)
+    await _event(db, s, kb_id, version, "updated", name)
+    return pattern_from_doc(doc)

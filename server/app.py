@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import grpc
 import redis.asyncio as aioredis
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 from pymongo import AsyncMongoClient
 
 from kato_grpc.events import NO_EVENTS
@@ -23,7 +25,8 @@ from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, memory_policy, reflection
+from server import limits, memory_policy, reflection, tracing
+from server.calls import CallInterceptor
 from server.engine_runner import EngineRunner
 from server.handlers import add_service
 from server.kb_admin import KbAdmin
@@ -31,6 +34,7 @@ from server.kb_stats import KbStats
 from server.kb_transfer import KbTransfer
 from server.kb_watch import KbWatch
 from server.metrics import Metrics
+from server.observed import observed
 from server.observing import Observing
 from server.relay import OutboxRelay
 from server.servicer import KatoServicer
@@ -42,6 +46,9 @@ log = structlog.get_logger("kato.server")
 # calls within a few ms while a long prediction computes (docs/performance.md).
 GIL_SWITCH_SECONDS = 0.001
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
+# A health name that is SERVING while the process answers at all (a liveness probe): ""
+# and SERVICE_NAME follow the stores (readiness), and a store outage must not restart pods.
+LIVENESS = "liveness"
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -76,12 +83,16 @@ class KatoServer:
         mongodb_uri: str,
         wrap_pattern_store: Callable[[PatternStore], PatternStore] | None = None,
         metrics: Metrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``wrap_pattern_store`` wraps the store the transaction runner applies writes
         through (fault injection in tests); reads and administration use the store itself.
-        ``metrics``: counted for Prometheus when given (``server/metrics.py``)."""
+        ``metrics``: counted for Prometheus when given (``server/metrics.py``);
+        ``tracer_provider``: calls and store calls traced when given (``server/tracing.py``)."""
         self.settings = settings
+        self.tracer_provider = tracer_provider
         events = metrics if metrics is not None else NO_EVENTS
+        store_tracer = tracing.tracer(tracer_provider) if tracer_provider is not None else None
         timeout = settings.store_timeout_seconds
         self._redis = aioredis.from_url(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
@@ -92,10 +103,17 @@ class KatoServer:
             connectTimeoutMS=int(timeout * 1000),
             socketTimeoutMS=int(timeout * 1000) * 2,
         )
-        self.sessions = RedisSessionStore(
-            self._redis, RecordLimits(settings.max_request_records, settings.max_request_record_bytes)
+        self.sessions = observed(
+            RedisSessionStore(
+                self._redis, RecordLimits(settings.max_request_records, settings.max_request_record_bytes)
+            ),
+            "redis",
+            metrics,
+            store_tracer,
         )
-        self.patterns = MongoPatternStore(self._mongo, settings.mongodb_database)
+        self.patterns = observed(
+            MongoPatternStore(self._mongo, settings.mongodb_database), "mongodb", metrics, store_tracer
+        )
         self.cache = KbCache(
             self.patterns,
             after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
@@ -129,9 +147,16 @@ class KatoServer:
             after_seconds=settings.outbox_relay_after_seconds,
             interval_seconds=settings.outbox_relay_interval_seconds,
         )
+        if metrics is not None:
+            metrics.track_pending(lambda: self.runner.pending_writes)
         self.health = health.aio.HealthServicer()
-        interceptors = [metrics.interceptor()] if metrics is not None else []
+        # The trace's span outermost, so the request id, access line and metrics are inside it.
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if tracer_provider is not None:
+            interceptors.append(tracing.server_interceptor(tracer_provider))
+        interceptors.append(CallInterceptor(metrics, traced=tracer_provider is not None))
         self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+        self._serving: bool | None = None
         self.port = 0
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
@@ -156,6 +181,7 @@ class KatoServer:
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop())
         self._relay_task = asyncio.create_task(self.relay.run(self._stopping))
@@ -173,17 +199,25 @@ class KatoServer:
                     raise
                 await asyncio.sleep(0.5)
 
-    async def _stores_up(self) -> bool:
-        try:
-            async with asyncio.timeout(self.settings.store_timeout_seconds):
-                await self.sessions.ping()
-                await self.patterns.ping()
-            return True
-        except Exception:
-            return False
+    async def _store_down(self) -> str:
+        """The first store that does not answer a ping in time, or "" (both are up)."""
+        for name, store in (("redis", self.sessions), ("mongodb", self.patterns)):
+            try:
+                async with asyncio.timeout(self.settings.store_timeout_seconds):
+                    await store.ping()
+            except Exception as exc:
+                return f"{name}: {type(exc).__name__}"
+        return ""
 
     async def _check_health(self) -> None:
-        serving = await self._stores_up() and not self._stopping.is_set()
+        down = "stopping" if self._stopping.is_set() else await self._store_down()
+        serving = not down
+        if serving != self._serving:  # log changes only, not every check
+            if serving:
+                log.info("health", status="SERVING")
+            else:
+                log.warning("health", status="NOT_SERVING", cause=down)
+            self._serving = serving
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
@@ -200,6 +234,8 @@ class KatoServer:
             return
         self._stopping.set()
         await self.health.enter_graceful_shutdown()
+        log.info("health", status="NOT_SERVING", cause="stopping")
+        self._serving = False
         log.info("stopping", grace_seconds=self.settings.grace_seconds)
         started = asyncio.get_running_loop().time()
         await self.servicer.drain(self.settings.grace_seconds)
@@ -213,6 +249,8 @@ class KatoServer:
         self.engine.close()
         await self.sessions.close()
         await self.patterns.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # exports what is still buffered
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -231,7 +269,8 @@ async def serve(
     if settings.metrics_port is not None:
         metrics = Metrics()
         metrics.serve(settings.metrics_port + worker)
-    server = KatoServer(settings, redis_url, mongodb_uri, wrap_pattern_store, metrics)
+    provider = tracing.provider_from_env(os.environ)
+    server = KatoServer(settings, redis_url, mongodb_uri, wrap_pattern_store, metrics, provider)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

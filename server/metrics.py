@@ -1,7 +1,9 @@
 """Prometheus metrics (``KATO_METRICS_PORT``; off when unset): every RPC by name and status
-code, its latency and the calls in flight (a server interceptor, so streams, health and
-reflection count too), and the shell's events (``kato_grpc/events.py``) — CAS conflicts,
-outbox applies, KB cache lookups and evictions, sessions — plus the process collectors.
+code, its latency and the calls in flight (counted by the call interceptor, ``server/calls.py``,
+so streams, health and reflection count too); store calls by operation
+(``server/observed.py``); the shell's events (``kato_grpc/events.py``) — CAS conflicts, outbox
+applies and pending writes, KB cache lookups, evictions and sizes, sessions — plus the process
+collectors.
 
 Each process has its own registry and port: worker ``i`` of ``KATO_WORKERS`` serves
 ``KATO_METRICS_PORT + i`` (docs/operations.md), so no multiprocess files are shared.
@@ -9,11 +11,8 @@ Each process has its own registry and port: worker ``i`` of ``KATO_WORKERS`` ser
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,6 +25,9 @@ from prometheus_client import (
 )
 
 # 0.5 ms .. 30 s: a health check to a large export's batch.
+# What one cached pattern costs in memory: 196 MB per 100k patterns (BENCHMARKS.md, "RSS
+# growth per 100k cached patterns"); measuring each KB's objects would cost a walk per refresh.
+BYTES_PER_PATTERN = 2000
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -47,6 +49,20 @@ class Metrics:
         self.kb_lookups = Counter("kato_kb_cache_lookups", "KB cache lookups, by result", ["result"], registry=r)
         self.kb_evictions = Counter("kato_kb_cache_evictions", "KBs evicted from the cache", registry=r)
         self.kb_patterns = Gauge("kato_kb_cache_patterns", "Patterns of a cached KB", ["knowledge_base"], registry=r)
+        self.kb_bytes = Gauge(
+            "kato_kb_cache_estimated_bytes",
+            f"Memory of a cached KB, estimated at {BYTES_PER_PATTERN} bytes per pattern (measured, BENCHMARKS.md)",
+            ["knowledge_base"],
+            registry=r,
+        )
+        self.pending = Gauge("kato_outbox_pending_writes", "Pattern writes being applied by this process", registry=r)
+        self.store_latency = Histogram(
+            "kato_store_duration_seconds",
+            "Store calls, by store and operation",
+            ["store", "operation"],
+            buckets=BUCKETS,
+            registry=r,
+        )
         self.sessions = Counter("kato_sessions", "Sessions created and deleted", ["event"], registry=r)
         # Label children looked up once (a lookup per call is a lock and a dict).
         self._kb_hits = self.kb_lookups.labels("hit")
@@ -74,10 +90,12 @@ class Metrics:
             return
         self.kb_lookups.labels(result).inc()
         self.kb_patterns.labels(kb_id).set(patterns)
+        self.kb_bytes.labels(kb_id).set(patterns * BYTES_PER_PATTERN)
 
     def kb_evicted(self, kb_id: str) -> None:
         self.kb_evictions.inc()
         self.kb_patterns.remove(kb_id)
+        self.kb_bytes.remove(kb_id)
 
     def session_created(self) -> None:
         self.sessions.labels("created").inc()
@@ -85,84 +103,27 @@ class Metrics:
     def session_deleted(self) -> None:
         self.sessions.labels("deleted").inc()
 
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _Interceptor(self)
+    # --- wiring -----------------------------------------------------------------------------
+
+    def track_pending(self, writes: Callable[[], int]) -> None:
+        """Read the process's pending outbox writes at each scrape."""
+        self.pending.set_function(writes)
+
+    def for_rpc(self, rpc: str) -> RpcMetrics:
+        return RpcMetrics(self, rpc)
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC once, at its end, with the status code it ended with. A method's
-    wrapped handler is made once and kept (handlers are the same for every call of it)."""
+class RpcMetrics:
+    """One RPC's series, looked up once per method (a label lookup is a lock and a dict)."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.m = metrics
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    def __init__(self, m: Metrics, rpc: str) -> None:
+        self._m, self._rpc = m, rpc
+        self._latency, self._ok = m.latency.labels(rpc), m.rpcs.labels(rpc, "OK")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        known = self._handlers.get(details.method)
-        if known is not None:
-            return known
-        handler = await continuation(details)
-        if handler is None:  # an unknown method: not kept (clients choose the names)
-            return None
-        wrapped = self._handlers[details.method] = self._wrap(details.method.rpartition("/")[2], handler)
-        return wrapped
+    def started(self) -> None:
+        self._m.in_flight.inc()
 
-    def _wrap(self, rpc: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        m = self.m
-        latency, ok = m.latency.labels(rpc), m.rpcs.labels(rpc, "OK")
-
-        def done(started: float, context: Any, failed: bool) -> None:
-            code = context.code()
-            if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
-                m.rpcs.labels(rpc, code.name).inc()
-            elif failed:
-                m.rpcs.labels(rpc, "UNKNOWN").inc()
-            else:
-                ok.inc()
-            latency.observe(time.perf_counter() - started)
-            m.in_flight.dec()
-
-        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def run(request: Any, context: Any) -> Any:
-                started, failed = time.perf_counter(), True
-                m.in_flight.inc()
-                try:
-                    out = await behavior(request, context)
-                    failed = False
-                    return out
-                finally:
-                    done(started, context, failed)
-
-            return run
-
-        def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-            async def run(request: Any, context: Any) -> AsyncIterator[Any]:
-                started, failed = time.perf_counter(), True
-                m.in_flight.inc()
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                    failed = False
-                finally:
-                    done(started, context, failed)
-
-            return run
-
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, unary),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, unary),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, streaming),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, streaming),
-        )
-        for behavior, make, wrap in kinds:
-            if behavior is not None:
-                return make(
-                    wrap(behavior),  # type: ignore[arg-type]
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+    def ended(self, code: str, seconds: float) -> None:
+        (self._ok if code == "OK" else self._m.rpcs.labels(self._rpc, code)).inc()
+        self._latency.observe(seconds)
+        self._m.in_flight.dec()

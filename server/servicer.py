@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -38,13 +37,6 @@ STREAM_BATCH = 64
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Call = Callable[[Any, Caller], Awaitable[Message]]  # a unary use case: (request, caller) -> response
 log = structlog.get_logger("kato.rpc")
-
-
-def _request_id(context: Ctx) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and len(value) <= 128:
-            return value
-    return uuid.uuid4().hex
 
 
 class KatoServicer:
@@ -90,47 +82,49 @@ class KatoServicer:
         return authenticate(metadata, self.settings.auth_tokens)
 
     async def guard(self, rpc: str, context: Ctx, work: Callable[[Caller], Awaitable[T]]) -> T:
-        """Run ``work`` for the authenticated caller: drain, deadline, auth, error mapping."""
-        with structlog.contextvars.bound_contextvars(rpc=rpc, request_id=_request_id(context)):
-            self.inflight += 1
-            self._idle.clear()
-            try:
-                if self.draining:
-                    raise Unavailable("the server is shutting down; retry", reason="SHUTTING_DOWN")
-                # The client's deadline (and the server's own limit) bounds every store call and
-                # engine computation made for it; state stays consistent when it fires (the
-                # outbox carries any learn not yet applied; engine threads stop).
-                async with asyncio.timeout(self._time_limit(context)) as deadline:
-                    caller = self._authenticate(context)
-                    return await work(caller)
-            except TimeoutError as exc:
-                error = as_kato_error(exc)
-                if deadline.expired():
-                    error = DeadlineExceeded("the call's deadline passed", reason="DEADLINE_EXCEEDED")
-                assert error is not None
-                await context.abort_with_status(to_status(error))
-                raise
-            except Exception as exc:
-                error = as_kato_error(exc)
-                if error is None:
-                    log.exception("unexpected error")
-                    await context.abort_with_status(internal_status())
-                    raise  # unreachable: abort_with_status raises
-                if error is exc:
-                    log.info("request failed", code=error.code, reason=error.reason)
-                else:  # a store failure: say which, so an operator can tell a timeout from a refusal
-                    log.warning(
-                        "request failed",
-                        code=error.code,
-                        reason=error.reason,
-                        cause=f"{type(exc).__name__}: {exc}"[:300],
-                    )
-                await context.abort_with_status(to_status(error))
-                raise
-            finally:
-                self.inflight -= 1
-                if not self.inflight:
-                    self._idle.set()
+        """Run ``work`` for the authenticated caller: drain, deadline, auth, error mapping.
+        The call's log context (``server/calls.py``) gets the node it touched and, when it
+        fails, the reason — the access line carries them."""
+        self.inflight += 1
+        self._idle.clear()
+        caller: Caller | None = None
+        try:
+            if self.draining:
+                raise Unavailable("the server is shutting down; retry", reason="SHUTTING_DOWN")
+            # The client's deadline (and the server's own limit) bounds every store call and
+            # engine computation made for it; state stays consistent when it fires (the
+            # outbox carries any learn not yet applied; engine threads stop).
+            async with asyncio.timeout(self._time_limit(context)) as deadline:
+                caller = self._authenticate(context)
+                return await work(caller)
+        except TimeoutError as exc:
+            error = as_kato_error(exc)
+            if deadline.expired():
+                error = DeadlineExceeded("the call's deadline passed", reason="DEADLINE_EXCEEDED")
+            assert error is not None
+            await self._abort(context, error, exc)
+            raise
+        except Exception as exc:
+            error = as_kato_error(exc)
+            if error is None:
+                log.exception("unexpected error", rpc=rpc)
+                structlog.contextvars.bind_contextvars(reason="INTERNAL")
+                await context.abort_with_status(internal_status())
+                raise  # unreachable: abort_with_status raises
+            await self._abort(context, error, exc)
+            raise
+        finally:
+            if caller is not None and caller.touched:
+                structlog.contextvars.bind_contextvars(node_id=caller.touched[0])
+            self.inflight -= 1
+            if not self.inflight:
+                self._idle.set()
+
+    async def _abort(self, context: Ctx, error: KatoError, cause: BaseException) -> None:
+        structlog.contextvars.bind_contextvars(reason=error.reason)
+        if error is not cause:  # a store failure: say which, so an operator can tell a timeout from a refusal
+            structlog.contextvars.bind_contextvars(cause=f"{type(cause).__name__}: {cause}"[:300])
+        await context.abort_with_status(to_status(error))
 
     async def ObserveStream(  # noqa: N802 - the RPC name grpc dispatches to
         self,

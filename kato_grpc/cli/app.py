@@ -179,5 +179,6 @@ def main() -> None:
         app()
     except KatoError as exc:
         fields = ", ".join(v.field for v in exc.violations)
-        errors.print(f"[red]{exc.code}[/] {exc.reason}: {exc.message}" + (f" ({fields})" if fields else ""))
+        quoted = f" [request {exc.request_id}]" if exc.request_id else ""
+        errors.print(f"[red]{exc.code}[/] {exc.reason}: {exc.message}" + (f" ({fields})" if fields else "") + quoted)
         sys.exit(1)

@@ -40,3 +40,13 @@ def test_tools_benchmark_smoke(tmp_path: Path) -> None:
     assert "| the same sample through unary Observe + Learn: identical KB | yes | yes |" in text
     for figure in ("`kato train`, 300 sequences", "export, 300 patterns", "import of that file"):
         assert figure in text
+
+
+def test_overhead_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--rounds", "1", "--calls", "30"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    for server in ("| off |", "| metrics |", "| traces |", "| access log |"):
+        assert server in out
+    assert " 0 spans received" not in out  # the traced server really exported

@@ -191,7 +191,8 @@ def test_logs_reach_a_file_while_the_server_runs_and_survive_kill_9(stores: Stor
             server.stub().GetSession(svc.GetSessionRequest(name="s-" + "0" * 32))
     finally:
         server.stop(signal.SIGKILL)
-    assert "request failed" in server.log_path.read_text()
+    text = server.log_path.read_text()
+    assert "rpc=GetSession" in text and "code=INVALID_ARGUMENT" in text  # its access line
 
 
 def test_command_line_help_and_bad_settings(stores: Stores, log_dir: Path) -> None:

@@ -1,0 +1,154 @@
+"""Every RPC passes here once, whatever its kind (a server interceptor): its request id, its
+access-log line and its metrics.
+
+- **Request id**: the caller's ``x-request-id`` (printable, at most 128 characters) or a new
+  one; sent back at once in the response's initial metadata — so a client can quote it even
+  when the call fails — and bound to every log line written for the call.
+- **Access log**: one line per call when it ends (``event="rpc"``): rpc, code, duration, the
+  request id, the node the call touched (``Caller.touched``, bound by the servicer's guard)
+  and, for a failure, its reason. Never a session id or a token. Its level says how much it
+  matters: health checks and reflection at DEBUG, server-side failures at WARNING, the rest at
+  INFO — so ``KATO_LOG_LEVEL`` decides what is written (docs/operations.md).
+- **Metrics** (``server/metrics.py``), when on.
+
+A method's wrapped handler is made once and kept (handlers are the same for every call).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import trace
+
+from server.metrics import Metrics, RpcMetrics
+
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID = 128
+# Probes and tools: their calls are logged at DEBUG (a probe every few seconds is noise).
+QUIET_SERVICES = frozenset(
+    {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+)
+# Failures that are the server's or its stores' (an operator looks at these): WARNING.
+SERVER_SIDE = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
+log = structlog.get_logger("kato.access")
+Ctx = Any  # grpc.aio.ServicerContext, or OpenTelemetry's proxy of it
+
+
+def request_id(context: Ctx) -> str:
+    for key, value in context.invocation_metadata() or ():
+        valid = isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID and value.isprintable()
+        if key == REQUEST_ID_KEY and valid:
+            return str(value)
+    return uuid.uuid4().hex
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """``traced``: the calls run inside OpenTelemetry server spans; their trace id is logged."""
+
+    def __init__(self, metrics: Metrics | None = None, traced: bool = False) -> None:
+        self._metrics = metrics
+        self._traced = traced
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        known = self._handlers.get(details.method)
+        if known is not None:
+            return known
+        handler = await continuation(details)
+        if handler is None:  # an unknown method: not kept (clients choose the names)
+            return None
+        wrapped = self._handlers[details.method] = self._wrap(details.method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, rpc = method.lstrip("/").rpartition("/")
+        metrics = self._metrics.for_rpc(rpc) if self._metrics else None
+        call = _Call(rpc, metrics, service in QUIET_SERVICES, self._traced)
+
+        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def run(request: Any, context: Ctx) -> Any:
+                started, failed = call.open(context), True
+                try:
+                    await call.send_id(context)
+                    out = await behavior(request, context)
+                    failed = False
+                    return out
+                finally:
+                    call.close(context, started, failed)
+
+            return run
+
+        def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
+                started, failed = call.open(context), True
+                try:
+                    await call.send_id(context)
+                    async for item in behavior(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    call.close(context, started, failed)
+
+            return run
+
+        kinds = (
+            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, unary),
+            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, unary),
+            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, streaming),
+            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, streaming),
+        )
+        for behavior, make, wrap in kinds:
+            if behavior is not None:
+                return make(
+                    wrap(behavior),  # type: ignore[arg-type]
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+
+class _Call:
+    """What is done at the start and the end of every call of one method."""
+
+    def __init__(self, rpc: str, metrics: RpcMetrics | None, quiet: bool, traced: bool) -> None:
+        self.rpc, self.metrics, self.quiet, self.traced = rpc, metrics, quiet, traced
+
+    def open(self, context: Ctx) -> float:
+        rid = request_id(context)
+        # Each call is its own task, so this context is the call's: start it clean.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(rpc=self.rpc, request_id=rid)
+        if self.traced:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                structlog.contextvars.bind_contextvars(trace_id=format(span.trace_id, "032x"))
+        if self.metrics is not None:
+            self.metrics.started()
+        return time.perf_counter()
+
+    async def send_id(self, context: Ctx) -> None:
+        rid = structlog.contextvars.get_contextvars()["request_id"]
+        await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+
+    def close(self, context: Ctx, started: float, failed: bool) -> None:
+        seconds = time.perf_counter() - started
+        status = context.code()
+        if isinstance(status, grpc.StatusCode) and status != grpc.StatusCode.OK:
+            code = status.name
+        else:
+            code = "UNKNOWN" if failed else "OK"
+        if self.metrics is not None:
+            self.metrics.ended(code, seconds)
+        level = logging.DEBUG if self.quiet else logging.WARNING if code in SERVER_SIDE else logging.INFO
+        log.log(level, "rpc", code=code, duration_ms=round(seconds * 1000, 3))
+        structlog.contextvars.clear_contextvars()

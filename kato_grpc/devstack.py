@@ -84,7 +84,9 @@ class LocalServer:
         _wait_port(self.port, self.proc, self.name, timeout=60)
 
 
-def start_redis(data_dir: Path, port: int | None = None, *, appendonly: bool = True) -> LocalServer:
+def start_redis(
+    data_dir: Path, port: int | None = None, *, appendonly: bool = True, extra: tuple[str, ...] = ()
+) -> LocalServer:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
@@ -96,6 +98,7 @@ def start_redis(data_dir: Path, port: int | None = None, *, appendonly: bool = T
         "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", "everysec",
         "--protected-mode", "no",
+        *extra,
     ]  # fmt: skip
     log_path = data_dir / "server.log"
     proc = subprocess.Popen(args, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)

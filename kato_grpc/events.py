@@ -18,8 +18,9 @@ class Events(Protocol):
     def outbox_applied(self, writes: int, refused: int) -> None:
         """An outbox's writes reached the pattern store (``refused`` became dead letters)."""
 
-    def kb_lookup(self, kb_id: str, result: str, patterns: int) -> None:
-        """A KB cache lookup: ``hit``, ``refresh`` (changes merged) or ``load`` (not cached)."""
+    def kb_lookup(self, kb_id: str, result: str, patterns: int, estimated_bytes: int) -> None:
+        """A KB cache lookup: ``hit``, ``refresh`` (changes merged) or ``load`` (not cached),
+        and the KB's size after it."""
 
     def kb_evicted(self, kb_id: str) -> None: ...
 
@@ -38,7 +39,7 @@ class _NoEvents:
     def outbox_applied(self, writes: int, refused: int) -> None:
         return None
 
-    def kb_lookup(self, kb_id: str, result: str, patterns: int) -> None:
+    def kb_lookup(self, kb_id: str, result: str, patterns: int, estimated_bytes: int) -> None:
         return None
 
     def kb_evicted(self, kb_id: str) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kato_grpc.stores import redis_client
 
 
 class Settings(BaseSettings):
@@ -89,6 +91,10 @@ class Settings(BaseSettings):
     keepalive_time_seconds: float = Field(60.0, gt=0)
     keepalive_timeout_seconds: float = Field(20.0, gt=0)
 
+    # The KB cache's budget per process (estimated MB; unset: at most 100 KBs, no byte bound):
+    # least-recently-used KBs are evicted whole and reloaded when asked for.
+    kb_cache_max_mb: int | None = Field(None, ge=1)
+
     # Prometheus metrics on this port (worker i of KATO_WORKERS: port + i); unset = off.
     metrics_port: int | None = Field(None, ge=1, le=65535)
 
@@ -96,6 +102,11 @@ class Settings(BaseSettings):
     health_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        return None if url is None else redis_client.check_url(url)
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> Settings:

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 
 import grpc
-import redis.asyncio as aioredis
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,6 +18,7 @@ from pymongo import AsyncMongoClient
 from kato_grpc.events import NO_EVENTS
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
+from kato_grpc.stores import redis_client
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
@@ -45,6 +45,7 @@ log = structlog.get_logger("kato.server")
 # the GIL with the engine threads; a shorter slice lets it answer health checks and short
 # calls within a few ms while a long prediction computes (docs/performance.md).
 GIL_SWITCH_SECONDS = 0.001
+MB = 1024 * 1024
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
 # A health name that is SERVING while the process answers at all (a liveness probe): ""
 # and SERVICE_NAME follow the stores (readiness), and a store outage must not restart pods.
@@ -94,9 +95,7 @@ class KatoServer:
         events = metrics if metrics is not None else NO_EVENTS
         store_tracer = tracing.tracer(tracer_provider) if tracer_provider is not None else None
         timeout = settings.store_timeout_seconds
-        self._redis = aioredis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
-        )
+        self._redis = redis_client.connect(redis_url, timeout)
         self._mongo: AsyncMongoClient[Doc] = AsyncMongoClient(
             mongodb_uri,
             serverSelectionTimeoutMS=int(timeout * 1000),
@@ -118,6 +117,8 @@ class KatoServer:
             self.patterns,
             after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
             events=events,
+            max_bytes=settings.kb_cache_max_mb * MB if settings.kb_cache_max_mb else None,
+            after_eviction=memory_policy.after_eviction(trim=settings.malloc_trim),
         )
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(

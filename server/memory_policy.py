@@ -23,6 +23,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+def after_eviction(*, trim: bool) -> Callable[[], None] | None:
+    """After the KB cache evicted a KB: its memory back to the OS (a budget bounds RSS)."""
+    trimmer = _malloc_trim() if trim else None
+    if trimmer is None:
+        return None
+
+    def apply() -> None:
+        trimmer(0)
+
+    return apply
+
+
 def after_large_refresh(*, freeze: bool, trim: bool) -> Callable[[], None] | None:
     """The hook for ``KbCache``, or None when both parts are off."""
     trimmer = _malloc_trim() if trim else None

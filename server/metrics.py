@@ -25,9 +25,6 @@ from prometheus_client import (
 )
 
 # 0.5 ms .. 30 s: a health check to a large export's batch.
-# What one cached pattern costs in memory: 196 MB per 100k patterns (BENCHMARKS.md, "RSS
-# growth per 100k cached patterns"); measuring each KB's objects would cost a walk per refresh.
-BYTES_PER_PATTERN = 2000
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -51,7 +48,7 @@ class Metrics:
         self.kb_patterns = Gauge("kato_kb_cache_patterns", "Patterns of a cached KB", ["knowledge_base"], registry=r)
         self.kb_bytes = Gauge(
             "kato_kb_cache_estimated_bytes",
-            f"Memory of a cached KB, estimated at {BYTES_PER_PATTERN} bytes per pattern (measured, BENCHMARKS.md)",
+            "Memory of a cached KB, estimated from its patterns and symbols (what KATO_KB_CACHE_MAX_MB counts)",
             ["knowledge_base"],
             registry=r,
         )
@@ -84,13 +81,13 @@ class Metrics:
         if refused:
             self.outbox.labels("refused").inc(refused)
 
-    def kb_lookup(self, kb_id: str, result: str, patterns: int) -> None:
+    def kb_lookup(self, kb_id: str, result: str, patterns: int, estimated_bytes: int) -> None:
         if result == "hit":  # the common case: nothing else changed
             self._kb_hits.inc()
             return
         self.kb_lookups.labels(result).inc()
         self.kb_patterns.labels(kb_id).set(patterns)
-        self.kb_bytes.labels(kb_id).set(patterns * BYTES_PER_PATTERN)
+        self.kb_bytes.labels(kb_id).set(estimated_bytes)
 
     def kb_evicted(self, kb_id: str) -> None:
         self.kb_evictions.inc()

@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from kato_grpc.errors import BY_CODE, FieldViolation, KatoError
 
 _STATUS_TRAILER = "grpc-status-details-bin"
-_REQUEST_ID = "x-request-id"  # sent by the server in every response's initial metadata
+_REQUEST_ID = "x-request-id"  # sent by the server in every response's trailing metadata
 
 
 def from_rpc_error(exc: grpc.RpcError) -> KatoError:
@@ -39,7 +39,7 @@ def from_rpc_error(exc: grpc.RpcError) -> KatoError:
     error = cls(message, reason=reason or None, violations=violations, metadata=metadata)
     if cls is KatoError:
         error.code = code.name  # a status without its own class (OUT_OF_RANGE, DATA_LOSS, ...)
-    error.request_id = next((str(v) for k, v in _call(exc, "initial_metadata") or () if k == _REQUEST_ID), "")
+    error.request_id = next((str(v) for k, v in _call(exc, "trailing_metadata") or () if k == _REQUEST_ID), "")
     error.__cause__ = exc
     return error
 

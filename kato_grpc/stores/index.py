@@ -9,6 +9,7 @@ arrays, so candidate selection never scans the whole KB and screens candidates v
 from __future__ import annotations
 
 import bisect
+import itertools
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,13 +34,15 @@ class SymbolChange:
 class _Postings:
     """One symbol's postings: four parallel int32 arrays, and their numpy copy when asked.
 
-    ``owner`` is the index allowed to change it: a clone shares its source's postings and
-    copies one before changing it (copy on write), so readers of the source never see a
-    posting change under them."""
+    ``owner`` is the token of the index allowed to change it: a clone shares its source's
+    postings and copies one before changing it (copy on write), so readers of the source
+    never see a posting change under them. A token, not the index: no reference cycle, so an
+    evicted index is freed by reference counting even when its objects were frozen out of the
+    cyclic GC (server/memory_policy.py)."""
 
     __slots__ = ("_arrays", "counts", "event_lengths", "ids", "owner", "positions")
 
-    def __init__(self, owner: object) -> None:
+    def __init__(self, owner: int) -> None:
         self.owner = owner
         self.ids = array("i")
         self.counts = array("i")
@@ -47,7 +50,7 @@ class _Postings:
         self.event_lengths = array("i")
         self._arrays: PostingArrays | None = None
 
-    def copy(self, owner: object) -> _Postings:
+    def copy(self, owner: int) -> _Postings:
         new = _Postings(owner)
         new.ids, new.counts, new.positions, new.event_lengths = (
             array("i", c) for c in (self.ids, self.counts, self.positions, self.event_lengths)
@@ -69,6 +72,12 @@ class _Postings:
         return self._arrays
 
 
+# Memory per item of an index (tracemalloc over indexes of short and long patterns; see
+# docs/performance.md, "KB cache memory"): what a cache budget (KATO_KB_CACHE_MAX_MB) counts.
+_TOKENS = itertools.count()
+PATTERN_BYTES = 1000
+SYMBOL_BYTES = 100
+VECTOR_BYTES = 1000
 _NO_POSTINGS = PostingArrays(*(np.empty(0, dtype=np.int32) for _ in range(4)))
 
 
@@ -83,6 +92,7 @@ class KnowledgeIndex:
     def __init__(self, singles: dict[str, tuple[str]] | None = None) -> None:
         self.version = 0
         self.readers = 0
+        self._token = next(_TOKENS)  # owns the postings it made (see _Postings)
         # One tuple per one-symbol event, shared by this KB's records (PatternRecord.build).
         self.singles: dict[str, tuple[str]] = {} if singles is None else singles
         self._symbols: dict[str, SymbolStats] = {}
@@ -98,6 +108,7 @@ class KnowledgeIndex:
         self._totals = Totals()
         self._vectors: dict[str, npt.NDArray[np.float64]] = {}
         self._sorted_symbols: tuple[int, list[str]] | None = None  # (version, symbols in order)
+        self.stored_symbols = 0  # symbols of all its patterns' events (the memory estimate's input)
 
     # --- KnowledgeView -------------------------------------------------------------------
 
@@ -177,6 +188,11 @@ class KnowledgeIndex:
         start = 0 if after is None else bisect.bisect_right(order, after)
         return [(s, self._symbols[s]) for s in order[start : start + limit]]
 
+    def estimated_bytes(self) -> int:
+        """What this index holds in memory, estimated from its patterns and their symbols with
+        per-item costs measured on this layout (docs/performance.md, "KB cache memory")."""
+        return PATTERN_BYTES * len(self._ids) + SYMBOL_BYTES * self.stored_symbols + VECTOR_BYTES * len(self._vectors)
+
     def clone(self) -> KnowledgeIndex:
         """A copy that can be changed while this one is being read (postings copied on write)."""
         new = KnowledgeIndex(self.singles)  # tuples are immutable: the table can be shared
@@ -189,14 +205,15 @@ class KnowledgeIndex:
         new._postings = dict(self._postings)
         new._totals = self._totals
         new._vectors = dict(self._vectors)
+        new.stored_symbols = self.stored_symbols
         return new
 
     def _own_postings(self, symbol: str) -> _Postings:
         postings = self._postings.get(symbol)
         if postings is None:
-            postings = self._postings[symbol] = _Postings(self)
-        elif postings.owner is not self:
-            postings = self._postings[symbol] = postings.copy(self)
+            postings = self._postings[symbol] = _Postings(self._token)
+        elif postings.owner != self._token:
+            postings = self._postings[symbol] = postings.copy(self._token)
         return postings
 
     def put_pattern(self, record: PatternRecord) -> None:
@@ -208,6 +225,7 @@ class KnowledgeIndex:
         pattern_id = len(self._records)
         self._ids[record.name] = pattern_id
         self._records.append(record)
+        self.stored_symbols += record.length
         self._lengths.append(record.length)
         self._name_keys.append(name_key(record.name))
         flat = record.flat
@@ -251,3 +269,4 @@ class KnowledgeIndex:
         self._postings.clear()
         self._vectors.clear()
         self._totals = Totals()
+        self.stored_symbols = 0

@@ -29,8 +29,14 @@ FREEZE_AFTER = 1000
 
 
 class KbCache:
-    """``after_large_refresh`` is the process's memory policy (``server/memory_policy.py``),
-    run after a refresh of at least ``FREEZE_AFTER`` patterns; none by default."""
+    """At most ``max_kbs`` KBs and, with ``max_bytes``, at most that many estimated bytes
+    (``KnowledgeIndex.estimated_bytes``): the least recently used KBs are evicted whole and
+    loaded again when asked for. The KB being read is never evicted, so one KB larger than
+    the budget is still served (alone).
+
+    ``after_large_refresh`` / ``after_eviction`` are the process's memory policy
+    (``server/memory_policy.py``): after a refresh of at least ``FREEZE_AFTER`` patterns, and
+    after an eviction; none by default."""
 
     def __init__(
         self,
@@ -39,14 +45,20 @@ class KbCache:
         check_seconds: float = 1.0,
         after_large_refresh: Callable[[], None] | None = None,
         events: Events = NO_EVENTS,
+        max_bytes: int | None = None,
+        after_eviction: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._events = events
         self._after_large_refresh = after_large_refresh
+        self._after_eviction = after_eviction
         self._max = max_kbs
+        self._max_bytes = max_bytes
         self._check_seconds = check_seconds
         self._indexes: OrderedDict[str, KnowledgeIndex] = OrderedDict()
         self._checked: dict[str, float] = {}
+        self._bytes: dict[str, int] = {}  # each cached KB's estimate, as of its last load or refresh
+        self.total_bytes = 0
 
     async def view(self, kb_id: str, published: int | None = None) -> KnowledgeIndex:
         """The KB's index, refreshed if its version moved since it was cached.
@@ -73,15 +85,35 @@ class KbCache:
             index = self._merge(kb_id, changes, singles)
             large = len(changes.patterns) >= FREEZE_AFTER
             del changes
+            size = index.estimated_bytes()
+            self.total_bytes += size - self._bytes.get(kb_id, 0)
+            self._bytes[kb_id] = size
+            self._evict(keep=kb_id)
             if large and self._after_large_refresh is not None:
                 self._after_large_refresh()
         self._indexes.move_to_end(kb_id)
-        self._events.kb_lookup(kb_id, result, len(index))
-        while len(self._indexes) > self._max:
-            evicted, _ = self._indexes.popitem(last=False)
-            self._checked.pop(evicted, None)
-            self._events.kb_evicted(evicted)
+        self._events.kb_lookup(kb_id, result, len(index), self._bytes.get(kb_id, 0))
         return index
+
+    def _evict(self, keep: str) -> None:
+        """Least recently used first, until within both bounds (``keep`` stays)."""
+        evicted = False
+        while len(self._indexes) > 1 and (
+            len(self._indexes) > self._max or (self._max_bytes is not None and self.total_bytes > self._max_bytes)
+        ):
+            kb_id = next(iter(self._indexes))
+            if kb_id == keep:
+                self._indexes.move_to_end(kb_id)
+                continue
+            # Dropped, not emptied: a call may hold it between its lookup and its prediction.
+            # Without reference cycles (see index.py) it is freed when the last one lets go.
+            del self._indexes[kb_id]
+            self._checked.pop(kb_id, None)
+            self.total_bytes -= self._bytes.pop(kb_id, 0)
+            self._events.kb_evicted(kb_id)
+            evicted = True
+        if evicted and self._after_eviction is not None:
+            self._after_eviction()
 
     def cached_version(self, kb_id: str) -> int | None:
         """The version this process has cached of a KB, or None (it is not cached)."""

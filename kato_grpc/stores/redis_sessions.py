@@ -24,11 +24,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import Loaded
+from kato_grpc.stores.redis_client import RedisClient
 
 # Load + slide the TTL + the request's record (if any) + the outbox, in one round trip.
 _LOAD = """
@@ -102,15 +102,16 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'WI
 """
 
 # After the relay applied an outbox seen at version ARGV[1] (or found none: ''): drop it if
-# unchanged, and drop the mark if no outbox is left and nobody marked the session again
-# since (a new mark has a newer score: marks are at least the relay's grace period apart).
-# Touches two slots: a Redis Cluster deployment shards the mark set by slot (issue 14).
+# unchanged; returns whether an outbox is left. Then (another slot, so another script) the
+# mark goes only if it still has the score the relay saw: a commit marks before it writes
+# an outbox, with a newer score, so a session marked again meanwhile keeps its mark.
 _RELEASE = """
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'v') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local score = redis.call('ZSCORE', KEYS[2], ARGV[2])
-  if score and tonumber(score) == tonumber(ARGV[3]) then redis.call('ZREM', KEYS[2], ARGV[2]) end
-end
+return redis.call('EXISTS', KEYS[1])
+"""
+_UNMARK = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1
 """
 
@@ -154,7 +155,10 @@ def scoped_key(kind: str, node_id: str, principal: str, request_id: str) -> str:
 
 
 class RedisSessionStore:
-    def __init__(self, client: aioredis.Redis, records: RecordLimits | None = None) -> None:
+    """On one Redis server or a Redis Cluster (``redis_client.py``): every script touches
+    keys of one slot."""
+
+    def __init__(self, client: RedisClient, records: RecordLimits | None = None) -> None:
         self._redis = client
         self._records = records or RecordLimits()
         self._load = client.register_script(_LOAD)
@@ -163,6 +167,7 @@ class RedisSessionStore:
         self._mark = client.register_script(_MARK)
         self._due = client.register_script(_DUE)
         self._release = client.register_script(_RELEASE)
+        self._unmark = client.register_script(_UNMARK)
         self._publish = client.register_script(_PUBLISH_KB_VERSION)
 
     async def ping(self) -> bool:
@@ -258,10 +263,9 @@ class RedisSessionStore:
         return storage.Outbox.FromString(_bytes(blob)), int(version)
 
     async def release_outbox(self, session_id: str, version: int | None, score: float) -> None:
-        await self._release(
-            keys=[outbox_key(session_id), DUE_KEY],
-            args=["" if version is None else str(version), session_id, repr(score)],
-        )
+        left = await self._release(keys=[outbox_key(session_id)], args=["" if version is None else str(version)])
+        if not int(left):
+            await self._unmark(keys=[DUE_KEY], args=[session_id, repr(score)])
 
     async def kb_version(self, kb_id: str) -> int | None:
         """The last published version of a KB; None when Redis does not know it."""

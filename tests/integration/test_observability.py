@@ -34,10 +34,11 @@ PARENT_SPAN = "00f067aa0ba902b7"
 
 async def _traced_calls(stores: Stores, exporter: InMemorySpanExporter) -> None:
     redis, mongo = stores
-    settings = Settings(port=0, redis_url="unused", mongodb_uri="unused", mongodb_database="kato_trace")
+    redis_url, mongodb_uri = devstack.redis_url(redis), devstack.mongodb_uri(mongo)
+    settings = Settings(port=0, redis_url=redis_url, mongodb_uri=mongodb_uri, mongodb_database="kato_trace")
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    server = KatoServer(settings, devstack.redis_url(redis), devstack.mongodb_uri(mongo), tracer_provider=provider)
+    server = KatoServer(settings, redis_url, mongodb_uri, tracer_provider=provider)
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -94,15 +95,16 @@ def test_one_access_line_per_call_and_the_request_id_comes_back(stores: Stores, 
             auth = (("authorization", f"Bearer {token}"),)
             request = svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
             session, call = stub.CreateSession.with_call(request, metadata=(*auth, ("x-request-id", "quote-me-1")))
-            assert ("x-request-id", "quote-me-1") in call.initial_metadata()
+            assert ("x-request-id", "quote-me-1") in call.trailing_metadata()
             observe = svc.ObserveRequest(name=session.name, observation=pb.Observation(strings=["a"]))
             _, call = stub.Observe.with_call(observe, metadata=auth)
-            generated = dict(call.initial_metadata())["x-request-id"]
+            generated = dict(call.trailing_metadata())["x-request-id"]
             assert len(generated) == 32
             with pytest.raises(grpc.RpcError) as failed:
                 stub.GetSession(svc.GetSessionRequest(name="sessions/s-" + "0" * 32), metadata=auth)
             rejected = cast(grpc.Call, failed.value)
-            failed_id = dict(rejected.initial_metadata())["x-request-id"]  # a failed call has one too
+            failed_id = dict(rejected.trailing_metadata())["x-request-id"]  # a failed call has one too
+            assert "grpc-status-details-bin" in dict(rejected.trailing_metadata())  # beside the status
         with KatoClient(server.address, token=token, retries=0) as kato, pytest.raises(NotFound) as not_found:
             kato.get_session("sessions/s-" + "1" * 32)
         quoted = not_found.value.request_id  # what a client's error quotes

@@ -1,0 +1,79 @@
+"""Bounded KB caches (issue 14): with KATO_KB_CACHE_MAX_MB a process evicts least-recently-used
+knowledge bases whole and loads them again on demand. Over 50 KBs under a small budget its
+memory stays within the budget plus its baseline, and every prediction is the one a process
+without a budget gives."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+from kato_grpc import devstack
+from kato_grpc.client import KatoClient
+from kato_grpc.devserver import new_server
+from kato_grpc.v1 import engine_pb2 as pb
+from tests.integration.test_metrics import scrape
+
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
+KBS, PATTERNS, BUDGET_MB = 50, 400, 4
+# What RSS may move beyond the budget: allocator slack and the heap of one KB being loaded.
+SLACK_MB = 12
+
+
+def _sequences(seed: int) -> list[list[list[str]]]:
+    rng = random.Random(seed)
+    alphabet = [f"w{seed}-{i}" for i in range(200)]
+    return [[sorted(rng.sample(alphabet, 2)) for _ in range(4)] for _ in range(PATTERNS)]
+
+
+def _queries(kato: KatoClient, kbs: list[str], rounds: int) -> list[bytes]:
+    """Two events of each KB's first pattern, then its predictions — KB after KB, ``rounds``
+    times (each round past the budget evicts and reloads). KB ``i`` learned ``_sequences(i)``."""
+    out = []
+    for _ in range(rounds):
+        for i, kb in enumerate(kbs):
+            session = kato.create_session(kb)
+            first = _sequences(i)[0]
+            kato.observe_sequence(session.name, [pb.Observation(strings=e) for e in first[:2]])
+            out.append(kato.get_predictions(session.name).SerializeToString(deterministic=True))
+            kato.delete_session(session.name)
+    return out
+
+
+def test_a_cache_budget_bounds_memory_and_changes_no_prediction(stores: Stores, log_dir: Path) -> None:
+    database = "kato_budget_" + uuid.uuid4().hex[:8]
+    metrics_port = devstack.free_port()
+    bounded = new_server(*stores, log_dir, database, redis_db=3).start(
+        KATO_KB_CACHE_MAX_MB=str(BUDGET_MB), KATO_METRICS_PORT=str(metrics_port)
+    )
+    unbounded = new_server(*stores, log_dir, database, redis_db=3).start()
+    try:
+        kbs = [f"budget-{uuid.uuid4().hex[:8]}-{i}" for i in range(KBS)]
+        with KatoClient(bounded.address, retries=0) as kato, KatoClient(unbounded.address, retries=0) as full:
+            for client in (kato, full):  # each process's baseline: everything loaded but KBs
+                _queries(client, ["warm-" + uuid.uuid4().hex], 1)
+            baseline, unbounded_baseline = bounded.rss_mb(), unbounded.rss_mb()
+            for i, kb in enumerate(kbs):
+                session = kato.create_session(kb)
+                sequences = _sequences(i)
+                observations = [pb.Observation(strings=e) for s in sequences for e in s]
+                ends = [4 * k + 3 for k in range(len(sequences))]
+                kato.observe_sequence(session.name, observations, learn_after=ends)
+                kato.delete_session(session.name)
+            answers = _queries(kato, kbs, 2)
+            grown = bounded.rss_mb() - baseline
+            expected = _queries(full, kbs, 1)
+            unbounded_grown = unbounded.rss_mb() - unbounded_baseline
+        m = scrape(metrics_port)
+    finally:
+        bounded.stop()
+        unbounded.stop()
+    assert answers == expected * 2  # every prediction, before and after its KB was evicted
+    assert all(b"patterns/" in a for a in answers)  # they predict something
+    assert m["kato_kb_cache_evictions_total"] >= KBS  # each round evicted (almost) every KB
+    cached = sum(v for k, v in m.items() if k.startswith("kato_kb_cache_estimated_bytes{"))
+    assert cached <= BUDGET_MB * 1024 * 1024
+    print(f"RSS growth: bounded {grown:.1f} MB (budget {BUDGET_MB}), unbounded {unbounded_grown:.1f} MB")
+    assert grown <= BUDGET_MB + SLACK_MB
+    assert unbounded_grown > grown + 10  # the budget is what made the difference

@@ -120,6 +120,9 @@ def start_cluster(data_dir: Path, masters: int = 3, replicas: int = 1) -> LocalC
             _wait(lambda: master_id in _text(node.port, "CLUSTER", "NODES"), 30, "master known to a replica")  # noqa: B023
             _cmd(node.port, "CLUSTER", "REPLICATE", master_id)
         cluster.wait_healthy()
+        # A replica can take over only once it has synced: before that it has no data to serve.
+        for node in nodes[masters:]:
+            _wait(lambda: _cmd(node.port, "INFO", "replication").get("master_link_status") == "up", 60, "replica sync")  # noqa: B023
         return cluster
     except BaseException:
         for node in nodes:

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     mongodb_uri: str | None = None
     mongodb_database: str = "kato"
+    # Acknowledge a session commit only once this many replicas of its Redis node have it
+    # (WAIT, at most the timeout; else UNAVAILABLE NOT_REPLICATED, committed): a failover then
+    # loses no acknowledged call. 0: asynchronous replication (docs/operations.md).
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(100, ge=1, le=60_000)
     data_dir: Path = Path(".data")
 
     session_ttl_seconds: int = Field(3600, ge=60, le=86400)

@@ -23,7 +23,7 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import PatternStore
-from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore
+from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore, Replication
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits, memory_policy, reflection, tracing
 from server.calls import CallInterceptor
@@ -104,7 +104,9 @@ class KatoServer:
         )
         self.sessions = observed(
             RedisSessionStore(
-                self._redis, RecordLimits(settings.max_request_records, settings.max_request_record_bytes)
+                self._redis,
+                RecordLimits(settings.max_request_records, settings.max_request_record_bytes),
+                Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
             ),
             "redis",
             metrics,

@@ -23,106 +23,26 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from kato_grpc.errors import Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import Loaded
 from kato_grpc.stores.redis_client import RedisClient
-
-# Load + slide the TTL + the request's record (if any) + the outbox, in one round trip.
-_LOAD = """
-local r = redis.call('HMGET', KEYS[1], 'v', 's', 't')
-if r[1] and r[3] then redis.call('PEXPIRE', KEYS[1], r[3]) end
-local q = false
-if ARGV[1] ~= '' then q = redis.call('HGET', KEYS[1], 'q:' .. ARGV[1]) end
-local o = redis.call('HMGET', KEYS[2], 'v', 'w')
-return {r[1], r[2], q, o[1], o[2]}
-"""
-
-# Compare-and-set: the version must still be ARGV[1] ('' = the session must not exist yet).
-# Saves the state, replaces the outbox (ARGV[5]: 'set' with ARGV[6], or 'del': the caller
-# applied the one it loaded) and records the request (ARGV[7] id, ARGV[8] record), evicting
-# the oldest records beyond ARGV[9] records or ARGV[10] bytes.
-# Returns 1 on success, 0 on a version conflict, -1 when the session is gone.
-_CAS = """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == '' then
-  if cur then return 0 end
-else
-  if not cur then return -1 end
-  if cur ~= ARGV[1] then return 0 end
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3], 't', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if ARGV[5] == 'set' then
-  redis.call('HSET', KEYS[2], 'v', ARGV[2], 'w', ARGV[6])
-elseif ARGV[5] == 'del' then
-  redis.call('DEL', KEYS[2])
-end
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], 'q:' .. ARGV[7], ARGV[8])
-  local tail = redis.call('HINCRBY', KEYS[1], 'qt', 1)
-  redis.call('HSET', KEYS[1], 'o:' .. tail, ARGV[7])
-  local bytes = redis.call('HINCRBY', KEYS[1], 'qb', string.len(ARGV[8]))
-  local head = tonumber(redis.call('HGET', KEYS[1], 'qh') or '0')
-  while tail - head > tonumber(ARGV[9]) or (bytes > tonumber(ARGV[10]) and tail - head > 1) do
-    head = head + 1
-    local old = redis.call('HGET', KEYS[1], 'o:' .. head)
-    redis.call('HDEL', KEYS[1], 'o:' .. head)
-    if old then
-      bytes = bytes - redis.call('HSTRLEN', KEYS[1], 'q:' .. old)
-      redis.call('HDEL', KEYS[1], 'q:' .. old)
-    end
-  end
-  redis.call('HSET', KEYS[1], 'qh', head, 'qb', bytes)
-end
-return 1
-"""
-
-# Remove an outbox once applied, unless a later commit replaced it meanwhile.
-_DROP_OUTBOX = """
-if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
-return 0
-"""
-
-# Mark a session as possibly holding an outbox, scored by Redis's own clock (ms), so every
-# server process and the relay agree on ages.
-_MARK = """
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
-return 1
-"""
-
-# The marks older than ARGV[1] ms (by Redis's clock), at most ARGV[2] of them.
-_DUE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-"""
-
-# After the relay applied an outbox seen at version ARGV[1] (or found none: ''): drop it if
-# unchanged; returns whether an outbox is left. Then (another slot, so another script) the
-# mark goes only if it still has the score the relay saw: a commit marks before it writes
-# an outbox, with a newer score, so a session marked again meanwhile keeps its mark.
-_RELEASE = """
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'v') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return redis.call('EXISTS', KEYS[1])
-"""
-_UNMARK = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
-return 1
-"""
-
-# KB versions are published here after every MongoDB commit, so a call learns whether its
-# cached KB is current from Redis (cheap) instead of MongoDB. Only ever moves forward.
-_PUBLISH_KB_VERSION = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local new = tonumber(ARGV[1])
-if new > cur then redis.call('SET', KEYS[1], ARGV[1]) return new end
-return cur
-"""
+from kato_grpc.stores.redis_scripts import (
+    _CAS,
+    _DROP_OUTBOX,
+    _DUE,
+    _LOAD,
+    _MARK,
+    _PUBLISH_KB_VERSION,
+    _RELEASE,
+    _UNMARK,
+)
 
 DUE_KEY = "kato:outbox:due"
 
@@ -133,6 +53,15 @@ class RecordLimits:
 
     count: int = 1000
     bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """``replicas`` > 0: a commit is acknowledged only once that many replicas of its Redis
+    node have it (WAIT, at most ``timeout_ms``): a failover then loses no acknowledged call."""
+
+    replicas: int = 0
+    timeout_ms: int = 100
 
 
 def state_key(session_id: str) -> str:
@@ -158,9 +87,12 @@ class RedisSessionStore:
     """On one Redis server or a Redis Cluster (``redis_client.py``): every script touches
     keys of one slot."""
 
-    def __init__(self, client: RedisClient, records: RecordLimits | None = None) -> None:
+    def __init__(
+        self, client: RedisClient, records: RecordLimits | None = None, replication: Replication | None = None
+    ) -> None:
         self._redis = client
         self._records = records or RecordLimits()
+        self._replication = replication or Replication()
         self._load = client.register_script(_LOAD)
         self._cas = client.register_script(_CAS)
         self._drop = client.register_script(_DROP_OUTBOX)
@@ -187,7 +119,7 @@ class RedisSessionStore:
             pipe = self._redis.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *args)
             pipe.get(kb_version_key(kb_id))
-            loaded, published = await pipe.execute(raise_on_error=False)
+            loaded, published = await self._execute(pipe)
             if isinstance(loaded, NoScriptError):  # first use on this server: load the script
                 loaded = await self._load(keys=keys, args=args)
             elif isinstance(loaded, Exception):
@@ -230,9 +162,9 @@ class RedisSessionStore:
             await self._mark(keys=[DUE_KEY], args=[state.session_id])  # before the commit: never unmarked
         elif clear_outbox:
             mode = "del"
-        result = await self._cas(
-            keys=[state_key(state.session_id), outbox_key(state.session_id)],
-            args=[
+        return await self._commit(
+            [state_key(state.session_id), outbox_key(state.session_id)],
+            [
                 "" if expected_version is None else str(expected_version),
                 str(state.version),
                 state.SerializeToString(),
@@ -245,7 +177,49 @@ class RedisSessionStore:
                 str(self._records.bytes),
             ],
         )
-        return int(result)
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        """A pipeline's replies, errors among them. redis-py's cluster pipeline can trip over a
+        connection it is replacing while the cluster fails over (AttributeError on a closed
+        writer; redis/redis-py#3835): for the caller that is a store not available for the
+        moment (retryable, like a timeout: the call may or may not have committed)."""
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except (AttributeError, TypeError) as exc:
+            if not isinstance(self._redis, RedisCluster):
+                raise
+            raise RedisConnectionError(f"cluster pipeline failed during a topology change: {exc!r}") from exc
+        return replies
+
+    async def _commit(self, keys: list[str], args: list[str | bytes]) -> int:
+        """The compare-and-set script; with replication, and WAIT on the same connection (WAIT
+        counts the writes of its own connection): one pipeline, one round trip."""
+        need = self._replication.replicas
+        if not need:
+            return int(await self._cas(keys=keys, args=args))
+        # On a cluster, WAIT (no key) is sent to the node that owns the session's slot.
+        target = (
+            {"target_nodes": self._redis.get_node_from_key(keys[0])} if isinstance(self._redis, RedisCluster) else {}
+        )
+        for _ in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self._cas.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", need, self._replication.timeout_ms, **target)
+            result, acked = await self._execute(pipe)
+            if isinstance(result, NoScriptError):  # first use on this node: load, then again
+                await self._redis.script_load(_CAS)
+                continue
+            for reply in (result, acked):
+                if isinstance(reply, Exception):
+                    raise reply
+            if int(result) == 1 and int(acked) < need:
+                raise Unavailable(
+                    f"committed, but {acked} of {need} Redis replicas confirmed it in time: "
+                    "retry with the same request_id",
+                    reason="NOT_REPLICATED",
+                )
+            return int(result)
+        raise Unavailable("the session store lost its scripts twice in a row; retry", reason="STORE_UNAVAILABLE")
 
     async def drop_outbox(self, session_id: str, version: int) -> bool:
         """Remove the outbox written at ``version`` (applied); a newer one stays."""

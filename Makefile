@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.tools --write BENCHMARKS.md
 	$(BIN)/python -m bench.overhead --rounds 5 --write BENCHMARKS.md
+	$(BIN)/python -m bench.cluster --rounds 5 --write BENCHMARKS.md
 
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.

@@ -10,31 +10,20 @@ spread the machine's noise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import platform
-import statistics
 import sys
 import tempfile
 from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from bench.ab import Rounds, alternate, table
 from bench.report import emit
-from bench.service import latency_suite
 from kato_grpc import devstack
 from kato_grpc.devserver import new_server
-from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-
-
-async def observe_p50(address: str, calls: int) -> float:
-    async with grpc.aio.insecure_channel(address) as channel:
-        result = await latency_suite(svc_grpc.KatoServiceStub(channel), health_pb2_grpc.HealthStub(channel), calls)
-    p50: float = result["observe"][0]
-    return p50
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -61,13 +50,12 @@ def variants(collector_port: int) -> dict[str, dict[str, str]]:
     }
 
 
-def run(rounds: int, calls: int) -> tuple[dict[str, list[float]], int]:
+def run(rounds: int, calls: int) -> tuple[Rounds, int]:
     collector = _Collector()
     sink = grpc.server(futures.ThreadPoolExecutor(2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, sink)  # type: ignore[no-untyped-call]
     sink_port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
-    out: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
         # Each server its own Redis database too: two servers sharing one would see each
         # other's published KB versions and refresh their caches on every call.
@@ -76,9 +64,7 @@ def run(rounds: int, calls: int) -> tuple[dict[str, list[float]], int]:
             for i, (name, env) in enumerate(variants(sink_port).items())
         }
         try:
-            for _ in range(rounds):
-                for name, server in servers.items():
-                    out.setdefault(name, []).append(asyncio.run(observe_p50(server.address, calls)))
+            out = alternate(servers, rounds, calls)
         finally:
             for server in servers.values():
                 server.stop()
@@ -86,14 +72,8 @@ def run(rounds: int, calls: int) -> tuple[dict[str, list[float]], int]:
     return out, collector.spans
 
 
-def report(r: dict[str, list[float]], spans: int, command: str) -> str:
-    off = statistics.median(r["off"])
+def report(r: Rounds, spans: int, command: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows = [
-        f"| {name} | {' / '.join(f'{v:.3f}' for v in values)} | {statistics.median(values):.3f} "
-        f"| {100 * (statistics.median(values) - off) / off:+.1f} % |"
-        for name, values in r.items()
-    ]
     return "\n".join(
         [
             "## Observability overhead (issue 13)",
@@ -104,9 +84,7 @@ def report(r: dict[str, list[float]], spans: int, command: str) -> str:
             f" local sink; {spans:,} spans received), or the access log written (INFO, JSON)",
             "- target: Observe p50 with metrics on within 5 % of off",
             "",
-            "| server | Observe p50 per round (ms) | median (ms) | vs off |",
-            "|---|---|---:|---:|",
-            *rows,
+            *table(r, "observe", "off"),
             "",
         ]
     )

@@ -50,3 +50,12 @@ def test_overhead_benchmark_smoke() -> None:
     for server in ("| off |", "| metrics |", "| traces |", "| access log |"):
         assert server in out
     assert " 0 spans received" not in out  # the traced server really exported
+
+
+def test_cluster_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--rounds", "1", "--calls", "30"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    for server in ("| one Redis |", "| cluster |", "| cluster + WAIT 1 |"):
+        assert server in out

@@ -43,13 +43,15 @@ proto: $(STAMP)
 	$(BIN)/python scripts/gen_api_docs.py
 
 # Rewrites the sections of BENCHMARKS.md it measures (engine-only predictions up to 1M patterns, the
-# service suite, the tools; ~25 min) and keeps the others (soak, fuzz, load).
+# service suite, the tools, observability overhead, Redis Cluster, cost per call; ~40 min) and
+# keeps the others (soak, fuzz, load).
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 1000000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.tools --write BENCHMARKS.md
 	$(BIN)/python -m bench.overhead --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m bench.cluster --rounds 5 --write BENCHMARKS.md
+	$(BIN)/python -m bench.costs --write BENCHMARKS.md
 
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.

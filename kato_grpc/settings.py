@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     # The KB cache's budget per process (estimated MB; unset: at most 100 KBs, no byte bound):
     # least-recently-used KBs are evicted whole and reloaded when asked for.
     kb_cache_max_mb: int | None = Field(None, ge=1)
+    # Knowledge bases (JSON list of ids) loaded into the cache before health says SERVING.
+    preload_nodes: list[str] = Field(default_factory=list)
 
     # Prometheus metrics on this port (worker i of KATO_WORKERS: port + i); unset = off.
     metrics_port: int | None = Field(None, ge=1, le=65535)

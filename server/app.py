@@ -185,6 +185,7 @@ class KatoServer:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._preload()  # readiness waits for it (no health status is set before)
         await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop())
         self._relay_task = asyncio.create_task(self.relay.run(self._stopping))
@@ -201,6 +202,13 @@ class KatoServer:
                 if attempt == 29:
                     raise
                 await asyncio.sleep(0.5)
+
+    async def _preload(self) -> None:
+        for kb_id in self.settings.preload_nodes:
+            started = asyncio.get_running_loop().time()
+            index = await self.cache.view(kb_id, await self.sessions.kb_version(kb_id))
+            seconds = round(asyncio.get_running_loop().time() - started, 3)
+            log.info("preloaded", node_id=kb_id, patterns=len(index), seconds=seconds)
 
     async def _store_down(self) -> str:
         """The first store that does not answer a ping in time, or "" (both are up)."""

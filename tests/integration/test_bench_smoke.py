@@ -59,3 +59,11 @@ def test_cluster_benchmark_smoke() -> None:
     ).stdout  # fmt: skip
     for server in ("| one Redis |", "| cluster |", "| cluster + WAIT 1 |"):
         assert server in out
+
+
+def test_costs_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.costs", "--calls", "20"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    assert "| Observe" in out and "load redis 1.00" in out and "compare_and_set redis 1.00" in out

@@ -5,6 +5,7 @@ without a budget gives."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from pathlib import Path
@@ -77,3 +78,27 @@ def test_a_cache_budget_bounds_memory_and_changes_no_prediction(stores: Stores, 
     print(f"RSS growth: bounded {grown:.1f} MB (budget {BUDGET_MB}), unbounded {unbounded_grown:.1f} MB")
     assert grown <= BUDGET_MB + SLACK_MB
     assert unbounded_grown > grown + 10  # the budget is what made the difference
+
+
+def test_preloaded_knowledge_bases_are_cached_before_serving(stores: Stores, log_dir: Path) -> None:
+    database = "kato_preload_" + uuid.uuid4().hex[:8]
+    kb = "preload-" + uuid.uuid4().hex
+    writer = new_server(*stores, log_dir, database).start()
+    try:
+        with KatoClient(writer.address, retries=0) as kato:
+            session = kato.create_session(kb)
+            observations = [pb.Observation(strings=e) for s in _sequences(1)[:20] for e in s]
+            kato.observe_sequence(session.name, observations, learn_after=[4 * k + 3 for k in range(20)])
+    finally:
+        writer.stop()
+    warm = new_server(*stores, log_dir, database).start(KATO_PRELOAD_NODES=json.dumps([kb]))
+    cold = new_server(*stores, log_dir, database).start()
+    try:
+        with KatoClient(warm.address, retries=0) as w, KatoClient(cold.address, retries=0) as c:
+            preloaded = w.get_knowledge_base(kb)
+            assert preloaded.cache.cached and preloaded.cache.cached_version == preloaded.version
+            assert preloaded.pattern_count == 20
+            assert not c.get_knowledge_base(kb).cache.cached  # the check can fail: without it, not cached
+    finally:
+        warm.stop()
+        cold.stop()

@@ -43,10 +43,10 @@ def cpu_seconds(pid: int) -> float:
 def store_calls(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out = {}
-    for store, operation, value in re.findall(
+    for operation, store, value in re.findall(
         r'kato_store_duration_seconds_count\{operation="(\w+)",store="(\w+)"\} ([0-9.e+]+)', text
     ):
-        out[f"{operation} {store}"] = float(value)
+        out[f"{store} {operation}"] = float(value)
     return out
 
 

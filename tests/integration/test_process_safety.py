@@ -21,6 +21,7 @@ from kato_grpc.devserver import ROOT, ServerProcess, new_server, server_env
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests.integration.support import eventually
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 ALPHABET = [f"s{i}" for i in range(20)]
@@ -186,13 +187,16 @@ def test_logs_reach_a_file_while_the_server_runs_and_survive_kill_9(stores: Stor
     server.log_path = log_dir / f"lines-{server.port}.log"
     server.start(KATO_LOG_LEVEL="INFO")
     try:
-        assert "serving" in server.log_path.read_text()  # written at once, not at exit
+        # Written while it runs, not at exit (health turns SERVING just before the line is written).
+        assert eventually(lambda: "serving" in server.log_path.read_text(), timeout=5)
         with pytest.raises(grpc.RpcError):
             server.stub().GetSession(svc.GetSessionRequest(name="s-" + "0" * 32))
+        # Its access line is written as the call ends, just after the answer left.
+        assert eventually(lambda: "rpc=GetSession" in server.log_path.read_text(), timeout=5)
     finally:
         server.stop(signal.SIGKILL)
-    text = server.log_path.read_text()
-    assert "rpc=GetSession" in text and "code=INVALID_ARGUMENT" in text  # its access line
+    text = server.log_path.read_text()  # still all there after kill -9
+    assert "serving" in text and "rpc=GetSession" in text and "code=INVALID_ARGUMENT" in text
 
 
 def test_command_line_help_and_bad_settings(stores: Stores, log_dir: Path) -> None:

@@ -5,11 +5,8 @@ on 8 shared sessions, give what they give on one Redis server."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,14 +14,12 @@ import redis
 
 from kato_grpc import devcluster, devstack, names
 from kato_grpc.devserver import ServerProcess, new_server
-from kato_grpc.engine.naming import pattern_name
 from kato_grpc.replay import replay
 from kato_grpc.stores import redis_sessions
-from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.conformance.compare import SCENARIOS, differences
 from tests.integration.grpc_replay import replay_grpc
-from tests.integration.test_resilience import with_retry
+from tests.integration.test_resilience import lose_and_double_nothing
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
@@ -78,40 +73,5 @@ def test_scenario_through_grpc_on_a_cluster_matches_pure_replay(
 def test_two_processes_on_a_cluster_lose_and_double_nothing(
     cluster_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
-    clients, sessions_count, calls, learns = 64, 8, 2000, 200
     stubs = [s.stub() for s in cluster_servers for _ in range(4)]
-    node = "clconc-" + uuid.uuid4().hex
-    kb = names.knowledge_base(node)
-    sessions = [
-        stubs[0].CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=kb))).name
-        for _ in range(sessions_count)
-    ]
-
-    def observe(i: int) -> str:
-        sid = sessions[i % len(sessions)]
-        request = svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[f"s{i % 7}"]), request_id=f"obs-{i}")
-        with_retry(lambda: stubs[i % len(stubs)].Observe(request, timeout=60))
-        return sid
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(clients) as pool:
-        sent = Counter(pool.map(observe, range(calls)))
-    print(f"{calls} observes on the cluster in {time.monotonic() - started:.1f}s")
-    for sid in sessions:
-        assert stubs[1].GetSession(svc.GetSessionRequest(name=sid)).time == sent[sid] == calls // sessions_count
-        stubs[0].ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
-
-    def learn(i: int) -> None:
-        request = svc.ObserveSequenceRequest(
-            name=sessions[i % len(sessions)],
-            observations=[pb.Observation(strings=["p"]), pb.Observation(strings=["q"])],
-            learn_at_end=True,
-            request_id=f"learn-{i}",
-        )
-        with_retry(lambda: stubs[i % len(stubs)].ObserveSequence(request, timeout=60))
-
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(learn, range(learns)))
-    name = names.pattern(node, pattern_name([["p"], ["q"]]))
-    for stub in (stubs[0], stubs[-1]):
-        assert stub.GetPattern(svc.GetPatternRequest(name=name)).frequency == learns
+    lose_and_double_nothing(stubs, clients=64, sessions_count=8, calls=2000)

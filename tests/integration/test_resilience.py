@@ -21,6 +21,7 @@ from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.crashing_server import CRASH_EXIT_CODE
 from tests.integration.support import eventually, frequency
 
@@ -53,6 +54,15 @@ def test_two_processes_lose_and_double_nothing(
     two_servers: tuple[ServerProcess, ServerProcess], clients: int, sessions_count: int
 ) -> None:
     stubs = [s.stub() for s in two_servers for _ in range(4)]  # several channels per process
+    lose_and_double_nothing(stubs, clients, sessions_count, LOAD_CALLS)
+
+
+def lose_and_double_nothing(
+    stubs: list[svc_grpc.KatoServiceStub], clients: int, sessions_count: int, calls: int, learns: int = 200
+) -> None:
+    """``clients`` threads send ``calls`` observes to ``sessions_count`` shared sessions over
+    ``stubs`` in turn, then ``learns`` learns of one pattern: every session's ``time`` is the
+    observes it was sent and the pattern's frequency the learns (retries carry request ids)."""
     node = "conc-" + uuid.uuid4().hex
     sessions = [
         stubs[0]
@@ -60,7 +70,6 @@ def test_two_processes_lose_and_double_nothing(
         .name
         for _ in range(sessions_count)
     ]
-    calls = LOAD_CALLS
 
     def observe(i: int) -> str:
         sid = sessions[i % len(sessions)]
@@ -77,7 +86,6 @@ def test_two_processes_lose_and_double_nothing(
 
     for sid in sessions:
         stubs[0].ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=sid))
-    learns = 200
 
     def learn(i: int) -> None:
         request = svc.ObserveSequenceRequest(

@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.overhead --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m bench.cluster --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m bench.costs --write BENCHMARKS.md
+	$(BIN)/python -m bench.learn_ack --write BENCHMARKS.md
 
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.

@@ -50,6 +50,12 @@ class Policy:
     backoff_max_seconds: float = 0.05
     default_ttl_seconds: int = 3600
     max_session_bytes: int = 4 * 1024 * 1024
+    # Answer a call that learned once its outbox is committed in Redis, and apply it to the
+    # pattern store behind the answer (KATO_LEARN_ACK=committed): the learn is durable and
+    # exactly-once either way (the outbox, write ids, the relay); the session's own next call
+    # applies it first if it is still pending (read-your-writes); other sessions see it once
+    # applied. A refusal then becomes a dead letter the caller is not told of.
+    ack_after_commit: bool = False
 
 
 def session_not_found(session_id: str) -> NotFound:
@@ -77,6 +83,12 @@ class TransactionRunner:
         self.events = events
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
         self._applying: set[asyncio.Future[list[storage.PatternWrite]]] = set()
+        # Applies in flight by (session, outbox version): a call that finds its session's
+        # outbox pending joins the apply already running instead of racing it.
+        self._by_outbox: dict[tuple[str, int], asyncio.Future[list[storage.PatternWrite]]] = {}
+        self._behind: set[asyncio.Task[None]] = set()  # applies after an answer (held: tasks are weak)
+        self._applied_versions: dict[str, int] = {}  # node id -> the KB version its last apply here made
+        self._apply_nodes: dict[asyncio.Future[list[storage.PatternWrite]], str] = {}  # in flight -> its KB
         self.pending_writes = 0  # writes of the applies in flight (a metric reads it)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
@@ -98,7 +110,7 @@ class TransactionRunner:
         """A session for reading: its outbox applied, so its learns are visible in the KB."""
         loaded = await self.load(session_id, caller)
         if loaded.outbox is not None:
-            await self.apply(loaded.outbox)
+            await self.apply(loaded.outbox, loaded.outbox_version)
             await self.sessions.drop_outbox(session_id, loaded.outbox_version)
         return loaded
 
@@ -118,14 +130,20 @@ class TransactionRunner:
             if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
                 await asyncio.sleep(random.uniform(0, min(self.policy.backoff_max_seconds, 0.0005 * 2**attempt)))
             loaded = await self.load(session_id, caller, request_id)
-            if loaded.outbox is not None:
-                await self.apply(loaded.outbox)  # before anything: a replay must not skip it
+            kb_version = loaded.kb_version
+            if loaded.outbox is not None:  # before anything: a replay must not skip it
+                await self.apply(loaded.outbox, loaded.outbox_version)
+                # The version published when the load read it may predate this apply (a learn
+                # answered at commit): predict from at least the version the apply made.
+                applied = self._applied_versions.get(loaded.outbox.node_id)
+                if applied is not None and (kb_version is None or applied > kb_version):
+                    kb_version = applied
             if loaded.record is not None:
                 request_ids.check_replay(loaded.record, method, fp)
                 if loaded.outbox is not None:
                     await self.sessions.drop_outbox(session_id, loaded.outbox_version)
                 return kind.FromString(loaded.record.response)
-            new_state, respond = await transition(loaded.state, loaded.kb_version)
+            new_state, respond = await transition(loaded.state, kb_version)
             new_state.version = loaded.version + 1
             response = respond(new_state) if callable(respond) else respond
             self._check_size(loaded.state, new_state)
@@ -151,7 +169,10 @@ class TransactionRunner:
                 self.events.cas_conflict()
                 continue
             if outbox is not None:
-                refused = await self.apply(outbox)
+                if self.policy.ack_after_commit:
+                    self._apply_behind(outbox, new_state.version)
+                    return response
+                refused = await self.apply(outbox, new_state.version)
                 await self.sessions.drop_outbox(session_id, new_state.version)
                 if refused:
                     raise _refused(refused)
@@ -177,7 +198,19 @@ class TransactionRunner:
                 metadata={"bytes": str(size), "limit": str(limit)},
             )
 
-    async def apply(self, outbox: storage.Outbox) -> list[storage.PatternWrite]:
+    def _apply_behind(self, outbox: storage.Outbox, version: int) -> None:
+        async def run() -> None:
+            try:
+                await self.apply(outbox, version)
+                await self.sessions.drop_outbox(outbox.session_id, version)
+            except Exception as exc:  # the outbox stays in Redis: the relay applies it later
+                log.warning("applying a learn behind its answer failed; the relay retries", error=repr(exc)[:300])
+
+        task = asyncio.ensure_future(run())
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+
+    async def apply(self, outbox: storage.Outbox, version: int | None = None) -> list[storage.PatternWrite]:
         """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
         the pattern store refuses for good are kept as dead letters and returned (the rest
         still land).
@@ -187,27 +220,54 @@ class TransactionRunner:
         off instead, it would stay open in MongoDB, holding its ledger entry, until the server
         reaps it (60 s) — and every other attempt to apply the same writes would wait for that.
         """
+        key = (outbox.session_id, version) if version is not None else None
+        running = self._by_outbox.get(key) if key is not None else None
+        if running is not None:
+            return await asyncio.shield(running)
         task = asyncio.ensure_future(self._apply_now(outbox))
         self._applying.add(task)
+        self._apply_nodes[task] = outbox.node_id
         self.pending_writes += len(outbox.writes)
-        task.add_done_callback(partial(self._applied, len(outbox.writes)))
+        task.add_done_callback(partial(self._applied, len(outbox.writes), key))
         task.add_done_callback(_settled)
+        if key is not None:
+            self._by_outbox[key] = task
         return await asyncio.shield(task)
 
-    def _applied(self, writes: int, task: asyncio.Future[list[storage.PatternWrite]]) -> None:
+    def _applied(
+        self, writes: int, key: tuple[str, int] | None, task: asyncio.Future[list[storage.PatternWrite]]
+    ) -> None:
         self._applying.discard(task)
+        self._apply_nodes.pop(task, None)
         self.pending_writes -= writes
+        if key is not None and self._by_outbox.get(key) is task:
+            del self._by_outbox[key]
+
+    async def settle(self, node_id: str) -> bool:
+        """Wait for this process's applies in flight to the KB ``node_id``; whether there were any."""
+        pending = [task for task, node in self._apply_nodes.items() if node == node_id]
+        if pending:
+            await asyncio.wait(pending)
+        return bool(pending)
+
+    def _note_version(self, node_id: str, version: int) -> None:
+        if version > self._applied_versions.get(node_id, -1):
+            if node_id not in self._applied_versions and len(self._applied_versions) >= MAX_REMEMBERED_NODES:
+                self._applied_versions.pop(next(iter(self._applied_versions)))
+            self._applied_versions[node_id] = version
 
     async def drain_applies(self, timeout: float) -> None:
         """Let applies that outlived their calls finish (shutdown), for at most ``timeout``."""
-        if self._applying:
-            await asyncio.wait(set(self._applying), timeout=timeout)
+        pending = self._applying | self._behind
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def _apply_now(self, outbox: storage.Outbox) -> list[storage.PatternWrite]:
         writes = list(outbox.writes)
         try:
             applied = await self.patterns.apply_many(outbox.node_id, writes)
             await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+            self._note_version(outbox.node_id, applied.version)
             self.events.outbox_applied(len(writes), 0)
             return []
         except Exception as exc:
@@ -218,6 +278,7 @@ class TransactionRunner:
             try:
                 applied = await self.patterns.apply_many(outbox.node_id, [write])
                 await self.sessions.publish_kb_version(outbox.node_id, applied.version)
+                self._note_version(outbox.node_id, applied.version)
             except Exception as exc:
                 if not self.patterns.is_permanent(exc):
                     raise

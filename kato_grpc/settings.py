@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     gil_switch_interval: bool = True
     gc_freeze: bool = True
     malloc_trim: bool = True
+    # When a call that learned is answered: once its patterns are in MongoDB ("applied"), or
+    # once its outbox is committed in Redis, applying behind the answer ("committed"; faster,
+    # a refused pattern becomes a dead letter the caller is not told of). docs/operations.md.
+    learn_ack: Literal["applied", "committed"] = "applied"
     cas_retries: int = Field(32, ge=1, le=10_000)
     # Conflict retries wait a random time up to min(this, 1 ms × 2^attempt).
     cas_backoff_max_seconds: float = Field(0.05, ge=0)

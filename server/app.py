@@ -131,6 +131,7 @@ class KatoServer:
                 backoff_max_seconds=settings.cas_backoff_max_seconds,
                 default_ttl_seconds=settings.session_ttl_seconds,
                 max_session_bytes=settings.max_session_bytes,
+                ack_after_commit=settings.learn_ack == "committed",
             ),
             check_ids=limits.check_ids,
             events=events,

@@ -69,3 +69,11 @@ def test_costs_benchmark_smoke() -> None:
     observe = next(line for line in out.splitlines() if line.startswith("| Observe"))
     assert "redis load 1.25" in observe and "redis compare_and_set 1.25" in observe  # 1 in 4 with a clear
     assert "mongodb apply_many" not in observe
+
+
+def test_learn_ack_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.learn_ack", "--rounds", "1", "--calls", "30", "--learns", "5"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    assert "| applied |" in out and "| committed |" in out and "finds the pattern" in out

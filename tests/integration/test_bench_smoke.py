@@ -77,3 +77,11 @@ def test_learn_ack_benchmark_smoke() -> None:
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
     ).stdout  # fmt: skip
     assert "| applied |" in out and "| committed |" in out and "finds the pattern" in out
+
+
+def test_million_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.million", "--patterns", "300", "--queries", "3"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    assert "| GetPredictions p50 / p99 at 300 |" in out and "| cold start" in out

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from kato_grpc import names
+from kato_grpc import devstack, names
+from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
@@ -74,3 +77,22 @@ def details(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[str]]:
             detail.Unpack(bad)
             fields = [v.field for v in bad.field_violations]
     return exc.code(), reason, fields
+
+
+def doomed_session(
+    stores: tuple[devstack.LocalServer, devstack.LocalServer], log_dir: Path, redis_db: int, **env: str
+) -> tuple[ServerProcess, svc_grpc.KatoServiceStub, str, str]:
+    """A server whose pattern store dies on its first write (``crashing_server``), on its own
+    database and Redis database (no other server's relay reaches its outboxes), and a session
+    on it that observed "a" then "b": (server, stub, node id, session name)."""
+    database = "kato_" + uuid.uuid4().hex[:8]
+    doomed = new_server(*stores, log_dir, database, redis_db=redis_db, module="tests.integration.crashing_server")
+    doomed.start(**env)
+    stub = doomed.stub()
+    node = "crash-" + uuid.uuid4().hex
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
+    ).name
+    for symbol in ("a", "b"):
+        stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[symbol])))
+    return doomed, stub, node, sid

@@ -21,7 +21,7 @@ from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.conformance.compare import SCENARIOS, differences
 from tests.integration.crashing_server import CRASH_EXIT_CODE
 from tests.integration.grpc_replay import replay_grpc
-from tests.integration.support import eventually, frequency
+from tests.integration.support import doomed_session, eventually, frequency
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
@@ -60,17 +60,8 @@ def test_a_session_predicts_from_its_learn_at_once(committed: ServerProcess) -> 
 
 
 def test_a_learn_answered_before_its_write_survives_the_server_dying(stores: Stores, log_dir: Path) -> None:
-    database = "kato_" + uuid.uuid4().hex[:8]
-    doomed = new_server(*stores, log_dir, database, redis_db=14, module="tests.integration.crashing_server").start(
-        KATO_LEARN_ACK="committed"
-    )
-    stub = doomed.stub()
-    node = "ack-crash-" + uuid.uuid4().hex
-    sid = stub.CreateSession(
-        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
-    ).name
-    for s in ("a", "b"):
-        stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
+    doomed, stub, node, sid = doomed_session(stores, log_dir, redis_db=14, KATO_LEARN_ACK="committed")
+    database = doomed.env["KATO_MONGODB_DATABASE"]
     answered = stub.Learn(svc.LearnRequest(name=sid, request_id="learn-once"), timeout=10)  # OK: committed
     name = names.pattern(node, pattern_name([["a"], ["b"]]))
     assert answered.pattern == name

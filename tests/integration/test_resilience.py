@@ -23,7 +23,7 @@ from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.crashing_server import CRASH_EXIT_CODE
-from tests.integration.support import eventually, frequency
+from tests.integration.support import doomed_session, eventually, frequency
 
 T = TypeVar("T")
 # Two server processes on one Redis + MongoDB: issue 3's 32 clients on 4 shared sessions and
@@ -107,16 +107,8 @@ def lose_and_double_nothing(
 
 
 def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: Path) -> None:
-    database = "kato_" + uuid.uuid4().hex[:8]
-    # Its own Redis database: no other server's outbox can reach this one's (crashing) store.
-    doomed = new_server(*stores, log_dir, database, redis_db=15, module="tests.integration.crashing_server").start()
-    stub = doomed.stub()
-    node = "crash-" + uuid.uuid4().hex
-    sid = stub.CreateSession(
-        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node)))
-    ).name
-    for s in ("a", "b"):
-        stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
+    doomed, stub, node, sid = doomed_session(stores, log_dir, redis_db=15)
+    database = doomed.env["KATO_MONGODB_DATABASE"]
     with pytest.raises(grpc.RpcError) as info:
         stub.Learn(svc.LearnRequest(name=sid, request_id="learn-once"), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -2,8 +2,8 @@
 
 load (the session, its outbox, the request id's record) → apply a left-over outbox → replay a
 recorded request, or run the transition → compare-and-set (new state, new outbox, request
-record) → apply the new outbox exactly once → drop it. A version conflict means another call
-won: wait a moment (jittered) and run again. No locks.
+record) → apply the new outbox exactly once (``applier.py``) → drop it. A version conflict
+means another call won: wait a moment (jittered) and run again. No locks.
 
 It owns, in one place each: the version bump, write identity (``request_ids``), the outbox
 flush, request-id records and conflict retries. It is typed against two Protocols — a session
@@ -19,7 +19,6 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TypeAlias, TypeVar
 
 import structlog
@@ -27,6 +26,7 @@ from google.protobuf.message import Message
 
 from kato_grpc import request_ids
 from kato_grpc.access import Caller
+from kato_grpc.applier import OutboxApplier
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -82,14 +82,7 @@ class TransactionRunner:
         self._check_ids = check_ids
         self.events = events
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
-        self._applying: set[asyncio.Future[list[storage.PatternWrite]]] = set()
-        # Applies in flight by (session, outbox version): a call that finds its session's
-        # outbox pending joins the apply already running instead of racing it.
-        self._by_outbox: dict[tuple[str, int], asyncio.Future[list[storage.PatternWrite]]] = {}
-        self._behind: set[asyncio.Task[None]] = set()  # applies after an answer (held: tasks are weak)
-        self._applied_versions: dict[str, int] = {}  # node id -> the KB version its last apply here made
-        self._apply_nodes: dict[asyncio.Future[list[storage.PatternWrite]], str] = {}  # in flight -> its KB
-        self.pending_writes = 0  # writes of the applies in flight (a metric reads it)
+        self.applier = OutboxApplier(sessions, patterns, events)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node."""
@@ -110,7 +103,7 @@ class TransactionRunner:
         """A session for reading: its outbox applied, so its learns are visible in the KB."""
         loaded = await self.load(session_id, caller)
         if loaded.outbox is not None:
-            await self.apply(loaded.outbox, loaded.outbox_version)
+            await self.applier.apply(loaded.outbox, loaded.outbox_version)
             await self.sessions.drop_outbox(session_id, loaded.outbox_version)
         return loaded
 
@@ -132,10 +125,10 @@ class TransactionRunner:
             loaded = await self.load(session_id, caller, request_id)
             kb_version = loaded.kb_version
             if loaded.outbox is not None:  # before anything: a replay must not skip it
-                await self.apply(loaded.outbox, loaded.outbox_version)
+                await self.applier.apply(loaded.outbox, loaded.outbox_version)
                 # The version published when the load read it may predate this apply (a learn
                 # answered at commit): predict from at least the version the apply made.
-                applied = self._applied_versions.get(loaded.outbox.node_id)
+                applied = self.applier.applied_version(loaded.outbox.node_id)
                 if applied is not None and (kb_version is None or applied > kb_version):
                     kb_version = applied
             if loaded.record is not None:
@@ -170,9 +163,9 @@ class TransactionRunner:
                 continue
             if outbox is not None:
                 if self.policy.ack_after_commit:
-                    self._apply_behind(outbox, new_state.version)
+                    self.applier.apply_behind(outbox, new_state.version)
                     return response
-                refused = await self.apply(outbox, new_state.version)
+                refused = await self.applier.apply(outbox, new_state.version)
                 await self.sessions.drop_outbox(session_id, new_state.version)
                 if refused:
                     raise _refused(refused)
@@ -197,109 +190,6 @@ class TransactionRunner:
                 reason="SESSION_TOO_LARGE",
                 metadata={"bytes": str(size), "limit": str(limit)},
             )
-
-    def _apply_behind(self, outbox: storage.Outbox, version: int) -> None:
-        async def run() -> None:
-            try:
-                await self.apply(outbox, version)
-                await self.sessions.drop_outbox(outbox.session_id, version)
-            except Exception as exc:  # the outbox stays in Redis: the relay applies it later
-                log.warning("applying a learn behind its answer failed; the relay retries", error=repr(exc)[:300])
-
-        task = asyncio.ensure_future(run())
-        self._behind.add(task)
-        task.add_done_callback(self._behind.discard)
-
-    async def apply(self, outbox: storage.Outbox, version: int | None = None) -> list[storage.PatternWrite]:
-        """Apply an outbox's writes exactly once and publish the KB's new version. Writes that
-        the pattern store refuses for good are kept as dead letters and returned (the rest
-        still land).
-
-        The store work is shielded from the caller's cancellation: a deadline that passes
-        mid-transaction answers the client, but the transaction goes on to its commit. Cut
-        off instead, it would stay open in MongoDB, holding its ledger entry, until the server
-        reaps it (60 s) — and every other attempt to apply the same writes would wait for that.
-        """
-        key = (outbox.session_id, version) if version is not None else None
-        running = self._by_outbox.get(key) if key is not None else None
-        if running is not None:
-            return await asyncio.shield(running)
-        task = asyncio.ensure_future(self._apply_now(outbox))
-        self._applying.add(task)
-        self._apply_nodes[task] = outbox.node_id
-        self.pending_writes += len(outbox.writes)
-        task.add_done_callback(partial(self._applied, len(outbox.writes), key))
-        task.add_done_callback(_settled)
-        if key is not None:
-            self._by_outbox[key] = task
-        return await asyncio.shield(task)
-
-    def _applied(
-        self, writes: int, key: tuple[str, int] | None, task: asyncio.Future[list[storage.PatternWrite]]
-    ) -> None:
-        self._applying.discard(task)
-        self._apply_nodes.pop(task, None)
-        self.pending_writes -= writes
-        if key is not None and self._by_outbox.get(key) is task:
-            del self._by_outbox[key]
-
-    async def settle(self, node_id: str) -> bool:
-        """Wait for this process's applies in flight to the KB ``node_id``; whether there were any."""
-        pending = [task for task, node in self._apply_nodes.items() if node == node_id]
-        if pending:
-            await asyncio.wait(pending)
-        return bool(pending)
-
-    def _note_version(self, node_id: str, version: int) -> None:
-        if version > self._applied_versions.get(node_id, -1):
-            if node_id not in self._applied_versions and len(self._applied_versions) >= MAX_REMEMBERED_NODES:
-                self._applied_versions.pop(next(iter(self._applied_versions)))
-            self._applied_versions[node_id] = version
-
-    async def drain_applies(self, timeout: float) -> None:
-        """Let applies that outlived their calls finish (shutdown), for at most ``timeout``."""
-        pending = self._applying | self._behind
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
-
-    async def _apply_now(self, outbox: storage.Outbox) -> list[storage.PatternWrite]:
-        writes = list(outbox.writes)
-        try:
-            applied = await self.patterns.apply_many(outbox.node_id, writes)
-            await self.sessions.publish_kb_version(outbox.node_id, applied.version)
-            self._note_version(outbox.node_id, applied.version)
-            self.events.outbox_applied(len(writes), 0)
-            return []
-        except Exception as exc:
-            if not self.patterns.is_permanent(exc):
-                raise
-        refused: list[storage.PatternWrite] = []
-        for write in writes:  # one by one: find the refused ones, land the others
-            try:
-                applied = await self.patterns.apply_many(outbox.node_id, [write])
-                await self.sessions.publish_kb_version(outbox.node_id, applied.version)
-                self._note_version(outbox.node_id, applied.version)
-            except Exception as exc:
-                if not self.patterns.is_permanent(exc):
-                    raise
-                await self.patterns.dead_letter(outbox.node_id, write, exc)
-                log.warning(
-                    "the pattern store refused a write; kept as a dead letter",
-                    write_id=write.write_id,
-                    node_id=outbox.node_id,
-                    pattern=write.name,
-                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                )
-                refused.append(write)
-        self.events.outbox_applied(len(writes), len(refused))
-        return refused
-
-
-def _settled(task: asyncio.Future[list[storage.PatternWrite]]) -> None:
-    """Mark an apply's error as seen: its caller got it, or — the call having ended — the
-    outbox is still there and the relay retries it."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _refused(writes: list[storage.PatternWrite]) -> FailedPrecondition:

@@ -147,12 +147,12 @@ class KatoServer:
         )
         self.relay = OutboxRelay(
             self.sessions,
-            self.runner.apply,
+            self.runner.applier.apply,
             after_seconds=settings.outbox_relay_after_seconds,
             interval_seconds=settings.outbox_relay_interval_seconds,
         )
         if metrics is not None:
-            metrics.track_pending(lambda: self.runner.pending_writes)
+            metrics.track_pending(lambda: self.runner.applier.pending_writes)
         self.health = health.aio.HealthServicer()
         # The trace's span outermost, so the request id, access line and metrics are inside it.
         interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -254,7 +254,7 @@ class KatoServer:
         left = self.settings.grace_seconds - (asyncio.get_running_loop().time() - started)
         self.engine.cancel_all()  # whatever still computes past the grace period stops now
         await self.server.stop(max(left, 0.1))
-        await self.runner.drain_applies(max(left, 0.1))
+        await self.runner.applier.drain(max(left, 0.1))
         for task in (self._health_task, self._relay_task):
             if task is not None:
                 await task

@@ -23,6 +23,12 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
+    # A Redis Cluster failing over: slots without a master for a moment, a replica promoted.
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.ReadOnlyError,
     mongo_errors.ConnectionFailure,
     mongo_errors.ServerSelectionTimeoutError,
     mongo_errors.NetworkTimeout,

@@ -46,7 +46,7 @@ class KbAdmin:
         node, sha1 = self._pattern(req, caller)
         # Learns this process answered before their writes (KATO_LEARN_ACK=committed) land
         # first: their callers read what they were told.
-        await self.runner.settle(node)
+        await self.runner.applier.settle(node)
         record = await self.patterns.get_pattern(node, sha1)
         if record is None:
             raise pattern_not_found(req.name)
@@ -55,7 +55,7 @@ class KbAdmin:
     async def list_patterns(self, req: svc.ListPatternsRequest, caller: Caller) -> svc.ListPatternsResponse:
         node = limits.node_id(req.parent, "parent")
         caller.authorize(node)
-        await self.runner.settle(node)
+        await self.runner.applier.settle(node)
         size = paging.page_size(req.page_size)
         records = await self.patterns.list_patterns(node, paging.after(req.page_token) or "", size + 1)
         out = svc.ListPatternsResponse(patterns=[encoding.pattern_proto(r, node) for r in records[:size]])

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from kato_grpc.errors import Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import Loaded
-from kato_grpc.stores.redis_client import RedisClient
+from kato_grpc.stores.redis_client import RedisClient, execute
 from kato_grpc.stores.redis_scripts import (
     _CAS,
     _DROP_OUTBOX,
@@ -119,7 +117,7 @@ class RedisSessionStore:
             pipe = self._redis.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *args)
             pipe.get(kb_version_key(kb_id))
-            loaded, published = await self._execute(pipe)
+            loaded, published = await execute(pipe)
             if isinstance(loaded, NoScriptError):  # first use on this server: load the script
                 loaded = await self._load(keys=keys, args=args)
             elif isinstance(loaded, Exception):
@@ -178,19 +176,6 @@ class RedisSessionStore:
             ],
         )
 
-    async def _execute(self, pipe: Any) -> list[Any]:
-        """A pipeline's replies, errors among them. redis-py's cluster pipeline can trip over a
-        connection it is replacing while the cluster fails over (AttributeError on a closed
-        writer; redis/redis-py#3835): for the caller that is a store not available for the
-        moment (retryable, like a timeout: the call may or may not have committed)."""
-        try:
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except (AttributeError, TypeError) as exc:
-            if not isinstance(self._redis, RedisCluster):
-                raise
-            raise RedisConnectionError(f"cluster pipeline failed during a topology change: {exc!r}") from exc
-        return replies
-
     async def _commit(self, keys: list[str], args: list[str | bytes]) -> int:
         """The compare-and-set script; with replication, and WAIT on the same connection (WAIT
         counts the writes of its own connection): one pipeline, one round trip."""
@@ -205,7 +190,7 @@ class RedisSessionStore:
             pipe = self._redis.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", self._cas.sha, len(keys), *keys, *args)
             pipe.execute_command("WAIT", need, self._replication.timeout_ms, **target)
-            result, acked = await self._execute(pipe)
+            result, acked = await execute(pipe)
             if isinstance(result, NoScriptError):  # first use on this node: load, then again
                 await self._redis.script_load(_CAS)
                 continue

@@ -97,6 +97,13 @@ class Unavailable(KatoError):
     default_reason = "UNAVAILABLE"
 
 
+class DataLoss(KatoError):
+    """Stored data that cannot be read back (a damaged snapshot whose log was compacted)."""
+
+    code = "DATA_LOSS"
+    default_reason = "DATA_LOSS"
+
+
 # Statuses the service itself never raises on purpose, but a client can observe (a crash,
 # a proxy, a cancelled call): the client maps every status code into this tree.
 
@@ -129,6 +136,7 @@ BY_CODE: dict[str, type[KatoError]] = {
         PermissionDenied,
         DeadlineExceeded,
         Unavailable,
+        DataLoss,
         Cancelled,
         Unimplemented,
         Internal,

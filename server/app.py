@@ -24,6 +24,7 @@ from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore, Replication
+from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits, memory_policy, reflection, tracing
 from server.calls import CallInterceptor
@@ -115,12 +116,17 @@ class KatoServer:
         self.patterns = observed(
             MongoPatternStore(self._mongo, settings.mongodb_database), "mongodb", metrics, store_tracer
         )
+        policy = SnapshotPolicy(
+            settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
+        )
+        self.snapshotter = Snapshotter(self.patterns, policy) if settings.kb_snapshots else None
         self.cache = KbCache(
             self.patterns,
             after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
             events=events,
             max_bytes=settings.kb_cache_max_mb * MB if settings.kb_cache_max_mb else None,
             after_eviction=memory_policy.after_eviction(trim=settings.malloc_trim),
+            snapshotter=self.snapshotter,
         )
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(
@@ -259,6 +265,8 @@ class KatoServer:
             if task is not None:
                 await task
         self.engine.close()
+        if self.snapshotter is not None:
+            await self.snapshotter.close()  # a snapshot cut short is never read (no header)
         await self.sessions.close()
         await self.patterns.close()
         if self.tracer_provider is not None:

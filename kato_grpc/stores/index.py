@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kato_grpc.engine.knowledge import PatternRecord, PostingArrays, SymbolStats, Totals, name_key
+from kato_grpc.stores.postings import Postings
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,47 +32,6 @@ class SymbolChange:
     affinity: Mapping[str, float]
 
 
-class _Postings:
-    """One symbol's postings: four parallel int32 arrays, and their numpy copy when asked.
-
-    ``owner`` is the token of the index allowed to change it: a clone shares its source's
-    postings and copies one before changing it (copy on write), so readers of the source
-    never see a posting change under them. A token, not the index: no reference cycle, so an
-    evicted index is freed by reference counting even when its objects were frozen out of the
-    cyclic GC (server/memory_policy.py)."""
-
-    __slots__ = ("_arrays", "counts", "event_lengths", "ids", "owner", "positions")
-
-    def __init__(self, owner: int) -> None:
-        self.owner = owner
-        self.ids = array("i")
-        self.counts = array("i")
-        self.positions = array("i")
-        self.event_lengths = array("i")
-        self._arrays: PostingArrays | None = None
-
-    def copy(self, owner: int) -> _Postings:
-        new = _Postings(owner)
-        new.ids, new.counts, new.positions, new.event_lengths = (
-            array("i", c) for c in (self.ids, self.counts, self.positions, self.event_lengths)
-        )
-        return new
-
-    def add(self, pattern_id: int, count: int, position: int, event_length: int) -> None:
-        self.ids.append(pattern_id)
-        self.counts.append(count)
-        self.positions.append(position)
-        self.event_lengths.append(event_length)
-        self._arrays = None
-
-    def arrays(self) -> PostingArrays:
-        if self._arrays is None:
-            self._arrays = PostingArrays(
-                *(np.array(c, dtype=np.int32) for c in (self.ids, self.counts, self.positions, self.event_lengths))
-            )
-        return self._arrays
-
-
 # Memory per item of an index (tracemalloc over indexes of short and long patterns; see
 # docs/performance.md, "KB cache memory"): what a cache budget (KATO_KB_CACHE_MAX_MB) counts.
 _TOKENS = itertools.count()
@@ -79,6 +39,22 @@ PATTERN_BYTES = 1000
 SYMBOL_BYTES = 100
 VECTOR_BYTES = 1000
 _NO_POSTINGS = PostingArrays(*(np.empty(0, dtype=np.int32) for _ in range(4)))
+
+
+@dataclass(slots=True)
+class IndexParts:
+    """Everything an index holds, as plain values (what a snapshot stores: ``snapshot.py``).
+    ``records`` is indexed by pattern id, None where a pattern was removed."""
+
+    version: int
+    records: list[PatternRecord | None]
+    lengths: array[int]
+    name_keys: array[int]
+    postings: dict[str, PostingArrays]
+    symbols: dict[str, SymbolStats]
+    vectors: dict[str, npt.NDArray[np.float64]]
+    totals: Totals
+    stored_symbols: int
 
 
 class KnowledgeIndex:
@@ -92,7 +68,7 @@ class KnowledgeIndex:
     def __init__(self, singles: dict[str, tuple[str]] | None = None) -> None:
         self.version = 0
         self.readers = 0
-        self._token = next(_TOKENS)  # owns the postings it made (see _Postings)
+        self._token = next(_TOKENS)  # owns the postings it made (see Postings)
         # One tuple per one-symbol event, shared by this KB's records (PatternRecord.build).
         self.singles: dict[str, tuple[str]] = {} if singles is None else singles
         self._symbols: dict[str, SymbolStats] = {}
@@ -104,7 +80,7 @@ class KnowledgeIndex:
         self._lengths_np: npt.NDArray[np.int32] | None = None
         self._name_keys = array("Q")
         self._name_keys_np: npt.NDArray[np.uint64] | None = None
-        self._postings: dict[str, _Postings] = {}
+        self._postings: dict[str, Postings] = {}
         self._totals = Totals()
         self._vectors: dict[str, npt.NDArray[np.float64]] = {}
         self._sorted_symbols: tuple[int, list[str]] | None = None  # (version, symbols in order)
@@ -208,10 +184,40 @@ class KnowledgeIndex:
         new.stored_symbols = self.stored_symbols
         return new
 
-    def _own_postings(self, symbol: str) -> _Postings:
+    def parts(self) -> IndexParts:
+        """This index's contents (shared, not copied: read them, do not change them)."""
+        return IndexParts(
+            version=self.version,
+            records=self._records,
+            lengths=self._lengths,
+            name_keys=self._name_keys,
+            postings={s: p.arrays() for s, p in self._postings.items()},
+            symbols=self._symbols,
+            vectors=self._vectors,
+            totals=self._totals,
+            stored_symbols=self.stored_symbols,
+        )
+
+    @staticmethod
+    def from_parts(parts: IndexParts, singles: dict[str, tuple[str]]) -> KnowledgeIndex:
+        """An index of these contents (the records' one-symbol events come from ``singles``)."""
+        index = KnowledgeIndex(singles)
+        index.version = parts.version
+        index._records = parts.records
+        index._ids = {r.name: i for i, r in enumerate(parts.records) if r is not None}
+        index._lengths = parts.lengths
+        index._name_keys = parts.name_keys
+        index._postings = {s: Postings.of(index._token, p) for s, p in parts.postings.items()}
+        index._symbols = parts.symbols
+        index._vectors = parts.vectors
+        index._totals = parts.totals
+        index.stored_symbols = parts.stored_symbols
+        return index
+
+    def _own_postings(self, symbol: str) -> Postings:
         postings = self._postings.get(symbol)
         if postings is None:
-            postings = self._postings[symbol] = _Postings(self._token)
+            postings = self._postings[symbol] = Postings(self._token)
         elif postings.owner != self._token:
             postings = self._postings[symbol] = postings.copy(self._token)
         return postings
@@ -257,9 +263,9 @@ class KnowledgeIndex:
         if dim is None or dim == len(vector):
             self._vectors.setdefault(name, vector)
 
-    def reset(self) -> None:
-        """Drop all data (the version is the caller's business)."""
-        self._symbols.clear()
+    def drop_patterns(self) -> None:
+        """Drop the patterns, keep symbol statistics, totals and vectors (a snapshot whose
+        patterns a delete or an update made stale: its statistics still stand)."""
         self._ids.clear()
         self._records.clear()
         self._lengths = array("i")
@@ -267,6 +273,11 @@ class KnowledgeIndex:
         self._name_keys = array("Q")
         self._name_keys_np = None
         self._postings.clear()
+        self.stored_symbols = 0
+
+    def reset(self) -> None:
+        """Drop all data (the version is the caller's business)."""
+        self.drop_patterns()
+        self._symbols.clear()
         self._vectors.clear()
         self._totals = Totals()
-        self.stored_symbols = 0

@@ -14,15 +14,22 @@ sees a half-applied refresh.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
+import structlog
+
 from kato_grpc.events import NO_EVENTS, Events
+from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.mongo_reads import KbChanges
+from kato_grpc.stores.snapshotter import Snapshotter
+
+log = structlog.get_logger("kato.snapshots")
 
 DEFAULT_MAX_KBS = 100
 FREEZE_AFTER = 1000
@@ -47,8 +54,10 @@ class KbCache:
         events: Events = NO_EVENTS,
         max_bytes: int | None = None,
         after_eviction: Callable[[], None] | None = None,
+        snapshotter: Snapshotter | None = None,
     ) -> None:
         self._store = store
+        self._snapshotter = snapshotter
         self._events = events
         self._after_large_refresh = after_large_refresh
         self._after_eviction = after_eviction
@@ -82,9 +91,14 @@ class KbCache:
             since = index.version if index is not None else 0
             singles = index.singles if index is not None else {}
             changes = await self._store.changes_since(kb_id, since, singles)
-            index = self._merge(kb_id, changes, singles)
-            large = len(changes.patterns) >= FREEZE_AFTER
-            del changes
+            base = await self._base(kb_id, changes) if changes.full else None
+            if changes.full and base is None and changes.snapshot is not None:
+                changes = await self._store.changes_since(kb_id, 0, singles, snapshots=False)
+            index = self._merge(kb_id, changes, singles, base)
+            large = len(changes.patterns) >= FREEZE_AFTER or base is not None
+            if self._snapshotter is not None:
+                self._snapshotter.changed(kb_id, index, len(changes.patterns))
+            del changes, base
             size = index.estimated_bytes()
             self.total_bytes += size - self._bytes.get(kb_id, 0)
             self._bytes[kb_id] = size
@@ -109,6 +123,8 @@ class KbCache:
             # Without reference cycles (see index.py) it is freed when the last one lets go.
             del self._indexes[kb_id]
             self._checked.pop(kb_id, None)
+            if self._snapshotter is not None:
+                self._snapshotter.forget(kb_id)
             self.total_bytes -= self._bytes.pop(kb_id, 0)
             self._events.kb_evicted(kb_id)
             evicted = True
@@ -120,11 +136,29 @@ class KbCache:
         index = self._indexes.get(kb_id)
         return None if index is None else index.version
 
-    def _merge(self, kb_id: str, changes: KbChanges, singles: dict[str, tuple[str]]) -> KnowledgeIndex:
+    async def _base(self, kb_id: str, changes: KbChanges) -> KnowledgeIndex | None:
+        """A full load's starting index: its snapshot, decoded on a thread (a large one takes
+        seconds of CPU: the event loop keeps answering meanwhile). None: start empty."""
+        if changes.snapshot is None:
+            return None
+        try:
+            base = await asyncio.to_thread(snapshot.decode, changes.snapshot.blob)
+        except snapshot.SnapshotError:
+            log.warning("kb snapshot unreadable: loading from documents", knowledge_base=kb_id, exc_info=True)
+            return None
+        if not changes.snapshot_patterns:
+            base.drop_patterns()
+        return base
+
+    def _merge(
+        self, kb_id: str, changes: KbChanges, singles: dict[str, tuple[str]], base: KnowledgeIndex | None = None
+    ) -> KnowledgeIndex:
         index = self._indexes.get(kb_id)
         if index is not None and changes.version <= index.version:
             return index  # a concurrent refresh already brought something at least as new
-        if index is None:
+        if base is not None:
+            index = base
+        elif index is None:
             index = KnowledgeIndex(singles)
         elif changes.full:
             index = KnowledgeIndex()  # a fresh table: the wiped KB's symbols are not kept

@@ -47,9 +47,11 @@ async def _event(
 
 
 async def clear_in(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str) -> int:
-    for coll in (db.patterns, db.symbol_log, db.vectors):
+    for coll in (db.patterns, db.symbol_log, db.vectors, db.kb_snapshots):
         await coll.delete_many({"kb_id": kb_id}, session=s)
     version = await _bump_reload(db, s, kb_id, reset_totals=True)
+    # Snapshots from before the wipe (one being written now included) are never loaded.
+    await db.kb.update_one({"kb_id": kb_id}, {"$set": {"cleared_version": version}}, session=s)
     await _event(db, s, kb_id, version, "cleared")
     return version
 

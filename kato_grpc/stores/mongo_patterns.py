@@ -78,6 +78,7 @@ class MongoPatternStore(PatternReads):
         await db.vectors.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
         await db.kb.create_index([("kb_id", ASCENDING)], unique=True)
         await db.kb_events.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
+        await self.snapshots.ensure_indexes()
 
     # --- writes --------------------------------------------------------------------------
 

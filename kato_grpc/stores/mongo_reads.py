@@ -5,18 +5,23 @@ cache's refresh), single patterns and pages of them. The collections are describ
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+import structlog
 from pymongo import ASCENDING
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
+from kato_grpc.errors import DataLoss, Unavailable
 from kato_grpc.stores.index import SymbolChange
 from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, pattern_from_doc, totals_from_doc
+from kato_grpc.stores.mongo_snapshots import SnapshotCorrupt, SnapshotMoved, SnapshotStore, StoredSnapshot
 
 T = TypeVar("T")
+READ_ATTEMPTS = 8
+log = structlog.get_logger("kato.snapshots")
 
 
 @dataclass(slots=True)
@@ -29,6 +34,9 @@ class KbChanges:
     patterns: list[PatternRecord] = field(default_factory=list)
     symbol_changes: list[SymbolChange] = field(default_factory=list)
     vectors: list[tuple[str, list[float]]] = field(default_factory=list)
+    # A full load's starting point: what changed is then what changed after it.
+    snapshot: StoredSnapshot | None = None
+    snapshot_patterns: bool = True  # False: its patterns are stale, ``patterns`` holds all of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +46,33 @@ class KbEvent:
     name: str  # the pattern's bare name ("" for a wipe)
 
 
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """The versions on a KB document that decide how a cache refreshes."""
+
+    version: int  # the last committed change
+    reload: int  # the last change the logs cannot replay (a wipe, a delete, an update)
+    cleared: int  # the last wipe
+    compacted: int  # the symbol log is gone up to here (a snapshot holds it)
+
+    @staticmethod
+    def of(kb: Doc) -> _Marks:
+        fields = ("version", "reload_version", "cleared_version", "compacted_through")
+        return _Marks(*(int(kb.get(k, 0)) for k in fields))
+
+
+def _after(kb_id: str, version: int) -> Doc:
+    return {"kb_id": kb_id} if version <= 0 else {"kb_id": kb_id, "kb_version": {"$gt": version}}
+
+
+def _window(kb_id: str, after: int, upto: int) -> Doc:
+    return {"kb_id": kb_id, "kb_version": {"$gt": after, "$lte": upto}}
+
+
 class PatternReads:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self._db = db
+        self.snapshots = SnapshotStore(db)
 
     async def kb_version(self, kb_id: str) -> int:
         doc = await self._db.kb.find_one({"kb_id": kb_id}, projection={"version": 1})
@@ -52,18 +84,44 @@ class PatternReads:
         vectors = await self._db.vectors.count_documents({"kb_id": kb_id})
         return (int(doc["version"]) if doc else 0), totals_from_doc(doc), vectors
 
-    async def changes_since(self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None) -> KbChanges:
-        """Everything that changed after version ``since`` (a full load when it must be);
-        records share one-symbol events through ``singles`` (``PatternRecord.build``)."""
-        for _ in range(8):
-            kb = await self._db.kb.find_one({"kb_id": kb_id})
-            version = int(kb["version"]) if kb else 0
-            full = since <= 0 or since > version or int((kb or {}).get("reload_version", 0)) > since
-            query: Doc = {"kb_id": kb_id} if full else {"kb_id": kb_id, "kb_version": {"$gt": since}}
-            changes = KbChanges(version=version, full=full, totals=totals_from_doc(kb))
-            async for doc in self._db.patterns.find(query, RECORD_FIELDS):
-                changes.patterns.append(pattern_from_doc(doc, singles))
-            async for doc in self._db.symbol_log.find(query).sort([("kb_version", ASCENDING), ("part", ASCENDING)]):
+    async def changes_since(
+        self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None, *, snapshots: bool = True
+    ) -> KbChanges:
+        """Everything that changed after version ``since``, or a full load when it must be:
+        from the newest usable snapshot (``snapshots``) and what changed after it, or from
+        every document. Records share one-symbol events through ``singles``."""
+        for attempt in range(READ_ATTEMPTS):
+            kb = await self._db.kb.find_one({"kb_id": kb_id}) or {}
+            marks = _Marks.of(kb)
+            full = since <= 0 or since > marks.version or marks.reload > since or marks.compacted > since
+            changes = KbChanges(version=marks.version, full=full, totals=totals_from_doc(kb))
+            after = patterns_after = since
+            if full:
+                after = patterns_after = 0
+                try:
+                    stored = await self._snapshot(kb_id, marks) if snapshots else None
+                except SnapshotMoved:
+                    continue
+                if stored is not None:
+                    changes.snapshot = stored
+                    after = stored.version
+                    # A delete or an update since the snapshot: its patterns are stale (its
+                    # symbol statistics are not: neither changes them).
+                    changes.snapshot_patterns = stored.version >= marks.reload
+                    patterns_after = after if changes.snapshot_patterns else 0
+                elif marks.compacted > marks.cleared:
+                    raise DataLoss(
+                        f"knowledge base {kb_id}: its symbol log up to version {marks.compacted} was compacted "
+                        "into a snapshot that is missing or damaged",
+                        reason="KB_SNAPSHOT_UNREADABLE",
+                    )
+            patterns = self._db.patterns.find(_after(kb_id, patterns_after), RECORD_FIELDS)
+            changes.patterns = [pattern_from_doc(doc, singles) async for doc in patterns]
+            # The log and the vectors are read up to the version read (each version's are
+            # written once): a write meanwhile is left whole to the next refresh.
+            window = _window(kb_id, after, marks.version)
+            entries = self._db.symbol_log.find(window).sort([("kb_version", ASCENDING), ("part", ASCENDING)])
+            async for doc in entries:
                 for learn in doc["learns"]:
                     changes.symbol_changes.append(
                         SymbolChange(
@@ -72,12 +130,35 @@ class PatternReads:
                             affinity={k: float(v) for k, v in learn["a"]},
                         )
                     )
-            async for doc in self._db.vectors.find(query):
+            async for doc in self._db.vectors.find(window):
                 changes.vectors.append((doc["name"], [float(x) for x in doc["values"]]))
-            # Totals must belong to the same version as the documents: retry if it moved.
-            if await self.kb_version(kb_id) == version:
+            # The patterns must belong to the version read too: again if the KB moved. Under a
+            # steady stream of writes, the last attempt keeps what it read when only writes came
+            # (newer pattern states, put again by the next refresh) — not when a wipe, delete,
+            # update or compaction did (the log read may miss documents).
+            now = _Marks.of(await self._db.kb.find_one({"kb_id": kb_id}) or {})
+            if now == marks or (attempt == READ_ATTEMPTS - 1 and replace(now, version=marks.version) == marks):
                 return changes
-        return changes
+        raise Unavailable(f"knowledge base {kb_id} kept changing while it was read", reason="KB_BUSY")
+
+    async def _snapshot(self, kb_id: str, marks: _Marks) -> StoredSnapshot | None:
+        try:
+            return await self.snapshots.latest(kb_id, at_least=marks.cleared, at_most=marks.version)
+        except SnapshotCorrupt as exc:
+            # Passed over: the documents hold everything unless the log was compacted into it.
+            log.error("kb snapshot damaged", knowledge_base=kb_id, error=str(exc))
+            return None
+
+    # --- snapshots (mongo_snapshots.py), here so that store observers see them -------------
+
+    async def latest_snapshot_version(self, kb_id: str) -> int:
+        return await self.snapshots.latest_version(kb_id)
+
+    async def save_snapshot(self, kb_id: str, version: int, blob: bytes) -> bool:
+        return await self.snapshots.save(kb_id, version, blob)
+
+    async def compact_log(self, kb_id: str, version: int) -> int:
+        return await self.snapshots.compact(kb_id, version)
 
     async def get_pattern(self, kb_id: str, name: str) -> PatternRecord | None:
         doc = await self._db.patterns.find_one({"kb_id": kb_id, "name": name})

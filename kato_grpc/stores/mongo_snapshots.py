@@ -1,0 +1,108 @@
+"""KB snapshots in MongoDB (``snapshot.py`` encodes them; docs/scaling.md, "Cold start").
+
+``kb_snapshots`` holds, per KB, the newest snapshot as parts of at most ``PART_BYTES``
+(documents end at 16 MiB) and one header (``part`` -1: the version, the part count, the
+blob's SHA-256), written after the parts: a header names a complete snapshot. Writing a newer
+one deletes the older ones; a reader that finds parts missing was overtaken and reads again.
+
+A snapshot at version V lets the symbol log up to V go (``compact``): ``kb.compacted_through``
+is raised first, then the log deleted, so a cache refresh that read the log meanwhile sees the
+KB document change and reads again (``PatternReads.changes_since``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from bson import Binary
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from kato_grpc.stores.mongo_docs import Doc
+
+PART_BYTES = 8 * 1024 * 1024
+HEADER = -1
+
+
+class SnapshotMoved(Exception):
+    """A snapshot was replaced while it was being read: read again."""
+
+
+class SnapshotCorrupt(Exception):
+    """A stored snapshot's bytes do not match its checksum."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    version: int
+    blob: bytes
+
+
+class SnapshotStore:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._db = db
+
+    async def ensure_indexes(self) -> None:
+        await self._db.kb_snapshots.create_index(
+            [("kb_id", ASCENDING), ("version", ASCENDING), ("part", ASCENDING)], unique=True
+        )
+
+    async def latest_version(self, kb_id: str) -> int:
+        """The version of the KB's newest complete snapshot (0: none)."""
+        header = await self._db.kb_snapshots.find_one(
+            {"kb_id": kb_id, "part": HEADER}, {"version": 1}, sort=[("version", DESCENDING)]
+        )
+        return int(header["version"]) if header else 0
+
+    async def latest(self, kb_id: str, *, at_least: int, at_most: int) -> StoredSnapshot | None:
+        """The newest complete snapshot with a version in [at_least, at_most], or None."""
+        header = await self._db.kb_snapshots.find_one(
+            {"kb_id": kb_id, "part": HEADER, "version": {"$gte": at_least, "$lte": at_most}},
+            sort=[("version", DESCENDING)],
+        )
+        if header is None:
+            return None
+        version = int(header["version"])
+        cursor = self._db.kb_snapshots.find({"kb_id": kb_id, "version": version, "part": {"$gte": 0}})
+        parts = [bytes(doc["data"]) async for doc in cursor.sort("part", ASCENDING)]
+        if len(parts) != int(header["parts"]):
+            raise SnapshotMoved(f"snapshot {kb_id}@{version}: {len(parts)} of {header['parts']} parts")
+        blob = b"".join(parts)
+        if hashlib.sha256(blob).hexdigest() != header["sha256"]:
+            raise SnapshotCorrupt(f"snapshot {kb_id}@{version}: checksum mismatch")
+        return StoredSnapshot(version, blob)
+
+    async def save(self, kb_id: str, version: int, blob: bytes) -> bool:
+        """Store a snapshot, then drop older ones. False when one of this version exists
+        already (another process wrote it)."""
+        chunks = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)] or [b""]
+        docs: list[Doc] = [
+            {"kb_id": kb_id, "version": version, "part": n, "data": Binary(chunk)} for n, chunk in enumerate(chunks)
+        ]
+        header: Doc = {
+            "kb_id": kb_id,
+            "version": version,
+            "part": HEADER,
+            "parts": len(chunks),
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        try:
+            # One part per round trip: a batch of several 8 MiB parts would pass the 48 MB
+            # message limit.
+            for doc in docs:
+                await self._db.kb_snapshots.insert_one(doc)
+            await self._db.kb_snapshots.insert_one(header)
+        except (DuplicateKeyError, BulkWriteError):
+            return False
+        await self._db.kb_snapshots.delete_many({"kb_id": kb_id, "version": {"$lt": version}})
+        return True
+
+    async def compact(self, kb_id: str, version: int) -> int:
+        """Drop the KB's symbol log up to ``version``, which a stored snapshot holds.
+        Returns how many log documents went."""
+        await self._db.kb.update_one({"kb_id": kb_id}, {"$max": {"compacted_through": version}})
+        result = await self._db.symbol_log.delete_many({"kb_id": kb_id, "kb_version": {"$lte": version}})
+        return int(result.deleted_count)

@@ -85,3 +85,12 @@ def test_million_benchmark_smoke() -> None:
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
     ).stdout  # fmt: skip
     assert "| GetPredictions p50 / p99 at 300 |" in out and "| cold start" in out
+
+
+def test_coldstart_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.coldstart", "--patterns", "1500", "--restarts", "1"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    for row in ("| from its documents", "| from its snapshot", "| with `KATO_PRELOAD_NODES`"):
+        assert row in out

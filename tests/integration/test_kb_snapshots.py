@@ -4,15 +4,19 @@ compacted under them, and every load equal to what the writes made (docs/scaling
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 
-from kato_grpc import devstack
+from kato_grpc import devstack, names
+from kato_grpc.client import KatoClient
+from kato_grpc.devserver import new_server
 from kato_grpc.errors import DataLoss
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
@@ -20,6 +24,7 @@ from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.mongo_reads import KbChanges
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
+from tests.integration.support import eventually
 from tests.integration.test_mongo_store import _writes
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
@@ -162,3 +167,40 @@ def test_a_damaged_snapshot(stores: Stores) -> None:
             await KbCache(store, check_seconds=0).view(KB)
 
     _run(stores, body)
+
+
+def test_a_fresh_server_answers_from_the_snapshot_another_server_wrote(stores: Stores, log_dir: Path) -> None:
+    database, node = "kato_" + uuid.uuid4().hex[:8], "snap-" + uuid.uuid4().hex[:6]
+    writer = new_server(*stores, log_dir, database).start(
+        KATO_KB_SNAPSHOT_MIN_PATTERNS="20", KATO_KB_SNAPSHOT_QUIET_SECONDS="0.2"
+    )
+    rng = random.Random(7)
+    try:
+        with KatoClient(writer.address) as kato:
+            learner = kato.create_session(node).name
+            for _ in range(40):
+                for _ in range(3):
+                    kato.observe(learner, rng.sample("abcdefghij", 2), emotives={"joy": rng.uniform(-1, 1)})
+                kato.learn(learner)
+            query = kato.create_session(node).name
+            kato.observe(query, ["a", "b"])
+            kato.observe(query, ["c"])
+            expected = kato.get_predictions(query)  # loads the KB: 40 patterns, a snapshot follows
+            mongo: MongoClient[dict[str, Any]] = MongoClient(devstack.mongodb_uri(stores[1]))
+            with mongo:
+                db = mongo[database]
+                assert eventually(lambda: db.kb_snapshots.find_one({"kb_id": node, "part": -1}) is not None)
+                # The log goes into the snapshot: a fresh server can get the statistics only from it.
+                assert eventually(lambda: db.symbol_log.count_documents({"kb_id": node}) == 0)
+            symbols = list(kato.symbols(names.knowledge_base(node)))
+            stats = kato.get_knowledge_base(names.knowledge_base(node))
+    finally:
+        writer.stop()
+    reader = new_server(*stores, log_dir, database).start(KATO_KB_SNAPSHOTS="false")
+    try:
+        with KatoClient(reader.address) as kato:
+            assert kato.get_predictions(query) == expected
+            assert list(kato.symbols(names.knowledge_base(node))) == symbols
+            assert kato.get_knowledge_base(names.knowledge_base(node)) == stats
+    finally:
+        reader.stop()

@@ -190,9 +190,12 @@ class KatoServer:
             self.port = self.server.add_secure_port(address, credentials)
         else:
             self.port = self.server.add_insecure_port(address)
+        # grpc's health servicer says SERVING for "" until told otherwise: not before the
+        # stores answer and the preloaded KBs are cached.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        await self._preload()  # readiness waits for it (no health status is set before)
+        await self._preload()  # readiness waits for it
         await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop())
         self._relay_task = asyncio.create_task(self.relay.run(self._stopping))

@@ -66,6 +66,7 @@ class KbCache:
         self._check_seconds = check_seconds
         self._indexes: OrderedDict[str, KnowledgeIndex] = OrderedDict()
         self._checked: dict[str, float] = {}
+        self._loading: dict[str, asyncio.Task[KnowledgeIndex]] = {}
         self._bytes: dict[str, int] = {}  # each cached KB's estimate, as of its last load or refresh
         self.total_bytes = 0
 
@@ -88,25 +89,44 @@ class KbCache:
         result = "hit"
         if index is None or index.version != current:
             result = "load" if index is None else "refresh"
-            since = index.version if index is not None else 0
-            singles = index.singles if index is not None else {}
-            changes = await self._store.changes_since(kb_id, since, singles)
-            base = await self._base(kb_id, changes) if changes.full else None
-            if changes.full and base is None and changes.snapshot is not None:
-                changes = await self._store.changes_since(kb_id, 0, singles, snapshots=False)
-            index = self._merge(kb_id, changes, singles, base)
-            large = len(changes.patterns) >= FREEZE_AFTER or base is not None
-            if self._snapshotter is not None:
-                self._snapshotter.changed(kb_id, index, len(changes.patterns))
-            del changes, base
-            size = index.estimated_bytes()
-            self.total_bytes += size - self._bytes.get(kb_id, 0)
-            self._bytes[kb_id] = size
-            self._evict(keep=kb_id)
-            if large and self._after_large_refresh is not None:
-                self._after_large_refresh()
+            # One load or refresh per KB at a time: callers arriving meanwhile join it (a cold
+            # 1M-pattern KB under 64 callers must load once, not 64 times). Shielded: a caller
+            # that gives up does not cancel the load the others wait for.
+            task = self._loading.get(kb_id)
+            if task is None:
+                task = self._loading[kb_id] = asyncio.create_task(self._refresh(kb_id, index))
+                task.add_done_callback(lambda t: self._loaded(kb_id, t))
+            index = await asyncio.shield(task)
+            if index.version < current:  # joined a refresh older than the version asked for
+                index = await self._refresh(kb_id, index)
         self._indexes.move_to_end(kb_id)
         self._events.kb_lookup(kb_id, result, len(index), self._bytes.get(kb_id, 0))
+        return index
+
+    def _loaded(self, kb_id: str, task: asyncio.Task[KnowledgeIndex]) -> None:
+        if self._loading.get(kb_id) is task:
+            del self._loading[kb_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter has seen it, none may be left to
+
+    async def _refresh(self, kb_id: str, index: KnowledgeIndex | None) -> KnowledgeIndex:
+        since = index.version if index is not None else 0
+        singles = index.singles if index is not None else {}
+        changes = await self._store.changes_since(kb_id, since, singles)
+        base = await self._base(kb_id, changes) if changes.full else None
+        if changes.full and base is None and changes.snapshot is not None:
+            changes = await self._store.changes_since(kb_id, 0, singles, snapshots=False)
+        index = self._merge(kb_id, changes, singles, base)
+        large = len(changes.patterns) >= FREEZE_AFTER or base is not None
+        if self._snapshotter is not None:
+            self._snapshotter.changed(kb_id, index, len(changes.patterns))
+        del changes, base
+        size = index.estimated_bytes()
+        self.total_bytes += size - self._bytes.get(kb_id, 0)
+        self._bytes[kb_id] = size
+        self._evict(keep=kb_id)
+        if large and self._after_large_refresh is not None:
+            self._after_large_refresh()
         return index
 
     def _evict(self, keep: str) -> None:

@@ -5,15 +5,22 @@ without a budget gives."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from kato_grpc import devstack
 from kato_grpc.client import KatoClient
 from kato_grpc.devserver import new_server
+from kato_grpc.settings import Settings
+from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.v1 import engine_pb2 as pb
+from server.app import SERVICE_NAME, KatoServer
 from tests.integration.test_metrics import scrape
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
@@ -102,3 +109,48 @@ def test_preloaded_knowledge_bases_are_cached_before_serving(stores: Stores, log
     finally:
         warm.stop()
         cold.stop()
+
+
+def test_readiness_waits_for_the_preloaded_knowledge_bases(stores: Stores) -> None:
+    # A process must not take traffic (health "" or kato.v1.KatoService SERVING) while its
+    # preloaded KBs are loading; liveness says SERVING as soon as it listens.
+    async def run() -> None:
+        redis_url, mongodb_uri = devstack.redis_url(stores[0]), devstack.mongodb_uri(stores[1])
+        database = "kato_ready_" + uuid.uuid4().hex[:8]
+        settings = Settings(port=0, mongodb_database=database, preload_nodes=["slow"])
+        server = KatoServer(settings, redis_url, mongodb_uri)
+        release = asyncio.Event()
+        view = server.cache.view
+
+        async def slow(kb_id: str, published: int | None = None) -> KnowledgeIndex:
+            await release.wait()
+            return await view(kb_id, published)
+
+        server.cache.view = slow  # type: ignore[method-assign]
+        starting = asyncio.create_task(server.start())
+        while not getattr(server, "port", 0):
+            await asyncio.sleep(0.01)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+
+                async def status(service: str) -> int:
+                    try:
+                        return int((await health.Check(health_pb2.HealthCheckRequest(service=service))).status)
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.NOT_FOUND  # not set yet
+                        return -1
+
+                await asyncio.sleep(0.3)
+                assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
+                assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert await status(SERVICE_NAME) != health_pb2.HealthCheckResponse.SERVING
+                release.set()
+                await starting
+                assert await status("") == await status(SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            release.set()
+            await starting
+            await server.stop()
+
+    asyncio.run(run())

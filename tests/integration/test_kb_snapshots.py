@@ -97,7 +97,9 @@ def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) 
         await store.apply_many(KB, writes[120:])
         cold = KbCache(store, check_seconds=0)
         loads = _loads(store)
-        view = await cold.view(KB)
+        views = await asyncio.gather(*(cold.view(KB) for _ in range(8)))  # eight callers, one load
+        view = views[0]
+        assert len(loads) == 1 and all(v is view for v in views)
         assert loads[0].snapshot is not None and loads[0].snapshot.version == version
         after = await db.patterns.count_documents({"kb_id": KB, "kb_version": {"$gt": version}})
         assert len(loads[0].patterns) == after < len(view)  # only what came after it

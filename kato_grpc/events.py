@@ -24,6 +24,10 @@ class Events(Protocol):
 
     def kb_evicted(self, kb_id: str) -> None: ...
 
+    def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:
+        """A KB snapshot this process set out to write: ``written``, ``skipped`` (one at least
+        as new was stored already) or ``failed``; ``seconds`` from start to end."""
+
     def session_created(self) -> None: ...
 
     def session_deleted(self) -> None: ...
@@ -43,6 +47,9 @@ class _NoEvents:
         return None
 
     def kb_evicted(self, kb_id: str) -> None:
+        return None
+
+    def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:
         return None
 
     def session_created(self) -> None:

@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     # Threads the engine runs on (off the event loop); they share the GIL.
     engine_threads: int = Field(4, ge=1, le=64)
     # Process-wide policies (server/app.py, server/memory_policy.py): pass the GIL every 1 ms
-    # instead of Python's 5 ms; after a large KB refresh, freeze the GC and return freed heap.
+    # instead of Python's 5 ms; after a large KB refresh, freeze the GC (and pause it while a
+    # KB snapshot decodes) and return freed heap.
     gil_switch_interval: bool = True
     gc_freeze: bool = True
     malloc_trim: bool = True

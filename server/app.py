@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient
 from kato_grpc.events import NO_EVENTS
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
-from kato_grpc.stores import redis_client
+from kato_grpc.stores import redis_client, snapshot
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
@@ -119,7 +119,7 @@ class KatoServer:
         policy = SnapshotPolicy(
             settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
         )
-        self.snapshotter = Snapshotter(self.patterns, policy) if settings.kb_snapshots else None
+        self.snapshotter = Snapshotter(self.patterns, policy, events) if settings.kb_snapshots else None
         self.cache = KbCache(
             self.patterns,
             after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
@@ -127,6 +127,7 @@ class KatoServer:
             max_bytes=settings.kb_cache_max_mb * MB if settings.kb_cache_max_mb else None,
             after_eviction=memory_policy.after_eviction(trim=settings.malloc_trim),
             snapshotter=self.snapshotter,
+            decode=memory_policy.without_gc(snapshot.decode) if settings.gc_freeze else snapshot.decode,
         )
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(

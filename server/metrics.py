@@ -52,6 +52,12 @@ class Metrics:
             ["knowledge_base"],
             registry=r,
         )
+        self.kb_snapshots = Counter(
+            "kato_kb_snapshots", "KB snapshots this process set out to write, by result", ["result"], registry=r
+        )
+        self.kb_snapshot_seconds = Histogram(
+            "kato_kb_snapshot_duration_seconds", "Encoding and storing a KB snapshot", buckets=BUCKETS, registry=r
+        )
         self.pending = Gauge("kato_outbox_pending_writes", "Pattern writes being applied by this process", registry=r)
         self.store_latency = Histogram(
             "kato_store_duration_seconds",
@@ -93,6 +99,11 @@ class Metrics:
         self.kb_evictions.inc()
         self.kb_patterns.remove(kb_id)
         self.kb_bytes.remove(kb_id)
+
+    def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:
+        self.kb_snapshots.labels(result).inc()
+        if result == "written":
+            self.kb_snapshot_seconds.observe(seconds)
 
     def session_created(self) -> None:
         self.sessions.labels("created").inc()

@@ -55,9 +55,11 @@ class KbCache:
         max_bytes: int | None = None,
         after_eviction: Callable[[], None] | None = None,
         snapshotter: Snapshotter | None = None,
+        decode: Callable[[bytes], KnowledgeIndex] = snapshot.decode,
     ) -> None:
         self._store = store
         self._snapshotter = snapshotter
+        self._decode = decode  # the server's runs with the GC paused (server/memory_policy.py)
         self._events = events
         self._after_large_refresh = after_large_refresh
         self._after_eviction = after_eviction
@@ -162,7 +164,7 @@ class KbCache:
         if changes.snapshot is None:
             return None
         try:
-            base = await asyncio.to_thread(snapshot.decode, changes.snapshot.blob)
+            base = await asyncio.to_thread(self._decode, changes.snapshot.blob)
         except snapshot.SnapshotError:
             log.warning("kb snapshot unreadable: loading from documents", knowledge_base=kb_id, exc_info=True)
             return None

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import structlog
 
+from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 
@@ -54,9 +55,10 @@ class _Kb:
 
 
 class Snapshotter:
-    def __init__(self, store: SnapshotWriter, policy: SnapshotPolicy) -> None:
+    def __init__(self, store: SnapshotWriter, policy: SnapshotPolicy, events: Events = NO_EVENTS) -> None:
         self._store = store
         self._policy = policy
+        self._events = events
         self._kbs: dict[str, _Kb] = {}
         self.written = 0  # snapshots this process stored (tests and logs read it)
 
@@ -101,8 +103,9 @@ class Snapshotter:
                 await self._write(kb_id, index)
         except asyncio.CancelledError:
             raise
-        except Exception:  # a snapshot is an optimisation: log it, try again after the next change
+        except Exception:  # logged and counted; tried again after the next change
             log.warning("kb snapshot failed", knowledge_base=kb_id, exc_info=True)
+            self._events.kb_snapshot(kb_id, "failed", 0.0)
         finally:
             kb.task = None
 
@@ -112,14 +115,17 @@ class Snapshotter:
         try:
             version = index.version
             if await self._store.latest_snapshot_version(kb_id) >= version:
+                self._events.kb_snapshot(kb_id, "skipped", time.perf_counter() - started)
                 return  # another process stored one at least as new
             blob = await asyncio.to_thread(snapshot.encode, index)
         finally:
             index.readers -= 1
         if not await self._store.save_snapshot(kb_id, version, blob):
+            self._events.kb_snapshot(kb_id, "skipped", time.perf_counter() - started)
             return
         compacted = await self._store.compact_log(kb_id, version)
         self.written += 1
+        self._events.kb_snapshot(kb_id, "written", time.perf_counter() - started)
         log.info(
             "kb snapshot",
             knowledge_base=kb_id,

@@ -8,7 +8,9 @@ when the changes reach ``growth`` times the KB's size (so a long burst never lea
 that share of the KB for a cold start to read document by document).
 
 Encoding runs on a thread while the index is counted as read (``readers``), so the cache
-changes a clone meanwhile; the snapshot is then stored and the symbol log it holds compacted.
+changes a clone meanwhile; the snapshot is then stored, and the symbol log compacted up to the
+snapshot it replaces — one snapshot behind, so that other processes, which refreshed their
+cache of the KB since that one, keep refreshing it incrementally instead of reloading it whole.
 Several processes caching one KB may each write one: the store keeps the first of a
 version, and a process that finds a snapshot at least as new as its index writes none.
 """
@@ -114,7 +116,8 @@ class Snapshotter:
         index.readers += 1  # the cache changes a clone while this one is encoded
         try:
             version = index.version
-            if await self._store.latest_snapshot_version(kb_id) >= version:
+            previous = await self._store.latest_snapshot_version(kb_id)
+            if previous >= version:
                 self._events.kb_snapshot(kb_id, "skipped", time.perf_counter() - started)
                 return  # another process stored one at least as new
             blob = await asyncio.to_thread(snapshot.encode, index)
@@ -123,7 +126,7 @@ class Snapshotter:
         if not await self._store.save_snapshot(kb_id, version, blob):
             self._events.kb_snapshot(kb_id, "skipped", time.perf_counter() - started)
             return
-        compacted = await self._store.compact_log(kb_id, version)
+        compacted = await self._store.compact_log(kb_id, previous) if previous else 0
         self.written += 1
         self._events.kb_snapshot(kb_id, "written", time.perf_counter() - started)
         log.info(

@@ -18,6 +18,8 @@ from kato_grpc import devstack, names
 from kato_grpc.client import KatoClient
 from kato_grpc.devserver import new_server
 from kato_grpc.errors import DataLoss
+from kato_grpc.internal.v1 import session_pb2 as storage
+from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
@@ -59,6 +61,15 @@ def _loads(store: MongoPatternStore) -> list[KbChanges]:
     return seen
 
 
+async def _stored(store: MongoPatternStore, writes: list[storage.PatternWrite]) -> InMemoryKnowledgeBase:
+    """The writes applied to the store's KB; the in-memory KB they make."""
+    reference = InMemoryKnowledgeBase()
+    for w in writes:
+        reference.apply(w)
+    await store.apply_many(KB, writes)
+    return reference
+
+
 def _assert_equal(view: KnowledgeIndex, reference: KnowledgeIndex) -> None:
     assert view.totals() == reference.totals()
     assert {p.name: p for p in view.all_patterns()} == {p.name: p for p in reference.all_patterns()}
@@ -82,19 +93,25 @@ def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) 
         for i in range(0, 120, 20):
             await store.apply_many(KB, writes[i : i + 20])
         early = KbCache(store, check_seconds=0)
-        await early.view(KB)  # cached before the snapshot: its log goes from under it
+        await early.view(KB)  # cached before the first snapshot: its log goes from under it
         snapshotter = Snapshotter(store, QUICK)
         writer = KbCache(store, check_seconds=0, snapshotter=snapshotter)
-        version = (await writer.view(KB)).version
+        first = (await writer.view(KB)).version
         await _snapshot_written(snapshotter, 1)
         db = store._db
         header = await db.kb_snapshots.find_one({"kb_id": KB, "part": -1})
-        assert header is not None and header["version"] == version
-        # The log the snapshot holds is gone; the KB document says up to where.
-        assert await db.symbol_log.count_documents({"kb_id": KB}) == 0
-        assert (await db.kb.find_one({"kb_id": KB}) or {})["compacted_through"] == version
+        assert header is not None and header["version"] == first
+        assert await db.symbol_log.count_documents({"kb_id": KB}) > 0  # compaction lags a snapshot
+        await store.apply_many(KB, writes[120:140])
+        version = (await writer.view(KB)).version  # the changes since: a second snapshot
+        await _snapshot_written(snapshotter, 2)
+        assert [d["version"] async for d in db.kb_snapshots.find({"kb_id": KB, "part": -1})] == [version]
+        # The log the first snapshot held is gone; the KB document says up to where.
+        assert await db.symbol_log.count_documents({"kb_id": KB, "kb_version": {"$lte": first}}) == 0
+        assert await db.symbol_log.count_documents({"kb_id": KB}) > 0
+        assert (await db.kb.find_one({"kb_id": KB}) or {})["compacted_through"] == first
 
-        await store.apply_many(KB, writes[120:])
+        await store.apply_many(KB, writes[140:])
         cold = KbCache(store, check_seconds=0)
         loads = _loads(store)
         views = await asyncio.gather(*(cold.view(KB) for _ in range(8)))  # eight callers, one load
@@ -114,11 +131,7 @@ def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) 
 
 def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
     async def body(store: MongoPatternStore) -> None:
-        writes = _writes(60, 12)
-        reference = InMemoryKnowledgeBase()
-        for w in writes:
-            reference.apply(w)
-        await store.apply_many(KB, writes)
+        reference = await _stored(store, _writes(60, 12))
         snapshotter = Snapshotter(store, QUICK)
         writer = KbCache(store, check_seconds=0, snapshotter=snapshotter)  # kept: it holds the index
         await writer.view(KB)
@@ -149,16 +162,10 @@ def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
 
 def test_a_damaged_snapshot(stores: Stores) -> None:
     async def body(store: MongoPatternStore) -> None:
-        writes = _writes(40, 13)
-        reference = InMemoryKnowledgeBase()
-        for w in writes:
-            reference.apply(w)
-        await store.apply_many(KB, writes)
+        reference = await _stored(store, _writes(40, 13))
         db = store._db
         # Not compacted yet: a damaged snapshot is passed over, the documents still hold all.
         version = (await KbCache(store, check_seconds=0).view(KB)).version
-        from kato_grpc.stores import snapshot  # noqa: PLC0415 - only this test encodes by hand
-
         blob = snapshot.encode(await KbCache(store, check_seconds=0).view(KB))
         assert await store.save_snapshot(KB, version, blob)
         await db.kb_snapshots.update_one({"kb_id": KB, "part": 0}, {"$set": {"data": b"x" + blob[1:]}})
@@ -173,36 +180,48 @@ def test_a_damaged_snapshot(stores: Stores) -> None:
 
 def test_a_fresh_server_answers_from_the_snapshot_another_server_wrote(stores: Stores, log_dir: Path) -> None:
     database, node = "kato_" + uuid.uuid4().hex[:8], "snap-" + uuid.uuid4().hex[:6]
+    kb = names.knowledge_base(node)
     writer = new_server(*stores, log_dir, database).start(
         KATO_KB_SNAPSHOT_MIN_PATTERNS="20", KATO_KB_SNAPSHOT_QUIET_SECONDS="0.2"
     )
     rng = random.Random(7)
+    mongo: MongoClient[dict[str, Any]] = MongoClient(devstack.mongodb_uri(stores[1]))
+    db = mongo[database]
+
+    def ask(kato: KatoClient) -> tuple[object, ...]:
+        """Predictions and future potentials for a fresh session's two events."""
+        session = kato.create_session(node).name
+        kato.observe(session, ["a", "b"])
+        answer = kato.observe(session, ["c"], return_predictions=True)
+        return tuple(answer.predictions), tuple(answer.future_potentials)
+
+    def snapshot_of_the_current_version() -> bool:
+        current = (db.kb.find_one({"kb_id": node}) or {})["version"]
+        return db.kb_snapshots.find_one({"kb_id": node, "part": -1, "version": current}) is not None
+
     try:
         with KatoClient(writer.address) as kato:
             learner = kato.create_session(node).name
-            for _ in range(40):
-                for _ in range(3):
-                    kato.observe(learner, rng.sample("abcdefghij", 2), emotives={"joy": rng.uniform(-1, 1)})
-                kato.learn(learner)
-            query = kato.create_session(node).name
-            kato.observe(query, ["a", "b"])
-            kato.observe(query, ["c"])
-            expected = kato.get_predictions(query)  # loads the KB: 40 patterns, a snapshot follows
-            mongo: MongoClient[dict[str, Any]] = MongoClient(devstack.mongodb_uri(stores[1]))
-            with mongo:
-                db = mongo[database]
-                assert eventually(lambda: db.kb_snapshots.find_one({"kb_id": node, "part": -1}) is not None)
-                # The log goes into the snapshot: a fresh server can get the statistics only from it.
-                assert eventually(lambda: db.symbol_log.count_documents({"kb_id": node}) == 0)
-            symbols = list(kato.symbols(names.knowledge_base(node)))
-            stats = kato.get_knowledge_base(names.knowledge_base(node))
+            for learns in (40, 10):  # the second snapshot compacts the log the first one holds
+                for _ in range(learns):
+                    for _ in range(3):
+                        kato.observe(learner, rng.sample("abcdefghij", 2), emotives={"joy": rng.uniform(-1, 1)})
+                    kato.learn(learner)
+                ask(kato)  # the KB cached or refreshed: a snapshot follows
+                assert eventually(snapshot_of_the_current_version)
+            # Only the snapshot holds the first learns' statistics now.
+            assert eventually(lambda: (db.kb.find_one({"kb_id": node}) or {}).get("compacted_through", 0) > 0)
+            expected = ask(kato)
+            assert expected[0] and expected[1]
+            symbols, stats = list(kato.symbols(kb)), kato.get_knowledge_base(kb)
     finally:
         writer.stop()
+        mongo.close()
     reader = new_server(*stores, log_dir, database).start(KATO_KB_SNAPSHOTS="false")
     try:
         with KatoClient(reader.address) as kato:
-            assert kato.get_predictions(query) == expected
-            assert list(kato.symbols(names.knowledge_base(node))) == symbols
-            assert kato.get_knowledge_base(names.knowledge_base(node)) == stats
+            assert ask(kato) == expected
+            assert list(kato.symbols(kb)) == symbols
+            assert kato.get_knowledge_base(kb) == stats
     finally:
         reader.stop()

@@ -94,3 +94,12 @@ def test_coldstart_benchmark_smoke() -> None:
     ).stdout  # fmt: skip
     for row in ("| from its documents", "| from its snapshot", "| with `KATO_PRELOAD_NODES`"):
         assert row in out
+
+
+def test_throughput_benchmark_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--rounds", "1", "--seconds", "1"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+    ).stdout  # fmt: skip
+    assert "| unary observe, 64 loops |" in out and "| unary health, 64 loops |" in out
+    assert "concurrency 1" in out

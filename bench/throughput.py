@@ -129,7 +129,7 @@ def report(rounds: list[dict[str, dict[str, float]]], command: str) -> str:
             f"- concurrency 1 (predictions on, 50-pattern KB): Observe p50 {med('latency', 'observe'):.3f} ms,"
             f" health check {med('latency', 'health'):.3f} ms: {statistics.median(ratio):.2f}x"
             f" (rounds: {' / '.join(f'{x:.2f}' for x in ratio)})",
-            "- what the CPU per call says about the targets: docs/performance.md, \"Unary Observe throughput\"",
+            '- what the CPU per call says about the targets: docs/performance.md, "Unary Observe throughput"',
             "",
         ]
     )

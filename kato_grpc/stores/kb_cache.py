@@ -101,7 +101,8 @@ class KbCache:
             index = await asyncio.shield(task)
             if index.version < current:  # joined a refresh older than the version asked for
                 index = await self._refresh(kb_id, index)
-        self._indexes.move_to_end(kb_id)
+        if kb_id in self._indexes:  # another KB's load may have evicted it while this call waited
+            self._indexes.move_to_end(kb_id)
         self._events.kb_lookup(kb_id, result, len(index), self._bytes.get(kb_id, 0))
         return index
 

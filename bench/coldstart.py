@@ -48,6 +48,11 @@ PATIENT = {
 }
 
 
+# Snapshots a second after the training's last refresh, whatever the KB's size (the default
+# minimum of 1000 patterns would leave a small run waiting for one forever).
+SNAPSHOT_SOON = {"KATO_KB_SNAPSHOT_QUIET_SECONDS": "1", "KATO_KB_SNAPSHOT_MIN_PATTERNS": "1"}
+
+
 async def first_observe(address: str, node: str) -> float:
     """Seconds from a new channel to the answer of the first Observe on ``node``."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -101,7 +106,7 @@ class Result:
 
 
 def run(patterns: int, restarts: int) -> Result:
-    env = PATIENT | {"KATO_KB_SNAPSHOT_QUIET_SECONDS": "1"}
+    env = PATIENT | SNAPSHOT_SOON
     preload = env | {"KATO_PRELOAD_NODES": f'["{NODE}"]'}
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
         server = new_server(redis, mongo, Path(tmp), quick=False).start(**env)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.coldstart import PATIENT, first_observe, wait_for_snapshot
+from bench.coldstart import PATIENT, SNAPSHOT_SOON, first_observe, wait_for_snapshot
 from bench.report import emit
 from bench.service import prediction_suite
 from kato_grpc import devstack
@@ -43,7 +43,7 @@ async def _suite(server: ServerProcess, patterns: int, queries: int) -> tuple[di
 
 def run(patterns: int, queries: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False).start(**PATIENT)
+        server = new_server(redis, mongo, Path(tmp), quick=False).start(**PATIENT, **SNAPSHOT_SOON)
         try:
             t0 = time.monotonic()
             row, rate = asyncio.run(_suite(server, patterns, queries))
@@ -53,7 +53,7 @@ def run(patterns: int, queries: int) -> dict[str, float]:
             server.stop()
         colds = []
         for _ in range(RESTARTS):
-            restarted = new_server(redis, mongo, Path(tmp), quick=False).start(**PATIENT)
+            restarted = new_server(redis, mongo, Path(tmp), quick=False).start(**PATIENT, **SNAPSHOT_SOON)
             try:
                 colds.append(asyncio.run(first_observe(restarted.address, NODE)))
                 row["cold_rss_mb"] = restarted.rss_mb()

@@ -88,7 +88,10 @@ def test_round_robin_spreads_calls_over_replicas_and_results_stay_exact(three_se
             not stub.GetKnowledgeBase(svc.GetKnowledgeBaseRequest(name=names.knowledge_base(kb))).cache.cached
             for _ in range(30)
         ]
-        assert sum(first_time) == 3 and all(first_time[:3])  # one first call per process, in turn
+        # One first call per process: all three reached. Not necessarily the first three calls:
+        # round_robin rotates over the subchannels READY at the time, and on a loaded machine
+        # the third may connect a call or two late (seen in a CI run).
+        assert sum(first_time) == 3 and first_time[0]
     # Sessions used through all three processes: every result exact.
     with KatoClient(target, load_balancing="round_robin") as kato:
         sessions = [kato.create_session(kb).name for _ in range(4)]

@@ -10,19 +10,20 @@ from bench.report import HEADER
 from kato_grpc.devserver import ROOT
 
 
+def _bench(*args: str, timeout: float = 600) -> str:
+    """``python -m <args>``'s output (it must exit 0)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=timeout
+    ).stdout
+
+
 def test_engine_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.engine", "--sizes", "100", "300", "--queries", "5"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300,
-    ).stdout  # fmt: skip
+    out = _bench("bench.engine", "--sizes", "100", "300", "--queries", "5", timeout=300)
     assert "| 300 | 5 |" in out
 
 
 def test_service_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.service", "--smoke"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.service", "--smoke")
     for figure in ("health-check RPC", "Learn", "bulk training", "ObserveStream vs unary", "Growth exponent"):
         assert figure in out
 
@@ -43,63 +44,42 @@ def test_tools_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_overhead_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--rounds", "1", "--calls", "30"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.overhead", "--rounds", "1", "--calls", "30")
     for server in ("| off |", "| metrics |", "| traces |", "| access log |"):
         assert server in out
     assert " 0 spans received" not in out  # the traced server really exported
 
 
 def test_cluster_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.cluster", "--rounds", "1", "--calls", "30"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.cluster", "--rounds", "1", "--calls", "30")
     for server in ("| one Redis |", "| cluster |", "| cluster + WAIT 1 |"):
         assert server in out
 
 
 def test_costs_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.costs", "--calls", "20"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.costs", "--calls", "20")
     observe = next(line for line in out.splitlines() if line.startswith("| Observe"))
     assert "redis load 1.25" in observe and "redis compare_and_set 1.25" in observe  # 1 in 4 with a clear
     assert "mongodb apply_many" not in observe
 
 
 def test_learn_ack_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.learn_ack", "--rounds", "1", "--calls", "30", "--learns", "5"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.learn_ack", "--rounds", "1", "--calls", "30", "--learns", "5")
     assert "| applied |" in out and "| committed |" in out and "finds the pattern" in out
 
 
 def test_million_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.million", "--patterns", "300", "--queries", "3"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.million", "--patterns", "300", "--queries", "3")
     assert "| GetPredictions p50 / p99 at 300 |" in out and "| cold start" in out
 
 
 def test_coldstart_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.coldstart", "--patterns", "1500", "--restarts", "1"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.coldstart", "--patterns", "1500", "--restarts", "1")
     for row in ("| from its documents", "| from its snapshot", "| with `KATO_PRELOAD_NODES`"):
         assert row in out
 
 
 def test_throughput_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--rounds", "1", "--seconds", "1"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+    out = _bench("bench.throughput", "--rounds", "1", "--seconds", "1")
     assert "| unary observe, 64 loops |" in out and "| unary health, 64 loops |" in out
     assert "concurrency 1" in out

@@ -18,15 +18,13 @@ from pymongo import AsyncMongoClient
 from kato_grpc.events import NO_EVENTS
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
-from kato_grpc.stores import redis_client, snapshot
-from kato_grpc.stores.kb_cache import KbCache
+from kato_grpc.stores import redis_client
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore, Replication
-from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, memory_policy, reflection, tracing
+from server import kb_caching, limits, reflection, tracing
 from server.calls import CallInterceptor
 from server.engine_runner import EngineRunner
 from server.handlers import add_service
@@ -46,7 +44,6 @@ log = structlog.get_logger("kato.server")
 # the GIL with the engine threads; a shorter slice lets it answer health checks and short
 # calls within a few ms while a long prediction computes (docs/performance.md).
 GIL_SWITCH_SECONDS = 0.001
-MB = 1024 * 1024
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["KatoService"].full_name
 # A health name that is SERVING while the process answers at all (a liveness probe): ""
 # and SERVICE_NAME follow the stores (readiness), and a store outage must not restart pods.
@@ -116,19 +113,7 @@ class KatoServer:
         self.patterns = observed(
             MongoPatternStore(self._mongo, settings.mongodb_database), "mongodb", metrics, store_tracer
         )
-        policy = SnapshotPolicy(
-            settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
-        )
-        self.snapshotter = Snapshotter(self.patterns, policy, events) if settings.kb_snapshots else None
-        self.cache = KbCache(
-            self.patterns,
-            after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
-            events=events,
-            max_bytes=settings.kb_cache_max_mb * MB if settings.kb_cache_max_mb else None,
-            after_eviction=memory_policy.after_eviction(trim=settings.malloc_trim),
-            snapshotter=self.snapshotter,
-            decode=memory_policy.without_gc(snapshot.decode) if settings.gc_freeze else snapshot.decode,
-        )
+        self.cache, self.snapshotter = kb_caching.kb_cache(settings, self.patterns, events)
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(
             self.sessions,

@@ -90,6 +90,7 @@ class PatternReads:
         """Everything that changed after version ``since``, or a full load when it must be:
         from the newest usable snapshot (``snapshots``) and what changed after it, or from
         every document. Records share one-symbol events through ``singles``."""
+        stored: StoredSnapshot | None = None
         for attempt in range(READ_ATTEMPTS):
             kb = await self._db.kb.find_one({"kb_id": kb_id}) or {}
             marks = _Marks.of(kb)
@@ -99,7 +100,7 @@ class PatternReads:
             if full:
                 after = patterns_after = 0
                 try:
-                    stored = await self._snapshot(kb_id, marks) if snapshots else None
+                    stored = await self._snapshot(kb_id, marks, stored) if snapshots else None
                 except SnapshotMoved:
                     continue
                 if stored is not None:
@@ -141,9 +142,9 @@ class PatternReads:
                 return changes
         raise Unavailable(f"knowledge base {kb_id} kept changing while it was read", reason="KB_BUSY")
 
-    async def _snapshot(self, kb_id: str, marks: _Marks) -> StoredSnapshot | None:
+    async def _snapshot(self, kb_id: str, marks: _Marks, known: StoredSnapshot | None) -> StoredSnapshot | None:
         try:
-            return await self.snapshots.latest(kb_id, at_least=marks.cleared, at_most=marks.version)
+            return await self.snapshots.latest(kb_id, at_least=marks.cleared, at_most=marks.version, known=known)
         except SnapshotCorrupt as exc:
             # Passed over: the documents hold everything unless the log was compacted into it.
             log.error("kb snapshot damaged", knowledge_base=kb_id, error=str(exc))

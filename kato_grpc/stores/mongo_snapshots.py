@@ -56,8 +56,11 @@ class SnapshotStore:
         )
         return int(header["version"]) if header else 0
 
-    async def latest(self, kb_id: str, *, at_least: int, at_most: int) -> StoredSnapshot | None:
-        """The newest complete snapshot with a version in [at_least, at_most], or None."""
+    async def latest(
+        self, kb_id: str, *, at_least: int, at_most: int, known: StoredSnapshot | None = None
+    ) -> StoredSnapshot | None:
+        """The newest complete snapshot with a version in [at_least, at_most], or None;
+        ``known`` when it is that one (a read retried under writes reads the parts once)."""
         header = await self._db.kb_snapshots.find_one(
             {"kb_id": kb_id, "part": HEADER, "version": {"$gte": at_least, "$lte": at_most}},
             sort=[("version", DESCENDING)],
@@ -65,6 +68,8 @@ class SnapshotStore:
         if header is None:
             return None
         version = int(header["version"])
+        if known is not None and known.version == version:
+            return known
         cursor = self._db.kb_snapshots.find({"kb_id": kb_id, "version": version, "part": {"$gte": 0}})
         parts = [bytes(doc["data"]) async for doc in cursor.sort("part", ASCENDING)]
         if len(parts) != int(header["parts"]):

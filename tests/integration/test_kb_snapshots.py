@@ -118,6 +118,9 @@ def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) 
         view = views[0]
         assert len(loads) == 1 and all(v is view for v in views)
         assert loads[0].snapshot is not None and loads[0].snapshot.version == version
+        # A read retried under writes does not read the same snapshot's parts again.
+        known = loads[0].snapshot
+        assert await store.snapshots.latest(KB, at_least=0, at_most=version, known=known) is known
         after = await db.patterns.count_documents({"kb_id": KB, "kb_version": {"$gt": version}})
         assert len(loads[0].patterns) == after < len(view)  # only what came after it
         _assert_equal(view, reference)

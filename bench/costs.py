@@ -51,7 +51,7 @@ def store_calls(port: int) -> dict[str, float]:
 
 
 def session_bytes(redis_port: int, session: str) -> int:
-    key = redis_sessions.state_key(session.removeprefix("sessions/"))
+    key = redis_sessions.Keys("bench_costs").state(session.removeprefix("sessions/"))  # its database's name
     with redis.Redis(port=redis_port) as r:
         return int(r.memory_usage(key, samples=0) or 0)
 

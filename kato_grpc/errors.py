@@ -62,6 +62,22 @@ class FailedPrecondition(KatoError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class CounterLimit(FailedPrecondition):
+    """A write that would take a counter past the bound an import may raise it to (engine.md
+    D-30): its whole batch is refused, nothing of it applied. ``position`` is the write's index
+    in its batch (an import names the pattern from it)."""
+
+    default_reason = "COUNTER_LIMIT"
+
+    def __init__(self, message: str, *, position: int, counter: str, value: int, bound: int) -> None:
+        super().__init__(
+            message,
+            metadata={"counter": counter, "value": str(value), "bound": str(bound), "position": str(position)},
+        )
+        self.position = position
+        self.counter = counter
+
+
 class Aborted(KatoError):
     code = "ABORTED"
     default_reason = "ABORTED"

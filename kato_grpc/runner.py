@@ -180,9 +180,19 @@ class TransactionRunner:
         return int((state.ttl_seconds or self.policy.default_ttl_seconds) * 1000)
 
     def _check_size(self, old: storage.SessionState, new: storage.SessionState) -> None:
-        """A session may not grow past the byte limit (shrinking is always allowed)."""
+        """A session may not grow past the byte limit (shrinking is always allowed). Its copy
+        of the last predictions never makes it: they are what the KB made of the STM, not
+        what the client sent, so the lowest ranked are left out of the copy until the session
+        fits (GetCognitionData shows what is kept; the call's own answer has them all)."""
         size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
         limit = self.policy.max_session_bytes
+        if size > limit and new.last_predictions:
+            kept = len(new.last_predictions)
+            while kept and size > limit:
+                kept -= 1
+                size -= _field_bytes(new.last_predictions[kept])
+            del new.last_predictions[kept:]
+            size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
         if size > limit and size > old.ByteSize():
             raise ResourceExhausted(
                 f"the session would hold {size:,} bytes, over the limit of {limit:,} (KATO_MAX_SESSION_BYTES): "
@@ -190,6 +200,16 @@ class TransactionRunner:
                 reason="SESSION_TOO_LARGE",
                 metadata={"bytes": str(size), "limit": str(limit)},
             )
+
+
+def _field_bytes(message: Message) -> int:
+    """What one element of a repeated message field adds to its parent: tag, length, body."""
+    body = message.ByteSize()
+    return 1 + _varint_bytes(body) + body
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _refused(writes: list[storage.PatternWrite]) -> FailedPrecondition:

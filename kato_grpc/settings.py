@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kato_grpc.stores import redis_client
+from kato_grpc.stores import redis_client, redis_sessions
 
 
 class Settings(BaseSettings):
@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     mongodb_uri: str | None = None
     mongodb_database: str = "kato"
+    # Every Redis key this deployment owns starts with it; unset: the MongoDB database's name
+    # (``redis_sessions.namespace_for``). Deployments sharing one Redis must differ here — a
+    # different database is enough — or each relay would apply the other's learns. A namespace
+    # is bound to its database at the first start: another database refuses to start on it.
+    redis_namespace: str | None = None
     # Acknowledge a session commit only once this many replicas of its Redis node have it
     # (WAIT, at most the timeout; else UNAVAILABLE NOT_REPLICATED, committed): a failover then
     # loses no acknowledged call. 0: asynchronous replication (docs/operations.md).
@@ -68,6 +73,10 @@ class Settings(BaseSettings):
     outbox_relay_after_seconds: float = Field(2.0, gt=0)
     outbox_relay_interval_seconds: float = Field(1.0, gt=0)
     store_timeout_seconds: float = Field(5.0, gt=0)
+    # A process renews a lease in Redis every third of this; once another finds it expired,
+    # the transactions the process may have left open in MongoDB are ended (a killed process
+    # would otherwise block writes to its KBs until MongoDB reaps them, 60 s later).
+    transaction_lease_seconds: float = Field(3.0, ge=0.3)
 
     # Request limits (architecture.md §9), enforced before any work.
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -123,6 +132,18 @@ class Settings(BaseSettings):
     health_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False
+
+    @property
+    def namespace(self) -> str:
+        """The Redis namespace in effect (the setting, or the database's default)."""
+        return self.redis_namespace or redis_sessions.namespace_for(self.mongodb_database)
+
+    @field_validator("redis_namespace")
+    @classmethod
+    def _namespace_chars(cls, namespace: str | None) -> str | None:
+        if namespace is not None and not redis_sessions.NAMESPACE.fullmatch(namespace):
+            raise ValueError("must be 1-64 of the characters A-Z a-z 0-9 _ . -")
+        return namespace
 
     @field_validator("redis_url")
     @classmethod

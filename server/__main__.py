@@ -26,7 +26,7 @@ from pydantic_settings import SettingsError
 from kato_grpc import devstack, logs
 from kato_grpc.settings import Settings
 from server import tracing
-from server.app import serve
+from server.app import StartupRefused, serve
 
 log = structlog.get_logger("kato.supervisor")
 # A worker that dies sooner than this after its start counts as failing to start; after
@@ -49,14 +49,19 @@ class PortInUse(Exception):
 def claim_port(host: str, port: int) -> socket.socket | None:
     """Hold ``host:port`` for this server's workers (they bind with SO_REUSEPORT beside it).
 
-    A plain bind first: it fails if anything — another kato-grpc group included — is bound
-    there. Then a bound, never listening SO_REUSEPORT socket keeps that true for the others
-    while letting this group's workers join. Port 0 (a free port per worker) claims nothing.
+    A probe bind first: it fails if anything — another kato-grpc group included — listens or
+    is bound there. It sets SO_REUSEADDR, so the connections a killed server left in TIME_WAIT
+    (or FIN-WAIT) do not count: a restarted server serves at once instead of crash-looping for
+    a minute, and only a live socket refuses it. Then a bound, never listening SO_REUSEPORT
+    socket (without SO_REUSEADDR, so the next group's probe collides with it) keeps the port
+    claimed while letting this group's workers join. Port 0 (a free port per worker) claims
+    nothing.
     """
     if port == 0:
         return None
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
@@ -67,9 +72,15 @@ def claim_port(host: str, port: int) -> socket.socket | None:
     return guard
 
 
-def _serve(settings: Settings, redis_url: str, mongodb_uri: str, worker: int = 0) -> None:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, redis_url, mongodb_uri, worker=worker))
+def _serve(settings: Settings, redis_url: str, mongodb_uri: str, worker: int = 0) -> int:
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, redis_url, mongodb_uri, worker=worker))
+    except StartupRefused as exc:
+        log.error("refusing to start", reason=str(exc))
+        print(f"kato-server: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _fork_worker(settings: Settings, redis_url: str, mongodb_uri: str, guard: socket.socket | None, worker: int) -> int:
@@ -79,9 +90,8 @@ def _fork_worker(settings: Settings, redis_url: str, mongodb_uri: str, guard: so
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if guard is not None:
             guard.close()
-        code = 0
         try:
-            _serve(settings, redis_url, mongodb_uri, worker)
+            code = _serve(settings, redis_url, mongodb_uri, worker)
         except BaseException:
             log.exception("worker failed")
             code = 1
@@ -93,8 +103,7 @@ def _supervise(settings: Settings, redis_url: str, mongodb_uri: str, guard: sock
     """Run ``settings.workers`` serving processes, replacing any that dies; forward
     SIGTERM/SIGINT and wait for all."""
     if settings.workers == 1:
-        _serve(settings, redis_url, mongodb_uri)
-        return 0
+        return _serve(settings, redis_url, mongodb_uri)
     # pid -> (started, worker index): a replacement takes the dead worker's index (and so its
     # metrics port, KATO_METRICS_PORT + index).
     children = {

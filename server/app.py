@@ -22,7 +22,8 @@ from kato_grpc.stores import redis_client
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import PatternStore
-from kato_grpc.stores.redis_sessions import RecordLimits, RedisSessionStore, Replication
+from kato_grpc.stores.redis_sessions import Keys, RecordLimits, RedisSessionStore, Replication
+from kato_grpc.stores.transaction_owners import TransactionOwners
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import kb_caching, limits, reflection, tracing
 from server.calls import CallInterceptor
@@ -35,6 +36,7 @@ from server.kb_watch import KbWatch
 from server.metrics import Metrics
 from server.observed import observed
 from server.observing import Observing
+from server.reaper import TransactionReaper
 from server.relay import OutboxRelay
 from server.servicer import KatoServicer
 from server.sessions import Sessions
@@ -72,6 +74,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+class StartupRefused(Exception):
+    """The server must not serve with these settings and stores (one line for the operator)."""
+
+
 class KatoServer:
     """One serving process: call ``start()``, then ``wait()``; ``stop()`` drains gracefully."""
 
@@ -100,19 +106,26 @@ class KatoServer:
             connectTimeoutMS=int(timeout * 1000),
             socketTimeoutMS=int(timeout * 1000) * 2,
         )
+        keys = Keys(settings.namespace)
         self.sessions = observed(
             RedisSessionStore(
                 self._redis,
                 RecordLimits(settings.max_request_records, settings.max_request_record_bytes),
                 Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
+                keys,
             ),
             "redis",
             metrics,
             store_tracer,
         )
+        self.owners = TransactionOwners(self._redis, keys, settings.transaction_lease_seconds)
         self.patterns = observed(
-            MongoPatternStore(self._mongo, settings.mongodb_database), "mongodb", metrics, store_tracer
+            MongoPatternStore(self._mongo, settings.mongodb_database, self.owners.register),
+            "mongodb",
+            metrics,
+            store_tracer,
         )
+        self.reaper = TransactionReaper(self.owners, self.patterns, settings.transaction_lease_seconds / 3)
         self.cache, self.snapshotter = kb_caching.kb_cache(settings, self.patterns, events)
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
         self.runner = TransactionRunner(
@@ -157,11 +170,16 @@ class KatoServer:
         self._stopping = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._reaper_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         if self.settings.gil_switch_interval:
             sys.setswitchinterval(GIL_SWITCH_SECONDS)
         await self._ensure_indexes()
+        await self._claim_namespace()
+        # First: a restart ends what the process it replaces left open in MongoDB (once its
+        # lease expired), before this one's calls and relay wait on it.
+        self._reaper_task = asyncio.create_task(self.reaper.run(self._stopping))
         add_service(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
@@ -198,6 +216,19 @@ class KatoServer:
                 if attempt == 29:
                     raise
                 await asyncio.sleep(0.5)
+
+    async def _claim_namespace(self) -> None:
+        """One Redis namespace per MongoDB database: the relay applies every outbox of its
+        namespace into its own database, so a namespace shared by two databases would move
+        one deployment's learns into the other's (docs/operations.md, "Sharing one Redis")."""
+        deployment = await self.patterns.deployment_id()
+        recorded = await self.sessions.claim_namespace(deployment)
+        if recorded != deployment:
+            raise StartupRefused(
+                f"the Redis namespace {self.settings.namespace!r} belongs to another deployment (MongoDB "
+                f"deployment id {recorded}; this database's is {deployment}): set KATO_REDIS_NAMESPACE to a "
+                "namespace of its own"
+            )
 
     async def _preload(self) -> None:
         for kb_id in self.settings.preload_nodes:
@@ -250,9 +281,11 @@ class KatoServer:
         self.engine.cancel_all()  # whatever still computes past the grace period stops now
         await self.server.stop(max(left, 0.1))
         await self.runner.applier.drain(max(left, 0.1))
-        for task in (self._health_task, self._relay_task):
+        for task in (self._health_task, self._relay_task, self._reaper_task):
             if task is not None:
                 await task
+        with contextlib.suppress(Exception):  # nothing of this process is left open in MongoDB
+            await self.owners.leave()
         self.engine.close()
         if self.snapshotter is not None:
             await self.snapshotter.close()  # a snapshot cut short is never read (no header)

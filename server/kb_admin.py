@@ -16,7 +16,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
+from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits, paging
@@ -66,16 +66,19 @@ class KbAdmin:
     async def update_pattern(self, req: svc.UpdatePatternRequest, caller: Caller) -> pb.Pattern:
         (node, sha1), mask = limits.check_pattern_update(req, self.settings)
         caller.authorize(node)
+        emotives = [dict(r.values) for r in req.pattern.emotives] if "emotives" in mask else None
+        metadata = (
+            {k: canonical_values(v, f"pattern.metadata.{k}") for k, v in req.pattern.metadata.items()}
+            if "metadata" in mask
+            else None
+        )
+        limits.check_accumulations(emotives or [], metadata or {}, "pattern")
         record = await self.patterns.update_pattern(
             node,
             sha1,
             frequency=req.pattern.frequency if "frequency" in mask else None,
-            emotives=[dict(r.values) for r in req.pattern.emotives] if "emotives" in mask else None,
-            metadata=(
-                {k: canonical_values(v, f"pattern.metadata.{k}") for k, v in req.pattern.metadata.items()}
-                if "metadata" in mask
-                else None
-            ),
+            emotives=emotives,
+            metadata=metadata,
         )
         if record is None:
             raise pattern_not_found(req.pattern.name)
@@ -132,7 +135,7 @@ class KbAdmin:
         caller.authorize(node)
         key = ""
         if req.request_id:
-            key = scoped_key("kbreq", node, caller.principal, req.request_id)
+            key = self.sessions.keys.scoped("kbreq", node, caller.principal, req.request_id)
             fp = request_ids.fingerprint("ClearKnowledgeBase", req)
             previous = await self.sessions.recorded(key)
             if previous is not None:

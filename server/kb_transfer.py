@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from kato_grpc import encoding, names
 from kato_grpc.access import Caller
 from kato_grpc.engine import importing
-from kato_grpc.errors import InvalidArgument
+from kato_grpc.errors import CounterLimit, FailedPrecondition, FieldViolation, InvalidArgument
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_docs import Doc, exported_pattern
@@ -106,7 +106,16 @@ class Import:
             raise InvalidArgument.for_field("batch", f"must increase within a stream (after {self.last})")
         self.last = req.batch
         writes = self.transfer.writes(req)
-        applied = await self.transfer.patterns.apply_batch(self.node, f"{self.prefix}:{req.batch}", writes)
+        try:
+            applied = await self.transfer.patterns.apply_batch(self.node, f"{self.prefix}:{req.batch}", writes)
+        except CounterLimit as exc:  # name the pattern of the batch that crossed the bound
+            field = f"patterns[{exc.position}].pattern.frequency"
+            raise FailedPrecondition(
+                f"{field}: {exc.message}",
+                reason=exc.reason,
+                violations=(FieldViolation(field, exc.message),),
+                metadata=exc.metadata,
+            ) from exc
         if applied.count:
             await self.transfer.sessions.publish_kb_version(self.node, applied.version)
             self.out.applied_batches += 1

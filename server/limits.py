@@ -9,9 +9,10 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from kato_grpc import names
+from kato_grpc.engine import importing, records
 from kato_grpc.engine.learning import MIN_PATTERN_SYMBOLS
 from kato_grpc.engine.observation import check_finite, validate_observation
 from kato_grpc.errors import InvalidArgument
@@ -26,8 +27,8 @@ SESSION_ID = re.compile(r"s-[0-9a-f]{32}")
 PATTERN_NAME = re.compile(r"[0-9a-f]{40}")
 VECTOR_NAME = re.compile(r"VCTR\|[0-9a-f]{40}")
 # Frequencies a client may set: far enough below 2^63 that learns can never overflow the
-# stored 64-bit counter, and exact in JSON / JavaScript numbers.
-MAX_FREQUENCY = 2**53 - 1
+# stored 64-bit counter, and exact in JSON / JavaScript numbers (engine.md D-30).
+MAX_FREQUENCY = importing.MAX_SET_COUNT
 
 
 def require_session_id(session_id: str, field: str = "name") -> None:
@@ -157,6 +158,7 @@ def check_observation(obs: pb.Observation, settings: Settings, field: str = "obs
         raise InvalidArgument.for_field(f"{field}.emotives", f"has more than {settings.max_emotives} keys")
     if len(obs.metadata) > settings.max_metadata_keys:
         raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
+    check_keys(obs.metadata, settings, f"{field}.metadata")
     if len(obs.unique_id) > MAX_ID_CHARS:
         raise InvalidArgument.for_field(f"{field}.unique_id", f"is longer than {MAX_ID_CHARS} characters")
     validate_observation(obs, field)
@@ -178,7 +180,34 @@ def check_symbols(symbols: Sequence[str], settings: Settings, field: str) -> Non
 def check_emotives(values: Mapping[str, float], settings: Settings, field: str) -> None:
     if len(values) > settings.max_emotives:
         raise InvalidArgument.for_field(field, f"has more than {settings.max_emotives} keys")
+    check_keys(values, settings, field)
     check_finite(values, field)
+
+
+def check_keys(keys: Iterable[str], settings: Settings, field: str) -> None:
+    """Emotive and metadata names are bounded like symbols (a pattern keeps them: D-31)."""
+    for key in keys:
+        if len(key.encode("utf-8")) > settings.max_symbol_bytes:
+            raise InvalidArgument.for_field(
+                f"{field}.{key[:64]}", f"is a name longer than {settings.max_symbol_bytes} bytes", reason="KEY_TOO_LONG"
+            )
+
+
+def check_accumulations(
+    emotives: Sequence[Mapping[str, float]], metadata: Mapping[str, Sequence[str]], field: str
+) -> None:
+    """An emotive window and metadata a client gives a pattern (UpdatePattern, an import)
+    within the bounds learning keeps every pattern in (engine.md D-31)."""
+    for name, size, bound in (
+        ("emotives", sum(map(records.emotive_bytes, emotives)), records.MAX_PATTERN_EMOTIVE_BYTES),
+        ("metadata", records.metadata_bytes(metadata), records.MAX_PATTERN_METADATA_BYTES),
+    ):
+        if size > bound:
+            raise InvalidArgument.for_field(
+                f"{field}.{name}",
+                f"holds {size:,} bytes; a pattern's {name} hold at most {bound:,} (docs/engine.md D-31)",
+                reason="PATTERN_TOO_LARGE",
+            )
 
 
 PATTERN_FIELDS = frozenset({"frequency", "emotives", "metadata"})
@@ -218,8 +247,10 @@ def check_pattern_update(req: svc.UpdatePatternRequest, settings: Settings) -> t
             )
         for i, r in enumerate(req.pattern.emotives):
             check_emotives(r.values, settings, f"pattern.emotives[{i}]")
-    if "metadata" in mask and len(req.pattern.metadata) > settings.max_metadata_keys:
-        raise InvalidArgument.for_field("pattern.metadata", f"has more than {settings.max_metadata_keys} keys")
+    if "metadata" in mask:
+        if len(req.pattern.metadata) > settings.max_metadata_keys:
+            raise InvalidArgument.for_field("pattern.metadata", f"has more than {settings.max_metadata_keys} keys")
+        check_keys(req.pattern.metadata, settings, "pattern.metadata")
     return ref, mask
 
 
@@ -272,10 +303,19 @@ def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field:
         check_symbols(event.symbols, settings, f"{field}.events[{i}].symbols")
     if sum(len(e.symbols) for e in pattern.events) < MIN_PATTERN_SYMBOLS:
         raise InvalidArgument.for_field(f"{field}.events", f"has fewer than {MIN_PATTERN_SYMBOLS} symbols")
-    if pattern.ByteSize() > settings.max_session_bytes:
-        raise InvalidArgument.for_field(field, f"is larger than {settings.max_session_bytes} bytes")
+    events = sum(e.ByteSize() for e in pattern.events)
+    if events > settings.max_session_bytes:
+        raise InvalidArgument.for_field(f"{field}.events", f"are larger than {settings.max_session_bytes} bytes")
     if not 0 <= pattern.frequency <= MAX_FREQUENCY:
         raise InvalidArgument.for_field(f"{field}.frequency", f"must be between 1 and {MAX_FREQUENCY} (0 means 1)")
+    most = importing.most_counted(pattern)
+    if most * (pattern.frequency or 1) > MAX_FREQUENCY:
+        raise InvalidArgument.for_field(
+            f"{field}.frequency",
+            f"times the {most} occurrences of the pattern's most frequent symbol is over {MAX_FREQUENCY} "
+            "(a symbol's frequency grows by that much)",
+            reason="COUNTER_LIMIT",
+        )
     if len(pattern.emotives) > settings.max_pattern_emotive_records:
         raise InvalidArgument.for_field(
             f"{field}.emotives", f"has more than {settings.max_pattern_emotive_records} records"
@@ -284,6 +324,9 @@ def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field:
         check_emotives(record.values, settings, f"{field}.emotives[{i}]")
     if len(pattern.metadata) > settings.max_metadata_keys:
         raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
+    check_keys(pattern.metadata, settings, f"{field}.metadata")
+    metadata = {k: records.canonical_values(v, f"{field}.metadata.{k}") for k, v in pattern.metadata.items()}
+    check_accumulations([dict(r.values) for r in pattern.emotives], metadata, field)
 
 
 def check_imported_vectors(vectors: Sequence[svc.NamedVector], settings: Settings) -> None:

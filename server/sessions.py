@@ -22,7 +22,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Respond, TransactionRunner, session_not_found
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import CasResult
-from kato_grpc.stores.redis_sessions import RedisSessionStore, scoped_key
+from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server import limits
@@ -73,7 +73,7 @@ class Sessions:
             raise InvalidArgument.for_field("session.metadata", f"has more than {self.settings.max_metadata_keys} keys")
         key, fp = "", b""
         if req.request_id:  # scoped by node and caller: nobody else's id can name this session
-            key = scoped_key("create", node, caller.principal, req.request_id)
+            key = self.sessions.keys.scoped("create", node, caller.principal, req.request_id)
             fp = request_ids.fingerprint("CreateSession", req)
             existing = await self._created(key, fp, caller)
             if existing is not None:

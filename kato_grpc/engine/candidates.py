@@ -70,11 +70,14 @@ def screen(kb: KnowledgeView, state: Sequence[str], config: EngineConfig) -> Scr
     """Split the candidates of a positive-threshold query into single hits and the rest."""
     state_counts = Counter(state)
     n = len(state)
+    first: dict[str, int] = {}
+    for position, symbol in enumerate(state):  # linear: ``state.index`` per symbol was quadratic
+        first.setdefault(symbol, position)
     parts = []
     for k, (symbol, count) in enumerate(state_counts.items()):
         postings = kb.posting_arrays(symbol)
         if len(postings.ids):
-            parts.append((k, state.index(symbol), count, postings))
+            parts.append((k, first[symbol], count, postings))
     if not parts:
         return Screen(NO_HITS, [])
     ids = np.concatenate([p.ids for _, _, _, p in parts])

@@ -13,11 +13,73 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.records import average_emotives, canonical_values
+from kato_grpc.errors import CounterLimit
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.v1 import engine_pb2 as pb
+
+# What an import or an UpdatePattern may set or raise a counter to (D-30): exact in JSON and
+# JavaScript numbers, and 2^63 − 2^53 learns below the stored 64-bit counters, so that no
+# import can leave a knowledge base where learning fails.
+MAX_SET_COUNT = 2**53 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """A KB's counters before a batch: the frequencies of the patterns the batch names (absent:
+    new), its total frequency and the sum of its symbols' frequencies (which bounds each)."""
+
+    frequencies: Mapping[str, int]
+    total_pattern_frequencies: int
+    symbol_frequencies: int
+
+
+def check_counters(writes: Sequence[storage.PatternWrite], before: Counters) -> None:
+    """CounterLimit at the first imported write (one with a frequency) after which a counter
+    would pass MAX_SET_COUNT: the pattern's frequency, the KB's total frequency or its symbol
+    frequencies. Learns (frequency 0: one each) only need the 64-bit headroom this leaves."""
+    frequencies = dict(before.frequencies)
+    total, symbols = before.total_pattern_frequencies, before.symbol_frequencies
+    for position, write in enumerate(writes):
+        if not write.name:
+            continue
+        learns = write.frequency or 1
+        frequencies[write.name] = frequencies.get(write.name, 0) + learns
+        total += learns
+        symbols += sum(write.symbol_counts.values())
+        if not write.frequency:
+            continue
+        for counter, value in (
+            ("frequency", frequencies[write.name]),
+            ("total_pattern_frequencies", total),
+            ("symbol_frequencies", symbols),
+        ):
+            if value > MAX_SET_COUNT:
+                raise CounterLimit(
+                    f"importing it would take the knowledge base's {_COUNTERS[counter]} to {value:,}; an import "
+                    f"may raise a counter to at most {MAX_SET_COUNT:,} (2^53 - 1): nothing of the batch was applied",
+                    position=position,
+                    counter=counter,
+                    value=value,
+                    bound=MAX_SET_COUNT,
+                )
+
+
+_COUNTERS = {
+    "frequency": "pattern's frequency",
+    "total_pattern_frequencies": "total pattern frequency",
+    "symbol_frequencies": "sum of symbol frequencies",
+}
+
+
+def most_counted(pattern: pb.Pattern) -> int:
+    """How often the pattern's most frequent symbol occurs in it (an import of frequency f adds
+    that times f to the symbol's frequency)."""
+    counts = Counter(s for e in pattern.events for s in e.symbols)
+    return max(counts.values(), default=0)
 
 
 def pattern_write(pattern: pb.Pattern, affinity: Mapping[str, float], field: str) -> storage.PatternWrite:

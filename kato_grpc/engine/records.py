@@ -96,18 +96,46 @@ def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[
     return {key: sorted(values) for key, values in merged.items()}
 
 
+# What a pattern accumulates over its learns is bounded (D-31), so that however often it is
+# learned it stays observable, exportable and importable with the default limits: its metadata
+# at most this many bytes (each value's canonical text and its key, in UTF-8), its emotive
+# window at most that many (each record's keys in UTF-8 and 8 bytes per value).
+MAX_PATTERN_METADATA_BYTES = 256 * 1024
+MAX_PATTERN_EMOTIVE_BYTES = 256 * 1024
+
+
+def metadata_bytes(metadata: Mapping[str, Iterable[str]]) -> int:
+    return sum(len(key.encode()) + len(value.encode()) for key, values in metadata.items() for value in values)
+
+
+def emotive_bytes(record: Mapping[str, float]) -> int:
+    return sum(len(key.encode()) + 8 for key in record)
+
+
 def merge_metadata(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Union per key, sorted (re-learn rule of engine.md §1.7)."""
-    out = {key: sorted(set(values)) for key, values in old.items()}
-    for key, values in new.items():
-        out[key] = sorted(set(out.get(key, ())) | set(values))
-    return out
+    """Union per key, sorted (re-learn rule of engine.md §1.7), within the pattern's metadata
+    bound (D-31): what the pattern has stays; a new value joins while it fits, keys in
+    code-point order and each key's values in canonical order; the rest is left out."""
+    out = {key: set(values) for key, values in old.items()}
+    room = MAX_PATTERN_METADATA_BYTES - metadata_bytes(out)
+    for key in sorted(new):
+        for value in sorted(set(new[key]) - out.get(key, set())):
+            size = len(key.encode()) + len(value.encode())
+            if size <= room:
+                out.setdefault(key, set()).add(value)
+                room -= size
+    return {key: sorted(values) for key, values in out.items()}
 
 
 def window_emotives(
     stored: Sequence[Mapping[str, float]], incoming: Sequence[Mapping[str, float]], persistence: int
 ) -> list[dict[str, float]]:
-    """The pattern's emotive window after a learn (engine.md §1.6, D-4)."""
+    """The pattern's emotive window after a learn (engine.md §1.6, D-4): the last
+    ``persistence`` records, and of those the newest that fit its bound together (D-31)."""
     if not incoming:
         return [dict(r) for r in stored]
-    return [dict(r) for r in [*stored, *incoming][-persistence:]]
+    window = [dict(r) for r in [*stored, *incoming][-persistence:]]
+    total = sum(map(emotive_bytes, window))
+    while window and total > MAX_PATTERN_EMOTIVE_BYTES:
+        total -= emotive_bytes(window.pop(0))
+    return window

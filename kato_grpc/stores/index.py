@@ -12,6 +12,7 @@ import bisect
 import itertools
 import sys
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -234,11 +235,18 @@ class KnowledgeIndex:
         self.stored_symbols += record.length
         self._lengths.append(record.length)
         self._name_keys.append(name_key(record.name))
+        # One pass over the pattern (linear in its length: a 30,000-symbol pattern once cost
+        # seconds as ``flat.index`` / ``flat.count`` per distinct symbol); postings are added in
+        # the order of each symbol's first occurrence.
         flat = record.flat
+        counts = Counter(flat)
+        first: dict[str, int] = {}
+        for position, symbol in enumerate(flat):
+            first.setdefault(symbol, position)
         event_length_at = [len(e) for e in record.events for _ in e]
-        for symbol in dict.fromkeys(flat):
-            position = flat.index(symbol)
-            self._own_postings(symbol).add(pattern_id, flat.count(symbol), position, event_length_at[position])
+        for symbol, count in counts.items():
+            position = first[symbol]
+            self._own_postings(symbol).add(pattern_id, count, position, event_length_at[position])
 
     def apply_symbol_change(self, change: SymbolChange) -> None:
         """Apply one learn's statistics, in the order given (floats add up in that order)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kato_grpc.engine import importing
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.engine.records import merge_metadata, window_emotives
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -36,6 +37,18 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
         self.version += 1
         return True
 
+    def check_counters(self, writes: Sequence[storage.PatternWrite]) -> None:
+        """CounterLimit when the writes not applied yet would take a counter past the bound
+        an import may raise it to (D-30)."""
+        todo = [w for w in writes if not (w.write_id and w.write_id in self._applied)]
+        if not any(w.frequency for w in todo):
+            return
+        frequencies = {w.name: p.frequency for w in todo if (p := self.pattern(w.name)) is not None}
+        symbols = sum(stats.frequency for _, stats in self.symbols_after(None, self.symbol_count()))
+        importing.check_counters(
+            todo, importing.Counters(frequencies, self.totals().total_pattern_frequencies, symbols)
+        )
+
     def _learn(self, write: storage.PatternWrite) -> None:
         old = self.pattern(write.name)
         is_new = old is None
@@ -47,7 +60,7 @@ class InMemoryKnowledgeBase(KnowledgeIndex):
                 [list(e.symbols) for e in write.events],
                 learns(write),
                 window_emotives([], incoming, write.persistence),
-                metadata,
+                merge_metadata({}, metadata),
                 self.singles,
             )
         else:
@@ -94,6 +107,7 @@ class InMemoryPatternStore:
 
     async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         kb = self.kb(kb_id)
+        kb.check_counters(writes)  # all or nothing, like the MongoDB store's transaction
         return Applied(sum(kb.apply(w) for w in writes), kb.version)
 
     async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:

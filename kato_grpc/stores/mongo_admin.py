@@ -18,6 +18,11 @@ from kato_grpc.stores.mongo_docs import Doc, pattern_from_doc
 async def next_version(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> int:
     """Bump the KB's version (and add ``totals`` to its counters) inside the transaction.
     Every write to a KB does this before writing anything but its ledger."""
+    return int((await bump(db, s, kb_id, totals))["version"])
+
+
+async def bump(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> Doc:
+    """``next_version``, returning the KB document as it is after the bump."""
     kb = await db.kb.find_one_and_update(
         {"kb_id": kb_id},
         {"$inc": {"version": 1, **(totals or {})}},
@@ -26,7 +31,7 @@ async def next_version(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str
         session=s,
     )
     assert kb is not None  # upsert with ReturnDocument.AFTER always returns the document
-    return int(kb["version"])
+    return kb
 
 
 async def _bump_reload(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, *, reset_totals: bool) -> int:
@@ -34,7 +39,7 @@ async def _bump_reload(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str
     version = await next_version(db, s, kb_id)
     fields: Doc = {"reload_version": version}
     if reset_totals:
-        fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0}
+        fields |= {"total_unique_patterns": 0, "total_pattern_frequencies": 0, "symbol_frequencies": 0}
     await db.kb.update_one({"kb_id": kb_id}, {"$set": fields}, session=s)
     return version
 

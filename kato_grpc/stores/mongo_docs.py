@@ -11,7 +11,7 @@ from urllib.parse import unquote
 from pymongo import UpdateOne
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
-from kato_grpc.engine.records import canonical_json
+from kato_grpc.engine.records import canonical_json, merge_metadata, window_emotives
 from kato_grpc.internal.v1 import session_pb2 as storage
 
 Doc = dict[str, Any]
@@ -106,12 +106,37 @@ def learns(write: storage.PatternWrite) -> int:
     return write.frequency or 1
 
 
-def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int) -> Doc:
-    """The document a first learn creates: what the upsert below would produce on insert."""
+Accumulated = tuple[list[dict[str, float]], dict[str, list[str]]]
+
+
+def accumulated(doc: Mapping[str, Any] | None) -> Accumulated:
+    """A pattern document's emotive window and metadata (canonical texts); empty for None."""
+    if doc is None:
+        return [], {}
+    record = pattern_from_doc({"name": "", "events": [], **doc})
+    return [dict(r) for r in record.emotives], {k: list(v) for k, v in record.metadata.items()}
+
+
+def accumulate(before: Accumulated, write: storage.PatternWrite) -> Accumulated:
+    """What a pattern holds after a learn adds its emotive records and metadata: the rules of
+    engine.md §1.6, §1.7 and their bounds (D-31), the same as the in-memory KB's."""
+    emotives, metadata = before
+    incoming = [dict(r.values) for r in write.emotives]
+    new_metadata = {k: list(v.values) for k, v in write.metadata.items()}
+    return window_emotives(emotives, incoming, write.persistence), merge_metadata(metadata, new_metadata)
+
+
+def _emotive_docs(emotives: Sequence[Mapping[str, float]]) -> list[list[list[Any]]]:
+    return [sorted([k, v] for k, v in r.items()) for r in emotives]
+
+
+def _metadata_docs(metadata: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    return [[k, v] for k in sorted(metadata) for v in metadata[k]]
+
+
+def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int, after: Accumulated) -> Doc:
+    """The document a first learn creates; ``after``: its emotive window and metadata."""
     events = [list(e.symbols) for e in write.events]
-    records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
-    pairs = [[k, v] for k, values in sorted(write.metadata.items()) for v in values.values]
-    unique_pairs = [list(p) for p in dict.fromkeys(tuple(p) for p in pairs)]
     return {
         "kb_id": kb_id,
         "name": write.name,
@@ -119,28 +144,18 @@ def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int) -> Doc:
         "length": sum(len(e) for e in events),
         "frequency": learns(write),
         "kb_version": version,
-        "emotives": records[-write.persistence :] if records else [],
-        "metadata": unique_pairs,
+        "emotives": _emotive_docs(after[0]),
+        "metadata": _metadata_docs(after[1]),
         "affinity": {field_key(k): v for k, v in write.affinity_delta.items()},
     }
 
 
-def pattern_op(kb_id: str, write: storage.PatternWrite, version: int) -> UpdateOne:
-    events = [list(e.symbols) for e in write.events]
-    on_insert: Doc = {
-        "events": events,
-        "length": sum(len(e) for e in events),
-    }
+def pattern_op(kb_id: str, write: storage.PatternWrite, version: int, after: Accumulated | None) -> UpdateOne:
+    """A learn of a pattern the KB has. ``after``: its emotive window and metadata once this
+    learn added to them (None: the learn adds neither). Set whole rather than pushed, because
+    keeping them within their bounds depends on what they hold (D-31)."""
     inc = {"frequency": learns(write)} | {f"affinity.{field_key(k)}": v for k, v in write.affinity_delta.items()}
-    update: Doc = {"$inc": inc, "$set": {"kb_version": version}, "$setOnInsert": on_insert}
-    records = [sorted([k, v] for k, v in r.values.items()) for r in write.emotives]
-    if records:
-        update["$push"] = {"emotives": {"$each": records, "$slice": -write.persistence}}
-    else:
-        on_insert["emotives"] = []
-    pairs = [[k, v] for k, values in sorted(write.metadata.items()) for v in values.values]
-    if pairs:
-        update["$addToSet"] = {"metadata": {"$each": pairs}}
-    else:
-        on_insert["metadata"] = []
-    return UpdateOne({"kb_id": kb_id, "name": write.name}, update, upsert=True)
+    update: Doc = {"$inc": inc, "$set": {"kb_version": version}}
+    if after is not None:
+        update["$set"] |= {"emotives": _emotive_docs(after[0]), "metadata": _metadata_docs(after[1])}
+    return UpdateOne({"kb_id": kb_id, "name": write.name}, update)

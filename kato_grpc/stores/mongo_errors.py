@@ -6,6 +6,8 @@ from __future__ import annotations
 from bson.errors import InvalidDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
+from kato_grpc.errors import CounterLimit
+
 DUPLICATE_KEY = 11000
 # Errors that no retry can fix: BadValue (e.g. a counter that would overflow), FailedToParse,
 # TypeMismatch, BSONObjectTooLarge and the "document after update too large" family.
@@ -27,7 +29,7 @@ def is_duplicate(exc: BaseException) -> bool:
 
 def is_permanent(exc: BaseException) -> bool:
     """True when MongoDB (or the driver) refuses a write for good: retrying cannot help."""
-    if isinstance(exc, InvalidDocument | OverflowError):  # DocumentTooLarge is an InvalidDocument
+    if isinstance(exc, InvalidDocument | OverflowError | CounterLimit):  # DocumentTooLarge is an InvalidDocument
         return True
     if isinstance(exc, PyMongoError) and any(
         exc.has_error_label(label) for label in ("TransientTransactionError", "RetryableWriteError")

@@ -28,20 +28,26 @@ and an incremental cache refresh (``kb_version > cached``) never skips a write.
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from bson.binary import UUID_SUBTYPE, Binary
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from kato_grpc.engine import importing
 from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores import mongo_admin as admin
 from kato_grpc.stores.mongo_docs import (
+    Accumulated,
     Doc,
+    accumulate,
+    accumulated,
     pattern_doc,
     pattern_op,
     symbol_log_parts,
@@ -60,8 +66,16 @@ DEAD_LETTER_WRITE_BYTES = 1024 * 1024
 
 
 class MongoPatternStore(PatternReads):
-    def __init__(self, client: AsyncMongoClient[Doc], database: str) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Doc],
+        database: str,
+        before_transaction: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        """``before_transaction`` is given the logical session id of every transaction before
+        it starts (``transaction_owners.py``: a dead process's open ones can then be ended)."""
         self._client = client
+        self._before_transaction = before_transaction
         super().__init__(
             client.get_database(database, write_concern=WriteConcern("majority"), read_concern=ReadConcern("majority"))
         )
@@ -69,6 +83,17 @@ class MongoPatternStore(PatternReads):
     async def ping(self) -> bool:
         await self._client.admin.command("ping")
         return True
+
+    async def deployment_id(self) -> str:
+        """This database's id, made at its first use: what a Redis namespace is bound to."""
+        doc = await self._db.deployment.find_one_and_update(
+            {"_id": "deployment"},
+            {"$setOnInsert": {"id": uuid.uuid4().hex, "created": datetime.datetime.now(datetime.UTC)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None  # upsert with ReturnDocument.AFTER always returns the document
+        return str(doc["id"])
 
     async def ensure_indexes(self) -> None:
         db = self._db
@@ -142,6 +167,8 @@ class MongoPatternStore(PatternReads):
         """Run ``work`` in one majority-committed transaction (retried by the driver on
         transient errors). Every write of this store goes through here."""
         async with self._client.start_session() as session:
+            if self._before_transaction is not None:
+                await self._before_transaction(bytes(session.session_id["id"]))
             result: R = await session.with_transaction(
                 work, write_concern=WriteConcern("majority"), read_concern=ReadConcern("snapshot")
             )
@@ -175,9 +202,22 @@ class MongoPatternStore(PatternReads):
         # Which learns create their pattern is read before the version bump so the KB totals
         # ride along with it (one operation fewer per call). A pattern created concurrently
         # after this read makes the insert below fail, and the whole batch is retried.
-        new_flags = await self._new_flags(s, kb_id, learns)
-        totals = {"total_unique_patterns": sum(new_flags), "total_pattern_frequencies": sum(map(learn_count, learns))}
-        version = await admin.next_version(self._db, s, kb_id, totals if learns else None)
+        new_flags, known = await self._known(s, kb_id, learns)
+        frequencies = {name: int(doc.get("frequency", 0)) for name, doc in known.items()}
+        totals = {
+            "total_unique_patterns": sum(new_flags),
+            "total_pattern_frequencies": sum(map(learn_count, learns)),
+            "symbol_frequencies": sum(sum(w.symbol_counts.values()) for w in learns),
+        }
+        kb = await admin.bump(self._db, s, kb_id, totals if learns else None)
+        version = int(kb["version"])
+        if any(w.frequency for w in learns):  # an import: no counter past its bound (D-30)
+            before = importing.Counters(
+                frequencies,
+                int(kb.get("total_pattern_frequencies", 0)) - totals["total_pattern_frequencies"],
+                int(kb.get("symbol_frequencies", 0)) - totals["symbol_frequencies"],
+            )
+            importing.check_counters(todo, before)  # raising aborts the transaction
         vector_ops = [
             UpdateOne(
                 {"kb_id": kb_id, "name": pv.name},
@@ -190,25 +230,32 @@ class MongoPatternStore(PatternReads):
         if vector_ops:
             await db.vectors.bulk_write(vector_ops, ordered=True, session=s)
         if learns:
-            await self._write_patterns(s, kb_id, learns, new_flags, version)
+            await self._write_patterns(s, kb_id, learns, new_flags, known, version)
             await db.symbol_log.insert_many(symbol_log_parts(kb_id, version, learns, new_flags), session=s)
             learned = [[w.name, new] for w, new in zip(learns, new_flags, strict=True)]
             await db.kb_events.insert_one({"kb_id": kb_id, "kb_version": version, "learns": learned}, session=s)
         return Applied(len(todo), version)
 
-    async def _new_flags(self, s: AsyncClientSession, kb_id: str, learns: Sequence[storage.PatternWrite]) -> list[bool]:
+    async def _known(
+        self, s: AsyncClientSession, kb_id: str, learns: Sequence[storage.PatternWrite]
+    ) -> tuple[list[bool], dict[str, Doc]]:
         """True for each learn that creates its pattern (the first learn of a name in the batch
-        that the KB does not have yet)."""
+        that the KB does not have yet), and the documents of those it has: their frequency and,
+        when a learn adds to them, their emotive window and metadata."""
         if not learns:
-            return []
+            return [], {}
         names = sorted({w.name for w in learns})
-        cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$in": names}}, {"name": 1}, session=s)
-        known = {doc["name"] async for doc in cursor}
+        fields = {"name": 1, "frequency": 1}
+        if any(w.emotives or w.metadata for w in learns):
+            fields |= {"emotives": 1, "metadata": 1}
+        cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$in": names}}, fields, session=s)
+        docs = {doc["name"]: doc async for doc in cursor}
+        known = set(docs)
         flags: list[bool] = []
         for w in learns:
             flags.append(w.name not in known)
             known.add(w.name)
-        return flags
+        return flags, docs
 
     async def _write_patterns(
         self,
@@ -216,12 +263,25 @@ class MongoPatternStore(PatternReads):
         kb_id: str,
         learns: Sequence[storage.PatternWrite],
         new_flags: Sequence[bool],
+        known: Mapping[str, Doc],
         version: int,
     ) -> None:
         """Write the batch's patterns: those the KB does not have yet as whole documents (one
-        cheap bulk insert, the common case when training), the rest updated in batch order."""
-        inserts = [pattern_doc(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if new]
-        updates = [pattern_op(kb_id, w, version) for w, new in zip(learns, new_flags, strict=True) if not new]
+        cheap bulk insert, the common case when training), the rest updated in batch order.
+        Emotive windows and metadata are folded in batch order from what the KB holds."""
+        state: dict[str, Accumulated] = {}
+        inserts: list[Doc] = []
+        updates: list[UpdateOne] = []
+        for w, new in zip(learns, new_flags, strict=True):
+            after = None
+            if new or w.emotives or w.metadata:
+                before = state[w.name] if w.name in state else accumulated(known.get(w.name))
+                after = state[w.name] = accumulate(before, w)
+            if new:
+                assert after is not None
+                inserts.append(pattern_doc(kb_id, w, version, after))
+            else:
+                updates.append(pattern_op(kb_id, w, version, after))
         if inserts:
             await self._db.patterns.insert_many(inserts, ordered=True, session=s)
         if updates:
@@ -248,6 +308,11 @@ class MongoPatternStore(PatternReads):
         return await self._transaction(
             lambda s: admin.update_in(self._db, s, kb_id, name, frequency, emotives, metadata)
         )
+
+    async def end_sessions(self, session_ids: Sequence[bytes]) -> None:
+        """End these logical sessions, aborting any transaction left open in them."""
+        if session_ids:
+            await self._client.admin.command("killSessions", [{"id": Binary(i, UUID_SUBTYPE)} for i in session_ids])
 
     async def close(self) -> None:
         await self._client.close()

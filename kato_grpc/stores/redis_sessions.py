@@ -2,26 +2,34 @@
 
 Keys (hash-tagged by session id, so a session's keys share one Redis Cluster slot):
 
-- ``kato:{<id>}:state`` — hash: ``v`` (version), ``s`` (serialized SessionState without its
+- ``{ns}:{<id>}:state`` — hash: ``v`` (version), ``s`` (serialized SessionState without its
   pending writes), ``t`` (TTL in ms), and the session's request records: ``q:<request_id>``
   (a serialized RequestRecord), ``o:<n>`` (the n-th recorded request id, for eviction),
   ``qh``/``qt`` (first/last n) and ``qb`` (bytes of records). One key, so the records live
   exactly as long as the session: every load slides one TTL, and a delete removes all.
-- ``kato:{<id>}:outbox`` — hash: ``v`` (the session version that wrote it), ``w`` (a serialized
+- ``{ns}:{<id>}:outbox`` — hash: ``v`` (the session version that wrote it), ``w`` (a serialized
   Outbox). **No TTL**: learns committed to a session reach the knowledge base even when the
   session is deleted or expires first. The relay (``server/relay.py``) applies what a crashed
   or cut-off call left here.
 
-Global keys: ``kato:outbox:due`` (sorted set: session ids whose outbox may be pending, scored
-by Redis time in ms when marked), ``kato:kb:{<kb>}:version`` and ``kato:create:{<node>}:<hash>`` /
-``kato:kbreq:{<node>}:<hash>`` (request records of calls that have no session). Request ids
+Global keys: ``{ns}:outbox:due`` (sorted set: session ids whose outbox may be pending, scored
+by Redis time in ms when marked), ``{ns}:kb:{<kb>}:version``, ``{ns}:create:{<node>}:<hash>`` /
+``{ns}:kbreq:{<node>}:<hash>`` (request records of calls that have no session) and
+``{ns}:deployment`` (which MongoDB database the namespace serves), ``{ns}:txn:owners`` and
+``{ns}:txn:lease:<process>`` (``transaction_owners.py``). Request ids
 and principals only ever appear hashed or as hash fields, never inside a key's structure, so
 no crafted id can name another key. No KEYS or SCAN anywhere.
+
+Every key starts with the deployment's namespace ``{ns}`` (``Keys``; ``KATO_REDIS_NAMESPACE``,
+by default the MongoDB database's name): deployments that share one Redis never see each
+other's sessions, outboxes or KB versions — above all, a relay only ever applies outboxes of
+its own deployment, into its own database (docs/operations.md, "Sharing one Redis").
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from redis.asyncio.cluster import RedisCluster
@@ -42,7 +50,9 @@ from kato_grpc.stores.redis_scripts import (
     _UNMARK,
 )
 
-DUE_KEY = "kato:outbox:due"
+DEFAULT_NAMESPACE = "kato"
+# A namespace is part of every key's text: nothing in it may look like a hash tag or a separator.
+NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +72,54 @@ class Replication:
     timeout_ms: int = 100
 
 
-def state_key(session_id: str) -> str:
-    return f"kato:{{{session_id}}}:state"
+def namespace_for(database: str) -> str:
+    """The default namespace of a deployment whose MongoDB database is ``database``: the name
+    itself when it can be one (``kato`` keeps the keys every earlier version wrote), else a
+    digest of it — different databases, different namespaces, either way."""
+    if NAMESPACE.fullmatch(database):
+        return database
+    return "db-" + hashlib.sha256(database.encode()).hexdigest()[:24]
 
 
-def outbox_key(session_id: str) -> str:
-    return f"kato:{{{session_id}}}:outbox"
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The name of every key the service owns in Redis, under one deployment's namespace."""
 
+    namespace: str = DEFAULT_NAMESPACE
 
-def kb_version_key(kb_id: str) -> str:
-    return f"kato:kb:{{{kb_id}}}:version"
+    def __post_init__(self) -> None:
+        if not NAMESPACE.fullmatch(self.namespace):
+            raise ValueError(f"a Redis namespace is 1-64 of A-Z a-z 0-9 _ . - (got {self.namespace!r})")
 
+    def state(self, session_id: str) -> str:
+        return f"{self.namespace}:{{{session_id}}}:state"
 
-def scoped_key(kind: str, node_id: str, principal: str, request_id: str) -> str:
-    """The key of a request record that belongs to a node, not a session (CreateSession, a
-    node's ClearKnowledgeBase): scoped by node and caller, the id itself hashed."""
-    digest = hashlib.sha256(f"{principal}\0{request_id}".encode()).hexdigest()
-    return f"kato:{kind}:{{{node_id}}}:{digest}"
+    def outbox(self, session_id: str) -> str:
+        return f"{self.namespace}:{{{session_id}}}:outbox"
+
+    @property
+    def due(self) -> str:
+        return f"{self.namespace}:outbox:due"
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.namespace}:deployment"
+
+    @property
+    def transaction_owners(self) -> str:
+        return f"{self.namespace}:txn:owners"
+
+    def transaction_lease(self, process: str) -> str:
+        return f"{self.namespace}:txn:lease:{process}"
+
+    def kb_version(self, kb_id: str) -> str:
+        return f"{self.namespace}:kb:{{{kb_id}}}:version"
+
+    def scoped(self, kind: str, node_id: str, principal: str, request_id: str) -> str:
+        """The key of a request record that belongs to a node, not a session (CreateSession, a
+        node's ClearKnowledgeBase): scoped by node and caller, the id itself hashed."""
+        digest = hashlib.sha256(f"{principal}\0{request_id}".encode()).hexdigest()
+        return f"{self.namespace}:{kind}:{{{node_id}}}:{digest}"
 
 
 class RedisSessionStore:
@@ -86,9 +127,14 @@ class RedisSessionStore:
     keys of one slot."""
 
     def __init__(
-        self, client: RedisClient, records: RecordLimits | None = None, replication: Replication | None = None
+        self,
+        client: RedisClient,
+        records: RecordLimits | None = None,
+        replication: Replication | None = None,
+        keys: Keys | None = None,
     ) -> None:
         self._redis = client
+        self.keys = keys or Keys()
         self._records = records or RecordLimits()
         self._replication = replication or Replication()
         self._load = client.register_script(_LOAD)
@@ -106,7 +152,7 @@ class RedisSessionStore:
     async def load(self, session_id: str, request_id: str = "", kb_id: str | None = None) -> Loaded | None:
         """Load a session (sliding its TTL). With ``kb_id`` (the session's node, when the caller
         already knows it) the KB's published version comes back in the same round trip."""
-        keys = [state_key(session_id), outbox_key(session_id)]
+        keys = [self.keys.state(session_id), self.keys.outbox(session_id)]
         args = [request_id]
         kb_version = None
         if kb_id is None:
@@ -116,7 +162,7 @@ class RedisSessionStore:
             # because a pipeline holding Script objects re-checks SCRIPT EXISTS on every call.
             pipe = self._redis.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", self._load.sha, len(keys), *keys, *args)
-            pipe.get(kb_version_key(kb_id))
+            pipe.get(self.keys.kb_version(kb_id))
             loaded, published = await execute(pipe)
             if isinstance(loaded, NoScriptError):  # first use on this server: load the script
                 loaded = await self._load(keys=keys, args=args)
@@ -157,11 +203,11 @@ class RedisSessionStore:
         mode = "keep"
         if outbox is not None and outbox.writes:
             mode = "set"
-            await self._mark(keys=[DUE_KEY], args=[state.session_id])  # before the commit: never unmarked
+            await self._mark(keys=[self.keys.due], args=[state.session_id])  # before the commit: never unmarked
         elif clear_outbox:
             mode = "del"
         return await self._commit(
-            [state_key(state.session_id), outbox_key(state.session_id)],
+            [self.keys.state(state.session_id), self.keys.outbox(state.session_id)],
             [
                 "" if expected_version is None else str(expected_version),
                 str(state.version),
@@ -206,37 +252,46 @@ class RedisSessionStore:
             return int(result)
         raise Unavailable("the session store lost its scripts twice in a row; retry", reason="STORE_UNAVAILABLE")
 
+    async def claim_namespace(self, deployment: str) -> str:
+        """Record that this namespace serves ``deployment`` (the id its MongoDB database keeps)
+        unless one is recorded already; returns the one recorded. The server refuses to start
+        when it is another's: two deployments with one namespace would apply each other's
+        outboxes (docs/operations.md, "Sharing one Redis")."""
+        await self._redis.set(self.keys.deployment, deployment, nx=True)
+        recorded = await self._redis.get(self.keys.deployment)
+        return deployment if recorded is None else _text(recorded)
+
     async def drop_outbox(self, session_id: str, version: int) -> bool:
         """Remove the outbox written at ``version`` (applied); a newer one stays."""
-        return bool(await self._drop(keys=[outbox_key(session_id)], args=[str(version)]))
+        return bool(await self._drop(keys=[self.keys.outbox(session_id)], args=[str(version)]))
 
     async def due_outboxes(self, older_than_ms: int, limit: int) -> list[tuple[str, float]]:
         """Sessions marked as holding an outbox more than ``older_than_ms`` ago."""
-        flat = await self._due(keys=[DUE_KEY], args=[str(older_than_ms), str(limit)])
+        flat = await self._due(keys=[self.keys.due], args=[str(older_than_ms), str(limit)])
         return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def read_outbox(self, session_id: str) -> tuple[storage.Outbox, int] | None:
-        version, blob = await self._redis.hmget(outbox_key(session_id), ["v", "w"])
+        version, blob = await self._redis.hmget(self.keys.outbox(session_id), ["v", "w"])
         if version is None or blob is None:
             return None
         return storage.Outbox.FromString(_bytes(blob)), int(version)
 
     async def release_outbox(self, session_id: str, version: int | None, score: float) -> None:
-        left = await self._release(keys=[outbox_key(session_id)], args=["" if version is None else str(version)])
+        left = await self._release(keys=[self.keys.outbox(session_id)], args=["" if version is None else str(version)])
         if not int(left):
-            await self._unmark(keys=[DUE_KEY], args=[session_id, repr(score)])
+            await self._unmark(keys=[self.keys.due], args=[session_id, repr(score)])
 
     async def kb_version(self, kb_id: str) -> int | None:
         """The last published version of a KB; None when Redis does not know it."""
-        value = await self._redis.get(kb_version_key(kb_id))
+        value = await self._redis.get(self.keys.kb_version(kb_id))
         return int(value) if value is not None else None
 
     async def publish_kb_version(self, kb_id: str, version: int) -> None:
-        await self._publish(keys=[kb_version_key(kb_id)], args=[str(version)])
+        await self._publish(keys=[self.keys.kb_version(kb_id)], args=[str(version)])
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and its request records. Its outbox stays until applied."""
-        return bool(await self._redis.delete(state_key(session_id)))
+        return bool(await self._redis.delete(self.keys.state(session_id)))
 
     async def remember(self, key: str, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
         """Record a session-less request unless one is there; returns the record that won."""

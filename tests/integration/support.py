@@ -80,12 +80,16 @@ def details(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[str]]:
 
 
 def doomed_session(
-    stores: tuple[devstack.LocalServer, devstack.LocalServer], log_dir: Path, redis_db: int, **env: str
+    stores: tuple[devstack.LocalServer, devstack.LocalServer],
+    log_dir: Path,
+    redis_db: int,
+    database: str | None = None,
+    **env: str,
 ) -> tuple[ServerProcess, svc_grpc.KatoServiceStub, str, str]:
     """A server whose pattern store dies on its first write (``crashing_server``), on its own
-    database and Redis database (no other server's relay reaches its outboxes), and a session
-    on it that observed "a" then "b": (server, stub, node id, session name)."""
-    database = "kato_" + uuid.uuid4().hex[:8]
+    database (so its own Redis namespace: no other server's relay reaches its outboxes), and
+    a session on it that observed "a" then "b": (server, stub, node id, session name)."""
+    database = database or "kato_" + uuid.uuid4().hex[:8]
     doomed = new_server(*stores, log_dir, database, redis_db=redis_db, module="tests.integration.crashing_server")
     doomed.start(**env)
     stub = doomed.stub()

@@ -35,7 +35,9 @@ CLIENTS, SESSIONS, CALLS = 16, 16, 1600
 @pytest.mark.parametrize("wait_replicas", [0, 1])
 def test_a_master_killed_under_load(stores: Stores, log_dir: Path, tmp_path: Path, wait_replicas: int) -> None:
     with devcluster.local_cluster(tmp_path) as cluster:
-        server = new_server(*stores, log_dir, "kato_failover_" + uuid.uuid4().hex[:8]).start(
+        database = "kato_failover_" + uuid.uuid4().hex[:8]
+        keys = redis_sessions.Keys(redis_sessions.namespace_for(database))
+        server = new_server(*stores, log_dir, database).start(
             KATO_REDIS_URL=cluster.url, KATO_REDIS_WAIT_REPLICAS=str(wait_replicas), KATO_STORE_TIMEOUT_SECONDS="1"
         )
         try:
@@ -45,7 +47,7 @@ def test_a_master_killed_under_load(stores: Stores, log_dir: Path, tmp_path: Pat
                 stubs[0].CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=kb))).name
                 for _ in range(SESSIONS)
             ]
-            victim = cluster.master_of(redis_sessions.state_key(sessions[0].removeprefix("sessions/")))
+            victim = cluster.master_of(keys.state(sessions[0].removeprefix("sessions/")))
             acknowledged: Counter[str] = Counter()
             codes: Counter[str] = Counter()
             lock = threading.Lock()

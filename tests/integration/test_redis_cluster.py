@@ -50,7 +50,8 @@ def test_the_cluster_spreads_sessions_over_its_masters(
     owners = set()
     for _ in range(40):
         session = stub.CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=kb)))
-        key = redis_sessions.state_key(session.name.removeprefix("sessions/"))
+        keys = redis_sessions.Keys(cluster_servers[0].env["KATO_MONGODB_DATABASE"])
+        key = keys.state(session.name.removeprefix("sessions/"))
         owner = cluster.master_of(key)
         with redis.Redis(port=owner.port) as node:
             assert node.exists(key) == 1  # stored where the cluster says the slot lives

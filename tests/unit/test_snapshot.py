@@ -150,6 +150,7 @@ def test_anything_but_a_snapshot_is_refused() -> None:
 # below are re-zipped, so the zip's own CRCs are right too: only the decoder's checks stand.
 
 Arrays = dict[str, npt.NDArray[Any]]
+REMOVED = 3  # the removed pattern's id in _damageable
 
 
 @functools.cache
@@ -157,10 +158,7 @@ def _damageable() -> bytes:
     """A small snapshot with every kind of content: extras, a vector, a removed pattern."""
     kb, _ = _kb(30, 1)
     assert kb.vector_count() > 0 and any(p.metadata for p in kb.all_patterns())
-    return snapshot.encode(_holed(kb, 3))
-
-
-REMOVED = 3  # the removed pattern's id in _damageable
+    return snapshot.encode(_holed(kb, REMOVED))
 
 
 def _texts(values: list[str]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:

@@ -28,6 +28,10 @@ class Events(Protocol):
         """A KB snapshot this process set out to write: ``written``, ``skipped`` (one at least
         as new was stored already) or ``failed``; ``seconds`` from start to end."""
 
+    def engine_stopped(self) -> None:
+        """A computation on an engine thread stopped at one of its checks because its call gave
+        up (its deadline, the client gone, shutdown) — instead of running on to its end."""
+
     def session_created(self) -> None: ...
 
     def session_deleted(self) -> None: ...
@@ -50,6 +54,9 @@ class _NoEvents:
         return None
 
     def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:
+        return None
+
+    def engine_stopped(self) -> None:
         return None
 
     def session_created(self) -> None:

@@ -127,7 +127,7 @@ class KatoServer:
         )
         self.reaper = TransactionReaper(self.owners, self.patterns, settings.transaction_lease_seconds / 3)
         self.cache, self.snapshotter = kb_caching.kb_cache(settings, self.patterns, events)
-        self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work)
+        self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work, events.engine_stopped)
         self.runner = TransactionRunner(
             self.sessions,
             wrap_pattern_store(self.patterns) if wrap_pattern_store is not None else self.patterns,

@@ -7,7 +7,8 @@ blocking them until it is done.
 
 Each computation gets a ``Budget``: its work is bounded before it starts (the prediction work
 limit), and when the awaiting call gives up — its deadline passed, the client went away, the
-server is stopping — the budget is cancelled and the thread stops at its next check.
+server is stopping — the budget is cancelled and the thread stops at its next check (reported to ``stopped``:
+``Events.engine_stopped``, so a stop is seen, not inferred from how long a call took).
 
 The KB indexes a computation reads are leased for as long as its thread runs (not just until
 the awaiting call gives up), so the KB cache never changes an index under a reader.
@@ -22,15 +23,17 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from kato_grpc.engine.budget import Budget
+from kato_grpc.errors import DeadlineExceeded
 from kato_grpc.stores.index import KnowledgeIndex
 
 T = TypeVar("T")
 
 
 class EngineRunner:
-    def __init__(self, threads: int, max_prediction_work: int) -> None:
+    def __init__(self, threads: int, max_prediction_work: int, stopped: Callable[[], None] = lambda: None) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kato-engine")
         self._max_work = max_prediction_work
+        self._stopped = stopped
         self._running: set[Budget] = set()
 
     async def run(self, work: Callable[[Budget], T], reads: Sequence[object] = (), *, inline: bool = False) -> T:
@@ -50,14 +53,17 @@ class EngineRunner:
         loop = asyncio.get_running_loop()
         self._running.add(budget)
 
-        def release(_: object) -> None:
+        def release(f: concurrent.futures.Future[T]) -> None:
             for kb in leased:
                 kb.readers -= 1
             self._running.discard(budget)
+            # Stopped at a check (Budget.check raised), not finished after its call gave up.
+            if budget.cancelled and not f.cancelled() and isinstance(f.exception(), DeadlineExceeded):
+                self._stopped()
 
         future = self._pool.submit(work, budget)
 
-        def done(f: object) -> None:
+        def done(f: concurrent.futures.Future[T]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed first (process exit)
                 loop.call_soon_threadsafe(release, f)
 

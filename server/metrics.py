@@ -2,7 +2,8 @@
 code, its latency and the calls in flight (counted by the call interceptor, ``server/calls.py``,
 so streams, health and reflection count too); store calls by operation
 (``server/observed.py``); the shell's events (``kato_grpc/events.py``) — CAS conflicts, outbox
-applies and pending writes, KB cache lookups, evictions and sizes, sessions — plus the process
+applies and pending writes, KB cache lookups, evictions and sizes, engine computations stopped
+early, sessions — plus the process
 collectors.
 
 Each process has its own registry and port: worker ``i`` of ``KATO_WORKERS`` serves
@@ -67,6 +68,9 @@ class Metrics:
             registry=r,
         )
         self.sessions = Counter("kato_sessions", "Sessions created and deleted", ["event"], registry=r)
+        self.engine_stops = Counter(
+            "kato_engine_stopped", "Engine computations stopped early because their call gave up", registry=r
+        )
         # Label children looked up once (a lookup per call is a lock and a dict).
         self._kb_hits = self.kb_lookups.labels("hit")
 
@@ -104,6 +108,9 @@ class Metrics:
         self.kb_snapshots.labels(result).inc()
         if result == "written":
             self.kb_snapshot_seconds.observe(seconds)
+
+    def engine_stopped(self) -> None:
+        self.engine_stops.inc()
 
     def session_created(self) -> None:
         self.sessions.labels("created").inc()

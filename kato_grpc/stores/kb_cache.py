@@ -167,7 +167,9 @@ class KbCache:
         try:
             base = await asyncio.to_thread(self._decode, changes.snapshot.blob)
         except snapshot.SnapshotError:
-            log.warning("kb snapshot unreadable: loading from documents", knowledge_base=kb_id, exc_info=True)
+            # ERROR, as its twin "kb snapshot damaged": if the log was compacted into it, the
+            # load from documents that follows fails DATA_LOSS (mongo_reads.py).
+            log.error("kb snapshot unreadable: loading from documents", knowledge_base=kb_id, exc_info=True)
             return None
         if not changes.snapshot_patterns:
             base.drop_patterns()

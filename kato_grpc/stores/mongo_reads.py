@@ -17,7 +17,8 @@ from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.errors import DataLoss, Unavailable
 from kato_grpc.stores.index import SymbolChange
 from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, pattern_from_doc, totals_from_doc
-from kato_grpc.stores.mongo_snapshots import SnapshotCorrupt, SnapshotMoved, SnapshotStore, StoredSnapshot
+from kato_grpc.stores.mongo_snapshots import SnapshotMoved, SnapshotStore, StoredSnapshot
+from kato_grpc.stores.snapshot import SnapshotError
 
 T = TypeVar("T")
 READ_ATTEMPTS = 8
@@ -145,8 +146,9 @@ class PatternReads:
     async def _snapshot(self, kb_id: str, marks: _Marks, known: StoredSnapshot | None) -> StoredSnapshot | None:
         try:
             return await self.snapshots.latest(kb_id, at_least=marks.cleared, at_most=marks.version, known=known)
-        except SnapshotCorrupt as exc:
-            # Passed over: the documents hold everything unless the log was compacted into it.
+        except SnapshotError as exc:
+            # Damaged (a checksum mismatch, parts lost, a malformed header): passed over, since
+            # the documents hold everything — unless the log was compacted into it (DATA_LOSS).
             log.error("kb snapshot damaged", knowledge_base=kb_id, error=str(exc))
             return None
 

@@ -3,7 +3,10 @@
 ``kb_snapshots`` holds, per KB, the newest snapshot as parts of at most ``PART_BYTES``
 (documents end at 16 MiB) and one header (``part`` -1: the version, the part count, the
 blob's SHA-256), written after the parts: a header names a complete snapshot. Writing a newer
-one deletes the older ones; a reader that finds parts missing was overtaken and reads again.
+one deletes the older ones, headers included, after its own header is stored. So a reader
+that finds parts missing was overtaken — and reads again — only when its header is gone or a
+newer one is stored; while its header is still the newest, nobody is replacing it and the
+parts are lost: the snapshot is damaged (``SnapshotError``, as for a checksum mismatch).
 
 A snapshot at version V lets the symbol log up to V go (``compact``): ``kb.compacted_through``
 is raised first, then the log deleted, so a cache refresh that read the log meanwhile sees the
@@ -21,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from kato_grpc.stores.mongo_docs import Doc
+from kato_grpc.stores.snapshot import SnapshotError
 
 PART_BYTES = 8 * 1024 * 1024
 HEADER = -1
@@ -28,10 +32,6 @@ HEADER = -1
 
 class SnapshotMoved(Exception):
     """A snapshot was replaced while it was being read: read again."""
-
-
-class SnapshotCorrupt(Exception):
-    """A stored snapshot's bytes do not match its checksum."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +71,36 @@ class SnapshotStore:
         if known is not None and known.version == version:
             return known
         cursor = self._db.kb_snapshots.find({"kb_id": kb_id, "version": version, "part": {"$gte": 0}})
-        parts = [bytes(doc["data"]) async for doc in cursor.sort("part", ASCENDING)]
-        if len(parts) != int(header["parts"]):
-            raise SnapshotMoved(f"snapshot {kb_id}@{version}: {len(parts)} of {header['parts']} parts")
-        blob = b"".join(parts)
-        if hashlib.sha256(blob).hexdigest() != header["sha256"]:
-            raise SnapshotCorrupt(f"snapshot {kb_id}@{version}: checksum mismatch")
+        docs = [doc async for doc in cursor.sort("part", ASCENDING)]
+        try:
+            parts, digest, data = int(header["parts"]), str(header["sha256"]), [doc["data"] for doc in docs]
+            # Compared with what was found, never built from what the header declares.
+            complete = len(docs) == parts and [doc["part"] for doc in docs] == list(range(len(docs)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"snapshot {kb_id}@{version}: malformed: {exc!r}") from exc
+        if not all(isinstance(d, bytes) for d in data):
+            raise SnapshotError(f"snapshot {kb_id}@{version}: malformed: a part is not binary")
+        if not complete:
+            if await self._replaced(kb_id, header):
+                raise SnapshotMoved(f"snapshot {kb_id}@{version}: replaced while it was read")
+            raise SnapshotError(f"snapshot {kb_id}@{version}: {len(docs)} of {parts} parts, and none newer stored")
+        blob = b"".join(data)
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise SnapshotError(f"snapshot {kb_id}@{version}: checksum mismatch")
         return StoredSnapshot(version, blob)
+
+    async def _replaced(self, kb_id: str, header: Doc) -> bool:
+        """Whether ``header`` is no longer the KB's newest snapshot (deleted, or a newer one
+        stored): a writer replacing it stores its own header before deleting any older part.
+        A header newer than the KB's version (only a forgery has one) replaces nothing: it
+        would make every read again find this one, and the reader loop until it gives up."""
+        kb = await self._db.kb.find_one({"kb_id": kb_id}, {"version": 1}) or {}
+        newest = await self._db.kb_snapshots.find_one(
+            {"kb_id": kb_id, "part": HEADER, "version": {"$lte": int(kb.get("version", 0))}},
+            {"_id": 1},
+            sort=[("version", DESCENDING)],
+        )
+        return newest is None or newest["_id"] != header["_id"]
 
     async def save(self, kb_id: str, version: int, blob: bytes) -> bool:
         """Store a snapshot, then drop older ones. False when one of this version exists

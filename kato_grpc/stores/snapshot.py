@@ -6,10 +6,17 @@ A snapshot holds the index as it is at one version — the symbol table once, ea
 symbols as ids, the postings already grouped by symbol, the symbol statistics as they stand
 — so loading is reading a few large documents and slicing arrays.
 
-The blob is a NumPy ``.npz`` archive read with ``allow_pickle=False``: plain typed arrays,
-nothing in it can run code, whoever wrote the database. Integers are stored in the narrowest
-type that holds them. Floats (statistics, emotives, vectors) keep every bit, so statistics
-continue to add up exactly as the log would have added them.
+The blob is a NumPy ``.npz`` archive of plain typed arrays (no objects: nothing in it can run
+code, whoever wrote the database). Integers are stored in the narrowest type that holds them.
+Floats (statistics, emotives, vectors) keep every bit, so statistics continue to add up exactly
+as the log would have added them.
+
+Decoding trusts nothing in the blob (a store checksum proves only that it is what was written):
+each member's declared type and size are compared with its bytes before an array is made (not
+``np.load``, which allocates whatever a header declares), and every id, end and offset is
+checked before anything is built. Whatever the bytes, ``decode`` returns an index the engine
+can read or raises ``SnapshotError`` — which the store turns into DATA_LOSS only when the
+snapshot was the data (docs/operations.md, "Backup and restore").
 
 Invariant: ``decode(encode(index))`` answers every ``KnowledgeView`` question as ``index``
 does, with the same pattern ids (removed slots included), so the postings need no remapping.
@@ -20,7 +27,10 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
+import struct
 import sys
+import tokenize
 import zipfile
 from array import array
 from collections.abc import Iterable, Mapping
@@ -29,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib import format as npformat
 
 from kato_grpc.engine.knowledge import PatternRecord, PostingArrays, SymbolStats, Totals
 from kato_grpc.stores.index import IndexParts, KnowledgeIndex
@@ -187,20 +198,219 @@ def encode(index: KnowledgeIndex) -> bytes:
 
 # --- decode --------------------------------------------------------------------------------
 
+# What each member of the archive must be: a kind of number and a number of dimensions.
+# Integer columns are written in the narrowest type that holds them (any width) and hold
+# counts, ids and offsets, so they are never negative.
+_INTEGER, _BOOL, _BYTE, _KEY, _FLOAT = "integer", "bool", "byte", "key", "float"
+_STRINGS = ("symbol", "name", "extra", "key", "vector")
+_MEMBERS: dict[str, tuple[str, int]] = {
+    "header": (_INTEGER, 1),
+    **{f"{s}_blob": (_BYTE, 1) for s in _STRINGS},
+    **{f"{s}_offsets": (_INTEGER, 1) for s in _STRINGS},
+    "live": (_BOOL, 1),
+    "name_keys": (_KEY, 1),
+    "affinity_value": (_FLOAT, 1),
+    "vectors": (_FLOAT, 2),
+    **{
+        name: (_INTEGER, 1)
+        for name in (
+            "frequencies",
+            "lengths",
+            "flat",
+            "flat_ends",
+            "event_lengths",
+            "event_ends",
+            "extra_ids",
+            "posting_symbols",
+            "posting_ends",
+            *(f"posting_{c}" for c in PostingArrays._fields),
+            "stat_symbols",
+            "stat_frequency",
+            "stat_members",
+            "affinity_owner",
+            "affinity_key",
+        )
+    },
+}
+_KINDS = {_INTEGER: ("ui", None), _BOOL: ("b", 1), _BYTE: ("u", 1), _KEY: ("u", 8), _FLOAT: ("f", 8)}
+# Zip flags an archive of ours may carry (data descriptor, UTF-8 names): no encryption, no
+# patch data.
+_ZIP_FLAGS = 0x08 | 0x800
+# Read failures of a damaged archive (zip directory, .npy headers, UTF-8, JSON). numpy parses
+# a header it cannot read as Python 2 text with ``tokenize``, which fails in its own ways.
+_DAMAGE = (
+    ValueError,
+    SyntaxError,
+    tokenize.TokenError,
+    KeyError,
+    IndexError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    EOFError,
+    OSError,
+    struct.error,
+    zipfile.BadZipFile,
+)
+
 
 def decode(blob: bytes) -> KnowledgeIndex:
-    """The index a snapshot holds. Raises ``SnapshotError`` for anything else."""
+    """The index a snapshot holds. Raises ``SnapshotError``, and nothing else, for anything
+    else — whatever the bytes, nothing larger than they are is allocated before it is checked
+    (the arrays together hold at most the blob's bytes; what is built from them is linear in
+    their length)."""
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-            a = {name: archive[name] for name in archive.files}
-        return _build(a)
+        arrays = _read(blob)
+        _check(arrays)
+        return _build(arrays)
     except SnapshotError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except _DAMAGE as exc:
         raise SnapshotError(f"unreadable snapshot: {type(exc).__name__}: {exc}") from exc
 
 
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise SnapshotError(f"damaged snapshot: {what}")
+
+
+def _read(blob: bytes) -> dict[str, npt.NDArray[Any]]:
+    """The archive's arrays, each one's declared type and size checked against the bytes it
+    has before an array is made (``np.load`` would allocate whatever a header declares)."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        infos = archive.infolist()
+        _require(sorted(i.filename for i in infos) == sorted(f"{m}.npy" for m in _MEMBERS), "members")
+        # Stored, not compressed: each member's bytes are in the blob, so all of them together
+        # are at most the blob (a compressed member may declare any size: a zip bomb).
+        for info in infos:
+            stored = info.compress_type == zipfile.ZIP_STORED and info.file_size == info.compress_size
+            _require(stored and not info.flag_bits & ~_ZIP_FLAGS, f"{info.filename}: not a stored member")
+        _require(sum(i.file_size for i in infos) <= len(blob), "members larger than the archive")
+        members = {i.filename.removesuffix(".npy"): i for i in infos}
+        return {name: _array(name, archive.read(info)) for name, info in members.items()}
+
+
+def _array(name: str, member: bytes) -> npt.NDArray[Any]:
+    """One ``.npy`` member as an array over its bytes, if its header declares exactly them."""
+    stream = io.BytesIO(member)
+    version = npformat.read_magic(stream)
+    _require(version in ((1, 0), (2, 0)), f"{name}: .npy version {version}")
+    read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(stream)
+    kind, ndim = _MEMBERS[name]
+    kinds, itemsize = _KINDS[kind]
+    plain = not dtype.hasobject and dtype.fields is None and dtype.subdtype is None
+    _require(plain and dtype.kind in kinds and itemsize in (None, dtype.itemsize), f"{name}: type {dtype}")
+    _require(len(shape) == ndim and all(d >= 0 for d in shape), f"{name}: shape {shape}")
+    # Python integers: a declared 2**40 elements is compared, never allocated.
+    count = math.prod(shape)
+    _require(count * dtype.itemsize == len(member) - stream.tell(), f"{name}: {shape} is not the member's size")
+    array = np.frombuffer(member, dtype=dtype, count=count, offset=stream.tell())
+    # Native byte order (a copy only when written on a machine of the other order).
+    return array.astype(dtype.newbyteorder("="), copy=False).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _ascending(ends: npt.NDArray[Any], total: int) -> bool:
+    """Non-decreasing and ending at ``total``: ends of consecutive slices of ``total`` items."""
+    if len(ends) == 0:
+        return total == 0
+    return int(ends[-1]) == total and bool(np.all(ends[1:] >= ends[:-1]))
+
+
+def _check_strings(a: dict[str, npt.NDArray[Any]], prefix: str, count: int | None = None) -> int:
+    offsets, blob = a[f"{prefix}_offsets"], a[f"{prefix}_blob"]
+    _require(len(offsets) > 0 and int(offsets[0]) == 0, f"{prefix}_offsets")
+    _require(count is None or len(offsets) == count + 1, f"{prefix}_offsets: {len(offsets) - 1} for {count}")
+    _require(_ascending(offsets, len(blob)), f"{prefix}_offsets do not cut {prefix}_blob")
+    return len(offsets) - 1
+
+
+def _check(a: dict[str, npt.NDArray[Any]]) -> None:
+    """Every id, end and offset points inside the arrays it indexes, consecutive slices do not
+    overlap, and posting entries point at live patterns and inside them: ``_build`` cannot
+    fail or blow up (a damaged end could otherwise give every pattern every event), and the
+    engine reads nothing out of range. What stays unchecked (a frequency, a statistic) is
+    what only the store's checksum can vouch for."""
+    for name, (kind, _) in _MEMBERS.items():
+        _require(kind != _INTEGER or not a[name].size or int(a[name].min()) >= 0, f"{name}: negative")
+    _require(a["header"].shape == (5,), "header")
+    symbols = _check_strings(a, "symbol")
+    live = a["live"]
+    n = len(live)
+    _check_strings(a, "name", n)
+    for name in ("frequencies", "lengths", "name_keys", "flat_ends", "event_ends"):
+        _require(len(a[name]) == n, f"{name}: {len(a[name])} for {n} patterns")
+
+    # Patterns: each one's symbols and events are consecutive slices, its events cover its
+    # symbols exactly, and a live pattern's length is its number of symbols.
+    flat, lengths, event_lengths = a["flat"], a["lengths"], a["event_lengths"]
+    _require(not flat.size or int(flat.max()) < symbols, "flat: a symbol id past the table")
+    _require(_ascending(a["flat_ends"], len(flat)), "flat_ends")
+    _require(_ascending(a["event_ends"], len(event_lengths)), "event_ends")
+    _require(not event_lengths.size or int(event_lengths.max()) <= len(flat), "event_lengths")
+    covered = np.zeros(len(event_lengths) + 1, dtype=np.int64)
+    np.cumsum(event_lengths, dtype=np.int64, out=covered[1:])
+    _require(np.array_equal(covered[a["event_ends"]], a["flat_ends"]), "events do not cover the symbols")
+    spans = np.diff(a["flat_ends"], prepend=0)
+    _require(np.array_equal(lengths[live], spans[live]), "lengths")
+    _require(not lengths.size or int(lengths.max()) <= np.iinfo(np.int32).max, "lengths past int32")
+    extras = _check_strings(a, "extra")
+    extra_ids = a["extra_ids"]
+    _require(len(extra_ids) == extras and bool(np.all(extra_ids < n)) and bool(live[extra_ids].all()), "extra_ids")
+
+    # Postings: per symbol a slice of the columns; entries name live patterns in ascending
+    # order, once each, at a position inside them.
+    groups = a["posting_symbols"]
+    ids, counts, positions, event_at = (a[f"posting_{c}"] for c in PostingArrays._fields)
+    m = len(ids)
+    _require(all(len(c) == m for c in (counts, positions, event_at)), "posting columns")
+    _require(len(a["posting_ends"]) == len(groups) and _ascending(a["posting_ends"], m), "posting_ends")
+    _require(not groups.size or int(groups.max()) < symbols, "posting_symbols")
+    _require(not m or (int(ids.max()) < n and bool(live[ids].all())), "postings of missing patterns")
+    if m:
+        increasing = ids[1:] > ids[:-1]
+        starts = a["posting_ends"][:-1].astype(np.int64)
+        increasing[starts[(starts > 0) & (starts < m)] - 1] = True  # a new symbol starts there
+        within = lengths[ids]
+        _require(bool(increasing.all()), "postings out of order")
+        _require(bool(np.all((counts >= 1) & (counts <= within) & (positions < within))), "posting positions")
+        _require(bool(np.all((event_at >= 1) & (event_at <= within))), "posting event lengths")
+
+    # Symbol statistics and their affinities.
+    stats = len(a["stat_symbols"])
+    _require(len(a["stat_frequency"]) == len(a["stat_members"]) == stats, "statistics columns")
+    _require(not stats or int(a["stat_symbols"].max()) < symbols, "stat_symbols")
+    owners, keys = a["affinity_owner"], a["affinity_key"]
+    _require(len(keys) == len(a["affinity_value"]) == len(owners), "affinity columns")
+    key_count = _check_strings(a, "key")
+    _require(not len(owners) or (int(owners.max()) < stats and int(keys.max()) < key_count), "affinity ids")
+    vectors = _check_strings(a, "vector")
+    _require(a["vectors"].shape[0] == vectors, "vectors")
+
+
+def _extra(text: str) -> tuple[tuple[dict[str, float], ...], Mapping[str, tuple[str, ...]]]:
+    """A pattern's emotives and metadata (written by ``_extras``), of the types they must be."""
+    decoded = json.loads(text)
+    _require(isinstance(decoded, dict) and decoded.keys() == {"e", "m"}, "extras")
+    emotives, metadata = decoded["e"], decoded["m"]
+    _require(
+        isinstance(emotives, list)
+        and all(
+            isinstance(e, dict) and all(isinstance(v, float | int) and not isinstance(v, bool) for v in e.values())
+            for e in emotives
+        ),
+        "emotives",
+    )
+    _require(
+        isinstance(metadata, dict)
+        and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in metadata.values()),
+        "metadata",
+    )
+    return tuple(emotives), {k: tuple(v) for k, v in metadata.items()} or _NO_METADATA
+
+
 def _build(a: dict[str, npt.NDArray[Any]]) -> KnowledgeIndex:
+    """The index of checked arrays (``_check``)."""
     header = a["header"].tolist()
     if header[0] != FORMAT:
         raise SnapshotError(f"snapshot format {header[0]}, this code reads {FORMAT}")
@@ -234,16 +444,14 @@ def _build(a: dict[str, npt.NDArray[Any]]) -> KnowledgeIndex:
             flat_ends,
             [0, *event_ends],
             event_ends,
-            strict=False,
+            strict=False,  # the starts have one more item than the rest (checked: _check)
         )
     ]
     for pattern_id, extra in zip(a["extra_ids"].tolist(), _unstrings(a["extra_blob"], a["extra_offsets"]), strict=True):
-        decoded = json.loads(extra)
         record = records[pattern_id]
-        if record is None:
-            raise SnapshotError(f"extras for removed pattern {pattern_id}")
-        metadata = {k: tuple(v) for k, v in decoded["m"].items()} or _NO_METADATA
-        records[pattern_id] = replace(record, emotives=tuple(decoded["e"]), metadata=metadata)
+        assert record is not None  # extras are for live patterns (checked)
+        emotives, metadata = _extra(extra)
+        records[pattern_id] = replace(record, emotives=emotives, metadata=metadata)
 
     posting_ends = a["posting_ends"].tolist()
     columns = [a[f"posting_{c}"].astype(np.int32) for c in PostingArrays._fields]
@@ -252,6 +460,7 @@ def _build(a: dict[str, npt.NDArray[Any]]) -> KnowledgeIndex:
     for symbol_id, end in zip(a["posting_symbols"].tolist(), posting_ends, strict=True):
         postings[table[symbol_id]] = PostingArrays(*(c[start:end] for c in columns))
         start = end
+    _require(len(postings) == len(posting_ends), "a symbol's postings twice")
 
     symbols: dict[str, SymbolStats] = {}
     affinities: list[dict[str, float]] = [{} for _ in range(len(a["stat_symbols"]))]
@@ -263,6 +472,7 @@ def _build(a: dict[str, npt.NDArray[Any]]) -> KnowledgeIndex:
         zip(a["stat_symbols"].tolist(), a["stat_frequency"].tolist(), a["stat_members"].tolist(), strict=True)
     ):
         symbols[table[symbol_id]] = SymbolStats(frequency, members, affinities[row])
+    _require(len(symbols) == len(affinities), "a symbol's statistics twice")
 
     vector_names = _unstrings(a["vector_blob"], a["vector_offsets"])
     vectors = {name: a["vectors"][row].copy() for row, name in enumerate(vector_names)}
@@ -277,4 +487,6 @@ def _build(a: dict[str, npt.NDArray[Any]]) -> KnowledgeIndex:
         totals=Totals(header[2], header[3], len(symbols)),
         stored_symbols=header[4],
     )
-    return KnowledgeIndex.from_parts(parts, singles)
+    index = KnowledgeIndex.from_parts(parts, singles)
+    _require(len(index) == sum(r is not None for r in records), "a pattern name twice")
+    return index

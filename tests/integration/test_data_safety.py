@@ -85,9 +85,9 @@ def test_cut_off_learn_lands_once_when_nobody_calls_again(stores: Stores, log_di
         stub, node = server.stub(), "silence-" + uuid.uuid4().hex
         name = names.pattern(node, pattern_name([["q1"], ["q2"]]))
         _cut_off_learn(stub, stores[1], node, ["q1", "q2"])
-        started = time.monotonic()
+        # Polled (the relay runs every 0.5 s from 1 s on): no bound on how fast a loaded
+        # machine gets there beyond the polling's own.
         assert eventually(lambda: frequency(stub, name) == 1, timeout=15), "the relay applied it"
-        assert time.monotonic() - started < 10  # within seconds
         time.sleep(2)
         assert frequency(stub, name) == 1
     finally:

@@ -11,22 +11,28 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
 from kato_grpc import devstack, names
 from kato_grpc.client import KatoClient
+from kato_grpc.client import requests as build
 from kato_grpc.devserver import new_server
 from kato_grpc.errors import DataLoss
 from kato_grpc.internal.v1 import session_pb2 as storage
-from kato_grpc.stores import snapshot
+from kato_grpc.stores import mongo_snapshots, snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.mongo_reads import KbChanges
+from kato_grpc.stores.mongo_snapshots import SnapshotMoved, StoredSnapshot
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
-from tests.integration.support import eventually
+from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from tests import snapshot_forgery as forgery
+from tests.integration.support import details, eventually
 from tests.integration.test_mongo_store import _writes
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
@@ -34,10 +40,10 @@ QUICK = SnapshotPolicy(min_patterns=10, quiet_seconds=0.05, growth=0.25)
 KB = "snap"
 
 
-def _run(stores: Stores, body: Callable[[MongoPatternStore], Awaitable[None]]) -> None:
+def _run(stores: Stores, body: Callable[[MongoPatternStore], Awaitable[None]], database: str = "") -> None:
     async def run() -> None:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
-        store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])
+        store = MongoPatternStore(client, database or "kato_" + uuid.uuid4().hex[:8])
         await store.ensure_indexes()
         try:
             await body(store)
@@ -163,22 +169,173 @@ def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
     _run(stores, body)
 
 
-def test_a_damaged_snapshot(stores: Stores) -> None:
+DAMAGES = ("a checksum mismatch", "an array declaring 2**40 elements", "a part deleted")
+
+
+async def _damaged(store: MongoPatternStore, kb_id: str, damage: str) -> int:
+    """A snapshot of the KB's current version stored, then damaged; the version."""
+    index = await KbCache(store, check_seconds=0).view(kb_id)
+    version, blob = index.version, snapshot.encode(index)
+    assert version > 0 and len(index) > 0
+    db = store._db
+    if damage == "a checksum mismatch":  # the bytes changed after their checksum was taken
+        assert await store.save_snapshot(kb_id, version, blob)
+        await db.kb_snapshots.update_one({"kb_id": kb_id, "part": 0}, {"$set": {"data": b"x" + blob[1:]}})
+    elif damage == "an array declaring 2**40 elements":  # damaged before: the checksum is right
+        assert await store.save_snapshot(kb_id, version, forgery.oversized(blob))
+    else:  # stored in three parts, the header unchanged and no newer snapshot: one part lost
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mongo_snapshots, "PART_BYTES", -(-len(blob) // 3))
+            assert await store.save_snapshot(kb_id, version, blob)
+        assert (await db.kb_snapshots.delete_one({"kb_id": kb_id, "version": version, "part": 1})).deleted_count
+    return version
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_snapshot(stores: Stores, damage: str) -> None:
     async def body(store: MongoPatternStore) -> None:
         reference = await _stored(store, _writes(40, 13))
-        db = store._db
         # Not compacted yet: a damaged snapshot is passed over, the documents still hold all.
-        version = (await KbCache(store, check_seconds=0).view(KB)).version
-        blob = snapshot.encode(await KbCache(store, check_seconds=0).view(KB))
-        assert await store.save_snapshot(KB, version, blob)
-        await db.kb_snapshots.update_one({"kb_id": KB, "part": 0}, {"$set": {"data": b"x" + blob[1:]}})
-        _assert_equal(await KbCache(store, check_seconds=0).view(KB), reference)
-        # Compacted: the statistics live only in the snapshot, and it cannot be read.
+        version = await _damaged(store, KB, damage)
+        for _ in range(2):  # and again: nothing was left half-loaded
+            _assert_equal(await KbCache(store, check_seconds=0).view(KB), reference)
+        # Compacted: the statistics live only in the snapshot, and it cannot be read. Never
+        # UNAVAILABLE ("kept changing"), which retrying clients would loop on.
         await store.compact_log(KB, version)
-        with pytest.raises(DataLoss):
-            await KbCache(store, check_seconds=0).view(KB)
+        for _ in range(2):
+            with pytest.raises(DataLoss) as lost:
+                await KbCache(store, check_seconds=0).view(KB)
+            assert lost.value.reason == "KB_SNAPSHOT_UNREADABLE"
 
     _run(stores, body)
+
+
+def test_a_part_missing_is_read_again_only_while_a_newer_snapshot_replaces_it(stores: Stores) -> None:
+    async def body(store: MongoPatternStore) -> None:
+        writes = _writes(20, 14)
+        await store.apply_many(KB, writes[:10])
+        await store.apply_many(KB, writes[10:])
+        db, first, second = store._db, 1, 2
+        assert await store.kb_version(KB) == second
+        blob = bytes(range(256)) * 30
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mongo_snapshots, "PART_BYTES", 3000)
+            assert await store.save_snapshot(KB, first, blob)
+        stored = [d async for d in db.kb_snapshots.find({"kb_id": KB, "version": first})]
+        assert len(stored) == 4  # three parts and the header
+        assert (await store.snapshots.latest(KB, at_least=0, at_most=second)) == StoredSnapshot(first, blob)
+        # A part gone, the header still the newest: damaged, however often it is read.
+        await db.kb_snapshots.delete_one({"kb_id": KB, "version": first, "part": 1})
+        for _ in range(2):
+            with pytest.raises(snapshot.SnapshotError):
+                await store.snapshots.latest(KB, at_least=0, at_most=second)
+        # A header newer than the KB (a forgery: no snapshot can be ahead of its KB) replaces
+        # nothing: still damaged, not "read again" forever.
+        await db.kb_snapshots.insert_one({"kb_id": KB, "version": 99, "part": -1, "parts": 0, "sha256": ""})
+        with pytest.raises(snapshot.SnapshotError):
+            await store.snapshots.latest(KB, at_least=0, at_most=second)
+        await db.kb_snapshots.delete_one({"kb_id": KB, "version": 99})
+        # A writer replacing it stores its own header before it deletes the older parts: a
+        # reader that found the older header, then parts missing, reads again (and then finds
+        # the newer one). The moment is rebuilt: the newer one stored, the older one not yet
+        # all deleted.
+        assert await store.save_snapshot(KB, second, blob)
+        await db.kb_snapshots.insert_many([d for d in stored if d["part"] != 1])
+        with pytest.raises(SnapshotMoved):
+            await store.snapshots.latest(KB, at_least=0, at_most=first)
+        assert (await store.snapshots.latest(KB, at_least=0, at_most=second)) == StoredSnapshot(second, blob)
+
+    _run(stores, body)
+
+
+def test_malformed_snapshot_documents_are_damage(stores: Stores) -> None:
+    async def body(store: MongoPatternStore) -> None:
+        await store.apply_many(KB, _writes(10, 16))
+        db, blob = store._db, bytes(range(256)) * 4
+        assert await store.save_snapshot(KB, 1, blob)
+        header = await db.kb_snapshots.find_one({"kb_id": KB, "part": -1})
+        assert header is not None
+        # Sizes a forged document declares are compared with what is stored, never allocated.
+        for collection_filter, change in (
+            ({"part": -1}, {"parts": 2**40}),
+            ({"part": -1}, {"sha256": None}),
+            ({"part": 0}, {"data": 2**40}),  # bytes(2**40) would be a TiB of zeros
+            ({"part": 0}, {"data": "text"}),
+        ):
+            await db.kb_snapshots.update_one({"kb_id": KB, **collection_filter}, {"$set": change})
+            with pytest.raises(snapshot.SnapshotError):
+                await store.snapshots.latest(KB, at_least=0, at_most=1)
+            await db.kb_snapshots.delete_many({"kb_id": KB})
+            assert await store.save_snapshot(KB, 1, blob)
+
+    _run(stores, body)
+
+
+def _answers(stub: svc_grpc.KatoServiceStub, kb_id: str) -> tuple[object, ...]:
+    """A KB's totals and symbol statistics as the service answers them (from its cache)."""
+    kb = names.knowledge_base(kb_id)
+    stats = stub.GetKnowledgeBase(svc.GetKnowledgeBaseRequest(name=kb), timeout=60)
+    symbols = stub.ListSymbols(svc.ListSymbolsRequest(parent=kb, page_size=1000), timeout=60).symbols
+    return (
+        (stats.pattern_count, stats.total_pattern_frequencies, stats.symbol_count),
+        {s.symbol: (s.frequency, s.pattern_member_frequency, dict(s.affinity)) for s in symbols},
+    )
+
+
+def test_damaged_snapshots_through_the_service(stores: Stores, log_dir: Path) -> None:
+    database = "kato_" + uuid.uuid4().hex[:8]
+    cases = {
+        (damage, compacted): f"damaged-{n}-{int(compacted)}"
+        for n, damage in enumerate(("an array declaring 2**40 elements", "a part deleted"))
+        for compacted in (False, True)
+    }
+    reference = InMemoryKnowledgeBase()
+    for w in _writes(40, 15):
+        reference.apply(w)
+    totals = reference.totals()
+    expected = (
+        (totals.total_unique_patterns, totals.total_pattern_frequencies, reference.symbol_count()),
+        {
+            s: (st.frequency, st.pattern_member_frequency, dict(st.affinity))
+            for s, st in reference.symbols_after(None, 1000)
+        },
+    )
+
+    async def damage(store: MongoPatternStore) -> None:
+        for (what, compacted), kb_id in cases.items():
+            writes = _writes(40, 15)
+            for w in writes:  # the same learns in every KB, each applied once (the ledger's ids)
+                w.write_id = f"{kb_id}-{w.write_id}"
+            await store.apply_many(kb_id, writes)
+            version = await _damaged(store, kb_id, what)
+            if compacted:
+                await store.compact_log(kb_id, version)
+
+    _run(stores, damage, database)
+    # A fresh server (writing no snapshot of its own): every KB is loaded cold, from its
+    # damaged snapshot or its documents.
+    server = new_server(*stores, log_dir, database).start(KATO_KB_SNAPSHOTS="false")
+    try:
+        stub = server.stub()
+        for (what, compacted), kb_id in cases.items():
+            for _ in range(2):  # the same answer again: nothing cached half-loaded
+                if not compacted:
+                    assert _answers(stub, kb_id) == expected, what
+                    continue
+                with pytest.raises(grpc.RpcError) as lost:
+                    _answers(stub, kb_id)
+                assert details(lost.value)[:2] == (grpc.StatusCode.DATA_LOSS, "KB_SNAPSHOT_UNREADABLE"), what
+        # What operations.md tells an operator to do ("Backup and restore"): export the KB
+        # (its pattern documents carry their affinity), clear it, import the export.
+        lost_kb = cases["a part deleted", True]
+        with KatoClient(server.address) as kato:
+            exported = list(kato.export_knowledge_base(lost_kb))
+            kato.clear_knowledge_base(knowledge_base=lost_kb)
+            patterns = [p for part in exported for p in part.patterns]
+            kato.import_knowledge_base(build.import_requests(lost_kb, "restore", patterns))
+        assert _answers(stub, lost_kb) == expected
+    finally:
+        server.stop()
 
 
 def test_a_fresh_server_answers_from_the_snapshot_another_server_wrote(stores: Stores, log_dir: Path) -> None:

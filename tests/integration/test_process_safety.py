@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -17,11 +18,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kato_grpc import devstack, names
+from kato_grpc.client.errors import from_rpc_error
 from kato_grpc.devserver import ROOT, ServerProcess, new_server, server_env
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from tests.integration.support import eventually
+from tests.integration.test_metrics import scrape
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 ALPHABET = [f"s{i}" for i in range(20)]
@@ -33,7 +36,9 @@ def _events(rnd: random.Random, n: int) -> list[pb.Observation]:
 
 def _heavy_session(stub: svc_grpc.KatoServiceStub, pattern_events: int) -> str:
     """A session whose GetPredictions aligns 10,000 STM symbols drawn from 20 against three
-    patterns of ``pattern_events`` × 10 such symbols (recall_threshold 0: all candidates)."""
+    patterns of ``pattern_events`` × 10 such symbols (recall_threshold 0: all candidates).
+    Made through ``stub`` with the server's time limit: give it one with the default limit
+    (each ObserveSequence of 1000 events takes ~0.5 s, more on a loaded machine)."""
     rnd = random.Random(7)
     node = "heavy-" + uuid.uuid4().hex
     quiet = pb.SessionConfig(process_predictions=False)
@@ -100,38 +105,65 @@ def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(ser
     assert _p99(observe_ms) < 100, observe_ms
 
 
-def test_heavy_work_stops_at_the_deadline(stores: Stores, log_dir: Path) -> None:
-    # No work limit and a 1 s server-side time limit: the call must end at 1 s, not run on.
-    server = new_server(*stores, log_dir).start(KATO_MAX_PREDICTION_WORK="1000000000000", KATO_MAX_CALL_SECONDS="1")
+def _answered(call: Callable[[], object]) -> bool:
+    """Whether ``call`` was answered; False when its deadline passed first."""
     try:
-        stub = server.stub()
-        heavy = _heavy_session(stub, 1000)  # ~15M symbol pairs: several seconds of alignment
+        call()
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+        return False
+    return True
+
+
+def test_heavy_work_stops_at_the_deadline(server: ServerProcess, stores: Stores, log_dir: Path) -> None:
+    # No work limit and a 1 s server-side time limit: the call must end at 1 s, and the
+    # alignment behind it stop, not run on. Only that call is under the limit: the set-up runs
+    # on the shared server (default limits, the same stores), the KB load is waited for.
+    heavy = _heavy_session(server.stub(), 1000)  # ~15M symbol pairs: ~8 s of alignment here
+    kb = server.stub().GetSession(svc.GetSessionRequest(name=heavy)).knowledge_base
+    port = devstack.free_port()
+    limited = new_server(*stores, log_dir).start(
+        KATO_MAX_PREDICTION_WORK="1000000000000", KATO_MAX_CALL_SECONDS="1", KATO_METRICS_PORT=str(port)
+    )
+    try:
+        stub = limited.stub()
+        # A KB load goes on when the call that started it gives up: asked until cached.
+        assert eventually(lambda: _answered(lambda: stub.GetKnowledgeBase(svc.GetKnowledgeBaseRequest(name=kb))))
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             stub.GetPredictions(svc.GetPredictionsRequest(name=heavy))  # no client deadline
-        took = time.monotonic() - started
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert 1.0 <= took < 1.1 + 0.2, took  # 100 ms, and some for a loaded test machine
+        assert time.monotonic() - started >= 1.0  # the server's limit ended it, not sooner
+        # The engine reports the computation stopped at a check: it did not run to its end
+        # (that would not count), and nothing else on this server computed.
+        assert eventually(lambda: scrape(port).get("kato_engine_stopped_total") == 1)
     finally:
-        server.stop()
+        limited.stop()
 
 
 def test_work_over_the_limit_is_refused_up_front(server: ServerProcess) -> None:
     stub = server.stub()
     heavy = _heavy_session(stub, 1000)
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as refused:
         stub.GetPredictions(svc.GetPredictionsRequest(name=heavy))
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.monotonic() - started < 1.0  # refused before any alignment
+    # Refused by the charge made before any alignment (engine/budget.py): the only source of
+    # this reason, with the work it counted and the limit it compared that with.
+    error = from_rpc_error(refused.value)
+    assert (error.code, error.reason) == ("RESOURCE_EXHAUSTED", "WORK_BUDGET_EXCEEDED")
+    assert int(error.metadata["work"]) > int(error.metadata["limit"])
 
 
 def test_shutdown_during_heavy_work_ends_within_the_grace_period(stores: Stores, log_dir: Path) -> None:
-    server = new_server(*stores, log_dir).start(KATO_MAX_PREDICTION_WORK="1000000000000", KATO_GRACE_SECONDS="2")
+    port = devstack.free_port()
+    server = new_server(*stores, log_dir).start(
+        KATO_MAX_PREDICTION_WORK="1000000000000", KATO_GRACE_SECONDS="2", KATO_METRICS_PORT=str(port)
+    )
     stub = server.stub()
     heavy = _heavy_session(stub, 1000)
     calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(name=heavy)) for _ in range(3)]
-    time.sleep(0.5)
+    # All three being served before SIGTERM (arriving after it, they would be refused at once).
+    assert eventually(lambda: scrape(port).get("kato_rpc_in_flight", 0) >= 3)
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 2 + 1.5

@@ -57,7 +57,8 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     connection age (so load spreads over replicas) and keepalive."""
     ms = 1000
     options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # The largest any method takes; each method's own limit is checked as it decodes.
+        ("grpc.max_receive_message_length", limits.message_limit(settings)),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 1),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * ms)),
@@ -180,7 +181,7 @@ class KatoServer:
         # First: a restart ends what the process it replaces left open in MongoDB (once its
         # lease expired), before this one's calls and relay wait on it.
         self._reaper_task = asyncio.create_task(self.reaper.run(self._stopping))
-        add_service(self.servicer, self.server)
+        add_service(self.servicer, self.server, lambda method: limits.message_limit(self.settings, method))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{self.settings.host}:{self.settings.port}"

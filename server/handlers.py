@@ -17,7 +17,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from kato_grpc.access import Caller
-from kato_grpc.errors import InvalidArgument
+from kato_grpc.errors import InvalidArgument, KatoError, ResourceExhausted
 from kato_grpc.v1 import kato_service_pb2 as svc
 from server.errors import to_status
 
@@ -26,16 +26,30 @@ SERVICE = svc.DESCRIPTOR.services_by_name["KatoService"]
 
 @dataclass(frozen=True, slots=True)
 class Undecodable:
-    """A request whose bytes are not a valid message of the method's input type."""
+    """A request whose bytes are not a valid message of the method's input type, or more
+    bytes than the method takes (``size`` > ``limit``)."""
 
     reason: str
+    size: int = 0
+    limit: int = 0
 
-    def error(self) -> InvalidArgument:
+    def error(self) -> KatoError:
+        if self.limit:
+            return ResourceExhausted(
+                f"the request is {self.size:,} bytes, over the limit of {self.limit:,} (KATO_MAX_MESSAGE_BYTES)",
+                reason="MESSAGE_TOO_LARGE",
+                metadata={"bytes": str(self.size), "limit": str(self.limit)},
+            )
         return InvalidArgument.for_field("request", f"cannot be decoded: {self.reason}", reason="UNDECODABLE_REQUEST")
 
 
-def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+def _parser(message_type: type[Message], limit: int) -> Callable[[bytes], Message | Undecodable]:
+    """Decodes a request of at most ``limit`` bytes (grpc's own limit is the largest of every
+    method's: ``limits.message_limit``)."""
+
     def parse(data: bytes) -> Message | Undecodable:
+        if len(data) > limit:
+            return Undecodable("too large", len(data), limit)
         try:
             return message_type.FromString(data)
         except (DecodeError, ValueError, RuntimeError) as exc:
@@ -66,18 +80,19 @@ def _unary(
     return handle
 
 
-def add_service(servicer: Guarded, server: grpc.aio.Server) -> None:
+def add_service(servicer: Guarded, server: grpc.aio.Server, limit: Callable[[str], int]) -> None:
     """Register every method of ``kato.v1.KatoService`` on ``server``: each unary use case
-    behind the servicer's guard; streams are the servicer's own methods."""
+    behind the servicer's guard; streams are the servicer's own methods. ``limit``: the bytes
+    a request message of a method may have."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     calls = servicer.unary_calls()
     for method in SERVICE.methods:
-        parse = _parser(message_factory.GetMessageClass(method.input_type))
+        parse = _parser(message_factory.GetMessageClass(method.input_type), limit(method.name))
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         if method.client_streaming and method.server_streaming:
             # ObserveStream's messages are Observe's, field for field (a test holds them so):
             # they are decoded and encoded as those, and the stream shares Observe's code.
-            parse, serialize = _parser(svc.ObserveRequest), svc.ObserveResponse.SerializeToString
+            parse, serialize = _parser(svc.ObserveRequest, limit(method.name)), svc.ObserveResponse.SerializeToString
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                 getattr(servicer, method.name), request_deserializer=parse, response_serializer=serialize
             )

@@ -52,7 +52,8 @@ class KbTransfer:
         try:
             while (docs := await pending) is not None:
                 pending = asyncio.ensure_future(anext(batches, None))
-                yield await asyncio.to_thread(_exported, docs, node)
+                for message in await asyncio.to_thread(_exported, docs, node, self.settings.max_message_bytes):
+                    yield message
         finally:
             pending.cancel()
         async for vectors in self.patterns.vector_batches(node, size):
@@ -129,11 +130,21 @@ class Import:
         return self.out
 
 
-def _exported(docs: list[Doc], node: str) -> svc.ExportKnowledgeBaseResponse:
-    out = svc.ExportKnowledgeBaseResponse()
+def _exported(docs: list[Doc], node: str, max_bytes: int) -> list[svc.ExportKnowledgeBaseResponse]:
+    """A batch of pattern documents as export messages of at most ``max_bytes`` each (a
+    message holds one pattern at least: a pattern alone may be larger, up to what an import
+    message takes, ``limits.message_limit``)."""
+    out = [svc.ExportKnowledgeBaseResponse()]
+    size = 0
     for doc in docs:
         record, affinity = exported_pattern(doc)
-        out.patterns.add(pattern=encoding.pattern_proto(record, node), affinity=affinity)
+        item = svc.ExportedPattern(pattern=encoding.pattern_proto(record, node), affinity=affinity)
+        item_bytes = item.ByteSize() + 8  # its tag and length
+        if out[-1].patterns and size + item_bytes > max_bytes:
+            out.append(svc.ExportKnowledgeBaseResponse())
+            size = 0
+        out[-1].patterns.append(item)
+        size += item_bytes
     return out
 
 

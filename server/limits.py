@@ -31,6 +31,24 @@ VECTOR_NAME = re.compile(r"VCTR\|[0-9a-f]{40}")
 MAX_FREQUENCY = importing.MAX_SET_COUNT
 
 
+# An import message carries whole patterns: a pattern's events (at most a session's bytes),
+# what it accumulated (D-31) and room for its name, frequency and the message's own fields.
+IMPORT_MESSAGE_OVERHEAD = 64 * 1024
+ACCUMULATED_BYTES = (
+    records.MAX_PATTERN_METADATA_BYTES + records.MAX_PATTERN_EMOTIVE_BYTES + records.MAX_PATTERN_AFFINITY_BYTES
+)
+
+
+def message_limit(settings: Settings, method: str = "") -> int:
+    """The bytes a request message of ``method`` may have (every method: the largest):
+    KATO_MAX_MESSAGE_BYTES, or for ImportKnowledgeBase at least what the largest pattern a
+    session can learn needs, so that every exported pattern imports with the default limits."""
+    largest_pattern = settings.max_session_bytes + ACCUMULATED_BYTES + IMPORT_MESSAGE_OVERHEAD
+    if method in ("ImportKnowledgeBase", ""):
+        return max(settings.max_message_bytes, largest_pattern)
+    return settings.max_message_bytes
+
+
 def require_session_id(session_id: str, field: str = "name") -> None:
     """A bare session id (the transaction runner checks it again on every load)."""
     if not SESSION_ID.fullmatch(session_id):
@@ -194,17 +212,22 @@ def check_keys(keys: Iterable[str], settings: Settings, field: str) -> None:
 
 
 def check_accumulations(
-    emotives: Sequence[Mapping[str, float]], metadata: Mapping[str, Sequence[str]], field: str
+    emotives: Sequence[Mapping[str, float]],
+    metadata: Mapping[str, Sequence[str]],
+    field: str,
+    affinity: tuple[Mapping[str, float], str] | None = None,
 ) -> None:
-    """An emotive window and metadata a client gives a pattern (UpdatePattern, an import)
-    within the bounds learning keeps every pattern in (engine.md D-31)."""
-    for name, size, bound in (
-        ("emotives", sum(map(records.emotive_bytes, emotives)), records.MAX_PATTERN_EMOTIVE_BYTES),
-        ("metadata", records.metadata_bytes(metadata), records.MAX_PATTERN_METADATA_BYTES),
+    """An emotive window, metadata (and an import's affinity, with its field) a client gives a
+    pattern (UpdatePattern, an import) within the bounds learning keeps every pattern in (D-31)."""
+    given, affinity_field = affinity or ({}, "")
+    for name, path, size, bound in (
+        ("emotives", f"{field}.emotives", sum(map(records.emotive_bytes, emotives)), records.MAX_PATTERN_EMOTIVE_BYTES),
+        ("metadata", f"{field}.metadata", records.metadata_bytes(metadata), records.MAX_PATTERN_METADATA_BYTES),
+        ("affinity", affinity_field, records.emotive_bytes(given), records.MAX_PATTERN_AFFINITY_BYTES),
     ):
         if size > bound:
             raise InvalidArgument.for_field(
-                f"{field}.{name}",
+                path,
                 f"holds {size:,} bytes; a pattern's {name} hold at most {bound:,} (docs/engine.md D-31)",
                 reason="PATTERN_TOO_LARGE",
             )
@@ -296,9 +319,12 @@ def import_id(value: str) -> str:
 
 def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field: str) -> None:
     """An imported pattern is bounded like a learned one: symbols per event and their bytes,
-    its size (a session's byte limit), emotive records, metadata keys; 2+ symbols (D-22)."""
-    check_emotives(item.affinity, settings, f"{field}.affinity")
-    pattern, field = item.pattern, f"{field}.pattern"
+    its events' size (a session's byte limit), emotive records, metadata keys, what it
+    accumulated (D-31); 2+ symbols (D-22)."""
+    check_keys(item.affinity, settings, f"{field}.affinity")
+    check_finite(item.affinity, f"{field}.affinity")
+    affinity, pattern = (item.affinity, f"{field}.affinity"), item.pattern
+    field = f"{field}.pattern"
     for i, event in enumerate(pattern.events):
         check_symbols(event.symbols, settings, f"{field}.events[{i}].symbols")
     if sum(len(e.symbols) for e in pattern.events) < MIN_PATTERN_SYMBOLS:
@@ -308,12 +334,12 @@ def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field:
         raise InvalidArgument.for_field(f"{field}.events", f"are larger than {settings.max_session_bytes} bytes")
     if not 0 <= pattern.frequency <= MAX_FREQUENCY:
         raise InvalidArgument.for_field(f"{field}.frequency", f"must be between 1 and {MAX_FREQUENCY} (0 means 1)")
-    most = importing.most_counted(pattern)
-    if most * (pattern.frequency or 1) > MAX_FREQUENCY:
+    length = sum(len(e.symbols) for e in pattern.events)
+    if length * (pattern.frequency or 1) > MAX_FREQUENCY:
         raise InvalidArgument.for_field(
             f"{field}.frequency",
-            f"times the {most} occurrences of the pattern's most frequent symbol is over {MAX_FREQUENCY} "
-            "(a symbol's frequency grows by that much)",
+            f"times the pattern's {length} symbols is over {MAX_FREQUENCY}: its symbols' frequencies would grow "
+            "by that much, past what an import may raise them to (docs/engine.md D-30)",
             reason="COUNTER_LIMIT",
         )
     if len(pattern.emotives) > settings.max_pattern_emotive_records:
@@ -326,7 +352,7 @@ def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field:
         raise InvalidArgument.for_field(f"{field}.metadata", f"has more than {settings.max_metadata_keys} keys")
     check_keys(pattern.metadata, settings, f"{field}.metadata")
     metadata = {k: records.canonical_values(v, f"{field}.metadata.{k}") for k, v in pattern.metadata.items()}
-    check_accumulations([dict(r.values) for r in pattern.emotives], metadata, field)
+    check_accumulations([dict(r.values) for r in pattern.emotives], metadata, field, affinity)
 
 
 def check_imported_vectors(vectors: Sequence[svc.NamedVector], settings: Settings) -> None:

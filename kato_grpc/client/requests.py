@@ -137,9 +137,10 @@ def import_requests(
     batch_size: int = 500,
     first_batch: int = 0,
 ) -> Iterator[svc.ImportKnowledgeBaseRequest]:
-    """An ImportKnowledgeBase stream: the patterns, then the vectors, ``batch_size`` a message,
-    batches numbered from ``first_batch`` (the same numbers for the same input, so an import
-    resumed with the same ``import_id`` skips what was applied)."""
+    """An ImportKnowledgeBase stream: the patterns, then the vectors, ``batch_size`` a message
+    (fewer when they would pass ``IMPORT_MESSAGE_BYTES``), batches numbered from
+    ``first_batch`` (the same numbers for the same input, so an import resumed with the same
+    ``import_id`` skips what was applied)."""
     name, batch = knowledge_base(kb), first_batch
     first = True
 
@@ -158,13 +159,26 @@ def import_requests(
         yield message()
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+# What an import message holds besides patterns that fill it: a server's default message
+# limit is 4 MiB, and one pattern alone may be larger (the server takes it: D-31).
+IMPORT_MESSAGE_BYTES = 3 * 1024 * 1024
+
+
+def _chunks(items: Iterable[Any], size: int, max_bytes: int = IMPORT_MESSAGE_BYTES) -> Iterator[list[Any]]:
+    """At most ``size`` items and, but for a single item, ``max_bytes`` a chunk (the same
+    chunks for the same items: a resumed import numbers its batches as the first run did)."""
     chunk: list[Any] = []
+    held = 0
     for item in items:
+        item_bytes = item.ByteSize() + 8  # with its tag and length
+        if chunk and held + item_bytes > max_bytes:
+            yield chunk
+            chunk, held = [], 0
         chunk.append(item)
+        held += item_bytes
         if len(chunk) == size:
             yield chunk
-            chunk = []
+            chunk, held = [], 0
     if chunk:
         yield chunk
 

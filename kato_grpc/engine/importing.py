@@ -75,13 +75,6 @@ _COUNTERS = {
 }
 
 
-def most_counted(pattern: pb.Pattern) -> int:
-    """How often the pattern's most frequent symbol occurs in it (an import of frequency f adds
-    that times f to the symbol's frequency)."""
-    counts = Counter(s for e in pattern.events for s in e.symbols)
-    return max(counts.values(), default=0)
-
-
 def pattern_write(pattern: pb.Pattern, affinity: Mapping[str, float], field: str) -> storage.PatternWrite:
     """The write of one imported pattern (checked by the caller: events, sizes, frequency)."""
     events = [list(e.symbols) for e in pattern.events]

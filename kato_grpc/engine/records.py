@@ -99,9 +99,11 @@ def accumulate_metadata(records: Iterable[Mapping[str, str]]) -> dict[str, list[
 # What a pattern accumulates over its learns is bounded (D-31), so that however often it is
 # learned it stays observable, exportable and importable with the default limits: its metadata
 # at most this many bytes (each value's canonical text and its key, in UTF-8), its emotive
-# window at most that many (each record's keys in UTF-8 and 8 bytes per value).
+# window at most that many (each record's keys in UTF-8 and 8 bytes per value), and the
+# emotive names whose affinity it keeps for exports as many (UTF-8 and 8 bytes each).
 MAX_PATTERN_METADATA_BYTES = 256 * 1024
 MAX_PATTERN_EMOTIVE_BYTES = 256 * 1024
+MAX_PATTERN_AFFINITY_BYTES = 256 * 1024
 
 
 def metadata_bytes(metadata: Mapping[str, Iterable[str]]) -> int:
@@ -110,6 +112,23 @@ def metadata_bytes(metadata: Mapping[str, Iterable[str]]) -> int:
 
 def emotive_bytes(record: Mapping[str, float]) -> int:
     return sum(len(key.encode()) + 8 for key in record)
+
+
+def kept_affinity(kept: Iterable[str], delta: Mapping[str, float]) -> dict[str, float]:
+    """What of a learn's affinity ``delta`` a pattern that keeps affinity for the names
+    ``kept`` records (D-31): every name it has; a new one while the names fit the bound, in
+    code-point order. (The symbols' own affinity takes the whole delta, always.)"""
+    names = set(kept)
+    room = MAX_PATTERN_AFFINITY_BYTES - sum(len(k.encode()) + 8 for k in names)
+    out: dict[str, float] = {}
+    for key in sorted(delta):
+        if key not in names:
+            size = len(key.encode()) + 8
+            if size > room:
+                continue
+            room -= size
+        out[key] = delta[key]
+    return out
 
 
 def merge_metadata(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

@@ -6,10 +6,12 @@ query MongoDB per candidate and several server processes stay coherent. MongoDB'
 is checked at least every ``check_seconds`` per KB (also when Redis knows no version for it) —
 that bounds the staleness left by a writer that died between its commit and its publish, or
 by a Redis that lost the key.
-A refresh is merged synchronously on the event loop once fetched. Predictions run on engine
-threads (``server/engine_runner.py``): an index that one of them is reading is never changed
-in place — the refresh goes into a clone that replaces it in the cache — so a prediction never
-sees a half-applied refresh.
+A small refresh is merged on the event loop once fetched; a large one (``OFF_LOOP_WORK``) and
+every full load on a thread, so the loop keeps answering health checks and other calls, and a
+caller waiting for it still ends at its deadline. Predictions run on engine threads
+(``server/engine_runner.py``): an index that one of them is reading is never changed in place —
+the refresh goes into a clone that replaces it in the cache — so a prediction never sees a
+half-applied refresh; a refresh on a thread always changes an index nobody else sees yet.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class KbCache:
         base = await self._base(kb_id, changes) if changes.full else None
         if changes.full and base is None and changes.snapshot is not None:
             changes = await self._store.changes_since(kb_id, 0, singles, snapshots=False)
-        index = self._merge(kb_id, changes, singles, base)
+        index = await self._merge(kb_id, changes, singles, base)
         large = len(changes.patterns) >= FREEZE_AFTER or base is not None
         if self._snapshotter is not None:
             self._snapshotter.changed(kb_id, index, len(changes.patterns))
@@ -175,28 +177,69 @@ class KbCache:
             base.drop_patterns()
         return base
 
-    def _merge(
+    async def _merge(
         self, kb_id: str, changes: KbChanges, singles: dict[str, tuple[str]], base: KnowledgeIndex | None = None
     ) -> KnowledgeIndex:
         index = self._indexes.get(kb_id)
         if index is not None and changes.version <= index.version:
             return index  # a concurrent refresh already brought something at least as new
+        heavy = _work(changes) >= OFF_LOOP_WORK
         if base is not None:
-            index = base
+            merged = base
         elif index is None:
-            index = KnowledgeIndex(singles)
+            merged = KnowledgeIndex(singles)
         elif changes.full:
-            index = KnowledgeIndex()  # a fresh table: the wiped KB's symbols are not kept
+            merged = KnowledgeIndex()  # a fresh table: the wiped KB's symbols are not kept
+        elif heavy or (index.readers and len(index) >= OFF_LOOP_CLONE):
+            # Cloned and changed on a thread while the cached one goes on serving; leased
+            # meanwhile, so that no small refresh changes it in place under the clone.
+            index.readers += 1
+            try:
+                merged = await asyncio.to_thread(lambda: _apply(index.clone(), changes))
+            finally:
+                index.readers -= 1
+            return self._publish(kb_id, merged)
         elif index.readers:
-            # Engine threads are reading this index: change a copy, they keep theirs.
-            index = index.clone()
-        for record in changes.patterns:
-            index.put_pattern(record)
-        for change in changes.symbol_changes:
-            index.apply_symbol_change(change)
-        for name, values in changes.vectors:
-            index.put_vector(name, values)
-        index.set_totals(replace(changes.totals, vocabulary_size=index.symbol_count()))
-        index.version = changes.version
-        self._indexes[kb_id] = index
-        return index
+            merged = index.clone()  # engine threads are reading it: change a copy, they keep theirs
+        else:
+            merged = index
+        if heavy:  # an index nobody else sees yet
+            merged = await asyncio.to_thread(_apply, merged, changes)
+        else:
+            _apply(merged, changes)
+        return self._publish(kb_id, merged)
+
+    def _publish(self, kb_id: str, merged: KnowledgeIndex) -> KnowledgeIndex:
+        current = self._indexes.get(kb_id)
+        if current is not None and current is not merged and current.version >= merged.version:
+            return current  # a refresh that ran beside this one published one as new meanwhile
+        self._indexes[kb_id] = merged
+        return merged
+
+
+# Patterns' symbols, symbol statistics and vectors a refresh merges: past this much it runs on
+# a thread (a few ms of Python on the event loop at most; 30,000 new symbols took seconds).
+OFF_LOOP_WORK = 5_000
+# Cloning an index copies its tables: past this many patterns, on a thread too.
+OFF_LOOP_CLONE = 20_000
+
+
+def _work(changes: KbChanges) -> int:
+    return (
+        sum(r.length for r in changes.patterns)
+        + sum(len(c.counts) for c in changes.symbol_changes)
+        + len(changes.vectors)
+    )
+
+
+def _apply(index: KnowledgeIndex, changes: KbChanges) -> KnowledgeIndex:
+    """Merge ``changes`` into ``index`` (which no engine thread reads)."""
+    for record in changes.patterns:
+        index.put_pattern(record)
+    for change in changes.symbol_changes:
+        index.apply_symbol_change(change)
+    for name, values in changes.vectors:
+        index.put_vector(name, values)
+    index.set_totals(replace(changes.totals, vocabulary_size=index.symbol_count()))
+    index.version = changes.version
+    return index

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from pymongo import UpdateOne
 
 from kato_grpc.engine.knowledge import PatternRecord, Totals
-from kato_grpc.engine.records import canonical_json, merge_metadata, window_emotives
+from kato_grpc.engine.records import canonical_json, kept_affinity, merge_metadata, window_emotives
 from kato_grpc.internal.v1 import session_pb2 as storage
 
 Doc = dict[str, Any]
@@ -106,24 +107,41 @@ def learns(write: storage.PatternWrite) -> int:
     return write.frequency or 1
 
 
-Accumulated = tuple[list[dict[str, float]], dict[str, list[str]]]
+@dataclass(slots=True)
+class Accumulated:
+    """What a pattern's learns accumulate in its document: its emotive window, its metadata
+    (canonical texts) and the emotive names whose affinity it keeps."""
+
+    emotives: list[dict[str, float]] = field(default_factory=list)
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+    affinity: set[str] = field(default_factory=set)
 
 
 def accumulated(doc: Mapping[str, Any] | None) -> Accumulated:
-    """A pattern document's emotive window and metadata (canonical texts); empty for None."""
+    """A pattern document's accumulations (empty for None)."""
     if doc is None:
-        return [], {}
+        return Accumulated()
     record = pattern_from_doc({"name": "", "events": [], **doc})
-    return [dict(r) for r in record.emotives], {k: list(v) for k, v in record.metadata.items()}
+    return Accumulated(
+        [dict(r) for r in record.emotives],
+        {k: list(v) for k, v in record.metadata.items()},
+        set(affinity_from_doc(doc)),
+    )
 
 
-def accumulate(before: Accumulated, write: storage.PatternWrite) -> Accumulated:
-    """What a pattern holds after a learn adds its emotive records and metadata: the rules of
-    engine.md §1.6, §1.7 and their bounds (D-31), the same as the in-memory KB's."""
-    emotives, metadata = before
+def accumulate(before: Accumulated, write: storage.PatternWrite) -> tuple[Accumulated, dict[str, float]]:
+    """What a pattern holds after a learn adds its emotive records, metadata and affinity —
+    the rules of engine.md §1.6, §1.7 and their bounds (D-31), the same as the in-memory
+    KB's — and the affinity it adds."""
     incoming = [dict(r.values) for r in write.emotives]
-    new_metadata = {k: list(v.values) for k, v in write.metadata.items()}
-    return window_emotives(emotives, incoming, write.persistence), merge_metadata(metadata, new_metadata)
+    metadata = {k: list(v.values) for k, v in write.metadata.items()}
+    affinity = kept_affinity(before.affinity, write.affinity_delta)
+    after = Accumulated(
+        window_emotives(before.emotives, incoming, write.persistence),
+        merge_metadata(before.metadata, metadata),
+        before.affinity | set(affinity),
+    )
+    return after, affinity
 
 
 def _emotive_docs(emotives: Sequence[Mapping[str, float]]) -> list[list[list[Any]]]:
@@ -134,8 +152,11 @@ def _metadata_docs(metadata: Mapping[str, Sequence[str]]) -> list[list[str]]:
     return [[k, v] for k in sorted(metadata) for v in metadata[k]]
 
 
-def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int, after: Accumulated) -> Doc:
-    """The document a first learn creates; ``after``: its emotive window and metadata."""
+def pattern_doc(
+    kb_id: str, write: storage.PatternWrite, version: int, after: Accumulated, affinity: Mapping[str, float]
+) -> Doc:
+    """The document a first learn creates; ``after`` and ``affinity``: what it accumulates
+    (``accumulate``)."""
     events = [list(e.symbols) for e in write.events]
     return {
         "kb_id": kb_id,
@@ -144,18 +165,21 @@ def pattern_doc(kb_id: str, write: storage.PatternWrite, version: int, after: Ac
         "length": sum(len(e) for e in events),
         "frequency": learns(write),
         "kb_version": version,
-        "emotives": _emotive_docs(after[0]),
-        "metadata": _metadata_docs(after[1]),
-        "affinity": {field_key(k): v for k, v in write.affinity_delta.items()},
+        "emotives": _emotive_docs(after.emotives),
+        "metadata": _metadata_docs(after.metadata),
+        "affinity": {field_key(k): v for k, v in affinity.items()},
     }
 
 
-def pattern_op(kb_id: str, write: storage.PatternWrite, version: int, after: Accumulated | None) -> UpdateOne:
-    """A learn of a pattern the KB has. ``after``: its emotive window and metadata once this
-    learn added to them (None: the learn adds neither). Set whole rather than pushed, because
-    keeping them within their bounds depends on what they hold (D-31)."""
-    inc = {"frequency": learns(write)} | {f"affinity.{field_key(k)}": v for k, v in write.affinity_delta.items()}
+def pattern_op(
+    kb_id: str, write: storage.PatternWrite, version: int, after: Accumulated | None, affinity: Mapping[str, float]
+) -> UpdateOne:
+    """A learn of a pattern the KB has. ``after``: its accumulations once this learn added to
+    them (None: it adds no emotives or metadata), set whole rather than pushed, because
+    keeping them within their bounds depends on what they hold (D-31); ``affinity``: what of
+    the learn's affinity the pattern keeps."""
+    inc = {"frequency": learns(write)} | {f"affinity.{field_key(k)}": v for k, v in affinity.items()}
     update: Doc = {"$inc": inc, "$set": {"kb_version": version}}
-    if after is not None:
-        update["$set"] |= {"emotives": _emotive_docs(after[0]), "metadata": _metadata_docs(after[1])}
+    if after is not None and (write.emotives or write.metadata):
+        update["$set"] |= {"emotives": _emotive_docs(after.emotives), "metadata": _metadata_docs(after.metadata)}
     return UpdateOne({"kb_id": kb_id, "name": write.name}, update)

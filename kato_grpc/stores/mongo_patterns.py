@@ -209,9 +209,12 @@ class MongoPatternStore(PatternReads):
             "total_pattern_frequencies": sum(map(learn_count, learns)),
             "symbol_frequencies": sum(sum(w.symbol_counts.values()) for w in learns),
         }
+        imported = any(w.frequency for w in learns)
+        if imported:  # the batch's own increments first: their sum must fit the $inc below
+            importing.check_counters(todo, importing.Counters(frequencies, 0, 0))
         kb = await admin.bump(self._db, s, kb_id, totals if learns else None)
         version = int(kb["version"])
-        if any(w.frequency for w in learns):  # an import: no counter past its bound (D-30)
+        if imported:  # an import: no counter past its bound (D-30)
             before = importing.Counters(
                 frequencies,
                 int(kb.get("total_pattern_frequencies", 0)) - totals["total_pattern_frequencies"],
@@ -246,8 +249,8 @@ class MongoPatternStore(PatternReads):
             return [], {}
         names = sorted({w.name for w in learns})
         fields = {"name": 1, "frequency": 1}
-        if any(w.emotives or w.metadata for w in learns):
-            fields |= {"emotives": 1, "metadata": 1}
+        if any(w.emotives or w.metadata or w.affinity_delta for w in learns):
+            fields |= {"emotives": 1, "metadata": 1, "affinity": 1}
         cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$in": names}}, fields, session=s)
         docs = {doc["name"]: doc async for doc in cursor}
         known = set(docs)
@@ -273,15 +276,17 @@ class MongoPatternStore(PatternReads):
         inserts: list[Doc] = []
         updates: list[UpdateOne] = []
         for w, new in zip(learns, new_flags, strict=True):
-            after = None
-            if new or w.emotives or w.metadata:
+            after: Accumulated | None = None
+            affinity: dict[str, float] = {}
+            if new or w.emotives or w.metadata or w.affinity_delta:
                 before = state[w.name] if w.name in state else accumulated(known.get(w.name))
-                after = state[w.name] = accumulate(before, w)
+                after, affinity = accumulate(before, w)
+                state[w.name] = after
             if new:
                 assert after is not None
-                inserts.append(pattern_doc(kb_id, w, version, after))
+                inserts.append(pattern_doc(kb_id, w, version, after, affinity))
             else:
-                updates.append(pattern_op(kb_id, w, version, after))
+                updates.append(pattern_op(kb_id, w, version, after, affinity))
         if inserts:
             await self._db.patterns.insert_many(inserts, ordered=True, session=s)
         if updates:

@@ -320,7 +320,8 @@ class Observation(_message.Message):
     @_builtins.property
     def strings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The symbols observed together; at most KATO_MAX_SYMBOLS_PER_EVENT, each at most
-        KATO_MAX_SYMBOL_BYTES of UTF-8. Example: ["hello", "world"].
+        KATO_MAX_SYMBOL_BYTES of UTF-8. The empty string is a symbol like any other (KATO keeps
+        it: [""] is an event, not an empty observation). Example: ["hello", "world"].
         """
 
     @_builtins.property
@@ -329,12 +330,15 @@ class Observation(_message.Message):
 
     @_builtins.property
     def emotives(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Emotive name -> finite value; accumulated until the next learn (D-3)."""
+        """Emotive name (at most KATO_MAX_SYMBOL_BYTES) -> finite value; accumulated until the next
+        learn (D-3).
+        """
 
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
-        """Key -> any JSON value (NaN and infinities are INVALID_ARGUMENT); a learned pattern keeps
-        each key's distinct values and returns them as sent (D-29). Example: {"source": "news"}.
+        """Key (at most KATO_MAX_SYMBOL_BYTES) -> any JSON value (NaN and infinities are
+        INVALID_ARGUMENT); a learned pattern keeps each key's distinct values, up to its bound
+        (D-31), and returns them as sent (D-29). Example: {"source": "news"}.
         """
 
     def __init__(

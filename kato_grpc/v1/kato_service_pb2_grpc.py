@@ -351,9 +351,10 @@ class KatoServiceServicer:
 
     def ExportKnowledgeBase(self, request, context):
         """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-        version), then its patterns and its vectors (in storage order), a batch per message. Patterns
-        learned while the export runs may or may not be in it; the header's version is the one
-        the export started from.
+        version), then its patterns and its vectors (in storage order), a batch per message of at
+        most KATO_MAX_MESSAGE_BYTES (a pattern alone may be larger: see ImportKnowledgeBase).
+        Patterns learned while the export runs may or may not be in it; the header's version is
+        the one the export started from.
         Example: {"name": "knowledgeBases/demo"}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -365,9 +366,13 @@ class KatoServiceServicer:
         counts as `frequency` learns of its events there — frequencies, symbol statistics and
         totals add up as they would (docs/formats.md says how affinity is re-derived). The first
         message names the knowledge base and an `import_id`; every message is a batch applied
-        once per (import_id, batch), so a retried or resumed import never counts twice.
+        once per (import_id, batch), so a retried or resumed import never counts twice. A
+        message may be larger than KATO_MAX_MESSAGE_BYTES by what the largest pattern needs (a
+        session's bytes of events and what a pattern accumulates, D-31), so every exported pattern
+        imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
         Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
-        FAILED_PRECONDITION PATTERN_REJECTED.
+        FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
+        refused), PATTERN_REJECTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -168,9 +168,10 @@ class KatoServiceStub:
     """
     ExportKnowledgeBase: _grpc.UnaryStreamMultiCallable[_kato_service_pb2.ExportKnowledgeBaseRequest, _kato_service_pb2.ExportKnowledgeBaseResponse]
     """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-    version), then its patterns and its vectors (in storage order), a batch per message. Patterns
-    learned while the export runs may or may not be in it; the header's version is the one
-    the export started from.
+    version), then its patterns and its vectors (in storage order), a batch per message of at
+    most KATO_MAX_MESSAGE_BYTES (a pattern alone may be larger: see ImportKnowledgeBase).
+    Patterns learned while the export runs may or may not be in it; the header's version is
+    the one the export started from.
     Example: {"name": "knowledgeBases/demo"}.
     """
     ImportKnowledgeBase: _grpc.StreamUnaryMultiCallable[_kato_service_pb2.ImportKnowledgeBaseRequest, _kato_service_pb2.ImportKnowledgeBaseResponse]
@@ -178,9 +179,13 @@ class KatoServiceStub:
     counts as `frequency` learns of its events there — frequencies, symbol statistics and
     totals add up as they would (docs/formats.md says how affinity is re-derived). The first
     message names the knowledge base and an `import_id`; every message is a batch applied
-    once per (import_id, batch), so a retried or resumed import never counts twice.
+    once per (import_id, batch), so a retried or resumed import never counts twice. A
+    message may be larger than KATO_MAX_MESSAGE_BYTES by what the largest pattern needs (a
+    session's bytes of events and what a pattern accumulates, D-31), so every exported pattern
+    imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
     Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
-    FAILED_PRECONDITION PATTERN_REJECTED.
+    FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
+    refused), PATTERN_REJECTED.
     """
     WatchKnowledgeBase: _grpc.UnaryStreamMultiCallable[_kato_service_pb2.WatchKnowledgeBaseRequest, _kato_service_pb2.WatchKnowledgeBaseResponse]
     """The committed changes of a knowledge base as they happen, whichever server process made
@@ -305,9 +310,10 @@ class KatoServiceAsyncStub(KatoServiceStub):
     """
     ExportKnowledgeBase: _aio.UnaryStreamMultiCallable[_kato_service_pb2.ExportKnowledgeBaseRequest, _kato_service_pb2.ExportKnowledgeBaseResponse]  # type: ignore[assignment]
     """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-    version), then its patterns and its vectors (in storage order), a batch per message. Patterns
-    learned while the export runs may or may not be in it; the header's version is the one
-    the export started from.
+    version), then its patterns and its vectors (in storage order), a batch per message of at
+    most KATO_MAX_MESSAGE_BYTES (a pattern alone may be larger: see ImportKnowledgeBase).
+    Patterns learned while the export runs may or may not be in it; the header's version is
+    the one the export started from.
     Example: {"name": "knowledgeBases/demo"}.
     """
     ImportKnowledgeBase: _aio.StreamUnaryMultiCallable[_kato_service_pb2.ImportKnowledgeBaseRequest, _kato_service_pb2.ImportKnowledgeBaseResponse]  # type: ignore[assignment]
@@ -315,9 +321,13 @@ class KatoServiceAsyncStub(KatoServiceStub):
     counts as `frequency` learns of its events there — frequencies, symbol statistics and
     totals add up as they would (docs/formats.md says how affinity is re-derived). The first
     message names the knowledge base and an `import_id`; every message is a batch applied
-    once per (import_id, batch), so a retried or resumed import never counts twice.
+    once per (import_id, batch), so a retried or resumed import never counts twice. A
+    message may be larger than KATO_MAX_MESSAGE_BYTES by what the largest pattern needs (a
+    session's bytes of events and what a pattern accumulates, D-31), so every exported pattern
+    imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
     Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
-    FAILED_PRECONDITION PATTERN_REJECTED.
+    FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
+    refused), PATTERN_REJECTED.
     """
     WatchKnowledgeBase: _aio.UnaryStreamMultiCallable[_kato_service_pb2.WatchKnowledgeBaseRequest, _kato_service_pb2.WatchKnowledgeBaseResponse]  # type: ignore[assignment]
     """The committed changes of a knowledge base as they happen, whichever server process made
@@ -565,9 +575,10 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_kato_service_pb2.ExportKnowledgeBaseResponse], _abc.AsyncIterator[_kato_service_pb2.ExportKnowledgeBaseResponse]]:
         """Streams a knowledge base out (docs/formats.md): a header first (format version, totals,
-        version), then its patterns and its vectors (in storage order), a batch per message. Patterns
-        learned while the export runs may or may not be in it; the header's version is the one
-        the export started from.
+        version), then its patterns and its vectors (in storage order), a batch per message of at
+        most KATO_MAX_MESSAGE_BYTES (a pattern alone may be larger: see ImportKnowledgeBase).
+        Patterns learned while the export runs may or may not be in it; the header's version is
+        the one the export started from.
         Example: {"name": "knowledgeBases/demo"}.
         """
 
@@ -581,9 +592,13 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         counts as `frequency` learns of its events there — frequencies, symbol statistics and
         totals add up as they would (docs/formats.md says how affinity is re-derived). The first
         message names the knowledge base and an `import_id`; every message is a batch applied
-        once per (import_id, batch), so a retried or resumed import never counts twice.
+        once per (import_id, batch), so a retried or resumed import never counts twice. A
+        message may be larger than KATO_MAX_MESSAGE_BYTES by what the largest pattern needs (a
+        session's bytes of events and what a pattern accumulates, D-31), so every exported pattern
+        imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
         Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
-        FAILED_PRECONDITION PATTERN_REJECTED.
+        FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
+        refused), PATTERN_REJECTED.
         """
 
     @_abc_1.abstractmethod

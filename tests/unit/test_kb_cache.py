@@ -4,9 +4,13 @@ not cancel it; a KB evicted while a call waits still answers that call."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
-from kato_grpc.engine.knowledge import Totals
+import pytest
+
+from kato_grpc.engine.knowledge import PatternRecord, Totals
+from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_reads import KbChanges
 
@@ -60,5 +64,94 @@ def test_a_kb_evicted_while_a_call_waits_still_answers_it() -> None:
         store.gate.set()
         assert (await waiting).version == 1
         assert cache.cached_version("a") is None
+
+    asyncio.run(run())
+
+
+class GrowingStore:
+    """A KB at version 1 with one short pattern, then at version 2 with ``added`` more."""
+
+    def __init__(self, added: list[PatternRecord]) -> None:
+        self.version = 1
+        self.added = added
+
+    async def kb_version(self, kb_id: str) -> int:
+        return self.version
+
+    async def changes_since(self, kb_id: str, since: int, singles: Any = None, **_: Any) -> KbChanges:
+        if since == 0:
+            first = PatternRecord.build("p0", [["a"], ["b"]], 1)
+            return KbChanges(version=1, full=True, totals=Totals(1, 1), patterns=[first])
+        return KbChanges(
+            version=2, full=False, totals=Totals(1 + len(self.added), 1 + len(self.added)), patterns=self.added
+        )
+
+
+def _long(name: str, symbols: int) -> PatternRecord:
+    return PatternRecord.build(name, [[f"{name}-{i}" for i in range(30)] for _ in range(symbols // 30)], 1)
+
+
+def test_a_large_refresh_is_merged_off_the_event_loop_into_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 (4): three patterns of 10,000 symbols once froze the process for seconds. The
+    merge now waits on the event loop itself: merged on the loop, it could never finish."""
+    loop_ran = threading.Event()
+    threads: set[str] = set()
+    put = KnowledgeIndex.put_pattern
+
+    def waiting_put(index: KnowledgeIndex, record: PatternRecord) -> None:
+        threads.add(threading.current_thread().name)
+        if record.name != "p0":
+            assert loop_ran.wait(10), "merged on the event loop: the loop could not run meanwhile"
+        put(index, record)
+
+    monkeypatch.setattr(KnowledgeIndex, "put_pattern", waiting_put)
+
+    async def run() -> None:
+        store = GrowingStore([_long(f"big{i}", 10_000) for i in range(3)])
+        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        before = await cache.view("k")
+        threads.clear()
+        store.version = 2
+        refresh = asyncio.create_task(cache.view("k"))
+        await asyncio.sleep(0)  # the refresh has started; this runs only if the loop is free
+        loop_ran.set()
+        after = await refresh
+        assert (before.version, len(before), after.version, len(after)) == (1, 1, 2, 4)  # the cached one untouched
+        assert threading.main_thread().name not in threads
+
+    asyncio.run(run())
+
+
+def test_a_small_refresh_is_merged_in_place_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: set[str] = set()
+    put = KnowledgeIndex.put_pattern
+
+    def recording_put(index: KnowledgeIndex, record: PatternRecord) -> None:
+        threads.add(threading.current_thread().name)
+        put(index, record)
+
+    monkeypatch.setattr(KnowledgeIndex, "put_pattern", recording_put)
+
+    async def run() -> None:
+        store = GrowingStore([_long("small", 300)])
+        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        before = await cache.view("k")
+        store.version = 2
+        after = await cache.view("k")
+        assert after is before and len(after) == 2  # no reader: changed in place (no copy)
+        assert threads == {threading.main_thread().name}
+
+    asyncio.run(run())
+
+
+def test_a_caller_waiting_for_a_load_ends_at_its_deadline() -> None:
+    async def run() -> None:
+        store = SlowStore()
+        store.gate = asyncio.Event()
+        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(cache.view("k"), 0.01)
+        store.gate.set()
+        assert (await cache.view("k")).version == 1 and store.loads == 1  # the load went on
 
     asyncio.run(run())

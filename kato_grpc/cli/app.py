@@ -37,7 +37,7 @@ def main_options(
     token: Annotated[str | None, typer.Option(envvar="KATO_TOKEN", help="Bearer token.")] = None,
     tls: Annotated[bool, typer.Option(envvar="KATO_TLS", help="Use TLS (system roots or --ca-file).")] = False,
     ca_file: Annotated[Path | None, typer.Option(envvar="KATO_CA_FILE", help="PEM roots to trust (TLS).")] = None,
-    timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="Each call's budget, its retries included, seconds.")] = 60.0,
 ) -> None:
     ctx.obj = Target(target, token, tls or ca_file is not None, ca_file, timeout)
 

@@ -52,6 +52,21 @@ class InvalidArgument(KatoError):
         return cls(f"{field}: {description}", reason=reason, violations=(FieldViolation(field, description),))
 
 
+class InvalidFile(InvalidArgument):
+    """A file given to a tool (``kato train``, ``kato kb import``) that its format cannot read,
+    or whose line the server refused: where (the file, the line when there is one), which
+    field of the line, and what is wrong — ``corpus.jsonl:3: events[1].strings[0]: is not a
+    string``. Raised by the client side only; never sent."""
+
+    default_reason = "INVALID_FILE"
+
+    def __init__(self, path: object, line: int, field: str, description: str) -> None:
+        where = f"{path}:{line}" if line else str(path)
+        violations = (FieldViolation(field, description),) if field else ()
+        super().__init__(": ".join(p for p in (where, field, description) if p), violations=violations)
+        self.path, self.line, self.field, self.description = str(path), line, field, description
+
+
 class NotFound(KatoError):
     code = "NOT_FOUND"
     default_reason = "NOT_FOUND"

@@ -164,7 +164,11 @@ class KatoServer:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer_provider is not None:
             interceptors.append(tracing.server_interceptor(tracer_provider))
-        interceptors.append(CallInterceptor(metrics, traced=tracer_provider is not None))
+        # Calls still running when the grace ends are cut by the server: logged UNAVAILABLE.
+        self._cutting = False
+        interceptors.append(
+            CallInterceptor(metrics, traced=tracer_provider is not None, stopping=lambda: self._cutting)
+        )
         self.server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
         self._serving: bool | None = None
         self.port = 0
@@ -280,6 +284,7 @@ class KatoServer:
         await self.servicer.drain(self.settings.grace_seconds)
         left = self.settings.grace_seconds - (asyncio.get_running_loop().time() - started)
         self.engine.cancel_all()  # whatever still computes past the grace period stops now
+        self._cutting = True
         await self.server.stop(max(left, 0.1))
         await self.runner.applier.drain(max(left, 0.1))
         for task in (self._health_task, self._relay_task, self._reaper_task):

@@ -11,18 +11,28 @@ access-log line and its metrics.
   and, for a failure, its reason. Never a session id or a token. Its level says how much it
   matters: health checks and reflection at DEBUG, server-side failures at WARNING, the rest at
   INFO — so ``KATO_LOG_LEVEL`` decides what is written (docs/operations.md).
-- **Metrics** (``server/metrics.py``), when on.
+- **Abandoned calls**: when the client cancels a call, its deadline passes or the server stops,
+  grpc cancels the handler's task (no status is set): the line says what happened —
+  CANCELLED (the client cancelled, or its connection went), DEADLINE_EXCEEDED (the client's
+  deadline passed: its choice, INFO like CANCELLED), UNAVAILABLE (cut by the server's shutdown,
+  which is what the client gets: WARNING). DEADLINE_EXCEEDED is at WARNING only when the
+  server's own limit (``KATO_MAX_CALL_SECONDS``) cut a call whose client still had time. A
+  call whose requests stream in (ImportKnowledgeBase, ObserveStream) sees a client's cancel as
+  the end of its requests; when it finishes before grpc cancels it, its line has the outcome
+  of what it was sent (grpc tells the server no more).
+- **Metrics** (``server/metrics.py``), when on: the same code as the line.
 
 A method's wrapped handler is made once and kept (handlers are the same for every call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import structlog
@@ -40,6 +50,14 @@ QUIET_SERVICES = frozenset(
 SERVER_SIDE = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
 log = structlog.get_logger("kato.access")
 Ctx = Any  # grpc.aio.ServicerContext, or OpenTelemetry's proxy of it
+# How a handler ended: it returned, it raised (an abort sets the status), or grpc cancelled it.
+Ending = Literal["ok", "failed", "abandoned"]
+# A client's deadline reaches the server as a duration, rounded up on the wire (to 10 ms under
+# 10 s, about 1 % beyond) and counted from the request's arrival: the client gives up — its
+# cancel reaching the server — a moment before the server's copy of the deadline passes. A
+# call that ends with no more than this left of its deadline ended at the client's deadline.
+DEADLINE_SLACK_SECONDS = 0.25
+DEADLINE_SLACK_SHARE = 0.01
 
 
 def request_id(context: Ctx) -> str:
@@ -51,11 +69,15 @@ def request_id(context: Ctx) -> str:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """``traced``: the calls run inside OpenTelemetry server spans; their trace id is logged."""
+    """``traced``: the calls run inside OpenTelemetry server spans; their trace id is logged.
+    ``stopping``: whether the server is cutting the calls still running (its shutdown)."""
 
-    def __init__(self, metrics: Metrics | None = None, traced: bool = False) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, traced: bool = False, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         self._metrics = metrics
         self._traced = traced
+        self._stopping = stopping
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -75,29 +97,35 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         service, _, rpc = method.lstrip("/").rpartition("/")
         metrics = self._metrics.for_rpc(rpc) if self._metrics else None
-        call = _Call(rpc, metrics, service in QUIET_SERVICES, self._traced)
+        call = _Call(rpc, metrics, service in QUIET_SERVICES, self._traced, self._stopping)
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def run(request: Any, context: Ctx) -> Any:
-                started, failed = call.open(context), True
+                started, ending = call.open(context), _FAILED
                 try:
                     out = await behavior(request, _Context(context))
-                    failed = False
+                    ending = _OK
                     return out
+                except asyncio.CancelledError:
+                    ending = _ABANDONED
+                    raise
                 finally:
-                    call.close(context, started, failed)
+                    call.close(context, started, ending)
 
             return run
 
         def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
             async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
-                started, failed = call.open(context), True
+                started, ending = call.open(context), _FAILED
                 try:
                     async for item in behavior(request, _Context(context)):
                         yield item
-                    failed = False
+                    ending = _OK
+                except (asyncio.CancelledError, GeneratorExit):  # cancelled, or closed unfinished
+                    ending = _ABANDONED
+                    raise
                 finally:
-                    call.close(context, started, failed)
+                    call.close(context, started, ending)
 
             return run
 
@@ -117,11 +145,18 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+_OK: Ending = "ok"
+_FAILED: Ending = "failed"
+_ABANDONED: Ending = "abandoned"
+
+
 class _Call:
     """What is done at the start and the end of every call of one method."""
 
-    def __init__(self, rpc: str, metrics: RpcMetrics | None, quiet: bool, traced: bool) -> None:
-        self.rpc, self.metrics, self.quiet, self.traced = rpc, metrics, quiet, traced
+    def __init__(
+        self, rpc: str, metrics: RpcMetrics | None, quiet: bool, traced: bool, stopping: Callable[[], bool]
+    ) -> None:
+        self.rpc, self.metrics, self.quiet, self.traced, self.stopping = rpc, metrics, quiet, traced, stopping
 
     def open(self, context: Ctx) -> float:
         rid = request_id(context)
@@ -137,16 +172,27 @@ class _Call:
             self.metrics.started()
         return time.perf_counter()
 
-    def close(self, context: Ctx, started: float, failed: bool) -> None:
+    def close(self, context: Ctx, started: float, ending: Ending) -> None:
         seconds = time.perf_counter() - started
+        remaining = context.time_remaining()  # None: the call had no deadline
+        deadline_passed = remaining is not None and remaining <= (
+            DEADLINE_SLACK_SECONDS + DEADLINE_SLACK_SHARE * (remaining + seconds)
+        )
         status = context.code()
         if isinstance(status, grpc.StatusCode) and status != grpc.StatusCode.OK:
             code = status.name
+        elif ending == _ABANDONED:  # grpc cancelled the handler: no status was set
+            code = "DEADLINE_EXCEEDED" if deadline_passed else "UNAVAILABLE" if self.stopping() else "CANCELLED"
         else:
-            code = "UNKNOWN" if failed else "OK"
+            code = "UNKNOWN" if ending == _FAILED else "OK"
         if self.metrics is not None:
             self.metrics.ended(code, seconds)
-        level = logging.DEBUG if self.quiet else logging.WARNING if code in SERVER_SIDE else logging.INFO
+        if self.quiet:
+            level = logging.DEBUG
+        elif code in SERVER_SIDE and not (code == "DEADLINE_EXCEEDED" and deadline_passed):
+            level = logging.WARNING
+        else:  # the client's own deadline passing is its choice, like a cancel
+            level = logging.INFO
         log.log(level, "rpc", code=code, duration_ms=round(seconds * 1000, 3))
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from kato_grpc import encoding, names
 from kato_grpc.access import Caller
 from kato_grpc.engine import importing
-from kato_grpc.errors import CounterLimit, FailedPrecondition, FieldViolation, InvalidArgument
+from kato_grpc.errors import CounterLimit, FailedPrecondition, FieldViolation, InvalidArgument, KatoError
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_docs import Doc, exported_pattern
@@ -97,6 +97,16 @@ class Import:
         self.node, self.prefix, self.last = "", "", -1
 
     async def add(self, req: svc.ImportKnowledgeBaseRequest) -> None:
+        """Apply one batch. A refusal names it (ErrorInfo metadata ``batch``): the batches
+        before it are applied, it and the rest of the stream are not, so a client can say
+        what the import did and resume it."""
+        try:
+            await self._add(req)
+        except KatoError as exc:
+            exc.metadata.setdefault("batch", str(req.batch))
+            raise
+
+    async def _add(self, req: svc.ImportKnowledgeBaseRequest) -> None:
         if not self.node:
             self.node = limits.node_id(req.knowledge_base, "knowledge_base")
             self.caller.authorize(self.node)

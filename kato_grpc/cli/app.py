@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,6 +21,7 @@ from kato_grpc.cli.common import ConfigOption, Json, Kb, Target, client, config_
 from kato_grpc.cli.train import Corpus, train
 from kato_grpc.client import KatoError
 from kato_grpc.client.channel import DEFAULT_TARGET
+from kato_grpc.errors import InvalidFile
 
 app = typer.Typer(help="KATO: learn sequences, read predictions, manage knowledge bases.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
@@ -36,7 +37,7 @@ def main_options(
     token: Annotated[str | None, typer.Option(envvar="KATO_TOKEN", help="Bearer token.")] = None,
     tls: Annotated[bool, typer.Option(envvar="KATO_TLS", help="Use TLS (system roots or --ca-file).")] = False,
     ca_file: Annotated[Path | None, typer.Option(envvar="KATO_CA_FILE", help="PEM roots to trust (TLS).")] = None,
-    timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="Each call's budget, its retries included, seconds.")] = 60.0,
 ) -> None:
     ctx.obj = Target(target, token, tls or ca_file is not None, ca_file, timeout)
 
@@ -174,11 +175,28 @@ def replay(scenario: Annotated[Path, typer.Argument(exists=True, help="A scenari
 
 
 def main() -> None:
-    """The console script: failures of the API print their code, reason and fields, not a traceback."""
+    """The console script: a failure is one line on stderr, never a traceback — a bad file's
+    ``kato: <file>:<line>: <field>: <what>``, or the status the server answered (its code,
+    reason, fields and request id) — and exit status 1."""
     try:
         app()
     except KatoError as exc:
-        fields = ", ".join(v.field for v in exc.violations)
-        quoted = f" [request {exc.request_id}]" if exc.request_id else ""
-        errors.print(f"[red]{exc.code}[/] {exc.reason}: {exc.message}" + (f" ({fields})" if fields else "") + quoted)
-        sys.exit(1)
+        fail(exc)
+    except OSError as exc:  # a file that cannot be opened or read (a directory, no permission)
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+
+
+def fail(error: KatoError | str) -> NoReturn:
+    """Print ``error`` as one line on stderr (with what its notes add) and exit 1."""
+    if isinstance(error, InvalidFile):
+        text = error.message
+    elif isinstance(error, KatoError):
+        fields = ", ".join(v.field for v in error.violations)
+        text = f"{error.code} {error.reason}: {error.message}" + (f" ({fields})" if fields else "")
+    else:
+        text = error
+    if isinstance(error, KatoError):
+        text = "; ".join([text, *getattr(error, "__notes__", ())])
+        text += f" [request {error.request_id}]" if error.request_id else ""
+    errors.print(f"kato: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(1)

@@ -10,21 +10,27 @@ Resuming: a run's sessions are named by a digest of the corpus (files, format, w
 sessions); a batch commits whole or not at all, so a session's ``time``
 (observations committed) says exactly where its worker stopped. Request ids carry the batch's
 first sequence number, so a batch retried after a lost answer is applied once.
+
+Stopping: the first batch that fails (the server refuses it, or the file changed under the
+run) stops every worker before its next batch; the error says how many sequences this run
+had committed, and a refusal names the file, line and event the server refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from threading import Lock
+from threading import Event, Lock
 
 from kato_grpc.cli import corpus
 from kato_grpc.client import KatoClient
+from kato_grpc.errors import InvalidFile, KatoError
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 
@@ -86,6 +92,7 @@ def train(
     if not resume and _session(kato, kb, settings, run, 0).time:
         run = uuid.uuid4().hex[:24]  # this corpus was trained before: train it again, in new sessions
     result, lock = Result(), Lock()
+    stop, failures = Event(), list[BaseException]()
 
     def report(sequences: int, learned: int, skipped: int) -> None:
         with lock:
@@ -96,11 +103,21 @@ def train(
             progress(sequences + skipped, learned)
 
     def work(worker: int) -> None:
-        session = _session(kato, kb, settings, run, worker)
-        _worker(kato, session.name, session.time, _share(source, worker, parallel), batch, run, worker, report)
+        try:
+            session = _session(kato, kb, settings, run, worker)
+            shares = _share(source, worker, parallel)
+            _worker(kato, session.name, session.time, shares, batch, run, worker, report, stop)
+        except BaseException as exc:
+            with lock:
+                failures.append(exc)
+            stop.set()
 
     with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(work, range(parallel)))  # list(): a worker's error is raised here
+        pool.map(work, range(parallel))
+    if failures:  # the first to fail; the others stopped before their next batch
+        committed = f"this run committed {result.sequences:,} sequences before it stopped"
+        failures[0].add_note(committed if result.sequences else "this run committed nothing")
+        raise failures[0]
     result.new = kato.get_knowledge_base(kb).pattern_count - before
     result.seconds = time.monotonic() - started
     return result
@@ -126,6 +143,7 @@ def _worker(
     run: str,
     worker: int,
     report: Callable[[int, int, int], None],
+    stop: Event,
 ) -> None:
     pending: list[tuple[int, corpus.Sequence]] = []
     size = 0
@@ -135,11 +153,13 @@ def _worker(
             report(0, 0, 1)
             continue
         if pending and (len(pending) == batch or size + len(seq.observations) > MAX_BATCH_OBSERVATIONS):
+            if stop.is_set():
+                return
             _send(kato, session, pending, f"train-{run}-{worker}-{pending[0][0]}", report)
             pending, size = [], 0
         pending.append((index, seq))
         size += len(seq.observations)
-    if pending:
+    if pending and not stop.is_set():
         _send(kato, session, pending, f"train-{run}-{worker}-{pending[0][0]}", report)
 
 
@@ -155,5 +175,33 @@ def _send(
     for _, seq in batch:
         observations += seq.observations
         ends.append(len(observations) - 1)
-    reply = kato.observe_sequence(session, observations, learn_after=ends, request_id=request_id)
+    try:
+        reply = kato.observe_sequence(session, observations, learn_after=ends, request_id=request_id)
+    except KatoError as exc:
+        raise _in_file(exc, [seq for _, seq in batch]) from exc
     report(len(batch), sum(1 for name in reply.auto_learned_patterns if name), 0)
+
+
+_OBSERVATION = re.compile(r"observations\[(\d+)\](.*)")
+
+
+def _in_file(error: KatoError, batch: list[corpus.Sequence]) -> KatoError:
+    """A refusal naming one of the batch's observations, as the file's line and event that
+    observation came from (the server's code, reason and words kept); else ``error``."""
+    for violation in error.violations:
+        found = _OBSERVATION.fullmatch(violation.field)
+        if found is None:
+            continue
+        index = int(found.group(1))
+        for seq in batch:
+            if index < len(seq.observations) and seq.path is not None:
+                where = InvalidFile(
+                    seq.path,
+                    seq.line_of(index),
+                    f"events[{index}]{found.group(2)}",
+                    f"{error.code} {error.reason}: {violation.description}",
+                )
+                where.request_id = error.request_id
+                return where
+            index -= len(seq.observations)
+    return error

@@ -1,8 +1,9 @@
 """The Python client of kato-grpc: ``KatoClient`` (blocking) and ``AsyncKatoClient`` (asyncio).
 
 Needs grpcio, protobuf and googleapis-common-protos only — not the server's dependencies. Every mutating
-call carries a fresh request id (or the one given), and UNAVAILABLE, DEADLINE_EXCEEDED and a
-retryable ABORTED are retried with the same request, so the server applies it once. Failures
+call carries a fresh request id (or the one given), and UNAVAILABLE and a retryable ABORTED
+are retried with the same request, so the server applies it once, all within the call's
+``timeout`` (the whole budget: each attempt gets what is left of it). Failures
 raise the ``kato_grpc.errors`` class of their status, with ``reason``, ``metadata`` and
 ``violations`` from the status details::
 

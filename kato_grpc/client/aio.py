@@ -43,12 +43,12 @@ class AsyncKatoClient:
         await self.close()
 
     async def call(self, method: str, request: Message, reply: type[M]) -> M:
-        """One unary RPC with the client's deadline, token and retries."""
+        """One unary RPC with the client's token and retries, all within ``Options.timeout``."""
         attempts = Attempts(self.options, method)
         while True:
             try:
                 out = await getattr(self.stub, method)(
-                    request, timeout=self.options.timeout, metadata=self.options.metadata()
+                    request, timeout=attempts.timeout(), metadata=self.options.metadata()
                 )
                 assert isinstance(out, reply)
                 return out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -24,9 +25,13 @@ CHANNEL_OPTIONS = [
 class Options:
     """How a client connects and retries.
 
-    ``timeout``: the deadline of each attempt, in seconds. ``retries``: further attempts after
-    UNAVAILABLE, DEADLINE_EXCEEDED or a retryable ABORTED, with the same request (and so the
-    same request id); waits grow from ``backoff`` doubling up to ``max_backoff``, jittered.
+    ``timeout``: the whole budget of a call, in seconds, its retries and the waits between them
+    included — each attempt's deadline is what is left of it. ``retries``: further attempts
+    after UNAVAILABLE or a retryable ABORTED, with the same request (and so the same request
+    id), while the budget lasts; waits grow from ``backoff`` doubling up to ``max_backoff``,
+    jittered. DEADLINE_EXCEEDED is never retried: an attempt's deadline is the rest of the
+    budget, so when it passes the budget is spent (and when the server's own call limit,
+    ``KATO_MAX_CALL_SECONDS``, cut it, the same call would be cut again).
     """
 
     target: str = DEFAULT_TARGET
@@ -63,22 +68,39 @@ class Options:
 _DELETES = frozenset({"DeleteSession", "DeletePattern"})
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
 @dataclass
 class Attempts:
-    """The retry decision for one call, shared by the sync and the async client."""
+    """The attempts of one call within its budget (``Options.timeout``), shared by the sync
+    and the async client: each attempt's deadline (``timeout()``) and the retry decision."""
 
     options: Options
     method: str
     attempt: int = 0
     ambiguous: bool = False  # an earlier attempt may have been applied
+    ends: float = field(init=False)  # when the budget is spent (monotonic clock)
+
+    def __post_init__(self) -> None:
+        self.ends = _now() + self.options.timeout
+
+    def timeout(self) -> float:
+        """The next attempt's deadline: what is left of the budget (0 when it is spent)."""
+        return max(self.ends - _now(), 0.0)
 
     def after(self, error: KatoError) -> float | None:
-        """Seconds to wait before trying again, or None to give up (raise ``error``)."""
+        """Seconds to wait before trying again, or None to give up (raise ``error``): not
+        retryable, out of retries, or no budget left after the wait."""
         self.attempt += 1
         if not retryable(error) or self.attempt > self.options.retries:
             return None
+        wait = self.options.wait(self.attempt)
+        if wait >= self.ends - _now():  # the wait would spend the budget: the next attempt has none
+            return None
         self.ambiguous = self.ambiguous or error.code != "ABORTED"
-        return self.options.wait(self.attempt)
+        return wait
 
     def done_anyway(self, error: KatoError) -> bool:
         return self.ambiguous and self.method in _DELETES and error.code == "NOT_FOUND"

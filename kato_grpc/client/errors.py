@@ -59,7 +59,9 @@ def _status_details(trailers: Iterable[tuple[str, str | bytes]]) -> list[Any]:
 
 def retryable(error: KatoError) -> bool:
     """Worth the same call again, with the same request id: the server may not have done it,
-    or lost a race, and deduplicates a repeat (a stale etag is the caller's to resolve)."""
+    or lost a race, and deduplicates a repeat (a stale etag is the caller's to resolve).
+    DEADLINE_EXCEEDED is not: each attempt's deadline is the rest of the call's budget, so it
+    means the budget is spent (``channel.Options``)."""
     if error.code == "ABORTED":
         return error.reason != "ETAG_MISMATCH"
-    return error.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    return error.code == "UNAVAILABLE"

@@ -372,7 +372,8 @@ class KatoServiceServicer:
         imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
         Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
         FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
-        refused), PATTERN_REJECTED.
+        refused), PATTERN_REJECTED. A refused message's ErrorInfo metadata `batch` names it: the
+        batches before it are applied, it and the rest of the stream are not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -185,7 +185,8 @@ class KatoServiceStub:
     imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
     Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
     FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
-    refused), PATTERN_REJECTED.
+    refused), PATTERN_REJECTED. A refused message's ErrorInfo metadata `batch` names it: the
+    batches before it are applied, it and the rest of the stream are not.
     """
     WatchKnowledgeBase: _grpc.UnaryStreamMultiCallable[_kato_service_pb2.WatchKnowledgeBaseRequest, _kato_service_pb2.WatchKnowledgeBaseResponse]
     """The committed changes of a knowledge base as they happen, whichever server process made
@@ -327,7 +328,8 @@ class KatoServiceAsyncStub(KatoServiceStub):
     imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
     Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
     FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
-    refused), PATTERN_REJECTED.
+    refused), PATTERN_REJECTED. A refused message's ErrorInfo metadata `batch` names it: the
+    batches before it are applied, it and the rest of the stream are not.
     """
     WatchKnowledgeBase: _aio.UnaryStreamMultiCallable[_kato_service_pb2.WatchKnowledgeBaseRequest, _kato_service_pb2.WatchKnowledgeBaseResponse]  # type: ignore[assignment]
     """The committed changes of a knowledge base as they happen, whichever server process made
@@ -598,7 +600,8 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         imports with the default limits. No import takes a counter past 2^53 - 1 (D-30).
         Errors: INVALID_ARGUMENT knowledge_base, import_id, batch (not increasing), patterns[i].*;
         FAILED_PRECONDITION COUNTER_LIMIT (patterns[i].pattern.frequency: the whole batch is
-        refused), PATTERN_REJECTED.
+        refused), PATTERN_REJECTED. A refused message's ErrorInfo metadata `batch` names it: the
+        batches before it are applied, it and the rest of the stream are not.
         """
 
     @_abc_1.abstractmethod

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -20,12 +21,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from kato_grpc import devstack, names
 from kato_grpc.client import KatoClient, NotFound
-from kato_grpc.devserver import ROOT, new_server
+from kato_grpc.devserver import ROOT, ServerProcess, new_server
 from kato_grpc.settings import Settings
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from server.app import KatoServer
+from tests.integration.support import eventually
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -128,6 +130,52 @@ def test_one_access_line_per_call_and_the_request_id_comes_back(stores: Stores, 
     assert len({failed_id, quoted, generated}) == 3
     assert session.name.removeprefix("sessions/") not in text and token not in text
     assert any(json.loads(line).get("event") == "health" for line in text.splitlines() if line.startswith("{"))
+
+
+def _learn(server: ServerProcess, node: str, *symbols: str) -> None:
+    """One change of a knowledge base: a pattern learned."""
+    with KatoClient(server.address) as kato:
+        session = kato.create_session(node)
+        for symbol in symbols:
+            kato.observe(session.name, [symbol])
+        kato.learn(session.name)
+
+
+def test_a_call_its_client_abandons_is_logged_cancelled_or_deadline_exceeded_at_info(
+    stores: Stores, log_dir: Path
+) -> None:
+    server = new_server(*stores, log_dir, log_level="INFO").start(KATO_LOG_JSON="true")
+    node = "abandoned-" + uuid.uuid4().hex
+
+    def watches(count: int) -> Callable[[], bool]:
+        return lambda: len([x for x in _access_lines(server.log_path) if x["rpc"] == "WatchKnowledgeBase"]) == count
+
+    try:
+        _learn(server, node, "a", "b")
+        request = svc.WatchKnowledgeBaseRequest(name=names.knowledge_base(node), since_version=0)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = svc_grpc.KatoServiceStub(channel)
+            # Each watch first gets the KB's one change, so the server is inside the call; then
+            # it waits for more, which never comes.
+            watch = stub.WatchKnowledgeBase(request)
+            next(watch)
+            watch.cancel()
+            # A cancel that lands inside a Redis command can be swallowed by redis-py (the
+            # watch keeps polling); its next write, on the cancelled stream, ends it then.
+            _learn(server, node, "c", "d")
+            assert eventually(watches(1))
+            watch = stub.WatchKnowledgeBase(request, timeout=5)
+            next(watch)
+            with pytest.raises(grpc.RpcError) as cut:
+                next(watch)
+            assert cast(grpc.Call, cut.value).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert eventually(watches(2))
+    finally:
+        server.stop()
+    lines = _access_lines(server.log_path)
+    abandoned = [(x["code"], x["level"]) for x in lines if x["rpc"] == "WatchKnowledgeBase"]
+    assert abandoned == [("CANCELLED", "info"), ("DEADLINE_EXCEEDED", "info")]
+    assert not [x for x in lines if x["code"] == "UNKNOWN" or x["level"] == "warning"]
 
 
 def test_the_log_level_decides_which_access_lines_are_written(stores: Stores, log_dir: Path) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from kato_grpc import names
 from kato_grpc.engine import importing, records
 from kato_grpc.engine.learning import MIN_PATTERN_SYMBOLS
+from kato_grpc.engine.naming import vector_name
 from kato_grpc.engine.observation import check_finite, validate_observation
 from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
@@ -356,6 +359,9 @@ def check_imported_pattern(item: svc.ExportedPattern, settings: Settings, field:
 
 
 def check_imported_vectors(vectors: Sequence[svc.NamedVector], settings: Settings) -> None:
+    """Each vector under the name its values have (D-26: so no two differ under one name in a
+    batch, which would keep one of them silently), once per batch."""
+    seen: dict[str, int] = {}
     for i, v in enumerate(vectors):
         if not VECTOR_NAME.fullmatch(v.name):
             raise InvalidArgument.for_field(f"vectors[{i}].name", "is not a vector name ('VCTR|' and 40 hex digits)")
@@ -364,3 +370,8 @@ def check_imported_vectors(vectors: Sequence[svc.NamedVector], settings: Setting
                 f"vectors[{i}].values", f"must have 1 to {settings.max_vector_dimension} components"
             )
         check_finite({str(j): x for j, x in enumerate(v.values)}, f"vectors[{i}].values")
+        if vector_name(np.asarray(v.values, dtype=np.float64)) != v.name:
+            raise InvalidArgument.for_field(f"vectors[{i}].name", "is not the name of its values (docs/engine.md D-26)")
+        if v.name in seen:
+            raise InvalidArgument.for_field(f"vectors[{i}].name", f"repeats vectors[{seen[v.name]}].name")
+        seen[v.name] = i

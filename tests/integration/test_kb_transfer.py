@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from kato_grpc import names
 from kato_grpc.client import InvalidArgument, KatoClient
 from kato_grpc.client import requests as build
 from kato_grpc.devserver import ServerProcess
+from kato_grpc.engine.naming import vector_name
 from kato_grpc.replay import config_from_json, observation_from_json
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -136,3 +138,23 @@ def test_bad_imports_name_the_field_and_change_nothing(server: ServerProcess) ->
             kato.import_knowledge_base([svc.ImportKnowledgeBaseRequest(knowledge_base=names.knowledge_base(target))])
         assert [v.field for v in missing.value.violations] == ["import_id"]
         assert kato.get_knowledge_base(target).pattern_count == 0
+
+
+def test_imported_vectors_are_under_their_own_names_once_a_batch(server: ServerProcess) -> None:
+    """Issue 21: two vectors of one name in a batch kept one of them silently."""
+    target = "vec-" + uuid.uuid4().hex
+    values = [0.25, -1.5]
+    name = vector_name(np.asarray(values, dtype=np.float64))
+    good = svc.NamedVector(name=name, values=values)
+    with KatoClient(server.address, retries=0) as kato:
+        for vectors, field in (
+            ([svc.NamedVector(name="VCTR|" + "0" * 40, values=values)], "vectors[0].name"),  # not its name
+            ([good, svc.NamedVector(name=name, values=[0.5, 0.5])], "vectors[1].name"),  # one name, two vectors
+            ([good, good], "vectors[1].name"),
+        ):
+            with pytest.raises(InvalidArgument) as info:
+                kato.import_knowledge_base(build.import_requests(target, "v", [], vectors))
+            assert [v.field for v in info.value.violations] == [field]
+        assert kato.get_knowledge_base(target).vector_count == 0
+        kato.import_knowledge_base(build.import_requests(target, "v", [], [good]))
+        assert kato.get_knowledge_base(target).vector_count == 1

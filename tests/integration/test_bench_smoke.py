@@ -83,3 +83,13 @@ def test_throughput_benchmark_smoke() -> None:
     out = _bench("bench.throughput", "--rounds", "1", "--seconds", "1")
     assert "| unary observe, 64 loops |" in out and "| unary health, 64 loops |" in out
     assert "concurrency 1" in out
+
+
+def test_refresh_benchmark_smoke() -> None:
+    out = _bench("bench.refresh", "--rounds", "1")
+    assert "| health latency p50 / p99 |" in out and "s-deadline call" in out
+
+
+def test_watchers_benchmark_smoke() -> None:
+    out = _bench("bench.watchers", "--watchers", "8", "--learns", "5")
+    assert "| 8 watchers |" in out and "| ratio of the medians |" in out

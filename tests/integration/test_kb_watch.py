@@ -4,7 +4,6 @@ in version order; from a given version; a watcher that falls behind is told to r
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -54,9 +53,9 @@ def test_a_watcher_sees_every_process_changes_in_order(two_servers: tuple[Server
         seen: list[svc.WatchKnowledgeBaseResponse] = []
         # Changes through process b, watched through process a (a learn, a re-learn of it, an
         # update, a delete, a wipe): expected versions start + 1 .. start + 6.
-        thread = threading.Thread(target=_collect, args=(watcher, kb, None, start + 6, seen), daemon=True)
+        # From the version read before (however late the stream opens: no race with the writes).
+        thread = threading.Thread(target=_collect, args=(watcher, kb, start, start + 6, seen), daemon=True)
         thread.start()
-        time.sleep(0.5)  # the watch starts "from now"
         first = _learn(writer, kb, "a", "b")
         _learn(writer, kb, "a", "b")
         second = _learn(writer, kb, "c", "d")

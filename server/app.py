@@ -180,8 +180,7 @@ class KatoServer:
     async def start(self) -> int:
         if self.settings.gil_switch_interval:
             sys.setswitchinterval(GIL_SWITCH_SECONDS)
-        await self._ensure_indexes()
-        await self._claim_namespace()
+        await self._prepare_stores()
         # First: a restart ends what the process it replaces left open in MongoDB (once its
         # lease expired), before this one's calls and relay wait on it.
         self._reaper_task = asyncio.create_task(self.reaper.run(self._stopping))
@@ -211,12 +210,16 @@ class KatoServer:
         log.info("serving", host=self.settings.host, port=self.port)
         return self.port
 
-    async def _ensure_indexes(self) -> None:
-        # Stores may still be starting (make run starts them beside us): wait a little.
+    async def _prepare_stores(self) -> None:
+        """Indexes, and the Redis namespace bound to this database. The stores may still be
+        starting (make run starts them beside us): a little wait for them."""
         for attempt in range(30):
             try:
                 await self.patterns.ensure_indexes()
+                await self._claim_namespace()
                 return
+            except StartupRefused:
+                raise
             except Exception:
                 if attempt == 29:
                     raise

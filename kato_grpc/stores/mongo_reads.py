@@ -4,6 +4,7 @@ cache's refresh), single patterns and pages of them. The collections are describ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -118,20 +119,12 @@ class PatternReads:
                         reason="KB_SNAPSHOT_UNREADABLE",
                     )
             patterns = self._db.patterns.find(_after(kb_id, patterns_after), RECORD_FIELDS)
-            changes.patterns = [pattern_from_doc(doc, singles) async for doc in patterns]
+            changes.patterns = await _converted(patterns, lambda doc: [pattern_from_doc(doc, singles)])
             # The log and the vectors are read up to the version read (each version's are
             # written once): a write meanwhile is left whole to the next refresh.
             window = _window(kb_id, after, marks.version)
             entries = self._db.symbol_log.find(window).sort([("kb_version", ASCENDING), ("part", ASCENDING)])
-            async for doc in entries:
-                for learn in doc["learns"]:
-                    changes.symbol_changes.append(
-                        SymbolChange(
-                            counts={k: int(v) for k, v in learn["c"]},
-                            is_new=bool(learn["n"]),
-                            affinity={k: float(v) for k, v in learn["a"]},
-                        )
-                    )
+            changes.symbol_changes = await _converted(entries, _symbol_changes)
             async for doc in self._db.vectors.find(window):
                 changes.vectors.append((doc["name"], [float(x) for x in doc["values"]]))
             # The patterns must belong to the version read too: again if the KB moved. Under a
@@ -196,6 +189,40 @@ class PatternReads:
     def vector_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[str, list[float]]]]:
         cursor = self._db.vectors.find({"kb_id": kb_id})
         return _batches(cursor.batch_size(size), size, lambda d: (d["name"], [float(x) for x in d["values"]]))
+
+
+# Documents converted on the event loop at most; more go to a thread a batch at a time, so a
+# full load from documents (100k patterns: seconds of Python) never holds the loop that long.
+CONVERT_ON_LOOP = 200
+
+
+async def _converted(cursor: AsyncCursor[Doc], convert: Callable[[Doc], list[T]]) -> list[T]:
+    """Every document of ``cursor``, converted; in order."""
+    out: list[T] = []
+    batch: list[Doc] = []
+
+    def run(docs: list[Doc]) -> list[T]:
+        return [item for doc in docs for item in convert(doc)]
+
+    async for doc in cursor:
+        batch.append(doc)
+        if len(batch) == CONVERT_ON_LOOP:
+            out += await asyncio.to_thread(run, batch)
+            batch = []
+    out += run(batch)
+    return out
+
+
+def _symbol_changes(doc: Doc) -> list[SymbolChange]:
+    """A symbol_log document's learns, in order."""
+    return [
+        SymbolChange(
+            counts={k: int(v) for k, v in learn["c"]},
+            is_new=bool(learn["n"]),
+            affinity={k: float(v) for k, v in learn["a"]},
+        )
+        for learn in doc["learns"]
+    ]
 
 
 async def _batches(cursor: AsyncCursor[Doc], size: int, convert: Callable[[Doc], T]) -> AsyncIterator[list[T]]:

@@ -15,9 +15,9 @@ ENV PATH=/opt/kato/bin:$PATH
 WORKDIR /src
 # Dependencies come from pyproject.toml alone, in their own layer: a code change reuses it.
 COPY pyproject.toml README.md ./
-RUN mkdir -p kato_grpc server \
-    && touch kato_grpc/__init__.py server/__init__.py \
-    && pip install . \
+RUN mkdir -p kato_grpc server/kato_server \
+    && touch kato_grpc/__init__.py server/kato_server/__init__.py \
+    && pip install '.[server]' \
     && pip uninstall --yes kato-grpc
 COPY kato_grpc ./kato_grpc
 COPY server ./server
@@ -37,6 +37,6 @@ ENV PATH=/opt/kato/bin:$PATH \
 USER 10001
 EXPOSE 50051 9100
 # Probes: gRPC health on 50051 — "liveness" for liveness, "kato.v1.KatoService" for
-# readiness; without Kubernetes: `python -m server.probe [service]` (exit 0 when SERVING).
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-m", "server.probe", "liveness"]
+# readiness; without Kubernetes: `python -m kato_server.probe [service]` (exit 0 when SERVING).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-m", "kato_server.probe", "liveness"]
 ENTRYPOINT ["kato-server"]

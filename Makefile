@@ -24,6 +24,7 @@ lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	npx --no-install buf format --diff --exit-code proto
 	npx --no-install buf lint
 	npx --no-install buf breaking proto --against api/kato-v1.binpb
@@ -66,7 +67,7 @@ bench-1m: $(STAMP)
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.
 run: $(STAMP)
-	$(BIN)/python -m server
+	$(BIN)/python -m kato_server
 
 # 10,000 generated requests (and garbage bytes) against a live server (issue 5).
 fuzz: $(STAMP)

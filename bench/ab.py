@@ -12,8 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from bench.service import latency_suite
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server.devserver import ServerProcess
 
 Rounds = dict[str, dict[str, list[float]]]  # server -> figure (health, observe, learn) -> p50 per round
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from bench.ab import Rounds, alternate, table
 from bench.report import emit
-from kato_grpc import devcluster, devstack
-from kato_grpc.devserver import new_server
+from kato_server import devcluster, devstack
+from kato_server.devserver import new_server
 
 
 def run(rounds: int, calls: int) -> Rounds:

@@ -32,11 +32,12 @@ from pymongo import MongoClient
 
 from bench.report import emit
 from bench.service import SEED, train
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 NODE = "bench-cold"
 # The first load of a large KB from its documents outlasts the default store timeout and

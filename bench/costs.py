@@ -25,12 +25,12 @@ from pathlib import Path
 import redis
 
 from bench.report import emit
-from kato_grpc import devstack
 from kato_grpc.client import KatoClient
-from kato_grpc.devserver import new_server
 from kato_grpc.stores import redis_sessions
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 TICK = os.sysconf("SC_CLK_TCK")
 

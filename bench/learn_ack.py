@@ -21,10 +21,11 @@ import grpc
 
 from bench.ab import Rounds, alternate, table
 from bench.report import emit
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 
 def visibility_ms(writer: ServerProcess, reader: ServerProcess, learns: int) -> list[float]:

@@ -25,9 +25,9 @@ import grpc
 from bench.coldstart import PATIENT, SNAPSHOT_SOON, first_observe, wait_for_snapshot
 from bench.report import emit
 from bench.service import prediction_suite
-from kato_grpc import devstack
-from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 NODE = "bench-predict"  # what bench.service's prediction suite trains
 STEPS = 10

@@ -22,8 +22,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from bench.ab import Rounds, alternate, table
 from bench.report import emit
-from kato_grpc import devstack
-from kato_grpc.devserver import new_server
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):

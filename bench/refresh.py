@@ -29,11 +29,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.report import emit
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 EVENTS, SYMBOLS, LEARNS = 1000, 30, 3
 DEADLINE = 2.0

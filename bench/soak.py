@@ -24,9 +24,9 @@ from collections import Counter
 from pathlib import Path
 
 from bench.report import emit
-from kato_grpc import devstack
 from kato_grpc.client import AsyncKatoClient, KatoError, observation
-from kato_grpc.devserver import new_server
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 ALPHABET = [f"w{i}" for i in range(300)]
 POOL = 100  # learnable sequences per node

@@ -30,9 +30,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.costs import cpu_seconds
 from bench.report import emit
 from bench.service import latency_suite, throughput
-from kato_grpc import devstack
-from kato_grpc.devserver import new_server
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 PROCESSES = ("client", "server", "redis", "mongodb")
 

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import emit
-from kato_grpc import devstack, names
+from kato_grpc import names
 from kato_grpc.cli import transfer
 from kato_grpc.cli.train import Corpus, train
 from kato_grpc.client import KatoClient
-from kato_grpc.devserver import new_server
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 SEED = 20261201
 VOCABULARY = [f"w{i:04d}" for i in range(2000)]

@@ -24,11 +24,12 @@ from pathlib import Path
 import grpc
 
 from bench.report import emit
-from kato_grpc import devstack, names
-from kato_grpc.devserver import new_server
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 
 async def learns(stub: svc_grpc.KatoServiceAsyncStub, kb: str, count: int) -> list[float]:

@@ -1,11 +1,11 @@
 """Who is calling, and which nodes they may touch.
 
-A ``Caller`` is made once per call by the server's authentication (``server/auth.py``) and
+A ``Caller`` is made once per call by the server's authentication (``server/kato_server/auth.py``) and
 handed to every use case and to the transaction runner as an argument — never held in a
 context variable — so what a call may touch is visible where it is checked. The runner checks
 a session's node on every load; use cases check the ``node_id`` a request names. Since every
 node a call touches passes ``authorize``, the Caller also records the first one: the access
-log names it (``server/calls.py``).
+log names it (``server/kato_server/calls.py``).
 """
 
 from __future__ import annotations

@@ -248,6 +248,13 @@ def json_lists(metadata: Mapping[str, Sequence[str]]) -> dict[str, struct_pb2.Li
     return out
 
 
+def record_predictions(state: storage.SessionState, predictions: PredictionSet, memo: EventMemo | None = None) -> None:
+    """Record a call's last predictions in the session state it commits (GetCognitionData
+    reads them back): once per call, after the engine's transition, which left them empty."""
+    del state.last_predictions[:]
+    add_predictions(predictions, names.pattern_prefix(state.node_id), state.last_predictions, memo=memo)
+
+
 def cognition_data(state: storage.SessionState) -> svc.GetCognitionDataResponse:
     """KATO's cognition view of a session (docs/engine.md §5.6), from its stored state."""
     out = svc.GetCognitionDataResponse(

@@ -1,7 +1,7 @@
 """What the shell reports as it works (CAS conflicts, outbox applies, KB cache lookups,
 sessions): a Protocol the runner, the KB cache and the use cases are given, so they know no
 metrics library. ``NO_EVENTS`` ignores everything (metrics off, tests, the replay);
-``server/metrics.py`` counts them for Prometheus."""
+``server/kato_server/metrics.py`` counts them for Prometheus."""
 
 from __future__ import annotations
 

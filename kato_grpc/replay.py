@@ -119,6 +119,7 @@ class Replayer:
 
         def observe(state: storage.SessionState) -> storage.SessionState:
             results.append(processor.observe(state, observation, self.kb, unique_id=unique_id))
+            encoding.record_predictions(results[-1].state, results[-1].predictions)
             return results[-1].state
 
         self._commit("Observe", observe)

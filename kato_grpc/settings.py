@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_call_seconds: float = Field(120.0, gt=0)
     # Threads the engine runs on (off the event loop); they share the GIL.
     engine_threads: int = Field(4, ge=1, le=64)
-    # Process-wide policies (server/app.py, server/memory_policy.py): pass the GIL every 1 ms
+    # Process-wide policies (server/kato_server/app.py, server/kato_server/memory_policy.py): pass the GIL every 1 ms
     # instead of Python's 5 ms; after a large KB refresh, freeze the GC (and pause it while a
     # KB snapshot decodes) and return freed heap.
     gil_switch_interval: bool = True

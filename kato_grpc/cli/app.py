@@ -161,7 +161,7 @@ def watch(
 @app.command()
 def serve() -> None:
     """Run the server as `make run` does (configured by KATO_* variables; see README)."""
-    from server.__main__ import main as serve_main  # noqa: PLC0415 - the server's dependencies, only here
+    from kato_server.__main__ import main as serve_main  # noqa: PLC0415 - the server's dependencies, only here
 
     raise typer.Exit(serve_main())
 

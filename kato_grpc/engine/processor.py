@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from kato_grpc import names
-from kato_grpc.encoding import EventMemo, add_predictions
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
 from kato_grpc.engine.knowledge import KnowledgeView
@@ -63,7 +61,7 @@ class ObserveStep:
     stm_length: int
     time: int
     auto_learned_pattern: str | None
-    predictions: PredictionSet  # values; kato_grpc/encoding.py builds the messages
+    predictions: PredictionSet  # values: the use case records them (encoding.record_predictions)
     dropped_events: int
     writes: list[storage.PatternWrite]
 
@@ -115,13 +113,12 @@ def observe(
     unique_id: str,
     limits: StmLimits | None = None,
     budget: Budget | None = None,
-    memo: EventMemo | None = None,
 ) -> ObserveResult:
     """One observation (engine.md §2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
     validate_observation(observation)
     new = copy_state(state)
     cfg = resolve_config(new.config)
-    step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget, memo)
+    step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget)
     return ObserveResult(
         unique_id=step.unique_id,
         stm_length=step.stm_length,
@@ -145,7 +142,6 @@ def observe_sequence(
     learn_after_each: bool = False,
     learn_after: Collection[int] = (),
     budget: Budget | None = None,
-    memo: EventMemo | None = None,
 ) -> SequenceResult:
     """Observations in order, exactly as repeated ``observe`` calls (and ``learn`` after each
     with ``learn_after_each``, or after the observations ``learn_after`` indexes, when the STM
@@ -160,7 +156,7 @@ def observe_sequence(
     for i, (observation, unique_id) in enumerate(zip(observations, unique_ids, strict=True)):
         if clear_stm_between and i > 0:
             new.ClearField("stm")
-        step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget, memo)
+        step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget)
         writes += step.writes
         learned = None
         if (learn_after_each or i in learn_after) and new.stm:
@@ -178,10 +174,12 @@ def _observe_into(
     limits: StmLimits,
     cfg: EngineConfig,
     budget: Budget | None,
-    memo: EventMemo | None,
 ) -> ObserveStep:
-    """Apply one (validated) observation to ``new``, the caller's private copy. ``memo``
-    speeds up recording the predictions in the state (it never changes what is recorded)."""
+    """Apply one (validated) observation to ``new``, the caller's private copy.
+
+    The state's record of the last predictions is left empty: the engine returns values, and
+    the use case records the predictions of a call's last observation once
+    (``encoding.record_predictions``), so a sequence encodes them once, not per step."""
     percept = build_percept(observation, kb, new.pending_vectors, cfg.sort_symbols)
 
     predictions = PredictionSet()
@@ -211,8 +209,7 @@ def _observe_into(
     new.percept.vectors.extend(observation.vectors)
     new.percept.emotives.update(average_emotives(r.values for r in new.emotives_accumulator))
     new.percept.metadata.MergeFrom(observation.metadata)
-    del new.last_predictions[:]
-    add_predictions(predictions, names.pattern_prefix(new.node_id), new.last_predictions, memo=memo)
+    del new.last_predictions[:]  # never stale: recorded by the caller from ``predictions``
 
     auto_learned: str | None = None
     writes: list[storage.PatternWrite] = []

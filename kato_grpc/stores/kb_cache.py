@@ -9,7 +9,7 @@ by a Redis that lost the key.
 A small refresh is merged on the event loop once fetched; a large one (``OFF_LOOP_WORK``) and
 every full load on a thread, so the loop keeps answering health checks and other calls, and a
 caller waiting for it still ends at its deadline. Predictions run on engine threads
-(``server/engine_runner.py``): an index that one of them is reading is never changed in place —
+(``server/kato_server/engine_runner.py``): an index that one of them is reading is never changed in place —
 the refresh goes into a clone that replaces it in the cache — so a prediction never sees a
 half-applied refresh; a refresh on a thread always changes an index nobody else sees yet.
 """
@@ -44,7 +44,7 @@ class KbCache:
     the budget is still served (alone).
 
     ``after_large_refresh`` / ``after_eviction`` are the process's memory policy
-    (``server/memory_policy.py``): after a refresh of at least ``FREEZE_AFTER`` patterns, and
+    (``server/kato_server/memory_policy.py``): after a refresh of at least ``FREEZE_AFTER`` patterns, and
     after an eviction; none by default."""
 
     def __init__(
@@ -61,7 +61,7 @@ class KbCache:
     ) -> None:
         self._store = store
         self._snapshotter = snapshotter
-        self._decode = decode  # the server's runs with the GC paused (server/memory_policy.py)
+        self._decode = decode  # the server's runs with the GC paused (server/kato_server/memory_policy.py)
         self._events = events
         self._after_large_refresh = after_large_refresh
         self._after_eviction = after_eviction

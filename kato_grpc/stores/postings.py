@@ -17,7 +17,7 @@ class Postings:
     postings and copies one before changing it (copy on write), so readers of the source
     never see a posting change under them. A token, not the index: no reference cycle, so an
     evicted index is freed by reference counting even when its objects were frozen out of the
-    cyclic GC (server/memory_policy.py)."""
+    cyclic GC (server/kato_server/memory_policy.py)."""
 
     __slots__ = ("_arrays", "counts", "event_lengths", "ids", "owner", "positions")
 

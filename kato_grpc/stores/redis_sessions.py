@@ -9,7 +9,7 @@ Keys (hash-tagged by session id, so a session's keys share one Redis Cluster slo
   exactly as long as the session: every load slides one TTL, and a delete removes all.
 - ``{ns}:{<id>}:outbox`` — hash: ``v`` (the session version that wrote it), ``w`` (a serialized
   Outbox). **No TTL**: learns committed to a session reach the knowledge base even when the
-  session is deleted or expires first. The relay (``server/relay.py``) applies what a crashed
+  session is deleted or expires first. The relay (``server/kato_server/relay.py``) applies what a crashed
   or cut-off call left here.
 
 Global keys: ``{ns}:outbox:due`` (sorted set: session ids whose outbox may be pending, scored

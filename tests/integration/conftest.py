@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kato_grpc import devstack
-from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 
 @pytest.fixture(scope="session")

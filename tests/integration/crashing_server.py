@@ -1,6 +1,6 @@
 """A one-process server whose pattern store dies on its first write (the crash test).
 
-    python -m tests.integration.crashing_server   (settings from KATO_* like ``python -m server``)
+    python -m tests.integration.crashing_server   (settings from KATO_* like ``python -m kato_server``)
 
 The runner applies writes through ``CrashBeforeApply``: the session commit that carried the
 writes has happened, their MongoDB application has not — the window exactly-once learning must
@@ -23,7 +23,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.protocols import Applied, PatternStore
-from server.app import serve
+from kato_server.app import serve
 
 CRASH_EXIT_CODE = 86
 

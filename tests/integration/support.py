@@ -11,11 +11,12 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 
 def frequency(stub: svc_grpc.KatoServiceStub, name: str) -> int:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.report import HEADER
-from kato_grpc.devserver import ROOT
+from kato_server.devserver import ROOT
 
 
 def _bench(*args: str, timeout: float = 600) -> str:

@@ -18,8 +18,8 @@ from kato_grpc import names
 from kato_grpc.cli import train as training
 from kato_grpc.cli.app import app
 from kato_grpc.client import KatoClient
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.engine.naming import pattern_name
+from kato_server.devserver import ServerProcess
 
 CORPUS = ["the cat sat", "the dog ran", "the cat sat", "a bird sang loudly", "one", "the dog sat"]
 

@@ -8,8 +8,8 @@ import pytest
 
 from kato_grpc import names
 from kato_grpc.client import AsyncKatoClient, InvalidArgument, KatoClient, NotFound, observation
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.engine.naming import pattern_name
+from kato_server.devserver import ServerProcess
 
 
 def test_the_client_runs_the_round_trip(server: ServerProcess, node_id: str) -> None:

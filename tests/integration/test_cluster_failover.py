@@ -18,11 +18,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from kato_grpc import devcluster, devstack, names
-from kato_grpc.devserver import new_server
+from kato_grpc import names
 from kato_grpc.stores import redis_sessions
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server import devcluster, devstack
+from kato_server.devserver import new_server
 from tests.integration.support import error_info, eventually
 
 T = TypeVar("T")

@@ -12,9 +12,9 @@ import pytest
 from kato_grpc import names
 from kato_grpc.client import FailedPrecondition, InvalidArgument, KatoClient
 from kato_grpc.client import requests as build
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_server.devserver import ServerProcess
 
 MAX = 2**53 - 1
 

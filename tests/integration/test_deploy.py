@@ -18,10 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kato_grpc import devstack
 from kato_grpc.client import KatoClient
-from kato_grpc.devserver import ROOT, new_server
-from server import __main__ as server_main
+from kato_server import __main__ as server_main
+from kato_server import devstack
+from kato_server.devserver import ROOT, new_server
 from tests.integration.test_metrics import scrape
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
@@ -128,7 +128,7 @@ def test_compose_file_references_hold() -> None:
     assert f"--replSet {mongo_host.group(2)}" in " ".join(services["mongo"]["command"])
     assert {"--appendonly", "yes"} <= set(services["redis"]["command"])
     assert int(kato["stop_grace_period"].removesuffix("s")) > float(env["KATO_GRACE_SECONDS"])
-    assert kato["healthcheck"]["test"][1:4] == ["python", "-m", "server.probe"]
+    assert kato["healthcheck"]["test"][1:4] == ["python", "-m", "kato_server.probe"]
 
 
 def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists() -> None:
@@ -143,7 +143,8 @@ def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists() -> None:
         for path in source.split():
             assert (ROOT / path).exists(), path
     # Dependencies are installed before the code is copied: a code change reuses that layer.
-    assert text.index("pip install .") < text.index("COPY kato_grpc")
+    # The server's extra: the project alone installs only the client (docs/architecture.md §1).
+    assert text.index("pip install '.[server]'") < text.index("COPY kato_grpc")
     scripts = re.search(r'kato-server = "([\w.]+):main"', (ROOT / "pyproject.toml").read_text())
     assert scripts is not None and 'ENTRYPOINT ["kato-server"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
@@ -186,7 +187,7 @@ def test_dashboard_queries_only_metrics_a_real_server_exports(stores: Stores, lo
             kato.get_predictions(session.name)
             kato.delete_session(session.name)
         probe = subprocess.run(
-            [sys.executable, "-m", "server.probe", "liveness"],
+            [sys.executable, "-m", "kato_server.probe", "liveness"],
             check=False, cwd=ROOT, env={**server.env}, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert probe.returncode == 0, probe.stderr
@@ -197,7 +198,7 @@ def test_dashboard_queries_only_metrics_a_real_server_exports(stores: Stores, lo
     assert not missing, f"queried by the dashboard, absent from /metrics: {sorted(missing)}"
     # The probe says so when nothing answers.
     down = subprocess.run(
-        [sys.executable, "-m", "server.probe"],
+        [sys.executable, "-m", "kato_server.probe"],
         check=False, cwd=ROOT, env={**server.env}, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert down.returncode == 1

@@ -13,12 +13,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from kato_grpc import devstack, names
-from kato_grpc.devserver import new_server
+from kato_grpc import names
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import new_server
 from tests.integration.support import eventually
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]

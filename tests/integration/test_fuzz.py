@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kato_grpc import names
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server.devserver import ServerProcess
 from tests.integration.fuzz import METHODS, SERVICE, message
 
 REQUESTS = int(os.environ.get("KATO_FUZZ_REQUESTS", "1500"))

@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kato_grpc import devstack
 from kato_grpc.client import KatoClient
-from kato_grpc.devserver import new_server
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.v1 import engine_pb2 as pb
-from server.app import SERVICE_NAME, KatoServer
+from kato_server import devstack
+from kato_server.app import SERVICE_NAME, KatoServer
+from kato_server.devserver import new_server
 from tests.integration.test_metrics import scrape
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]

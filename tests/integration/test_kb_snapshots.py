@@ -15,10 +15,9 @@ import grpc
 import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
-from kato_grpc import devstack, names
+from kato_grpc import names
 from kato_grpc.client import KatoClient
 from kato_grpc.client import requests as build
-from kato_grpc.devserver import new_server
 from kato_grpc.errors import DataLoss
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores import mongo_snapshots, snapshot
@@ -31,6 +30,8 @@ from kato_grpc.stores.mongo_snapshots import SnapshotMoved, StoredSnapshot
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import new_server
 from tests import snapshot_forgery as forgery
 from tests.integration.support import details, eventually
 from tests.integration.test_mongo_store import _writes

@@ -9,10 +9,10 @@ import pytest
 
 from kato_grpc import names
 from kato_grpc.client import InvalidArgument, KatoClient, NotFound
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.replay import Replayer
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server.devserver import ServerProcess
 
 
 def _learn(kato: KatoClient, node: str, *observations: tuple[str, dict[str, float]]) -> None:

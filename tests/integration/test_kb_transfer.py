@@ -15,11 +15,11 @@ import pytest
 from kato_grpc import names
 from kato_grpc.client import InvalidArgument, KatoClient
 from kato_grpc.client import requests as build
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.engine.naming import vector_name
 from kato_grpc.replay import config_from_json, observation_from_json
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server.devserver import ServerProcess
 from tests.conformance.compare import SCENARIOS, load
 from tests.integration.grpc_replay import replay_grpc
 

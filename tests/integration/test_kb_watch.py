@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kato_grpc import devstack, names
+from kato_grpc import names
 from kato_grpc.client import InvalidArgument, KatoClient
-from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 from tests.integration.support import eventually
 from tests.integration.test_metrics import scrape
 

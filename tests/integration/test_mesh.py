@@ -12,12 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kato_grpc import devstack, names
+from kato_grpc import names
 from kato_grpc.client import KatoClient
-from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
@@ -48,7 +49,7 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(stores: Stores, log_d
            "KATO_TLS_CLIENT_CA_FILE": str(pki["ca"])}  # fmt: skip
     server.env |= env
     server.proc = subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
+        [sys.executable, "-m", "kato_server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
         stdout=server.log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     ca = pki["ca"].read_bytes()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kato_grpc import devstack
 from kato_grpc.client import InvalidArgument, KatoClient, NotFound
-from kato_grpc.devserver import new_server
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 

@@ -9,7 +9,6 @@ from collections import Counter
 
 from pymongo import AsyncMongoClient
 
-from kato_grpc import devstack
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.records import average_emotives, canonical_json
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -17,6 +16,7 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.v1 import engine_pb2 as pb
+from kato_server import devstack
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 

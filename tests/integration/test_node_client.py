@@ -7,8 +7,8 @@ import json
 import subprocess
 
 from kato_grpc import names
-from kato_grpc.devserver import ROOT, ServerProcess
 from kato_grpc.engine.naming import pattern_name
+from kato_server.devserver import ROOT, ServerProcess
 
 
 def test_a_node_client_runs_the_round_trip(server: ServerProcess) -> None:

@@ -19,14 +19,15 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from kato_grpc import devstack, names
+from kato_grpc import names
 from kato_grpc.client import KatoClient, NotFound
-from kato_grpc.devserver import ROOT, ServerProcess, new_server
 from kato_grpc.settings import Settings
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-from server.app import KatoServer
+from kato_server import devstack
+from kato_server.app import KatoServer
+from kato_server.devserver import ROOT, ServerProcess, new_server
 from tests.integration.support import eventually
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]

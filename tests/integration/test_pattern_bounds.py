@@ -16,11 +16,11 @@ from google.protobuf import json_format
 from kato_grpc import names
 from kato_grpc.client import KatoClient
 from kato_grpc.client import requests as build
-from kato_grpc.devserver import ServerProcess
 from kato_grpc.engine import records
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server.devserver import ServerProcess
 
 QUIET = {"process_predictions": False}
 

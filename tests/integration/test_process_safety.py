@@ -17,12 +17,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kato_grpc import devstack, names
+from kato_grpc import names
 from kato_grpc.client.errors import from_rpc_error
-from kato_grpc.devserver import ROOT, ServerProcess, new_server, server_env
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ROOT, ServerProcess, new_server, server_env
 from tests.integration.support import eventually
 from tests.integration.test_metrics import scrape
 
@@ -204,7 +205,7 @@ def test_a_second_server_on_the_same_port_exits_with_a_message(stores: Stores, l
     first = new_server(*stores, log_dir).start(KATO_WORKERS="2")
     try:
         second = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
-            [sys.executable, "-m", "server"], cwd=ROOT, env=first.env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "kato_server"], cwd=ROOT, env=first.env, capture_output=True, text=True, timeout=60
         )
         assert second.returncode == 1
         assert "in use" in second.stderr and str(first.port) in second.stderr
@@ -233,16 +234,16 @@ def test_logs_reach_a_file_while_the_server_runs_and_survive_kill_9(stores: Stor
 
 def test_command_line_help_and_bad_settings(stores: Stores, log_dir: Path) -> None:
     env = server_env(*stores, devstack.free_port(), "kato")
-    for module in ("server", "kato_grpc.replay"):
+    for module in ("kato_server", "kato_grpc.replay"):
         helped = subprocess.run(  # noqa: PLW1510
             [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
         )
         assert helped.returncode == 0, helped.stderr
         assert "usage:" in helped.stdout
-        if module == "server":
+        if module == "kato_server":
             assert "KATO_" in helped.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "server"],
+        [sys.executable, "-m", "kato_server"],
         cwd=ROOT,
         env={**env, "KATO_PORT": "notaport"},
         capture_output=True,

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from kato_grpc.devserver import ROOT, ServerProcess
+from kato_server.devserver import ROOT, ServerProcess
 
 
 def readme_block() -> str:

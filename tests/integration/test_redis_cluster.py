@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from kato_grpc import devcluster, devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.replay import replay
 from kato_grpc.stores import redis_sessions
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server import devcluster, devstack
+from kato_server.devserver import ServerProcess, new_server
 from tests.conformance.compare import SCENARIOS, differences
 from tests.integration.grpc_replay import replay_grpc
 from tests.integration.test_resilience import lose_and_double_nothing

@@ -12,10 +12,10 @@ from typing import Any, cast
 
 import pytest
 
-from kato_grpc import devstack
-from kato_grpc.devserver import ServerProcess, new_server
 from kato_grpc.replay import replay
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 from tests.conformance.compare import SCENARIOS, differences
 from tests.integration.grpc_replay import replay_grpc
 

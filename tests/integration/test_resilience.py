@@ -16,12 +16,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 from tests.integration.crashing_server import CRASH_EXIT_CODE
 from tests.integration.support import doomed_session, eventually, frequency
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kato_grpc import devstack, names
-from kato_grpc.devserver import new_server
+from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import new_server
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 TOKENS = {"alice-token": ["alice"], "ops-token": ["*"]}
@@ -96,7 +97,7 @@ def test_tls_serves_encrypted_only(stores: Stores, log_dir: Path, tmp_path: Path
     server = new_server(*stores, log_dir)
     server.env |= {"KATO_TLS_CERT_FILE": str(cert), "KATO_TLS_KEY_FILE": str(key)}
     server.proc = subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
+        [sys.executable, "-m", "kato_server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
         stdout=server.log_path.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -13,11 +13,12 @@ import grpc
 import pytest
 import redis
 
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ROOT, new_server
+from kato_grpc import names
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.stores.redis_sessions import Keys, namespace_for
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server import devstack
+from kato_server.devserver import ROOT, new_server
 from tests.integration.crashing_server import CRASH_EXIT_CODE
 from tests.integration.support import doomed_session, eventually, frequency
 
@@ -75,7 +76,7 @@ def test_a_namespace_serves_one_database(stores: Stores, log_dir: Path) -> None:
     try:
         env = new_server(*stores, log_dir, "kato_other_" + uuid.uuid4().hex[:8], redis_db=SHARED_DB).env
         refused = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
-            [sys.executable, "-m", "server"],
+            [sys.executable, "-m", "kato_server"],
             cwd=ROOT,
             env=env | {"KATO_REDIS_NAMESPACE": namespace},
             capture_output=True,

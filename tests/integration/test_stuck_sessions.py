@@ -16,12 +16,13 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from pymongo import MongoClient
 
-from kato_grpc import devstack, names
-from kato_grpc.devserver import ServerProcess, new_server
+from kato_grpc import names
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
+from kato_server.devserver import ServerProcess, new_server
 from tests.integration.support import error_info
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]

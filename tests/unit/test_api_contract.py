@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kato_grpc.devserver import ROOT
+from kato_server.devserver import ROOT
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 

@@ -36,7 +36,7 @@ def _fields(message: Descriptor) -> list[tuple[str, int, int, bool]]:
 
 def test_observe_stream_messages_are_observes_field_for_field() -> None:
     # The server decodes ObserveStream's messages as Observe's and encodes its answers so
-    # (server/handlers.py): the two pairs must never drift apart.
+    # (server/kato_server/handlers.py): the two pairs must never drift apart.
     assert _fields(svc.ObserveStreamRequest.DESCRIPTOR) == _fields(svc.ObserveRequest.DESCRIPTOR)
     assert _fields(svc.ObserveStreamResponse.DESCRIPTOR) == _fields(svc.ObserveResponse.DESCRIPTOR)
     for a, b in zip(svc.ObserveStreamRequest.DESCRIPTOR.fields, svc.ObserveRequest.DESCRIPTOR.fields, strict=True):

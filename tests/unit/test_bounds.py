@@ -21,8 +21,8 @@ from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
-from server.stream import ReadAhead, batches
+from kato_server import limits
+from kato_server.stream import ReadAhead, batches
 from tests.unit.kit import kb_of
 
 

@@ -1,5 +1,5 @@
 """The access line and metric of a call that does not end by itself (issue 21, item 11): a real
-grpc.aio server with the call interceptor (``server/calls.py``) and a handler that waits until
+grpc.aio server with the call interceptor (``server/kato_server/calls.py``) and a handler that waits until
 grpc ends the call — the client cancels it, its deadline passes, or the server stops. Each is
 logged with what happened (CANCELLED, DEADLINE_EXCEEDED at INFO: the client chose them;
 UNAVAILABLE at WARNING when the server's shutdown cut it), never UNKNOWN, and counted so."""
@@ -14,8 +14,8 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from server.calls import CallInterceptor
-from server.metrics import Metrics
+from kato_server.calls import CallInterceptor
+from kato_server.metrics import Metrics
 
 Scenario = Callable[[grpc.aio.Channel, asyncio.Event, grpc.aio.Server], Awaitable[None]]
 

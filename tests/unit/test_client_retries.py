@@ -121,8 +121,8 @@ def test_a_delete_retried_after_a_lost_answer_is_done(flaky: tuple[Flaky, str]) 
 def test_the_client_needs_none_of_the_server_dependencies() -> None:
     code = (
         "import sys, kato_grpc.client; "
-        "print(sorted(m for m in ('numpy', 'redis', 'pymongo', 'structlog', 'pydantic', 'server', "
-        "'kato_grpc.engine.processor', 'rapidfuzz') if m in sys.modules))"
+        "print(sorted(m for m in ('numpy', 'redis', 'pymongo', 'structlog', 'pydantic', 'kato_server', 'typer', "
+        "'rich', 'kato_grpc.engine.processor', 'rapidfuzz') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

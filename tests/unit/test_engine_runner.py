@@ -11,7 +11,7 @@ import pytest
 
 from kato_grpc.engine.budget import Budget
 from kato_grpc.stores.index import KnowledgeIndex
-from server.engine_runner import EngineRunner
+from kato_server.engine_runner import EngineRunner
 
 Work = Callable[[Budget, threading.Event, threading.Event], object]
 

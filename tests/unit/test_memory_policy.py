@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from server import memory_policy
+from kato_server import memory_policy
 
 
 def test_the_gc_is_paused_while_any_decode_runs_and_resumes_after_the_last() -> None:

@@ -25,7 +25,7 @@ from kato_grpc.stores.protocols import CasResult
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
+from kato_server import limits
 
 
 def _now(plus_seconds: int = 0) -> timestamp_pb2.Timestamp:

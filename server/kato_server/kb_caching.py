@@ -9,7 +9,7 @@ from kato_grpc.stores import snapshot
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
-from server import memory_policy
+from kato_server import memory_policy
 
 MB = 1024 * 1024
 

@@ -11,8 +11,8 @@ from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, paging
-from server.engine_runner import EngineRunner
+from kato_server import limits, paging
+from kato_server.engine_runner import EngineRunner
 
 
 class KbStats:

@@ -25,21 +25,21 @@ from kato_grpc.stores.protocols import PatternStore
 from kato_grpc.stores.redis_sessions import Keys, RecordLimits, RedisSessionStore, Replication
 from kato_grpc.stores.transaction_owners import TransactionOwners
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import kb_caching, limits, reflection, tracing
-from server.calls import CallInterceptor
-from server.engine_runner import EngineRunner
-from server.handlers import add_service
-from server.kb_admin import KbAdmin
-from server.kb_stats import KbStats
-from server.kb_transfer import KbTransfer
-from server.kb_watch import KbWatch
-from server.metrics import Metrics
-from server.observed import observed
-from server.observing import Observing
-from server.reaper import TransactionReaper
-from server.relay import OutboxRelay
-from server.servicer import KatoServicer
-from server.sessions import Sessions
+from kato_server import kb_caching, limits, reflection, tracing
+from kato_server.calls import CallInterceptor
+from kato_server.engine_runner import EngineRunner
+from kato_server.handlers import add_service
+from kato_server.kb_admin import KbAdmin
+from kato_server.kb_stats import KbStats
+from kato_server.kb_transfer import KbTransfer
+from kato_server.kb_watch import KbWatch
+from kato_server.metrics import Metrics
+from kato_server.observed import observed
+from kato_server.observing import Observing
+from kato_server.reaper import TransactionReaper
+from kato_server.relay import OutboxRelay
+from kato_server.servicer import KatoServicer
+from kato_server.sessions import Sessions
 
 log = structlog.get_logger("kato.server")
 # How often the GIL passes between threads (Python's default: 5 ms). The event loop shares
@@ -93,8 +93,8 @@ class KatoServer:
     ) -> None:
         """``wrap_pattern_store`` wraps the store the transaction runner applies writes
         through (fault injection in tests); reads and administration use the store itself.
-        ``metrics``: counted for Prometheus when given (``server/metrics.py``);
-        ``tracer_provider``: calls and store calls traced when given (``server/tracing.py``)."""
+        ``metrics``: counted for Prometheus when given (``server/kato_server/metrics.py``);
+        ``tracer_provider``: calls and store calls traced when given (``server/kato_server/tracing.py``)."""
         self.settings = settings
         self.tracer_provider = tracer_provider
         events = metrics if metrics is not None else NO_EVENTS

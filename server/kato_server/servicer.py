@@ -17,17 +17,17 @@ from kato_grpc.access import Caller
 from kato_grpc.errors import DeadlineExceeded, KatoError, Unavailable
 from kato_grpc.settings import Settings
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
-from server.auth import authenticate
-from server.errors import as_kato_error, internal_status, to_status
-from server.handlers import Undecodable, decoded
-from server.kb_admin import KbAdmin
-from server.kb_stats import KbStats
-from server.kb_transfer import KbTransfer
-from server.kb_watch import KbWatch
-from server.observing import Observing
-from server.sessions import Sessions
-from server.stream import batches
+from kato_server import limits
+from kato_server.auth import authenticate
+from kato_server.errors import as_kato_error, internal_status, to_status
+from kato_server.handlers import Undecodable, decoded
+from kato_server.kb_admin import KbAdmin
+from kato_server.kb_stats import KbStats
+from kato_server.kb_transfer import KbTransfer
+from kato_server.kb_watch import KbWatch
+from kato_server.observing import Observing
+from kato_server.sessions import Sessions
+from kato_server.stream import batches
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -83,7 +83,7 @@ class KatoServicer:
 
     async def guard(self, rpc: str, context: Ctx, work: Callable[[Caller], Awaitable[T]]) -> T:
         """Run ``work`` for the authenticated caller: drain, deadline, auth, error mapping.
-        The call's log context (``server/calls.py``) gets the node it touched and, when it
+        The call's log context (``server/kato_server/calls.py``) gets the node it touched and, when it
         fails, the reason — the access line carries them."""
         self.inflight += 1
         self._idle.clear()
@@ -133,7 +133,7 @@ class KatoServicer:
     ) -> AsyncIterator[svc.ObserveResponse]:
         """One response per observation, in order. Observations already waiting for the same
         session (without request_id, all valid) are committed together: one load, one
-        compare-and-set, the same responses as one by one (see ``server/stream.py``)."""
+        compare-and-set, the same responses as one by one (see ``server/kato_server/stream.py``)."""
         # Authenticate when the stream opens, before reading anything from it.
         await self.guard("ObserveStream", context, _opened)
         stream = batches(

@@ -1,4 +1,4 @@
-"""``kato-server`` / ``python -m server``: serve kato.v1.KatoService.
+"""``kato-server`` / ``python -m kato_server``: serve kato.v1.KatoService.
 
 With KATO_REDIS_URL and KATO_MONGODB_URI set it uses those stores; otherwise it starts local
 Redis- and MongoDB-compatible servers with data under KATO_DATA_DIR (default ./.data) and
@@ -23,10 +23,10 @@ import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from kato_grpc import devstack, logs
+from kato_grpc import logs
 from kato_grpc.settings import Settings
-from server import tracing
-from server.app import StartupRefused, serve
+from kato_server import devstack, tracing
+from kato_server.app import StartupRefused, serve
 
 log = structlog.get_logger("kato.supervisor")
 # A worker that dies sooner than this after its start counts as failing to start; after

@@ -23,8 +23,8 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
-from server.engine_runner import EngineRunner
+from kato_server import limits
+from kato_server.engine_runner import EngineRunner
 
 _EMPTY_KB = KnowledgeIndex()
 # Observations that run on the event loop when they search no knowledge base (see
@@ -75,8 +75,9 @@ class Observing:
             state: storage.SessionState, kb: KnowledgeView, budget: Budget
         ) -> tuple[storage.SessionState, svc.ObserveResponse]:
             r = processor.observe(
-                state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget, memo=self.memo
+                state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
             )
+            encoding.record_predictions(r.state, r.predictions, self.memo)
             out = svc.ObserveResponse()
             _fill_observe(out, r, req.return_predictions, self.memo, state.node_id)
             return r.state, out
@@ -107,8 +108,9 @@ class Observing:
             state: storage.SessionState, kb: KnowledgeView, budget: Budget
         ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             r = processor.observe_sequence(
-                state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget, memo=self.memo
+                state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
             )
+            encoding.record_predictions(r.state, r.steps[-1].observed.predictions, self.memo)
             out = svc.ObserveSequenceResponse()
             for req, step in zip(reqs, r.steps, strict=True):
                 _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, state.node_id)
@@ -146,8 +148,9 @@ class Observing:
                 learn_after_each=req.learn_after_each,
                 learn_after=frozenset(req.learn_after),
                 budget=budget,
-                memo=self.memo,
             )
+            if r.steps:  # the last observation's predictions, encoded once (not per step)
+                encoding.record_predictions(r.state, r.steps[-1].observed.predictions, self.memo)
             node, state = state.node_id, r.state
             for step in r.steps:
                 _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, node)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 from opentelemetry.trace import SpanKind, Tracer
 
-from server.metrics import Metrics
+from kato_server.metrics import Metrics
 
 T = TypeVar("T")
 

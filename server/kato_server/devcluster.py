@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from kato_grpc.devstack import LocalServer, free_port, start_redis
+from kato_server.devstack import LocalServer, free_port, start_redis
 
 SLOTS = 16384
 # How long a master may be unreachable before its replica takes over (ms): short, so a

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from kato_grpc.access import Caller
 from kato_grpc.errors import InvalidArgument, KatoError, ResourceExhausted
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server.errors import to_status
+from kato_server.errors import to_status
 
 SERVICE = svc.DESCRIPTOR.services_by_name["KatoService"]
 

@@ -29,7 +29,7 @@ from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.mongo_reads import KbEvent
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
+from kato_server import limits
 
 POLL_SECONDS = 0.1  # how often a KB's feed looks at the published version (one Redis GET)
 IDLE_SECONDS = 1.0  # an idle watcher's generator yields None this often (each step is guarded)

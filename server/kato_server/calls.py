@@ -20,7 +20,7 @@ access-log line and its metrics.
   call whose requests stream in (ImportKnowledgeBase, ObserveStream) sees a client's cancel as
   the end of its requests; when it finishes before grpc cancels it, its line has the outcome
   of what it was sent (grpc tells the server no more).
-- **Metrics** (``server/metrics.py``), when on: the same code as the line.
+- **Metrics** (``server/kato_server/metrics.py``), when on: the same code as the line.
 
 A method's wrapped handler is made once and kept (handlers are the same for every call).
 """
@@ -38,7 +38,7 @@ import grpc
 import structlog
 from opentelemetry import trace
 
-from server.metrics import Metrics, RpcMetrics
+from kato_server.metrics import Metrics, RpcMetrics
 
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID = 128

@@ -1,4 +1,4 @@
-"""``python -m server`` processes on local stores, for the integration tests and the benchmarks.
+"""``python -m kato_server`` processes on local stores, for the integration tests and the benchmarks.
 
 One harness for both: start a server on a free port (its own Redis database and MongoDB
 database when asked), wait until it is SERVING, give out stubs, read its memory, stop it.
@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kato_grpc import devstack
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
+from kato_server import devstack
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: server/kato_server/devserver.py
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ServerProcess:
     port: int
     env: dict[str, str]
     log_path: Path
-    module: str = "server"  # what ``python -m`` runs
+    module: str = "kato_server"  # what ``python -m`` runs
     proc: subprocess.Popen[bytes] | None = None
     channels: list[grpc.Channel] = field(default_factory=list)
 
@@ -137,7 +137,7 @@ def new_server(
     redis_db: int = 0,
     log_level: str = "WARNING",
     quick: bool = True,
-    module: str = "server",
+    module: str = "kato_server",
 ) -> ServerProcess:
     """A server process on a free port. Its own ``redis_db`` keeps other servers' outbox
     relays away from its sessions (a test that must see what one server does alone)."""

@@ -1,4 +1,4 @@
-"""``python -m server.probe [service]``: exit 0 when the local server's gRPC health says
+"""``python -m kato_server.probe [service]``: exit 0 when the local server's gRPC health says
 SERVING for ``service`` ("" = the whole server; ``liveness``; ``kato.v1.KatoService``), 1
 otherwise — a container HEALTHCHECK or compose healthcheck without a probe binary. The port is
 KATO_PORT (50051); Kubernetes uses its native gRPC probes instead."""

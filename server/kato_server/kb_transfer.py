@@ -22,7 +22,7 @@ from kato_grpc.stores.mongo_docs import Doc, exported_pattern
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits
+from kato_server import limits
 
 FORMAT_VERSION = 1
 DEFAULT_BATCH = 500

@@ -19,7 +19,7 @@ from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.redis_sessions import RedisSessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from server import limits, paging
+from kato_server import limits, paging
 
 
 def pattern_not_found(name: str) -> NotFound:

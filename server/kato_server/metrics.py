@@ -1,7 +1,7 @@
 """Prometheus metrics (``KATO_METRICS_PORT``; off when unset): every RPC by name and status
-code, its latency and the calls in flight (counted by the call interceptor, ``server/calls.py``,
+code, its latency and the calls in flight (counted by the call interceptor, ``server/kato_server/calls.py``,
 so streams, health and reflection count too); store calls by operation
-(``server/observed.py``); the shell's events (``kato_grpc/events.py``) — CAS conflicts, outbox
+(``server/kato_server/observed.py``); the shell's events (``kato_grpc/events.py``) — CAS conflicts, outbox
 applies and pending writes, KB cache lookups, evictions and sizes, engine computations stopped
 early, sessions — plus the process
 collectors.

@@ -117,7 +117,10 @@ def server_env(
     interval and store timeouts (outages are noticed fast); off, the defaults (benchmarks load
     large knowledge bases that take longer than a test's store timeout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KATO_")}
+    # This checkout's code, whichever checkout the virtualenv was installed from (worktrees).
+    paths = [str(ROOT), str(ROOT / "server"), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
+        PYTHONPATH=os.pathsep.join(paths),
         KATO_PORT=str(port),
         KATO_REDIS_URL=devstack.redis_url(redis).rsplit("/", 1)[0] + f"/{redis_db}",
         KATO_MONGODB_URI=devstack.mongodb_uri(mongo),

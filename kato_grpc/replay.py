@@ -20,10 +20,11 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.empty_pb2 import Empty
 
-from kato_grpc import encoding, jsonview, names
+from kato_grpc import encoding, jsonview, names, request_ids
 from kato_grpc.access import ANYONE
 from kato_grpc.engine import processor
 from kato_grpc.engine.naming import strip_pattern_prefix
+from kato_grpc.engine.observation import validate_observation
 from kato_grpc.engine.predict import PredictionSet
 from kato_grpc.errors import InvalidArgument, KatoError
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -66,6 +67,7 @@ def observation_from_json(op: Mapping[str, Any]) -> pb.Observation:
         obs.vectors.add(values=vector)
     for key, value in op.get("metadata", {}).items():
         obs.metadata[key].CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+    validate_observation(obs)  # the replay's edge: the engine takes validated observations
     return obs
 
 
@@ -99,7 +101,9 @@ class Replayer:
         async def transition(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, Empty]:
             return change(state), Empty()
 
-        asyncio.run(self.runner.transact(SESSION_ID, method, Empty(), "", transition, Empty, caller=ANYONE))
+        asyncio.run(
+            self.runner.transact(SESSION_ID, request_ids.Call(method, Empty(), "", Empty), transition, caller=ANYONE)
+        )
 
     def update_config(self, config: pb.SessionConfig) -> None:
         self._commit("UpdateSession", lambda state: processor.update_config(state, config))

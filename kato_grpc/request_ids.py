@@ -18,11 +18,32 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
 from kato_grpc.errors import AlreadyExists
 from kato_grpc.internal.v1 import session_pb2 as storage
+
+R = TypeVar("R", bound=Message)
+
+
+@dataclass(frozen=True)
+class Call(Generic[R]):
+    """A session-changing call as its retries see it: the method, the whole request, the
+    client's request id (empty: none) and the response type a recorded answer decodes to."""
+
+    method: str
+    request: Message
+    request_id: str
+    response: type[R]
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """Computed once per call, and only when a request id makes it matter."""
+        return fingerprint(self.method, self.request) if self.request_id else b""
 
 
 def fingerprint(method: str, request: Message) -> bytes:

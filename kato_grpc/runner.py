@@ -62,10 +62,6 @@ def session_not_found(session_id: str) -> NotFound:
     return NotFound(f"session {session_id} not found or expired", reason="SESSION_NOT_FOUND")
 
 
-def _no_check(*_: str) -> None:
-    return None
-
-
 class TransactionRunner:
     def __init__(
         self,
@@ -73,20 +69,19 @@ class TransactionRunner:
         patterns: PatternStore,
         policy: Policy | None = None,
         *,
-        check_ids: Callable[[str, str], None] = _no_check,
         events: Events = NO_EVENTS,
     ) -> None:
         self.sessions = sessions
         self.patterns = patterns
         self.policy = policy or Policy()
-        self._check_ids = check_ids
         self.events = events
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
         self.applier = OutboxApplier(sessions, patterns, events)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
-        """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node."""
-        self._check_ids(session_id, request_id)
+        """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node.
+
+        The ids were checked once, where the request came in (the service's request checks)."""
         # Once a session's node is known, its KB version rides along with the load.
         loaded = await self.sessions.load(session_id, request_id, self._nodes.get(session_id))
         if loaded is None:
@@ -110,15 +105,12 @@ class TransactionRunner:
     async def transact(
         self,
         session_id: str,
-        method: str,
-        request: Message,
-        request_id: str,
+        call: request_ids.Call[R],
         transition: Transition[R],
-        kind: type[R],
         *,
         caller: Caller,
     ) -> R:
-        fp = request_ids.fingerprint(method, request) if request_id else b""
+        method, request_id, fp = call.method, call.request_id, call.fingerprint
         for attempt in range(self.policy.cas_retries):
             if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
                 await asyncio.sleep(random.uniform(0, min(self.policy.backoff_max_seconds, 0.0005 * 2**attempt)))
@@ -135,7 +127,7 @@ class TransactionRunner:
                 request_ids.check_replay(loaded.record, method, fp)
                 if loaded.outbox is not None:
                     await self.sessions.drop_outbox(session_id, loaded.outbox_version)
-                return kind.FromString(loaded.record.response)
+                return call.response.FromString(loaded.record.response)
             new_state, respond = await transition(loaded.state, kb_version)
             new_state.version = loaded.version + 1
             response = respond(new_state) if callable(respond) else respond

@@ -14,7 +14,7 @@ from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
 from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.engine.learning import LearnResult, consume_stm, copy_state, learn, stm_lists
-from kato_grpc.engine.observation import build_percept, validate_observation
+from kato_grpc.engine.observation import build_percept
 from kato_grpc.engine.predict import PredictionSet, predict
 from kato_grpc.engine.records import average_emotives, canonical_metadata
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -114,8 +114,10 @@ def observe(
     limits: StmLimits | None = None,
     budget: Budget | None = None,
 ) -> ObserveResult:
-    """One observation (engine.md §2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25)."""
-    validate_observation(observation)
+    """One observation (engine.md §2.2 with D-1, D-3, D-10, D-17, D-21, D-24, D-25).
+
+    ``observation`` was validated where it came in (``observation.validate_observation``: the
+    service's request checks, the replay's reader): once, not again here."""
     new = copy_state(state)
     cfg = resolve_config(new.config)
     step = _observe_into(new, observation, kb, unique_id, limits or StmLimits(), cfg, budget)
@@ -147,8 +149,6 @@ def observe_sequence(
     with ``learn_after_each``, or after the observations ``learn_after`` indexes, when the STM
     is not empty) would give, on one private copy of the state: copying per observation made
     a long sequence quadratic, as the outbox grows."""
-    for observation in observations:
-        validate_observation(observation)
     new = copy_state(state)
     cfg = resolve_config(new.config)  # nothing in a sequence changes the config
     steps: list[SequenceStep] = []

@@ -139,7 +139,6 @@ class KatoServer:
                 max_session_bytes=settings.max_session_bytes,
                 ack_after_commit=settings.learn_ack == "committed",
             ),
-            check_ids=limits.check_ids,
             events=events,
         )
         self.servicer = KatoServicer(

@@ -104,11 +104,11 @@ class KbAdmin:
             await self._clear_node(req, caller)
             return
         sid = limits.session_id(req.session, "session")
-        fp = request_ids.fingerprint("ClearKnowledgeBase", req) if req.request_id else b""
+        call = request_ids.Call("ClearKnowledgeBase", req, req.request_id, svc.ClearKnowledgeBaseResponse)
         loaded = await self.runner.load(sid, caller, req.request_id)
         node = loaded.state.node_id
         if loaded.record is not None:  # a retry: answered by the transaction below, no second wipe
-            request_ids.check_replay(loaded.record, "ClearKnowledgeBase", fp)
+            request_ids.check_replay(loaded.record, call.method, call.fingerprint)
         else:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
@@ -120,15 +120,7 @@ class KbAdmin:
         ) -> tuple[storage.SessionState, svc.ClearKnowledgeBaseResponse]:
             return processor.clear_stm(state), svc.ClearKnowledgeBaseResponse()
 
-        await self.runner.transact(
-            sid,
-            "ClearKnowledgeBase",
-            req,
-            req.request_id,
-            run,
-            svc.ClearKnowledgeBaseResponse,
-            caller=caller,
-        )
+        await self.runner.transact(sid, call, run, caller=caller)
 
     async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         node = limits.node_id(req.knowledge_base, "knowledge_base")

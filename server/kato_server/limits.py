@@ -120,10 +120,11 @@ def symbol_ref(name: str, field: str = "name") -> tuple[str, str]:
     return parsed
 
 
-def check_ids(session_id: str, request_id: str) -> None:
-    """The ids every session call carries (the transaction runner checks them on load)."""
-    require_session_id(session_id)
+def session_call(name: str, request_id: str, field: str = "name") -> str:
+    """A session-changing call's ids, checked once here (the runner trusts them); its session id."""
+    sid = session_id(name, field)
     check_request_id(request_id)
+    return sid
 
 
 def check_request_id(request_id: str) -> None:
@@ -140,15 +141,13 @@ def check_ttl(ttl_seconds: int, settings: Settings, field: str = "ttl_seconds") 
 
 def check_observe(req: svc.ObserveRequest, settings: Settings) -> str:
     """Everything about one ObserveRequest (unary or one message of a stream); its session id."""
-    sid = session_id(req.name)
-    check_request_id(req.request_id)
+    sid = session_call(req.name, req.request_id)
     check_observation(req.observation, settings)
     return sid
 
 
 def check_sequence(req: svc.ObserveSequenceRequest, settings: Settings) -> str:
-    sid = session_id(req.name)
-    check_request_id(req.request_id)
+    sid = session_call(req.name, req.request_id)
     if len(req.observations) > settings.max_observations_per_sequence:
         raise InvalidArgument.for_field(
             "observations",

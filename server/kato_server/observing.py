@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from kato_grpc import encoding, names
+from kato_grpc import encoding, names, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
@@ -88,7 +88,8 @@ class Observing:
             kb = await self._view_for(state, published, [req.observation])
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=_tiny(kb, 1))
 
-        return await self.runner.transact(sid, "Observe", req, req.request_id, run, svc.ObserveResponse, caller=caller)
+        call = request_ids.Call("Observe", req, req.request_id, svc.ObserveResponse)
+        return await self.runner.transact(sid, call, run, caller=caller)
 
     async def observe_batch(self, reqs: list[svc.ObserveRequest], caller: Caller) -> list[svc.ObserveResponse]:
         """Several observations of one session (no request_ids) in one load / compare-and-set.
@@ -124,9 +125,8 @@ class Observing:
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         batch = svc.ObserveSequenceRequest(name=reqs[0].name, observations=observations)
-        result = await self.runner.transact(
-            sid, "ObserveStream", batch, "", run, svc.ObserveSequenceResponse, caller=caller
-        )
+        call = request_ids.Call("ObserveStream", batch, "", svc.ObserveSequenceResponse)
+        result = await self.runner.transact(sid, call, run, caller=caller)
         return list(result.results)
 
     async def observe_sequence(self, req: svc.ObserveSequenceRequest, caller: Caller) -> svc.ObserveSequenceResponse:
@@ -174,12 +174,11 @@ class Observing:
             inline = _tiny(kb, len(req.observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
-        return await self.runner.transact(
-            sid, "ObserveSequence", req, req.request_id, run, svc.ObserveSequenceResponse, caller=caller
-        )
+        call = request_ids.Call("ObserveSequence", req, req.request_id, svc.ObserveSequenceResponse)
+        return await self.runner.transact(sid, call, run, caller=caller)
 
     async def learn(self, req: svc.LearnRequest, caller: Caller) -> svc.LearnResponse:
-        sid = limits.session_id(req.name)
+        sid = limits.session_call(req.name, req.request_id)
 
         async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.LearnResponse]:
             # A learn reads no KB and is linear in the (bounded) STM: inline.
@@ -187,7 +186,8 @@ class Observing:
             status = svc.LEARN_STATUS_LEARNED if r.pattern_name else svc.LEARN_STATUS_INSUFFICIENT_DATA
             return r.state, svc.LearnResponse(status=status, pattern=names.pattern(state.node_id, r.pattern_name))
 
-        return await self.runner.transact(sid, "Learn", req, req.request_id, run, svc.LearnResponse, caller=caller)
+        call = request_ids.Call("Learn", req, req.request_id, svc.LearnResponse)
+        return await self.runner.transact(sid, call, run, caller=caller)
 
     # --- reading a session ---------------------------------------------------------------
 
@@ -209,15 +209,15 @@ class Observing:
         return svc.GetShortTermMemoryResponse(events=(await self._read(session_id, caller)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> svc.ClearShortTermMemoryResponse:
-        sid = limits.session_id(req.name)
+        sid = limits.session_call(req.name, req.request_id)
 
         async def run(
             state: storage.SessionState, _kb: int | None
         ) -> tuple[storage.SessionState, svc.ClearShortTermMemoryResponse]:
             return processor.clear_stm(state), svc.ClearShortTermMemoryResponse()
 
-        kind = svc.ClearShortTermMemoryResponse
-        return await self.runner.transact(sid, "ClearShortTermMemory", req, req.request_id, run, kind, caller=caller)
+        call = request_ids.Call("ClearShortTermMemory", req, req.request_id, svc.ClearShortTermMemoryResponse)
+        return await self.runner.transact(sid, call, run, caller=caller)
 
     async def percept_data(self, session_id: str, caller: Caller) -> svc.GetPerceptDataResponse:
         return svc.GetPerceptDataResponse(percept=(await self._read(session_id, caller)).percept)

@@ -143,7 +143,8 @@ class Sessions:
                 new.metadata.update(given.metadata)
             return new, self.session_proto  # built from the saved state: its etag is the new version
 
-        return await self.runner.transact(sid, "UpdateSession", req, req.request_id, update, svc.Session, caller=caller)
+        call = request_ids.Call("UpdateSession", req, req.request_id, svc.Session)
+        return await self.runner.transact(sid, call, update, caller=caller)
 
 
 def _check_etag(etag: str, state: storage.SessionState) -> None:

@@ -12,6 +12,7 @@ from kato_grpc import encoding
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import validate_config
 from kato_grpc.engine.naming import pattern_name
+from kato_grpc.engine.observation import validate_observation
 from kato_grpc.engine.records import canonical_json
 from kato_grpc.engine.vectors import nearest
 from kato_grpc.errors import FailedPrecondition, InvalidArgument
@@ -205,7 +206,8 @@ def test_non_finite_numbers_are_invalid_argument(bad: float) -> None:
             "observation.metadata.k",
         ),
     ):
-        with pytest.raises(InvalidArgument) as info:
+        with pytest.raises(InvalidArgument) as info:  # as the edges run it: validated, then observed
+            validate_observation(obs)
             processor.observe(state, obs, kb, unique_id="u")
         assert [v.field for v in info.value.violations] == [field]
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 from google.protobuf.empty_pb2 import Empty
 
+from kato_grpc import request_ids
 from kato_grpc.access import ANYONE, Caller
 from kato_grpc.engine import processor
 from kato_grpc.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
@@ -59,7 +60,8 @@ async def _learn(state: storage.SessionState, _kb: int | None) -> tuple[storage.
 def _run(runner: TransactionRunner, method: str, transition: object, request_id: str = "", body: str = "") -> object:
     request = svc.LearnRequest(name=SID, request_id=request_id + body)
     kind = svc.LearnResponse if transition is _learn else Empty
-    return asyncio.run(runner.transact(SID, method, request, request_id, transition, kind, caller=ANYONE))  # type: ignore[arg-type]
+    call = request_ids.Call(method, request, request_id, kind)
+    return asyncio.run(runner.transact(SID, call, transition, caller=ANYONE))  # type: ignore[arg-type]
 
 
 def _stm(runner: TransactionRunner) -> list[list[str]]:
@@ -202,7 +204,8 @@ def test_the_caller_must_be_allowed_the_sessions_node() -> None:
     with pytest.raises(PermissionDenied):
         asyncio.run(runner.read(SID, elsewhere))
     with pytest.raises(PermissionDenied):
-        asyncio.run(runner.transact(SID, "Learn", svc.LearnRequest(), "", _learn, svc.LearnResponse, caller=elsewhere))
+        call = request_ids.Call("Learn", svc.LearnRequest(), "", svc.LearnResponse)
+        asyncio.run(runner.transact(SID, call, _learn, caller=elsewhere))
     assert asyncio.run(runner.read(SID, Caller(frozenset({state.node_id})))).state == state  # nothing changed
 
 
@@ -215,5 +218,7 @@ def test_a_response_built_from_the_committed_state_sees_the_new_version() -> Non
     ) -> tuple[storage.SessionState, Respond[svc.LearnResponse]]:
         return processor.copy_state(state), lambda saved: svc.LearnResponse(pattern=str(saved.version))
 
-    reply = asyncio.run(runner.transact(SID, "Touch", Empty(), "", touch, svc.LearnResponse, caller=ANYONE))
+    reply = asyncio.run(
+        runner.transact(SID, request_ids.Call("Touch", Empty(), "", svc.LearnResponse), touch, caller=ANYONE)
+    )
     assert reply.pattern == str(before + 1) == str(asyncio.run(runner.read(SID, ANYONE)).version)

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: venv test lint typecheck proto api-baseline bench bench-1m run fuzz load soak clean
+.PHONY: venv test lint typecheck proto client api-baseline bench bench-1m run fuzz load soak clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ api-baseline: $(NODE_STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 	$(BIN)/python scripts/gen_api_docs.py
+	$(MAKE) client
+
+# kato_grpc/client/sync.py, the blocking client, translated from aio.py (docs/architecture.md §1).
+client: $(STAMP)
+	$(BIN)/python scripts/gen_sync_client.py
 
 # Rewrites the sections of BENCHMARKS.md it measures (engine-only predictions up to 1M patterns, the
 # service suite, the tools, observability overhead, Redis Cluster, cost per call; ~40 min) and

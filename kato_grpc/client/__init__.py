@@ -14,6 +14,11 @@ raise the ``kato_grpc.errors`` class of their status, with ``reason``, ``metadat
         for word in ("hello", "world", "again"):
             kato.observe(session.name, [word])
         learned = kato.learn(session.name)
+
+``AsyncKatoClient`` (``aio.py``) is the one written by hand; ``KatoClient`` (``sync.py``) is
+generated from it by ``scripts/gen_sync_client.py`` (``make client``) — edit ``aio.py``, or
+what both share (``channel.py``, ``requests.py``, ``errors.py``), and regenerate
+(docs/architecture.md §1).
 """
 
 from kato_grpc.client.aio import AsyncKatoClient

@@ -228,7 +228,7 @@ class AsyncKatoClient:
     async def watch_knowledge_base(
         self, knowledge_base: str, *, since_version: int | None = None
     ) -> AsyncIterator[svc.WatchKnowledgeBaseResponse]:
-        """The KB's committed changes as they happen (until cancelled; not retried)."""
+        """The KB's committed changes as they happen (until closed or cancelled; not retried)."""
         request = build.watch(knowledge_base, since_version)
         try:
             async for part in self.stub.WatchKnowledgeBase(request, metadata=self.options.metadata()):

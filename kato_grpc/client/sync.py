@@ -1,3 +1,6 @@
+# Generated from kato_grpc/client/aio.py by scripts/gen_sync_client.py (`make client`): do not edit.
+# Change aio.py, or the modules both clients share, and regenerate; a unit test fails while
+# this file differs from what the script writes.
 """The blocking client: typed methods for every RPC, retries with the same request id."""
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ M = TypeVar("M", bound=Message)
 
 
 class KatoClient:
-    """``with KatoClient("127.0.0.1:50051") as kato: ...`` — see ``Options`` for the rest."""
+    """``with KatoClient("127.0.0.1:50051") as kato: ...`` — see ``Options``."""
 
     def __init__(self, target: str | None = None, **options: Any) -> None:
         self.options = Options(target=target or DEFAULT_TARGET, **options)
@@ -166,7 +169,7 @@ class KatoClient:
 
     def patterns(self, knowledge_base: str, *, page_size: int = 1000) -> Iterator[pb.Pattern]:
         """Every pattern of a knowledge base, in name order, a page at a time."""
-        for page in _pages(lambda token: self.list_patterns(knowledge_base, page_size=page_size, page_token=token)):
+        for page in _pages(lambda t: self.list_patterns(knowledge_base, page_size=page_size, page_token=t)):
             yield from page.patterns
 
     def update_pattern(self, pattern: pb.Pattern, paths: Sequence[str] = ()) -> pb.Pattern:
@@ -188,7 +191,7 @@ class KatoClient:
 
     def symbols(self, knowledge_base: str, *, page_size: int = 1000) -> Iterator[svc.Symbol]:
         """Every symbol of a knowledge base, in code-point order, a page at a time."""
-        for page in _pages(lambda token: self.list_symbols(knowledge_base, page_size=page_size, page_token=token)):
+        for page in _pages(lambda t: self.list_symbols(knowledge_base, page_size=page_size, page_token=t)):
             yield from page.symbols
 
     def export_knowledge_base(
@@ -207,14 +210,16 @@ class KatoClient:
         """One import stream (``requests.import_requests`` builds one). Not retried here:
         send the same stream again with the same import id to resume it."""
         try:
-            return self.stub.ImportKnowledgeBase(iter(requests), metadata=self.options.metadata())
+            reply = self.stub.ImportKnowledgeBase(iter(requests), metadata=self.options.metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+        assert isinstance(reply, svc.ImportKnowledgeBaseResponse)
+        return reply
 
     def watch_knowledge_base(
         self, knowledge_base: str, *, since_version: int | None = None
     ) -> Iterator[svc.WatchKnowledgeBaseResponse]:
-        """The KB's committed changes as they happen (until closed; not retried)."""
+        """The KB's committed changes as they happen (until closed or cancelled; not retried)."""
         request = build.watch(knowledge_base, since_version)
         try:
             yield from self.stub.WatchKnowledgeBase(request, metadata=self.options.metadata())

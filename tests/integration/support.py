@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -37,6 +38,17 @@ def eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.1)
     return check()
+
+
+def aof_written(valkey: devstack.LocalServer) -> bool:
+    """Whether Valkey has written every change it acknowledged to its append-only file.
+
+    A reply can precede that write (appendfsync everysec postpones it while an fsync is
+    running). Once written, a kill -9 of Valkey cannot lose it: the kernel holds it, and only
+    the machine dying loses what is not yet fsynced, which no test here does."""
+    with redis.Redis.from_url(devstack.redis_url(valkey)) as r:
+        info = r.info("persistence")
+    return bool(info["aof_enabled"]) and info["aof_buffer_length"] == 0 and info["aof_last_write_status"] == "ok"
 
 
 def error_info(exc: grpc.RpcError) -> tuple[str, str, str]:

@@ -63,7 +63,8 @@ def test_a_watcher_sees_every_process_changes_in_order(two_servers: tuple[Server
         writer.update_pattern(pb.Pattern(name=first, frequency=9))
         writer.delete_pattern(second)
         writer.clear_knowledge_base(knowledge_base=kb)
-        thread.join(20)
+        thread.join(60)
+        assert not thread.is_alive(), "the watcher saw the last change"
         ab, cd = pattern_name([["a"], ["b"]]), pattern_name([["c"], ["d"]])
         assert _events(seen) == [
             ("PATTERN_LEARNED", start + 1, ab),
@@ -125,7 +126,8 @@ def test_watchers_of_a_kb_in_one_process_share_its_reads(stores: Stores, log_dir
             before = scrape(port).get(reads, 0.0)
             learned = [names.pattern_id(_learn(kato, kb, f"w{i}", f"x{i}")) for i in range(5)]
             for thread in threads:
-                thread.join(30)
+                thread.join(60)
+                assert not thread.is_alive(), "every watcher saw the last change"
             for out in seen:
                 assert [e[2] for e in _events(out)] == learned  # each watcher, every change
             assert scrape(port).get(reads, 0.0) - before <= 10  # not 40 watchers × 5 changes

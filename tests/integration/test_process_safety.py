@@ -60,50 +60,51 @@ def _heavy_session(stub: svc_grpc.KatoServiceStub, pattern_events: int) -> str:
     return sid
 
 
-def _p99(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(server: ServerProcess) -> None:
-    stub = server.stub()
-    heavy = _heavy_session(stub, 300)  # ~4.5M symbol pairs: within the default work limit
-    other = stub.CreateSession(
-        svc.CreateSessionRequest(
-            session=svc.Session(knowledge_base=names.knowledge_base("bystander-" + uuid.uuid4().hex))
+def test_a_worst_case_prediction_leaves_health_and_other_sessions_responsive(stores: Stores, log_dir: Path) -> None:
+    # Responsive means answered while the heavy call computes: with the engine on the event
+    # loop, nothing would be answered until it ended. Counted from the moment the heavy call
+    # reached the engine (its KB lookup, the last step before the engine thread) until its
+    # answer: no latency figure here (a loaded machine makes every call slow); the latencies
+    # beside a heavy call are a benchmark's (bench/heavy_call.py).
+    port = devstack.free_port()
+    server = new_server(*stores, log_dir).start(KATO_METRICS_PORT=str(port))
+    try:
+        stub = server.stub()
+        heavy = _heavy_session(stub, 300)  # ~4.5M symbol pairs: within the default work limit
+        other = stub.CreateSession(
+            svc.CreateSessionRequest(
+                session=svc.Session(knowledge_base=names.knowledge_base("bystander-" + uuid.uuid4().hex))
+            )
+        ).name
+        outcome: list[svc.GetPredictionsResponse] = []
+        thread = threading.Thread(
+            target=lambda: outcome.append(stub.GetPredictions(svc.GetPredictionsRequest(name=heavy), timeout=120))
         )
-    ).name
-    outcome: list[object] = []
-
-    def run_heavy() -> None:
-        started = time.monotonic()
-        outcome.append(stub.GetPredictions(svc.GetPredictionsRequest(name=heavy), timeout=60))
-        outcome.append(time.monotonic() - started)
-
-    thread = threading.Thread(target=run_heavy)
-    health_ms: list[float] = []
-    observe_ms: list[float] = []
-    with grpc.insecure_channel(server.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        bystander = svc_grpc.KatoServiceStub(channel)
-        health.Check(health_pb2.HealthCheckRequest())
-        bystander.Observe(svc.ObserveRequest(name=other, observation=pb.Observation(strings=["x"])))
-        thread.start()
-        time.sleep(0.05)
-        while thread.is_alive():
-            t = time.perf_counter()
-            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            health_ms.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
+        answered = {"health": 0, "observe": 0}
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            bystander = svc_grpc.KatoServiceStub(channel)
+            health.Check(health_pb2.HealthCheckRequest())
             bystander.Observe(svc.ObserveRequest(name=other, observation=pb.Observation(strings=["x"])))
-            observe_ms.append((time.perf_counter() - t) * 1000)
-    thread.join()
-    predictions, took = outcome
-    assert isinstance(predictions, svc.GetPredictionsResponse) and len(predictions.predictions) == 3
-    assert isinstance(took, float) and took > 0.3, "the heavy call was not heavy enough to test anything"
-    assert len(health_ms) >= 5
-    assert _p99(health_ms) < 100, health_ms
-    assert _p99(observe_ms) < 100, observe_ms
+            lookups = _kb_lookups(port)  # nothing else looks a KB up until the heavy call does
+            thread.start()
+            assert eventually(lambda: _kb_lookups(port) > lookups, timeout=60), "the heavy call reached the engine"
+            while thread.is_alive():
+                health.Check(health_pb2.HealthCheckRequest(), timeout=60)
+                bystander.Observe(svc.ObserveRequest(name=other, observation=pb.Observation(strings=["x"])), timeout=60)
+                if thread.is_alive():  # answered before the heavy call was
+                    answered["health"] += 1
+                    answered["observe"] += 1
+        thread.join()
+        assert len(outcome) == 1 and len(outcome[0].predictions) == 3, "the heavy call was answered"
+        assert answered["health"] >= 5 and answered["observe"] >= 5, answered
+    finally:
+        server.stop()
+
+
+def _kb_lookups(port: int) -> float:
+    """KB cache lookups so far, whatever their result (one per call that reads a KB)."""
+    return sum(v for k, v in scrape(port).items() if k.startswith("kato_kb_cache_lookups_total"))
 
 
 def _answered(call: Callable[[], object]) -> bool:
@@ -156,21 +157,33 @@ def test_work_over_the_limit_is_refused_up_front(server: ServerProcess) -> None:
 
 
 def test_shutdown_during_heavy_work_ends_within_the_grace_period(stores: Stores, log_dir: Path) -> None:
+    # Predictions that end only when called off (tests/integration/endless_server.py): a
+    # shutdown that waited for them instead of stopping them once the grace is over would
+    # never end, so the bound on the exit below only stops a hang; no margin on the grace.
     port = devstack.free_port()
-    server = new_server(*stores, log_dir).start(
-        KATO_MAX_PREDICTION_WORK="1000000000000", KATO_GRACE_SECONDS="2", KATO_METRICS_PORT=str(port)
-    )
-    stub = server.stub()
-    heavy = _heavy_session(stub, 1000)
-    calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(name=heavy)) for _ in range(3)]
-    # All three being served before SIGTERM (arriving after it, they would be refused at once).
-    assert eventually(lambda: scrape(port).get("kato_rpc_in_flight", 0) >= 3)
-    started = time.monotonic()
-    assert server.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 2 + 1.5
-    for call in calls:
-        with pytest.raises(grpc.RpcError):
-            call.result()
+    server = new_server(*stores, log_dir, module="tests.integration.endless_server")
+    server.start(KATO_GRACE_SECONDS="2", KATO_METRICS_PORT=str(port), KATO_LOG_LEVEL="INFO")
+    try:
+        stub = server.stub()
+        sid = stub.CreateSession(
+            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("endless")))
+        ).name
+        calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(name=sid)) for _ in range(3)]
+        # All three being served before SIGTERM (arriving after it, they would be refused at once).
+        assert eventually(lambda: scrape(port).get("kato_rpc_in_flight", 0) >= 3)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+        for call in calls:
+            with pytest.raises(grpc.RpcError):
+                call.result()
+        # Ended by the shutdown, none answered: stopped at a check once the grace ran out
+        # (DEADLINE_EXCEEDED, the budget's), or cut by the server just after (UNAVAILABLE).
+        ended = [line for line in server.log_path.read_text().splitlines() if "rpc=GetPredictions" in line]
+        codes = {word for line in ended for word in line.split() if word.startswith("code=")}
+        assert len(ended) == 3 and codes <= {"code=DEADLINE_EXCEEDED", "code=UNAVAILABLE"}, ended
+    finally:
+        server.stop()
 
 
 def _workers(server: ServerProcess) -> list[int]:

@@ -24,7 +24,7 @@ from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from kato_server import devstack
 from kato_server.devserver import ServerProcess, new_server
 from tests.integration.crashing_server import CRASH_EXIT_CODE
-from tests.integration.support import doomed_session, eventually, frequency
+from tests.integration.support import aof_written, doomed_session, eventually, frequency
 
 T = TypeVar("T")
 # Two server processes on one Redis + MongoDB: issue 3's 32 clients on 4 shared sessions and
@@ -141,7 +141,7 @@ def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
                 svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("health")))
             ).name
             stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=["a"])))
-            time.sleep(1.2)  # let the append-only file reach the disk (appendfsync everysec)
+            assert eventually(lambda: aof_written(redis), 60), "the session is in Valkey's append-only file"
             redis.kill()
             assert eventually(lambda: server.health() == health_pb2.HealthCheckResponse.NOT_SERVING)
             with pytest.raises(grpc.RpcError) as info:

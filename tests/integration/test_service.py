@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-import threading
-import time
+import random
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +18,12 @@ from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
-from tests.integration.support import create, details, observe
+from kato_server import devstack
+from kato_server.devserver import new_server
+from tests.integration.support import create, details, eventually, observe
+from tests.integration.test_metrics import scrape
+
+Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
 
 def test_round_trip_create_observe_learn_predict(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
@@ -213,11 +220,11 @@ def test_sessions_on_one_node_are_isolated_but_share_the_kb(stub: svc_grpc.KatoS
             if round_ == 0:
                 stub.Learn(svc.LearnRequest(name=sid))
 
-    threads = [threading.Thread(target=worker, args=(sid,)) for sid in (left, right)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Through futures, so that a worker's exception fails the test (a plain thread's would be
+    # printed and lost, leaving ``errors`` empty).
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(worker, sid) for sid in (left, right)]:
+            done.result()
     assert errors == []
     # Both see both learned patterns.
     for sid in (left, right):
@@ -258,16 +265,50 @@ def test_observe_stream_batches_but_answers_like_unary_calls(stub: svc_grpc.Kato
     assert stub.GetSession(svc.GetSessionRequest(name=sid)).time == len(times) + 6
 
 
-def test_a_cancelled_call_leaves_the_session_whole(stub: svc_grpc.KatoServiceStub, node_id: str) -> None:
-    sid = create(stub, node_id)
-    sequence = [pb.Observation(strings=[f"c{i}"]) for i in range(3000)]
-    future = stub.ObserveSequence.future(svc.ObserveSequenceRequest(name=sid, observations=sequence))
-    time.sleep(0.05)
-    future.cancel()
-    time.sleep(0.5)
-    # All or nothing: the sequence committed as one, or not at all; the server answers on.
-    assert stub.GetSession(svc.GetSessionRequest(name=sid)).time in (0, 3000)
-    assert observe(stub, sid, "after").time in (1, 3001)
+def test_a_cancelled_call_leaves_the_session_whole(stores: Stores, log_dir: Path) -> None:
+    # A sequence cancelled while the engine computes it commits nothing: no step of it, no
+    # half of it. Each step predicts against three 300-event patterns with a growing STM (the
+    # last step alone is the heavy GetPredictions of test_process_safety, seconds of work), so
+    # the cancel lands mid-computation on any machine. Signals, not
+    # sleeps: the call's KB lookup (the last step before the engine) says it computes, the
+    # engine's stop counter that the cancel reached it.
+    port = devstack.free_port()
+    server = new_server(*stores, log_dir).start(KATO_METRICS_PORT=str(port))
+    try:
+        stub = server.stub()
+        rnd = random.Random(7)
+        node = "cancel-" + uuid.uuid4().hex
+        learner = create(stub, node, process_predictions=False)
+        for _ in range(3):
+            stub.ObserveSequence(
+                svc.ObserveSequenceRequest(name=learner, observations=_draws(rnd, 300), learn_at_end=True), timeout=120
+            )
+        sid = create(stub, node, recall_threshold=0.0)
+        before = scrape(port)
+        future = stub.ObserveSequence.future(
+            svc.ObserveSequenceRequest(name=sid, observations=_draws(rnd, 1000)), timeout=3600
+        )
+        assert eventually(
+            lambda: _sum(scrape(port), "kato_kb_cache_lookups_total") > _sum(before, "kato_kb_cache_lookups_total"), 60
+        )
+        assert future.cancel(), "the call was still running"
+        stopped = "kato_engine_stopped_total"
+        assert eventually(lambda: scrape(port).get(stopped, 0) == before.get(stopped, 0) + 1, 60), "stopped mid-way"
+        session = stub.GetSession(svc.GetSessionRequest(name=sid))
+        assert session.time == 0 and session.stm_length == 0  # nothing of the sequence was kept
+        assert observe(stub, sid, "after").time == 1  # and the server answers on
+    finally:
+        server.stop()
+
+
+def _draws(rnd: random.Random, n: int) -> list[pb.Observation]:
+    """``n`` events of 10 symbols drawn from 20: every pattern of them is a candidate."""
+    return [pb.Observation(strings=sorted(rnd.sample([f"s{i}" for i in range(20)], 10))) for _ in range(n)]
+
+
+def _sum(metrics: dict[str, float], name: str) -> float:
+    """A metric's value summed over its labels."""
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
 def _with_nan() -> struct_pb2.ListValue:

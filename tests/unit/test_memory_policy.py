@@ -20,7 +20,7 @@ def test_the_gc_is_paused_while_any_decode_runs_and_resumes_after_the_last() -> 
 
     worker = threading.Thread(target=memory_policy.without_gc(slow))
     worker.start()
-    inside.wait(10)
+    assert inside.wait(10), "the slow decode started"  # else the overlap below tests nothing
     memory_policy.without_gc(lambda: seen.append(gc.isenabled()))()  # overlaps the slow one
     assert not gc.isenabled()  # the slow one still runs
     release.set()

@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 
 from kato_grpc import encoding
 from kato_grpc.engine import processor
-from kato_grpc.engine.config import validate_config
+from kato_grpc.engine.config import EngineConfig, effective_config, resolve_config, validate_config
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.engine.observation import validate_observation
 from kato_grpc.engine.records import canonical_json
@@ -262,7 +262,13 @@ def test_invalid_config_update_applies_nothing() -> None:
 
 
 def test_weighted_rank_key_is_fine_with_affinity() -> None:
-    validate_config(pb.SessionConfig(rank_sort_algo=pb.RANK_SORT_ALGO_WEIGHTED_SNR, affinity_emotive="joy"))
+    # D-16 refuses a weighted key only without affinity weighting. Accepted means a session
+    # is made with it and ranks by that key with that emotive (validate_config returns
+    # nothing either way, so the session is what is checked).
+    config = pb.SessionConfig(rank_sort_algo=pb.RANK_SORT_ALGO_WEIGHTED_SNR, affinity_emotive="joy")
+    state = processor.new_session("s", "n", config)
+    assert resolve_config(state.config) == EngineConfig(rank_key="weighted_snr", affinity_emotive="joy")
+    assert effective_config(state.config).rank_sort_algo == pb.RANK_SORT_ALGO_WEIGHTED_SNR
 
 
 def test_nearest_vectors_are_ordered_by_distance_then_name() -> None:

@@ -13,7 +13,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from tests.simulation.sim import HISTORY_STEPS, quiet_logs, simulate
 
 FIRST_SEED = 1
-HISTORIES = 200  # 30,200 steps (with the final quiesces): about 25 s on a 2-core machine
+HISTORIES = 150  # 22,650 steps (with the final quiesces): about 15-30 s on a shared 2-core machine
 
 
 def test_seeded_histories_keep_every_invariant() -> None:

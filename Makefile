@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: venv test lint typecheck proto client api-baseline bench bench-1m run fuzz load soak clean
+.PHONY: venv test lint typecheck proto client api-baseline bench bench-1m run fuzz load soak simulate clean
 
 venv: $(STAMP)
 
@@ -86,6 +86,15 @@ load: $(STAMP)
 # 10 minutes of mixed load on 2 workers; writes RSS growth after warm-up into BENCHMARKS.md.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --minutes 10 --write BENCHMARKS.md
+
+# The simulation of the exactly-once learn path (docs/architecture.md §10): STEPS
+# steps in all, in histories of LENGTH steps seeded SEED, SEED+1, ...; stops at the first
+# failure and prints its seed and its shrunk history. `make test` runs 150 histories from seed 1.
+SEED ?= 1
+STEPS ?= 300000
+LENGTH ?= 150
+simulate: $(STAMP)
+	PYTHONPATH=.:server $(BIN)/python -m tests.simulation --seed $(SEED) --steps $(STEPS) --length $(LENGTH)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

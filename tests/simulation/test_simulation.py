@@ -1,0 +1,45 @@
+"""The simulation's fixed budget in the test suite (docs/architecture.md §10):
+seeded histories of calls, retries, store failures, crashes, expiries and relay passes over
+the in-memory twins, every invariant checked after every step. ``make simulate`` runs more."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from kato_grpc import request_ids
+from kato_grpc.internal.v1 import session_pb2 as storage
+from tests.simulation.sim import HISTORY_STEPS, quiet_logs, simulate
+
+FIRST_SEED = 1
+HISTORIES = 150  # 22,650 steps (with the final quiesces): about 15-30 s on a shared 2-core machine
+
+
+def test_seeded_histories_keep_every_invariant() -> None:
+    with quiet_logs():
+        summary = simulate(FIRST_SEED, HISTORIES, HISTORY_STEPS)
+    assert summary.failure is None, summary.failure
+    assert summary.histories == HISTORIES
+    assert summary.steps >= HISTORIES * HISTORY_STEPS
+
+
+def test_the_simulation_finds_a_write_id_shared_by_executions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutant the simulation must kill: write ids derived from the request id alone, so a
+    request id used again once its record is forgotten (another execution) is deduplicated by
+    the ledger and its learn is lost (docs/architecture.md §5)."""
+
+    correct = request_ids.identify_writes
+
+    def shared(writes: list[storage.PatternWrite], session_id: str, request_id: str, fp: bytes, version: int) -> None:
+        correct(writes, session_id, request_id, fp, version)
+        if request_id:
+            call = hashlib.sha256(request_id.encode()).hexdigest()[:24]
+            for n, write in enumerate(writes):
+                write.write_id = f"{session_id}:{call}:{n}"
+
+    monkeypatch.setattr(request_ids, "identify_writes", shared)
+    with quiet_logs():
+        summary = simulate(FIRST_SEED, HISTORIES, HISTORY_STEPS, shrink_seconds=0)
+    assert summary.failure is not None
+    assert "[learn]" in summary.failure.splitlines()[0]

@@ -26,7 +26,7 @@ import redis
 
 from bench.report import emit
 from kato_grpc.client import KatoClient
-from kato_grpc.stores import redis_sessions
+from kato_grpc.stores.keys import Keys
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import devstack
@@ -51,7 +51,7 @@ def store_calls(port: int) -> dict[str, float]:
 
 
 def session_bytes(redis_port: int, session: str) -> int:
-    key = redis_sessions.Keys("bench_costs").state(session.removeprefix("sessions/"))  # its database's name
+    key = Keys("bench_costs").state(session.removeprefix("sessions/"))  # its database's name
     with redis.Redis(port=redis_port) as r:
         return int(r.memory_usage(key, samples=0) or 0)
 

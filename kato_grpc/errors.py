@@ -128,6 +128,24 @@ class Unavailable(KatoError):
     default_reason = "UNAVAILABLE"
 
 
+class StoreUnavailable(KatoError):
+    """A backing store did not answer, or cannot serve for the moment (a connection refused or
+    cut, a timeout, a failover under way): a retry may succeed. The stores raise it in place of
+    their drivers' exceptions (architecture.md §4)."""
+
+    code = "UNAVAILABLE"
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class StoreFailed(KatoError):
+    """A backing store refused a command for a reason a retry does not change (a script error,
+    a full store, a key of the wrong type): a fault of the service or its deployment, never of
+    the caller. The server answers INTERNAL and logs the driver's exception (its cause)."""
+
+    code = "INTERNAL"
+    default_reason = "STORE_FAILED"
+
+
 class DataLoss(KatoError):
     """Stored data that cannot be read back (a damaged snapshot whose log was compacted)."""
 

@@ -8,7 +8,8 @@ means another call won: wait a moment (jittered) and run again. No locks.
 It owns, in one place each: the version bump, write identity (``request_ids``), the outbox
 flush, request-id records and conflict retries. It is typed against two Protocols — a session
 store and a pattern store — with a Redis/MongoDB implementation (``stores/redis_sessions.py``,
-``stores/mongo_patterns.py``) and an in-memory twin (``stores/memory.py``) that the replay tool
+``stores/mongo_patterns.py``) and an in-memory twin (``stores/memory_sessions.py``,
+``stores/memory.py``) that the replay tool
 and the fast tests use. A transition gets what it needs as arguments: the loaded state and the
 node's published KB version.
 """

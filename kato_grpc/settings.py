@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kato_grpc.stores import redis_client, redis_sessions
+from kato_grpc.stores import keys, redis_client
 
 
 class Settings(BaseSettings):
@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     mongodb_uri: str | None = None
     mongodb_database: str = "kato"
     # Every Redis key this deployment owns starts with it; unset: the MongoDB database's name
-    # (``redis_sessions.namespace_for``). Deployments sharing one Redis must differ here — a
+    # (``keys.namespace_for``). Deployments sharing one Redis must differ here — a
     # different database is enough — or each relay would apply the other's learns. A namespace
     # is bound to its database at the first start: another database refuses to start on it.
     redis_namespace: str | None = None
@@ -136,12 +136,12 @@ class Settings(BaseSettings):
     @property
     def namespace(self) -> str:
         """The Redis namespace in effect (the setting, or the database's default)."""
-        return self.redis_namespace or redis_sessions.namespace_for(self.mongodb_database)
+        return self.redis_namespace or keys.namespace_for(self.mongodb_database)
 
     @field_validator("redis_namespace")
     @classmethod
     def _namespace_chars(cls, namespace: str | None) -> str | None:
-        if namespace is not None and not redis_sessions.NAMESPACE.fullmatch(namespace):
+        if namespace is not None and not keys.NAMESPACE.fullmatch(namespace):
             raise ValueError("must be 1-64 of the characters A-Z a-z 0-9 _ . -")
         return namespace
 

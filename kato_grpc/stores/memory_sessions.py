@@ -1,61 +1,124 @@
 """The session store's in-memory twin: what ``redis_sessions.py`` does, in dicts.
 
-Same contract: states are stored serialized (so a transition never shares objects with the
-store), versions are compared and set together with the outbox and the request record, loads
-slide the TTL, outboxes have none and outlive their sessions, request records live in the
-session and the oldest go beyond the limits. ``clock`` (seconds) is injectable for TTL tests.
+Same contract, held to it by the same tests (tests/contract/test_session_stores.py): states
+are stored serialized (so a transition never shares objects with the store), versions are
+compared and set together with the outbox and the request record, loads slide the TTL,
+outboxes have none and outlive their sessions, request records live in the session and the
+oldest go beyond the limits, the due queue is ordered by mark time then session id, KB
+versions only move forward, and the first namespace claim wins.
+
+Keys work as on Redis: every store keeps its data in an ``InMemoryKeyspace`` under its
+deployment's namespace (``Keys``), so twins that share one keyspace with different namespaces
+never see each other's keys — two deployments on one Redis — and twins with one namespace
+share sessions — two processes of one deployment. The keyspace's ``clock`` (seconds, by
+default ``time.monotonic``) is injectable: TTL and due-queue tests advance it instead of
+sleeping. Time is counted in whole milliseconds where Redis counts so (mark scores).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kato_grpc.internal.v1 import session_pb2 as storage
-from kato_grpc.stores.protocols import CasResult, Loaded
-from kato_grpc.stores.redis_sessions import RecordLimits
+from kato_grpc.stores.keys import Keys
+from kato_grpc.stores.protocols import CasResult, Loaded, RecordKey, RecordLimits
+
+
+class InMemoryKeyspace:
+    """What one Redis server holds for the stores that share it: values by key, each with an
+    optional expiry, and the server's clock. A key past its expiry is gone (Redis's rule: it
+    lives until the clock passes its expiry time)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._values: dict[str, object] = {}
+        self._expires: dict[str, float] = {}  # key -> expiry, in ms of ``clock``
+
+    def now_ms(self) -> float:
+        return self.clock() * 1000
+
+    def get(self, key: str) -> object | None:
+        expires = self._expires.get(key)
+        if expires is not None and self.now_ms() > expires:
+            self.delete(key)
+        return self._values.get(key)
+
+    def set(self, key: str, value: object, ttl_ms: int | None = None) -> None:
+        self._values[key] = value
+        self._expires.pop(key, None)
+        if ttl_ms is not None:
+            self.expire(key, ttl_ms)
+
+    def expire(self, key: str, ttl_ms: int) -> None:
+        self._expires[key] = self.now_ms() + ttl_ms
+
+    def expires_at_ms(self, key: str) -> float | None:
+        """When ``key`` expires (ms of ``clock``); None when it is gone or has no expiry."""
+        if self.get(key) is None:
+            return None
+        return self._expires.get(key)
+
+    def delete(self, key: str) -> bool:
+        self._expires.pop(key, None)
+        return self._values.pop(key, None) is not None
 
 
 @dataclass
 class _Session:
+    """A session's one key: state, version, TTL and its request records (as Redis's hash)."""
+
     version: int
     blob: bytes
     ttl_ms: int
-    expires: float
     records: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
 
 
 class InMemorySessionStore:
-    def __init__(self, records: RecordLimits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        records: RecordLimits | None = None,
+        clock: Callable[[], float] | None = None,
+        *,
+        keyspace: InMemoryKeyspace | None = None,
+        keys: Keys | None = None,
+    ) -> None:
+        """``clock`` makes a keyspace of its own; ``keyspace`` shares one (and its clock)."""
+        if keyspace is not None and clock is not None:
+            raise ValueError("a shared keyspace has its own clock: give one or the other")
         self._limits = records or RecordLimits()
-        self._clock = clock
-        self._sessions: dict[str, _Session] = {}
-        self._outboxes: dict[str, tuple[int, bytes]] = {}
-        self.kb_versions: dict[str, int] = {}
+        self._space = keyspace or InMemoryKeyspace(clock or time.monotonic)
+        self.keys = keys or Keys()
 
-    def _live(self, session_id: str) -> _Session | None:
-        session = self._sessions.get(session_id)
-        if session is not None and session.expires <= self._clock():
-            del self._sessions[session_id]
-            return None
-        return session
+    # --- SessionStore ---------------------------------------------------------------------
+
+    def _session(self, session_id: str) -> _Session | None:
+        found = self._space.get(self.keys.state(session_id))
+        assert found is None or isinstance(found, _Session)
+        return found
+
+    def _outbox(self, session_id: str) -> tuple[int, bytes] | None:
+        found = self._space.get(self.keys.outbox(session_id))
+        assert found is None or isinstance(found, tuple)
+        return found
 
     async def load(self, session_id: str, request_id: str = "", kb_id: str | None = None) -> Loaded | None:
-        session = self._live(session_id)
+        session = self._session(session_id)
         if session is None:
             return None
-        session.expires = self._clock() + session.ttl_ms / 1000
+        self._space.expire(self.keys.state(session_id), session.ttl_ms)
         record = session.records.get(request_id) if request_id else None
-        outbox = self._outboxes.get(session_id)
+        outbox = self._outbox(session_id)
         return Loaded(
             state=storage.SessionState.FromString(session.blob),
             version=session.version,
             record=storage.RequestRecord.FromString(record) if record else None,
             outbox=storage.Outbox.FromString(outbox[1]) if outbox else None,
             outbox_version=outbox[0] if outbox else 0,
-            kb_version=self.kb_versions.get(kb_id) if kb_id is not None else None,
+            kb_version=await self.kb_version(kb_id) if kb_id is not None else None,
         )
 
     async def compare_and_set(
@@ -70,21 +133,25 @@ class InMemorySessionStore:
         record: storage.RequestRecord | None = None,
     ) -> int:
         assert not state.pending_writes, "pending writes travel as the outbox, never in the state"
-        session = self._live(state.session_id)
+        sid = state.session_id
+        if outbox is not None and outbox.writes:
+            self._mark(sid)  # before the commit, as on Redis: a failed commit leaves a mark, never an unmarked outbox
+        session = self._session(sid)
         if expected_version is None:
             if session is not None:
                 return CasResult.CONFLICT
-            session = self._sessions[state.session_id] = _Session(0, b"", ttl_ms, 0.0)
+            session = _Session(0, b"", ttl_ms)
+            self._space.set(self.keys.state(sid), session)
         elif session is None:
             return CasResult.GONE
         elif session.version != expected_version:
             return CasResult.CONFLICT
         session.version, session.blob, session.ttl_ms = state.version, state.SerializeToString(), ttl_ms
-        session.expires = self._clock() + ttl_ms / 1000
+        self._space.expire(self.keys.state(sid), ttl_ms)
         if outbox is not None and outbox.writes:
-            self._outboxes[state.session_id] = (state.version, outbox.SerializeToString())
+            self._space.set(self.keys.outbox(sid), (state.version, outbox.SerializeToString()))  # no TTL
         elif clear_outbox:
-            self._outboxes.pop(state.session_id, None)
+            self._space.delete(self.keys.outbox(sid))
         if request_id and record is not None:
             session.records[request_id] = record.SerializeToString()
             while len(session.records) > self._limits.count or (
@@ -93,21 +160,97 @@ class InMemorySessionStore:
                 session.records.popitem(last=False)
         return CasResult.OK
 
+    def outbox(self, session_id: str) -> storage.Outbox | None:
+        """The session's outbox as stored (for tests)."""
+        found = self._outbox(session_id)
+        return storage.Outbox.FromString(found[1]) if found else None
+
+    # --- SessionDeletion, RequestRecords --------------------------------------------------
+
+    async def delete(self, session_id: str) -> bool:
+        return self._space.delete(self.keys.state(session_id))
+
+    def _record_key(self, key: RecordKey) -> str:
+        return self.keys.scoped(key.kind, key.node_id, key.principal, key.request_id)
+
+    async def remember(self, key: RecordKey, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
+        existing = await self.recorded(key)
+        if existing is not None:
+            return existing
+        self._space.set(self._record_key(key), record.SerializeToString(), ttl_ms)
+        return record
+
+    async def recorded(self, key: RecordKey) -> storage.RequestRecord | None:
+        found = self._space.get(self._record_key(key))
+        assert found is None or isinstance(found, bytes)
+        return storage.RequestRecord.FromString(found) if found else None
+
+    async def forget(self, key: RecordKey) -> None:
+        self._space.delete(self._record_key(key))
+
+    # --- KbVersionBoard -------------------------------------------------------------------
+
+    async def kb_version(self, kb_id: str) -> int | None:
+        found = self._space.get(self.keys.kb_version(kb_id))
+        assert found is None or isinstance(found, int)
+        return found
+
+    async def publish_kb_version(self, kb_id: str, version: int) -> None:
+        if version > (await self.kb_version(kb_id) or 0):
+            self._space.set(self.keys.kb_version(kb_id), version)
+
+    # --- OutboxQueue ----------------------------------------------------------------------
+
+    def _marks(self) -> dict[str, float]:
+        found = self._space.get(self.keys.due)
+        assert found is None or isinstance(found, dict)
+        return found or {}
+
+    def _mark(self, session_id: str) -> None:
+        marks = self._marks()
+        marks[session_id] = float(math.floor(self._space.now_ms()))  # whole ms, as Redis's TIME gives
+        self._space.set(self.keys.due, marks)
+
+    async def due_outboxes(self, older_than_ms: int, limit: int) -> list[tuple[str, float]]:
+        cutoff = math.floor(self._space.now_ms()) - older_than_ms
+        due = [(score, sid.encode(), sid) for sid, score in self._marks().items() if score <= cutoff]
+        return [(sid, score) for score, _, sid in sorted(due)[:limit]]  # a sorted set's order: score, then bytes
+
+    async def read_outbox(self, session_id: str) -> tuple[storage.Outbox, int] | None:
+        found = self._outbox(session_id)
+        return (storage.Outbox.FromString(found[1]), found[0]) if found else None
+
+    async def release_outbox(self, session_id: str, version: int | None, score: float) -> None:
+        found = self._outbox(session_id)
+        if version is not None and found is not None and found[0] == version:
+            self._space.delete(self.keys.outbox(session_id))
+            found = None
+        marks = self._marks()
+        if found is None and marks.get(session_id) == score:
+            del marks[session_id]
+            if not marks:  # an empty sorted set is no key on Redis either
+                self._space.delete(self.keys.due)
+
     async def drop_outbox(self, session_id: str, version: int) -> bool:
-        if self._outboxes.get(session_id, (None,))[0] == version:
-            del self._outboxes[session_id]
+        found = self._outbox(session_id)
+        if found is not None and found[0] == version:
+            self._space.delete(self.keys.outbox(session_id))
             return True
         return False
 
-    def outbox(self, session_id: str) -> storage.Outbox | None:
-        found = self._outboxes.get(session_id)
-        return storage.Outbox.FromString(found[1]) if found else None
+    # --- NamespaceClaim, StoreConnection --------------------------------------------------
 
-    async def kb_version(self, kb_id: str) -> int | None:
-        return self.kb_versions.get(kb_id)
+    async def claim_namespace(self, deployment: str) -> str:
+        recorded = self._space.get(self.keys.deployment)
+        if recorded is None:
+            self._space.set(self.keys.deployment, deployment)
+            return deployment
+        assert isinstance(recorded, str)
+        return recorded
 
-    async def publish_kb_version(self, kb_id: str, version: int) -> None:
-        self.kb_versions[kb_id] = max(version, self.kb_versions.get(kb_id, 0))
+    async def ping(self) -> bool:
+        return True
 
-    async def delete(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
+    async def close(self) -> None:
+        """Nothing to release: the keyspace is the caller's (and outlives its stores, as a
+        Redis server outlives its clients)."""

@@ -7,11 +7,60 @@ session's keys share its hash tag; see ``redis_sessions.py``).
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from kato_grpc.errors import StoreFailed, StoreUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# What a retry can get past: no connection (refused, cut, not authenticated yet — redis-py's
+# ConnectionError covers a server still loading its data too), no answer in time, and a
+# cluster failing over (slots without a master for a moment, a replica just promoted, a
+# master demoted to a read-only replica).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    ReadOnlyError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def driver_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``method`` raising the project's exceptions instead of redis-py's (architecture.md §4):
+    StoreUnavailable when a retry may succeed, StoreFailed when the store refused the command
+    for good (a script error, a full store, a key of the wrong type). The driver's exception
+    stays as the cause, for the log. A cancellation passes as it is."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable("a backing store is unavailable; retry") from exc
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreFailed(f"the session store refused a command ({type(exc).__name__})") from exc
+
+    return call
 
 
 class _Cluster(RedisCluster):

@@ -20,25 +20,29 @@ by Redis time in ms when marked), ``{ns}:kb:{<kb>}:version``, ``{ns}:create:{<no
 and principals only ever appear hashed or as hash fields, never inside a key's structure, so
 no crafted id can name another key. No KEYS or SCAN anywhere.
 
-Every key starts with the deployment's namespace ``{ns}`` (``Keys``; ``KATO_REDIS_NAMESPACE``,
-by default the MongoDB database's name): deployments that share one Redis never see each
-other's sessions, outboxes or KB versions — above all, a relay only ever applies outboxes of
-its own deployment, into its own database (docs/operations.md, "Sharing one Redis").
+Every key starts with the deployment's namespace ``{ns}`` (``Keys``, ``keys.py``;
+``KATO_REDIS_NAMESPACE``, by default the MongoDB database's name): deployments that share one
+Redis never see each other's sessions, outboxes or KB versions — above all, a relay only ever
+applies outboxes of its own deployment, into its own database (docs/operations.md, "Sharing
+one Redis").
+
+The store implements every session-side Protocol (``protocols.SessionBackend``), and no
+redis-py exception leaves it: each public method raises StoreUnavailable or StoreFailed
+instead (``redis_client.driver_errors``), so nothing above the stores imports the driver.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from kato_grpc.errors import Unavailable
+from kato_grpc.errors import StoreUnavailable, Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
-from kato_grpc.stores.protocols import Loaded
-from kato_grpc.stores.redis_client import RedisClient, execute
+from kato_grpc.stores.keys import Keys
+from kato_grpc.stores.protocols import Loaded, RecordKey, RecordLimits
+from kato_grpc.stores.redis_client import RedisClient, driver_errors, execute
 from kato_grpc.stores.redis_scripts import (
     _CAS,
     _DROP_OUTBOX,
@@ -50,18 +54,6 @@ from kato_grpc.stores.redis_scripts import (
     _UNMARK,
 )
 
-DEFAULT_NAMESPACE = "kato"
-# A namespace is part of every key's text: nothing in it may look like a hash tag or a separator.
-NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-@dataclass(frozen=True, slots=True)
-class RecordLimits:
-    """How many request records a session keeps (the oldest go first)."""
-
-    count: int = 1000
-    bytes: int = 8 * 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class Replication:
@@ -70,56 +62,6 @@ class Replication:
 
     replicas: int = 0
     timeout_ms: int = 100
-
-
-def namespace_for(database: str) -> str:
-    """The default namespace of a deployment whose MongoDB database is ``database``: the name
-    itself when it can be one (``kato`` keeps the keys every earlier version wrote), else a
-    digest of it — different databases, different namespaces, either way."""
-    if NAMESPACE.fullmatch(database):
-        return database
-    return "db-" + hashlib.sha256(database.encode()).hexdigest()[:24]
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """The name of every key the service owns in Redis, under one deployment's namespace."""
-
-    namespace: str = DEFAULT_NAMESPACE
-
-    def __post_init__(self) -> None:
-        if not NAMESPACE.fullmatch(self.namespace):
-            raise ValueError(f"a Redis namespace is 1-64 of A-Z a-z 0-9 _ . - (got {self.namespace!r})")
-
-    def state(self, session_id: str) -> str:
-        return f"{self.namespace}:{{{session_id}}}:state"
-
-    def outbox(self, session_id: str) -> str:
-        return f"{self.namespace}:{{{session_id}}}:outbox"
-
-    @property
-    def due(self) -> str:
-        return f"{self.namespace}:outbox:due"
-
-    @property
-    def deployment(self) -> str:
-        return f"{self.namespace}:deployment"
-
-    @property
-    def transaction_owners(self) -> str:
-        return f"{self.namespace}:txn:owners"
-
-    def transaction_lease(self, process: str) -> str:
-        return f"{self.namespace}:txn:lease:{process}"
-
-    def kb_version(self, kb_id: str) -> str:
-        return f"{self.namespace}:kb:{{{kb_id}}}:version"
-
-    def scoped(self, kind: str, node_id: str, principal: str, request_id: str) -> str:
-        """The key of a request record that belongs to a node, not a session (CreateSession, a
-        node's ClearKnowledgeBase): scoped by node and caller, the id itself hashed."""
-        digest = hashlib.sha256(f"{principal}\0{request_id}".encode()).hexdigest()
-        return f"{self.namespace}:{kind}:{{{node_id}}}:{digest}"
 
 
 class RedisSessionStore:
@@ -146,9 +88,11 @@ class RedisSessionStore:
         self._unmark = client.register_script(_UNMARK)
         self._publish = client.register_script(_PUBLISH_KB_VERSION)
 
+    @driver_errors
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
+    @driver_errors
     async def load(self, session_id: str, request_id: str = "", kb_id: str | None = None) -> Loaded | None:
         """Load a session (sliding its TTL). With ``kb_id`` (the session's node, when the caller
         already knows it) the KB's published version comes back in the same round trip."""
@@ -183,6 +127,7 @@ class RedisSessionStore:
             kb_version=kb_version,
         )
 
+    @driver_errors
     async def compare_and_set(
         self,
         state: storage.SessionState,
@@ -250,8 +195,9 @@ class RedisSessionStore:
                     reason="NOT_REPLICATED",
                 )
             return int(result)
-        raise Unavailable("the session store lost its scripts twice in a row; retry", reason="STORE_UNAVAILABLE")
+        raise StoreUnavailable("the session store lost its scripts twice in a row; retry")
 
+    @driver_errors
     async def claim_namespace(self, deployment: str) -> str:
         """Record that this namespace serves ``deployment`` (the id its MongoDB database keeps)
         unless one is recorded already; returns the one recorded. The server refuses to start
@@ -261,52 +207,67 @@ class RedisSessionStore:
         recorded = await self._redis.get(self.keys.deployment)
         return deployment if recorded is None else _text(recorded)
 
+    @driver_errors
     async def drop_outbox(self, session_id: str, version: int) -> bool:
         """Remove the outbox written at ``version`` (applied); a newer one stays."""
         return bool(await self._drop(keys=[self.keys.outbox(session_id)], args=[str(version)]))
 
+    @driver_errors
     async def due_outboxes(self, older_than_ms: int, limit: int) -> list[tuple[str, float]]:
         """Sessions marked as holding an outbox more than ``older_than_ms`` ago."""
         flat = await self._due(keys=[self.keys.due], args=[str(older_than_ms), str(limit)])
         return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
+    @driver_errors
     async def read_outbox(self, session_id: str) -> tuple[storage.Outbox, int] | None:
         version, blob = await self._redis.hmget(self.keys.outbox(session_id), ["v", "w"])
         if version is None or blob is None:
             return None
         return storage.Outbox.FromString(_bytes(blob)), int(version)
 
+    @driver_errors
     async def release_outbox(self, session_id: str, version: int | None, score: float) -> None:
         left = await self._release(keys=[self.keys.outbox(session_id)], args=["" if version is None else str(version)])
         if not int(left):
             await self._unmark(keys=[self.keys.due], args=[session_id, repr(score)])
 
+    @driver_errors
     async def kb_version(self, kb_id: str) -> int | None:
         """The last published version of a KB; None when Redis does not know it."""
         value = await self._redis.get(self.keys.kb_version(kb_id))
         return int(value) if value is not None else None
 
+    @driver_errors
     async def publish_kb_version(self, kb_id: str, version: int) -> None:
         await self._publish(keys=[self.keys.kb_version(kb_id)], args=[str(version)])
 
+    @driver_errors
     async def delete(self, session_id: str) -> bool:
         """Delete a session and its request records. Its outbox stays until applied."""
         return bool(await self._redis.delete(self.keys.state(session_id)))
 
-    async def remember(self, key: str, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
+    @driver_errors
+    async def remember(self, key: RecordKey, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
         """Record a session-less request unless one is there; returns the record that won."""
-        if await self._redis.set(key, record.SerializeToString(), px=ttl_ms, nx=True):
+        name = self._record(key)
+        if await self._redis.set(name, record.SerializeToString(), px=ttl_ms, nx=True):
             return record
-        existing = await self._redis.get(key)
+        existing = await self._redis.get(name)
         return storage.RequestRecord.FromString(_bytes(existing)) if existing else record
 
-    async def recorded(self, key: str) -> storage.RequestRecord | None:
-        existing = await self._redis.get(key)
+    @driver_errors
+    async def recorded(self, key: RecordKey) -> storage.RequestRecord | None:
+        existing = await self._redis.get(self._record(key))
         return storage.RequestRecord.FromString(_bytes(existing)) if existing else None
 
-    async def forget(self, key: str) -> None:
-        await self._redis.delete(key)
+    @driver_errors
+    async def forget(self, key: RecordKey) -> None:
+        await self._redis.delete(self._record(key))
 
+    def _record(self, key: RecordKey) -> str:
+        return self.keys.scoped(key.kind, key.node_id, key.principal, key.request_id)
+
+    @driver_errors
     async def close(self) -> None:
         await self._redis.aclose()
 

@@ -17,15 +17,16 @@ A process only stalled past its lease loses its transactions in flight, which th
 retries (the ledger keeps every write exactly once), and registers itself again.
 
 Redis keys (in the deployment's namespace, ``Keys``): ``txn:owners`` (hash: process id ->
-its session ids, 16 bytes each) and ``txn:lease:<process>`` (expires with the lease).
+its session ids, 16 bytes each) and ``txn:lease:<process>`` (expires with the lease). Like the
+session store, it raises StoreUnavailable / StoreFailed, never redis-py's exceptions.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from kato_grpc.stores.redis_client import RedisClient, execute
-from kato_grpc.stores.redis_sessions import Keys
+from kato_grpc.stores.keys import Keys
+from kato_grpc.stores.redis_client import RedisClient, driver_errors, execute
 
 LSID_BYTES = 16
 
@@ -39,6 +40,7 @@ class TransactionOwners:
         self._sessions: list[bytes] = []
         self._known: set[bytes] = set()
 
+    @driver_errors
     async def register(self, session_id: bytes) -> None:
         """Before a transaction in ``session_id``: recorded as this process's (once)."""
         if session_id in self._known:
@@ -52,6 +54,7 @@ class TransactionOwners:
             self._known.discard(session_id)
             raise
 
+    @driver_errors
     async def renew(self) -> None:
         """Renew this process's lease, with the sessions it holds (re-registering a process
         that was taken for dead while it stalled)."""
@@ -62,6 +65,7 @@ class TransactionOwners:
             if isinstance(reply, Exception):
                 raise reply
 
+    @driver_errors
     async def dead(self) -> dict[str, list[bytes]]:
         """The other processes whose lease expired, with the sessions they registered."""
         owners = await self._redis.hgetall(self._keys.transaction_owners)
@@ -81,10 +85,12 @@ class TransactionOwners:
             if not int(live)
         }
 
+    @driver_errors
     async def forget(self, process: str) -> None:
         """A dead process whose sessions were ended."""
         await self._redis.hdel(self._keys.transaction_owners, process)
 
+    @driver_errors
     async def leave(self) -> None:
         """At a graceful stop, once no transaction of this process is left."""
         pipe = self._redis.pipeline(transaction=False)

@@ -19,10 +19,11 @@ from kato_grpc.events import NO_EVENTS
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores import redis_client
+from kato_grpc.stores.keys import Keys
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.protocols import PatternStore
-from kato_grpc.stores.redis_sessions import Keys, RecordLimits, RedisSessionStore, Replication
+from kato_grpc.stores.protocols import PatternStore, RecordLimits, SessionBackend
+from kato_grpc.stores.redis_sessions import RedisSessionStore, Replication
 from kato_grpc.stores.transaction_owners import TransactionOwners
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import kb_caching, limits, reflection, tracing
@@ -108,7 +109,9 @@ class KatoServer:
             socketTimeoutMS=int(timeout * 1000) * 2,
         )
         keys = Keys(settings.namespace)
-        self.sessions = observed(
+        # The one place that names the concrete stores: every other module takes the narrow
+        # Protocols of kato_grpc/stores/protocols.py (architecture.md §4).
+        self.sessions: SessionBackend = observed(
             RedisSessionStore(
                 self._redis,
                 RecordLimits(settings.max_request_records, settings.max_request_record_bytes),
@@ -143,9 +146,18 @@ class KatoServer:
         )
         self.servicer = KatoServicer(
             settings,
-            Sessions(settings, self.sessions, self.runner, events),
+            Sessions(
+                settings,
+                sessions=self.sessions,
+                deletion=self.sessions,
+                records=self.sessions,
+                runner=self.runner,
+                events=events,
+            ),
             Observing(settings, self.sessions, self.cache, self.engine, self.runner),
-            KbAdmin(settings, self.sessions, self.patterns, self.runner),
+            KbAdmin(
+                settings, versions=self.sessions, records=self.sessions, patterns=self.patterns, runner=self.runner
+            ),
             KbStats(self.sessions, self.cache, self.engine),
             KbTransfer(settings, self.sessions, self.patterns),
             KbWatch(settings, self.sessions, self.patterns),

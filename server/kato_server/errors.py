@@ -1,7 +1,9 @@
 """The one mapping from exceptions to gRPC statuses with rich details (architecture.md §7).
 
-KatoErrors carry their code, reason and field violations; store outages become UNAVAILABLE;
-anything else is INTERNAL with a generic message (the stack trace goes to the log only).
+KatoErrors carry their code, reason and field violations; store outages become UNAVAILABLE
+(the session store raises its own StoreUnavailable: no driver exception leaves it); a store's
+refusal (StoreFailed) and anything else is INTERNAL with a generic message (the stack trace
+goes to the log only).
 """
 
 from __future__ import annotations
@@ -13,22 +15,12 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pymongo import errors as mongo_errors
-from redis import exceptions as redis_errors
 
-from kato_grpc.errors import Aborted, KatoError, Unavailable
+from kato_grpc.errors import Aborted, KatoError, StoreFailed, Unavailable
 
 DOMAIN = "kato.v1"
 
 _STORE_DOWN: tuple[type[BaseException], ...] = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    # A Redis Cluster failing over: slots without a master for a moment, a replica promoted.
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    redis_errors.MasterDownError,
-    redis_errors.SlotNotCoveredError,
-    redis_errors.ReadOnlyError,
     mongo_errors.ConnectionFailure,
     mongo_errors.ServerSelectionTimeoutError,
     mongo_errors.NetworkTimeout,
@@ -61,6 +53,8 @@ _MONGO_RETRY_LABELS = ("TransientTransactionError", "UnknownTransactionCommitRes
 
 def as_kato_error(exc: BaseException) -> KatoError | None:
     """The KatoError an exception stands for, or None for an unexpected failure."""
+    if isinstance(exc, StoreFailed):  # not the caller's doing: what it sees of any fault of ours
+        return None
     if isinstance(exc, KatoError):
         return exc
     if isinstance(exc, mongo_errors.OperationFailure) and exc.code == _MONGO_WRITE_CONFLICT:

@@ -16,7 +16,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import KbVersionBoard, RecordKey, RequestRecords
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits, paging
@@ -28,10 +28,16 @@ def pattern_not_found(name: str) -> NotFound:
 
 class KbAdmin:
     def __init__(
-        self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore, runner: TransactionRunner
+        self,
+        settings: Settings,
+        versions: KbVersionBoard,
+        records: RequestRecords,
+        patterns: MongoPatternStore,
+        runner: TransactionRunner,
     ) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.versions = versions
+        self.records = records
         self.patterns = patterns
         self.runner = runner
 
@@ -89,7 +95,7 @@ class KbAdmin:
         version = await self.patterns.delete_pattern(node, sha1)
         if version is None:
             raise pattern_not_found(req.name)
-        await self.sessions.publish_kb_version(node, version)
+        await self.versions.publish_kb_version(node, version)
 
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         """KATO's clear-all: wipe the KB (of the session's node, or the one named) and, with a
@@ -113,7 +119,7 @@ class KbAdmin:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
             await self.runner.read(sid, caller)
-            await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
+            await self.versions.publish_kb_version(node, await self.patterns.clear(node))
 
         async def run(
             state: storage.SessionState, _kb: int | None
@@ -125,15 +131,15 @@ class KbAdmin:
     async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         node = limits.node_id(req.knowledge_base, "knowledge_base")
         caller.authorize(node)
-        key = ""
+        key = None
         if req.request_id:
-            key = self.sessions.keys.scoped("kbreq", node, caller.principal, req.request_id)
+            key = RecordKey("kbreq", node, caller.principal, req.request_id)
             fp = request_ids.fingerprint("ClearKnowledgeBase", req)
-            previous = await self.sessions.recorded(key)
+            previous = await self.records.recorded(key)
             if previous is not None:
                 request_ids.check_replay(previous, "ClearKnowledgeBase", fp)
                 return
-        await self.sessions.publish_kb_version(node, await self.patterns.clear(node))
-        if key:
+        await self.versions.publish_kb_version(node, await self.patterns.clear(node))
+        if key is not None:
             done = request_ids.record("ClearKnowledgeBase", fp, b"")
-            await self.sessions.remember(key, done, self.settings.max_ttl_seconds * 1000)
+            await self.records.remember(key, done, self.settings.max_ttl_seconds * 1000)

@@ -9,21 +9,21 @@ from kato_grpc.engine.knowledge import SymbolStats
 from kato_grpc.errors import NotFound
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits, paging
 from kato_server.engine_runner import EngineRunner
 
 
 class KbStats:
-    def __init__(self, sessions: RedisSessionStore, cache: KbCache, engine: EngineRunner) -> None:
-        self.sessions = sessions
+    def __init__(self, versions: KbVersionBoard, cache: KbCache, engine: EngineRunner) -> None:
+        self.versions = versions
         self.cache = cache
         self.engine = engine
 
     async def _index(self, node: str, caller: Caller) -> KnowledgeIndex:
         caller.authorize(node)
-        return await self.cache.view(node, await self.sessions.kb_version(node))
+        return await self.cache.view(node, await self.versions.kb_version(node))
 
     async def get_knowledge_base(self, req: svc.GetKnowledgeBaseRequest, caller: Caller) -> svc.KnowledgeBase:
         node = limits.node_id(req.name, "name")

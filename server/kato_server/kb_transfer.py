@@ -20,7 +20,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_docs import Doc, exported_pattern
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits
 
@@ -30,9 +30,9 @@ MAX_BATCH = 1000
 
 
 class KbTransfer:
-    def __init__(self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore) -> None:
+    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: MongoPatternStore) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.versions = versions
         self.patterns = patterns
 
     async def export(
@@ -128,7 +128,7 @@ class Import:
                 metadata=exc.metadata,
             ) from exc
         if applied.count:
-            await self.transfer.sessions.publish_kb_version(self.node, applied.version)
+            await self.transfer.versions.publish_kb_version(self.node, applied.version)
             self.out.applied_batches += 1
             self.out.patterns += len(req.patterns)
         self.out.batches += 1

@@ -27,7 +27,7 @@ from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
 from kato_grpc.stores.mongo_patterns import MongoPatternStore
 from kato_grpc.stores.mongo_reads import KbEvent
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits
 
@@ -87,14 +87,14 @@ class _Feed:
 
 
 class KbWatch:
-    def __init__(self, settings: Settings, sessions: RedisSessionStore, patterns: MongoPatternStore) -> None:
+    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: MongoPatternStore) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.versions = versions
         self.patterns = patterns
         self._feeds: dict[str, _Feed] = {}
 
     async def _version(self, node: str) -> int:
-        published = await self.sessions.kb_version(node)
+        published = await self.versions.kb_version(node)
         return published if published is not None else await self.patterns.kb_version(node)
 
     async def watch(

@@ -20,7 +20,7 @@ from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import KbVersionBoard
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits
@@ -36,13 +36,13 @@ class Observing:
     def __init__(
         self,
         settings: Settings,
-        sessions: RedisSessionStore,
+        versions: KbVersionBoard,
         cache: KbCache,
         engine: EngineRunner,
         runner: TransactionRunner,
     ) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.versions = versions
         self.cache = cache
         self.engine = engine
         self.runner = runner
@@ -52,7 +52,7 @@ class Observing:
 
     async def _view(self, node_id: str, published: int | None) -> KnowledgeView:
         if published is None:  # the load did not bring it (first call on the session here)
-            published = await self.sessions.kb_version(node_id)
+            published = await self.versions.kb_version(node_id)
         return await self.cache.view(node_id, published)
 
     async def _view_for(

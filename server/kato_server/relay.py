@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from kato_grpc.internal.v1 import session_pb2 as storage
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import OutboxQueue
 
 log = structlog.get_logger("kato.relay")
 BATCH = 100
@@ -29,13 +29,13 @@ BATCH = 100
 class OutboxRelay:
     def __init__(
         self,
-        sessions: RedisSessionStore,
+        outboxes: OutboxQueue,
         apply: Callable[[storage.Outbox], Awaitable[object]],
         *,
         after_seconds: float,
         interval_seconds: float,
     ) -> None:
-        self._sessions = sessions
+        self._outboxes = outboxes
         self._apply = apply
         self._after_ms = int(after_seconds * 1000)
         self._interval = interval_seconds
@@ -43,15 +43,15 @@ class OutboxRelay:
     async def run_once(self) -> int:
         """Apply the outboxes that are due; returns how many were applied."""
         applied = 0
-        for session_id, score in await self._sessions.due_outboxes(self._after_ms, BATCH):
-            found = await self._sessions.read_outbox(session_id)
+        for session_id, score in await self._outboxes.due_outboxes(self._after_ms, BATCH):
+            found = await self._outboxes.read_outbox(session_id)
             version = None
             if found is not None:
                 outbox, version = found
                 await self._apply(outbox)
                 applied += 1
                 log.info("relayed an outbox", writes=len(outbox.writes), node_id=outbox.node_id)
-            await self._sessions.release_outbox(session_id, version, score)
+            await self._outboxes.release_outbox(session_id, version, score)
         return applied
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -122,8 +122,11 @@ class KatoServicer:
 
     async def _abort(self, context: Ctx, error: KatoError, cause: BaseException) -> None:
         structlog.contextvars.bind_contextvars(reason=error.reason)
-        if error is not cause:  # a store failure: say which, so an operator can tell a timeout from a refusal
-            structlog.contextvars.bind_contextvars(cause=f"{type(cause).__name__}: {cause}"[:300])
+        # A store failure: say which, so an operator can tell a timeout from a refusal — the
+        # driver's exception itself, or the one a store's own error (StoreUnavailable) stands for.
+        origin = cause if error is not cause else cause.__cause__
+        if origin is not None:
+            structlog.contextvars.bind_contextvars(cause=f"{type(origin).__name__}: {origin}"[:300])
         await context.abort_with_status(to_status(error))
 
     async def ObserveStream(  # noqa: N802 - the RPC name grpc dispatches to

@@ -21,8 +21,7 @@ from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Respond, TransactionRunner, session_not_found
 from kato_grpc.settings import Settings
-from kato_grpc.stores.protocols import CasResult
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.protocols import CasResult, RecordKey, RequestRecords, SessionDeletion, SessionStore
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits
@@ -37,10 +36,20 @@ def _now(plus_seconds: int = 0) -> timestamp_pb2.Timestamp:
 
 class Sessions:
     def __init__(
-        self, settings: Settings, sessions: RedisSessionStore, runner: TransactionRunner, events: Events = NO_EVENTS
+        self,
+        settings: Settings,
+        sessions: SessionStore,
+        deletion: SessionDeletion,
+        records: RequestRecords,
+        runner: TransactionRunner,
+        events: Events = NO_EVENTS,
     ) -> None:
+        """``sessions`` creates (a compare-and-set on no version); ``deletion`` deletes;
+        ``records`` keeps the request records of CreateSession, which has no session yet."""
         self.settings = settings
         self.sessions = sessions
+        self.deletion = deletion
+        self.records = records
         self.runner = runner
         self.events = events
 
@@ -71,9 +80,9 @@ class Sessions:
         limits.check_ttl(ttl, self.settings, "session.ttl_seconds")
         if len(given.metadata) > self.settings.max_metadata_keys:
             raise InvalidArgument.for_field("session.metadata", f"has more than {self.settings.max_metadata_keys} keys")
-        key, fp = "", b""
+        key, fp = None, b""
         if req.request_id:  # scoped by node and caller: nobody else's id can name this session
-            key = self.sessions.keys.scoped("create", node, caller.principal, req.request_id)
+            key = RecordKey("create", node, caller.principal, req.request_id)
             fp = request_ids.fingerprint("CreateSession", req)
             existing = await self._created(key, fp, caller)
             if existing is not None:
@@ -85,26 +94,26 @@ class Sessions:
         state.version = 1
         if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
-        if key:
+        if key is not None:
             mine = request_ids.record("CreateSession", fp, state.session_id.encode())
-            winner = await self.sessions.remember(key, mine, self.runner.ttl_ms(state))
+            winner = await self.records.remember(key, mine, self.runner.ttl_ms(state))
             if winner.response != mine.response:  # a concurrent retry created it first
-                await self.sessions.delete(state.session_id)
+                await self.deletion.delete(state.session_id)
                 request_ids.check_replay(winner, "CreateSession", fp)
                 return await self.get_session(winner.response.decode(), caller)
         self.events.session_created()  # (the one a concurrent retry made instead is not counted twice)
         return self.session_proto(state)
 
-    async def _created(self, key: str, fp: bytes, caller: Caller) -> svc.Session | None:
+    async def _created(self, key: RecordKey, fp: bytes, caller: Caller) -> svc.Session | None:
         """The session an earlier CreateSession with this (scoped) request id made, if alive."""
-        previous = await self.sessions.recorded(key)
+        previous = await self.records.recorded(key)
         if previous is None:
             return None
         request_ids.check_replay(previous, "CreateSession", fp)
         try:
             return await self.get_session(previous.response.decode(), caller)
         except NotFound:  # it expired or was deleted: the id may create a new one
-            await self.sessions.forget(key)
+            await self.records.forget(key)
             return None
 
     async def get_session(self, session_id: str, caller: Caller) -> svc.Session:
@@ -115,7 +124,7 @@ class Sessions:
         # Not found, or not this caller's node: nothing is deleted. The outbox is applied
         # first; one committed after this load outlives the session and the relay applies it.
         _check_etag(req.etag, await self._read(session_id, caller))
-        if not await self.sessions.delete(session_id):
+        if not await self.deletion.delete(session_id):
             raise session_not_found(session_id)
         self.events.session_deleted()
 

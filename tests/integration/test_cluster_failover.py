@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from kato_grpc import names
-from kato_grpc.stores import redis_sessions
+from kato_grpc.stores.keys import Keys, namespace_for
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import devcluster, devstack
@@ -37,7 +37,7 @@ CLIENTS, SESSIONS, CALLS = 16, 16, 1600
 def test_a_master_killed_under_load(stores: Stores, log_dir: Path, tmp_path: Path, wait_replicas: int) -> None:
     with devcluster.local_cluster(tmp_path) as cluster:
         database = "kato_failover_" + uuid.uuid4().hex[:8]
-        keys = redis_sessions.Keys(redis_sessions.namespace_for(database))
+        keys = Keys(namespace_for(database))
         server = new_server(*stores, log_dir, database).start(
             KATO_REDIS_URL=cluster.url, KATO_REDIS_WAIT_REPLICAS=str(wait_replicas), KATO_STORE_TIMEOUT_SECONDS="1"
         )

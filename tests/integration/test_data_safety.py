@@ -20,7 +20,7 @@ import redis
 
 from kato_grpc import names
 from kato_grpc.engine.naming import pattern_name
-from kato_grpc.stores.redis_sessions import Keys, namespace_for
+from kato_grpc.stores.keys import Keys, namespace_for
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import devstack

@@ -14,7 +14,7 @@ import redis
 
 from kato_grpc import names
 from kato_grpc.replay import replay
-from kato_grpc.stores import redis_sessions
+from kato_grpc.stores.keys import Keys
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import devcluster, devstack
 from kato_server.devserver import ServerProcess, new_server
@@ -51,7 +51,7 @@ def test_the_cluster_spreads_sessions_over_its_masters(
     owners = set()
     for _ in range(40):
         session = stub.CreateSession(svc.CreateSessionRequest(session=svc.Session(knowledge_base=kb)))
-        keys = redis_sessions.Keys(cluster_servers[0].env["KATO_MONGODB_DATABASE"])
+        keys = Keys(cluster_servers[0].env["KATO_MONGODB_DATABASE"])
         key = keys.state(session.name.removeprefix("sessions/"))
         owner = cluster.master_of(key)
         with redis.Redis(port=owner.port) as node:

@@ -128,6 +128,30 @@ class Unavailable(KatoError):
     default_reason = "UNAVAILABLE"
 
 
+class StoreUnavailable(KatoError):
+    """A backing store did not answer, or answered that it cannot serve now (starting,
+    stepping down, a network timeout): transient, the call may be retried. The stores raise
+    it in place of their drivers' errors, so nothing above them knows a driver."""
+
+    code = "UNAVAILABLE"
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class StoreError(Exception):
+    """A backing store refused an operation for a reason no KatoError names: internal to the
+    service (the client sees INTERNAL, the log the store's own error as its cause).
+    ``codes``: the store's error codes, for operators (a dead letter keeps them)."""
+
+    def __init__(self, message: str, *, codes: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.codes = codes
+
+
+class StoreRefused(StoreError):
+    """A store error that no retry can fix (a document too large, a counter that would
+    overflow): the applier keeps a learn refused so as a dead letter instead of retrying it."""
+
+
 class DataLoss(KatoError):
     """Stored data that cannot be read back (a damaged snapshot whose log was compacted)."""
 

@@ -137,13 +137,21 @@ class StoreUnavailable(KatoError):
     default_reason = "STORE_UNAVAILABLE"
 
 
-class StoreFailed(KatoError):
-    """A backing store refused a command for a reason a retry does not change (a script error,
-    a full store, a key of the wrong type): a fault of the service or its deployment, never of
-    the caller. The server answers INTERNAL and logs the driver's exception (its cause)."""
+class StoreError(Exception):
+    """A backing store refused an operation for a reason no KatoError names and a retry does
+    not change (a script error, a key of the wrong type, a full store): a fault of the service
+    or its deployment, never of the caller — the client sees INTERNAL, the log the store's own
+    error as its cause.
+    ``codes``: the store's error codes, for operators (a dead letter keeps them)."""
 
-    code = "INTERNAL"
-    default_reason = "STORE_FAILED"
+    def __init__(self, message: str, *, codes: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.codes = codes
+
+
+class StoreRefused(StoreError):
+    """A store error that no retry can fix (a document too large, a counter that would
+    overflow): the applier keeps a learn refused so as a dead letter instead of retrying it."""
 
 
 class DataLoss(KatoError):

@@ -27,8 +27,7 @@ import structlog
 from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.mongo_reads import KbChanges
+from kato_grpc.stores.protocols import KbChanges, KbReads
 from kato_grpc.stores.snapshotter import Snapshotter
 
 log = structlog.get_logger("kato.snapshots")
@@ -49,7 +48,7 @@ class KbCache:
 
     def __init__(
         self,
-        store: MongoPatternStore,
+        store: KbReads,
         max_kbs: int = DEFAULT_MAX_KBS,
         check_seconds: float = 1.0,
         after_large_refresh: Callable[[], None] | None = None,
@@ -170,7 +169,7 @@ class KbCache:
             base = await asyncio.to_thread(self._decode, changes.snapshot.blob)
         except snapshot.SnapshotError:
             # ERROR, as its twin "kb snapshot damaged": if the log was compacted into it, the
-            # load from documents that follows fails DATA_LOSS (mongo_reads.py).
+            # load from documents that follows fails DATA_LOSS (``KbReads.changes_since``).
             log.error("kb snapshot unreadable: loading from documents", knowledge_base=kb_id, exc_info=True)
             return None
         if not changes.snapshot_patterns:

@@ -1,7 +1,8 @@
-"""The pattern store's KB versions and its administrative changes (wipe, delete, update),
-each run inside a transaction of ``MongoPatternStore`` (``mongo_patterns.py``), which also
-describes the collections. Every change bumps the KB's version first: concurrent writes to a
-KB conflict on that one document, so versions follow commit order."""
+"""The pattern store's KB versions and its administrative changes (wipe, delete, update:
+``MongoKbAdmin``, the ``KbWrites`` of ``protocols.py``), each run inside a transaction
+(``mongo_client.py``); ``mongo_patterns.py`` describes the collections. Every change bumps
+the KB's version first: concurrent writes to a KB conflict on that one document, so versions
+follow commit order."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from kato_grpc.engine.knowledge import PatternRecord
+from kato_grpc.stores.mongo_client import MongoDatabase
 from kato_grpc.stores.mongo_docs import Doc, pattern_from_doc
+from kato_grpc.stores.mongo_errors import mapped
 
 
 async def next_version(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, totals: Doc | None = None) -> int:
@@ -97,3 +100,36 @@ async def update_in(
     version = await _bump_reload(db, s, kb_id, reset_totals=False)
     await _event(db, s, kb_id, version, "updated", name)
     return pattern_from_doc(doc)
+
+
+class MongoKbAdmin:
+    """``KbWrites``: wipe a KB, delete or update a pattern, each in one transaction."""
+
+    def __init__(self, database: MongoDatabase) -> None:
+        self._database = database
+
+    @mapped
+    async def clear(self, kb_id: str) -> int:
+        """Wipe a KB; its version moves on and every cache reloads (architecture.md §4)."""
+        db = self._database.db
+        return await self._database.transaction(lambda s: clear_in(db, s, kb_id))
+
+    @mapped
+    async def delete_pattern(self, kb_id: str, name: str) -> int | None:
+        """Remove a pattern; symbol statistics and totals stay as they are (engine.md §5.4).
+        Returns the new KB version, or None when there was no such pattern."""
+        db = self._database.db
+        return await self._database.transaction(lambda s: delete_in(db, s, kb_id, name))
+
+    @mapped
+    async def update_pattern(
+        self,
+        kb_id: str,
+        name: str,
+        *,
+        frequency: int | None,
+        emotives: Sequence[Mapping[str, float]] | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+    ) -> PatternRecord | None:
+        db = self._database.db
+        return await self._database.transaction(lambda s: update_in(db, s, kb_id, name, frequency, emotives, metadata))

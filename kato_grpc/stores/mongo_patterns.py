@@ -1,4 +1,5 @@
-"""The pattern store: knowledge bases in MongoDB, written exactly once per PatternWrite.
+"""The pattern store's learns: knowledge bases in MongoDB, written exactly once per PatternWrite
+(the runner's ``PatternStore``; the other concerns are classes of their own, ``mongo_store.py``).
 
 One database, collections keyed by ``kb_id`` (= node_id, D-28):
 
@@ -15,6 +16,8 @@ One database, collections keyed by ``kb_id`` (= node_id, D-28):
   learns (pattern names, new or not) or an update, delete or wipe. A wipe keeps them (a
   watcher behind it still sees what came before); they are not compacted yet;
 - ``ledger``    {_id: write_id}: PatternWrites already applied;
+- ``kb_snapshots`` {kb_id, version, part}: the newest snapshot of a KB (``mongo_snapshots.py``);
+- ``deployment`` {_id: "deployment"}: the database's id (``mongo_store.py``);
 - ``dead_letters`` {_id: write_id}: writes MongoDB refused for good (``is_permanent``), kept
   for operators with the error and the write's size — never retried, never silently dropped.
 
@@ -28,21 +31,16 @@ and an incremental cache refresh (``kb_version > cached``) never skips a write.
 from __future__ import annotations
 
 import datetime
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
-from bson.binary import UUID_SUBTYPE, Binary
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError
-from pymongo.read_concern import ReadConcern
-from pymongo.write_concern import WriteConcern
 
 from kato_grpc.engine import importing
-from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores import mongo_admin as admin
+from kato_grpc.stores.mongo_client import MongoDatabase
 from kato_grpc.stores.mongo_docs import (
     Accumulated,
     Doc,
@@ -55,73 +53,40 @@ from kato_grpc.stores.mongo_docs import (
 from kato_grpc.stores.mongo_docs import (
     learns as learn_count,
 )
-from kato_grpc.stores.mongo_errors import error_codes, is_duplicate, is_permanent
-from kato_grpc.stores.mongo_reads import PatternReads
+from kato_grpc.stores.mongo_errors import described, error_codes, is_duplicate, is_permanent, mapped
+from kato_grpc.stores.mongo_reads import kb_version
 from kato_grpc.stores.protocols import Applied
 
-R = TypeVar("R")
 DUPLICATE_RETRIES = 5
 # The write itself is kept in a dead letter up to this size (its summary always).
 DEAD_LETTER_WRITE_BYTES = 1024 * 1024
 
 
-class MongoPatternStore(PatternReads):
-    def __init__(
-        self,
-        client: AsyncMongoClient[Doc],
-        database: str,
-        before_transaction: Callable[[bytes], Awaitable[None]] | None = None,
-    ) -> None:
-        """``before_transaction`` is given the logical session id of every transaction before
-        it starts (``transaction_owners.py``: a dead process's open ones can then be ended)."""
-        self._client = client
-        self._before_transaction = before_transaction
-        super().__init__(
-            client.get_database(database, write_concern=WriteConcern("majority"), read_concern=ReadConcern("majority"))
-        )
+class MongoLearns:
+    """``PatternStore``: PatternWrites applied in transactions, once each (the ledger)."""
 
-    async def ping(self) -> bool:
-        await self._client.admin.command("ping")
-        return True
+    def __init__(self, database: MongoDatabase) -> None:
+        self._database = database
+        self._db = database.db
 
-    async def deployment_id(self) -> str:
-        """This database's id, made at its first use: what a Redis namespace is bound to."""
-        doc = await self._db.deployment.find_one_and_update(
-            {"_id": "deployment"},
-            {"$setOnInsert": {"id": uuid.uuid4().hex, "created": datetime.datetime.now(datetime.UTC)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        assert doc is not None  # upsert with ReturnDocument.AFTER always returns the document
-        return str(doc["id"])
-
-    async def ensure_indexes(self) -> None:
-        db = self._db
-        await db.patterns.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
-        await db.patterns.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
-        await db.symbol_log.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
-        await db.vectors.create_index([("kb_id", ASCENDING), ("name", ASCENDING)], unique=True)
-        await db.kb.create_index([("kb_id", ASCENDING)], unique=True)
-        await db.kb_events.create_index([("kb_id", ASCENDING), ("kb_version", ASCENDING)])
-        await self.snapshots.ensure_indexes()
-
-    # --- writes --------------------------------------------------------------------------
-
+    @mapped
     async def apply(self, kb_id: str, write: storage.PatternWrite) -> bool:
         """Apply one PatternWrite exactly once. True if this call applied it."""
         return (await self.apply_many(kb_id, [write])).count == 1
 
+    @mapped
     async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         """Apply PatternWrites in order, each exactly once, in one transaction of bulk
         operations (a handful of round trips however many writes)."""
         if not writes:
-            return Applied(0, await self.kb_version(kb_id))
+            return Applied(0, await kb_version(self._db, kb_id))
         # Ids repeated inside one batch are applied once, like a retry.
         unique: dict[str, storage.PatternWrite] = {}
         for w in writes:
             unique.setdefault(w.write_id or f"anon-{len(unique)}", w)
         return await self._apply(kb_id, list(unique.values()), None)
 
+    @mapped
     async def apply_batch(self, kb_id: str, batch_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
         """Apply writes that are only ever applied together (an import's batch) once, under
         one ledger record for all of them: half the documents of a per-write ledger."""
@@ -131,7 +96,9 @@ class MongoPatternStore(PatternReads):
         try:
             # Optimistic: the batch is new (the common case), so the ledger insert comes first
             # and no lookup round trip is spent.
-            return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=False, batch_id=batch_id))
+            return await self._database.transaction(
+                lambda s: self._apply_in(s, kb_id, batch, check=False, batch_id=batch_id)
+            )
         except (DuplicateKeyError, BulkWriteError) as exc:
             if not is_duplicate(exc):
                 raise
@@ -139,7 +106,9 @@ class MongoPatternStore(PatternReads):
         # one of its patterns meanwhile: check the ledger, re-read, try again.
         for attempt in range(DUPLICATE_RETRIES):
             try:
-                return await self._transaction(lambda s: self._apply_in(s, kb_id, batch, check=True, batch_id=batch_id))
+                return await self._database.transaction(
+                    lambda s: self._apply_in(s, kb_id, batch, check=True, batch_id=batch_id)
+                )
             except (DuplicateKeyError, BulkWriteError) as exc:
                 if not is_duplicate(exc) or attempt == DUPLICATE_RETRIES - 1:
                     raise
@@ -148,13 +117,14 @@ class MongoPatternStore(PatternReads):
     def is_permanent(self, error: BaseException) -> bool:
         return is_permanent(error)
 
+    @mapped
     async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:
         """Keep a write MongoDB refused for good where operators can see it (idempotent)."""
         size = write.ByteSize()
         doc: Doc = {
             "kb_id": kb_id,
             "name": write.name,
-            "error": f"{type(error).__name__}: {str(error)[:500]}",
+            "error": described(error),
             "codes": sorted(error_codes(error)),
             "write_bytes": size,
             "time": datetime.datetime.now(datetime.UTC),
@@ -162,17 +132,6 @@ class MongoPatternStore(PatternReads):
         if size <= DEAD_LETTER_WRITE_BYTES:
             doc["write"] = write.SerializeToString()
         await self._db.dead_letters.update_one({"_id": write.write_id}, {"$setOnInsert": doc}, upsert=True)
-
-    async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[R]]) -> R:
-        """Run ``work`` in one majority-committed transaction (retried by the driver on
-        transient errors). Every write of this store goes through here."""
-        async with self._client.start_session() as session:
-            if self._before_transaction is not None:
-                await self._before_transaction(bytes(session.session_id["id"]))
-            result: R = await session.with_transaction(
-                work, write_concern=WriteConcern("majority"), read_concern=ReadConcern("snapshot")
-            )
-            return result
 
     async def _apply_in(
         self,
@@ -291,33 +250,3 @@ class MongoPatternStore(PatternReads):
             await self._db.patterns.insert_many(inserts, ordered=True, session=s)
         if updates:
             await self._db.patterns.bulk_write(updates, ordered=True, session=s)
-
-    async def clear(self, kb_id: str) -> int:
-        """Wipe a KB; its version moves on and every cache reloads (architecture.md §4)."""
-        return await self._transaction(lambda s: admin.clear_in(self._db, s, kb_id))
-
-    async def delete_pattern(self, kb_id: str, name: str) -> int | None:
-        """Remove a pattern; symbol statistics and totals stay as they are (engine.md §5.4).
-        Returns the new KB version, or None when there was no such pattern."""
-        return await self._transaction(lambda s: admin.delete_in(self._db, s, kb_id, name))
-
-    async def update_pattern(
-        self,
-        kb_id: str,
-        name: str,
-        *,
-        frequency: int | None,
-        emotives: Sequence[Mapping[str, float]] | None,
-        metadata: Mapping[str, Sequence[str]] | None,
-    ) -> PatternRecord | None:
-        return await self._transaction(
-            lambda s: admin.update_in(self._db, s, kb_id, name, frequency, emotives, metadata)
-        )
-
-    async def end_sessions(self, session_ids: Sequence[bytes]) -> None:
-        """End these logical sessions, aborting any transaction left open in them."""
-        if session_ids:
-            await self._client.admin.command("killSessions", [{"id": Binary(i, UUID_SUBTYPE)} for i in session_ids])
-
-    async def close(self) -> None:
-        await self._client.close()

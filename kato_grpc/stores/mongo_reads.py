@@ -1,12 +1,13 @@
-"""Reading a knowledge base from MongoDB: its version, what changed since a version (the KB
-cache's refresh), single patterns and pages of them. The collections are described in
-``mongo_patterns.py``, whose store adds the writes to these reads."""
+"""Reading knowledge bases from MongoDB, one class per concern of ``protocols.py``: what changed
+since a version (``MongoKbReads``, the KB cache's refresh), single patterns and pages of them
+(``MongoPatternReads``) and the watch log (``MongoKbEvents``). The collections are described
+in ``mongo_patterns.py``."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import structlog
@@ -14,38 +15,18 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 
-from kato_grpc.engine.knowledge import PatternRecord, Totals
+from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.errors import DataLoss, Unavailable
 from kato_grpc.stores.index import SymbolChange
 from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, pattern_from_doc, totals_from_doc
-from kato_grpc.stores.mongo_snapshots import SnapshotMoved, SnapshotStore, StoredSnapshot
+from kato_grpc.stores.mongo_errors import mapped
+from kato_grpc.stores.mongo_snapshots import MongoSnapshots, SnapshotMoved
+from kato_grpc.stores.protocols import KbChanges, KbEvent, StoredSnapshot
 from kato_grpc.stores.snapshot import SnapshotError
 
 T = TypeVar("T")
 READ_ATTEMPTS = 8
 log = structlog.get_logger("kato.snapshots")
-
-
-@dataclass(slots=True)
-class KbChanges:
-    """What changed in a KB since a version (or everything, when ``full``)."""
-
-    version: int
-    full: bool
-    totals: Totals
-    patterns: list[PatternRecord] = field(default_factory=list)
-    symbol_changes: list[SymbolChange] = field(default_factory=list)
-    vectors: list[tuple[str, list[float]]] = field(default_factory=list)
-    # A full load's starting point: what changed is then what changed after it.
-    snapshot: StoredSnapshot | None = None
-    snapshot_patterns: bool = True  # False: its patterns are stale, ``patterns`` holds all of them
-
-
-@dataclass(frozen=True, slots=True)
-class KbEvent:
-    version: int
-    kind: str  # learned, relearned, updated, deleted, cleared
-    name: str  # the pattern's bare name ("" for a wipe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,21 +52,24 @@ def _window(kb_id: str, after: int, upto: int) -> Doc:
     return {"kb_id": kb_id, "kb_version": {"$gt": after, "$lte": upto}}
 
 
-class PatternReads:
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+async def kb_version(db: AsyncDatabase[Doc], kb_id: str) -> int:
+    doc = await db.kb.find_one({"kb_id": kb_id}, projection={"version": 1})
+    return int(doc["version"]) if doc else 0
+
+
+class MongoKbReads:
+    """``KbReads``: the version of a KB and what changed since one (full loads start from the
+    newest usable snapshot of ``snapshots``)."""
+
+    def __init__(self, db: AsyncDatabase[Doc], snapshots: MongoSnapshots) -> None:
         self._db = db
-        self.snapshots = SnapshotStore(db)
+        self.snapshots = snapshots
 
+    @mapped
     async def kb_version(self, kb_id: str) -> int:
-        doc = await self._db.kb.find_one({"kb_id": kb_id}, projection={"version": 1})
-        return int(doc["version"]) if doc else 0
+        return await kb_version(self._db, kb_id)
 
-    async def kb_summary(self, kb_id: str) -> tuple[int, Totals, int]:
-        """(version, totals, vector count) as stored: no KB cache is loaded for it."""
-        doc = await self._db.kb.find_one({"kb_id": kb_id})
-        vectors = await self._db.vectors.count_documents({"kb_id": kb_id})
-        return (int(doc["version"]) if doc else 0), totals_from_doc(doc), vectors
-
+    @mapped
     async def changes_since(
         self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None, *, snapshots: bool = True
     ) -> KbChanges:
@@ -145,25 +129,35 @@ class PatternReads:
             log.error("kb snapshot damaged", knowledge_base=kb_id, error=str(exc))
             return None
 
-    # --- snapshots (mongo_snapshots.py), here so that store observers see them -------------
 
-    async def latest_snapshot_version(self, kb_id: str) -> int:
-        return await self.snapshots.latest_version(kb_id)
+class MongoPatternReads:
+    """``PatternReads``: patterns as stored."""
 
-    async def save_snapshot(self, kb_id: str, version: int, blob: bytes) -> bool:
-        return await self.snapshots.save(kb_id, version, blob)
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._db = db
 
-    async def compact_log(self, kb_id: str, version: int) -> int:
-        return await self.snapshots.compact(kb_id, version)
-
+    @mapped
     async def get_pattern(self, kb_id: str, name: str) -> PatternRecord | None:
         doc = await self._db.patterns.find_one({"kb_id": kb_id, "name": name})
         return pattern_from_doc(doc) if doc else None
 
+    @mapped
     async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
         cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$gt": after}}).sort("name", 1).limit(limit)
         return [pattern_from_doc(doc) async for doc in cursor]
 
+
+class MongoKbEvents:
+    """``KbEventLog``: the ``kb_events`` of a KB, which every change writes in its transaction."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._db = db
+
+    @mapped
+    async def kb_version(self, kb_id: str) -> int:
+        return await kb_version(self._db, kb_id)
+
+    @mapped
     async def events_since(self, kb_id: str, since: int, limit: int) -> list[KbEvent]:
         """The KB's committed changes after version ``since``, in version order, from at most
         ``limit`` versions (a batch's learns are one version: never split)."""
@@ -176,19 +170,6 @@ class PatternReads:
             else:
                 out.append(KbEvent(version, doc["kind"], doc.get("name", "")))
         return out
-
-    def pattern_documents(self, kb_id: str, size: int) -> AsyncIterator[list[Doc]]:
-        """Every pattern document of a KB, ``size`` at a time, in storage order (one cursor:
-        memory stays at one batch however large the KB; no sort, which would make the store
-        sort the whole KB before the first batch). ``exported_pattern`` decodes one."""
-        # Whole documents: the dev store (SecantusDB) copies every projected document, which
-        # cost more than the bytes a projection saves (measured: docs/performance.md).
-        cursor = self._db.patterns.find({"kb_id": kb_id})
-        return _batches(cursor.batch_size(size), size, lambda d: d)
-
-    def vector_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[str, list[float]]]]:
-        cursor = self._db.vectors.find({"kb_id": kb_id})
-        return _batches(cursor.batch_size(size), size, lambda d: (d["name"], [float(x) for x in d["values"]]))
 
 
 # Documents converted on the event loop at most; more go to a thread a batch at a time, so a
@@ -225,7 +206,7 @@ def _symbol_changes(doc: Doc) -> list[SymbolChange]:
     ]
 
 
-async def _batches(cursor: AsyncCursor[Doc], size: int, convert: Callable[[Doc], T]) -> AsyncIterator[list[T]]:
+async def batches(cursor: AsyncCursor[Doc], size: int, convert: Callable[[Doc], T]) -> AsyncIterator[list[T]]:
     batch: list[T] = []
     async for doc in cursor:
         batch.append(convert(doc))

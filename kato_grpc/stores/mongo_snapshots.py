@@ -10,13 +10,12 @@ parts are lost: the snapshot is damaged (``SnapshotError``, as for a checksum mi
 
 A snapshot at version V lets the symbol log up to V go (``compact``): ``kb.compacted_through``
 is raised first, then the log deleted, so a cache refresh that read the log meanwhile sees the
-KB document change and reads again (``PatternReads.changes_since``).
+KB document change and reads again (``MongoKbReads.changes_since``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
@@ -24,6 +23,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from kato_grpc.stores.mongo_docs import Doc
+from kato_grpc.stores.mongo_errors import mapped
+from kato_grpc.stores.protocols import StoredSnapshot
 from kato_grpc.stores.snapshot import SnapshotError
 
 PART_BYTES = 8 * 1024 * 1024
@@ -34,13 +35,9 @@ class SnapshotMoved(Exception):
     """A snapshot was replaced while it was being read: read again."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSnapshot:
-    version: int
-    blob: bytes
+class MongoSnapshots:
+    """``KbSnapshots``, and the newest snapshot for a full load (``latest``)."""
 
-
-class SnapshotStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self._db = db
 
@@ -49,13 +46,15 @@ class SnapshotStore:
             [("kb_id", ASCENDING), ("version", ASCENDING), ("part", ASCENDING)], unique=True
         )
 
-    async def latest_version(self, kb_id: str) -> int:
+    @mapped
+    async def latest_snapshot_version(self, kb_id: str) -> int:
         """The version of the KB's newest complete snapshot (0: none)."""
         header = await self._db.kb_snapshots.find_one(
             {"kb_id": kb_id, "part": HEADER}, {"version": 1}, sort=[("version", DESCENDING)]
         )
         return int(header["version"]) if header else 0
 
+    @mapped
     async def latest(
         self, kb_id: str, *, at_least: int, at_most: int, known: StoredSnapshot | None = None
     ) -> StoredSnapshot | None:
@@ -102,7 +101,8 @@ class SnapshotStore:
         )
         return newest is None or newest["_id"] != header["_id"]
 
-    async def save(self, kb_id: str, version: int, blob: bytes) -> bool:
+    @mapped
+    async def save_snapshot(self, kb_id: str, version: int, blob: bytes) -> bool:
         """Store a snapshot, then drop older ones. False when one of this version exists
         already (another process wrote it)."""
         chunks = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)] or [b""]
@@ -128,7 +128,8 @@ class SnapshotStore:
         await self._db.kb_snapshots.delete_many({"kb_id": kb_id, "version": {"$lt": version}})
         return True
 
-    async def compact(self, kb_id: str, version: int) -> int:
+    @mapped
+    async def compact_log(self, kb_id: str, version: int) -> int:
         """Drop the KB's symbol log up to ``version``, which a stored snapshot holds.
         Returns how many log documents went."""
         await self._db.kb.update_one({"kb_id": kb_id}, {"$max": {"compacted_through": version}})

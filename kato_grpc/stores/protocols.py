@@ -1,17 +1,20 @@
-"""The seams between the transaction runner and its stores (``kato_grpc/runner.py``).
+"""The seams between the service and its stores (architecture.md §4).
 
-Each Protocol has a real implementation (Redis: ``redis_sessions.py``; MongoDB:
-``mongo_patterns.py``) and an in-memory twin (``memory_sessions.py``; ``memory.py``) for the
-replay tool and fast tests.
+Each Protocol has a real implementation (Redis: ``redis_sessions.py``; MongoDB: the
+``mongo_*.py`` classes that ``mongo_store.py`` builds from one client) and an in-memory twin
+(``memory_sessions.py``, ``memory.py``) for the replay tool and fast tests; the contract suite
+(``tests/contract/``) runs the same tests against both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.internal.v1 import session_pb2 as storage
+from kato_grpc.stores.index import SymbolChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,4 +181,164 @@ class PatternStore(Protocol):
 
     def is_permanent(self, error: BaseException) -> bool:
         """True when the store refuses a write for good (retrying cannot help)."""
+        ...
+
+
+# --- The pattern side, one Protocol per concern (issue 22) ---------------------------------
+#
+# What the use cases (``server/kato_server/``) and the KB cache call on the pattern store,
+# each given only the concern it uses. ``PatternStore`` above is the runner's. The real
+# classes are MongoDB's (``mongo_store.py`` builds them from one client), the twin is
+# ``memory.InMemoryPatternStore``; ``tests/contract/test_pattern_stores.py`` holds them to
+# one contract. The values they exchange come first.
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    """A KB snapshot as stored (``snapshot.py`` encodes and decodes the blob)."""
+
+    version: int
+    blob: bytes
+
+
+@dataclass(slots=True)
+class KbChanges:
+    """What changed in a KB since a version (or everything, when ``full``)."""
+
+    version: int
+    full: bool
+    totals: Totals  # vocabulary_size 0: the cache counts the symbols itself
+    patterns: list[PatternRecord] = field(default_factory=list)
+    symbol_changes: list[SymbolChange] = field(default_factory=list)
+    vectors: list[tuple[str, list[float]]] = field(default_factory=list)
+    # A full load's starting point: what changed is then what changed after it.
+    snapshot: StoredSnapshot | None = None
+    snapshot_patterns: bool = True  # False: its patterns are stale, ``patterns`` holds all of them
+
+
+@dataclass(frozen=True, slots=True)
+class KbEvent:
+    version: int
+    kind: str  # learned, relearned, updated, deleted, cleared
+    name: str  # the pattern's bare name ("" for a wipe)
+
+
+class KbReads(Protocol):
+    """The KB cache's reads (``kb_cache.py``): the version, and what changed since one."""
+
+    async def kb_version(self, kb_id: str) -> int:
+        """The KB's version: monotonic, 0 for a KB never written, moved on by a wipe."""
+        ...
+
+    async def changes_since(
+        self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None, *, snapshots: bool = True
+    ) -> KbChanges:
+        """Everything that changed after ``since``, all of it read at the one version it
+        names; or a full load (``since`` 0, or after a wipe, delete, update or compaction
+        past ``since``) from the newest snapshot not older than the last wipe
+        (``snapshots``) and what changed after it. Records share one-symbol events through
+        ``singles``. DataLoss when the log was compacted into a snapshot that is gone."""
+        ...
+
+
+class PatternReads(Protocol):
+    """Single patterns and pages of them, as stored (no KB cache is loaded for them)."""
+
+    async def get_pattern(self, kb_id: str, name: str) -> PatternRecord | None: ...
+
+    async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
+        """At most ``limit`` patterns whose name sorts after ``after``, in name order."""
+        ...
+
+
+class KbWrites(Protocol):
+    """Administrative changes. Each is one version (and one ``kb_events`` entry) from which
+    caches reload the KB whole; each returns that version or what it changed."""
+
+    async def clear(self, kb_id: str) -> int:
+        """Wipe the KB (patterns, statistics, totals, vectors, snapshots); the version moves
+        on, the ledger and the event log stay. Returns the new version."""
+        ...
+
+    async def delete_pattern(self, kb_id: str, name: str) -> int | None:
+        """Remove a pattern (statistics and totals stay); the new version, None if absent."""
+        ...
+
+    async def update_pattern(
+        self,
+        kb_id: str,
+        name: str,
+        *,
+        frequency: int | None,
+        emotives: Sequence[Mapping[str, float]] | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+    ) -> PatternRecord | None:
+        """Set the fields given (None: kept); the pattern after it, None if absent."""
+        ...
+
+
+class KbTransferStore(Protocol):
+    """Moving a KB (``kb_transfer.py``): its stored counts, its patterns and vectors through
+    one cursor each, and an import's batches applied once each."""
+
+    async def kb_summary(self, kb_id: str) -> tuple[int, Totals, int]:
+        """(version, totals, vector count) as stored."""
+        ...
+
+    def pattern_rows(self, kb_id: str, size: int) -> AsyncIterator[Sequence[object]]:
+        """Every pattern of the KB, ``size`` at a time, as the store holds them (decoded by
+        ``exported``, which may run on another thread)."""
+        ...
+
+    def exported(self, row: object) -> tuple[PatternRecord, dict[str, float]]:
+        """A row of ``pattern_rows``: the pattern and what its learns added to affinity."""
+        ...
+
+    def vector_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[str, list[float]]]]: ...
+
+    async def apply_batch(self, kb_id: str, batch_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
+        """Apply writes that are only ever applied together, whole or not at all, once per
+        ``batch_id``. CounterLimit (nothing applied) past the bounds of engine.md D-30."""
+        ...
+
+
+class KbEventLog(Protocol):
+    """The watch log (``kb_watch.py``)."""
+
+    async def kb_version(self, kb_id: str) -> int: ...
+
+    async def events_since(self, kb_id: str, since: int, limit: int) -> list[KbEvent]:
+        """The committed changes after version ``since`` in version order, from at most
+        ``limit`` versions (a batch's learns are one version, never split)."""
+        ...
+
+
+class KbSnapshots(Protocol):
+    """Snapshots of cached KBs (``snapshotter.py`` writes them, ``changes_since`` reads)."""
+
+    async def latest_snapshot_version(self, kb_id: str) -> int:
+        """The newest complete snapshot's version (0: none)."""
+        ...
+
+    async def save_snapshot(self, kb_id: str, version: int, blob: bytes) -> bool:
+        """Store one, dropping older ones; False when one of this version is stored already."""
+        ...
+
+    async def compact_log(self, kb_id: str, version: int) -> int:
+        """Drop the symbol log up to ``version`` (a stored snapshot holds it): a full load
+        then needs a snapshot at least that new. Returns how many log entries went."""
+        ...
+
+
+class DeploymentIdentity(Protocol):
+    async def deployment_id(self) -> str:
+        """This pattern database's id, made at its first use and never changed: what a Redis
+        namespace is bound to (architecture.md §4)."""
+        ...
+
+
+class TransactionSessions(Protocol):
+    async def end_sessions(self, session_ids: Sequence[bytes]) -> None:
+        """End these store sessions, aborting any transaction a dead process left open in
+        them (``transaction_owners.py``)."""
         ...

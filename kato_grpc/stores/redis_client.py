@@ -24,7 +24,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from kato_grpc.errors import StoreFailed, StoreUnavailable
+from kato_grpc.errors import StoreError, StoreUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,7 +47,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 def driver_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """``method`` raising the project's exceptions instead of redis-py's (architecture.md §4):
-    StoreUnavailable when a retry may succeed, StoreFailed when the store refused the command
+    StoreUnavailable when a retry may succeed, StoreError when the store refused the command
     for good (a script error, a full store, a key of the wrong type). The driver's exception
     stays as the cause, for the log. A cancellation passes as it is."""
 
@@ -58,7 +58,7 @@ def driver_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[An
         except _UNAVAILABLE as exc:
             raise StoreUnavailable("a backing store is unavailable; retry") from exc
         except (RedisError, RedisClusterException) as exc:
-            raise StoreFailed(f"the session store refused a command ({type(exc).__name__})") from exc
+            raise StoreError(f"the session store refused a command ({type(exc).__name__})") from exc
 
     return call
 

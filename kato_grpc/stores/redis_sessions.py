@@ -27,7 +27,7 @@ applies outboxes of its own deployment, into its own database (docs/operations.m
 one Redis").
 
 The store implements every session-side Protocol (``protocols.SessionBackend``), and no
-redis-py exception leaves it: each public method raises StoreUnavailable or StoreFailed
+redis-py exception leaves it: each public method raises StoreUnavailable or StoreError
 instead (``redis_client.driver_errors``), so nothing above the stores imports the driver.
 """
 

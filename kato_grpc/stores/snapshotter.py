@@ -22,23 +22,15 @@ import random
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
 from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
+from kato_grpc.stores.protocols import KbSnapshots
 
 log = structlog.get_logger("kato.snapshots")
-
-
-class SnapshotWriter(Protocol):
-    async def latest_snapshot_version(self, kb_id: str) -> int: ...
-
-    async def save_snapshot(self, kb_id: str, version: int, blob: bytes) -> bool: ...
-
-    async def compact_log(self, kb_id: str, version: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +49,7 @@ class _Kb:
 
 
 class Snapshotter:
-    def __init__(self, store: SnapshotWriter, policy: SnapshotPolicy, events: Events = NO_EVENTS) -> None:
+    def __init__(self, store: KbSnapshots, policy: SnapshotPolicy, events: Events = NO_EVENTS) -> None:
         self._store = store
         self._policy = policy
         self._events = events

@@ -18,7 +18,7 @@ retries (the ledger keeps every write exactly once), and registers itself again.
 
 Redis keys (in the deployment's namespace, ``Keys``): ``txn:owners`` (hash: process id ->
 its session ids, 16 bytes each) and ``txn:lease:<process>`` (expires with the lease). Like the
-session store, it raises StoreUnavailable / StoreFailed, never redis-py's exceptions.
+session store, it raises StoreUnavailable / StoreError, never redis-py's exceptions.
 """
 
 from __future__ import annotations

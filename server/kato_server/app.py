@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -21,7 +22,7 @@ from kato_grpc.settings import Settings
 from kato_grpc.stores import redis_client
 from kato_grpc.stores.keys import Keys
 from kato_grpc.stores.mongo_docs import Doc
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.mongo_store import MongoStores
 from kato_grpc.stores.protocols import PatternStore, RecordLimits, SessionBackend
 from kato_grpc.stores.redis_sessions import RedisSessionStore, Replication
 from kato_grpc.stores.transaction_owners import TransactionOwners
@@ -42,6 +43,7 @@ from kato_server.relay import OutboxRelay
 from kato_server.servicer import KatoServicer
 from kato_server.sessions import Sessions
 
+S = TypeVar("S")
 log = structlog.get_logger("kato.server")
 # How often the GIL passes between threads (Python's default: 5 ms). The event loop shares
 # the GIL with the engine threads; a shorter slice lets it answer health checks and short
@@ -93,7 +95,7 @@ class KatoServer:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``wrap_pattern_store`` wraps the store the transaction runner applies writes
-        through (fault injection in tests); reads and administration use the store itself.
+        through (fault injection in tests); reads and administration use the stores themselves.
         ``metrics``: counted for Prometheus when given (``server/kato_server/metrics.py``);
         ``tracer_provider``: calls and store calls traced when given (``server/kato_server/tracing.py``)."""
         self.settings = settings
@@ -123,14 +125,19 @@ class KatoServer:
             store_tracer,
         )
         self.owners = TransactionOwners(self._redis, keys, settings.transaction_lease_seconds)
-        self.patterns = observed(
-            MongoPatternStore(self._mongo, settings.mongodb_database, self.owners.register),
-            "mongodb",
-            metrics,
-            store_tracer,
+        # The pattern side: one object per concern on one client, each use case given the
+        # Protocols it uses (kato_grpc/stores/protocols.py), each observed on its own.
+        self.mongo = MongoStores(self._mongo, settings.mongodb_database, self.owners.register)
+
+        def mongo(store: S) -> S:
+            return observed(store, "mongodb", metrics, store_tracer)
+
+        self.patterns = mongo(self.mongo.learns)
+        self.deployment = mongo(self.mongo.deployment)
+        self.reaper = TransactionReaper(self.owners, mongo(self.mongo.sessions), settings.transaction_lease_seconds / 3)
+        self.cache, self.snapshotter = kb_caching.kb_cache(
+            settings, mongo(self.mongo.reads), mongo(self.mongo.snapshots), events
         )
-        self.reaper = TransactionReaper(self.owners, self.patterns, settings.transaction_lease_seconds / 3)
-        self.cache, self.snapshotter = kb_caching.kb_cache(settings, self.patterns, events)
         self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work, events.engine_stopped)
         self.runner = TransactionRunner(
             self.sessions,
@@ -156,11 +163,16 @@ class KatoServer:
             ),
             Observing(settings, self.sessions, self.cache, self.engine, self.runner),
             KbAdmin(
-                settings, versions=self.sessions, records=self.sessions, patterns=self.patterns, runner=self.runner
+                settings,
+                versions=self.sessions,
+                records=self.sessions,
+                patterns=mongo(self.mongo.patterns),
+                writes=mongo(self.mongo.admin),
+                runner=self.runner,
             ),
             KbStats(self.sessions, self.cache, self.engine),
-            KbTransfer(settings, self.sessions, self.patterns),
-            KbWatch(settings, self.sessions, self.patterns),
+            KbTransfer(settings, self.sessions, mongo(self.mongo.transfer)),
+            KbWatch(settings, self.sessions, mongo(self.mongo.events)),
         )
         self.relay = OutboxRelay(
             self.sessions,
@@ -226,7 +238,7 @@ class KatoServer:
         starting (make run starts them beside us): a little wait for them."""
         for attempt in range(30):
             try:
-                await self.patterns.ensure_indexes()
+                await self.deployment.ensure_indexes()
                 await self._claim_namespace()
                 return
             except StartupRefused:
@@ -240,7 +252,7 @@ class KatoServer:
         """One Redis namespace per MongoDB database: the relay applies every outbox of its
         namespace into its own database, so a namespace shared by two databases would move
         one deployment's learns into the other's (docs/operations.md, "Sharing one Redis")."""
-        deployment = await self.patterns.deployment_id()
+        deployment = await self.deployment.deployment_id()
         recorded = await self.sessions.claim_namespace(deployment)
         if recorded != deployment:
             raise StartupRefused(
@@ -258,7 +270,7 @@ class KatoServer:
 
     async def _store_down(self) -> str:
         """The first store that does not answer a ping in time, or "" (both are up)."""
-        for name, store in (("redis", self.sessions), ("mongodb", self.patterns)):
+        for name, store in (("redis", self.sessions), ("mongodb", self.deployment)):
             try:
                 async with asyncio.timeout(self.settings.store_timeout_seconds):
                     await store.ping()
@@ -310,7 +322,7 @@ class KatoServer:
         if self.snapshotter is not None:
             await self.snapshotter.close()  # a snapshot cut short is never read (no header)
         await self.sessions.close()
-        await self.patterns.close()
+        await self.mongo.close()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # exports what is still buffered
 

@@ -1,9 +1,9 @@
 """The one mapping from exceptions to gRPC statuses with rich details (architecture.md §7).
 
-KatoErrors carry their code, reason and field violations; store outages become UNAVAILABLE
-(the session store raises its own StoreUnavailable: no driver exception leaves it); a store's
-refusal (StoreFailed) and anything else is INTERNAL with a generic message (the stack trace
-goes to the log only).
+KatoErrors carry their code, reason and field violations; the stores raise their own
+``StoreUnavailable`` (UNAVAILABLE) and ``StoreError`` (INTERNAL) for their drivers' errors, so
+no driver exception reaches this module (architecture.md §7); any other failure is INTERNAL
+with a generic message (the stack trace goes to the log only).
 """
 
 from __future__ import annotations
@@ -14,62 +14,24 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from pymongo import errors as mongo_errors
 
-from kato_grpc.errors import Aborted, KatoError, StoreFailed, Unavailable
+from kato_grpc.errors import KatoError, Unavailable
 
 DOMAIN = "kato.v1"
 
 _STORE_DOWN: tuple[type[BaseException], ...] = (
-    mongo_errors.ConnectionFailure,
-    mongo_errors.ServerSelectionTimeoutError,
-    mongo_errors.NetworkTimeout,
-    mongo_errors.AutoReconnect,
-    mongo_errors.WTimeoutError,
     ConnectionError,
     TimeoutError,
 )
 
 
-# MongoDB answers these while it starts, stops or recovers: the store is not available (yet).
-_MONGO_UNAVAILABLE_CODES = {
-    6: "HostUnreachable",
-    7: "HostNotFound",
-    89: "NetworkTimeout",
-    91: "ShutdownInProgress",
-    189: "PrimarySteppedDown",
-    262: "ExceededTimeLimit",
-    9001: "SocketException",
-    10107: "NotWritablePrimary",
-    11600: "InterruptedAtShutdown",
-    11602: "InterruptedDueToReplStateChange",
-    13435: "NotPrimaryNoSecondaryOk",
-    13436: "NotPrimaryOrSecondary",
-}
-# A transaction that lost a race with another: the store is fine, the call is retryable.
-_MONGO_WRITE_CONFLICT = 112
-_MONGO_RETRY_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult", "RetryableWriteError")
-
-
 def as_kato_error(exc: BaseException) -> KatoError | None:
     """The KatoError an exception stands for, or None for an unexpected failure."""
-    if isinstance(exc, StoreFailed):  # not the caller's doing: what it sees of any fault of ours
-        return None
     if isinstance(exc, KatoError):
         return exc
-    if isinstance(exc, mongo_errors.OperationFailure) and exc.code == _MONGO_WRITE_CONFLICT:
-        return Aborted("a concurrent change to the knowledge base won; retry", reason="WRITE_CONFLICT")
-    if isinstance(exc, _STORE_DOWN) or _mongo_unavailable(exc):
+    if isinstance(exc, _STORE_DOWN):
         return Unavailable("a backing store is unavailable; retry", reason="STORE_UNAVAILABLE")
     return None
-
-
-def _mongo_unavailable(exc: BaseException) -> bool:
-    if not isinstance(exc, mongo_errors.PyMongoError):
-        return False
-    if any(exc.has_error_label(label) for label in _MONGO_RETRY_LABELS):
-        return True
-    return isinstance(exc, mongo_errors.OperationFailure) and exc.code in _MONGO_UNAVAILABLE_CODES
 
 
 def to_status(error: KatoError) -> grpc.Status:

@@ -15,8 +15,7 @@ from kato_grpc.errors import InvalidArgument, NotFound
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.protocols import KbVersionBoard, RecordKey, RequestRecords
+from kato_grpc.stores.protocols import KbVersionBoard, KbWrites, PatternReads, RecordKey, RequestRecords
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits, paging
@@ -32,13 +31,15 @@ class KbAdmin:
         settings: Settings,
         versions: KbVersionBoard,
         records: RequestRecords,
-        patterns: MongoPatternStore,
+        patterns: PatternReads,
+        writes: KbWrites,
         runner: TransactionRunner,
     ) -> None:
         self.settings = settings
         self.versions = versions
         self.records = records
         self.patterns = patterns
+        self.writes = writes
         self.runner = runner
 
     @staticmethod
@@ -79,7 +80,7 @@ class KbAdmin:
             else None
         )
         limits.check_accumulations(emotives or [], metadata or {}, "pattern")
-        record = await self.patterns.update_pattern(
+        record = await self.writes.update_pattern(
             node,
             sha1,
             frequency=req.pattern.frequency if "frequency" in mask else None,
@@ -92,7 +93,7 @@ class KbAdmin:
 
     async def delete_pattern(self, req: svc.DeletePatternRequest, caller: Caller) -> None:
         node, sha1 = self._pattern(req, caller)
-        version = await self.patterns.delete_pattern(node, sha1)
+        version = await self.writes.delete_pattern(node, sha1)
         if version is None:
             raise pattern_not_found(req.name)
         await self.versions.publish_kb_version(node, version)
@@ -119,7 +120,7 @@ class KbAdmin:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
             await self.runner.read(sid, caller)
-            await self.versions.publish_kb_version(node, await self.patterns.clear(node))
+            await self.versions.publish_kb_version(node, await self.writes.clear(node))
 
         async def run(
             state: storage.SessionState, _kb: int | None
@@ -139,7 +140,7 @@ class KbAdmin:
             if previous is not None:
                 request_ids.check_replay(previous, "ClearKnowledgeBase", fp)
                 return
-        await self.versions.publish_kb_version(node, await self.patterns.clear(node))
+        await self.versions.publish_kb_version(node, await self.writes.clear(node))
         if key is not None:
             done = request_ids.record("ClearKnowledgeBase", fp, b"")
             await self.records.remember(key, done, self.settings.max_ttl_seconds * 1000)

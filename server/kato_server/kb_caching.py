@@ -7,22 +7,24 @@ from kato_grpc.events import Events
 from kato_grpc.settings import Settings
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.protocols import KbReads, KbSnapshots
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_server import memory_policy
 
 MB = 1024 * 1024
 
 
-def kb_cache(settings: Settings, patterns: MongoPatternStore, events: Events) -> tuple[KbCache, Snapshotter | None]:
-    """The cache, and its snapshotter (None when this process writes no snapshots: the
-    server closes it at shutdown)."""
+def kb_cache(
+    settings: Settings, reads: KbReads, snapshots: KbSnapshots, events: Events
+) -> tuple[KbCache, Snapshotter | None]:
+    """The cache reading through ``reads``, and its snapshotter writing to ``snapshots``
+    (None when this process writes no snapshots: the server closes it at shutdown)."""
     policy = SnapshotPolicy(
         settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
     )
-    snapshotter = Snapshotter(patterns, policy, events) if settings.kb_snapshots else None
+    snapshotter = Snapshotter(snapshots, policy, events) if settings.kb_snapshots else None
     cache = KbCache(
-        patterns,
+        reads,
         after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
         events=events,
         max_bytes=settings.kb_cache_max_mb * MB if settings.kb_cache_max_mb else None,

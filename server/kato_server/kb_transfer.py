@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from kato_grpc import encoding, names
 from kato_grpc.access import Caller
@@ -18,9 +18,7 @@ from kato_grpc.engine import importing
 from kato_grpc.errors import CounterLimit, FailedPrecondition, FieldViolation, InvalidArgument, KatoError
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
-from kato_grpc.stores.mongo_docs import Doc, exported_pattern
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.protocols import KbVersionBoard
+from kato_grpc.stores.protocols import KbTransferStore, KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits
 
@@ -30,7 +28,7 @@ MAX_BATCH = 1000
 
 
 class KbTransfer:
-    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: MongoPatternStore) -> None:
+    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: KbTransferStore) -> None:
         self.settings = settings
         self.versions = versions
         self.patterns = patterns
@@ -47,12 +45,14 @@ class KbTransfer:
         yield svc.ExportKnowledgeBaseResponse(header=svc.ExportHeader(format_version=FORMAT_VERSION, knowledge_base=kb))
         # Pipelined: the store reads the next batch while a thread builds this one's messages
         # (each alone kept one of the two sides idle half the time).
-        batches = self.patterns.pattern_documents(node, size)
+        batches = self.patterns.pattern_rows(node, size)
         pending = asyncio.ensure_future(anext(batches, None))
         try:
             while (docs := await pending) is not None:
                 pending = asyncio.ensure_future(anext(batches, None))
-                for message in await asyncio.to_thread(_exported, docs, node, self.settings.max_message_bytes):
+                for message in await asyncio.to_thread(
+                    _exported, self.patterns, docs, node, self.settings.max_message_bytes
+                ):
                     yield message
         finally:
             pending.cancel()
@@ -140,14 +140,16 @@ class Import:
         return self.out
 
 
-def _exported(docs: list[Doc], node: str, max_bytes: int) -> list[svc.ExportKnowledgeBaseResponse]:
-    """A batch of pattern documents as export messages of at most ``max_bytes`` each (a
+def _exported(
+    store: KbTransferStore, rows: Sequence[object], node: str, max_bytes: int
+) -> list[svc.ExportKnowledgeBaseResponse]:
+    """A batch of the store's pattern rows as export messages of at most ``max_bytes`` each (a
     message holds one pattern at least: a pattern alone may be larger, up to what an import
     message takes, ``limits.message_limit``)."""
     out = [svc.ExportKnowledgeBaseResponse()]
     size = 0
-    for doc in docs:
-        record, affinity = exported_pattern(doc)
+    for row in rows:
+        record, affinity = store.exported(row)
         item = svc.ExportedPattern(pattern=encoding.pattern_proto(record, node), affinity=affinity)
         item_bytes = item.ByteSize() + 8  # its tag and length
         if out[-1].patterns and size + item_bytes > max_bytes:

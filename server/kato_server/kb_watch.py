@@ -25,9 +25,7 @@ from kato_grpc import names
 from kato_grpc.access import Caller
 from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.mongo_reads import KbEvent
-from kato_grpc.stores.protocols import KbVersionBoard
+from kato_grpc.stores.protocols import KbEvent, KbEventLog, KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import limits
 
@@ -87,7 +85,7 @@ class _Feed:
 
 
 class KbWatch:
-    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: MongoPatternStore) -> None:
+    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: KbEventLog) -> None:
         self.settings = settings
         self.versions = versions
         self.patterns = patterns

@@ -9,14 +9,14 @@ import contextlib
 
 import structlog
 
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.protocols import TransactionSessions
 from kato_grpc.stores.transaction_owners import TransactionOwners
 
 log = structlog.get_logger("kato.reaper")
 
 
 class TransactionReaper:
-    def __init__(self, owners: TransactionOwners, patterns: MongoPatternStore, interval_seconds: float) -> None:
+    def __init__(self, owners: TransactionOwners, patterns: TransactionSessions, interval_seconds: float) -> None:
         self._owners = owners
         self._patterns = patterns
         self._interval = interval_seconds

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 import redis.exceptions
 
-from kato_grpc.errors import StoreFailed, StoreUnavailable
+from kato_grpc.errors import StoreError, StoreUnavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores import redis_client
 from kato_grpc.stores.keys import Keys
@@ -607,7 +607,7 @@ def test_a_refused_command_is_store_failed(kind: str, request: pytest.FixtureReq
     async def body(s: Stores) -> None:
         store, session = s.open(), sid()
         await s.write_raw(s.keys.state(session), b"not a hash")  # WRONGTYPE for every script on it
-        with pytest.raises(StoreFailed) as raised:
+        with pytest.raises(StoreError) as raised:
             await store.load(session)
         assert isinstance(raised.value.__cause__, redis.exceptions.ResponseError)
 

@@ -21,7 +21,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from kato_grpc import logs
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
+from kato_grpc.stores.mongo_patterns import MongoLearns
 from kato_grpc.stores.protocols import Applied, PatternStore
 from kato_server.app import serve
 
@@ -44,7 +44,7 @@ class CrashBeforeApply:
 
 class CrashInTransaction(CrashBeforeApply):
     def __init__(self, inner: PatternStore) -> None:
-        assert isinstance(inner, MongoPatternStore), "run without metrics and traces: the store itself"
+        assert isinstance(inner, MongoLearns), "run without metrics and traces: the store itself"
         super().__init__(inner)
         self._store = inner
 
@@ -53,7 +53,7 @@ class CrashInTransaction(CrashBeforeApply):
             await self._store._apply_in(session, kb_id, writes, check=False)  # written, not committed
             os._exit(CRASH_EXIT_CODE)
 
-        return await self._store._transaction(die_inside)
+        return await self._store._database.transaction(die_inside)
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ from kato_grpc.stores import mongo_snapshots, snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.stores.mongo_reads import KbChanges
-from kato_grpc.stores.mongo_snapshots import SnapshotMoved, StoredSnapshot
+from kato_grpc.stores.mongo_snapshots import SnapshotMoved
+from kato_grpc.stores.mongo_store import MongoStores
+from kato_grpc.stores.protocols import KbChanges, StoredSnapshot
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
@@ -34,18 +34,18 @@ from kato_server import devstack
 from kato_server.devserver import new_server
 from tests import snapshot_forgery as forgery
 from tests.integration.support import details, eventually
-from tests.integration.test_mongo_store import _writes
+from tests.unit.kit import random_writes as _writes
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 QUICK = SnapshotPolicy(min_patterns=10, quiet_seconds=0.05, growth=0.25)
 KB = "snap"
 
 
-def _run(stores: Stores, body: Callable[[MongoPatternStore], Awaitable[None]], database: str = "") -> None:
+def _run(stores: Stores, body: Callable[[MongoStores], Awaitable[None]], database: str = "") -> None:
     async def run() -> None:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
-        store = MongoPatternStore(client, database or "kato_" + uuid.uuid4().hex[:8])
-        await store.ensure_indexes()
+        store = MongoStores(client, database or "kato_" + uuid.uuid4().hex[:8])
+        await store.deployment.ensure_indexes()
         try:
             await body(store)
         finally:
@@ -54,26 +54,26 @@ def _run(stores: Stores, body: Callable[[MongoPatternStore], Awaitable[None]], d
     asyncio.run(run())
 
 
-def _loads(store: MongoPatternStore) -> list[KbChanges]:
+def _loads(store: MongoStores) -> list[KbChanges]:
     """Records what each of the store's refreshes returned."""
     seen: list[KbChanges] = []
-    changes_since = store.changes_since
+    changes_since = store.reads.changes_since
 
     async def recording(*args: Any, **kwargs: Any) -> KbChanges:
         changes = await changes_since(*args, **kwargs)
         seen.append(changes)
         return changes
 
-    store.changes_since = recording  # type: ignore[method-assign]
+    store.reads.changes_since = recording  # type: ignore[method-assign]
     return seen
 
 
-async def _stored(store: MongoPatternStore, writes: list[storage.PatternWrite]) -> InMemoryKnowledgeBase:
+async def _stored(store: MongoStores, writes: list[storage.PatternWrite]) -> InMemoryKnowledgeBase:
     """The writes applied to the store's KB; the in-memory KB they make."""
     reference = InMemoryKnowledgeBase()
     for w in writes:
         reference.apply(w)
-    await store.apply_many(KB, writes)
+    await store.learns.apply_many(KB, writes)
     return reference
 
 
@@ -92,24 +92,24 @@ async def _snapshot_written(snapshotter: Snapshotter, count: int) -> None:
 
 
 def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) -> None:
-    async def body(store: MongoPatternStore) -> None:
+    async def body(store: MongoStores) -> None:
         writes = _writes(160, 11)  # relearns, emotives, metadata: every kind of change
         reference = InMemoryKnowledgeBase()
         for w in writes:
             reference.apply(w)
         for i in range(0, 120, 20):
-            await store.apply_many(KB, writes[i : i + 20])
-        early = KbCache(store, check_seconds=0)
+            await store.learns.apply_many(KB, writes[i : i + 20])
+        early = KbCache(store.reads, check_seconds=0)
         await early.view(KB)  # cached before the first snapshot: its log goes from under it
-        snapshotter = Snapshotter(store, QUICK)
-        writer = KbCache(store, check_seconds=0, snapshotter=snapshotter)
+        snapshotter = Snapshotter(store.snapshots, QUICK)
+        writer = KbCache(store.reads, check_seconds=0, snapshotter=snapshotter)
         first = (await writer.view(KB)).version
         await _snapshot_written(snapshotter, 1)
-        db = store._db
+        db = store.db
         header = await db.kb_snapshots.find_one({"kb_id": KB, "part": -1})
         assert header is not None and header["version"] == first
         assert await db.symbol_log.count_documents({"kb_id": KB}) > 0  # compaction lags a snapshot
-        await store.apply_many(KB, writes[120:140])
+        await store.learns.apply_many(KB, writes[120:140])
         version = (await writer.view(KB)).version  # the changes since: a second snapshot
         await _snapshot_written(snapshotter, 2)
         assert [d["version"] async for d in db.kb_snapshots.find({"kb_id": KB, "part": -1})] == [version]
@@ -118,8 +118,8 @@ def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) 
         assert await db.symbol_log.count_documents({"kb_id": KB}) > 0
         assert (await db.kb.find_one({"kb_id": KB}) or {})["compacted_through"] == first
 
-        await store.apply_many(KB, writes[140:])
-        cold = KbCache(store, check_seconds=0)
+        await store.learns.apply_many(KB, writes[140:])
+        cold = KbCache(store.reads, check_seconds=0)
         loads = _loads(store)
         views = await asyncio.gather(*(cold.view(KB) for _ in range(8)))  # eight callers, one load
         view = views[0]
@@ -140,18 +140,18 @@ def test_a_cold_cache_loads_the_snapshot_and_what_came_after_it(stores: Stores) 
 
 
 def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
-    async def body(store: MongoPatternStore) -> None:
+    async def body(store: MongoStores) -> None:
         reference = await _stored(store, _writes(60, 12))
-        snapshotter = Snapshotter(store, QUICK)
-        writer = KbCache(store, check_seconds=0, snapshotter=snapshotter)  # kept: it holds the index
+        snapshotter = Snapshotter(store.snapshots, QUICK)
+        writer = KbCache(store.reads, check_seconds=0, snapshotter=snapshotter)  # kept: it holds the index
         await writer.view(KB)
         await _snapshot_written(snapshotter, 1)
         names = sorted(p.name for p in reference.all_patterns())
-        assert await store.delete_pattern(KB, names[0]) is not None
-        updated = await store.update_pattern(KB, names[1], frequency=42, emotives=None, metadata=None)
+        assert await store.admin.delete_pattern(KB, names[0]) is not None
+        updated = await store.admin.update_pattern(KB, names[1], frequency=42, emotives=None, metadata=None)
         assert updated is not None
         loads = _loads(store)
-        view = await KbCache(store, check_seconds=0).view(KB)
+        view = await KbCache(store.reads, check_seconds=0).view(KB)
         # The snapshot's patterns are stale now, its statistics are not (neither change them).
         assert loads[0].snapshot is not None and not loads[0].snapshot_patterns
         expected = {p.name: p for p in reference.all_patterns() if p.name != names[0]} | {names[1]: updated}
@@ -159,11 +159,11 @@ def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
         assert all(view.symbol(s) == reference.symbol(s) for s in "abcdef.$")
         assert len(view.posting_arrays("a").ids) == sum("a" in p.flat for p in expected.values())
 
-        await store.clear(KB)
-        assert await store._db.kb_snapshots.count_documents({"kb_id": KB}) == 0
+        await store.admin.clear(KB)
+        assert await store.db.kb_snapshots.count_documents({"kb_id": KB}) == 0
         # A snapshot taken before the wipe and stored after it is never loaded.
-        await store.save_snapshot(KB, 1, b"stale")
-        cleared = await KbCache(store, check_seconds=0).view(KB)
+        await store.snapshots.save_snapshot(KB, 1, b"stale")
+        cleared = await KbCache(store.reads, check_seconds=0).view(KB)
         assert len(cleared) == 0 and cleared.symbol("a") is None
         await snapshotter.close()
 
@@ -173,55 +173,55 @@ def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
 DAMAGES = ("a checksum mismatch", "an array declaring 2**40 elements", "a part deleted")
 
 
-async def _damaged(store: MongoPatternStore, kb_id: str, damage: str) -> int:
+async def _damaged(store: MongoStores, kb_id: str, damage: str) -> int:
     """A snapshot of the KB's current version stored, then damaged; the version."""
-    index = await KbCache(store, check_seconds=0).view(kb_id)
+    index = await KbCache(store.reads, check_seconds=0).view(kb_id)
     version, blob = index.version, snapshot.encode(index)
     assert version > 0 and len(index) > 0
-    db = store._db
+    db = store.db
     if damage == "a checksum mismatch":  # the bytes changed after their checksum was taken
-        assert await store.save_snapshot(kb_id, version, blob)
+        assert await store.snapshots.save_snapshot(kb_id, version, blob)
         await db.kb_snapshots.update_one({"kb_id": kb_id, "part": 0}, {"$set": {"data": b"x" + blob[1:]}})
     elif damage == "an array declaring 2**40 elements":  # damaged before: the checksum is right
-        assert await store.save_snapshot(kb_id, version, forgery.oversized(blob))
+        assert await store.snapshots.save_snapshot(kb_id, version, forgery.oversized(blob))
     else:  # stored in three parts, the header unchanged and no newer snapshot: one part lost
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(mongo_snapshots, "PART_BYTES", -(-len(blob) // 3))
-            assert await store.save_snapshot(kb_id, version, blob)
+            assert await store.snapshots.save_snapshot(kb_id, version, blob)
         assert (await db.kb_snapshots.delete_one({"kb_id": kb_id, "version": version, "part": 1})).deleted_count
     return version
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_snapshot(stores: Stores, damage: str) -> None:
-    async def body(store: MongoPatternStore) -> None:
+    async def body(store: MongoStores) -> None:
         reference = await _stored(store, _writes(40, 13))
         # Not compacted yet: a damaged snapshot is passed over, the documents still hold all.
         version = await _damaged(store, KB, damage)
         for _ in range(2):  # and again: nothing was left half-loaded
-            _assert_equal(await KbCache(store, check_seconds=0).view(KB), reference)
+            _assert_equal(await KbCache(store.reads, check_seconds=0).view(KB), reference)
         # Compacted: the statistics live only in the snapshot, and it cannot be read. Never
         # UNAVAILABLE ("kept changing"), which retrying clients would loop on.
-        await store.compact_log(KB, version)
+        await store.snapshots.compact_log(KB, version)
         for _ in range(2):
             with pytest.raises(DataLoss) as lost:
-                await KbCache(store, check_seconds=0).view(KB)
+                await KbCache(store.reads, check_seconds=0).view(KB)
             assert lost.value.reason == "KB_SNAPSHOT_UNREADABLE"
 
     _run(stores, body)
 
 
 def test_a_part_missing_is_read_again_only_while_a_newer_snapshot_replaces_it(stores: Stores) -> None:
-    async def body(store: MongoPatternStore) -> None:
+    async def body(store: MongoStores) -> None:
         writes = _writes(20, 14)
-        await store.apply_many(KB, writes[:10])
-        await store.apply_many(KB, writes[10:])
-        db, first, second = store._db, 1, 2
-        assert await store.kb_version(KB) == second
+        await store.learns.apply_many(KB, writes[:10])
+        await store.learns.apply_many(KB, writes[10:])
+        db, first, second = store.db, 1, 2
+        assert await store.reads.kb_version(KB) == second
         blob = bytes(range(256)) * 30
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(mongo_snapshots, "PART_BYTES", 3000)
-            assert await store.save_snapshot(KB, first, blob)
+            assert await store.snapshots.save_snapshot(KB, first, blob)
         stored = [d async for d in db.kb_snapshots.find({"kb_id": KB, "version": first})]
         assert len(stored) == 4  # three parts and the header
         assert (await store.snapshots.latest(KB, at_least=0, at_most=second)) == StoredSnapshot(first, blob)
@@ -240,7 +240,7 @@ def test_a_part_missing_is_read_again_only_while_a_newer_snapshot_replaces_it(st
         # reader that found the older header, then parts missing, reads again (and then finds
         # the newer one). The moment is rebuilt: the newer one stored, the older one not yet
         # all deleted.
-        assert await store.save_snapshot(KB, second, blob)
+        assert await store.snapshots.save_snapshot(KB, second, blob)
         await db.kb_snapshots.insert_many([d for d in stored if d["part"] != 1])
         with pytest.raises(SnapshotMoved):
             await store.snapshots.latest(KB, at_least=0, at_most=first)
@@ -250,10 +250,10 @@ def test_a_part_missing_is_read_again_only_while_a_newer_snapshot_replaces_it(st
 
 
 def test_malformed_snapshot_documents_are_damage(stores: Stores) -> None:
-    async def body(store: MongoPatternStore) -> None:
-        await store.apply_many(KB, _writes(10, 16))
-        db, blob = store._db, bytes(range(256)) * 4
-        assert await store.save_snapshot(KB, 1, blob)
+    async def body(store: MongoStores) -> None:
+        await store.learns.apply_many(KB, _writes(10, 16))
+        db, blob = store.db, bytes(range(256)) * 4
+        assert await store.snapshots.save_snapshot(KB, 1, blob)
         header = await db.kb_snapshots.find_one({"kb_id": KB, "part": -1})
         assert header is not None
         # Sizes a forged document declares are compared with what is stored, never allocated.
@@ -267,7 +267,7 @@ def test_malformed_snapshot_documents_are_damage(stores: Stores) -> None:
             with pytest.raises(snapshot.SnapshotError):
                 await store.snapshots.latest(KB, at_least=0, at_most=1)
             await db.kb_snapshots.delete_many({"kb_id": KB})
-            assert await store.save_snapshot(KB, 1, blob)
+            assert await store.snapshots.save_snapshot(KB, 1, blob)
 
     _run(stores, body)
 
@@ -302,15 +302,15 @@ def test_damaged_snapshots_through_the_service(stores: Stores, log_dir: Path) ->
         },
     )
 
-    async def damage(store: MongoPatternStore) -> None:
+    async def damage(store: MongoStores) -> None:
         for (what, compacted), kb_id in cases.items():
             writes = _writes(40, 15)
             for w in writes:  # the same learns in every KB, each applied once (the ledger's ids)
                 w.write_id = f"{kb_id}-{w.write_id}"
-            await store.apply_many(kb_id, writes)
+            await store.learns.apply_many(kb_id, writes)
             version = await _damaged(store, kb_id, what)
             if compacted:
-                await store.compact_log(kb_id, version)
+                await store.snapshots.compact_log(kb_id, version)
 
     _run(stores, damage, database)
     # A fresh server (writing no snapshot of its own): every KB is loaded cold, from its

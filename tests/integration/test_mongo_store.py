@@ -1,74 +1,23 @@
-"""The MongoDB pattern store applies writes exactly as the in-memory KB does, exactly once."""
+"""What only the MongoDB pattern store has to do: documents stored before D-29, and the KB
+cache's check interval against it. What every pattern store does, the twin included, is the
+contract suite (tests/contract/test_pattern_stores.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
-from collections import Counter
 
+import pytest
 from pymongo import AsyncMongoClient
 
 from kato_grpc.engine.naming import pattern_name
-from kato_grpc.engine.records import average_emotives, canonical_json
-from kato_grpc.internal.v1 import session_pb2 as storage
+from kato_grpc.errors import StoreRefused, StoreUnavailable
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.memory import InMemoryKnowledgeBase
-from kato_grpc.stores.mongo_patterns import MongoPatternStore
-from kato_grpc.v1 import engine_pb2 as pb
+from kato_grpc.stores.mongo_store import MongoStores
 from kato_server import devstack
+from tests.unit.kit import pattern_write, random_writes
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
-
-
-def _writes(n: int, seed: int) -> list[storage.PatternWrite]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        events = [[rng.choice("abcdef.$")] for _ in range(rng.randint(2, 4))]
-        emotives = [{rng.choice(["joy", "a.b", "$x"]): rng.uniform(-1, 1)} for _ in range(rng.randint(0, 3))]
-        write = storage.PatternWrite(write_id=f"w-{seed}-{i}", name=pattern_name(events), persistence=rng.randint(1, 3))
-        write.events.extend(pb.Event(symbols=e) for e in events)
-        write.emotives.extend(pb.EmotiveRecord(values=e) for e in emotives)
-        write.symbol_counts.update(Counter(s for e in events for s in e))
-        write.affinity_delta.update(average_emotives(emotives))
-        if rng.random() < 0.5:
-            write.metadata["k"].values.extend(sorted({canonical_json(rng.choice(["x", 1, True])) for _ in range(2)}))
-        out.append(write)
-    return out
-
-
-def test_mongo_store_matches_the_in_memory_kb_and_applies_once(stores: Stores) -> None:
-    async def run() -> None:
-        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
-        store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])
-        await store.ensure_indexes()
-        kb_id = "store-test"
-        cache = KbCache(store, check_seconds=0)  # no Redis hints here: ask MongoDB every time
-        reference = InMemoryKnowledgeBase()
-        writes = _writes(40, 1)
-        for w in writes:
-            reference.apply(w)
-        # Apply in batches, one batch twice and one write duplicated inside a batch.
-        assert (await store.apply_many(kb_id, writes[:10])).count == 10
-        assert (await store.apply_many(kb_id, writes[:10])).count == 0
-        assert (await store.apply_many(kb_id, [*writes[10:25], writes[12]])).count == 15
-        first_view = await cache.view(kb_id)  # cached now: later writes arrive incrementally
-        assert len(first_view) > 0
-        for w in writes[25:]:
-            assert await store.apply(kb_id, w)
-        assert not await store.apply(kb_id, writes[30])
-        view = await cache.view(kb_id)
-        assert view.totals() == reference.totals()
-        assert {p.name: p for p in view.all_patterns()} == {p.name: p for p in reference.all_patterns()}
-        for symbol in "abcdef.$":
-            assert view.symbol(symbol) == reference.symbol(symbol), symbol
-        await store.clear(kb_id)
-        cleared = await cache.view(kb_id)
-        assert len(cleared) == 0 and cleared.totals().total_unique_patterns == 0
-        await store.close()
-
-    asyncio.run(run())
 
 
 def test_cache_without_a_published_version_asks_mongodb_once_per_check_interval(stores: Stores) -> None:
@@ -76,24 +25,24 @@ def test_cache_without_a_published_version_asks_mongodb_once_per_check_interval(
     # not cost a MongoDB round trip each, yet a write is still seen within the interval.
     async def run() -> None:
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
-        store = MongoPatternStore(client, "kato_" + uuid.uuid4().hex[:8])
-        await store.ensure_indexes()
+        store = MongoStores(client, "kato_" + uuid.uuid4().hex[:8])
+        await store.deployment.ensure_indexes()
         asked = 0
-        kb_version = store.kb_version
+        kb_version = store.reads.kb_version
 
         async def counting(kb_id: str) -> int:
             nonlocal asked
             asked += 1
             return await kb_version(kb_id)
 
-        store.kb_version = counting  # type: ignore[method-assign]
-        cache = KbCache(store, check_seconds=0.5)
+        store.reads.kb_version = counting  # type: ignore[method-assign]
+        cache = KbCache(store.reads, check_seconds=0.5)
         assert len(await cache.view("quiet")) == 0  # the first view loads the KB
         loaded = asked
         for _ in range(20):
             assert len(await cache.view("quiet")) == 0
         assert asked == loaded
-        await store.apply_many("quiet", _writes(3, 2))
+        await store.learns.apply_many("quiet", random_writes(3, 2))
         await asyncio.sleep(0.6)
         assert len(await cache.view("quiet")) > 0 and asked > loaded
         await store.close()
@@ -107,15 +56,50 @@ def test_metadata_stored_before_d29_reads_as_json_values(stores: Stores) -> None
     async def run() -> None:
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
         database = "kato_" + uuid.uuid4().hex[:8]
-        store = MongoPatternStore(client, database)
+        store = MongoStores(client, database)
         name = pattern_name([["a"], ["b"]])
         legacy = [["k", "hello"], ["k", '"hello"'], ["k", "3"], ["k", "3.0"], ["k", "True"], ["k", "[1, 2]"]]
         await client[database].patterns.insert_one(
             {"kb_id": "old", "name": name, "events": [["a"], ["b"]], "frequency": 1, "metadata": legacy}
         )
-        record = await store.get_pattern("old", name)
+        record = await store.patterns.get_pattern("old", name)
         assert record is not None
         assert record.metadata == {"k": ('"True"', '"hello"', "3", "[1,2]")}
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_driver_errors_leave_the_store_as_the_projects_own(stores: Stores) -> None:
+    # Nothing above the stores knows the driver (architecture.md §7): an outage is
+    # StoreUnavailable, a refusal for good StoreRefused, which the dead letter describes.
+    async def run() -> None:
+        closed = devstack.free_port()
+        down: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+            f"mongodb://127.0.0.1:{closed}/?directConnection=true", serverSelectionTimeoutMS=100
+        )
+        unreachable = MongoStores(down, "kato_down")
+        with pytest.raises(StoreUnavailable):
+            await unreachable.reads.kb_version("k")
+        with pytest.raises(StoreUnavailable):
+            await anext(unreachable.transfer.pattern_rows("k", 10))
+        await unreachable.close()
+
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(devstack.mongodb_uri(stores[1]))
+        store = MongoStores(client, "kato_" + uuid.uuid4().hex[:8])
+        await store.deployment.ensure_indexes()
+        write = pattern_write([["w1"], ["w2"]])
+        write.write_id = "full"
+        await store.learns.apply_many("k", [write])
+        await store.db.patterns.update_one({"kb_id": "k", "name": write.name}, {"$set": {"frequency": 2**63 - 1}})
+        again = pattern_write([["w1"], ["w2"]])
+        again.write_id = "overflows"
+        with pytest.raises(StoreRefused) as refused:
+            await store.learns.apply_many("k", [again])
+        assert store.learns.is_permanent(refused.value)
+        await store.learns.dead_letter("k", again, refused.value)
+        dead = await store.db.dead_letters.find_one({"_id": "overflows"})
+        assert dead is not None and not dead["error"].startswith("StoreRefused")  # the driver's own
         await store.close()
 
     asyncio.run(run())

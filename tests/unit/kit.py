@@ -3,6 +3,7 @@ tool, so through the real transaction runner), and build knowledge bases directl
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from kato_grpc.engine.naming import pattern_name
+from kato_grpc.engine.records import average_emotives, canonical_json
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.replay import Replayer, config_from_json
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
@@ -59,6 +61,26 @@ def pattern_write(events: Sequence[Sequence[str]], name: str | None = None) -> s
     write.events.extend(pb.Event(symbols=e) for e in events)
     write.symbol_counts.update(Counter(s for e in events for s in e))
     return write
+
+
+def random_writes(n: int, seed: int) -> list[storage.PatternWrite]:
+    """``n`` learns over a small alphabet (relearns among them), with emotives whose names a
+    document store must escape ("a.b", "$x") and metadata on about half: every kind of change
+    a learn makes."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        events = [[rng.choice("abcdef.$")] for _ in range(rng.randint(2, 4))]
+        emotives = [{rng.choice(["joy", "a.b", "$x"]): rng.uniform(-1, 1)} for _ in range(rng.randint(0, 3))]
+        write = storage.PatternWrite(write_id=f"w-{seed}-{i}", name=pattern_name(events), persistence=rng.randint(1, 3))
+        write.events.extend(pb.Event(symbols=e) for e in events)
+        write.emotives.extend(pb.EmotiveRecord(values=e) for e in emotives)
+        write.symbol_counts.update(Counter(s for e in events for s in e))
+        write.affinity_delta.update(average_emotives(emotives))
+        if rng.random() < 0.5:
+            write.metadata["k"].values.extend(sorted({canonical_json(rng.choice(["x", 1, True])) for _ in range(2)}))
+        out.append(write)
+    return out
 
 
 def kb_of(patterns: Iterable[Sequence[Sequence[str]]]) -> InMemoryKnowledgeBase:

@@ -12,7 +12,7 @@ import pytest
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.mongo_reads import KbChanges
+from kato_grpc.stores.protocols import KbChanges
 
 
 class SlowStore:
@@ -39,7 +39,7 @@ def test_callers_arriving_during_a_load_share_it_and_one_giving_up_does_not_canc
     async def run() -> None:
         store = SlowStore()
         store.gate = asyncio.Event()
-        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        cache = KbCache(store, check_seconds=0)
         first = asyncio.create_task(cache.view("k"))
         others = [asyncio.create_task(cache.view("k")) for _ in range(7)]
         await asyncio.sleep(0.01)
@@ -55,7 +55,7 @@ def test_callers_arriving_during_a_load_share_it_and_one_giving_up_does_not_canc
 def test_a_kb_evicted_while_a_call_waits_still_answers_it() -> None:
     async def run() -> None:
         store = SlowStore()
-        cache = KbCache(store, max_kbs=1, check_seconds=0)  # type: ignore[arg-type]
+        cache = KbCache(store, max_kbs=1, check_seconds=0)
         await cache.view("a")
         store.gate = asyncio.Event()
         waiting = asyncio.create_task(cache.view("a"))  # waits for a's version
@@ -108,7 +108,7 @@ def test_a_large_refresh_is_merged_off_the_event_loop_into_a_copy(monkeypatch: p
 
     async def run() -> None:
         store = GrowingStore([_long(f"big{i}", 10_000) for i in range(3)])
-        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        cache = KbCache(store, check_seconds=0)
         before = await cache.view("k")
         threads.clear()
         store.version = 2
@@ -134,7 +134,7 @@ def test_a_small_refresh_is_merged_in_place_on_the_event_loop(monkeypatch: pytes
 
     async def run() -> None:
         store = GrowingStore([_long("small", 300)])
-        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        cache = KbCache(store, check_seconds=0)
         before = await cache.view("k")
         store.version = 2
         after = await cache.view("k")
@@ -148,7 +148,7 @@ def test_a_caller_waiting_for_a_load_ends_at_its_deadline() -> None:
     async def run() -> None:
         store = SlowStore()
         store.gate = asyncio.Event()
-        cache = KbCache(store, check_seconds=0)  # type: ignore[arg-type]
+        cache = KbCache(store, check_seconds=0)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(cache.view("k"), 0.01)
         store.gate.set()

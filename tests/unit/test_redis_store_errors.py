@@ -9,7 +9,7 @@ import grpc
 import pytest
 from redis import exceptions as redis_errors
 
-from kato_grpc.errors import StoreFailed, StoreUnavailable, Unavailable
+from kato_grpc.errors import StoreError, StoreUnavailable, Unavailable
 from kato_grpc.stores.redis_client import driver_errors
 from kato_server.errors import as_kato_error, to_status
 
@@ -56,7 +56,7 @@ def test_what_a_retry_may_get_past_is_store_unavailable_and_unavailable_to_clien
 
 @pytest.mark.parametrize("exc", PERMANENT, ids=lambda e: type(e).__name__)
 def test_a_refusal_for_good_is_store_failed_and_internal_to_clients(exc: Exception) -> None:
-    with pytest.raises(StoreFailed) as raised:
+    with pytest.raises(StoreError) as raised:
         _raising(exc)
     assert raised.value.__cause__ is exc
     assert as_kato_error(raised.value) is None  # the guard's "internal error", stack trace in the log

@@ -34,7 +34,7 @@ from kato_grpc.engine import processor
 from kato_grpc.settings import Settings
 from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemorySessionStore
-from kato_grpc.stores.redis_sessions import RecordLimits
+from kato_grpc.stores.protocols import RecordLimits
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.simulation.model import MAX_COUNTER, CallRecord, Model, Violation, stm_of
@@ -326,9 +326,9 @@ class Simulation:
                     f"the model {s.version} {stm_of(s.state)}",
                 )
         for kb_id in KBS:
-            self._check_kb(kb_id, pending)
+            self._check_kb(kb_id, pending, await twin.kb_version(kb_id) or 0)
 
-    def _check_kb(self, kb_id: str, pending: set[tuple[str, ...]]) -> None:
+    def _check_kb(self, kb_id: str, pending: set[tuple[str, ...]], published: int) -> None:
         kb = self.kbs[kb_id]
         lower, upper = self.model.kb_bounds(kb_id, pending)
         real = {p.name: p.frequency for p in kb.all_patterns()}
@@ -346,7 +346,6 @@ class Simulation:
         totals = kb.totals()
         if totals.total_pattern_frequencies != sum(real.values()) or totals.total_unique_patterns != len(real):
             raise Violation("bound", f"{kb_id}'s totals {totals} disagree with its patterns")
-        published = self.world.sessions_twin.kb_versions.get(kb_id, 0)
         if published > kb.version:
             raise Violation("bound", f"{kb_id}'s published version {published} is past its version {kb.version}")
 
@@ -370,8 +369,9 @@ class Simulation:
             self.relays += 1
             await self._finish(proc, f"rq{self.relays}", proc.relay.run_once())
         await self.check()
-        if self.world.sessions_twin._outboxes:
-            raise Violation("learn", f"outboxes left after the relay ran: {sorted(self.world.sessions_twin._outboxes)}")
+        left = sorted(sid for sid in self.model.sessions if self.world.sessions_twin.outbox(sid) is not None)
+        if left:
+            raise Violation("learn", f"outboxes left after the relay ran: {left}")
         for kb_id in KBS:
             self._check_kb_exactly(kb_id)
         for sid in sorted(self.model.sessions):

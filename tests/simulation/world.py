@@ -227,8 +227,7 @@ class GatedSessions:
 
     async def read_outbox(self, session_id: str) -> tuple[storage.Outbox, int] | None:
         async def read() -> tuple[storage.Outbox, int] | None:
-            found = self.twin._outboxes.get(session_id)  # the twin keeps (version, bytes)
-            return None if found is None else (storage.Outbox.FromString(found[1]), found[0])
+            return await self.twin.read_outbox(session_id)
 
         return await through(self.gates, "read_outbox", read)
 
@@ -237,7 +236,7 @@ class GatedSessions:
         async def release() -> bool:
             if version is not None:
                 await self.twin.drop_outbox(session_id, version)
-            return session_id in self.twin._outboxes
+            return await self.twin.read_outbox(session_id) is not None
 
         async def unmark() -> None:
             if self.due.get(session_id) == score:  # marked again meanwhile: the mark stays
@@ -319,7 +318,7 @@ class World:
             incarnation=self.incarnations,
             runner=runner,
             observing=Observing(self.settings, redis_like, cache, engine, runner),
-            sessions=Sessions(self.settings, redis_like, runner),
+            sessions=Sessions(self.settings, redis_like, redis_like, redis_like, runner),
             relay=OutboxRelay(redis_like, runner.applier.apply, after_seconds=1.0, interval_seconds=1.0),
         )
 

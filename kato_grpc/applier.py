@@ -14,9 +14,9 @@ from functools import partial
 
 import structlog
 
-from kato_grpc.events import Events
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import PatternStore, SessionStore
+from kato_grpc.telemetry import Telemetry
 
 Apply = asyncio.Future[list[storage.PatternWrite]]
 MAX_REMEMBERED_KBS = 100_000
@@ -24,10 +24,10 @@ log = structlog.get_logger("kato.runner")
 
 
 class OutboxApplier:
-    def __init__(self, sessions: SessionStore, patterns: PatternStore, events: Events) -> None:
+    def __init__(self, sessions: SessionStore, patterns: PatternStore, telemetry: Telemetry) -> None:
         self.sessions = sessions
         self.patterns = patterns
-        self.events = events
+        self.telemetry = telemetry
         self._in_flight: dict[Apply, str] = {}  # apply -> its KB
         # By (session, outbox version): a call that finds its session's outbox pending joins
         # the apply already running instead of racing it.
@@ -105,7 +105,7 @@ class OutboxApplier:
             applied = await self.patterns.apply_many(outbox.node_id, writes)
             await self.sessions.publish_kb_version(outbox.node_id, applied.version)
             self._note_version(outbox.node_id, applied.version)
-            self.events.outbox_applied(len(writes), 0)
+            self.telemetry.outbox_applied(len(writes), 0)
             return []
         except Exception as exc:
             if not self.patterns.is_permanent(exc):
@@ -128,7 +128,7 @@ class OutboxApplier:
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 refused.append(write)
-        self.events.outbox_applied(len(writes), len(refused))
+        self.telemetry.outbox_applied(len(writes), len(refused))
         return refused
 
 

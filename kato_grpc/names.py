@@ -12,7 +12,7 @@ and taken apart.
 
 The engine and the stores work with the bare ids (and the engine's learn results with
 KATO's ``PTRN|<sha1>``, which the recorded scenarios use); names are made at the edge, where
-a message leaves, and parsed where a request arrives (``server/kato_server/limits.py`` says what is
+a message leaves, and parsed where a request arrives (``server/kato_server/validation.py`` says what is
 refused). Parsers return ``None`` for anything that is not the form; they check the form
 only, not the id's own rules.
 """

@@ -29,9 +29,9 @@ from kato_grpc import request_ids
 from kato_grpc.access import Caller
 from kato_grpc.applier import OutboxApplier
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
-from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
+from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 
 R = TypeVar("R", bound=Message)
 # A transition: (loaded state, the node's published KB version or None) -> (new state, response).
@@ -70,14 +70,14 @@ class TransactionRunner:
         patterns: PatternStore,
         policy: Policy | None = None,
         *,
-        events: Events = NO_EVENTS,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.sessions = sessions
         self.patterns = patterns
         self.policy = policy or Policy()
-        self.events = events
+        self.telemetry = telemetry
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
-        self.applier = OutboxApplier(sessions, patterns, events)
+        self.applier = OutboxApplier(sessions, patterns, telemetry)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node.
@@ -152,7 +152,7 @@ class TransactionRunner:
             if result == CasResult.GONE:
                 raise session_not_found(session_id)
             if result == CasResult.CONFLICT:
-                self.events.cas_conflict()
+                self.telemetry.cas_conflict()
                 continue
             if outbox is not None:
                 if self.policy.ack_after_commit:
@@ -163,7 +163,7 @@ class TransactionRunner:
                 if refused:
                     raise _refused(refused)
             return response
-        self.events.cas_exhausted()
+        self.telemetry.cas_exhausted()
         raise Aborted(
             f"session {session_id} changed concurrently {self.policy.cas_retries} times; retry",
             reason="CAS_RETRIES_EXHAUSTED",

@@ -9,7 +9,7 @@ by a Redis that lost the key.
 A small refresh is merged on the event loop once fetched; a large one (``OFF_LOOP_WORK``) and
 every full load on a thread, so the loop keeps answering health checks and other calls, and a
 caller waiting for it still ends at its deadline. Predictions run on engine threads
-(``server/kato_server/engine_runner.py``): an index that one of them is reading is never changed in place —
+(``server/kato_server/engine_threads.py``): an index that one of them is reading is never changed in place —
 the refresh goes into a clone that replaces it in the cache — so a prediction never sees a
 half-applied refresh; a refresh on a thread always changes an index nobody else sees yet.
 """
@@ -24,11 +24,11 @@ from dataclasses import replace
 
 import structlog
 
-from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.protocols import KbChanges, KbReads
 from kato_grpc.stores.snapshotter import Snapshotter
+from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 
 log = structlog.get_logger("kato.snapshots")
 
@@ -52,7 +52,7 @@ class KbCache:
         max_kbs: int = DEFAULT_MAX_KBS,
         check_seconds: float = 1.0,
         after_large_refresh: Callable[[], None] | None = None,
-        events: Events = NO_EVENTS,
+        telemetry: Telemetry = NO_TELEMETRY,
         max_bytes: int | None = None,
         after_eviction: Callable[[], None] | None = None,
         snapshotter: Snapshotter | None = None,
@@ -61,7 +61,7 @@ class KbCache:
         self._store = store
         self._snapshotter = snapshotter
         self._decode = decode  # the server's runs with the GC paused (server/kato_server/memory_policy.py)
-        self._events = events
+        self._events = telemetry
         self._after_large_refresh = after_large_refresh
         self._after_eviction = after_eviction
         self._max = max_kbs

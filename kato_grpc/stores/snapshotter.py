@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.protocols import KbSnapshots
+from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 
 log = structlog.get_logger("kato.snapshots")
 
@@ -49,10 +49,10 @@ class _Kb:
 
 
 class Snapshotter:
-    def __init__(self, store: KbSnapshots, policy: SnapshotPolicy, events: Events = NO_EVENTS) -> None:
+    def __init__(self, store: KbSnapshots, policy: SnapshotPolicy, telemetry: Telemetry = NO_TELEMETRY) -> None:
         self._store = store
         self._policy = policy
-        self._events = events
+        self._events = telemetry
         self._kbs: dict[str, _Kb] = {}
         self.written = 0  # snapshots this process stored (tests and logs read it)
 

@@ -16,7 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from pymongo import AsyncMongoClient
 
-from kato_grpc.events import NO_EVENTS
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores import redis_client
@@ -26,17 +25,18 @@ from kato_grpc.stores.mongo_store import MongoStores
 from kato_grpc.stores.protocols import PatternStore, RecordLimits, SessionBackend
 from kato_grpc.stores.redis_sessions import RedisSessionStore, Replication
 from kato_grpc.stores.transaction_owners import TransactionOwners
+from kato_grpc.telemetry import NO_TELEMETRY
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import kb_caching, limits, reflection, tracing
+from kato_server import kb_cache_setup, reflection, tracing, validation
 from kato_server.calls import CallInterceptor
-from kato_server.engine_runner import EngineRunner
+from kato_server.engine_threads import EngineThreads
 from kato_server.handlers import add_service
+from kato_server.instrumented_stores import observed
 from kato_server.kb_admin import KbAdmin
 from kato_server.kb_stats import KbStats
 from kato_server.kb_transfer import KbTransfer
 from kato_server.kb_watch import KbWatch
 from kato_server.metrics import Metrics
-from kato_server.observed import observed
 from kato_server.observing import Observing
 from kato_server.reaper import TransactionReaper
 from kato_server.relay import OutboxRelay
@@ -61,7 +61,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ms = 1000
     options = [
         # The largest any method takes; each method's own limit is checked as it decodes.
-        ("grpc.max_receive_message_length", limits.message_limit(settings)),
+        ("grpc.max_receive_message_length", validation.message_limit(settings)),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 1),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * ms)),
@@ -100,7 +100,7 @@ class KatoServer:
         ``tracer_provider``: calls and store calls traced when given (``server/kato_server/tracing.py``)."""
         self.settings = settings
         self.tracer_provider = tracer_provider
-        events = metrics if metrics is not None else NO_EVENTS
+        telemetry = metrics if metrics is not None else NO_TELEMETRY
         store_tracer = tracing.tracer(tracer_provider) if tracer_provider is not None else None
         timeout = settings.store_timeout_seconds
         self._redis = redis_client.connect(redis_url, timeout)
@@ -135,10 +135,10 @@ class KatoServer:
         self.patterns = mongo(self.mongo.learns)
         self.deployment = mongo(self.mongo.deployment)
         self.reaper = TransactionReaper(self.owners, mongo(self.mongo.sessions), settings.transaction_lease_seconds / 3)
-        self.cache, self.snapshotter = kb_caching.kb_cache(
-            settings, mongo(self.mongo.reads), mongo(self.mongo.snapshots), events
+        self.cache, self.snapshotter = kb_cache_setup.kb_cache(
+            settings, mongo(self.mongo.reads), mongo(self.mongo.snapshots), telemetry
         )
-        self.engine = EngineRunner(settings.engine_threads, settings.max_prediction_work, events.engine_stopped)
+        self.engine = EngineThreads(settings.engine_threads, settings.max_prediction_work, telemetry.engine_stopped)
         self.runner = TransactionRunner(
             self.sessions,
             wrap_pattern_store(self.patterns) if wrap_pattern_store is not None else self.patterns,
@@ -149,7 +149,7 @@ class KatoServer:
                 max_session_bytes=settings.max_session_bytes,
                 ack_after_commit=settings.learn_ack == "committed",
             ),
-            events=events,
+            telemetry=telemetry,
         )
         self.servicer = KatoServicer(
             settings,
@@ -159,7 +159,7 @@ class KatoServer:
                 deletion=self.sessions,
                 records=self.sessions,
                 runner=self.runner,
-                events=events,
+                telemetry=telemetry,
             ),
             Observing(settings, self.sessions, self.cache, self.engine, self.runner),
             KbAdmin(
@@ -207,7 +207,7 @@ class KatoServer:
         # First: a restart ends what the process it replaces left open in MongoDB (once its
         # lease expired), before this one's calls and relay wait on it.
         self._reaper_task = asyncio.create_task(self.reaper.run(self._stopping))
-        add_service(self.servicer, self.server, lambda method: limits.message_limit(self.settings, method))
+        add_service(self.servicer, self.server, lambda method: validation.message_limit(self.settings, method))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         address = f"{self.settings.host}:{self.settings.port}"

@@ -45,7 +45,7 @@ class Undecodable:
 
 def _parser(message_type: type[Message], limit: int) -> Callable[[bytes], Message | Undecodable]:
     """Decodes a request of at most ``limit`` bytes (grpc's own limit is the largest of every
-    method's: ``limits.message_limit``)."""
+    method's: ``validation.message_limit``)."""
 
     def parse(data: bytes) -> Message | Undecodable:
         if len(data) > limit:

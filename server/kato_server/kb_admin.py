@@ -18,7 +18,7 @@ from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import KbVersionBoard, KbWrites, PatternReads, RecordKey, RequestRecords
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits, paging
+from kato_server import paging, validation
 
 
 def pattern_not_found(name: str) -> NotFound:
@@ -45,7 +45,7 @@ class KbAdmin:
     @staticmethod
     def _pattern(req: svc.GetPatternRequest | svc.DeletePatternRequest, caller: Caller) -> tuple[str, str]:
         """(node id, sha1) of the pattern a request names, once the caller may see its node."""
-        node, sha1 = limits.pattern_ref(req.name)
+        node, sha1 = validation.pattern_ref(req.name)
         caller.authorize(node)
         return node, sha1
 
@@ -60,7 +60,7 @@ class KbAdmin:
         return encoding.pattern_proto(record, node)
 
     async def list_patterns(self, req: svc.ListPatternsRequest, caller: Caller) -> svc.ListPatternsResponse:
-        node = limits.node_id(req.parent, "parent")
+        node = validation.node_id(req.parent, "parent")
         caller.authorize(node)
         await self.runner.applier.settle(node)
         size = paging.page_size(req.page_size)
@@ -71,7 +71,7 @@ class KbAdmin:
         return out
 
     async def update_pattern(self, req: svc.UpdatePatternRequest, caller: Caller) -> pb.Pattern:
-        (node, sha1), mask = limits.check_pattern_update(req, self.settings)
+        (node, sha1), mask = validation.check_pattern_update(req, self.settings)
         caller.authorize(node)
         emotives = [dict(r.values) for r in req.pattern.emotives] if "emotives" in mask else None
         metadata = (
@@ -79,7 +79,7 @@ class KbAdmin:
             if "metadata" in mask
             else None
         )
-        limits.check_accumulations(emotives or [], metadata or {}, "pattern")
+        validation.check_accumulations(emotives or [], metadata or {}, "pattern")
         record = await self.writes.update_pattern(
             node,
             sha1,
@@ -101,7 +101,7 @@ class KbAdmin:
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         """KATO's clear-all: wipe the KB (of the session's node, or the one named) and, with a
         session, clear its STM."""
-        limits.check_request_id(req.request_id)
+        validation.check_request_id(req.request_id)
         target = req.WhichOneof("target")
         if target is None:
             raise InvalidArgument.for_field(
@@ -110,7 +110,7 @@ class KbAdmin:
         if target == "knowledge_base":
             await self._clear_node(req, caller)
             return
-        sid = limits.session_id(req.session, "session")
+        sid = validation.session_id(req.session, "session")
         call = request_ids.Call("ClearKnowledgeBase", req, req.request_id, svc.ClearKnowledgeBaseResponse)
         loaded = await self.runner.load(sid, caller, req.request_id)
         node = loaded.state.node_id
@@ -130,7 +130,7 @@ class KbAdmin:
         await self.runner.transact(sid, call, run, caller=caller)
 
     async def _clear_node(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
-        node = limits.node_id(req.knowledge_base, "knowledge_base")
+        node = validation.node_id(req.knowledge_base, "knowledge_base")
         caller.authorize(node)
         key = None
         if req.request_id:

@@ -11,12 +11,12 @@ from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.protocols import KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits, paging
-from kato_server.engine_runner import EngineRunner
+from kato_server import paging, validation
+from kato_server.engine_threads import EngineThreads
 
 
 class KbStats:
-    def __init__(self, versions: KbVersionBoard, cache: KbCache, engine: EngineRunner) -> None:
+    def __init__(self, versions: KbVersionBoard, cache: KbCache, engine: EngineThreads) -> None:
         self.versions = versions
         self.cache = cache
         self.engine = engine
@@ -26,7 +26,7 @@ class KbStats:
         return await self.cache.view(node, await self.versions.kb_version(node))
 
     async def get_knowledge_base(self, req: svc.GetKnowledgeBaseRequest, caller: Caller) -> svc.KnowledgeBase:
-        node = limits.node_id(req.name, "name")
+        node = validation.node_id(req.name, "name")
         before = self.cache.cached_version(node)
         index = await self._index(node, caller)
         totals = index.totals()
@@ -41,7 +41,7 @@ class KbStats:
         )
 
     async def get_symbol(self, req: svc.GetSymbolRequest, caller: Caller) -> svc.Symbol:
-        node, text = limits.symbol_ref(req.name)
+        node, text = validation.symbol_ref(req.name)
         index = await self._index(node, caller)
         stats = index.symbol(text)
         if stats is None:
@@ -49,7 +49,7 @@ class KbStats:
         return _symbol(node, text, stats, index)
 
     async def list_symbols(self, req: svc.ListSymbolsRequest, caller: Caller) -> svc.ListSymbolsResponse:
-        node = limits.node_id(req.parent, "parent")
+        node = validation.node_id(req.parent, "parent")
         size, after = paging.page_size(req.page_size), paging.after(req.page_token)
         index = await self._index(node, caller)
         # Sorting a large vocabulary takes a while: on an engine thread, off the event loop.

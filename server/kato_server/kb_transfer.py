@@ -20,7 +20,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import KbTransferStore, KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits
+from kato_server import validation
 
 FORMAT_VERSION = 1
 DEFAULT_BATCH = 500
@@ -36,7 +36,7 @@ class KbTransfer:
     async def export(
         self, req: svc.ExportKnowledgeBaseRequest, caller: Caller
     ) -> AsyncIterator[svc.ExportKnowledgeBaseResponse]:
-        node = limits.node_id(req.name, "name")
+        node = validation.node_id(req.name, "name")
         if not 0 <= req.batch_size <= MAX_BATCH:
             raise InvalidArgument.for_field("batch_size", f"must be between 0 and {MAX_BATCH}")
         size = req.batch_size or DEFAULT_BATCH
@@ -79,10 +79,10 @@ class KbTransfer:
         writes = []
         for i, item in enumerate(req.patterns):
             field = f"patterns[{i}]"
-            limits.check_imported_pattern(item, self.settings, field)
+            validation.check_imported_pattern(item, self.settings, field)
             writes.append(importing.pattern_write(item.pattern, dict(item.affinity), f"{field}.pattern"))
         if req.vectors:
-            limits.check_imported_vectors(req.vectors, self.settings)
+            validation.check_imported_vectors(req.vectors, self.settings)
             writes.append(importing.vector_write([(v.name, v.values) for v in req.vectors]))
         return writes
 
@@ -108,9 +108,9 @@ class Import:
 
     async def _add(self, req: svc.ImportKnowledgeBaseRequest) -> None:
         if not self.node:
-            self.node = limits.node_id(req.knowledge_base, "knowledge_base")
+            self.node = validation.node_id(req.knowledge_base, "knowledge_base")
             self.caller.authorize(self.node)
-            self.prefix = _write_prefix(self.node, self.caller, limits.import_id(req.import_id))
+            self.prefix = _write_prefix(self.node, self.caller, validation.import_id(req.import_id))
         elif req.knowledge_base and req.knowledge_base != names.knowledge_base(self.node):
             raise InvalidArgument.for_field("knowledge_base", "changed within the import")
         if req.batch <= self.last:
@@ -145,7 +145,7 @@ def _exported(
 ) -> list[svc.ExportKnowledgeBaseResponse]:
     """A batch of the store's pattern rows as export messages of at most ``max_bytes`` each (a
     message holds one pattern at least: a pattern alone may be larger, up to what an import
-    message takes, ``limits.message_limit``)."""
+    message takes, ``validation.message_limit``)."""
     out = [svc.ExportKnowledgeBaseResponse()]
     size = 0
     for row in rows:

@@ -27,7 +27,7 @@ from kato_grpc.errors import InvalidArgument
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import KbEvent, KbEventLog, KbVersionBoard
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits
+from kato_server import validation
 
 POLL_SECONDS = 0.1  # how often a KB's feed looks at the published version (one Redis GET)
 IDLE_SECONDS = 1.0  # an idle watcher's generator yields None this often (each step is guarded)
@@ -99,7 +99,7 @@ class KbWatch:
         self, req: svc.WatchKnowledgeBaseRequest, caller: Caller
     ) -> AsyncIterator[svc.WatchKnowledgeBaseResponse | None]:
         """Responses as changes commit; None when idle for a while (nothing to send)."""
-        node = limits.node_id(req.name, "name")
+        node = validation.node_id(req.name, "name")
         caller.authorize(node)
         if req.HasField("since_version") and req.since_version < 0:
             raise InvalidArgument.for_field("since_version", "must not be negative")

@@ -1,7 +1,7 @@
 """Prometheus metrics (``KATO_METRICS_PORT``; off when unset): every RPC by name and status
 code, its latency and the calls in flight (counted by the call interceptor, ``server/kato_server/calls.py``,
 so streams, health and reflection count too); store calls by operation
-(``server/kato_server/observed.py``); the shell's events (``kato_grpc/events.py``) — CAS conflicts, outbox
+(``server/kato_server/instrumented_stores.py``); the shell's events (``kato_grpc/telemetry.py``) — CAS conflicts, outbox
 applies and pending writes, KB cache lookups, evictions and sizes, engine computations stopped
 early, sessions — plus the process
 collectors.
@@ -77,7 +77,7 @@ class Metrics:
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
 
-    # --- kato_grpc.events.Events -----------------------------------------------------------
+    # --- kato_grpc.events.Telemetry -----------------------------------------------------------
 
     def cas_conflict(self) -> None:
         self.conflicts.inc()

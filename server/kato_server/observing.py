@@ -1,7 +1,7 @@
 """Observing and learning, and reading what a session holds.
 
 Each change is one transition for the transaction runner (``kato_grpc/runner.py``). The pure
-processor runs on an engine thread (``engine_runner.py``) — inline only when there is no
+processor runs on an engine thread (``engine_threads.py``) — inline only when there is no
 knowledge base to search — against a KnowledgeView from the process's KB cache, given the
 node's KB version that the session load brought.
 """
@@ -23,12 +23,12 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.protocols import KbVersionBoard
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits
-from kato_server.engine_runner import EngineRunner
+from kato_server import validation
+from kato_server.engine_threads import EngineThreads
 
 _EMPTY_KB = KnowledgeIndex()
 # Observations that run on the event loop when they search no knowledge base (see
-# EngineRunner.run): about 30 µs each, so a stream batch stays under ~2 ms.
+# EngineThreads.run): about 30 µs each, so a stream batch stays under ~2 ms.
 INLINE_OBSERVATIONS = 64
 
 
@@ -38,7 +38,7 @@ class Observing:
         settings: Settings,
         versions: KbVersionBoard,
         cache: KbCache,
-        engine: EngineRunner,
+        engine: EngineThreads,
         runner: TransactionRunner,
     ) -> None:
         self.settings = settings
@@ -68,7 +68,7 @@ class Observing:
     # --- sessions ------------------------------------------------------------------------
 
     async def observe(self, req: svc.ObserveRequest, caller: Caller) -> svc.ObserveResponse:
-        sid = limits.check_observe(req, self.settings)
+        sid = validation.check_observe(req, self.settings)
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
         def compute(
@@ -99,9 +99,9 @@ class Observing:
         """
         if len(reqs) == 1:
             return [await self.observe(reqs[0], caller)]
-        sid = limits.check_observe(reqs[0], self.settings)
+        sid = validation.check_observe(reqs[0], self.settings)
         for req in reqs[1:]:
-            limits.check_observe(req, self.settings)
+            validation.check_observe(req, self.settings)
         ids = [r.observation.unique_id or "obs-" + uuid.uuid4().hex for r in reqs]
         observations = [r.observation for r in reqs]
 
@@ -130,7 +130,7 @@ class Observing:
         return list(result.results)
 
     async def observe_sequence(self, req: svc.ObserveSequenceRequest, caller: Caller) -> svc.ObserveSequenceResponse:
-        sid = limits.check_sequence(req, self.settings)
+        sid = validation.check_sequence(req, self.settings)
         prefix = "seq-obs-" + uuid.uuid4().hex  # one random draw per call, not per observation
         ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
 
@@ -178,7 +178,7 @@ class Observing:
         return await self.runner.transact(sid, call, run, caller=caller)
 
     async def learn(self, req: svc.LearnRequest, caller: Caller) -> svc.LearnResponse:
-        sid = limits.session_call(req.name, req.request_id)
+        sid = validation.session_call(req.name, req.request_id)
 
         async def run(state: storage.SessionState, _kb: int | None) -> tuple[storage.SessionState, svc.LearnResponse]:
             # A learn reads no KB and is linear in the (bounded) STM: inline.
@@ -209,7 +209,7 @@ class Observing:
         return svc.GetShortTermMemoryResponse(events=(await self._read(session_id, caller)).stm)
 
     async def clear_stm(self, req: svc.ClearShortTermMemoryRequest, caller: Caller) -> svc.ClearShortTermMemoryResponse:
-        sid = limits.session_call(req.name, req.request_id)
+        sid = validation.session_call(req.name, req.request_id)
 
         async def run(
             state: storage.SessionState, _kb: int | None

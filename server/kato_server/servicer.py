@@ -17,7 +17,7 @@ from kato_grpc.access import Caller
 from kato_grpc.errors import DeadlineExceeded, KatoError, Unavailable
 from kato_grpc.settings import Settings
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits
+from kato_server import validation
 from kato_server.auth import authenticate
 from kato_server.errors import as_kato_error, internal_status, to_status
 from kato_server.handlers import Undecodable, decoded
@@ -141,7 +141,7 @@ class KatoServicer:
         await self.guard("ObserveStream", context, _opened)
         stream = batches(
             decoded(request_iterator),
-            lambda r: limits.check_observe(r, self.settings),
+            lambda r: validation.check_observe(r, self.settings),
             max_items=STREAM_BATCH,
             max_bytes=self.settings.stream_read_ahead_bytes,
         )
@@ -233,7 +233,7 @@ def _named(read: Callable[[str, Caller], Awaitable[Message]]) -> Call:
     """A read of the session the request's ``name`` names ("sessions/s-…")."""
 
     async def run(request: Any, caller: Caller) -> Message:
-        return await read(limits.session_id(request.name), caller)
+        return await read(validation.session_id(request.name), caller)
 
     return run
 

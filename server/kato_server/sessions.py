@@ -17,14 +17,14 @@ from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.config import effective_config
 from kato_grpc.errors import Aborted, InvalidArgument, NotFound
-from kato_grpc.events import NO_EVENTS, Events
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Respond, TransactionRunner, session_not_found
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import CasResult, RecordKey, RequestRecords, SessionDeletion, SessionStore
+from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits
+from kato_server import validation
 
 
 def _now(plus_seconds: int = 0) -> timestamp_pb2.Timestamp:
@@ -42,7 +42,7 @@ class Sessions:
         deletion: SessionDeletion,
         records: RequestRecords,
         runner: TransactionRunner,
-        events: Events = NO_EVENTS,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """``sessions`` creates (a compare-and-set on no version); ``deletion`` deletes;
         ``records`` keeps the request records of CreateSession, which has no session yet."""
@@ -51,7 +51,7 @@ class Sessions:
         self.deletion = deletion
         self.records = records
         self.runner = runner
-        self.events = events
+        self.telemetry = telemetry
 
     async def _read(self, session_id: str, caller: Caller) -> storage.SessionState:
         return (await self.runner.read(session_id, caller)).state
@@ -73,11 +73,11 @@ class Sessions:
 
     async def create_session(self, req: svc.CreateSessionRequest, caller: Caller) -> svc.Session:
         given = req.session
-        node = limits.node_id(given.knowledge_base, "session.knowledge_base")
+        node = validation.node_id(given.knowledge_base, "session.knowledge_base")
         caller.authorize(node)
-        limits.check_request_id(req.request_id)
+        validation.check_request_id(req.request_id)
         ttl = given.ttl_seconds or self.settings.session_ttl_seconds
-        limits.check_ttl(ttl, self.settings, "session.ttl_seconds")
+        validation.check_ttl(ttl, self.settings, "session.ttl_seconds")
         if len(given.metadata) > self.settings.max_metadata_keys:
             raise InvalidArgument.for_field("session.metadata", f"has more than {self.settings.max_metadata_keys} keys")
         key, fp = None, b""
@@ -101,7 +101,7 @@ class Sessions:
                 await self.deletion.delete(state.session_id)
                 request_ids.check_replay(winner, "CreateSession", fp)
                 return await self.get_session(winner.response.decode(), caller)
-        self.events.session_created()  # (the one a concurrent retry made instead is not counted twice)
+        self.telemetry.session_created()  # (the one a concurrent retry made instead is not counted twice)
         return self.session_proto(state)
 
     async def _created(self, key: RecordKey, fp: bytes, caller: Caller) -> svc.Session | None:
@@ -120,16 +120,16 @@ class Sessions:
         return self.session_proto(await self._read(session_id, caller))
 
     async def delete_session(self, req: svc.DeleteSessionRequest, caller: Caller) -> None:
-        session_id = limits.session_id(req.name)
+        session_id = validation.session_id(req.name)
         # Not found, or not this caller's node: nothing is deleted. The outbox is applied
         # first; one committed after this load outlives the session and the relay applies it.
         _check_etag(req.etag, await self._read(session_id, caller))
         if not await self.deletion.delete(session_id):
             raise session_not_found(session_id)
-        self.events.session_deleted()
+        self.telemetry.session_deleted()
 
     async def update_session(self, req: svc.UpdateSessionRequest, caller: Caller) -> svc.Session:
-        sid, paths = limits.check_session_update(req, self.settings)
+        sid, paths = validation.check_session_update(req, self.settings)
         given = req.session
 
         async def update(

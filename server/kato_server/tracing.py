@@ -8,7 +8,7 @@ specification's default (``otlp``), unset means off: a service that nobody colle
 should not retry exports forever. Off, no span is made and no interceptor installed.
 
 A call's server span comes from ``opentelemetry-instrumentation-grpc`` (continuing the
-caller's trace); its children are the store calls (``server/kato_server/observed.py``).
+caller's trace); its children are the store calls (``server/kato_server/instrumented_stores.py``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from kato_grpc import names
 from kato_grpc.client import KatoClient
 from kato_server.devserver import ROOT, ServerProcess
 
-MAX_FREQUENCY = 2**53 - 1  # the server's bound on a pattern's frequency (server/kato_server/limits.py)
+MAX_FREQUENCY = 2**53 - 1  # the server's bound on a pattern's frequency (server/kato_server/validation.py)
 
 
 def kato(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

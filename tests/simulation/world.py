@@ -33,7 +33,7 @@ from kato_grpc.stores.memory import InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemorySessionStore
 from kato_grpc.stores.protocols import Applied, CasResult, Loaded
 from kato_grpc.stores.redis_sessions import RedisSessionStore
-from kato_server.engine_runner import EngineRunner
+from kato_server.engine_threads import EngineThreads
 from kato_server.observing import Observing
 from kato_server.relay import OutboxRelay
 from kato_server.sessions import Sessions
@@ -312,7 +312,7 @@ class World:
         # provide what they call.
         redis_like = cast(RedisSessionStore, self.sessions)
         cache = cast(KbCache, TwinCache(self.patterns_twin, self.gates))
-        engine = cast(EngineRunner, InlineEngine(self.settings.max_prediction_work))
+        engine = cast(EngineThreads, InlineEngine(self.settings.max_prediction_work))
         return Process(
             pid=pid,
             incarnation=self.incarnations,

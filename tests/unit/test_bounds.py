@@ -21,7 +21,7 @@ from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import limits
+from kato_server import validation
 from kato_server.stream import ReadAhead, batches
 from tests.unit.kit import kb_of
 
@@ -110,19 +110,19 @@ def test_request_identity() -> None:
 
 def test_resource_names_are_checked_and_give_their_ids() -> None:
     sid = "s-" + "0" * 32
-    assert limits.session_id("sessions/" + sid) == sid
+    assert validation.session_id("sessions/" + sid) == sid
     for bad in ("", sid, "sessions/s-x", "sessions/S}:req:X", f"sessions/{sid}}}:state", f"knowledgeBases/{sid}"):
         with pytest.raises(InvalidArgument) as info:
-            limits.session_id(bad)
+            validation.session_id(bad)
         assert [v.field for v in info.value.violations] == ["name"]
     # Node ids are any UTF-8 up to 256 bytes (D-28), "/" included: taken verbatim.
     for node in ("demo", "a/b", "é" * 128, "x/patterns/y"):
-        assert limits.node_id("knowledgeBases/" + node, "parent") == node
+        assert validation.node_id("knowledgeBases/" + node, "parent") == node
         sha1 = "a" * 40
-        assert limits.pattern_ref(f"knowledgeBases/{node}/patterns/{sha1}") == (node, sha1)
+        assert validation.pattern_ref(f"knowledgeBases/{node}/patterns/{sha1}") == (node, sha1)
     for bad in ("", "demo", "knowledgeBases/", "knowledgeBases/" + "é" * 129, "sessions/demo"):
         with pytest.raises(InvalidArgument):
-            limits.node_id(bad, "parent")
+            validation.node_id(bad, "parent")
     for bad in (
         "",
         "PTRN|" + "a" * 40,  # KATO's form is not the API's
@@ -134,7 +134,7 @@ def test_resource_names_are_checked_and_give_their_ids() -> None:
         "x" * 2000,
     ):
         with pytest.raises(InvalidArgument):
-            limits.pattern_ref(bad)
+            validation.pattern_ref(bad)
 
 
 def _requests(*symbols: str) -> list[svc.ObserveRequest]:
@@ -152,7 +152,7 @@ def test_stream_batches_answer_valid_observations_before_an_invalid_one() -> Non
         served: list[list[str]] = []
         errors: list[KatoError] = []
         async for item in batches(
-            source(), lambda r: limits.check_observation(r.observation, settings), max_items=64, max_bytes=1 << 20
+            source(), lambda r: validation.check_observation(r.observation, settings), max_items=64, max_bytes=1 << 20
         ):
             if isinstance(item, KatoError):
                 errors.append(item)

@@ -29,7 +29,7 @@ from kato_grpc.stores.index import KnowledgeIndex
 T = TypeVar("T")
 
 
-class EngineRunner:
+class EngineThreads:
     def __init__(self, threads: int, max_prediction_work: int, stopped: Callable[[], None] = lambda: None) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kato-engine")
         self._max_work = max_prediction_work

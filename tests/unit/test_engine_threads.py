@@ -11,7 +11,7 @@ import pytest
 
 from kato_grpc.engine.budget import Budget
 from kato_grpc.stores.index import KnowledgeIndex
-from kato_server.engine_runner import EngineRunner
+from kato_server.engine_threads import EngineThreads
 
 Work = Callable[[Budget, threading.Event, threading.Event], object]
 
@@ -24,7 +24,7 @@ def _stops_when_given_up(work: Work) -> int:
     stops: list[None] = []
 
     async def run() -> None:
-        runner, kb = EngineRunner(1, 10**6, lambda: stops.append(None)), KnowledgeIndex()
+        runner, kb = EngineThreads(1, 10**6, lambda: stops.append(None)), KnowledgeIndex()
         call = asyncio.create_task(runner.run(lambda budget: work(budget, started, finish), [kb]))
         await asyncio.to_thread(started.wait)
         call.cancel()

@@ -3,30 +3,30 @@ policy around its loads (``memory_policy.py``) and the snapshots it writes."""
 
 from __future__ import annotations
 
-from kato_grpc.events import Events
 from kato_grpc.settings import Settings
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.protocols import KbReads, KbSnapshots
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
+from kato_grpc.telemetry import Telemetry
 from kato_server import memory_policy
 
 MB = 1024 * 1024
 
 
 def kb_cache(
-    settings: Settings, reads: KbReads, snapshots: KbSnapshots, events: Events
+    settings: Settings, reads: KbReads, snapshots: KbSnapshots, telemetry: Telemetry
 ) -> tuple[KbCache, Snapshotter | None]:
     """The cache reading through ``reads``, and its snapshotter writing to ``snapshots``
     (None when this process writes no snapshots: the server closes it at shutdown)."""
     policy = SnapshotPolicy(
         settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
     )
-    snapshotter = Snapshotter(snapshots, policy, events) if settings.kb_snapshots else None
+    snapshotter = Snapshotter(snapshots, policy, telemetry) if settings.kb_snapshots else None
     cache = KbCache(
         reads,
         after_large_refresh=memory_policy.after_large_refresh(freeze=settings.gc_freeze, trim=settings.malloc_trim),
-        events=events,
+        telemetry=telemetry,
         max_bytes=settings.kb_cache_max_mb * MB if settings.kb_cache_max_mb else None,
         after_eviction=memory_policy.after_eviction(trim=settings.malloc_trim),
         snapshotter=snapshotter,

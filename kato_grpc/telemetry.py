@@ -1,6 +1,6 @@
 """What the shell reports as it works (CAS conflicts, outbox applies, KB cache lookups,
 sessions): a Protocol the runner, the KB cache and the use cases are given, so they know no
-metrics library. ``NO_EVENTS`` ignores everything (metrics off, tests, the replay);
+metrics library. ``NO_TELEMETRY`` ignores everything (metrics off, tests, the replay);
 ``server/kato_server/metrics.py`` counts them for Prometheus."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 
-class Events(Protocol):
+class Telemetry(Protocol):
     def cas_conflict(self) -> None:
         """A compare-and-set lost to another change of the session (the call retries)."""
 
@@ -37,7 +37,7 @@ class Events(Protocol):
     def session_deleted(self) -> None: ...
 
 
-class _NoEvents:
+class _NoTelemetry:
     def cas_conflict(self) -> None:
         return None
 
@@ -66,4 +66,4 @@ class _NoEvents:
         return None
 
 
-NO_EVENTS: Events = _NoEvents()
+NO_TELEMETRY: Telemetry = _NoTelemetry()

@@ -61,7 +61,7 @@ EMOTIVE = b'{"events": [{"strings": ["x"], "emotives": {"joy": "high"}}]}\n'
     ("name", "content", "expected"),
     [
         ("random.txt", NOT_TEXT, r"random\.txt:1: is not UTF-8 text \(byte 0x96 in column 1\)"),
-        ("corpus.txt.gz", gzip.compress(b"the cat sat\n"), r"corpus\.txt\.gz:1: is a gzip-compressed file"),
+        ("corpus.txt.gz", gzip.compress(b"the cat sat\n", mtime=0), r"corpus\.txt\.gz:1: is a gzip-compressed file"),
         ("random.jsonl", NOT_TEXT, r"random\.jsonl:1: is not UTF-8 text"),
         ("broken.jsonl", b'[["a"], ["b"]]\n{"events": [["x"]\n', r"broken\.jsonl:2: is not JSON \(.+ at column \d+\)"),
         ("typed.jsonl", TYPED, r"typed\.jsonl:2: events\[1\]\[1\]: is not a string: 7"),

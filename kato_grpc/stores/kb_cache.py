@@ -44,7 +44,8 @@ class KbCache:
 
     ``after_large_refresh`` / ``after_eviction`` are the process's memory policy
     (``server/kato_server/memory_policy.py``): after a refresh of at least ``FREEZE_AFTER`` patterns, and
-    after an eviction; none by default."""
+    after an eviction; none by default. ``clock`` (seconds) times the MongoDB version checks;
+    injectable so a test can say when an interval has passed instead of sleeping through it."""
 
     def __init__(
         self,
@@ -57,8 +58,10 @@ class KbCache:
         after_eviction: Callable[[], None] | None = None,
         snapshotter: Snapshotter | None = None,
         decode: Callable[[bytes], KnowledgeIndex] = snapshot.decode,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._snapshotter = snapshotter
         self._decode = decode  # the server's runs with the GC paused (server/kato_server/memory_policy.py)
         self._events = telemetry
@@ -80,7 +83,7 @@ class KbCache:
         the cache and MongoDB was checked recently, no MongoDB round trip happens at all.
         """
         index = self._indexes.get(kb_id)
-        now = time.monotonic()
+        now = self._clock()
         recent = now - self._checked.get(kb_id, -1e9) < self._check_seconds
         # Writers publish after every applied write, so a missing version means no write since
         # Redis last knew it (or Redis lost the key): MongoDB, checked once a second, decides.

@@ -21,7 +21,8 @@ import asyncio
 import random
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -31,6 +32,23 @@ from kato_grpc.stores.protocols import KbSnapshots
 from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 
 log = structlog.get_logger("kato.snapshots")
+
+
+class Clock(Protocol):
+    """Where the quiet period's time comes from: the system's, or a test's (which then says
+    when the period has passed instead of sleeping through it)."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +61,21 @@ class SnapshotPolicy:
 @dataclass(slots=True)
 class _Kb:
     index: weakref.ref[KnowledgeIndex]
+    last_change: float  # by the snapshotter's clock
     pending: int = 0  # pattern documents merged since the last snapshot
-    last_change: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
 
 
 class Snapshotter:
-    def __init__(self, store: KbSnapshots, policy: SnapshotPolicy, telemetry: Telemetry = NO_TELEMETRY) -> None:
+    def __init__(
+        self,
+        store: KbSnapshots,
+        policy: SnapshotPolicy,
+        telemetry: Telemetry = NO_TELEMETRY,
+        clock: Clock | None = None,
+    ) -> None:
         self._store = store
+        self._clock = clock or SystemClock()
         self._policy = policy
         self._events = telemetry
         self._kbs: dict[str, _Kb] = {}
@@ -60,11 +85,11 @@ class Snapshotter:
         """The cache now holds ``index`` for the KB, ``patterns`` documents past its snapshot."""
         kb = self._kbs.get(kb_id)
         if kb is None:
-            kb = self._kbs[kb_id] = _Kb(weakref.ref(index))
+            kb = self._kbs[kb_id] = _Kb(weakref.ref(index), self._clock.monotonic())
         kb.index = weakref.ref(index)
         if patterns:
             kb.pending += patterns
-            kb.last_change = time.monotonic()
+            kb.last_change = self._clock.monotonic()
         if kb.pending and len(index) >= self._policy.min_patterns and kb.task is None:
             kb.task = asyncio.get_running_loop().create_task(self._run(kb_id, kb))
 
@@ -88,10 +113,10 @@ class Snapshotter:
                 index = kb.index()
                 if index is None:
                     return
-                wait = quiet - (time.monotonic() - kb.last_change)
+                wait = quiet - (self._clock.monotonic() - kb.last_change)
                 if wait > 0 and kb.pending < self._policy.growth * len(index):
                     del index
-                    await asyncio.sleep(wait)
+                    await self._clock.sleep(wait)
                     continue
                 kb.pending = 0
                 await self._write(kb_id, index)

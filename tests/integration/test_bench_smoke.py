@@ -93,3 +93,10 @@ def test_refresh_benchmark_smoke() -> None:
 def test_watchers_benchmark_smoke() -> None:
     out = _bench("bench.watchers", "--watchers", "8", "--learns", "5")
     assert "| 8 watchers |" in out and "| ratio of the medians |" in out
+
+
+def test_heavy_call_benchmark_smoke() -> None:
+    out = _bench("bench.heavy_call", "--rounds", "1")
+    for row in ("| health checks / Observes during the heavy calls |", "| Observe latency p50 / p99 |"):
+        assert row in out
+    assert "| the heavy GetPredictions (median) |" in out

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +42,11 @@ def quiet(stores: Stores, log_dir: Path) -> Iterator[ServerProcess]:
     server.stop()
 
 
+def _outbox(server: ServerProcess, sid: str) -> str:
+    """The Redis key of the session's outbox (``redis_sessions.Keys``)."""
+    return Keys(namespace_for(server.env["KATO_MONGODB_DATABASE"])).outbox(sid.removeprefix("sessions/"))
+
+
 def _cut_off_learn(server: ServerProcess, mongo: devstack.LocalServer, node: str, symbols: list[str]) -> str:
     """A Learn cut off (its client gone) while MongoDB is stalled, once its session commit is
     in Redis — a signal, not a deadline a loaded machine might miss: committed to the session,
@@ -53,7 +57,7 @@ def _cut_off_learn(server: ServerProcess, mongo: devstack.LocalServer, node: str
     ).name
     for s in symbols:
         stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
-    outbox = Keys(namespace_for(server.env["KATO_MONGODB_DATABASE"])).outbox(sid.removeprefix("sessions/"))
+    outbox = _outbox(server, sid)
     mongo.proc.send_signal(signal.SIGSTOP)
     try:
         call = stub.Learn.future(svc.LearnRequest(name=sid, request_id="learn-1"), timeout=120)
@@ -90,35 +94,69 @@ def test_cut_off_learn_lands_once_when_nobody_calls_again(stores: Stores, log_di
     try:
         stub, node = server.stub(), "silence-" + uuid.uuid4().hex
         name = names.pattern(node, pattern_name([["q1"], ["q2"]]))
-        _cut_off_learn(server, stores[1], node, ["q1", "q2"])
-        # Polled (the relay runs every 0.5 s from 1 s on): no bound on how fast a loaded
-        # machine gets there beyond the polling's own.
-        assert eventually(lambda: frequency(stub, name) == 1, timeout=15), "the relay applied it"
-        time.sleep(2)
+        sid = _cut_off_learn(server, stores[1], node, ["q1", "q2"])
+        # The relay drops the outbox once it has applied it: with the outbox gone nothing can
+        # apply it again, so the count read then is the final one (no waiting to see whether
+        # a second application comes). Polled: the deadline only bounds a hang.
+        with redis.Redis.from_url(server.env["KATO_REDIS_URL"]) as r:
+            assert eventually(lambda: r.exists(_outbox(server, sid)) == 0, timeout=60), "the relay applied it"
         assert frequency(stub, name) == 1
     finally:
         server.stop()
 
 
-def test_request_records_live_as_long_as_their_session(stores: Stores, log_dir: Path) -> None:
-    server = _server(stores, log_dir, KATO_MIN_TTL_SECONDS="1")
+def _redis_ms(r: redis.Redis) -> int:
+    """Redis's clock, in ms (the one its TTLs run on)."""
+    seconds, micros = r.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _learned_then_kept(server: ServerProcess, r: redis.Redis, ttl: int) -> tuple[str, svc.LearnResponse, int] | None:
+    """A session of ``ttl`` seconds that observed "t1", "t2" and learned with request id "L",
+    then was given 600 s: (session name, the Learn's answer, when the session would have
+    ended by Redis's clock as the record was written). None when the session ended before it
+    was given longer (the calls took more than ``ttl`` seconds)."""
+    stub, node = server.stub(), "ttl-" + uuid.uuid4().hex
+    sid = stub.CreateSession(
+        svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node), ttl_seconds=ttl))
+    ).name
+    state = Keys(namespace_for(server.env["KATO_MONGODB_DATABASE"])).state(sid.removeprefix("sessions/"))
     try:
-        stub, node = server.stub(), "ttl-" + uuid.uuid4().hex
-        sid = stub.CreateSession(
-            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(node), ttl_seconds=4))
-        ).name
         for s in ("t1", "t2"):
             stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
         first = stub.Learn(svc.LearnRequest(name=sid, request_id="L"))
-        # 8 s: twice the TTL, the session kept alive by its calls (each slides it: 3.5 s of
-        # margin for a call on a loaded machine).
-        for _ in range(16):
-            time.sleep(0.5)
-            stub.GetSession(svc.GetSessionRequest(name=sid))
+        written_until = int(r.pexpiretime(state))  # nothing else calls the session meanwhile
+        stub.UpdateSession(svc.UpdateSessionRequest(session=svc.Session(name=sid, ttl_seconds=600)))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
+    assert written_until > 0, "the session had a TTL"
+    return sid, first, written_until
+
+
+def test_request_records_live_as_long_as_their_session(stores: Stores, log_dir: Path) -> None:
+    # A record written while its session had seconds to live is still there after they have
+    # passed, once the session was given longer: it lives as long as the session, not as long
+    # as the session had to live when it was written. Nothing must come in time: a machine
+    # too slow to give the session longer before it ends starts over with twice the TTL (the
+    # last only bounds a hang); the 600 s keep it meanwhile, and the time is Redis's own.
+    server = _server(stores, log_dir, KATO_MIN_TTL_SECONDS="1")
+    try:
+        stub = server.stub()
+        with redis.Redis.from_url(server.env["KATO_REDIS_URL"]) as r:
+            kept = None
+            for ttl in (2, 4, 8, 16, 32, 64):
+                kept = _learned_then_kept(server, r, ttl)
+                if kept is not None:
+                    break
+            assert kept is not None, "a session was given longer before it ended"
+            sid, first, written_until = kept
+            assert eventually(lambda: _redis_ms(r) > written_until, timeout=120), "Redis's clock passed it"
         for s in ("t1", "t2"):
             stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[s])))
         again = stub.Learn(svc.LearnRequest(name=sid, request_id="L"))
-        assert again == first
+        assert again == first  # the record replayed: the learn did not run again
         assert frequency(stub, first.pattern) == 1
         assert len(stub.GetShortTermMemory(svc.GetShortTermMemoryRequest(name=sid)).events) == 2
     finally:

@@ -119,18 +119,20 @@ def test_readiness_waits_for_the_preloaded_knowledge_bases(stores: Stores) -> No
         database = "kato_ready_" + uuid.uuid4().hex[:8]
         settings = Settings(port=0, mongodb_database=database, preload_nodes=["slow"])
         server = KatoServer(settings, redis_url, mongodb_uri)
-        release = asyncio.Event()
+        release, preloading = asyncio.Event(), asyncio.Event()
         view = server.cache.view
 
         async def slow(kb_id: str, published: int | None = None) -> KnowledgeIndex:
+            preloading.set()
             await release.wait()
             return await view(kb_id, published)
 
         server.cache.view = slow  # type: ignore[method-assign]
         starting = asyncio.create_task(server.start())
-        while not getattr(server, "port", 0):
-            await asyncio.sleep(0.01)
         try:
+            # The preload has begun: the server listens and has set what it sets before loading.
+            async with asyncio.timeout(60):  # bounds a hang only
+                await preloading.wait()
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel)
 
@@ -141,7 +143,6 @@ def test_readiness_waits_for_the_preloaded_knowledge_bases(stores: Stores) -> No
                         assert exc.code() == grpc.StatusCode.NOT_FOUND  # not set yet
                         return -1
 
-                await asyncio.sleep(0.3)
                 assert await status("liveness") == health_pb2.HealthCheckResponse.SERVING
                 assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
                 assert await status(SERVICE_NAME) != health_pb2.HealthCheckResponse.SERVING

@@ -170,14 +170,17 @@ def test_read_ahead_is_bounded_in_bytes() -> None:
     async def run() -> list[int]:
         queue: ReadAhead[int] = ReadAhead(max_items=100, max_bytes=10)
         sizes: list[int] = []
+        tried: list[int] = []
 
         async def produce() -> None:
             for i in range(5):
+                tried.append(i)
                 await queue.put(i, 4)
                 sizes.append(i)
 
         task = asyncio.create_task(produce())
-        await asyncio.sleep(0.01)
+        while len(tried) < 3:  # until the third put is under way: this runs only while it waits
+            await asyncio.sleep(0)
         held = len(sizes)  # 4 + 4 fit in 10 bytes, the third waits
         for _ in range(5):
             await queue.get()

@@ -17,14 +17,17 @@ from kato_grpc.stores.protocols import KbChanges
 
 class SlowStore:
     """Enough of the pattern store for the cache: every KB at version 1, empty; reads of KBs
-    other than "b" wait for ``gate`` when it is set up."""
+    other than "b" wait for ``gate`` when it is set up (``waiting``: the version reads
+    waiting there)."""
 
     def __init__(self) -> None:
         self.gate: asyncio.Event | None = None
         self.loads = 0
+        self.waiting = 0
 
     async def kb_version(self, kb_id: str) -> int:
         if self.gate is not None and kb_id == "a":
+            self.waiting += 1
             await self.gate.wait()
         return 1
 
@@ -42,7 +45,11 @@ def test_callers_arriving_during_a_load_share_it_and_one_giving_up_does_not_canc
         cache = KbCache(store, check_seconds=0)
         first = asyncio.create_task(cache.view("k"))
         others = [asyncio.create_task(cache.view("k")) for _ in range(7)]
-        await asyncio.sleep(0.01)
+        # Until the load waits at the gate: it is a task the first caller made, so it first
+        # runs after every caller made before it has run up to its wait (none of them waits
+        # before it joins the load: the version of "k" is read without waiting).
+        while store.loads == 0:
+            await asyncio.sleep(0)
         first.cancel()  # its caller's deadline passed
         store.gate.set()
         views = await asyncio.gather(*others)
@@ -59,7 +66,8 @@ def test_a_kb_evicted_while_a_call_waits_still_answers_it() -> None:
         await cache.view("a")
         store.gate = asyncio.Event()
         waiting = asyncio.create_task(cache.view("a"))  # waits for a's version
-        await asyncio.sleep(0.01)
+        while store.waiting == 0:  # until it does
+            await asyncio.sleep(0)
         await cache.view("b")  # loads b, evicts a
         store.gate.set()
         assert (await waiting).version == 1

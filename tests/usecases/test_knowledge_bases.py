@@ -59,6 +59,8 @@ def test_update_pattern_sets_the_masked_fields(kato: Kato) -> None:
         updated = await kato.use.admin.update_pattern(request, ANYONE)
         assert (updated.frequency, list(updated.emotives)) == (7, [])  # emotives not in the mask
         assert kato.frequency(name) == 7
+        # Published as a delete's is: caches refresh at once, not at their next MongoDB check.
+        assert await kato.session_store.kb_version(KB) == kato.pattern_store.kb(KB).version
         got = await kato.use.admin.get_pattern(svc.GetPatternRequest(name=name), ANYONE)
         assert got == updated
         request.pattern.name = names.pattern(KB, "0" * 40)

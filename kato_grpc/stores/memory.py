@@ -317,8 +317,10 @@ class InMemoryPatternStore:
         frequency: int | None,
         emotives: Sequence[Mapping[str, float]] | None,
         metadata: Mapping[str, Sequence[str]] | None,
-    ) -> PatternRecord | None:
-        return self.kb(kb_id).update(name, frequency, emotives, metadata)
+    ) -> tuple[PatternRecord, int] | None:
+        kb = self.kb(kb_id)
+        record = kb.update(name, frequency, emotives, metadata)
+        return None if record is None else (record, kb.version)
 
     # --- KbTransferStore ------------------------------------------------------------------
 

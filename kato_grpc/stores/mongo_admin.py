@@ -81,7 +81,7 @@ async def update_in(
     frequency: int | None,
     emotives: Sequence[Mapping[str, float]] | None,
     metadata: Mapping[str, Sequence[str]] | None,
-) -> PatternRecord | None:
+) -> tuple[PatternRecord, int] | None:
     fields: Doc = {}
     if frequency is not None:
         fields["frequency"] = frequency
@@ -99,7 +99,7 @@ async def update_in(
         return None
     version = await _bump_reload(db, s, kb_id, reset_totals=False)
     await _event(db, s, kb_id, version, "updated", name)
-    return pattern_from_doc(doc)
+    return pattern_from_doc(doc), version
 
 
 class MongoKbAdmin:
@@ -130,6 +130,6 @@ class MongoKbAdmin:
         frequency: int | None,
         emotives: Sequence[Mapping[str, float]] | None,
         metadata: Mapping[str, Sequence[str]] | None,
-    ) -> PatternRecord | None:
+    ) -> tuple[PatternRecord, int] | None:
         db = self._database.db
         return await self._database.transaction(lambda s: update_in(db, s, kb_id, name, frequency, emotives, metadata))

@@ -272,8 +272,9 @@ class KbWrites(Protocol):
         frequency: int | None,
         emotives: Sequence[Mapping[str, float]] | None,
         metadata: Mapping[str, Sequence[str]] | None,
-    ) -> PatternRecord | None:
-        """Set the fields given (None: kept); the pattern after it, None if absent."""
+    ) -> tuple[PatternRecord, int] | None:
+        """Set the fields given (None: kept); the pattern after it and the KB's new version
+        (to publish, as a delete's), None if absent."""
         ...
 
 

@@ -16,7 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from pymongo import AsyncMongoClient
 
-from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores import redis_client
 from kato_grpc.stores.keys import Keys
@@ -27,21 +26,13 @@ from kato_grpc.stores.redis_sessions import RedisSessionStore, Replication
 from kato_grpc.stores.transaction_owners import TransactionOwners
 from kato_grpc.telemetry import NO_TELEMETRY
 from kato_grpc.v1 import kato_service_pb2 as svc
-from kato_server import kb_cache_setup, reflection, tracing, validation
+from kato_server import reflection, tracing, validation
+from kato_server.assembly import PatternStores, assemble
 from kato_server.calls import CallInterceptor
-from kato_server.engine_threads import EngineThreads
 from kato_server.handlers import add_service
 from kato_server.instrumented_stores import observed
-from kato_server.kb_admin import KbAdmin
-from kato_server.kb_stats import KbStats
-from kato_server.kb_transfer import KbTransfer
-from kato_server.kb_watch import KbWatch
 from kato_server.metrics import Metrics
-from kato_server.observing import Observing
 from kato_server.reaper import TransactionReaper
-from kato_server.relay import OutboxRelay
-from kato_server.servicer import KatoServicer
-from kato_server.sessions import Sessions
 
 S = TypeVar("S")
 log = structlog.get_logger("kato.server")
@@ -135,51 +126,24 @@ class KatoServer:
         self.patterns = mongo(self.mongo.learns)
         self.deployment = mongo(self.mongo.deployment)
         self.reaper = TransactionReaper(self.owners, mongo(self.mongo.sessions), settings.transaction_lease_seconds / 3)
-        self.cache, self.snapshotter = kb_cache_setup.kb_cache(
-            settings, mongo(self.mongo.reads), mongo(self.mongo.snapshots), telemetry
-        )
-        self.engine = EngineThreads(settings.engine_threads, settings.max_prediction_work, telemetry.engine_stopped)
-        self.runner = TransactionRunner(
-            self.sessions,
-            wrap_pattern_store(self.patterns) if wrap_pattern_store is not None else self.patterns,
-            Policy(
-                cas_retries=settings.cas_retries,
-                backoff_max_seconds=settings.cas_backoff_max_seconds,
-                default_ttl_seconds=settings.session_ttl_seconds,
-                max_session_bytes=settings.max_session_bytes,
-                ack_after_commit=settings.learn_ack == "committed",
-            ),
-            telemetry=telemetry,
-        )
-        self.servicer = KatoServicer(
+        # Everything between the gRPC server and the stores, built from their Protocols
+        # alone (assembly.py; the in-process tests build the same over the twins).
+        service = assemble(
             settings,
-            Sessions(
-                settings,
-                sessions=self.sessions,
-                deletion=self.sessions,
-                records=self.sessions,
-                runner=self.runner,
-                telemetry=telemetry,
-            ),
-            Observing(settings, self.sessions, self.cache, self.engine, self.runner),
-            KbAdmin(
-                settings,
-                versions=self.sessions,
-                records=self.sessions,
-                patterns=mongo(self.mongo.patterns),
-                writes=mongo(self.mongo.admin),
-                runner=self.runner,
-            ),
-            KbStats(self.sessions, self.cache, self.engine),
-            KbTransfer(settings, self.sessions, mongo(self.mongo.transfer)),
-            KbWatch(settings, self.sessions, mongo(self.mongo.events)),
-        )
-        self.relay = OutboxRelay(
             self.sessions,
-            self.runner.applier.apply,
-            after_seconds=settings.outbox_relay_after_seconds,
-            interval_seconds=settings.outbox_relay_interval_seconds,
+            PatternStores(
+                learns=wrap_pattern_store(self.patterns) if wrap_pattern_store is not None else self.patterns,
+                reads=mongo(self.mongo.reads),
+                patterns=mongo(self.mongo.patterns),
+                admin=mongo(self.mongo.admin),
+                transfer=mongo(self.mongo.transfer),
+                events=mongo(self.mongo.events),
+                snapshots=mongo(self.mongo.snapshots),
+            ),
+            telemetry,
         )
+        self.runner, self.cache, self.snapshotter = service.runner, service.cache, service.snapshotter
+        self.engine, self.servicer, self.relay = service.engine, service.servicer, service.relay
         if metrics is not None:
             metrics.track_pending(lambda: self.runner.applier.pending_writes)
         self.health = health.aio.HealthServicer()

@@ -80,15 +80,19 @@ class KbAdmin:
             else None
         )
         validation.check_accumulations(emotives or [], metadata or {}, "pattern")
-        record = await self.writes.update_pattern(
+        updated = await self.writes.update_pattern(
             node,
             sha1,
             frequency=req.pattern.frequency if "frequency" in mask else None,
             emotives=emotives,
             metadata=metadata,
         )
-        if record is None:
+        if updated is None:
             raise pattern_not_found(req.pattern.name)
+        record, version = updated
+        # Published as a delete's is: this process's cache (and any other's) refreshes at once
+        # instead of at its next check of MongoDB's version (D-8).
+        await self.versions.publish_kb_version(node, version)
         return encoding.pattern_proto(record, node)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest, caller: Caller) -> None:

@@ -194,8 +194,9 @@ def test_the_version_only_moves_on(run: Callable[[Body], None]) -> None:
         versions.append((await side.learns.apply_many(KB, writes[:3])).version)
         name = writes[0].name
         updated = await side.writes.update_pattern(KB, name, frequency=7, emotives=None, metadata=None)
-        assert updated is not None and updated.frequency == 7
-        versions.append(await side.reads.kb_version(KB))
+        assert updated is not None and updated[0].frequency == 7
+        assert updated[1] == await side.reads.kb_version(KB)
+        versions.append(updated[1])
         deleted = await side.writes.delete_pattern(KB, name)
         assert deleted is not None
         versions += [deleted, await side.writes.clear(KB)]
@@ -343,12 +344,14 @@ def test_patterns_read_updated_and_deleted(run: Callable[[Body], None]) -> None:
         totals = await _summary(side)
         emotives = [{"joy": 0.5, "a.b": -1.0}]
         metadata = {"k": [canonical_json("x"), canonical_json(2)], "empty": []}
-        updated = await side.writes.update_pattern(KB, names[0], frequency=9, emotives=emotives, metadata=metadata)
-        assert updated is not None and updated == await side.patterns.get_pattern(KB, names[0])
+        after = await side.writes.update_pattern(KB, names[0], frequency=9, emotives=emotives, metadata=metadata)
+        assert after is not None
+        updated = after[0]
+        assert updated == await side.patterns.get_pattern(KB, names[0])
         assert (updated.frequency, list(updated.emotives)) == (9, emotives)
         assert dict(updated.metadata) == {"k": ('"x"', "2")}
         kept = await side.writes.update_pattern(KB, names[0], frequency=None, emotives=None, metadata=None)
-        assert kept == updated
+        assert kept is not None and kept[0] == updated
         assert await side.writes.delete_pattern(KB, names[1]) is not None
         assert await side.patterns.get_pattern(KB, names[1]) is None
         # Neither changes the totals (engine.md §5.4): only the version moved, twice.

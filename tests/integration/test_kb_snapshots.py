@@ -148,8 +148,9 @@ def test_deletes_updates_and_wipes_after_a_snapshot(stores: Stores) -> None:
         await _snapshot_written(snapshotter, 1)
         names = sorted(p.name for p in reference.all_patterns())
         assert await store.admin.delete_pattern(KB, names[0]) is not None
-        updated = await store.admin.update_pattern(KB, names[1], frequency=42, emotives=None, metadata=None)
-        assert updated is not None
+        after = await store.admin.update_pattern(KB, names[1], frequency=42, emotives=None, metadata=None)
+        assert after is not None
+        updated = after[0]
         loads = _loads(store)
         view = await KbCache(store.reads, check_seconds=0).view(KB)
         # The snapshot's patterns are stale now, its statistics are not (neither change them).

@@ -190,6 +190,7 @@ class Dep:
     model: Model
     procs: list[Process]
     verified: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # cache checks done
+    bounded: dict[str, tuple[object, ...]] = field(default_factory=dict)  # KB checks done
 
 
 def kb_content(kb: KnowledgeIndex) -> tuple[object, ...]:
@@ -415,6 +416,11 @@ class Simulation:
     def _check_kb(self, dep: Dep, kb_id: str, pending: set[tuple[str, ...]], published: int) -> None:
         model = dep.model
         kb = dep.world.patterns_twin.kb(kb_id)
+        mine = sorted(ids for ids in pending if model.commits_by_ids[ids].kb == kb_id)
+        seen = (kb.version, len(model.kb_commits.get(kb_id, ())), published, tuple(mine))
+        if dep.bounded.get(kb_id) == seen:
+            return  # nothing it is checked against moved since the last step
+        dep.bounded[kb_id] = seen
         lower, upper = model.kb_bounds(kb_id, pending)
         real = {p.name: p.frequency for p in kb.all_patterns()}
         for name in sorted(set(real) | set(lower)):

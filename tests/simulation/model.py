@@ -12,24 +12,35 @@ From the commits it bounds each KB at every step: a pattern's frequency is at le
 learns of the commits whose outbox is gone (an outbox leaves only once applied) and at most
 the learns of all commits; with no outbox left, it is exactly the committed learns — each
 acknowledged learn once, plus at most the unacknowledged ones that committed.
+
+One model per deployment. It also follows the pattern store's applies — which commits' writes
+each new KB version holds, each write once, none another deployment's — so that it can say
+what a KB held at any version (``kb_at``): what a cached index of that version must equal,
+and what the predictions of an Observe answer computed on that version must be. And it
+follows the clock: each load and commit slides a session's TTL, and a session whose TTL
+lapsed is gone.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from kato_grpc import names, request_ids
+from kato_grpc import encoding, names, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
+from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.errors import FailedPrecondition
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.index import KnowledgeIndex
+from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.mongo_docs import learns
+from kato_grpc.stores.protocols import Applied
 from kato_grpc.v1 import kato_service_pb2 as svc
-from tests.simulation.world import Owner
+from tests.simulation.world import Clock, Owner
 
 EMPTY_KB = KnowledgeIndex()
 MAX_COUNTER = 2**53 - 1  # engine.md D-30: no counter past it
@@ -55,6 +66,7 @@ class CallRecord:
     request_id: str
     caller: Caller
     commits_at_start: int  # the session's commits when the call started (a read's window)
+    known: bool = True  # the deployment had the session when the call started (else: NOT_FOUND allowed)
     status: str = "running"  # running, ok, error, lost (its process crashed)
     response: Message | None = None
     error: BaseException | None = None
@@ -74,6 +86,7 @@ class Commit:
     write_ids: tuple[str, ...]  # the ids the runner gave them in the committed outbox
     expected: dict[str, object]  # what its answer must say (the KB-independent fields)
     record: bytes = b""  # the response recorded under its request id
+    predictions: bytes = b""  # an Observe's answered predictions (on the KB version it read)
     acked: bool = False  # its call, or a replay of it, was answered
     learned: Counter[str] = field(default_factory=Counter)  # learns per pattern name
 
@@ -89,6 +102,8 @@ class SessionModel:
     kb: str
     state: storage.SessionState
     version: int = 1
+    ttl_ms: int = 0
+    expires_at_ms: float = 0.0  # as the keyspace counts it: gone once the clock is past it
     alive: bool = True
     deleted_by: str = ""
     # The request records the store must hold: the same eviction rule (oldest first beyond
@@ -115,19 +130,62 @@ def write_shape(write: storage.PatternWrite) -> tuple[object, ...]:
 
 
 class Model:
-    def __init__(self, record_limit: int, limits: processor.StmLimits) -> None:
+    def __init__(self, deployment: int, record_limit: int, limits: processor.StmLimits, clock: Clock) -> None:
+        self.deployment = deployment
         self.record_limit = record_limit
         self.limits = limits
+        self.clock = clock
         self.sessions: dict[str, SessionModel] = {}
         self.calls: dict[str, CallRecord] = {}  # by label
         self.commits_by_ids: dict[tuple[str, ...], Commit] = {}
         self.kb_commits: dict[str, list[Commit]] = {}
         self.kb_learns: dict[str, Counter[str]] = {}  # every committed learn, per KB and pattern
         self.broken: Violation | None = None  # the first violation seen inside a store operation
+        # The pattern store's applies: each write id once (the deployment's ledger), and per
+        # KB the writes each new version added, in version order.
+        self.write_commits: dict[str, Commit] = {}
+        self.applied_ids: set[str] = set()
+        self.kb_log: dict[str, list[tuple[int, list[storage.PatternWrite]]]] = {}
+        self._kb_at: dict[tuple[str, int], InMemoryKnowledgeBase] = {}
+        self.views: dict[str, tuple[str, int]] = {}  # call label -> (KB, version) its last view read
 
-    def add_session(self, state: storage.SessionState) -> None:
-        self.sessions[state.session_id] = SessionModel(state.session_id, state.node_id, storage.SessionState())
-        self.sessions[state.session_id].state.CopyFrom(state)
+    def now_ms(self) -> float:
+        return self.clock() * 1000  # as InMemoryKeyspace.now_ms counts
+
+    def add_session(self, state: storage.SessionState, ttl_ms: int) -> None:
+        s = self.sessions[state.session_id] = SessionModel(state.session_id, state.node_id, storage.SessionState())
+        s.state.CopyFrom(state)
+        s.ttl_ms, s.expires_at_ms = ttl_ms, self.now_ms() + ttl_ms
+
+    def _keep(self, violation: Violation) -> Violation:
+        """Kept: the code under test may swallow what a store operation raises."""
+        self.broken = self.broken or violation
+        return violation
+
+    # --- the clock -------------------------------------------------------------------------
+
+    def loaded(self, owner: Owner, session_id: str, found: bool) -> None:
+        """A load took effect: it slid the session's TTL (and starts a new attempt: what the
+        call viewed before is not what this attempt computes on)."""
+        self.views.pop(owner.label, None)
+        if not found:
+            return
+        s = self.sessions.get(session_id)
+        if s is None or not s.alive:
+            raise self._keep(
+                Violation("deployment", f"{owner.label} loaded {session_id}, no live session of deployment "
+                          f"{self.deployment}")
+            )  # fmt: skip
+        s.expires_at_ms = self.now_ms() + s.ttl_ms
+
+    def lapse(self) -> list[str]:
+        """The sessions whose TTL lapsed by now (as Redis's rule: gone once the clock is past
+        the expiry)."""
+        now = self.now_ms()
+        gone = [sid for sid, s in sorted(self.sessions.items()) if s.alive and now > s.expires_at_ms]
+        for sid in gone:
+            self.expire(sid, by="expiry")
+        return gone
 
     # --- what the engine says a call does -------------------------------------------------
 
@@ -192,12 +250,12 @@ class Model:
         outbox: storage.Outbox | None,
         request_id: str,
         record: storage.RequestRecord | None,
+        ttl_ms: int,
     ) -> None:
         try:
-            self._committed(owner, state, outbox, request_id, record)
-        except Violation as violation:  # kept: the code under test may swallow what it raises
-            self.broken = self.broken or violation
-            raise
+            self._committed(owner, state, outbox, request_id, record, ttl_ms)
+        except Violation as violation:
+            raise self._keep(violation) from None
 
     def _committed(
         self,
@@ -206,11 +264,15 @@ class Model:
         outbox: storage.Outbox | None,
         request_id: str,
         record: storage.RequestRecord | None,
+        ttl_ms: int,
     ) -> None:
         call = self.calls.get(owner.label)
         if call is None or call.method not in TRANSACTIONS:
             raise Violation("commit", f"{owner.label} committed session {state.session_id} but is no session call")
-        s = self.sessions[state.session_id]
+        s = self.sessions.get(state.session_id)
+        if s is None:
+            raise Violation("deployment", f"{call.label} committed {state.session_id}, not deployment "
+                            f"{self.deployment}'s")  # fmt: skip
         if not s.alive:
             raise Violation("commit", f"{call.label} committed {s.sid} after it was deleted or expired")
         if call.session != s.sid:
@@ -248,7 +310,11 @@ class Model:
         ids = tuple(w.write_id for w in stored)
         if ids and (len(set(ids)) != len(ids) or not all(ids)):
             raise Violation("write-id", f"{call.label} committed write ids {ids}")
+        if ttl_ms != s.ttl_ms:
+            raise Violation("session", f"{call.label} committed {s.sid} with a TTL of {ttl_ms} ms, not {s.ttl_ms}")
         commit = Commit(call, state.version, s.kb, writes, ids, answer)
+        if isinstance(call.request, svc.ObserveRequest) and call.request.return_predictions:
+            commit.predictions = self._observe_predictions(call, s)
         if request_id:
             if record is None:
                 raise Violation("request-id", f"{call.label} committed request id {request_id!r} without its record")
@@ -259,9 +325,12 @@ class Model:
             s.recorded.setdefault(request_id, []).append(commit)
         if ids:
             self.commits_by_ids[ids] = commit
+            for write_id in ids:
+                self.write_commits[write_id] = commit
         self.kb_commits.setdefault(s.kb, []).append(commit)
         self.kb_learns.setdefault(s.kb, Counter()).update(commit.learned)
         s.version, s.state = state.version, expected_state
+        s.expires_at_ms = self.now_ms() + ttl_ms
         s.commits.append(commit)
         s.stm_history.append(stm_of(expected_state))
         call.commit = commit
@@ -269,10 +338,9 @@ class Model:
     def deleted(self, owner: Owner, session_id: str) -> None:
         call = self.calls.get(owner.label)
         if call is None or call.method != "DeleteSession" or call.session != session_id:
-            self.broken = self.broken or Violation(
-                "delete", f"{owner.label} deleted session {session_id} but is not its DeleteSession"
+            raise self._keep(
+                Violation("delete", f"{owner.label} deleted session {session_id} but is not its DeleteSession")
             )
-            raise self.broken
         self.expire(session_id, by=call.label)
 
     def expire(self, session_id: str, by: str) -> None:
@@ -284,6 +352,18 @@ class Model:
 
     def answered(self, call: CallRecord) -> None:
         """Check a call's answer (or error) against the model."""
+        if call.session not in self.sessions:  # a session of the other deployment: none of that id here
+            code, reason = getattr(call.error, "code", ""), getattr(call.error, "reason", "")
+            if call.status == "ok" or (code, reason) not in (
+                ("NOT_FOUND", "SESSION_NOT_FOUND"),
+                ("UNAVAILABLE", "STORE_UNAVAILABLE"),
+            ):
+                raise Violation(
+                    "deployment",
+                    f"{call.label} ({call.method}) on {call.session}, which deployment {self.deployment} never "
+                    f"had, ended {call.status} {call.error!r}",
+                )
+            return
         s = self.sessions[call.session]
         allowed = call.caller.nodes is None or s.kb in call.caller.nodes
         if call.status == "ok":
@@ -299,7 +379,7 @@ class Model:
         if code == "UNAVAILABLE" and reason == "STORE_UNAVAILABLE":
             return  # an injected failure
         if code == "NOT_FOUND" and reason == "SESSION_NOT_FOUND":
-            if s.alive:
+            if s.alive and call.known:
                 raise Violation("session", f"{call.label} got NOT_FOUND, but {s.sid} is alive")
             return
         if code == "PERMISSION_DENIED":
@@ -342,6 +422,18 @@ class Model:
                     )
                 commit = replayed[-1]
             commit.acked = True
+            if commit.predictions:
+                assert isinstance(response, svc.ObserveResponse)
+                shown = svc.ObserveResponse(
+                    predictions=response.predictions, future_potentials=response.future_potentials
+                )
+                if shown.SerializeToString() != commit.predictions:
+                    engine = svc.ObserveResponse.FromString(commit.predictions)
+                    raise Violation(
+                        "predictions",
+                        f"{call.label} answered predictions {_names(shown)}; the engine on {s.sid}'s state and "
+                        f"{s.kb} at the version its call read {_names(engine)} (or other values)",
+                    )
             for key, value in commit.expected.items():
                 got = getattr(response, key)
                 got = list(got) if key == "auto_learned_patterns" else got
@@ -376,3 +468,74 @@ class Model:
         for commit in self.kb_commits.get(kb, []):
             (acked if commit.acked else unacked).update(commit.learned)
         return acked, unacked
+
+    # --- the pattern store's applies and the KB at each version ---------------------------
+
+    def applied(self, kb: str, writes: Sequence[storage.PatternWrite], applied: Applied) -> None:
+        try:
+            self._applied(kb, writes, applied)
+        except Violation as violation:
+            raise self._keep(violation) from None
+
+    def _applied(self, kb: str, writes: Sequence[storage.PatternWrite], applied: Applied) -> None:
+        new: dict[str, storage.PatternWrite] = {}
+        for w in writes:
+            commit = self.write_commits.get(w.write_id)
+            if commit is None:
+                raise Violation("deployment", f"write {w.write_id} applied to deployment {self.deployment}'s "
+                                f"{kb}: no commit of this deployment wrote it")  # fmt: skip
+            if commit.kb != kb:
+                raise Violation("learn", f"write {w.write_id} of {commit.kb} applied to {kb}")
+            if w.write_id not in self.applied_ids:
+                new.setdefault(w.write_id, w)
+        if applied.count != len(new):
+            raise Violation("learn", f"{kb} applied {applied.count} writes of a batch with {len(new)} new ones")
+        if not new:
+            return
+        log = self.kb_log.setdefault(kb, [])
+        if applied.version != (log[-1][0] if log else 0) + 1:
+            raise Violation("learn", f"{kb} moved to version {applied.version} after {log[-1][0] if log else 0}")
+        self.applied_ids.update(new)
+        log.append((applied.version, list(new.values())))
+
+    def kb_version(self, kb: str) -> int:
+        log = self.kb_log.get(kb)
+        return log[-1][0] if log else 0
+
+    def kb_at(self, kb: str, version: int) -> InMemoryKnowledgeBase:
+        """What ``kb`` held at ``version``: the applied writes up to it, each batch one change."""
+        found = self._kb_at.get((kb, version))
+        if found is None:
+            found = InMemoryKnowledgeBase()
+            for v, writes in self.kb_log.get(kb, []):
+                if v > version:
+                    break
+                found.commit(writes)
+            found.version = version
+            self._kb_at[(kb, version)] = found
+        return found
+
+    def viewed(self, owner: Owner, kb: str, version: int) -> None:
+        if version > self.kb_version(kb):
+            raise self._keep(Violation("cache", f"{owner.label} viewed {kb} at {version}, past its version"))
+        self.views[owner.label] = (kb, version)
+
+    def _observe_predictions(self, call: CallRecord, s: SessionModel) -> bytes:
+        """The predictions an Observe answers: the engine on the model's state of the session
+        and the KB at the version the call read (none read: the empty KB)."""
+        req = call.request
+        assert isinstance(req, svc.ObserveRequest)
+        viewed = self.views.get(call.label)
+        kb: KnowledgeView = EMPTY_KB
+        if viewed is not None:
+            if viewed[0] != s.kb:
+                raise Violation("cache", f"{call.label} on {s.sid} of {s.kb} read {viewed[0]}")
+            kb = self.kb_at(*viewed)
+        r = processor.observe(s.state, req.observation, kb, unique_id=req.observation.unique_id, limits=self.limits)
+        out = svc.ObserveResponse()
+        encoding.add_predictions(r.predictions, names.pattern_prefix(s.kb), out.predictions, out.future_potentials)
+        return out.SerializeToString()
+
+
+def _names(response: svc.ObserveResponse | svc.GetPredictionsResponse) -> list[str]:
+    return [p.pattern.rsplit("/", 1)[-1][:12] for p in response.predictions]

@@ -4,9 +4,11 @@ A history is a list of actions (``Action``), each plain data, so that a failing 
 be replayed and shrunk without its seed. ``generate`` draws the next action from the seed and
 the world as it is (which gates wait, which calls ran); ``Simulation.execute`` performs one
 and lets every task run until all wait at a gate again (``world.settle``); then the calls
-that ended are checked against the model and the invariants are checked against the stores.
-Every history ends with ``Quiesce``: all gates opened, the relay run until no outbox is left,
-and the KBs and predictions compared with the pure engine's on the model's state.
+that ended are checked against the models and the invariants are checked against the stores.
+Every history ends with ``Quiesce``: all gates opened, the clock moved past the relay's grace
+and the caches' staleness bound, the relays run until no outbox is left, and the KBs, the
+caches (warm and cold) and the predictions compared with the pure engine's on the models'
+state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -31,9 +33,12 @@ from google.protobuf.message import Message
 from kato_grpc import encoding, names
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
-from kato_grpc.stores.memory import InMemoryKnowledgeBase, InMemoryPatternStore
-from kato_grpc.stores.memory_sessions import InMemorySessionStore
+from kato_grpc.stores.index import KnowledgeIndex
+from kato_grpc.stores.kb_cache import KbCache
+from kato_grpc.stores.memory import InMemoryKnowledgeBase
+from kato_grpc.stores.memory_sessions import InMemoryKeyspace
 from kato_grpc.stores.protocols import RecordLimits
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -41,27 +46,32 @@ from tests.simulation.model import MAX_COUNTER, CallRecord, Model, Violation, st
 from tests.simulation.world import (
     FAIL_AFTER,
     FAIL_BEFORE,
+    KB_CHECK_SECONDS,
     OK,
     OWNER,
-    GatedPatterns,
-    GatedSessions,
+    RELAY_AFTER_SECONDS,
+    Clock,
+    Deployment,
     Gates,
     Owner,
     Process,
-    World,
+    deployment,
     settle,
+    simulated_time,
     task_factory,
 )
 
-PROCESSES = 2
-KBS = ("kb0", "kb1", "kb2")
+DEPLOYMENTS = ("alpha", "beta")  # their namespaces on the one Redis
+PROCESSES = 2  # per deployment
+KBS = ("kb0", "kb1", "kb2")  # in each deployment: the same names, different databases
 # Tenants: the runner authorizes a session's node on every load. One may touch kb0 and kb1,
 # one kb2, one (authentication off) every KB.
 TENANTS: tuple[frozenset[str] | None, ...] = (frozenset({"kb0", "kb1"}), frozenset({"kb2"}), None)
 SYMBOLS = ("a", "b", "c", "d", "e", "f")
 RECORD_LIMIT = 3  # request records a session keeps: small, so that ids are evicted and reused
-MAX_SESSIONS = 6
-MAX_IN_FLIGHT = 6
+MAX_SESSIONS = 6  # live, per deployment
+MAX_IN_FLIGHT = 8
+TTLS = (10, 60, 600, 3600)  # seconds: some lapse within a history, some never
 HISTORY_STEPS = 150
 
 
@@ -70,21 +80,25 @@ HISTORY_STEPS = 150
 
 @dataclass(frozen=True)
 class NewSession:
-    session: int
+    deployment: int
+    session: int  # numbered per deployment: both deployments have the same session ids
     kb: int
     max_pattern_length: int  # 0: no auto-learn
     rolling: bool
     process_predictions: bool
+    ttl_seconds: int
 
 
 @dataclass(frozen=True)
 class Call:
     cid: int
+    deployment: int  # the process's
     pid: int
     session: int
     tenant: int
     method: str
-    # Observe: ((symbols,), uid); ObserveSequence: (events, uid, learn_at_end, learn_after_each)
+    # Observe: ((symbols,), uid, return_predictions); ObserveSequence: (events, uid,
+    # learn_at_end, learn_after_each)
     body: tuple[Any, ...]
     request_id: str = ""
 
@@ -97,18 +111,26 @@ class Open:
 
 @dataclass(frozen=True)
 class Crash:
+    deployment: int
     pid: int
 
 
 @dataclass(frozen=True)
 class Relay:
+    deployment: int
     pid: int
     n: int
 
 
 @dataclass(frozen=True)
-class Expire:
-    session: int  # its state goes as a TTL expiry would take it; its outbox stays
+class Tick:
+    ms: int  # the world's clock moves on: TTLs lapse, marks fall due, caches check MongoDB
+
+
+@dataclass(frozen=True)
+class ColdLoad:
+    deployment: int
+    kb: int  # a fresh KB cache loads it (snapshot and changes): it must equal the model's
 
 
 @dataclass(frozen=True)
@@ -116,7 +138,7 @@ class Quiesce:
     pass
 
 
-Action = NewSession | Call | Open | Crash | Relay | Expire | Quiesce
+Action = NewSession | Call | Open | Crash | Relay | Tick | ColdLoad | Quiesce
 
 
 def session_id(n: int) -> str:
@@ -126,9 +148,12 @@ def session_id(n: int) -> str:
 def request_for(call: Call) -> Message:
     name = names.session(session_id(call.session))
     if call.method == "Observe":
-        (symbols,), uid = call.body[0], call.body[1]
+        (symbols,), uid, with_predictions = call.body
         return svc.ObserveRequest(
-            name=name, observation=pb.Observation(strings=[symbols], unique_id=uid), request_id=call.request_id
+            name=name,
+            observation=pb.Observation(strings=[symbols], unique_id=uid),
+            request_id=call.request_id,
+            return_predictions=with_predictions,
         )
     if call.method == "ObserveSequence":
         events, uid, at_end, after_each = call.body
@@ -157,33 +182,64 @@ def settings() -> Settings:
     return Settings()
 
 
+@dataclass(eq=False)
+class Dep:
+    """A deployment as the scheduler sees it: its stores, its model, its processes."""
+
+    world: Deployment
+    model: Model
+    procs: list[Process]
+    verified: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # cache checks done
+    bounded: dict[str, tuple[object, ...]] = field(default_factory=dict)  # KB checks done
+
+
+def kb_content(kb: KnowledgeIndex) -> tuple[object, ...]:
+    """What a KnowledgeView answers, in one comparable value: its patterns (frequencies,
+    events, emotives, metadata), symbol statistics and totals."""
+    patterns = sorted(
+        (r.name, r.frequency, r.events, tuple(tuple(sorted(e.items())) for e in r.emotives),
+         tuple(sorted(r.metadata.items())))
+        for r in kb.all_patterns()
+    )  # fmt: skip
+    symbols = [
+        (name, st.frequency, st.pattern_member_frequency, tuple(sorted(st.affinity.items())))
+        for name, st in kb.symbols_after(None, 1_000_000)
+    ]
+    return (tuple(patterns), tuple(symbols), kb.totals())
+
+
+def _differ(a: tuple[object, ...], b: tuple[object, ...]) -> str:
+    parts = ("patterns", "symbol statistics", "totals")
+    return ", ".join(p for p, x, y in zip(parts, a, b, strict=True) if x != y)
+
+
 class Simulation:
     def __init__(self, ack_after_commit: bool) -> None:
         self.settings = settings()
-        self.model = Model(
-            RECORD_LIMIT, processor.StmLimits(self.settings.max_stm_events, self.settings.max_stm_symbols)
-        )
-        twin = InMemorySessionStore(RecordLimits(count=RECORD_LIMIT), clock=lambda: 0.0)  # TTLs never lapse alone
-        patterns = InMemoryPatternStore()
-        gates = Gates()
-        self.world = World(
-            settings=self.settings,
-            sessions_twin=twin,
-            patterns_twin=patterns,
-            gates=gates,
-            sessions=GatedSessions(twin, gates, self.model),
-            patterns=GatedPatterns(patterns, gates),
-            ack_after_commit=ack_after_commit,
-        )
-        self.procs = [self.world.start_process(pid) for pid in range(PROCESSES)]
-        self.kbs = {kb_id: patterns.kb(kb_id) for kb_id in KBS}  # the twin keeps these objects
-        self.running: dict[str, tuple[CallRecord, asyncio.Task[Any]]] = {}
+        self.clock = Clock()
+        self.keyspace = InMemoryKeyspace(self.clock)  # one Redis for both deployments
+        self.gates = Gates()
+        limits = processor.StmLimits(self.settings.max_stm_events, self.settings.max_stm_symbols)
+        self.deps: list[Dep] = []
+        for d, namespace in enumerate(DEPLOYMENTS):
+            model = Model(d, RECORD_LIMIT, limits, self.clock)
+            world = deployment(
+                d,
+                self.settings,
+                self.keyspace,
+                namespace,
+                RecordLimits(count=RECORD_LIMIT),
+                self.gates,
+                model,
+                ack_after_commit,
+            )
+            self.deps.append(Dep(world, model, [world.start_process(pid) for pid in range(PROCESSES)]))
+        self.running: dict[str, tuple[CallRecord, Model, asyncio.Task[Any]]] = {}
         self.calls: list[Call] = []  # every call started (for retries)
         self.relays = 0
 
-    @property
-    def gates(self) -> Gates:
-        return self.world.gates
+    def procs(self) -> list[Process]:
+        return [p for dep in self.deps for p in dep.procs]
 
     def spawn(self, proc: Process, label: str, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         context = contextvars.copy_context()
@@ -204,27 +260,28 @@ class Simulation:
             if gate is not None:  # in a shrunk history the gate may never come
                 gate.future.set_result(action.decision)
         elif isinstance(action, Crash):
-            self._crash(action.pid)
+            self._crash(action.deployment, action.pid)
         elif isinstance(action, Relay):
-            proc = self.procs[action.pid]
+            proc = self.deps[action.deployment].procs[action.pid]
             self.spawn(proc, f"r{action.n}", proc.relay.run_once())
-        elif isinstance(action, Expire):
-            sid = session_id(action.session)
-            s = self.model.sessions.get(sid)
-            if s is not None and s.alive and await self.world.sessions_twin.delete(sid):
-                self.model.expire(sid, by="expiry")
+        elif isinstance(action, Tick):
+            self.clock.now += action.ms / 1000
+        elif isinstance(action, ColdLoad):
+            await self._cold_load(self.deps[action.deployment], KBS[action.kb])
         else:
             await self.quiesce()
             return
         await settle()
         self._ended()
-        if self.model.broken is not None:
-            raise self.model.broken
+        for dep in self.deps:
+            if dep.model.broken is not None:
+                raise dep.model.broken
         await self.check()
 
     async def _new_session(self, action: NewSession) -> None:
+        model = self.deps[action.deployment].model
         sid = session_id(action.session)
-        if sid in self.model.sessions:
+        if sid in model.sessions:
             return
         config = pb.SessionConfig(
             max_pattern_length=action.max_pattern_length,
@@ -232,27 +289,36 @@ class Simulation:
             process_predictions=action.process_predictions,
         )
         state = processor.new_session(sid, KBS[action.kb], config)
-        state.version, state.ttl_seconds = 1, 3600
+        state.version, state.ttl_seconds = 1, action.ttl_seconds
         # CreateSession is not on the learn path: the session is made directly in the twin.
-        await self.world.sessions_twin.compare_and_set(state, None, 3_600_000)
-        self.model.add_session(state)
+        ttl_ms = action.ttl_seconds * 1000
+        await self.deps[action.deployment].world.sessions_twin.compare_and_set(state, None, ttl_ms)
+        model.add_session(state, ttl_ms)
 
     def _call(self, call: Call) -> None:
+        model = self.deps[call.deployment].model
         sid = session_id(call.session)
-        s = self.model.sessions.get(sid)
-        if s is None:
-            return
+        s = model.sessions.get(sid)
         nodes = TENANTS[call.tenant]
         caller = Caller(nodes=nodes, principal=f"t{call.tenant}")
         request = request_for(call)
         label = f"c{call.cid}"
         record = CallRecord(
-            call.cid, label, sid, call.method, request, call.request_id, caller, commits_at_start=len(s.commits)
+            call.cid,
+            label,
+            sid,
+            call.method,
+            request,
+            call.request_id,
+            caller,
+            commits_at_start=len(s.commits) if s is not None else 0,
+            known=s is not None,
         )
-        self.model.calls[label] = record
+        model.calls[label] = record
         self.calls.append(call)
-        proc = self.procs[call.pid]
-        self.running[label] = (record, self.spawn(proc, label, self._run(proc, sid, call.method, request, caller)))
+        proc = self.deps[call.deployment].procs[call.pid]
+        task = self.spawn(proc, label, self._run(proc, sid, call.method, request, caller))
+        self.running[label] = (record, model, task)
 
     @staticmethod
     async def _run(proc: Process, sid: str, method: str, request: Message, caller: Caller) -> Message:
@@ -272,18 +338,19 @@ class Simulation:
             return await o.get_stm(sid, caller)
         return await o.get_predictions(sid, caller)
 
-    def _crash(self, pid: int) -> None:
+    def _crash(self, d: int, pid: int) -> None:
         """The process dies between two store operations: its tasks are cancelled wherever
         they wait (none is answered), a new incarnation takes its place on the same stores."""
-        proc = self.procs[pid]
+        dep = self.deps[d]
+        proc = dep.procs[pid]
         proc.dead = True
         for task in list(proc.tasks):
             task.cancel()
-        self.procs[pid] = self.world.start_process(pid)
+        dep.procs[pid] = dep.world.start_process(pid)
 
     def _ended(self) -> None:
         """Check the calls that ended, in the order they started."""
-        for label, (record, task) in list(self.running.items()):
+        for label, (record, model, task) in list(self.running.items()):
             if not task.done():
                 continue
             del self.running[label]
@@ -297,40 +364,64 @@ class Simulation:
                 raise error
             else:
                 record.status, record.error = "error", error
-            self.model.answered(record)
+            model.answered(record)
 
     # --- invariants -----------------------------------------------------------------------------
 
     async def check(self) -> None:
-        twin = self.world.sessions_twin
+        namespaces = tuple(f"{dep.world.keys.namespace}:" for dep in self.deps)
+        stray = sorted(k for k in self.keyspace._values if not k.startswith(namespaces))  # the Redis's keys
+        if stray:
+            raise Violation("deployment", f"keys outside every deployment's namespace: {stray}")
+        for dep in self.deps:
+            await self._check_deployment(dep)
+
+    async def _check_deployment(self, dep: Dep) -> None:
+        model, twin = dep.model, dep.world.sessions_twin
+        model.lapse()  # TTLs that lapsed by the clock
+        marked = {sid for sid, _ in await twin.due_outboxes(-(10**12), 10**9)}
+        if not marked <= set(model.sessions):
+            raise Violation(
+                "deployment", f"deployment {model.deployment}'s due queue marks {sorted(marked - set(model.sessions))}"
+            )
         pending: set[tuple[str, ...]] = set()
-        for sid in sorted(self.model.sessions):
-            s = self.model.sessions[sid]
+        for sid in sorted(model.sessions):
+            s = model.sessions[sid]
             outbox = twin.outbox(sid)
             if outbox is not None:
                 ids = tuple(w.write_id for w in outbox.writes)
-                if ids not in self.model.commits_by_ids:
+                if ids not in model.commits_by_ids:
                     raise Violation("outbox", f"{sid} holds an outbox no commit wrote: {ids}")
+                if sid not in marked:
+                    raise Violation("outbox", f"{sid} of deployment {model.deployment} holds an unmarked outbox")
                 pending.add(ids)
-            loaded = await twin.load(sid)  # (slides a TTL that never lapses here)
+            stored = twin._session(sid)  # as stored, without sliding its TTL as a load would
             if not s.alive:
-                if loaded is not None:
-                    raise Violation("session", f"{sid} is still stored after it was deleted or expired")
+                if stored is not None:
+                    raise Violation("session", f"{sid} is still stored after it was {s.deleted_by or 'deleted'}")
                 continue
-            if loaded is None:
-                raise Violation("session", f"{sid} is gone, but no call deleted it and it did not expire")
-            if loaded.version != s.version or stm_of(loaded.state) != stm_of(s.state):
+            if stored is None:
+                raise Violation("session", f"{sid} is gone, but no call deleted it and its TTL did not lapse")
+            state = storage.SessionState.FromString(stored.blob)
+            if stored.version != s.version or stm_of(state) != stm_of(s.state):
                 raise Violation(
                     "session",
-                    f"{sid} holds version {loaded.version} STM {stm_of(loaded.state)}; "
+                    f"{sid} holds version {stored.version} STM {stm_of(state)}; "
                     f"the model {s.version} {stm_of(s.state)}",
                 )
         for kb_id in KBS:
-            self._check_kb(kb_id, pending, await twin.kb_version(kb_id) or 0)
+            self._check_kb(dep, kb_id, pending, await twin.kb_version(kb_id) or 0)
+            self._check_caches(dep, kb_id)
 
-    def _check_kb(self, kb_id: str, pending: set[tuple[str, ...]], published: int) -> None:
-        kb = self.kbs[kb_id]
-        lower, upper = self.model.kb_bounds(kb_id, pending)
+    def _check_kb(self, dep: Dep, kb_id: str, pending: set[tuple[str, ...]], published: int) -> None:
+        model = dep.model
+        kb = dep.world.patterns_twin.kb(kb_id)
+        mine = sorted(ids for ids in pending if model.commits_by_ids[ids].kb == kb_id)
+        seen = (kb.version, len(model.kb_commits.get(kb_id, ())), published, tuple(mine))
+        if dep.bounded.get(kb_id) == seen:
+            return  # nothing it is checked against moved since the last step
+        dep.bounded[kb_id] = seen
+        lower, upper = model.kb_bounds(kb_id, pending)
         real = {p.name: p.frequency for p in kb.all_patterns()}
         for name in sorted(set(real) | set(lower)):
             got = real.get(name, 0)
@@ -338,8 +429,8 @@ class Simulation:
                 where = "crossed into" if upper[name] == 0 else "in"
                 raise Violation(
                     "learn",
-                    f"pattern {name[:12]} {where} {kb_id} has frequency {got}; the commits allow "
-                    f"{lower[name]}..{upper[name]} (applied outboxes .. all)",
+                    f"pattern {name[:12]} {where} {model.deployment}/{kb_id} has frequency {got}; the commits "
+                    f"allow {lower[name]}..{upper[name]} (applied outboxes .. all)",
                 )
             if got > MAX_COUNTER:
                 raise Violation("bound", f"pattern {name[:12]} in {kb_id} counts {got}, past 2^53 - 1")
@@ -348,38 +439,82 @@ class Simulation:
             raise Violation("bound", f"{kb_id}'s totals {totals} disagree with its patterns")
         if published > kb.version:
             raise Violation("bound", f"{kb_id}'s published version {published} is past its version {kb.version}")
+        if kb.version != model.kb_version(kb_id):
+            raise Violation("learn", f"{kb_id} is at version {kb.version}; its applies made {model.kb_version(kb_id)}")
+
+    def _check_caches(self, dep: Dep, kb_id: str) -> None:
+        """Every process's cached index of a KB equals the KB at the index's version."""
+        for proc in dep.procs:
+            index = proc.cache._indexes.get(kb_id)  # what the process serves now
+            if index is None:
+                continue
+            key = (proc.pid, kb_id)
+            if dep.verified.get(key) == (id(index), index.version):
+                continue
+            want = kb_content(dep.model.kb_at(kb_id, index.version))
+            got = kb_content(index)
+            if got != want:
+                raise Violation(
+                    "cache",
+                    f"process {dep.model.deployment}.{proc.pid}'s cache of {kb_id} at version {index.version} "
+                    f"differs from the KB at that version: {_differ(got, want)}",
+                )
+            dep.verified[key] = (id(index), index.version)
+
+    async def _cold_load(self, dep: Dep, kb_id: str) -> KnowledgeIndex:
+        """A fresh cache on the same stores (a process's cold start): the newest snapshot and
+        what changed after it, equal to the KB at the version it loaded."""
+        index = await KbCache(dep.world.patterns_twin).view(kb_id)
+        want = kb_content(dep.model.kb_at(kb_id, index.version))
+        got = kb_content(index)
+        if got != want:
+            raise Violation(
+                "cache",
+                f"a cold load of {dep.model.deployment}/{kb_id} at version {index.version} differs from the KB: "
+                f"{_differ(got, want)}",
+            )
+        return index
 
     async def quiesce(self) -> None:
-        """Let everything finish with no fault, relay what is left, and compare the whole KBs
-        and every live session's predictions with the engine's on the model's state."""
-        await settle()
-        self._ended()
-        for _ in range(10_000):
-            if not self.gates.pending:
-                break
-            self.gates.pending[0].future.set_result(OK)
-            await settle()
-            self._ended()
-        else:
-            raise Violation("liveness", "calls still running after 10,000 gates opened")
-        proc = self.procs[0]
-        for _ in range(3):
-            if not self.world.sessions.due:
-                break
-            self.relays += 1
-            await self._finish(proc, f"rq{self.relays}", proc.relay.run_once())
+        """Let everything finish with no fault, relay what is left, and compare the whole KBs,
+        the caches and every live session's predictions with the engine's on the models' state."""
+        await self._drain()
+        # Past the relay's grace (every mark due) and the caches' staleness bound (D-8).
+        self.clock.now += max(RELAY_AFTER_SECONDS, KB_CHECK_SECONDS) + 0.001
+        for dep in self.deps:
+            proc = dep.procs[0]
+            for _ in range(3):
+                if not await dep.world.sessions_twin.due_outboxes(-(10**12), 1):
+                    break
+                self.relays += 1
+                await self._finish(proc, f"rq{self.relays}", proc.relay.run_once())
+        await self._drain()  # what the relay started (snapshots)
         await self.check()
-        left = sorted(sid for sid in self.model.sessions if self.world.sessions_twin.outbox(sid) is not None)
-        if left:
-            raise Violation("learn", f"outboxes left after the relay ran: {left}")
-        for kb_id in KBS:
-            self._check_kb_exactly(kb_id)
-        for sid in sorted(self.model.sessions):
-            s = self.model.sessions[sid]
-            if s.alive:
+        for dep in self.deps:
+            model = dep.model
+            left = sorted(sid for sid in model.sessions if dep.world.sessions_twin.outbox(sid) is not None)
+            if left:
+                raise Violation("learn", f"deployment {model.deployment}: outboxes left after the relay ran: {left}")
+            for kb_id in KBS:
+                self._check_kb_exactly(dep, kb_id)
+                cold = await self._cold_load(dep, kb_id)
+                for proc in dep.procs:
+                    warm = await self._finish(proc, f"qv{kb_id}", proc.cache.view(kb_id))
+                    if warm.version != cold.version or kb_content(warm) != kb_content(cold):
+                        raise Violation(
+                            "cache",
+                            f"process {model.deployment}.{proc.pid}'s warm {kb_id} (version {warm.version}) differs "
+                            f"from a cold load (version {cold.version}): {_differ(kb_content(warm), kb_content(cold))}",
+                        )
+            await self._drain()
+            for sid in sorted(model.sessions):
+                s = model.sessions[sid]
+                if not s.alive:
+                    continue
+                proc = dep.procs[0]
                 got = await self._finish(proc, f"qp{sid}", proc.observing.get_predictions(sid, Caller()))
                 expected = svc.GetPredictionsResponse()
-                result = processor.predictions(s.state, self._model_kb(s.kb))
+                result = processor.predictions(s.state, self._model_kb(model, s.kb))
                 encoding.add_predictions(
                     result, names.pattern_prefix(s.kb), expected.predictions, expected.future_potentials
                 )
@@ -390,6 +525,17 @@ class Simulation:
                         "(or the same patterns with other values)",
                     )
 
+    async def _drain(self) -> None:
+        await settle()
+        self._ended()
+        for _ in range(10_000):
+            if not self.gates.pending:
+                return
+            self.gates.pending[0].future.set_result(OK)
+            await settle()
+            self._ended()
+        raise Violation("liveness", "calls still running after 10,000 gates opened")
+
     async def _finish(self, proc: Process, label: str, work: Coroutine[Any, Any, Any]) -> Any:
         task = self.spawn(proc, label, work)
         await settle()
@@ -399,19 +545,21 @@ class Simulation:
         self._ended()
         return task.result()
 
-    def _model_kb(self, kb_id: str) -> InMemoryKnowledgeBase:
+    @staticmethod
+    def _model_kb(model: Model, kb_id: str) -> InMemoryKnowledgeBase:
         """The KB the committed learns make, each applied once (in commit order)."""
         kb = InMemoryKnowledgeBase()
-        for commit in self.model.kb_commits.get(kb_id, []):
+        for commit in model.kb_commits.get(kb_id, []):
             for write in commit.writes:
                 kb.apply(write)
         return kb
 
-    def _check_kb_exactly(self, kb_id: str) -> None:
-        kb = self.kbs[kb_id]
+    def _check_kb_exactly(self, dep: Dep, kb_id: str) -> None:
+        model = dep.model
+        kb = dep.world.patterns_twin.kb(kb_id)
         real = {p.name: (p.frequency, p.events) for p in kb.all_patterns()}
-        model = self._model_kb(kb_id)
-        expected = {p.name: (p.frequency, p.events) for p in model.all_patterns()}
+        committed = self._model_kb(model, kb_id)
+        expected = {p.name: (p.frequency, p.events) for p in committed.all_patterns()}
         if real != expected:
             diff = sorted(
                 (n[:12], real.get(n, (0,))[0], expected.get(n, (0,))[0])
@@ -419,7 +567,7 @@ class Simulation:
                 if real.get(n) != expected.get(n)
             )
             raise Violation("learn", f"{kb_id} after the relay: (pattern, frequency, committed learns) {diff}")
-        acked, unacked = self.model.acked_learns(kb_id)
+        acked, unacked = model.acked_learns(kb_id)
         for name, (frequency, _) in sorted(real.items()):
             if not acked[name] <= frequency <= acked[name] + unacked[name]:
                 raise Violation("learn", f"{name[:12]} in {kb_id}: {frequency} learns, {acked[name]} acknowledged")
@@ -427,7 +575,7 @@ class Simulation:
             if count and name not in real:
                 raise Violation("learn", f"{name[:12]}: {count} acknowledged learns, not in {kb_id}")
         symbols = kb.symbols_after(None, 10_000)
-        if symbols != model.symbols_after(None, 10_000) or kb.totals() != model.totals():
+        if symbols != committed.symbols_after(None, 10_000) or kb.totals() != committed.totals():
             raise Violation("learn", f"{kb_id}'s symbol statistics or totals differ from the committed learns'")
 
 
@@ -459,26 +607,28 @@ class Generator:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.next_session = 0
+        self.next_session = [0] * len(DEPLOYMENTS)
         self.next_call = 0
         self.next_relay = 0
         self.next_uid = 0
 
     def draw(self, sim: Simulation) -> Action:
         rng = self.rng
-        live = [s for _, s in sorted(sim.model.sessions.items()) if s.alive]
+        live = [len([s for s in dep.model.sessions.values() if s.alive]) for dep in sim.deps]
+        known = any(dep.model.sessions for dep in sim.deps)
         choices: list[tuple[float, Callable[[], Action]]] = [
-            (0.4 if len(live) < MAX_SESSIONS else 0.0, self._new_session),
+            (0.4 if min(live) < MAX_SESSIONS else 0.0, lambda: self._new_session(sim)),
             (8.0 if sim.gates.pending else 0.0, lambda: self._open(sim)),
-            (4.0 if sim.model.sessions and len(sim.running) < MAX_IN_FLIGHT else 0.0, lambda: self._call(sim)),
+            (4.0 if known and len(sim.running) < MAX_IN_FLIGHT else 0.0, lambda: self._call(sim)),
             (1.5 if sim.calls and len(sim.running) < MAX_IN_FLIGHT else 0.0, lambda: self._retry(sim)),
             (0.5, self._relay),
-            (0.1, lambda: Crash(rng.randrange(PROCESSES))),
-            (0.08 if live else 0.0, lambda: Expire(int(rng.choice(live).sid[2:], 16))),
+            (0.1, lambda: Crash(rng.randrange(len(DEPLOYMENTS)), rng.randrange(PROCESSES))),
+            (0.5, self._tick),
+            (0.05, lambda: ColdLoad(rng.randrange(len(DEPLOYMENTS)), rng.randrange(len(KBS)))),
             (0.06, Quiesce),
         ]
-        if not sim.model.sessions:
-            return self._new_session()
+        if not known:
+            return self._new_session(sim)
         total = sum(w for w, _ in choices)
         pick = rng.uniform(0, total)
         for weight, make in choices:
@@ -487,16 +637,24 @@ class Generator:
             pick -= weight
         return Quiesce()
 
-    def _new_session(self) -> Action:
+    def _new_session(self, sim: Simulation) -> Action:
         rng = self.rng
-        self.next_session += 1
+        room = [d for d, dep in enumerate(sim.deps) if sum(s.alive for s in dep.model.sessions.values()) < MAX_SESSIONS]
+        d = rng.choice(room or [0])
+        self.next_session[d] += 1
         return NewSession(
-            session=self.next_session,
+            deployment=d,
+            session=self.next_session[d],
             kb=rng.randrange(len(KBS)),
             max_pattern_length=rng.choice((0, 0, 2, 3)),
             rolling=rng.random() < 0.5,
             process_predictions=rng.random() < 0.7,
+            ttl_seconds=rng.choice(TTLS),
         )
+
+    def _tick(self) -> Action:
+        rng = self.rng
+        return Tick(rng.randint(100, 2_500) if rng.random() < 0.9 else rng.randint(4_000, 40_000))
 
     def _open(self, sim: Simulation) -> Action:
         gate = self.rng.choice(sim.gates.pending)  # any of them: the others stall meanwhile
@@ -514,7 +672,7 @@ class Generator:
         self.next_uid += 1
         uid = f"u{self.next_uid}"
         if method == "Observe":
-            return ((rng.choice(SYMBOLS),), uid)
+            return ((rng.choice(SYMBOLS),), uid, rng.random() < 0.5)
         if method == "ObserveSequence":
             events = tuple((rng.choice(SYMBOLS),) for _ in range(rng.randint(1, 3)))
             return (events, uid, rng.random() < 0.5, rng.random() < 0.3)
@@ -522,20 +680,26 @@ class Generator:
 
     def _call(self, sim: Simulation) -> Action:
         rng = self.rng
-        sessions = sorted(sim.model.sessions.values(), key=lambda s: (not s.alive, s.sid))
+        d = rng.choice([d for d, dep in enumerate(sim.deps) if dep.model.sessions])
+        sessions = sorted(sim.deps[d].model.sessions.values(), key=lambda s: (not s.alive, s.sid))
         alive = [s for s in sessions if s.alive]
         s = rng.choice(alive if alive and rng.random() < 0.95 else sessions)
         method = rng.choices(
             ("Observe", "Learn", "ObserveSequence", "ClearShortTermMemory", "DeleteSession", "GetShortTermMemory",
              "GetPredictions"),
-            weights=(8, 2.5, 2, 0.4, 0.15, 0.5, 0.5),
+            weights=(8, 3, 2, 0.4, 0.15, 0.5, 0.5),
         )[0]  # fmt: skip
         self.next_call += 1
         rid = f"r{self.next_call}" if method not in ("DeleteSession", "GetShortTermMemory", "GetPredictions") else ""
         if rid and rng.random() < 0.3:
             rid = ""
+        # Now and then the other deployment's process: a client pointed at the wrong one finds
+        # a session of that id there only if that deployment made one.
+        if rng.random() < 0.03:
+            d = 1 - d
         return Call(
             cid=self.next_call,
+            deployment=d,
             pid=rng.randrange(PROCESSES),
             session=int(s.sid[2:], 16),
             tenant=self._tenant(s.kb),
@@ -545,11 +709,13 @@ class Generator:
         )
 
     def _retry(self, sim: Simulation) -> Action:
-        """A client retry: an earlier call again — unanswered ones most — with its request id:
-        the same request, or (a client bug, or an id whose record was forgotten) another body
-        or another method."""
+        """A client retry: an earlier call again — unanswered ones most — with its request id,
+        on either process of its deployment: the same request, or (a client bug, or an id
+        whose record was forgotten) another body or another method."""
         rng = self.rng
-        unanswered = [c for c in sim.calls if sim.model.calls[f"c{c.cid}"].status in ("error", "lost")]
+        unanswered = [
+            c for c in sim.calls if sim.deps[c.deployment].model.calls[f"c{c.cid}"].status in ("error", "lost")
+        ]
         pool = unanswered if unanswered and rng.random() < 0.7 else sim.calls
         old = rng.choice(pool[-20:])
         self.next_call += 1
@@ -560,11 +726,12 @@ class Generator:
         elif old.request_id and roll < 0.25:
             method = rng.choice(("Observe", "Learn", "ObserveSequence", "ClearShortTermMemory"))
             body = self._body(method)
-        return Call(self.next_call, rng.randrange(PROCESSES), old.session, old.tenant, method, body, old.request_id)
+        pid = rng.randrange(PROCESSES)
+        return Call(self.next_call, old.deployment, pid, old.session, old.tenant, method, body, old.request_id)
 
     def _relay(self) -> Action:
         self.next_relay += 1
-        return Relay(self.rng.randrange(PROCESSES), self.next_relay)
+        return Relay(self.rng.randrange(len(DEPLOYMENTS)), self.rng.randrange(PROCESSES), self.next_relay)
 
 
 # --- running histories ----------------------------------------------------------------------------
@@ -588,19 +755,20 @@ async def _history(ack_after_commit: bool, next_action: Callable[[Simulation], A
     sim = Simulation(ack_after_commit)
     actions: list[Action] = []
     try:
-        while True:
-            action = next_action(sim)
-            if action is None:
-                action = Quiesce()
+        with simulated_time(sim.clock):
+            while True:
+                action = next_action(sim)
+                if action is None:
+                    action = Quiesce()
+                    actions.append(action)
+                    await sim.execute(action)
+                    return Outcome(actions, None, len(actions))
                 actions.append(action)
                 await sim.execute(action)
-                return Outcome(actions, None, len(actions))
-            actions.append(action)
-            await sim.execute(action)
     except Violation as violation:
         return Outcome(actions, violation, len(actions))
     finally:
-        for proc in sim.procs:
+        for proc in sim.procs():
             proc.dead = True
             for task in list(proc.tasks):
                 task.cancel()

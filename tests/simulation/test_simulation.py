@@ -10,10 +10,11 @@ import pytest
 
 from kato_grpc import request_ids
 from kato_grpc.internal.v1 import session_pb2 as storage
+from kato_grpc.stores.keys import Keys
 from tests.simulation.sim import HISTORY_STEPS, quiet_logs, simulate
 
 FIRST_SEED = 1
-HISTORIES = 150  # 22,650 steps (with the final quiesces): about 15-30 s on a shared 2-core machine
+HISTORIES = 120  # 18,120 steps (with the final quiesces): about 10 s of CPU, 10-25 s on a shared 2-core machine
 
 
 def test_seeded_histories_keep_every_invariant() -> None:
@@ -43,3 +44,14 @@ def test_the_simulation_finds_a_write_id_shared_by_executions(monkeypatch: pytes
         summary = simulate(FIRST_SEED, HISTORIES, HISTORY_STEPS, shrink_seconds=0)
     assert summary.failure is not None
     assert "[learn]" in summary.failure.splitlines()[0]
+
+
+def test_the_simulation_finds_a_global_outbox_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutant the simulation must kill: the due queue's key without the namespace, so that
+    two deployments on one Redis share one queue — one's relay reads the other's marks and
+    releases them, leaving that deployment's outboxes unmarked (docs/architecture.md §4)."""
+    monkeypatch.setattr(Keys, "due", property(lambda self: "outbox:due"))
+    with quiet_logs():
+        summary = simulate(FIRST_SEED, HISTORIES, HISTORY_STEPS, shrink_seconds=0)
+    assert summary.failure is not None
+    assert "[deployment]" in summary.failure.splitlines()[0]

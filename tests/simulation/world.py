@@ -1,10 +1,16 @@
 """The simulated world: the stores' in-memory twins behind gates that the scheduler opens one
 at a time, and the server processes that a crash throws away.
 
-What survives a crash is what Redis and MongoDB would keep: the twins (sessions, outboxes,
-request records, KBs and their ledgers) and the relay's due marks. What a crash discards is
+Two deployments share one Redis — one ``InMemoryKeyspace``, each deployment's session store
+under its own namespace (``Keys``) — and each has its own pattern store (its own MongoDB
+database) and its own processes. The keyspace's clock is the world's: it moves only when the
+scheduler advances it, and then TTLs lapse and outbox marks fall due by themselves.
+
+What survives a crash is what Redis and MongoDB would keep: the twins (sessions, outboxes and
+their due marks, request records, KBs, their ledgers and snapshots). What a crash discards is
 everything a process holds in memory: its runner (the session → node map), its applier (the
-applies in flight, the versions it saw), its use cases (the event memo) and its relay.
+applies in flight, the versions it saw), its KB cache and snapshotter, its use cases (the
+event memo) and its relay.
 
 Every store operation a process makes first waits at a gate. The scheduler decides, per
 gate, whether the operation goes through, fails before it takes effect, or takes effect and
@@ -17,8 +23,10 @@ as a Lua script or a MongoDB transaction is).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
@@ -27,12 +35,14 @@ from kato_grpc.errors import Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
+from kato_grpc.stores import kb_cache, snapshotter
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
+from kato_grpc.stores.keys import Keys
 from kato_grpc.stores.memory import InMemoryPatternStore
-from kato_grpc.stores.memory_sessions import InMemorySessionStore
-from kato_grpc.stores.protocols import Applied, CasResult, Loaded
-from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.memory_sessions import InMemoryKeyspace, InMemorySessionStore
+from kato_grpc.stores.protocols import Applied, CasResult, KbChanges, Loaded, RecordKey, RecordLimits
+from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_server.engine_threads import EngineThreads
 from kato_server.observing import Observing
 from kato_server.relay import OutboxRelay
@@ -43,30 +53,50 @@ T = TypeVar("T")
 # What the scheduler decides at a gate.
 OK = "ok"
 FAIL_BEFORE = "before"  # the store is unreachable: nothing happens, the caller gets an error
-FAIL_AFTER = "after"  # the operation takes effect, then the reply is lost: the caller gets an error
+FAIL_AFTER = "after"  # the operation takes effect, then the reply lost: the caller gets an error
 DECISIONS = (OK, FAIL_BEFORE, FAIL_AFTER)
+
+RELAY_AFTER_SECONDS = 1.0  # the relay's grace period: a mark is due once this old
+KB_CHECK_SECONDS = 1.0  # a cache asks MongoDB for a KB's version at least this often (D-8)
+# Snapshots after every change of a KB of a few patterns: small, so that histories write,
+# load and compact many (quiet 0: no timer runs, see Snapshotter._run).
+SNAPSHOTS = SnapshotPolicy(min_patterns=2, quiet_seconds=0.0, growth=0.25)
+
+
+class Clock:
+    """The world's time (seconds): Redis's clock, and the monotonic clock the KB caches and
+    snapshotters read. Only the scheduler moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass(eq=False)
 class Process:
     """One incarnation of a server process: what a crash discards."""
 
+    deployment: int
     pid: int
     incarnation: int
     runner: TransactionRunner
     observing: Observing
     sessions: Sessions
     relay: OutboxRelay
+    cache: KbCache
     dead: bool = False
     # Every task it runs (its calls and what they start: applies, applies behind an answer,
-    # relay passes), in creation order so that a crash cancels them in a reproducible order.
+    # snapshots, relay passes), in creation order so that a crash cancels them in a
+    # reproducible order.
     tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
 class Owner:
     """Who passes a gate: a process and the activity in it — a call ``c<n>`` (with the applies
-    it starts, which inherit its context) or a relay pass ``r<n>``."""
+    and snapshots it starts, which inherit its context) or a relay pass ``r<n>``."""
 
     process: Process
     label: str
@@ -123,9 +153,17 @@ async def through(gates: Gates, op: str, do: Callable[[], Awaitable[T]]) -> T:
     return result
 
 
+def owner() -> Owner:
+    found = OWNER.get()
+    assert found is not None
+    return found
+
+
 class Watcher(Protocol):
-    """Told of every commit and delete the moment it takes effect in the twin (before a
-    FAIL_AFTER hides it from the caller): the model follows the store's linearization."""
+    """Told of what takes effect in a deployment's twins the moment it does (before a
+    FAIL_AFTER hides it from the caller): the model follows the stores' linearization."""
+
+    def loaded(self, owner: Owner, session_id: str, found: bool) -> None: ...
 
     def committed(
         self,
@@ -134,30 +172,32 @@ class Watcher(Protocol):
         outbox: storage.Outbox | None,
         request_id: str,
         record: storage.RequestRecord | None,
+        ttl_ms: int,
     ) -> None: ...
 
     def deleted(self, owner: Owner, session_id: str) -> None: ...
 
+    def applied(self, kb_id: str, writes: Sequence[storage.PatternWrite], applied: Applied) -> None: ...
+
+    def viewed(self, owner: Owner, kb_id: str, version: int) -> None: ...
+
 
 class GatedSessions:
-    """The session store's twin behind gates, with the relay's three operations added.
-
-    The twin has no due marks (``due_outboxes``, ``read_outbox``, ``release_outbox`` are the
-    Redis store's): ``due`` stands for the sorted set ``{ns}:outbox:due``, durable like
-    Redis, and is marked in its own round trip before a commit that writes an outbox, as
-    ``redis_sessions.py`` does. A relay pass in the simulation stands for one after the
-    grace period: every mark is due.
-    """
+    """A deployment's session store twin behind gates: every Protocol the processes use,
+    the relay's due queue (``OutboxQueue``) included — the twin's own, under its namespace."""
 
     def __init__(self, twin: InMemorySessionStore, gates: Gates, watcher: Watcher) -> None:
         self.twin = twin
         self.gates = gates
         self.watcher = watcher
-        self.due: dict[str, int] = {}  # session id -> score (the world's clock when marked)
-        self._clock = 0
 
     async def load(self, session_id: str, request_id: str = "", kb_id: str | None = None) -> Loaded | None:
-        return await through(self.gates, "load", lambda: self.twin.load(session_id, request_id, kb_id))
+        async def load() -> Loaded | None:
+            loaded = await self.twin.load(session_id, request_id, kb_id)
+            self.watcher.loaded(owner(), session_id, loaded is not None)  # (its TTL slid)
+            return loaded
+
+        return await through(self.gates, "load", load)
 
     async def compare_and_set(
         self,
@@ -170,14 +210,8 @@ class GatedSessions:
         request_id: str = "",
         record: storage.RequestRecord | None = None,
     ) -> int:
-        if outbox is not None and outbox.writes:
-
-            async def mark() -> None:
-                self._clock += 1
-                self.due[state.session_id] = self._clock
-
-            await through(self.gates, "mark", mark)
-
+        # The twin marks the session in its due queue within the commit (on Redis a round
+        # trip before it): a failed commit may leave a mark, never an unmarked outbox.
         async def commit() -> int:
             result = await self.twin.compare_and_set(
                 state,
@@ -189,9 +223,7 @@ class GatedSessions:
                 record=record,
             )
             if result == CasResult.OK:
-                owner = OWNER.get()
-                assert owner is not None
-                self.watcher.committed(owner, state, outbox, request_id, record)
+                self.watcher.committed(owner(), state, outbox, request_id, record, ttl_ms)
             return result
 
         return await through(self.gates, "cas", commit)
@@ -209,52 +241,50 @@ class GatedSessions:
         async def delete() -> bool:
             gone = await self.twin.delete(session_id)
             if gone:
-                owner = OWNER.get()
-                assert owner is not None
-                self.watcher.deleted(owner, session_id)
+                self.watcher.deleted(owner(), session_id)
             return gone
 
         return await through(self.gates, "delete", delete)
 
-    # --- the relay's operations (redis_sessions.RedisSessionStore's, over the twin) ----------
+    # --- RequestRecords: CreateSession's, a node's ClearKnowledgeBase's ------------------------
+
+    async def remember(self, key: RecordKey, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
+        return await through(self.gates, "remember", lambda: self.twin.remember(key, record, ttl_ms))
+
+    async def recorded(self, key: RecordKey) -> storage.RequestRecord | None:
+        return await through(self.gates, "recorded", lambda: self.twin.recorded(key))
+
+    async def forget(self, key: RecordKey) -> None:
+        await through(self.gates, "forget", lambda: self.twin.forget(key))
+
+    # --- OutboxQueue: the relay's ----------------------------------------------------------
 
     async def due_outboxes(self, older_than_ms: int, limit: int) -> list[tuple[str, float]]:
-        async def due() -> list[tuple[str, float]]:
-            marks = sorted(self.due.items(), key=lambda item: (item[1], item[0]))
-            return [(sid, float(score)) for sid, score in marks[:limit]]
-
-        return await through(self.gates, "due", due)
+        return await through(self.gates, "due", lambda: self.twin.due_outboxes(older_than_ms, limit))
 
     async def read_outbox(self, session_id: str) -> tuple[storage.Outbox, int] | None:
-        async def read() -> tuple[storage.Outbox, int] | None:
-            return await self.twin.read_outbox(session_id)
-
-        return await through(self.gates, "read_outbox", read)
+        return await through(self.gates, "read_outbox", lambda: self.twin.read_outbox(session_id))
 
     async def release_outbox(self, session_id: str, version: int | None, score: float) -> None:
-        # Two round trips, as in Redis (the outbox and the mark live in different slots).
-        async def release() -> bool:
-            if version is not None:
-                await self.twin.drop_outbox(session_id, version)
-            return await self.twin.read_outbox(session_id) is not None
-
-        async def unmark() -> None:
-            if self.due.get(session_id) == score:  # marked again meanwhile: the mark stays
-                del self.due[session_id]
-
-        if not await through(self.gates, "release", release):
-            await through(self.gates, "unmark", unmark)
+        await through(self.gates, "release", lambda: self.twin.release_outbox(session_id, version, score))
 
 
 class GatedPatterns:
-    """The pattern store's twin behind gates."""
+    """A deployment's pattern store twin behind gates: the runner's ``PatternStore``, the KB
+    cache's ``KbReads`` and the snapshotter's ``KbSnapshots``."""
 
-    def __init__(self, twin: InMemoryPatternStore, gates: Gates) -> None:
+    def __init__(self, twin: InMemoryPatternStore, gates: Gates, watcher: Watcher) -> None:
         self.twin = twin
         self.gates = gates
+        self.watcher = watcher
 
     async def apply_many(self, kb_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
-        return await through(self.gates, "apply", lambda: self.twin.apply_many(kb_id, writes))
+        async def apply() -> Applied:
+            applied = await self.twin.apply_many(kb_id, writes)
+            self.watcher.applied(kb_id, writes, applied)
+            return applied
+
+        return await through(self.gates, "apply", apply)
 
     async def dead_letter(self, kb_id: str, write: storage.PatternWrite, error: BaseException) -> None:
         await through(self.gates, "dead_letter", lambda: self.twin.dead_letter(kb_id, write, error))
@@ -262,20 +292,42 @@ class GatedPatterns:
     def is_permanent(self, error: BaseException) -> bool:
         return self.twin.is_permanent(error)
 
+    # --- KbReads ----------------------------------------------------------------------------
 
-class TwinCache:
-    """Stands for the process's KB cache: a read of the KB (a MongoDB round trip, so a gate)
-    that returns the twin's index as it is now."""
+    async def kb_version(self, kb_id: str) -> int:
+        return await through(self.gates, "mongo_version", lambda: self.twin.kb_version(kb_id))
 
-    def __init__(self, patterns: InMemoryPatternStore, gates: Gates) -> None:
-        self.patterns = patterns
-        self.gates = gates
+    async def changes_since(
+        self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None, *, snapshots: bool = True
+    ) -> KbChanges:
+        return await through(
+            self.gates, "changes", lambda: self.twin.changes_since(kb_id, since, singles, snapshots=snapshots)
+        )
+
+    # --- KbSnapshots ------------------------------------------------------------------------
+
+    async def latest_snapshot_version(self, kb_id: str) -> int:
+        return await through(self.gates, "snapshot_version", lambda: self.twin.latest_snapshot_version(kb_id))
+
+    async def save_snapshot(self, kb_id: str, version: int, blob: bytes) -> bool:
+        return await through(self.gates, "save_snapshot", lambda: self.twin.save_snapshot(kb_id, version, blob))
+
+    async def compact_log(self, kb_id: str, version: int) -> int:
+        return await through(self.gates, "compact", lambda: self.twin.compact_log(kb_id, version))
+
+
+class WatchedCache(KbCache):
+    """The real KB cache, telling the model which KB version each call's view had (so that
+    the predictions of its answer can be checked against the engine's on that version)."""
+
+    def __init__(self, store: GatedPatterns, watcher: Watcher, snapshots: Snapshotter) -> None:
+        super().__init__(store, check_seconds=KB_CHECK_SECONDS, snapshotter=snapshots)
+        self.watcher = watcher
 
     async def view(self, kb_id: str, published: int | None = None) -> KnowledgeIndex:
-        async def view() -> KnowledgeIndex:
-            return self.patterns.kb(kb_id)
-
-        return await through(self.gates, "view", view)
+        index = await super().view(kb_id, published)
+        self.watcher.viewed(owner(), kb_id, index.version)
+        return index
 
 
 class InlineEngine:
@@ -290,15 +342,19 @@ class InlineEngine:
 
 
 @dataclass
-class World:
-    """What outlives a crash, and how to start a process on it."""
+class Deployment:
+    """One deployment: its namespace in the shared Redis, its own pattern database, and how
+    to start a process on them."""
 
+    index: int
     settings: Settings
+    keys: Keys
     sessions_twin: InMemorySessionStore
     patterns_twin: InMemoryPatternStore
     gates: Gates
     sessions: GatedSessions
     patterns: GatedPatterns
+    watcher: Watcher
     ack_after_commit: bool
     incarnations: int = 0
 
@@ -308,19 +364,70 @@ class World:
         # and the interleaving stays the scheduler's.
         policy = Policy(backoff_max_seconds=0.0, ack_after_commit=self.ack_after_commit)
         runner = TransactionRunner(self.sessions, self.patterns, policy)
-        # The use cases are typed against the Redis store and the KB cache; the gated twins
-        # provide what they call.
-        redis_like = cast(RedisSessionStore, self.sessions)
-        cache = cast(KbCache, TwinCache(self.patterns_twin, self.gates))
+        cache = WatchedCache(self.patterns, self.watcher, Snapshotter(self.patterns, SNAPSHOTS))
         engine = cast(EngineThreads, InlineEngine(self.settings.max_prediction_work))
         return Process(
+            deployment=self.index,
             pid=pid,
             incarnation=self.incarnations,
             runner=runner,
-            observing=Observing(self.settings, redis_like, cache, engine, runner),
-            sessions=Sessions(self.settings, redis_like, redis_like, redis_like, runner),
-            relay=OutboxRelay(redis_like, runner.applier.apply, after_seconds=1.0, interval_seconds=1.0),
+            observing=Observing(self.settings, self.sessions, cache, engine, runner),
+            sessions=Sessions(self.settings, self.sessions, self.sessions, self.sessions, runner),
+            relay=OutboxRelay(
+                self.sessions, runner.applier.apply, after_seconds=RELAY_AFTER_SECONDS, interval_seconds=1.0
+            ),
+            cache=cache,
         )
+
+
+def deployment(
+    index: int,
+    settings: Settings,
+    keyspace: InMemoryKeyspace,
+    namespace: str,
+    records: RecordLimits,
+    gates: Gates,
+    watcher: Watcher,
+    ack_after_commit: bool,
+) -> Deployment:
+    keys = Keys(namespace)
+    twin = InMemorySessionStore(records, keyspace=keyspace, keys=keys)
+    patterns = InMemoryPatternStore()
+    return Deployment(
+        index=index,
+        settings=settings,
+        keys=keys,
+        sessions_twin=twin,
+        patterns_twin=patterns,
+        gates=gates,
+        sessions=GatedSessions(twin, gates, watcher),
+        patterns=GatedPatterns(patterns, gates, watcher),
+        watcher=watcher,
+        ack_after_commit=ack_after_commit,
+    )
+
+
+@contextlib.contextmanager
+def simulated_time(clock: Clock) -> Iterator[None]:
+    """While a history runs: the KB caches and snapshotters read the world's clock, and what
+    they would run on a thread (a snapshot's encoding and decoding, a large refresh) runs
+    inline — no thread and no timer, so a seed fixes the whole history."""
+
+    async def inline(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return func(*args, **kwargs)
+
+    shim = types.SimpleNamespace(monotonic=clock, perf_counter=clock)
+    modules = [vars(kb_cache), vars(snapshotter)]  # each reads ``time.monotonic()``
+    saved = [m["time"] for m in modules], asyncio.to_thread
+    for m in modules:
+        m["time"] = shim
+    asyncio.to_thread = inline
+    try:
+        yield
+    finally:
+        for m, module_time in zip(modules, saved[0], strict=True):
+            m["time"] = module_time
+        asyncio.to_thread = saved[1]
 
 
 def task_factory(
@@ -328,8 +435,8 @@ def task_factory(
     coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
     context: contextvars.Context | None = None,
 ) -> asyncio.Task[Any]:
-    """Every task joins its owner's process (the applier's tasks inherit their call's context),
-    so that a crash can cancel all of them."""
+    """Every task joins its owner's process (the applier's and snapshotter's tasks inherit
+    their call's context), so that a crash can cancel all of them."""
     task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
     owner = context.get(OWNER) if context is not None else OWNER.get()
     if owner is not None:

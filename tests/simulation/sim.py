@@ -464,7 +464,7 @@ class Simulation:
     async def _cold_load(self, dep: Dep, kb_id: str) -> KnowledgeIndex:
         """A fresh cache on the same stores (a process's cold start): the newest snapshot and
         what changed after it, equal to the KB at the version it loaded."""
-        index = await KbCache(dep.world.patterns_twin).view(kb_id)
+        index = await KbCache(dep.world.patterns_twin, clock=dep.world.clock).view(kb_id)
         want = kb_content(dep.model.kb_at(kb_id, index.version))
         got = kb_content(index)
         if got != want:

@@ -320,8 +320,10 @@ class WatchedCache(KbCache):
     """The real KB cache, telling the model which KB version each call's view had (so that
     the predictions of its answer can be checked against the engine's on that version)."""
 
-    def __init__(self, store: GatedPatterns, watcher: Watcher, snapshots: Snapshotter) -> None:
-        super().__init__(store, check_seconds=KB_CHECK_SECONDS, snapshotter=snapshots)
+    def __init__(
+        self, store: GatedPatterns, watcher: Watcher, snapshots: Snapshotter, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(store, check_seconds=KB_CHECK_SECONDS, snapshotter=snapshots, clock=clock)
         self.watcher = watcher
 
     async def view(self, kb_id: str, published: int | None = None) -> KnowledgeIndex:
@@ -356,6 +358,7 @@ class Deployment:
     patterns: GatedPatterns
     watcher: Watcher
     ack_after_commit: bool
+    clock: Callable[[], float]  # the world's, in seconds: what the KB caches time their checks by
     incarnations: int = 0
 
     def start_process(self, pid: int) -> Process:
@@ -364,7 +367,7 @@ class Deployment:
         # and the interleaving stays the scheduler's.
         policy = Policy(backoff_max_seconds=0.0, ack_after_commit=self.ack_after_commit)
         runner = TransactionRunner(self.sessions, self.patterns, policy)
-        cache = WatchedCache(self.patterns, self.watcher, Snapshotter(self.patterns, SNAPSHOTS))
+        cache = WatchedCache(self.patterns, self.watcher, Snapshotter(self.patterns, SNAPSHOTS), self.clock)
         engine = cast(EngineThreads, InlineEngine(self.settings.max_prediction_work))
         return Process(
             deployment=self.index,
@@ -404,6 +407,7 @@ def deployment(
         patterns=GatedPatterns(patterns, gates, watcher),
         watcher=watcher,
         ack_after_commit=ack_after_commit,
+        clock=lambda: keyspace.now_ms() / 1000,
     )
 
 

@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Three workers on two cores: the integration tests mostly wait on the servers they start
+# (each worker starts its own stores); worksteal evens out the long files.
 test: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
 lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .

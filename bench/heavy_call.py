@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.report import emit
+from bench.report import emit, quantile
 from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -97,11 +97,6 @@ def one_round(server: ServerProcess, rnd: random.Random) -> tuple[list[float], l
     return health_s, observe_s, took[0]
 
 
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -133,8 +128,8 @@ and an Observe on another session, back to back. Target (issue 9): p99 < 100 ms 
 | figure | value |
 |---|---:|
 | health checks / Observes during the heavy calls | {len(health):,} / {len(observes):,} |
-| health latency p50 / p99 | {statistics.median(health) * ms:.1f} / {_p(health, 0.99) * ms:.1f} ms |
-| Observe latency p50 / p99 | {statistics.median(observes) * ms:.1f} / {_p(observes, 0.99) * ms:.1f} ms |
+| health latency p50 / p99 | {statistics.median(health) * ms:.1f} / {quantile(health, 0.99) * ms:.1f} ms |
+| Observe latency p50 / p99 | {statistics.median(observes) * ms:.1f} / {quantile(observes, 0.99) * ms:.1f} ms |
 | the heavy GetPredictions (median) | {statistics.median(heavy):.2f} s |
 """
     emit(text, args.write)

@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.report import emit
+from bench.report import emit, quantile
 from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -100,11 +100,6 @@ def one_round(server: ServerProcess, rnd: random.Random) -> tuple[list[float], f
     return latencies, float(outcome["seconds"]), str(outcome["code"]), refresh  # type: ignore[arg-type]
 
 
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -141,7 +136,7 @@ GetPredictions with a {DEADLINE:.0f} s deadline.
 | figure | value |
 |---|---:|
 | health checks during the refreshes | {len(health):,} |
-| health latency p50 / p99 | {statistics.median(health) * ms:.1f} / {_p(health, 0.99) * ms:.1f} ms |
+| health latency p50 / p99 | {statistics.median(health) * ms:.1f} / {quantile(health, 0.99) * ms:.1f} ms |
 | slowest health check, median of rounds | {statistics.median(worst) * ms:.1f} ms |
 | the {DEADLINE:.0f} s-deadline call: answered after (median, max) | {call_median:.2f} / {call_max:.2f} s ({codes}) |
 | the refreshing GetPredictions (median) | {statistics.median(refreshes):.2f} s |

@@ -37,3 +37,9 @@ def emit(text: str, path: Path | None) -> None:
     print(text)
     if path is not None:
         write_section(path, text)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank, from below): the benchmarks' p50 / p99."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]

@@ -13,19 +13,23 @@ never see each other's keys — two deployments on one Redis — and twins with 
 share sessions — two processes of one deployment. The keyspace's ``clock`` (seconds, by
 default ``time.monotonic``) is injectable: TTL and due-queue tests advance it instead of
 sleeping. Time is counted in whole milliseconds where Redis counts so (mark scores).
+
+``InMemoryTransactionLeases`` is the twin of ``transaction_owners.py`` (``TransactionLeases``)
+on the same keyspace and keys: a lease lapses when the keyspace's clock passes it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.keys import Keys
-from kato_grpc.stores.protocols import CasResult, Loaded, RecordKey, RecordLimits
+from kato_grpc.stores.protocols import LSID_BYTES, CasResult, Loaded, RecordKey, RecordLimits
 
 
 class InMemoryKeyspace:
@@ -254,3 +258,60 @@ class InMemorySessionStore:
     async def close(self) -> None:
         """Nothing to release: the keyspace is the caller's (and outlives its stores, as a
         Redis server outlives its clients)."""
+
+
+class InMemoryTransactionLeases:
+    """``TransactionLeases`` over an ``InMemoryKeyspace``, under the keys ``TransactionOwners``
+    uses on Redis: the owners hash (a dict: process -> its session ids, joined) and one lease
+    key per process, which expires with the keyspace's clock. Twins on one keyspace and
+    namespace are processes of one deployment; another namespace sees none of their leases."""
+
+    def __init__(
+        self, keyspace: InMemoryKeyspace, keys: Keys, lease_seconds: float, process: str | None = None
+    ) -> None:
+        self._space = keyspace
+        self._keys = keys
+        self._lease_ms = max(1, int(lease_seconds * 1000))
+        self.process = process or uuid.uuid4().hex
+        self._sessions: list[bytes] = []
+        self._known: set[bytes] = set()
+
+    def _owners(self) -> dict[str, bytes]:
+        found = self._space.get(self._keys.transaction_owners)
+        assert found is None or isinstance(found, dict)
+        return found if found is not None else {}
+
+    def _store_owners(self, owners: dict[str, bytes]) -> None:
+        if owners:
+            self._space.set(self._keys.transaction_owners, owners)
+        else:  # an empty hash is no key on Redis either
+            self._space.delete(self._keys.transaction_owners)
+
+    async def register(self, session_id: bytes) -> None:
+        if session_id in self._known:
+            return
+        self._sessions.append(session_id)
+        self._known.add(session_id)
+        await self.renew()
+
+    async def renew(self) -> None:
+        owners = self._owners()
+        owners[self.process] = b"".join(self._sessions)
+        self._store_owners(owners)
+        self._space.set(self._keys.transaction_lease(self.process), b"1", self._lease_ms)
+
+    async def dead(self) -> dict[str, list[bytes]]:
+        return {
+            process: [blob[i : i + LSID_BYTES] for i in range(0, len(blob), LSID_BYTES)]
+            for process, blob in self._owners().items()
+            if process != self.process and self._space.get(self._keys.transaction_lease(process)) is None
+        }
+
+    async def forget(self, process: str) -> None:
+        owners = self._owners()
+        owners.pop(process, None)
+        self._store_owners(owners)
+
+    async def leave(self) -> None:
+        await self.forget(self.process)
+        self._space.delete(self._keys.transaction_lease(self.process))

@@ -151,6 +151,42 @@ class NamespaceClaim(Protocol):
         ...
 
 
+# A MongoDB logical session id, as ``TransactionLeases`` records it: 16 bytes (a UUID).
+LSID_BYTES = 16
+
+
+class TransactionLeases(Protocol):
+    """Which MongoDB sessions each serving process may leave a transaction open in, under a
+    lease per process (``transaction_owners.py`` says why; the reaper,
+    server/kato_server/reaper.py, ends a lapsed process's sessions). One object per process:
+    it knows its own process and the sessions it registered. Not part of ``SessionBackend``:
+    the real one is ``TransactionOwners`` on the same Redis, the twin
+    ``memory_sessions.InMemoryTransactionLeases`` on the same ``InMemoryKeyspace``."""
+
+    async def register(self, session_id: bytes) -> None:
+        """Before a transaction in ``session_id`` (MongoDB's ``before_transaction`` hook):
+        recorded as this process's, once, and the lease renewed."""
+        ...
+
+    async def renew(self) -> None:
+        """Renew this process's lease, with the sessions it holds (registering it again after
+        it was taken for dead while it stalled)."""
+        ...
+
+    async def dead(self) -> dict[str, list[bytes]]:
+        """The other processes of the namespace whose lease lapsed, with their sessions."""
+        ...
+
+    async def forget(self, process: str) -> None:
+        """A lapsed process whose sessions were ended: no longer listed."""
+        ...
+
+    async def leave(self) -> None:
+        """At a graceful stop, once no transaction of this process is left: its sessions and
+        lease are removed (it is never taken for dead)."""
+        ...
+
+
 class StoreConnection(Protocol):
     async def ping(self) -> bool: ...
 

@@ -18,7 +18,9 @@ retries (the ledger keeps every write exactly once), and registers itself again.
 
 Redis keys (in the deployment's namespace, ``Keys``): ``txn:owners`` (hash: process id ->
 its session ids, 16 bytes each) and ``txn:lease:<process>`` (expires with the lease). Like the
-session store, it raises StoreUnavailable / StoreError, never redis-py's exceptions.
+session store, it raises StoreUnavailable / StoreError, never redis-py's exceptions. It implements
+``protocols.TransactionLeases``; its in-memory twin is ``memory_sessions.InMemoryTransactionLeases``,
+and tests/contract/test_session_stores.py holds both to one contract.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ from __future__ import annotations
 import uuid
 
 from kato_grpc.stores.keys import Keys
+from kato_grpc.stores.protocols import LSID_BYTES
 from kato_grpc.stores.redis_client import RedisClient, driver_errors, execute
-
-LSID_BYTES = 16
 
 
 class TransactionOwners:

@@ -21,7 +21,7 @@ from kato_grpc.stores import redis_client
 from kato_grpc.stores.keys import Keys
 from kato_grpc.stores.mongo_docs import Doc
 from kato_grpc.stores.mongo_store import MongoStores
-from kato_grpc.stores.protocols import PatternStore, RecordLimits, SessionBackend
+from kato_grpc.stores.protocols import PatternStore, RecordLimits, SessionBackend, TransactionLeases
 from kato_grpc.stores.redis_sessions import RedisSessionStore, Replication
 from kato_grpc.stores.transaction_owners import TransactionOwners
 from kato_grpc.telemetry import NO_TELEMETRY
@@ -115,7 +115,7 @@ class KatoServer:
             metrics,
             store_tracer,
         )
-        self.owners = TransactionOwners(self._redis, keys, settings.transaction_lease_seconds)
+        self.owners: TransactionLeases = TransactionOwners(self._redis, keys, settings.transaction_lease_seconds)
         # The pattern side: one object per concern on one client, each use case given the
         # Protocols it uses (kato_grpc/stores/protocols.py), each observed on its own.
         self.mongo = MongoStores(self._mongo, settings.mongodb_database, self.owners.register)

@@ -1,6 +1,9 @@
 """Ending the MongoDB transactions that dead processes left open (``stores/transaction_owners.py``
 says why): every second, this process renews its own lease and ends the sessions of every
-process whose lease expired. A pass that fails (a store down) is retried at the next one."""
+process whose lease expired. A pass that fails (a store down) is retried at the next one.
+
+It takes the two seams it uses (architecture.md §4): ``TransactionLeases`` (Redis's
+``TransactionOwners``, or the twin) and the pattern side's ``TransactionSessions``."""
 
 from __future__ import annotations
 
@@ -9,14 +12,13 @@ import contextlib
 
 import structlog
 
-from kato_grpc.stores.protocols import TransactionSessions
-from kato_grpc.stores.transaction_owners import TransactionOwners
+from kato_grpc.stores.protocols import TransactionLeases, TransactionSessions
 
 log = structlog.get_logger("kato.reaper")
 
 
 class TransactionReaper:
-    def __init__(self, owners: TransactionOwners, patterns: TransactionSessions, interval_seconds: float) -> None:
+    def __init__(self, owners: TransactionLeases, patterns: TransactionSessions, interval_seconds: float) -> None:
         self._owners = owners
         self._patterns = patterns
         self._interval = interval_seconds

@@ -2,7 +2,8 @@
 twin (``memory_sessions.py``), a real Valkey and a real Valkey Cluster (``redis_sessions.py``),
 through the Protocols of ``stores/protocols.py`` (``SessionBackend``) — so what the server's
 modules rely on holds for both, and the fast in-process tests that use the twin test what
-production does.
+production does. The transaction leases (``TransactionLeases``: ``transaction_owners.py`` and
+its twin ``InMemoryTransactionLeases``) are held to one contract here too.
 
 Time: the twin's clock is advanced; on Redis the test waits on Redis's own clock (TIME) or
 polls for a key's disappearance, each with a generous deadline — never a fixed sleep. Every
@@ -25,9 +26,17 @@ from kato_grpc.errors import StoreError, StoreUnavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores import redis_client
 from kato_grpc.stores.keys import Keys
-from kato_grpc.stores.memory_sessions import InMemoryKeyspace, InMemorySessionStore
-from kato_grpc.stores.protocols import CasResult, RecordKey, RecordLimits, SessionBackend
+from kato_grpc.stores.memory_sessions import InMemoryKeyspace, InMemorySessionStore, InMemoryTransactionLeases
+from kato_grpc.stores.protocols import (
+    LSID_BYTES,
+    CasResult,
+    RecordKey,
+    RecordLimits,
+    SessionBackend,
+    TransactionLeases,
+)
 from kato_grpc.stores.redis_sessions import RedisSessionStore
+from kato_grpc.stores.transaction_owners import TransactionOwners
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_server import devcluster, devstack
 
@@ -92,6 +101,7 @@ class Stores:
         self.namespace = "ct-" + uuid.uuid4().hex[:12]
         self.keys = Keys(self.namespace)
         self._opened: list[SessionBackend] = []
+        self._clients: list[redis_client.RedisClient] = []  # the leases' (they have no close)
         self._clock = Clock()
         self._space = InMemoryKeyspace(self._clock)
         self._raw = redis_client.connect(server.url, STORE_TIMEOUT) if server.url else None
@@ -106,9 +116,20 @@ class Stores:
         self._opened.append(store)
         return store
 
+    def leases(self, process: str, lease_seconds: float, namespace: str | None = None) -> TransactionLeases:
+        """The transaction leases of ``process`` under the test's namespace (or another one)."""
+        keys = Keys(namespace or self.namespace)
+        if self._raw is None:
+            return InMemoryTransactionLeases(self._space, keys, lease_seconds, process)
+        client = redis_client.connect(self.server.url, STORE_TIMEOUT)
+        self._clients.append(client)
+        return TransactionOwners(client, keys, lease_seconds, process)
+
     async def close(self) -> None:
         for store in self._opened:
             await store.close()
+        for client in self._clients:
+            await client.aclose()
         if self._raw is not None:
             await self._raw.aclose()
 
@@ -152,6 +173,18 @@ class Stores:
         while await self.exists(key):
             assert time.monotonic() < deadline, f"{key} did not expire"
             await asyncio.sleep(POLL_SECONDS)
+
+    async def hash_field(self, key: str, field: str) -> bytes | None:
+        """A field of the hash at ``key`` (the twin keeps a hash as a dict)."""
+        if self._raw is None:
+            found = self._space.get(key)
+            assert found is None or isinstance(found, dict)
+            value = (found or {}).get(field)
+            assert value is None or isinstance(value, bytes)
+            return value
+        got = await self._raw.hget(key, field)
+        assert got is None or isinstance(got, bytes)
+        return got
 
     async def write_raw(self, key: str, value: bytes) -> None:
         """A value of the wrong type where the store keeps a hash (a damaged store)."""
@@ -578,6 +611,109 @@ def test_stores_of_one_namespace_share_everything(server: Server) -> None:
         assert await b.compare_and_set(state_of(session, 2), 1, TTL, clear_outbox=True) == CasResult.OK
         assert await a.compare_and_set(state_of(session, 2, "late"), 1, TTL) == CasResult.CONFLICT
         assert await a.read_outbox(session) is None
+
+    run(server, body)
+
+
+# --- TransactionLeases: which process runs transactions in which MongoDB sessions -----------
+#
+# A live process's lease is 60 s long: it cannot lapse within a test (a stall that long is a
+# hang, and the deadlines fail first). A process meant to lapse has a 50 ms lease, and the test
+# waits until its lease key is gone (the twin's clock moved past it; Redis polled).
+
+LIVE_LEASE = 60.0
+SHORT_LEASE = 0.05
+
+
+def pid() -> str:
+    return "p-" + uuid.uuid4().hex[:12]
+
+
+def lsid() -> bytes:
+    return uuid.uuid4().bytes  # a MongoDB logical session id: 16 bytes
+
+
+def test_a_registered_session_is_owned_by_its_live_process(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        a, b = pid(), pid()
+        mine, other = s.leases(a, LIVE_LEASE), s.leases(b, LIVE_LEASE)
+        first, second = lsid(), lsid()
+        assert len(first) == LSID_BYTES
+        await mine.register(first)
+        await mine.register(second)
+        await mine.register(first)  # once
+        assert await s.hash_field(s.keys.transaction_owners, a) == first + second
+        expires = await s.expires_at_ms(s.keys.transaction_lease(a))
+        now = await s.now_ms()
+        assert expires is not None and now < expires <= now + LIVE_LEASE * 1000  # leased, on the server's clock
+        await other.renew()  # a process with no session yet is listed with none
+        assert await s.hash_field(s.keys.transaction_owners, b) == b""
+        assert await other.dead() == {}  # both live
+        assert await mine.dead() == {}
+
+    run(server, body)
+
+
+def test_a_lease_not_renewed_lapses_and_its_process_shows_with_its_sessions(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        stalled, survivor = pid(), pid()
+        lapsing, live = s.leases(stalled, SHORT_LEASE), s.leases(survivor, LIVE_LEASE)
+        sessions = [lsid(), lsid()]
+        for session in sessions:
+            await lapsing.register(session)
+        await live.register(lsid())
+        await s.wait_gone(s.keys.transaction_lease(stalled))
+        assert await live.dead() == {stalled: sessions}
+        assert await lapsing.dead() == {}  # never itself; the survivor is live
+        assert await s.hash_field(s.keys.transaction_owners, stalled) == b"".join(sessions)  # until forgotten
+
+    run(server, body)
+
+
+def test_forget_and_leave_remove_a_process_and_its_sessions(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        stalled, leaving, survivor = pid(), pid(), pid()
+        lapsing, going, live = (
+            s.leases(stalled, SHORT_LEASE),
+            s.leases(leaving, LIVE_LEASE),
+            s.leases(survivor, LIVE_LEASE),
+        )
+        await lapsing.register(lsid())
+        await going.register(lsid())
+        await live.renew()
+        await s.wait_gone(s.keys.transaction_lease(stalled))
+        assert list(await live.dead()) == [stalled]
+        await live.forget(stalled)  # its sessions were ended
+        assert await live.dead() == {}
+        assert await s.hash_field(s.keys.transaction_owners, stalled) is None
+        await going.leave()  # a graceful stop: gone, never taken for dead
+        assert await s.hash_field(s.keys.transaction_owners, leaving) is None
+        assert not await s.exists(s.keys.transaction_lease(leaving))
+        assert await live.dead() == {}
+        await live.leave()
+        assert not await s.exists(s.keys.transaction_owners)  # nobody is left
+
+    run(server, body)
+
+
+def test_two_namespaces_never_see_each_others_leases(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        theirs_ns = "ct-" + uuid.uuid4().hex[:12]
+        stalled, sessions, their_session = pid(), [lsid()], lsid()
+        lapsing, live = s.leases(stalled, SHORT_LEASE), s.leases(pid(), LIVE_LEASE)
+        # Another deployment on the same server, with a live process of the same id.
+        namesake, theirs = s.leases(stalled, LIVE_LEASE, theirs_ns), s.leases(pid(), LIVE_LEASE, theirs_ns)
+        for session in sessions:
+            await lapsing.register(session)
+        await namesake.register(their_session)
+        await s.wait_gone(s.keys.transaction_lease(stalled))
+        assert await theirs.dead() == {}  # their reaper never ends my sessions: their namesake is live
+        assert await live.dead() == {stalled: sessions}  # mine lapsed, whatever lives elsewhere
+        await live.forget(stalled)
+        assert await s.hash_field(Keys(theirs_ns).transaction_owners, stalled) == their_session  # theirs stays
+        await namesake.leave()
+        assert await s.hash_field(Keys(theirs_ns).transaction_owners, stalled) is None
+        assert (await live.dead(), await theirs.dead()) == ({}, {})
 
     run(server, body)
 

@@ -56,8 +56,8 @@ from tests.simulation.world import (
     Owner,
     Process,
     deployment,
+    inline_threads,
     settle,
-    simulated_time,
     task_factory,
 )
 
@@ -755,7 +755,7 @@ async def _history(ack_after_commit: bool, next_action: Callable[[Simulation], A
     sim = Simulation(ack_after_commit)
     actions: list[Action] = []
     try:
-        with simulated_time(sim.clock):
+        with inline_threads():
             while True:
                 action = next_action(sim)
                 if action is None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
@@ -35,7 +34,6 @@ from kato_grpc.errors import Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Policy, TransactionRunner
 from kato_grpc.settings import Settings
-from kato_grpc.stores import kb_cache, snapshotter
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.keys import Keys
@@ -367,7 +365,8 @@ class Deployment:
         # and the interleaving stays the scheduler's.
         policy = Policy(backoff_max_seconds=0.0, ack_after_commit=self.ack_after_commit)
         runner = TransactionRunner(self.sessions, self.patterns, policy)
-        cache = WatchedCache(self.patterns, self.watcher, Snapshotter(self.patterns, SNAPSHOTS), self.clock)
+        snapshots = Snapshotter(self.patterns, SNAPSHOTS, clock=SnapshotClock(self.clock))
+        cache = WatchedCache(self.patterns, self.watcher, snapshots, self.clock)
         engine = cast(EngineThreads, InlineEngine(self.settings.max_prediction_work))
         return Process(
             deployment=self.index,
@@ -411,27 +410,35 @@ def deployment(
     )
 
 
+class SnapshotClock:
+    """The snapshotter's clock (``snapshotter.Clock``): the world's time. With the quiet
+    period of 0 (``SNAPSHOTS``) it never has to wait, so no timer runs."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+
+    def monotonic(self) -> float:
+        return self.clock()
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError(f"a snapshotter waited {seconds} s: the simulation's policy has no quiet period")
+
+
 @contextlib.contextmanager
-def simulated_time(clock: Clock) -> Iterator[None]:
-    """While a history runs: the KB caches and snapshotters read the world's clock, and what
-    they would run on a thread (a snapshot's encoding and decoding, a large refresh) runs
-    inline — no thread and no timer, so a seed fixes the whole history."""
+def inline_threads() -> Iterator[None]:
+    """While a history runs, what the KB caches and snapshotters would run on a thread (a
+    snapshot's encoding and decoding, a large refresh) runs inline: no thread, so a seed fixes
+    the whole history. (Their time is the world's: the clocks they are given.)"""
 
     async def inline(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return func(*args, **kwargs)
 
-    shim = types.SimpleNamespace(monotonic=clock, perf_counter=clock)
-    modules = [vars(kb_cache), vars(snapshotter)]  # each reads ``time.monotonic()``
-    saved = [m["time"] for m in modules], asyncio.to_thread
-    for m in modules:
-        m["time"] = shim
+    saved = asyncio.to_thread
     asyncio.to_thread = inline
     try:
         yield
     finally:
-        for m, module_time in zip(modules, saved[0], strict=True):
-            m["time"] = module_time
-        asyncio.to_thread = saved[1]
+        asyncio.to_thread = saved
 
 
 def task_factory(

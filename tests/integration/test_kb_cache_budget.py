@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kato_grpc.client import KatoClient
+from kato_grpc.client import requests as build
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.v1 import engine_pb2 as pb
@@ -24,7 +25,7 @@ from kato_server.devserver import new_server
 from tests.integration.test_metrics import scrape
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
-KBS, PATTERNS, BUDGET_MB = 50, 400, 4
+KBS, PATTERNS, EVENTS, BUDGET_MB = 50, 100, 20, 4
 # What RSS may move beyond the budget: allocator slack and the heap of one KB being loaded.
 SLACK_MB = 12
 
@@ -32,7 +33,7 @@ SLACK_MB = 12
 def _sequences(seed: int) -> list[list[list[str]]]:
     rng = random.Random(seed)
     alphabet = [f"w{seed}-{i}" for i in range(200)]
-    return [[sorted(rng.sample(alphabet, 2)) for _ in range(4)] for _ in range(PATTERNS)]
+    return [[sorted(rng.sample(alphabet, 2)) for _ in range(EVENTS)] for _ in range(PATTERNS)]
 
 
 def _queries(kato: KatoClient, kbs: list[str], rounds: int) -> list[bytes]:
@@ -62,13 +63,9 @@ def test_a_cache_budget_bounds_memory_and_changes_no_prediction(stores: Stores, 
             for client in (kato, full):  # each process's baseline: everything loaded but KBs
                 _queries(client, ["warm-" + uuid.uuid4().hex], 1)
             baseline, unbounded_baseline = bounded.rss_mb(), unbounded.rss_mb()
-            for i, kb in enumerate(kbs):
-                session = kato.create_session(kb)
-                sequences = _sequences(i)
-                observations = [pb.Observation(strings=e) for s in sequences for e in s]
-                ends = [4 * k + 3 for k in range(len(sequences))]
-                kato.observe_sequence(session.name, observations, learn_after=ends)
-                kato.delete_session(session.name)
+            for i, kb in enumerate(kbs):  # imported, not learned: the KBs are what is tested, not learning
+                patterns = [pb.Pattern(events=[pb.Event(symbols=e) for e in s], frequency=1) for s in _sequences(i)]
+                kato.import_knowledge_base(build.import_requests(kb, "budget", patterns))
             answers = _queries(kato, kbs, 2)
             grown = bounded.rss_mb() - baseline
             expected = _queries(full, kbs, 1)
@@ -95,7 +92,7 @@ def test_preloaded_knowledge_bases_are_cached_before_serving(stores: Stores, log
         with KatoClient(writer.address, retries=0) as kato:
             session = kato.create_session(kb)
             observations = [pb.Observation(strings=e) for s in _sequences(1)[:20] for e in s]
-            kato.observe_sequence(session.name, observations, learn_after=[4 * k + 3 for k in range(20)])
+            kato.observe_sequence(session.name, observations, learn_after=[EVENTS * (k + 1) - 1 for k in range(20)])
     finally:
         writer.stop()
     warm = new_server(*stores, log_dir, database).start(KATO_PRELOAD_NODES=json.dumps([kb]))

@@ -20,8 +20,9 @@ Errors are gRPC statuses with rich details (google/rpc/status.proto): an ErrorIn
 (domain "kato.v1", a `reason` listed per method below, metadata) and, for bad input, a
 BadRequest naming each field (`observation.strings[0]`). On every method:
 - INVALID_ARGUMENT: a field out of range or malformed (reason INVALID_FIELD, MALFORMED_ID,
-  MISSING_FIELD, NON_FINITE_NUMBER, ...; the BadRequest names the field), or bytes that are
-  not the request message (UNDECODABLE_REQUEST).
+  MISSING_FIELD, NON_FINITE_NUMBER, ...; the BadRequest names the field; for MALFORMED_ID
+  the ErrorInfo metadata too: `field` and `expected`, the form the name must have), or
+  bytes that are not the request message (UNDECODABLE_REQUEST).
 - UNAUTHENTICATED (TOKEN_MISSING, TOKEN_INVALID) and PERMISSION_DENIED (NODE_NOT_ALLOWED)
   when the server runs with bearer tokens.
 - UNAVAILABLE: a store did not answer (STORE_UNAVAILABLE) or the server is shutting down
@@ -536,7 +537,7 @@ class ObserveSequenceRequest(_message.Message):
     """Return each observation's predictions."""
     @_builtins.property
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Observation]:
-        """The observations, in order (at most KATO_MAX_SEQUENCE_OBSERVATIONS)."""
+        """The observations, in order (at most KATO_MAX_OBSERVATIONS_PER_SEQUENCE)."""
 
     @_builtins.property
     def learn_after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:

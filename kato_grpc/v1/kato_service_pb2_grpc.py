@@ -224,7 +224,7 @@ class KatoServiceServicer:
     def ObserveSequence(self, request, context):
         """Observes several events in order, as repeated Observe calls would, committed together;
         learns after each or at the end when asked. Errors: those of Observe, and
-        INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_SEQUENCE_OBSERVATIONS).
+        INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_OBSERVATIONS_PER_SEQUENCE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

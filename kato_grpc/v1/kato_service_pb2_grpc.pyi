@@ -20,8 +20,9 @@ Errors are gRPC statuses with rich details (google/rpc/status.proto): an ErrorIn
 (domain "kato.v1", a `reason` listed per method below, metadata) and, for bad input, a
 BadRequest naming each field (`observation.strings[0]`). On every method:
 - INVALID_ARGUMENT: a field out of range or malformed (reason INVALID_FIELD, MALFORMED_ID,
-  MISSING_FIELD, NON_FINITE_NUMBER, ...; the BadRequest names the field), or bytes that are
-  not the request message (UNDECODABLE_REQUEST).
+  MISSING_FIELD, NON_FINITE_NUMBER, ...; the BadRequest names the field; for MALFORMED_ID
+  the ErrorInfo metadata too: `field` and `expected`, the form the name must have), or
+  bytes that are not the request message (UNDECODABLE_REQUEST).
 - UNAUTHENTICATED (TOKEN_MISSING, TOKEN_INVALID) and PERMISSION_DENIED (NODE_NOT_ALLOWED)
   when the server runs with bearer tokens.
 - UNAVAILABLE: a store did not answer (STORE_UNAVAILABLE) or the server is shutting down
@@ -105,7 +106,7 @@ class KatoServiceStub:
     ObserveSequence: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveSequenceRequest, _kato_service_pb2.ObserveSequenceResponse]
     """Observes several events in order, as repeated Observe calls would, committed together;
     learns after each or at the end when asked. Errors: those of Observe, and
-    INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_SEQUENCE_OBSERVATIONS).
+    INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_OBSERVATIONS_PER_SEQUENCE).
     """
     ObserveStream: _grpc.StreamStreamMultiCallable[_kato_service_pb2.ObserveStreamRequest, _kato_service_pb2.ObserveStreamResponse]
     """A stream of Observe calls: one response per request, in order. Requests already waiting
@@ -248,7 +249,7 @@ class KatoServiceAsyncStub(KatoServiceStub):
     ObserveSequence: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ObserveSequenceRequest, _kato_service_pb2.ObserveSequenceResponse]  # type: ignore[assignment]
     """Observes several events in order, as repeated Observe calls would, committed together;
     learns after each or at the end when asked. Errors: those of Observe, and
-    INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_SEQUENCE_OBSERVATIONS).
+    INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_OBSERVATIONS_PER_SEQUENCE).
     """
     ObserveStream: _aio.StreamStreamMultiCallable[_kato_service_pb2.ObserveStreamRequest, _kato_service_pb2.ObserveStreamResponse]  # type: ignore[assignment]
     """A stream of Observe calls: one response per request, in order. Requests already waiting
@@ -424,7 +425,7 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_kato_service_pb2.ObserveSequenceResponse, _abc.Awaitable[_kato_service_pb2.ObserveSequenceResponse]]:
         """Observes several events in order, as repeated Observe calls would, committed together;
         learns after each or at the end when asked. Errors: those of Observe, and
-        INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_SEQUENCE_OBSERVATIONS).
+        INVALID_ARGUMENT TOO_MANY_OBSERVATIONS (more than KATO_MAX_OBSERVATIONS_PER_SEQUENCE).
         """
 
     @_abc_1.abstractmethod

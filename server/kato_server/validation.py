@@ -55,9 +55,16 @@ def message_limit(settings: Settings, method: str = "") -> int:
 def require_session_id(session_id: str, field: str = "name") -> None:
     """A bare session id (the transaction runner checks it again on every load)."""
     if not SESSION_ID.fullmatch(session_id):
-        raise InvalidArgument.for_field(
-            field, "is not a session this service issued ('sessions/s-' and 32 hex digits)", reason="MALFORMED_ID"
-        )
+        raise _malformed(field, "a session this service issued", "sessions/s-{32 hex digits}")
+
+
+def _malformed(field: str, what: str, form: str) -> InvalidArgument:
+    """MALFORMED_ID: a name that is not of its resource's form. The field and the form are in
+    the message, the BadRequest violation and ErrorInfo's metadata (``field``, ``expected``),
+    so that a client can tell them apart without parsing text."""
+    error = InvalidArgument.for_field(field, f"is not {what} ('{form}')", reason="MALFORMED_ID")
+    error.metadata.update(field=field, expected=form)
+    return error
 
 
 def require_node_id(node_id: str, field: str) -> None:
@@ -85,9 +92,7 @@ def node_id(name: str, field: str) -> str:
     _required(name, field)
     node = names.parse_knowledge_base(name)
     if node is None:
-        raise InvalidArgument.for_field(
-            field, "is not a knowledge base name ('knowledgeBases/' and its id)", reason="MALFORMED_ID"
-        )
+        raise _malformed(field, "a knowledge base name", "knowledgeBases/{knowledge_base}")
     require_node_id(node, field)
     return node
 
@@ -97,11 +102,7 @@ def pattern_ref(name: str, field: str = "name") -> tuple[str, str]:
     _required(name, field)
     parsed = names.parse_pattern(name)
     if parsed is None or not PATTERN_NAME.fullmatch(parsed[1]):
-        raise InvalidArgument.for_field(
-            field,
-            "is not a pattern name ('knowledgeBases/{kb}/patterns/' and 40 lowercase hex digits)",
-            reason="MALFORMED_ID",
-        )
+        raise _malformed(field, "a pattern name", "knowledgeBases/{knowledge_base}/patterns/{40 lowercase hex digits}")
     require_node_id(parsed[0], field)
     return parsed
 
@@ -111,11 +112,7 @@ def symbol_ref(name: str, field: str = "name") -> tuple[str, str]:
     _required(name, field)
     parsed = names.parse_symbol(name)
     if parsed is None:
-        raise InvalidArgument.for_field(
-            field,
-            "is not a symbol name ('knowledgeBases/{kb}/symbols/' and the percent-encoded symbol)",
-            reason="MALFORMED_ID",
-        )
+        raise _malformed(field, "a symbol name", "knowledgeBases/{knowledge_base}/symbols/{percent-encoded symbol}")
     require_node_id(parsed[0], field)
     return parsed
 

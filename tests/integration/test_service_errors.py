@@ -8,6 +8,8 @@ import math
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from kato_grpc import names
 from kato_grpc.v1 import engine_pb2 as pb
@@ -117,3 +119,30 @@ def test_oversized_messages_are_resource_exhausted(stub: svc_grpc.KatoServiceStu
         stub.Observe(svc.ObserveRequest(name=sid, observation=huge))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert stub.GetSession(svc.GetSessionRequest(name=sid)).time == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "expected"),
+    [
+        (lambda s: s.Learn(svc.LearnRequest(name=_SID)), "name", "sessions/s-{32 hex digits}"),
+        (lambda s: s.ListPatterns(svc.ListPatternsRequest(parent="demo")), "parent", "knowledgeBases/{knowledge_base}"),
+        (lambda s: s.GetPattern(svc.GetPatternRequest(name="knowledgeBases/k/patterns/00")), "name",
+         "knowledgeBases/{knowledge_base}/patterns/{40 lowercase hex digits}"),
+        (lambda s: s.GetSymbol(svc.GetSymbolRequest(name="knowledgeBases/k/sym")), "name",
+         "knowledgeBases/{knowledge_base}/symbols/{percent-encoded symbol}"),
+    ],
+)  # fmt: skip
+def test_a_malformed_name_says_its_field_and_form_in_error_info(
+    stub: svc_grpc.KatoServiceStub, call: object, field: str, expected: str
+) -> None:
+    """MALFORMED_ID's ErrorInfo metadata names the field and the form it must have (issue 24,
+    item 11), as the message and the BadRequest violation do."""
+    with pytest.raises(grpc.RpcError) as info:
+        call(stub)  # type: ignore[operator]
+    status = rpc_status.from_call(info.value)
+    assert status is not None
+    error_info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(error_info)
+    assert (info.value.code(), error_info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_ID")
+    assert dict(error_info.metadata) == {"field": field, "expected": expected}
+    assert details(info.value)[2] == [field]

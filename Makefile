@@ -11,10 +11,13 @@ NODE_STAMP := node_modules/.installed
 
 venv: $(STAMP)
 
+# Quiet pip, but never a silent wait: a fresh install takes one to two minutes.
 $(STAMP): pyproject.toml
+	@echo "make: creating $(VENV) and installing the pinned dependencies (1-2 minutes on a fresh machine)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "make: $(VENV) is ready"
 	touch $(STAMP)
 
 # Three workers on two cores: the integration tests mostly wait on the servers they start
@@ -75,6 +78,7 @@ bench-1m: $(STAMP)
 # Serves on 127.0.0.1:50051. Without KATO_REDIS_URL / KATO_MONGODB_URI it starts local
 # Redis- and MongoDB-compatible servers (data in .data/) and stops them on Ctrl-C.
 run: $(STAMP)
+	@echo "make: starting the local stores and kato on 127.0.0.1:$${KATO_PORT:-50051} (Ctrl-C stops all)"
 	$(BIN)/python -m kato_server
 
 # 10,000 generated requests (and garbage bytes) against a live server (issue 5).

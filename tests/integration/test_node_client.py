@@ -43,3 +43,13 @@ def test_a_node_client_runs_the_round_trip(server: ServerProcess) -> None:
     assert kinds["google.rpc.ErrorInfo"]["reason"] == "SYMBOL_TOO_LONG"
     violations = kinds["google.rpc.BadRequest"]["fieldViolations"]  # protobufjs camel-cases
     assert [v["field"] for v in violations] == ["observation.strings[0]"]
+
+
+def test_the_readme_s_node_snippet_is_the_one_the_client_runs() -> None:
+    """The README's decodeStatus is roundtrip.js's, character for character (issue 24, item
+    10): the test above runs it, so the README's ten lines cannot rot."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```js\n", 1)[1].split("```", 1)[0]
+    snippet = block[block.index("// google.rpc.Status") :]
+    assert "function decodeStatus(error)" in snippet
+    assert snippet in (ROOT / "tests" / "node" / "roundtrip.js").read_text(encoding="utf-8")

@@ -6,6 +6,7 @@
 // Prints one JSON line of what it saw; exits non-zero on anything unexpected.
 "use strict";
 
+const fs = require("fs");
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -29,16 +30,8 @@ function load() {
 // google.rpc.Status and its details, decoded from the grpc-status-details-bin trailer.
 function decodeStatus(error) {
   const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => {
-    for (const dir of INCLUDES) {
-      const candidate = path.join(dir, target);
-      try {
-        require("fs").accessSync(candidate);
-        return candidate;
-      } catch (_) {}
-    }
-    return target;
-  };
+  root.resolvePath = (_origin, target) =>
+    INCLUDES.map((dir) => path.join(dir, target)).find((p) => fs.existsSync(p)) || target;
   root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"]);
   const Status = root.lookupType("google.rpc.Status");
   const [bin] = error.metadata.get("grpc-status-details-bin");

@@ -13,13 +13,25 @@ import typer
 from kato_grpc.cli import transfer, views
 from kato_grpc.cli.common import ConfigOption, Json, Kb, client, config_values, console, errors, show
 
-kb_app = typer.Typer(help="Knowledge bases: statistics, export, import, clear.", no_args_is_help=True)
+kb_app = typer.Typer(help="Knowledge bases: list, statistics, export, import, clear.", no_args_is_help=True)
 patterns_app = typer.Typer(help="The patterns of a knowledge base.", no_args_is_help=True)
 symbols_app = typer.Typer(help="The symbols of a knowledge base, with their statistics.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Sessions: create, show, delete.", no_args_is_help=True)
 
 
 # --- knowledge bases ---------------------------------------------------------------------
+
+
+@kb_app.command("ls")
+def kb_ls(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    as_json: Json = False,
+) -> None:
+    """The knowledge bases you may use (ever written to), in id order."""
+    with client(ctx) as kato:
+        items = list(islice(kato.knowledge_bases(page_size=min(limit, 1000)), limit))
+    show(as_json, items, lambda: views.knowledge_bases(items))
 
 
 @kb_app.command("stats")

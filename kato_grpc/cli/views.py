@@ -89,6 +89,16 @@ def patterns(items: Iterable[pb.Pattern]) -> Table:
     return table
 
 
+def knowledge_bases(items: Iterable[svc.KnowledgeBase]) -> Table:
+    table = Table(header_style="bold")
+    for column in ("knowledge base", "patterns", "total frequency", "version"):
+        table.add_column(column, justify="left" if column == "knowledge base" else "right")
+    for kb in items:
+        node = names.parse_knowledge_base(kb.name) or kb.name
+        table.add_row(node, f"{kb.pattern_count:,}", f"{kb.total_pattern_frequencies:,}", str(kb.version))
+    return table
+
+
 def symbols(items: Iterable[svc.Symbol]) -> Table:
     table = Table(header_style="bold")
     for column in ("symbol", "frequency", "patterns", "probability", "affinity"):

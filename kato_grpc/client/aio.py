@@ -187,6 +187,16 @@ class AsyncKatoClient:
         request = svc.GetKnowledgeBaseRequest(name=build.knowledge_base(knowledge_base))
         return await self.call("GetKnowledgeBase", request, svc.KnowledgeBase)
 
+    async def list_knowledge_bases(self, *, page_size: int = 0, page_token: str = "") -> svc.ListKnowledgeBasesResponse:
+        request = svc.ListKnowledgeBasesRequest(page_size=page_size, page_token=page_token)
+        return await self.call("ListKnowledgeBases", request, svc.ListKnowledgeBasesResponse)
+
+    async def knowledge_bases(self, *, page_size: int = 1000) -> AsyncIterator[svc.KnowledgeBase]:
+        """Every knowledge base the caller may use, in id order, a page at a time."""
+        async for page in _pages(lambda t: self.list_knowledge_bases(page_size=page_size, page_token=t)):
+            for kb in page.knowledge_bases:
+                yield kb
+
     async def get_symbol(self, knowledge_base: str, symbol: str) -> svc.Symbol:
         return await self.call("GetSymbol", build.get_symbol(knowledge_base, symbol), svc.Symbol)
 
@@ -243,7 +253,7 @@ class AsyncKatoClient:
         await self.call("ClearKnowledgeBase", request, svc.ClearKnowledgeBaseResponse)
 
 
-P = TypeVar("P", svc.ListPatternsResponse, svc.ListSymbolsResponse)
+P = TypeVar("P", svc.ListPatternsResponse, svc.ListSymbolsResponse, svc.ListKnowledgeBasesResponse)
 
 
 async def _pages(fetch: Callable[[str], Awaitable[P]]) -> AsyncIterator[P]:

@@ -182,6 +182,15 @@ class KatoClient:
         request = svc.GetKnowledgeBaseRequest(name=build.knowledge_base(knowledge_base))
         return self.call("GetKnowledgeBase", request, svc.KnowledgeBase)
 
+    def list_knowledge_bases(self, *, page_size: int = 0, page_token: str = "") -> svc.ListKnowledgeBasesResponse:
+        request = svc.ListKnowledgeBasesRequest(page_size=page_size, page_token=page_token)
+        return self.call("ListKnowledgeBases", request, svc.ListKnowledgeBasesResponse)
+
+    def knowledge_bases(self, *, page_size: int = 1000) -> Iterator[svc.KnowledgeBase]:
+        """Every knowledge base the caller may use, in id order, a page at a time."""
+        for page in _pages(lambda t: self.list_knowledge_bases(page_size=page_size, page_token=t)):
+            yield from page.knowledge_bases
+
     def get_symbol(self, knowledge_base: str, symbol: str) -> svc.Symbol:
         return self.call("GetSymbol", build.get_symbol(knowledge_base, symbol), svc.Symbol)
 
@@ -233,7 +242,7 @@ class KatoClient:
         self.call("ClearKnowledgeBase", request, svc.ClearKnowledgeBaseResponse)
 
 
-P = TypeVar("P", svc.ListPatternsResponse, svc.ListSymbolsResponse)
+P = TypeVar("P", svc.ListPatternsResponse, svc.ListSymbolsResponse, svc.ListKnowledgeBasesResponse)
 
 
 def _pages(fetch: Callable[[str], P]) -> Iterator[P]:

@@ -25,7 +25,7 @@ from kato_grpc.errors import CounterLimit, DataLoss, StoreRefused
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.index import KnowledgeIndex, SymbolChange
 from kato_grpc.stores.mongo_docs import learns
-from kato_grpc.stores.protocols import Applied, KbChanges, KbEvent, StoredSnapshot
+from kato_grpc.stores.protocols import Applied, KbChanges, KbEvent, KbSummary, StoredSnapshot
 
 T = TypeVar("T")
 
@@ -287,6 +287,16 @@ class InMemoryPatternStore:
 
     async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
         return sorted((r for r in self.kb(kb_id).all_patterns() if r.name > after), key=lambda r: r.name)[:limit]
+
+    async def list_knowledge_bases(self, after: str, limit: int, among: frozenset[str] | None) -> list[KbSummary]:
+        # ``kb`` makes a KB on any read: only one ever written (version past 0) exists.
+        ids = sorted(k for k, kb in self._kbs.items() if kb.version > 0 and k > after and (among is None or k in among))
+        out = []
+        for kb_id in ids[:limit]:
+            totals = self._kbs[kb_id].totals()
+            summary = Totals(totals.total_unique_patterns, totals.total_pattern_frequencies)
+            out.append(KbSummary(kb_id, self._kbs[kb_id].version, summary))
+        return out
 
     async def events_since(self, kb_id: str, since: int, limit: int) -> list[KbEvent]:
         versions: set[int] = set()

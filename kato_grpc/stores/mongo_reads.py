@@ -21,7 +21,7 @@ from kato_grpc.stores.index import SymbolChange
 from kato_grpc.stores.mongo_docs import RECORD_FIELDS, Doc, pattern_from_doc, totals_from_doc
 from kato_grpc.stores.mongo_errors import mapped
 from kato_grpc.stores.mongo_snapshots import MongoSnapshots, SnapshotMoved
-from kato_grpc.stores.protocols import KbChanges, KbEvent, StoredSnapshot
+from kato_grpc.stores.protocols import KbChanges, KbEvent, KbSummary, StoredSnapshot
 from kato_grpc.stores.snapshot import SnapshotError
 
 T = TypeVar("T")
@@ -131,7 +131,7 @@ class MongoKbReads:
 
 
 class MongoPatternReads:
-    """``PatternReads``: patterns as stored."""
+    """``PatternReads``: patterns and knowledge bases as stored."""
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self._db = db
@@ -145,6 +145,13 @@ class MongoPatternReads:
     async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
         cursor = self._db.patterns.find({"kb_id": kb_id, "name": {"$gt": after}}).sort("name", 1).limit(limit)
         return [pattern_from_doc(doc) async for doc in cursor]
+
+    @mapped
+    async def list_knowledge_bases(self, after: str, limit: int, among: frozenset[str] | None) -> list[KbSummary]:
+        # The `kb` documents, by their unique kb_id index; one is written with a KB's first change.
+        ids: Doc = {"$gt": after} if among is None else {"$gt": after, "$in": sorted(among)}
+        cursor = self._db.kb.find({"kb_id": ids, "version": {"$gt": 0}}).sort("kb_id", 1).limit(limit)
+        return [KbSummary(doc["kb_id"], int(doc["version"]), totals_from_doc(doc)) async for doc in cursor]
 
 
 class MongoKbEvents:

@@ -277,13 +277,29 @@ class KbReads(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class KbSummary:
+    """A knowledge base as stored: its id, version and totals (no KB cache loaded for it)."""
+
+    kb_id: str
+    version: int
+    totals: Totals
+
+
 class PatternReads(Protocol):
-    """Single patterns and pages of them, as stored (no KB cache is loaded for them)."""
+    """What is stored, read without loading a KB cache: single patterns, pages of them, and
+    the knowledge bases themselves."""
 
     async def get_pattern(self, kb_id: str, name: str) -> PatternRecord | None: ...
 
     async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
         """At most ``limit`` patterns whose name sorts after ``after``, in name order."""
+        ...
+
+    async def list_knowledge_bases(self, after: str, limit: int, among: frozenset[str] | None) -> list[KbSummary]:
+        """At most ``limit`` knowledge bases whose id sorts after ``after``, in id order; only
+        those in ``among`` unless it is None. A KB is listed once it was first written (its
+        version is past 0): a wipe leaves it listed, empty."""
         ...
 
 

@@ -1224,6 +1224,62 @@ class GetKnowledgeBaseRequest(_message.Message):
 Global___GetKnowledgeBaseRequest: _TypeAlias = GetKnowledgeBaseRequest  # noqa: Y015
 
 @_typing.final
+class ListKnowledgeBasesRequest(_message.Message):
+    """The request of ListKnowledgeBases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Knowledge bases per page: 1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKnowledgeBasesRequest: _TypeAlias = ListKnowledgeBasesRequest  # noqa: Y015
+
+@_typing.final
+class ListKnowledgeBasesResponse(_message.Message):
+    """The response of ListKnowledgeBases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWLEDGE_BASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Give it back for the next page; empty on the last page."""
+    @_builtins.property
+    def knowledge_bases(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnowledgeBase]:
+        """A page of knowledge bases, in id order (name, version, pattern_count and
+        total_pattern_frequencies set).
+        """
+
+    def __init__(
+        self,
+        *,
+        knowledge_bases: _abc.Iterable[Global___KnowledgeBase] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["knowledge_bases", b"knowledge_bases", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKnowledgeBasesResponse: _TypeAlias = ListKnowledgeBasesResponse  # noqa: Y015
+
+@_typing.final
 class Symbol(_message.Message):
     """A symbol's statistics in one knowledge base (docs/engine.md §1.8)."""
 

@@ -127,6 +127,11 @@ class KatoServiceStub:
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.GetKnowledgeBaseRequest.SerializeToString,
                 response_deserializer=kato_dot_v1_dot_kato__service__pb2.KnowledgeBase.FromString,
                 _registered_method=True)
+        self.ListKnowledgeBases = channel.unary_unary(
+                '/kato.v1.KatoService/ListKnowledgeBases',
+                request_serializer=kato_dot_v1_dot_kato__service__pb2.ListKnowledgeBasesRequest.SerializeToString,
+                response_deserializer=kato_dot_v1_dot_kato__service__pb2.ListKnowledgeBasesResponse.FromString,
+                _registered_method=True)
         self.GetSymbol = channel.unary_unary(
                 '/kato.v1.KatoService/GetSymbol',
                 request_serializer=kato_dot_v1_dot_kato__service__pb2.GetSymbolRequest.SerializeToString,
@@ -332,6 +337,18 @@ class KatoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKnowledgeBases(self, request, context):
+        """The knowledge bases the caller may use, in id order, a page at a time (AIP-132): those
+        written at least once (a wiped one stays, empty), and with bearer tokens only the ones
+        the caller's token names. Each has its name, version, pattern count and total frequency
+        as stored; GetKnowledgeBase has the rest (symbol and vector counts, this server's cache).
+        Errors: INVALID_ARGUMENT page_size, page_token.
+        Example: {"page_size": 50}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSymbol(self, request, context):
         """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
         affinity per emotive. Errors: NOT_FOUND SYMBOL_NOT_FOUND (never learned in this KB).
@@ -492,6 +509,11 @@ def add_KatoServiceServicer_to_server(servicer, server):
                     servicer.GetKnowledgeBase,
                     request_deserializer=kato_dot_v1_dot_kato__service__pb2.GetKnowledgeBaseRequest.FromString,
                     response_serializer=kato_dot_v1_dot_kato__service__pb2.KnowledgeBase.SerializeToString,
+            ),
+            'ListKnowledgeBases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKnowledgeBases,
+                    request_deserializer=kato_dot_v1_dot_kato__service__pb2.ListKnowledgeBasesRequest.FromString,
+                    response_serializer=kato_dot_v1_dot_kato__service__pb2.ListKnowledgeBasesResponse.SerializeToString,
             ),
             'GetSymbol': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSymbol,
@@ -1011,6 +1033,33 @@ class KatoService:
             '/kato.v1.KatoService/GetKnowledgeBase',
             kato_dot_v1_dot_kato__service__pb2.GetKnowledgeBaseRequest.SerializeToString,
             kato_dot_v1_dot_kato__service__pb2.KnowledgeBase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKnowledgeBases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kato.v1.KatoService/ListKnowledgeBases',
+            kato_dot_v1_dot_kato__service__pb2.ListKnowledgeBasesRequest.SerializeToString,
+            kato_dot_v1_dot_kato__service__pb2.ListKnowledgeBasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

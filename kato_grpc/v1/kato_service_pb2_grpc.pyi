@@ -158,6 +158,14 @@ class KatoServiceStub:
     patterns, symbols, totals, version.
     Example: {"name": "knowledgeBases/demo"}.
     """
+    ListKnowledgeBases: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.ListKnowledgeBasesRequest, _kato_service_pb2.ListKnowledgeBasesResponse]
+    """The knowledge bases the caller may use, in id order, a page at a time (AIP-132): those
+    written at least once (a wiped one stays, empty), and with bearer tokens only the ones
+    the caller's token names. Each has its name, version, pattern count and total frequency
+    as stored; GetKnowledgeBase has the rest (symbol and vector counts, this server's cache).
+    Errors: INVALID_ARGUMENT page_size, page_token.
+    Example: {"page_size": 50}.
+    """
     GetSymbol: _grpc.UnaryUnaryMultiCallable[_kato_service_pb2.GetSymbolRequest, _kato_service_pb2.Symbol]
     """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
     affinity per emotive. Errors: NOT_FOUND SYMBOL_NOT_FOUND (never learned in this KB).
@@ -300,6 +308,14 @@ class KatoServiceAsyncStub(KatoServiceStub):
     """A knowledge base's statistics as this server's cache of it has them (refreshed first):
     patterns, symbols, totals, version.
     Example: {"name": "knowledgeBases/demo"}.
+    """
+    ListKnowledgeBases: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.ListKnowledgeBasesRequest, _kato_service_pb2.ListKnowledgeBasesResponse]  # type: ignore[assignment]
+    """The knowledge bases the caller may use, in id order, a page at a time (AIP-132): those
+    written at least once (a wiped one stays, empty), and with bearer tokens only the ones
+    the caller's token names. Each has its name, version, pattern count and total frequency
+    as stored; GetKnowledgeBase has the rest (symbol and vector counts, this server's cache).
+    Errors: INVALID_ARGUMENT page_size, page_token.
+    Example: {"page_size": 50}.
     """
     GetSymbol: _aio.UnaryUnaryMultiCallable[_kato_service_pb2.GetSymbolRequest, _kato_service_pb2.Symbol]  # type: ignore[assignment]
     """One symbol's statistics (docs/engine.md §1.8): frequency, pattern-member frequency,
@@ -548,6 +564,20 @@ class KatoServiceServicer(metaclass=_abc_1.ABCMeta):
         """A knowledge base's statistics as this server's cache of it has them (refreshed first):
         patterns, symbols, totals, version.
         Example: {"name": "knowledgeBases/demo"}.
+        """
+
+    @_abc_1.abstractmethod
+    def ListKnowledgeBases(
+        self,
+        request: _kato_service_pb2.ListKnowledgeBasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kato_service_pb2.ListKnowledgeBasesResponse, _abc.Awaitable[_kato_service_pb2.ListKnowledgeBasesResponse]]:
+        """The knowledge bases the caller may use, in id order, a page at a time (AIP-132): those
+        written at least once (a wiped one stays, empty), and with bearer tokens only the ones
+        the caller's token names. Each has its name, version, pattern count and total frequency
+        as stored; GetKnowledgeBase has the rest (symbol and vector counts, this server's cache).
+        Errors: INVALID_ARGUMENT page_size, page_token.
+        Example: {"page_size": 50}.
         """
 
     @_abc_1.abstractmethod

@@ -48,7 +48,7 @@ class PatternStores:
 
     learns: PatternStore  # the runner's and the relay's applies
     reads: KbReads  # the KB cache
-    patterns: PatternReads  # GetPattern, ListPatterns
+    patterns: PatternReads  # GetPattern, ListPatterns, ListKnowledgeBases
     admin: KbWrites  # UpdatePattern, DeletePattern, ClearKnowledgeBase
     transfer: KbTransferStore  # ExportKnowledgeBase, ImportKnowledgeBase
     events: KbEventLog  # WatchKnowledgeBase
@@ -109,7 +109,7 @@ def assemble(
             writes=patterns.admin,
             runner=runner,
         ),
-        KbStats(sessions, cache, engine),
+        KbStats(sessions, cache, engine, patterns.patterns),
         KbTransfer(settings, sessions, patterns.transfer),
         KbWatch(settings, sessions, patterns.events),
     )

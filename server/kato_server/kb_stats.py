@@ -1,25 +1,27 @@
 """Knowledge-base and symbol statistics, read from this process's KB cache — the numbers the
-predictions of this process are computed from (docs/engine.md §1.8)."""
+predictions of this process are computed from (docs/engine.md §1.8) — and the list of the
+knowledge bases a caller may use, read as stored."""
 
 from __future__ import annotations
 
 from kato_grpc import names
-from kato_grpc.access import Caller
+from kato_grpc.access import ALL_NODES, Caller
 from kato_grpc.engine.knowledge import SymbolStats
 from kato_grpc.errors import NotFound
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.protocols import KbVersionBoard
+from kato_grpc.stores.protocols import KbVersionBoard, PatternReads
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import paging, validation
 from kato_server.engine_threads import EngineThreads
 
 
 class KbStats:
-    def __init__(self, versions: KbVersionBoard, cache: KbCache, engine: EngineThreads) -> None:
+    def __init__(self, versions: KbVersionBoard, cache: KbCache, engine: EngineThreads, stored: PatternReads) -> None:
         self.versions = versions
         self.cache = cache
         self.engine = engine
+        self.stored = stored
 
     async def _index(self, node: str, caller: Caller) -> KnowledgeIndex:
         caller.authorize(node)
@@ -39,6 +41,29 @@ class KbStats:
             vector_count=index.vector_count(),
             cache=svc.KnowledgeBaseCache(cached=before is not None, cached_version=before or 0),
         )
+
+    async def list_knowledge_bases(
+        self, req: svc.ListKnowledgeBasesRequest, caller: Caller
+    ) -> svc.ListKnowledgeBasesResponse:
+        size, after = paging.page_size(req.page_size), paging.after(req.page_token)
+        # A token's nodes bound the query itself: nobody learns another tenant's KB ids, not
+        # even by how long a page takes.
+        among = None if caller.nodes is None or ALL_NODES in caller.nodes else caller.nodes
+        page = await self.stored.list_knowledge_bases(after or "", size + 1, among)
+        out = svc.ListKnowledgeBasesResponse(
+            knowledge_bases=[
+                svc.KnowledgeBase(
+                    name=names.knowledge_base(kb.kb_id),
+                    version=kb.version,
+                    pattern_count=kb.totals.total_unique_patterns,
+                    total_pattern_frequencies=kb.totals.total_pattern_frequencies,
+                )
+                for kb in page[:size]
+            ]
+        )
+        if len(page) > size:
+            out.next_page_token = paging.token(page[size - 1].kb_id)
+        return out
 
     async def get_symbol(self, req: svc.GetSymbolRequest, caller: Caller) -> svc.Symbol:
         node, text = validation.symbol_ref(req.name)

@@ -224,6 +224,7 @@ class KatoServicer:
             "DeletePattern": _answer(k.delete_pattern, empty_pb2.Empty),
             "ClearKnowledgeBase": _answer(k.clear_knowledge_base, svc.ClearKnowledgeBaseResponse),
             "GetKnowledgeBase": st.get_knowledge_base,
+            "ListKnowledgeBases": st.list_knowledge_bases,
             "GetSymbol": st.get_symbol,
             "ListSymbols": st.list_symbols,
         }

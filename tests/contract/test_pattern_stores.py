@@ -361,6 +361,32 @@ def test_patterns_read_updated_and_deleted(run: Callable[[Body], None]) -> None:
     run(body)
 
 
+def test_knowledge_bases_are_listed_in_id_order_once_written_a_page_at_a_time(run: Callable[[Body], None]) -> None:
+    async def body(side: Side) -> None:
+        ids = ["kb-c", "kb-a", "kb-é", "kb-b"]
+        for n, kb_id in enumerate(ids):
+            await side.learns.apply_many(kb_id, random_writes(n + 1, n))
+        await side.patterns.get_pattern("kb-read-only", "0" * 40)  # a read makes no KB
+        await side.writes.clear("kb-b")  # a wiped KB stays listed, empty
+        listed = await side.patterns.list_knowledge_bases("", 100, None)
+        assert [k.kb_id for k in listed] == sorted(ids)
+        wiped = next(k for k in listed if k.kb_id == "kb-b")
+        assert (wiped.totals.total_unique_patterns, wiped.totals.total_pattern_frequencies) == (0, 0)
+        a = next(k for k in listed if k.kb_id == "kb-a")
+        version, totals, _ = await side.transfer.kb_summary("kb-a")
+        assert (a.version, a.totals.total_unique_patterns, a.totals.total_pattern_frequencies) == (
+            version, totals.total_unique_patterns, totals.total_pattern_frequencies,
+        )  # fmt: skip
+        assert [k.kb_id for k in await side.patterns.list_knowledge_bases("", 2, None)] == ["kb-a", "kb-b"]
+        assert [k.kb_id for k in await side.patterns.list_knowledge_bases("kb-b", 2, None)] == ["kb-c", "kb-é"]
+        among = frozenset({"kb-c", "kb-a", "kb-never"})
+        assert [k.kb_id for k in await side.patterns.list_knowledge_bases("", 100, among)] == ["kb-a", "kb-c"]
+        assert [k.kb_id for k in await side.patterns.list_knowledge_bases("kb-a", 100, among)] == ["kb-c"]
+        assert await side.patterns.list_knowledge_bases("", 100, frozenset()) == []
+
+    run(body)
+
+
 def test_an_export_holds_every_pattern_with_what_its_learns_added_to_affinity(run: Callable[[Body], None]) -> None:
     async def body(side: Side) -> None:
         writes = random_writes(30, 7)

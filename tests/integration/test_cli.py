@@ -134,6 +134,10 @@ def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -
     assert "0 patterns imported" in run(server, "kb", "import", copy, str(exported))
     with KatoClient(server.address) as kato:
         assert _frequencies(kato, copy) == _frequencies(kato, kb)
+    # `kb ls`: every KB ever written (the session's server is shared: others' KBs are there too).
+    kbs = {k["name"]: k for k in json.loads(run(server, "kb", "ls", "--limit", "100000", "--json"))}
+    assert kbs[names.knowledge_base(kb)]["pattern_count"] == kbs[names.knowledge_base(copy)]["pattern_count"] == "2"
+    assert kb in run(server, "kb", "ls", "--limit", "100000")
     session = json.loads(run(server, "sessions", "create", kb, "-c", "max_predictions=3", "--json"))
     assert session["config"]["max_predictions"] == 3
     assert session["name"] in run(server, "sessions", "show", session["name"])

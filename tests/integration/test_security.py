@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,5 +116,48 @@ def test_tls_serves_encrypted_only(stores: Stores, log_dir: Path, tmp_path: Path
             svc_grpc.KatoServiceStub(plain).CreateSession(
                 svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("tls"))), timeout=3
             )
+    finally:
+        server.stop()
+
+
+def test_a_token_lists_only_the_knowledge_bases_it_may_use(stores: Stores, log_dir: Path) -> None:
+    """ListKnowledgeBases (issue 24, item 7): alice's token sees her KBs only, written ones
+    only; the ops token (``*``) sees every KB of the database, a page at a time."""
+    database = "kato_list_" + uuid.uuid4().hex[:8]
+    tokens = {"alice-token": ["alice-1", "alice-2", "alice-unwritten"], "ops-token": ["*"]}
+    server = new_server(*stores, log_dir, database).start(KATO_AUTH_TOKENS=json.dumps(tokens))
+    try:
+        stub = server.stub()
+        for kb, token in (("alice-2", "alice-token"), ("alice-1", "alice-token"), ("bob", "ops-token")):
+            sid = stub.CreateSession(
+                svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base(kb))),
+                metadata=_with(token),
+            ).name
+            for symbol in ("x", "y"):
+                stub.Observe(svc.ObserveRequest(name=sid, observation=pb.Observation(strings=[symbol])),
+                             metadata=_with(token))  # fmt: skip
+            stub.Learn(svc.LearnRequest(name=sid), metadata=_with(token))
+
+        def listed(token: str, page_size: int) -> list[list[tuple[str, int]]]:
+            pages, page_token = [], ""
+            while True:
+                page = stub.ListKnowledgeBases(
+                    svc.ListKnowledgeBasesRequest(page_size=page_size, page_token=page_token), metadata=_with(token)
+                )
+                pages.append([(kb.name, kb.pattern_count) for kb in page.knowledge_bases])
+                page_token = page.next_page_token
+                if not page_token:
+                    return pages
+
+        alice = [(names.knowledge_base("alice-1"), 1), (names.knowledge_base("alice-2"), 1)]
+        assert listed("alice-token", 10) == [alice]
+        assert listed("alice-token", 1) == [[alice[0]], [alice[1]]]
+        assert listed("ops-token", 2) == [alice, [(names.knowledge_base("bob"), 1)]]
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.ListKnowledgeBases(svc.ListKnowledgeBasesRequest())
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as bad_token:
+            stub.ListKnowledgeBases(svc.ListKnowledgeBasesRequest(page_token="%%%"), metadata=_with("ops-token"))
+        assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         server.stop()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 
 from kato_grpc.cli.app import app
@@ -27,7 +27,7 @@ def _settings() -> set[str]:
 def _cli_variables() -> set[str]:
     found: set[str] = set()
 
-    def walk(command: click.Command) -> None:
+    def walk(command: Any) -> None:  # a click Command (typer's own copy of click)
         for param in command.params:
             envvar = getattr(param, "envvar", None)
             found.update([envvar] if isinstance(envvar, str) else envvar or [])

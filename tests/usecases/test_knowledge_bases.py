@@ -115,6 +115,32 @@ def test_clearing_a_session_s_knowledge_base_clears_its_stm_too(kato: Kato) -> N
     kato.run(main())
 
 
+def test_list_knowledge_bases_shows_a_caller_the_written_ones_it_may_use(kato: Kato) -> None:
+    async def main() -> None:
+        await _learn_three(kato)
+        other = await kato.create("kb2")
+        await kato.learned(other.name, ["x"], ["y"])
+        await kato.create("kb3")  # a session, nothing written: no KB yet
+        stats = kato.use.stats
+
+        async def listed(caller: Caller, page_size: int = 0) -> list[tuple[str, int, int]]:
+            out, token = [], ""
+            while True:
+                page = await stats.list_knowledge_bases(
+                    svc.ListKnowledgeBasesRequest(page_size=page_size, page_token=token), caller
+                )
+                out += [(k.name, k.pattern_count, k.total_pattern_frequencies) for k in page.knowledge_bases]
+                if not (token := page.next_page_token):
+                    return out
+
+        everything = [(KB_NAME, 3, 3), ("knowledgeBases/kb2", 1, 1)]
+        assert await listed(ANYONE) == await listed(ANYONE, page_size=1) == everything
+        assert await listed(Caller(frozenset({"kb2", "kb3"}), principal="t")) == everything[1:]
+        assert await listed(Caller(frozenset({"*"}), principal="ops")) == everything
+
+    kato.run(main())
+
+
 def test_a_caller_without_the_node_touches_nothing_of_it(kato: Kato) -> None:
     async def main() -> None:
         s = await kato.create()

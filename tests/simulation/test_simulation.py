@@ -17,7 +17,7 @@ from kato_server import kb_admin, kb_transfer
 from tests.simulation.sim import HISTORY_STEPS, quiet_logs, simulate
 
 FIRST_SEED = 1
-HISTORIES = 120  # 18,120 steps (with the final quiesces): about 10 s of CPU, 10-25 s on a shared 2-core machine
+HISTORIES = 120  # 18,120 steps (with the final quiesces): 11-13 s of CPU, 12-25 s on a shared 2-core machine
 
 
 def test_seeded_histories_keep_every_invariant() -> None:

@@ -11,11 +11,12 @@ from tests.usecases.harness import KB, Kato, session_id
 
 
 def test_two_calls_refreshing_a_kb_at_once_count_each_change_once(kato: Kato) -> None:
-    """Found by the simulation (seed 5376, its snapshotter the reader): a call that read the
-    cached index, then waited for MongoDB's version while another call of the process
-    refreshed the cache into a clone (the index being read), fetched the changes since the
-    index it had read and merged them into the newer clone — the changes in between counted
-    twice in the symbol statistics (architecture.md §4: a cache equals the KB at its version)."""
+    """Found by a 300,000-step run of the simulation (its snapshotter the reader): a call
+    that read the cached index, then waited for MongoDB's version while another call of the
+    process refreshed the cache into a clone (the index being read), fetched the changes
+    since the index it had read and merged them into the newer clone — the changes in
+    between counted twice in the symbol statistics (architecture.md §4: a cache equals the
+    KB at its version)."""
 
     async def main() -> None:
         reader, learner = await kato.create(), await kato.create()

@@ -121,8 +121,8 @@ def publishing_fails(kato: Kato) -> Iterator[None]:
 def test_a_clear_retried_after_it_failed_past_its_wipe_wipes_once(kato: Kato) -> None:
     """The API: a request id makes ClearKnowledgeBase safe to retry, "the knowledge base is
     wiped once". A first attempt that wiped, then failed before recording its id, is retried:
-    what was learned (and read back) in between must stay. Found by the simulation (seed 29:
-    two attempts of one request id running at once each wiped)."""
+    what was learned (and read back) in between must stay. Found by the simulation (two
+    attempts of one request id running at once each wiped; its mutant test keeps it found)."""
 
     async def main() -> None:
         s = await kato.create()

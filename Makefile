@@ -95,7 +95,8 @@ soak: $(STAMP)
 
 # The simulation of the exactly-once learn path (docs/architecture.md §10): STEPS
 # steps in all, in histories of LENGTH steps seeded SEED, SEED+1, ...; stops at the first
-# failure and prints its seed and its shrunk history. `make test` runs 150 histories from seed 1.
+# failure and prints its seed and its shrunk history. `make test` runs 120 histories of 150
+# steps from seed 1.
 SEED ?= 1
 STEPS ?= 300000
 LENGTH ?= 150

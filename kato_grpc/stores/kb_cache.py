@@ -120,6 +120,14 @@ class KbCache:
         since = index.version if index is not None else 0
         singles = index.singles if index is not None else {}
         changes = await self._store.changes_since(kb_id, since, singles)
+        current = self._indexes.get(kb_id)
+        moved = current is not None and current.version != since and current.version < changes.version
+        if not changes.full and (current is None or moved):
+            # The cached index is no longer the one these changes start from: another refresh
+            # replaced it meanwhile (a clone, the old one being read) or the KB was evicted.
+            # Merged into it, the changes in between would count twice (symbol statistics add
+            # up): fetch again from what is cached now.
+            return await self._refresh(kb_id, current)
         base = await self._base(kb_id, changes) if changes.full else None
         if changes.full and base is None and changes.snapshot is not None:
             changes = await self._store.changes_since(kb_id, 0, singles, snapshots=False)

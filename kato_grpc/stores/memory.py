@@ -313,8 +313,13 @@ class InMemoryPatternStore:
 
     # --- KbWrites -------------------------------------------------------------------------
 
-    async def clear(self, kb_id: str) -> int:
-        return self.kb(kb_id).clear()
+    async def clear(self, kb_id: str, wipe_id: str = "") -> int:
+        kb = self.kb(kb_id)
+        if wipe_id:
+            if wipe_id in self._ledger:
+                return kb.version  # wiped once already
+            self._ledger.add(wipe_id)
+        return kb.clear()
 
     async def delete_pattern(self, kb_id: str, name: str) -> int | None:
         return self.kb(kb_id).delete(name)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from kato_grpc.engine.knowledge import PatternRecord
 from kato_grpc.stores.mongo_client import MongoDatabase
@@ -54,7 +55,12 @@ async def _event(
     await db.kb_events.insert_one({"kb_id": kb_id, "kb_version": version, "kind": kind, "name": name}, session=s)
 
 
-async def clear_in(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str) -> int:
+async def clear_in(db: AsyncDatabase[Doc], s: AsyncClientSession, kb_id: str, wipe_id: str = "") -> int:
+    if wipe_id:  # once: the ledger record commits with the wipe
+        if await db.ledger.find_one({"_id": wipe_id}, {"_id": 1}, session=s) is not None:
+            kb = await db.kb.find_one({"kb_id": kb_id}, {"version": 1}, session=s)
+            return int(kb["version"]) if kb else 0
+        await db.ledger.insert_one({"_id": wipe_id, "kb_id": kb_id}, session=s)
     for coll in (db.patterns, db.symbol_log, db.vectors, db.kb_snapshots):
         await coll.delete_many({"kb_id": kb_id}, session=s)
     version = await _bump_reload(db, s, kb_id, reset_totals=True)
@@ -109,10 +115,14 @@ class MongoKbAdmin:
         self._database = database
 
     @mapped
-    async def clear(self, kb_id: str) -> int:
-        """Wipe a KB; its version moves on and every cache reloads (architecture.md §4)."""
+    async def clear(self, kb_id: str, wipe_id: str = "") -> int:
+        """Wipe a KB; its version moves on and every cache reloads (architecture.md §4). With
+        ``wipe_id``, once (``KbWrites.clear``)."""
         db = self._database.db
-        return await self._database.transaction(lambda s: clear_in(db, s, kb_id))
+        try:
+            return await self._database.transaction(lambda s: clear_in(db, s, kb_id, wipe_id))
+        except DuplicateKeyError:  # the same wipe committed meanwhile: the ledger now says so
+            return await self._database.transaction(lambda s: clear_in(db, s, kb_id, wipe_id))
 
     @mapped
     async def delete_pattern(self, kb_id: str, name: str) -> int | None:

@@ -307,9 +307,11 @@ class KbWrites(Protocol):
     """Administrative changes. Each is one version (and one ``kb_events`` entry) from which
     caches reload the KB whole; each returns that version or what it changed."""
 
-    async def clear(self, kb_id: str) -> int:
+    async def clear(self, kb_id: str, wipe_id: str = "") -> int:
         """Wipe the KB (patterns, statistics, totals, vectors, snapshots); the version moves
-        on, the ledger and the event log stay. Returns the new version."""
+        on, the ledger and the event log stay. Returns the new version. With ``wipe_id`` the
+        wipe happens once: the ledger records the id in the wipe's transaction, and a wipe
+        whose id it holds changes nothing and returns the KB's version."""
         ...
 
     async def delete_pattern(self, kb_id: str, name: str) -> int | None:

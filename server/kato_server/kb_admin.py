@@ -7,6 +7,8 @@ session also clears the session's STM, through the transaction runner.
 
 from __future__ import annotations
 
+import hashlib
+
 from kato_grpc import encoding, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
@@ -19,6 +21,12 @@ from kato_grpc.stores.protocols import KbVersionBoard, KbWrites, PatternReads, R
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import paging, validation
+
+
+def _wipe_id(*scope: str) -> str:
+    """A wipe's ledger id, scoped as its request id is (a session, or a KB and caller), so that
+    the API's promise holds: with a request id, the knowledge base is wiped once."""
+    return "wipe:" + hashlib.sha256("\0".join(scope).encode()).hexdigest()[:32]
 
 
 def pattern_not_found(name: str) -> NotFound:
@@ -124,7 +132,10 @@ class KbAdmin:
             # Apply the outbox first: writes learned before the wipe must land before it, never
             # after (the ledger then keeps them from being applied again).
             await self.runner.read(sid, caller)
-            await self.versions.publish_kb_version(node, await self.writes.clear(node))
+            # An attempt that wiped and then failed before its commit recorded the request id
+            # leaves no record: the wipe's ledger id keeps its retries from wiping again.
+            wipe_id = _wipe_id("session", sid, req.request_id) if req.request_id else ""
+            await self.versions.publish_kb_version(node, await self.writes.clear(node, wipe_id))
 
         async def run(
             state: storage.SessionState, _kb: int | None
@@ -144,7 +155,10 @@ class KbAdmin:
             if previous is not None:
                 request_ids.check_replay(previous, "ClearKnowledgeBase", fp)
                 return
-        await self.versions.publish_kb_version(node, await self.writes.clear(node))
+        # The record is written after the wipe: the wipe's ledger id keeps a retry of an
+        # attempt that failed in between from wiping again.
+        wipe_id = _wipe_id("kb", node, caller.principal, req.request_id) if req.request_id else ""
+        await self.versions.publish_kb_version(node, await self.writes.clear(node, wipe_id))
         if key is not None:
             done = request_ids.record("ClearKnowledgeBase", fp, b"")
             await self.records.remember(key, done, self.settings.max_ttl_seconds * 1000)

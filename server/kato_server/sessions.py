@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 
 from google.protobuf import timestamp_pb2
 
@@ -27,6 +28,11 @@ from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import validation
 
 
+def new_session_id() -> str:
+    """A session's id: 128 random bits, so that nobody can guess another's."""
+    return "s-" + secrets.token_hex(16)
+
+
 def _now(plus_seconds: int = 0) -> timestamp_pb2.Timestamp:
     """Now (plus some seconds), in microseconds: every timestamp of the API has one precision."""
     ts = timestamp_pb2.Timestamp()
@@ -43,15 +49,18 @@ class Sessions:
         records: RequestRecords,
         runner: TransactionRunner,
         telemetry: Telemetry = NO_TELEMETRY,
+        session_ids: Callable[[], str] = new_session_id,
     ) -> None:
         """``sessions`` creates (a compare-and-set on no version); ``deletion`` deletes;
-        ``records`` keeps the request records of CreateSession, which has no session yet."""
+        ``records`` keeps the request records of CreateSession, which has no session yet;
+        ``session_ids`` draws a new session's id (a test's may be seeded)."""
         self.settings = settings
         self.sessions = sessions
         self.deletion = deletion
         self.records = records
         self.runner = runner
         self.telemetry = telemetry
+        self.session_ids = session_ids
 
     async def _read(self, session_id: str, caller: Caller) -> storage.SessionState:
         return (await self.runner.read(session_id, caller)).state
@@ -87,7 +96,7 @@ class Sessions:
             existing = await self._created(key, fp, caller)
             if existing is not None:
                 return existing
-        state = processor.new_session("s-" + secrets.token_hex(16), node, given.config, field="session.config")
+        state = processor.new_session(self.session_ids(), node, given.config, field="session.config")
         state.ttl_seconds = ttl
         state.metadata.update(given.metadata)
         state.create_time.CopyFrom(_now())

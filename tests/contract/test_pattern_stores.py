@@ -211,6 +211,22 @@ def test_the_version_only_moves_on(run: Callable[[Body], None]) -> None:
     run(body)
 
 
+def test_a_wipe_with_an_id_happens_once(run: Callable[[Body], None]) -> None:
+    """A ClearKnowledgeBase retried after it wiped but before it recorded its request id
+    (kb_admin.py) wipes nothing the second time: the id's ledger record commits with the wipe."""
+
+    async def body(side: Side) -> None:
+        assert await side.writes.clear(KB, "wipe:one") == 1
+        applied = await side.learns.apply_many(KB, random_writes(3, 2))
+        assert await side.writes.clear(KB, "wipe:one") == applied.version  # nothing wiped, nothing moved
+        assert await side.patterns.list_patterns(KB, "", 100) != []
+        assert await side.writes.clear(KB) == applied.version + 1  # without an id: every time
+        assert await side.writes.clear(KB, "wipe:one") == applied.version + 1  # the ledger outlives wipes
+        assert await side.writes.clear(KB, "wipe:two") == applied.version + 2
+
+    run(body)
+
+
 def test_events_come_in_version_order_and_a_wipe_keeps_them(run: Callable[[Body], None]) -> None:
     async def body(side: Side) -> None:
         a, b = pattern_write([["a"], ["b"]]), pattern_write([["b"], ["c"]])

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from google.protobuf import field_mask_pb2
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 
@@ -37,12 +38,20 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
-from kato_grpc.stores.memory import InMemoryKnowledgeBase
 from kato_grpc.stores.memory_sessions import InMemoryKeyspace
 from kato_grpc.stores.protocols import RecordLimits
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
-from tests.simulation.model import MAX_COUNTER, CallRecord, Model, Violation, stm_of
+from tests.simulation.model import (
+    KB_CALLS,
+    MAX_COUNTER,
+    CallRecord,
+    Model,
+    Violation,
+    import_pattern,
+    kb_content,
+    stm_of,
+)
 from tests.simulation.world import (
     FAIL_AFTER,
     FAIL_BEFORE,
@@ -79,17 +88,6 @@ HISTORY_STEPS = 150
 
 
 @dataclass(frozen=True)
-class NewSession:
-    deployment: int
-    session: int  # numbered per deployment: both deployments have the same session ids
-    kb: int
-    max_pattern_length: int  # 0: no auto-learn
-    rolling: bool
-    process_predictions: bool
-    ttl_seconds: int
-
-
-@dataclass(frozen=True)
 class Call:
     cid: int
     deployment: int  # the process's
@@ -97,10 +95,30 @@ class Call:
     session: int
     tenant: int
     method: str
-    # Observe: ((symbols,), uid, return_predictions); ObserveSequence: (events, uid,
-    # learn_at_end, learn_after_each)
+    # Sessions are numbered per deployment (both deployments have the same session ids). The
+    # body, by method:
+    #   CreateSession: (kb, max_pattern_length (0: no auto-learn), rolling, process_predictions,
+    #     ttl_seconds); ``session`` is the id its execution draws (CreateSession's generator)
+    #   Observe: ((symbols,), uid, return_predictions)
+    #   ObserveSequence: (events, uid, learn_at_end, learn_after_each, return_predictions)
+    #   ObserveStream: (events, uid, return_predictions): one batch of a stream's messages
+    #   UpdateSession: (max_pattern_length, rolling, ttl_seconds, etag, mask paths)
+    #   ClearKnowledgeBase: ("session",), or ("kb", kb): a call on a KB (``session`` 0)
+    #   ImportKnowledgeBase: (kb, import_id, ((batch, ((events, frequency), ...)), ...))
+    #   DeletePattern: (kb, sha1); UpdatePattern: (kb, sha1, frequency, ((emotive, value),),
+    #     ((key, (value,)),), mask paths)
     body: tuple[Any, ...]
     request_id: str = ""
+
+    @property
+    def on_kb(self) -> bool:
+        """A call on a KB, not a session."""
+        return self.method in KB_CALLS and self.body[0] != "session"
+
+    @property
+    def on_session(self) -> bool:
+        """A call on an existing session."""
+        return not self.on_kb and self.method != "CreateSession"
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,7 @@ class Quiesce:
     pass
 
 
-Action = NewSession | Call | Open | Crash | Relay | Tick | ColdLoad | Quiesce
+Action = Call | Open | Crash | Relay | Tick | ColdLoad | Quiesce
 
 
 def session_id(n: int) -> str:
@@ -146,6 +164,19 @@ def session_id(n: int) -> str:
 
 
 def request_for(call: Call) -> Message:
+    if call.on_kb:
+        return kb_request_for(call)
+    if call.method == "CreateSession":
+        kb, max_pattern_length, rolling, process_predictions, ttl_seconds = call.body
+        config = pb.SessionConfig(
+            max_pattern_length=max_pattern_length,
+            stm_mode=pb.STM_MODE_ROLLING if rolling else pb.STM_MODE_CLEAR,
+            process_predictions=process_predictions,
+        )
+        return svc.CreateSessionRequest(
+            session=svc.Session(knowledge_base=names.knowledge_base(KBS[kb]), config=config, ttl_seconds=ttl_seconds),
+            request_id=call.request_id,
+        )
     name = names.session(session_id(call.session))
     if call.method == "Observe":
         (symbols,), uid, with_predictions = call.body
@@ -156,13 +187,21 @@ def request_for(call: Call) -> Message:
             return_predictions=with_predictions,
         )
     if call.method == "ObserveSequence":
-        events, uid, at_end, after_each = call.body
+        events, uid, at_end, after_each, with_predictions = call.body
         return svc.ObserveSequenceRequest(
             name=name,
             observations=[pb.Observation(strings=list(e), unique_id=f"{uid}-{i}") for i, e in enumerate(events)],
             learn_at_end=at_end,
             learn_after_each=after_each,
             request_id=call.request_id,
+            return_predictions=with_predictions,
+        )
+    if call.method == "ObserveStream":  # the batch the stream's messages make (stream.batches)
+        events, uid, with_predictions = call.body
+        return svc.ObserveSequenceRequest(
+            name=name,
+            observations=[pb.Observation(strings=list(e), unique_id=f"{uid}-{i}") for i, e in enumerate(events)],
+            return_predictions=with_predictions,
         )
     if call.method == "Learn":
         return svc.LearnRequest(name=name, request_id=call.request_id)
@@ -170,7 +209,53 @@ def request_for(call: Call) -> Message:
         return svc.ClearShortTermMemoryRequest(name=name, request_id=call.request_id)
     if call.method == "DeleteSession":
         return svc.DeleteSessionRequest(name=name)
+    if call.method == "ClearKnowledgeBase":
+        return svc.ClearKnowledgeBaseRequest(session=name, request_id=call.request_id)
+    if call.method == "UpdateSession":
+        max_pattern_length, rolling, ttl_seconds, etag, paths = call.body
+        config = pb.SessionConfig(
+            max_pattern_length=max_pattern_length, stm_mode=pb.STM_MODE_ROLLING if rolling else pb.STM_MODE_CLEAR
+        )
+        return svc.UpdateSessionRequest(
+            session=svc.Session(name=name, config=config, ttl_seconds=ttl_seconds, etag=etag),
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
+            request_id=call.request_id,
+        )
     return svc.GetSessionRequest(name=name)  # the reads: GetShortTermMemory, GetPredictions
+
+
+def kb_request_for(call: Call) -> Message:
+    """The request of a call on a KB (an import's first message: the others are ``import_messages``)."""
+    kb = KBS[call.body[1] if call.method == "ClearKnowledgeBase" else call.body[0]]
+    if call.method == "ClearKnowledgeBase":
+        return svc.ClearKnowledgeBaseRequest(knowledge_base=names.knowledge_base(kb), request_id=call.request_id)
+    if call.method == "ImportKnowledgeBase":
+        return import_messages(call)[0]
+    pattern = names.pattern(kb, call.body[1])
+    if call.method == "DeletePattern":
+        return svc.DeletePatternRequest(name=pattern)
+    _, _, frequency, emotives, metadata, paths = call.body
+    update = svc.UpdatePatternRequest(
+        pattern=pb.Pattern(name=pattern, frequency=frequency, emotives=[pb.EmotiveRecord(values=dict(emotives))]
+                           if emotives else []),
+    )  # fmt: skip
+    for key, values in metadata:
+        update.pattern.metadata[key].extend(list(values))
+    update.update_mask.paths.extend(paths)
+    return update
+
+
+def import_messages(call: Call) -> list[svc.ImportKnowledgeBaseRequest]:
+    kb, import_id, batches = call.body
+    return [
+        svc.ImportKnowledgeBaseRequest(
+            knowledge_base=names.knowledge_base(KBS[kb]),
+            import_id=import_id,
+            batch=batch,
+            patterns=[svc.ExportedPattern(pattern=import_pattern(p)) for p in patterns],
+        )
+        for batch, patterns in batches
+    ]
 
 
 # --- the simulation -----------------------------------------------------------------------------
@@ -178,8 +263,9 @@ def request_for(call: Call) -> Message:
 
 @functools.cache
 def settings() -> Settings:
-    """The service's defaults (and any KATO_* in the environment), read once."""
-    return Settings()
+    """The service's defaults (and any KATO_* in the environment), read once; sessions may
+    live as briefly as the shortest TTL drawn, so that some lapse within a history."""
+    return Settings(min_ttl_seconds=min(TTLS))
 
 
 @dataclass(eq=False)
@@ -191,21 +277,6 @@ class Dep:
     procs: list[Process]
     verified: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # cache checks done
     bounded: dict[str, tuple[object, ...]] = field(default_factory=dict)  # KB checks done
-
-
-def kb_content(kb: KnowledgeIndex) -> tuple[object, ...]:
-    """What a KnowledgeView answers, in one comparable value: its patterns (frequencies,
-    events, emotives, metadata), symbol statistics and totals."""
-    patterns = sorted(
-        (r.name, r.frequency, r.events, tuple(tuple(sorted(e.items())) for e in r.emotives),
-         tuple(sorted(r.metadata.items())))
-        for r in kb.all_patterns()
-    )  # fmt: skip
-    symbols = [
-        (name, st.frequency, st.pattern_member_frequency, tuple(sorted(st.affinity.items())))
-        for name, st in kb.symbols_after(None, 1_000_000)
-    ]
-    return (tuple(patterns), tuple(symbols), kb.totals())
 
 
 def _differ(a: tuple[object, ...], b: tuple[object, ...]) -> str:
@@ -232,8 +303,10 @@ class Simulation:
                 self.gates,
                 model,
                 ack_after_commit,
+                self._session_id,
             )
             self.deps.append(Dep(world, model, [world.start_process(pid) for pid in range(PROCESSES)]))
+        self.created: dict[str, str] = {}  # CreateSession's label -> the id it draws
         self.running: dict[str, tuple[CallRecord, Model, asyncio.Task[Any]]] = {}
         self.calls: list[Call] = []  # every call started (for retries)
         self.relays = 0
@@ -249,11 +322,14 @@ class Simulation:
             task.add_done_callback(_seen)
         return task
 
+    def _session_id(self) -> str:
+        """CreateSession's id generator: the id the history gave the call that draws it (a
+        session id is random in the service; here the seed decides it)."""
+        return self.created[OWNER.get(None).label]  # type: ignore[union-attr]
+
     async def execute(self, action: Action) -> None:
         """One step: the action, every task run to its next gate, the ends of calls checked."""
-        if isinstance(action, NewSession):
-            await self._new_session(action)
-        elif isinstance(action, Call):
+        if isinstance(action, Call):
             self._call(action)
         elif isinstance(action, Open):
             gate = self.gates.find(action.key)
@@ -278,27 +354,14 @@ class Simulation:
                 raise dep.model.broken
         await self.check()
 
-    async def _new_session(self, action: NewSession) -> None:
-        model = self.deps[action.deployment].model
-        sid = session_id(action.session)
-        if sid in model.sessions:
-            return
-        config = pb.SessionConfig(
-            max_pattern_length=action.max_pattern_length,
-            stm_mode=pb.STM_MODE_ROLLING if action.rolling else pb.STM_MODE_CLEAR,
-            process_predictions=action.process_predictions,
-        )
-        state = processor.new_session(sid, KBS[action.kb], config)
-        state.version, state.ttl_seconds = 1, action.ttl_seconds
-        # CreateSession is not on the learn path: the session is made directly in the twin.
-        ttl_ms = action.ttl_seconds * 1000
-        await self.deps[action.deployment].world.sessions_twin.compare_and_set(state, None, ttl_ms)
-        model.add_session(state, ttl_ms)
-
     def _call(self, call: Call) -> None:
         model = self.deps[call.deployment].model
-        sid = session_id(call.session)
+        sid = session_id(call.session) if call.on_session else ""
         s = model.sessions.get(sid)
+        body = call.body
+        if call.method == "CreateSession":
+            self.created[f"c{call.cid}"] = session_id(call.session)
+            body = (session_id(call.session), *body)
         nodes = TENANTS[call.tenant]
         caller = Caller(nodes=nodes, principal=f"t{call.tenant}")
         request = request_for(call)
@@ -312,19 +375,47 @@ class Simulation:
             call.request_id,
             caller,
             commits_at_start=len(s.commits) if s is not None else 0,
-            known=s is not None,
+            known=s is not None or not call.on_session,
+            kb=KBS[call.body[1] if call.method == "ClearKnowledgeBase" else call.body[0]] if call.on_kb else "",
+            body=body,
         )
         model.calls[label] = record
         self.calls.append(call)
         proc = self.deps[call.deployment].procs[call.pid]
-        task = self.spawn(proc, label, self._run(proc, sid, call.method, request, caller))
+        work = self._import(proc, call, caller) if call.method == "ImportKnowledgeBase" else None
+        task = self.spawn(proc, label, work or self._run(proc, sid, call.method, request, caller))
         self.running[label] = (record, model, task)
 
     @staticmethod
+    async def _import(proc: Process, call: Call, caller: Caller) -> Message:
+        """An ImportKnowledgeBase stream: its messages one after the other, then its end."""
+        stream = proc.transfer.start_import(caller)
+        for message in import_messages(call):
+            await stream.add(message)
+        return await stream.finish()
+
+    @staticmethod
     async def _run(proc: Process, sid: str, method: str, request: Message, caller: Caller) -> Message:
+        if isinstance(request, svc.CreateSessionRequest):
+            return await proc.sessions.create_session(request, caller)
+        if isinstance(request, svc.ClearKnowledgeBaseRequest):
+            await proc.admin.clear_knowledge_base(request, caller)
+            return svc.ClearKnowledgeBaseResponse()
+        if isinstance(request, svc.DeletePatternRequest):
+            await proc.admin.delete_pattern(request, caller)
+            return Empty()
+        if isinstance(request, svc.UpdatePatternRequest):
+            return await proc.admin.update_pattern(request, caller)
         o = proc.observing
         if isinstance(request, svc.ObserveRequest):
             return await o.observe(request, caller)
+        if method == "ObserveStream":
+            assert isinstance(request, svc.ObserveSequenceRequest)
+            messages = [
+                svc.ObserveRequest(name=request.name, observation=o, return_predictions=request.return_predictions)
+                for o in request.observations
+            ]
+            return svc.ObserveSequenceResponse(results=await o.observe_batch(messages, caller))
         if isinstance(request, svc.ObserveSequenceRequest):
             return await o.observe_sequence(request, caller)
         if isinstance(request, svc.LearnRequest):
@@ -334,6 +425,8 @@ class Simulation:
         if isinstance(request, svc.DeleteSessionRequest):
             await proc.sessions.delete_session(request, caller)
             return Empty()
+        if isinstance(request, svc.UpdateSessionRequest):
+            return await proc.sessions.update_session(request, caller)
         if method == "GetShortTermMemory":
             return await o.get_stm(sid, caller)
         return await o.get_predictions(sid, caller)
@@ -417,10 +510,19 @@ class Simulation:
         model = dep.model
         kb = dep.world.patterns_twin.kb(kb_id)
         mine = sorted(ids for ids in pending if model.commits_by_ids[ids].kb == kb_id)
-        seen = (kb.version, len(model.kb_commits.get(kb_id, ())), published, tuple(mine))
+        seen = (kb.version, len(model.kb_commits.get(kb_id, ())), published, tuple(mine), model.kb_version(kb_id))
         if dep.bounded.get(kb_id) == seen:
             return  # nothing it is checked against moved since the last step
         dep.bounded[kb_id] = seen
+        if kb.version != model.kb_version(kb_id):
+            raise Violation("learn", f"{kb_id} is at version {kb.version}; its changes made {model.kb_version(kb_id)}")
+        content, want = kb_content(kb), model.content_at(kb_id, kb.version)
+        if content != want:
+            raise Violation(
+                "kb",
+                f"{model.deployment}/{kb_id} at version {kb.version} differs from what its changes make: "
+                f"{_differ(content, want)}",
+            )
         lower, upper = model.kb_bounds(kb_id, pending)
         real = {p.name: p.frequency for p in kb.all_patterns()}
         for name in sorted(set(real) | set(lower)):
@@ -430,17 +532,21 @@ class Simulation:
                 raise Violation(
                     "learn",
                     f"pattern {name[:12]} {where} {model.deployment}/{kb_id} has frequency {got}; the commits "
-                    f"allow {lower[name]}..{upper[name]} (applied outboxes .. all)",
+                    f"allow {lower[name]}..{upper[name]} (applied outboxes .. all, since its last reset)",
                 )
             if got > MAX_COUNTER:
                 raise Violation("bound", f"pattern {name[:12]} in {kb_id} counts {got}, past 2^53 - 1")
+        lost = model.unapplied(kb_id, pending)
+        if lost:
+            raise Violation("learn", f"{kb_id}: the outbox of {lost[0].call.label}'s commit is gone, its writes "
+                            "never applied")  # fmt: skip
         totals = kb.totals()
-        if totals.total_pattern_frequencies != sum(real.values()) or totals.total_unique_patterns != len(real):
+        if model.totals_exact(kb_id) and (
+            totals.total_pattern_frequencies != sum(real.values()) or totals.total_unique_patterns != len(real)
+        ):
             raise Violation("bound", f"{kb_id}'s totals {totals} disagree with its patterns")
         if published > kb.version:
             raise Violation("bound", f"{kb_id}'s published version {published} is past its version {kb.version}")
-        if kb.version != model.kb_version(kb_id):
-            raise Violation("learn", f"{kb_id} is at version {kb.version}; its applies made {model.kb_version(kb_id)}")
 
     def _check_caches(self, dep: Dep, kb_id: str) -> None:
         """Every process's cached index of a KB equals the KB at the index's version."""
@@ -451,7 +557,7 @@ class Simulation:
             key = (proc.pid, kb_id)
             if dep.verified.get(key) == (id(index), index.version):
                 continue
-            want = kb_content(dep.model.kb_at(kb_id, index.version))
+            want = dep.model.content_at(kb_id, index.version)
             got = kb_content(index)
             if got != want:
                 raise Violation(
@@ -465,7 +571,7 @@ class Simulation:
         """A fresh cache on the same stores (a process's cold start): the newest snapshot and
         what changed after it, equal to the KB at the version it loaded."""
         index = await KbCache(dep.world.patterns_twin, clock=dep.world.clock).view(kb_id)
-        want = kb_content(dep.model.kb_at(kb_id, index.version))
+        want = dep.model.content_at(kb_id, index.version)
         got = kb_content(index)
         if got != want:
             raise Violation(
@@ -514,7 +620,7 @@ class Simulation:
                 proc = dep.procs[0]
                 got = await self._finish(proc, f"qp{sid}", proc.observing.get_predictions(sid, Caller()))
                 expected = svc.GetPredictionsResponse()
-                result = processor.predictions(s.state, self._model_kb(model, s.kb))
+                result = processor.predictions(s.state, model.kb_at(s.kb, model.kb_version(s.kb)))
                 encoding.add_predictions(
                     result, names.pattern_prefix(s.kb), expected.predictions, expected.future_potentials
                 )
@@ -545,38 +651,21 @@ class Simulation:
         self._ended()
         return task.result()
 
-    @staticmethod
-    def _model_kb(model: Model, kb_id: str) -> InMemoryKnowledgeBase:
-        """The KB the committed learns make, each applied once (in commit order)."""
-        kb = InMemoryKnowledgeBase()
-        for commit in model.kb_commits.get(kb_id, []):
-            for write in commit.writes:
-                kb.apply(write)
-        return kb
-
     def _check_kb_exactly(self, dep: Dep, kb_id: str) -> None:
+        """No outbox left: each pattern holds exactly what its last reset, the imports since
+        and every commit not applied before that reset make — every committed learn once."""
         model = dep.model
-        kb = dep.world.patterns_twin.kb(kb_id)
-        real = {p.name: (p.frequency, p.events) for p in kb.all_patterns()}
-        committed = self._model_kb(model, kb_id)
-        expected = {p.name: (p.frequency, p.events) for p in committed.all_patterns()}
-        if real != expected:
+        real = {p.name: p.frequency for p in dep.world.patterns_twin.kb(kb_id).all_patterns()}
+        lower, upper = model.kb_bounds(kb_id, set())
+        assert lower == upper
+        if real != {name: n for name, n in upper.items() if n or name in real}:
             diff = sorted(
-                (n[:12], real.get(n, (0,))[0], expected.get(n, (0,))[0])
-                for n in set(real) | set(expected)
-                if real.get(n) != expected.get(n)
+                (n[:12], real.get(n, 0), upper[n]) for n in set(real) | set(upper) if real.get(n, 0) != upper[n]
             )
             raise Violation("learn", f"{kb_id} after the relay: (pattern, frequency, committed learns) {diff}")
-        acked, unacked = model.acked_learns(kb_id)
-        for name, (frequency, _) in sorted(real.items()):
-            if not acked[name] <= frequency <= acked[name] + unacked[name]:
-                raise Violation("learn", f"{name[:12]} in {kb_id}: {frequency} learns, {acked[name]} acknowledged")
-        for name, count in sorted(acked.items()):
-            if count and name not in real:
-                raise Violation("learn", f"{name[:12]}: {count} acknowledged learns, not in {kb_id}")
-        symbols = kb.symbols_after(None, 10_000)
-        if symbols != committed.symbols_after(None, 10_000) or kb.totals() != committed.totals():
-            raise Violation("learn", f"{kb_id}'s symbol statistics or totals differ from the committed learns'")
+        lost = model.unapplied(kb_id, set())
+        if lost:
+            raise Violation("learn", f"{kb_id} after the relay: {lost[0].call.label}'s learns never applied")
 
 
 def _names(response: svc.GetPredictionsResponse) -> list[str]:
@@ -616,6 +705,7 @@ class Generator:
         rng = self.rng
         live = [len([s for s in dep.model.sessions.values() if s.alive]) for dep in sim.deps]
         known = any(dep.model.sessions for dep in sim.deps)
+        creating = any(r.method == "CreateSession" for r, _, _ in sim.running.values())
         choices: list[tuple[float, Callable[[], Action]]] = [
             (0.4 if min(live) < MAX_SESSIONS else 0.0, lambda: self._new_session(sim)),
             (8.0 if sim.gates.pending else 0.0, lambda: self._open(sim)),
@@ -627,8 +717,8 @@ class Generator:
             (0.05, lambda: ColdLoad(rng.randrange(len(DEPLOYMENTS)), rng.randrange(len(KBS)))),
             (0.06, Quiesce),
         ]
-        if not known:
-            return self._new_session(sim)
+        if not known:  # the first session first
+            return self._open(sim) if creating and sim.gates.pending else self._new_session(sim)
         total = sum(w for w, _ in choices)
         pick = rng.uniform(0, total)
         for weight, make in choices:
@@ -641,16 +731,26 @@ class Generator:
         rng = self.rng
         room = [d for d, dep in enumerate(sim.deps) if sum(s.alive for s in dep.model.sessions.values()) < MAX_SESSIONS]
         d = rng.choice(room or [0])
-        self.next_session[d] += 1
-        return NewSession(
+        self.next_call += 1
+        kb = rng.randrange(len(KBS))
+        return Call(
+            cid=self.next_call,
             deployment=d,
-            session=self.next_session[d],
-            kb=rng.randrange(len(KBS)),
-            max_pattern_length=rng.choice((0, 0, 2, 3)),
-            rolling=rng.random() < 0.5,
-            process_predictions=rng.random() < 0.7,
-            ttl_seconds=rng.choice(TTLS),
+            pid=rng.randrange(PROCESSES),
+            session=self._next_session(d),
+            tenant=self._tenant(KBS[kb]),
+            method="CreateSession",
+            body=self._session_body(kb),
+            request_id=f"r{self.next_call}" if rng.random() < 0.7 else "",
         )
+
+    def _next_session(self, d: int) -> int:
+        self.next_session[d] += 1
+        return self.next_session[d]
+
+    def _session_body(self, kb: int) -> tuple[Any, ...]:
+        rng = self.rng
+        return (kb, rng.choice((0, 0, 2, 3)), rng.random() < 0.5, rng.random() < 0.7, rng.choice(TTLS))
 
     def _tick(self) -> Action:
         rng = self.rng
@@ -675,22 +775,33 @@ class Generator:
             return ((rng.choice(SYMBOLS),), uid, rng.random() < 0.5)
         if method == "ObserveSequence":
             events = tuple((rng.choice(SYMBOLS),) for _ in range(rng.randint(1, 3)))
-            return (events, uid, rng.random() < 0.5, rng.random() < 0.3)
+            return (events, uid, rng.random() < 0.5, rng.random() < 0.3, rng.random() < 0.5)
+        if method == "ObserveStream":
+            return (tuple((rng.choice(SYMBOLS),) for _ in range(rng.randint(1, 4))), uid, rng.random() < 0.5)
+        if method == "UpdateSession":  # (max_pattern_length, rolling, ttl_seconds, etag, mask paths)
+            paths = rng.choice((("config.max_pattern_length",), ("config.stm_mode",), ("ttl_seconds",),
+                                ("config.max_pattern_length", "ttl_seconds")))  # fmt: skip
+            etag = str(rng.randint(1, 8)) if rng.random() < 0.3 else ""  # now and then one, mostly stale
+            return (rng.choice((0, 2, 3)), rng.random() < 0.5, rng.choice(TTLS), etag, paths)
         return ()
 
     def _call(self, sim: Simulation) -> Action:
         rng = self.rng
+        method = rng.choices(
+            ("Observe", "Learn", "ObserveSequence", "ClearShortTermMemory", "DeleteSession", "GetShortTermMemory",
+             "GetPredictions", "ClearKnowledgeBase", "ImportKnowledgeBase", "DeletePattern", "UpdatePattern",
+             "ObserveStream", "UpdateSession"),
+            weights=(7, 3, 2, 0.4, 0.15, 0.5, 0.5, 0.5, 0.4, 0.2, 0.2, 1, 0.3),
+        )[0]  # fmt: skip
+        self.next_call += 1
+        if method in KB_CALLS and (method != "ClearKnowledgeBase" or rng.random() < 0.5):
+            return self._kb_call(sim, method)
         d = rng.choice([d for d, dep in enumerate(sim.deps) if dep.model.sessions])
         sessions = sorted(sim.deps[d].model.sessions.values(), key=lambda s: (not s.alive, s.sid))
         alive = [s for s in sessions if s.alive]
         s = rng.choice(alive if alive and rng.random() < 0.95 else sessions)
-        method = rng.choices(
-            ("Observe", "Learn", "ObserveSequence", "ClearShortTermMemory", "DeleteSession", "GetShortTermMemory",
-             "GetPredictions"),
-            weights=(8, 3, 2, 0.4, 0.15, 0.5, 0.5),
-        )[0]  # fmt: skip
-        self.next_call += 1
-        rid = f"r{self.next_call}" if method not in ("DeleteSession", "GetShortTermMemory", "GetPredictions") else ""
+        no_id = ("DeleteSession", "GetShortTermMemory", "GetPredictions", "ObserveStream")  # (a stream's batch: none)
+        rid = f"r{self.next_call}" if method not in no_id else ""
         if rid and rng.random() < 0.3:
             rid = ""
         # Now and then the other deployment's process: a client pointed at the wrong one finds
@@ -704,14 +815,71 @@ class Generator:
             session=int(s.sid[2:], 16),
             tenant=self._tenant(s.kb),
             method=method,
-            body=self._body(method),
+            body=("session",) if method == "ClearKnowledgeBase" else self._body(method),
             request_id=rid,
         )
+
+    def _kb_call(self, sim: Simulation, method: str) -> Action:
+        """A call on a KB: a wipe of one named (with a request id, or none), an import, a
+        pattern's deletion or update."""
+        rng = self.rng
+        d, kb = rng.randrange(len(DEPLOYMENTS)), rng.randrange(len(KBS))
+        if method in ("DeletePattern", "UpdatePattern") and rng.random() < 0.8:  # mostly a KB with patterns
+            held = [(d, k) for d, dep in enumerate(sim.deps) for k, kb_id in enumerate(KBS)
+                    if dep.model.kb(kb_id).pattern_count()]  # fmt: skip
+            d, kb = rng.choice(held) if held else (d, kb)
+        rid = f"r{self.next_call}" if method == "ClearKnowledgeBase" and rng.random() < 0.7 else ""
+        return Call(
+            self.next_call, d, rng.randrange(PROCESSES), 0, self._tenant(KBS[kb]), method,
+            self._kb_body(sim.deps[d].model, method, kb), rid,
+        )  # fmt: skip
+
+    def _kb_body(self, model: Model, method: str, kb: int) -> tuple[Any, ...]:
+        rng = self.rng
+        if method == "ClearKnowledgeBase":
+            return ("kb", kb)
+        if method == "ImportKnowledgeBase":
+            batches = tuple(
+                (n, tuple(self._imported_pattern() for _ in range(rng.randint(1, 2))))
+                for n in sorted(rng.sample(range(4), rng.randint(1, 3)))
+            )
+            return (kb, f"i{self.next_call}", batches)
+        # A pattern the KB holds, one it held or another KB holds, or (now and then) none.
+        held = sorted(p.name for p in model.kb(KBS[kb]).all_patterns())
+        known = sorted({n for k in model.kbs.values() for n in (p.name for p in k.all_patterns())} | set(held))
+        if held and rng.random() < 0.8:
+            sha1 = rng.choice(held)
+        elif known and rng.random() < 0.8:
+            sha1 = rng.choice(known)
+        else:
+            sha1 = f"{rng.getrandbits(160):040x}"
+        if method == "DeletePattern":
+            return (kb, sha1)
+        paths: tuple[str, ...] = rng.choice(
+            (("frequency",), ("frequency",), ("metadata",), ("emotives", "frequency"), ("*",))
+        )  # ("*": all three, AIP-134 — what the request leaves empty is emptied)
+        every = paths == ("*",)
+        return (
+            kb, sha1, rng.randint(1, 5),
+            (("e", float(rng.randint(0, 3))),) if "emotives" in paths or (every and rng.random() < 0.5) else (),
+            (("k", (rng.choice(("x", "y")),)),) if "metadata" in paths or (every and rng.random() < 0.5) else (),
+            paths,
+        )  # fmt: skip
+
+    def _imported_pattern(self) -> tuple[tuple[tuple[str, ...], ...], int]:
+        """Events of single symbols as learned ones are (so that imports and learns meet in
+        one pattern), sometimes an event of two; at least two symbols (D-22)."""
+        rng = self.rng
+        events = tuple(
+            tuple(sorted(rng.sample(SYMBOLS, 2 if rng.random() < 0.15 else 1))) for _ in range(rng.randint(2, 3))
+        )
+        return (events, rng.randint(1, 3))
 
     def _retry(self, sim: Simulation) -> Action:
         """A client retry: an earlier call again — unanswered ones most — with its request id,
         on either process of its deployment: the same request, or (a client bug, or an id
-        whose record was forgotten) another body or another method."""
+        whose record was forgotten) another body or another method. An import again is its
+        import id again: resumed, or (a client bug) with other patterns."""
         rng = self.rng
         unanswered = [
             c for c in sim.calls if sim.deps[c.deployment].model.calls[f"c{c.cid}"].status in ("error", "lost")
@@ -721,13 +889,23 @@ class Generator:
         self.next_call += 1
         method, body = old.method, old.body
         roll = rng.random()
-        if old.request_id and roll < 0.15:
-            body = self._body(method)
-        elif old.request_id and roll < 0.25:
-            method = rng.choice(("Observe", "Learn", "ObserveSequence", "ClearShortTermMemory"))
-            body = self._body(method)
+        session = old.session
+        if method == "CreateSession":  # another execution draws another id
+            session = self._next_session(old.deployment)
+            if old.request_id and roll < 0.15:
+                body = self._session_body(body[0])
+        elif method == "ImportKnowledgeBase" and roll < 0.2:
+            kb, import_id, _ = body
+            body = (kb, import_id, self._kb_body(sim.deps[old.deployment].model, method, kb)[2])
+        elif old.request_id and old.on_kb and roll < 0.15:
+            body = ("kb", rng.randrange(len(KBS)))  # the same id on another KB: another scope
+        elif old.request_id and old.on_session and roll < 0.15:
+            body = ("session",) if method == "ClearKnowledgeBase" else self._body(method)
+        elif old.request_id and old.on_session and roll < 0.25:
+            method = rng.choice(("Observe", "Learn", "ObserveSequence", "ClearShortTermMemory", "ClearKnowledgeBase"))
+            body = ("session",) if method == "ClearKnowledgeBase" else self._body(method)
         pid = rng.randrange(PROCESSES)
-        return Call(self.next_call, old.deployment, pid, old.session, old.tenant, method, body, old.request_id)
+        return Call(self.next_call, old.deployment, pid, session, old.tenant, method, body, old.request_id)
 
     def _relay(self) -> Action:
         self.next_relay += 1

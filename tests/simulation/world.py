@@ -10,7 +10,7 @@ What survives a crash is what Redis and MongoDB would keep: the twins (sessions,
 their due marks, request records, KBs, their ledgers and snapshots). What a crash discards is
 everything a process holds in memory: its runner (the session → node map), its applier (the
 applies in flight, the versions it saw), its KB cache and snapshotter, its use cases (the
-event memo) and its relay.
+event memo: Observing, Sessions, KbAdmin, KbTransfer) and its relay.
 
 Every store operation a process makes first waits at a gate. The scheduler decides, per
 gate, whether the operation goes through, fails before it takes effect, or takes effect and
@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
 from kato_grpc.engine.budget import Budget
+from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.errors import Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import Policy, TransactionRunner
@@ -42,6 +43,8 @@ from kato_grpc.stores.memory_sessions import InMemoryKeyspace, InMemorySessionSt
 from kato_grpc.stores.protocols import Applied, CasResult, KbChanges, Loaded, RecordKey, RecordLimits
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_server.engine_threads import EngineThreads
+from kato_server.kb_admin import KbAdmin
+from kato_server.kb_transfer import KbTransfer
 from kato_server.observing import Observing
 from kato_server.relay import OutboxRelay
 from kato_server.sessions import Sessions
@@ -84,6 +87,8 @@ class Process:
     sessions: Sessions
     relay: OutboxRelay
     cache: KbCache
+    admin: KbAdmin
+    transfer: KbTransfer
     dead: bool = False
     # Every task it runs (its calls and what they start: applies, applies behind an answer,
     # snapshots, relay passes), in creation order so that a crash cancels them in a
@@ -173,11 +178,37 @@ class Watcher(Protocol):
         ttl_ms: int,
     ) -> None: ...
 
+    def created(self, owner: Owner, state: storage.SessionState, ttl_ms: int) -> None: ...
+
     def deleted(self, owner: Owner, session_id: str) -> None: ...
 
     def applied(self, kb_id: str, writes: Sequence[storage.PatternWrite], applied: Applied) -> None: ...
 
     def viewed(self, owner: Owner, kb_id: str, version: int) -> None: ...
+
+    # The pattern side's other changes (KbWrites, KbTransferStore), as they take effect.
+    def cleared(self, owner: Owner, kb_id: str, version: int) -> None: ...
+
+    def imported(
+        self, owner: Owner, kb_id: str, batch_id: str, writes: Sequence[storage.PatternWrite], applied: Applied
+    ) -> None: ...
+
+    def pattern_deleted(self, owner: Owner, kb_id: str, name: str, version: int | None) -> None: ...
+
+    def pattern_updated(
+        self,
+        owner: Owner,
+        kb_id: str,
+        name: str,
+        change: tuple[int | None, list[dict[str, float]] | None, dict[str, list[str]] | None],
+        result: tuple[PatternRecord, int] | None,
+    ) -> None: ...
+
+    def summarized(self, owner: Owner, kb_id: str, version: int, totals: Totals) -> None: ...
+
+    def remembered(self, owner: Owner, key: RecordKey, winner: storage.RequestRecord, ttl_ms: int) -> None: ...
+
+    def forgot(self, owner: Owner, key: RecordKey) -> None: ...
 
 
 class GatedSessions:
@@ -220,7 +251,9 @@ class GatedSessions:
                 request_id=request_id,
                 record=record,
             )
-            if result == CasResult.OK:
+            if result == CasResult.OK and expected_version is None:  # CreateSession's
+                self.watcher.created(owner(), state, ttl_ms)
+            elif result == CasResult.OK:
                 self.watcher.committed(owner(), state, outbox, request_id, record, ttl_ms)
             return result
 
@@ -247,13 +280,22 @@ class GatedSessions:
     # --- RequestRecords: CreateSession's, a node's ClearKnowledgeBase's ------------------------
 
     async def remember(self, key: RecordKey, record: storage.RequestRecord, ttl_ms: int) -> storage.RequestRecord:
-        return await through(self.gates, "remember", lambda: self.twin.remember(key, record, ttl_ms))
+        async def remember() -> storage.RequestRecord:
+            winner = await self.twin.remember(key, record, ttl_ms)
+            self.watcher.remembered(owner(), key, winner, ttl_ms)
+            return winner
+
+        return await through(self.gates, "remember", remember)
 
     async def recorded(self, key: RecordKey) -> storage.RequestRecord | None:
         return await through(self.gates, "recorded", lambda: self.twin.recorded(key))
 
     async def forget(self, key: RecordKey) -> None:
-        await through(self.gates, "forget", lambda: self.twin.forget(key))
+        async def forget() -> None:
+            await self.twin.forget(key)
+            self.watcher.forgot(owner(), key)
+
+        await through(self.gates, "forget", forget)
 
     # --- OutboxQueue: the relay's ----------------------------------------------------------
 
@@ -269,7 +311,8 @@ class GatedSessions:
 
 class GatedPatterns:
     """A deployment's pattern store twin behind gates: the runner's ``PatternStore``, the KB
-    cache's ``KbReads`` and the snapshotter's ``KbSnapshots``."""
+    cache's ``KbReads``, the snapshotter's ``KbSnapshots``, KB administration's
+    ``PatternReads`` and ``KbWrites`` and the transfers' ``KbTransferStore``."""
 
     def __init__(self, twin: InMemoryPatternStore, gates: Gates, watcher: Watcher) -> None:
         self.twin = twin
@@ -312,6 +355,83 @@ class GatedPatterns:
 
     async def compact_log(self, kb_id: str, version: int) -> int:
         return await through(self.gates, "compact", lambda: self.twin.compact_log(kb_id, version))
+
+    # --- PatternReads, KbWrites (KB administration) -------------------------------------------
+
+    async def get_pattern(self, kb_id: str, name: str) -> PatternRecord | None:
+        return await through(self.gates, "get_pattern", lambda: self.twin.get_pattern(kb_id, name))
+
+    async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
+        return await through(self.gates, "list_patterns", lambda: self.twin.list_patterns(kb_id, after, limit))
+
+    async def clear(self, kb_id: str, wipe_id: str = "") -> int:
+        async def clear() -> int:
+            before = await self.twin.kb_version(kb_id)
+            version = await self.twin.clear(kb_id, wipe_id)
+            if version != before:  # (a wipe whose id the ledger holds changes nothing)
+                self.watcher.cleared(owner(), kb_id, version)
+            return version
+
+        return await through(self.gates, "clear", clear)
+
+    async def delete_pattern(self, kb_id: str, name: str) -> int | None:
+        async def delete() -> int | None:
+            version = await self.twin.delete_pattern(kb_id, name)
+            self.watcher.pattern_deleted(owner(), kb_id, name, version)
+            return version
+
+        return await through(self.gates, "delete_pattern", delete)
+
+    async def update_pattern(
+        self,
+        kb_id: str,
+        name: str,
+        *,
+        frequency: int | None,
+        emotives: Sequence[Mapping[str, float]] | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+    ) -> tuple[PatternRecord, int] | None:
+        change = (
+            frequency,
+            None if emotives is None else [dict(e) for e in emotives],
+            None if metadata is None else {k: list(v) for k, v in metadata.items()},
+        )
+
+        async def update() -> tuple[PatternRecord, int] | None:
+            result = await self.twin.update_pattern(
+                kb_id, name, frequency=frequency, emotives=emotives, metadata=metadata
+            )
+            self.watcher.pattern_updated(owner(), kb_id, name, change, result)
+            return result
+
+        return await through(self.gates, "update_pattern", update)
+
+    # --- KbTransferStore (imports; exports are not driven) ----------------------------------
+
+    async def kb_summary(self, kb_id: str) -> tuple[int, Totals, int]:
+        async def summary() -> tuple[int, Totals, int]:
+            found = await self.twin.kb_summary(kb_id)
+            self.watcher.summarized(owner(), kb_id, found[0], found[1])
+            return found
+
+        return await through(self.gates, "kb_summary", summary)
+
+    def pattern_rows(self, kb_id: str, size: int) -> AsyncIterator[Sequence[object]]:
+        raise AssertionError("exports are not driven by the simulation")
+
+    def exported(self, row: object) -> tuple[PatternRecord, dict[str, float]]:
+        raise AssertionError("exports are not driven by the simulation")
+
+    def vector_batches(self, kb_id: str, size: int) -> AsyncIterator[list[tuple[str, list[float]]]]:
+        raise AssertionError("exports are not driven by the simulation")
+
+    async def apply_batch(self, kb_id: str, batch_id: str, writes: Sequence[storage.PatternWrite]) -> Applied:
+        async def apply() -> Applied:
+            applied = await self.twin.apply_batch(kb_id, batch_id, writes)
+            self.watcher.imported(owner(), kb_id, batch_id, writes, applied)
+            return applied
+
+        return await through(self.gates, "apply_batch", apply)
 
 
 class WatchedCache(KbCache):
@@ -357,6 +477,7 @@ class Deployment:
     watcher: Watcher
     ack_after_commit: bool
     clock: Callable[[], float]  # the world's, in seconds: what the KB caches time their checks by
+    session_ids: Callable[[], str]  # CreateSession's id generator: the scheduler's, from the history
     incarnations: int = 0
 
     def start_process(self, pid: int) -> Process:
@@ -368,17 +489,29 @@ class Deployment:
         snapshots = Snapshotter(self.patterns, SNAPSHOTS, clock=SnapshotClock(self.clock))
         cache = WatchedCache(self.patterns, self.watcher, snapshots, self.clock)
         engine = cast(EngineThreads, InlineEngine(self.settings.max_prediction_work))
+        admin = KbAdmin(
+            self.settings,
+            versions=self.sessions,
+            records=self.sessions,
+            patterns=self.patterns,
+            writes=self.patterns,
+            runner=runner,
+        )
         return Process(
             deployment=self.index,
             pid=pid,
             incarnation=self.incarnations,
             runner=runner,
             observing=Observing(self.settings, self.sessions, cache, engine, runner),
-            sessions=Sessions(self.settings, self.sessions, self.sessions, self.sessions, runner),
+            sessions=Sessions(
+                self.settings, self.sessions, self.sessions, self.sessions, runner, session_ids=self.session_ids
+            ),
             relay=OutboxRelay(
                 self.sessions, runner.applier.apply, after_seconds=RELAY_AFTER_SECONDS, interval_seconds=1.0
             ),
             cache=cache,
+            admin=admin,
+            transfer=KbTransfer(self.settings, self.sessions, self.patterns),
         )
 
 
@@ -391,6 +524,7 @@ def deployment(
     gates: Gates,
     watcher: Watcher,
     ack_after_commit: bool,
+    session_ids: Callable[[], str],
 ) -> Deployment:
     keys = Keys(namespace)
     twin = InMemorySessionStore(records, keyspace=keyspace, keys=keys)
@@ -407,6 +541,7 @@ def deployment(
         watcher=watcher,
         ack_after_commit=ack_after_commit,
         clock=lambda: keyspace.now_ms() / 1000,
+        session_ids=session_ids,
     )
 
 

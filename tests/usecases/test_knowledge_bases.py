@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from google.protobuf import field_mask_pb2
 
 from kato_grpc import names
 from kato_grpc.access import ANYONE, Caller
-from kato_grpc.errors import NotFound, PermissionDenied
+from kato_grpc.errors import NotFound, PermissionDenied, StoreUnavailable
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.usecases.harness import KB, Kato, expect, session_id
@@ -96,6 +99,49 @@ def test_clearing_a_knowledge_base_wipes_it_once_per_request_id(kato: Kato) -> N
         await kato.use.admin.clear_knowledge_base(clear, ANYONE)  # a retry: no second wipe
         assert kato.frequency(after) == 1
         assert kato.frequency(kept) == 1  # another KB is untouched
+
+    kato.run(main())
+
+
+@contextlib.contextmanager
+def publishing_fails(kato: Kato) -> Iterator[None]:
+    """Redis stops answering KB-version publishes: a wipe takes effect in MongoDB, then the
+    call fails before it records its request id."""
+
+    async def down(kb_id: str, version: int) -> None:
+        raise StoreUnavailable("Redis does not answer (test)")
+
+    kato.session_store.publish_kb_version = down  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del kato.session_store.publish_kb_version
+
+
+def test_a_clear_retried_after_it_failed_past_its_wipe_wipes_once(kato: Kato) -> None:
+    """The API: a request id makes ClearKnowledgeBase safe to retry, "the knowledge base is
+    wiped once". A first attempt that wiped, then failed before recording its id, is retried:
+    what was learned (and read back) in between must stay. Found by the simulation (two
+    attempts of one request id running at once each wiped; its mutant test keeps it found)."""
+
+    async def main() -> None:
+        s = await kato.create()
+        await kato.learned(s.name, ["a"], ["b"])
+        for n, clear in enumerate(
+            (
+                svc.ClearKnowledgeBaseRequest(knowledge_base=KB_NAME, request_id="wipe-1"),
+                svc.ClearKnowledgeBaseRequest(session=s.name, request_id="wipe-2"),
+            )
+        ):
+            with publishing_fails(kato):
+                await expect(kato.use.admin.clear_knowledge_base(clear, ANYONE), StoreUnavailable)
+            assert kato.pattern_store.kb(KB).pattern_count() == 0  # the first attempt wiped
+            learner = await kato.create()
+            after = await kato.learned(learner.name, ["x"], [str(n)])
+            await kato.use.admin.clear_knowledge_base(clear, ANYONE)  # the retry: answered, no second wipe
+            assert kato.frequency(after) == 1, clear
+            await kato.use.admin.clear_knowledge_base(clear, ANYONE)  # and again: still none
+            assert kato.frequency(after) == 1, clear
 
     kato.run(main())
 

@@ -40,7 +40,15 @@ from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.keys import Keys
 from kato_grpc.stores.memory import InMemoryPatternStore
 from kato_grpc.stores.memory_sessions import InMemoryKeyspace, InMemorySessionStore
-from kato_grpc.stores.protocols import Applied, CasResult, KbChanges, Loaded, RecordKey, RecordLimits
+from kato_grpc.stores.protocols import (
+    Applied,
+    CasResult,
+    KbChanges,
+    KbSummary,
+    Loaded,
+    RecordKey,
+    RecordLimits,
+)
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
 from kato_server.engine_threads import EngineThreads
 from kato_server.kb_admin import KbAdmin
@@ -363,6 +371,9 @@ class GatedPatterns:
 
     async def list_patterns(self, kb_id: str, after: str, limit: int) -> list[PatternRecord]:
         return await through(self.gates, "list_patterns", lambda: self.twin.list_patterns(kb_id, after, limit))
+
+    async def list_knowledge_bases(self, after: str, limit: int, among: frozenset[str] | None) -> list[KbSummary]:
+        return await through(self.gates, "list_kbs", lambda: self.twin.list_knowledge_bases(after, limit, among))
 
     async def clear(self, kb_id: str, wipe_id: str = "") -> int:
         async def clear() -> int:

@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Three workers on two cores: the integration tests mostly wait on the servers they start
-# (each worker starts its own stores); worksteal evens out the long files.
+# (each worker starts its own stores); worksteal evens out the long files. The Go client test
+# needs Debian's Go packages (.ci/run installs them); without a Go toolchain pytest's summary
+# lists it as SKIPPED with the reason.
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
@@ -33,6 +35,9 @@ lint: $(STAMP) $(NODE_STAMP)
 	npx --no-install buf format --diff --exit-code proto
 	npx --no-install buf lint
 	npx --no-install buf breaking proto --against api/kato-v1.binpb
+	@if command -v gofmt >/dev/null; then \
+	  test -z "$$(gofmt -l tests/go)" || { gofmt -l tests/go; echo "make lint: run gofmt -w tests/go"; exit 1; }; \
+	else echo "make lint: no gofmt on this machine: tests/go was not format-checked"; fi
 
 # Node tools, pinned by package-lock.json: buf (and the cross-language client test).
 $(NODE_STAMP): package.json package-lock.json

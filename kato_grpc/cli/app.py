@@ -8,17 +8,33 @@ Every command talks to a server through ``kato_grpc.client`` (``--target``, ``--
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from threading import Event
 from typing import Annotated, NoReturn
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kato_grpc.cli import views
 from kato_grpc.cli.admin import kb_app, patterns_app, sessions_app, symbols_app
-from kato_grpc.cli.common import ConfigOption, Json, Kb, Target, client, config_values, console, errors, show
-from kato_grpc.cli.train import Corpus, train
+from kato_grpc.cli.common import (
+    ONE_LINE,
+    ConfigOption,
+    Json,
+    Kb,
+    Target,
+    client,
+    config_values,
+    console,
+    errors,
+    progress_bar,
+    show,
+)
+from kato_grpc.cli.train import Corpus, Interrupted, train
 from kato_grpc.client import KatoError
 from kato_grpc.client.channel import DEFAULT_TARGET
 from kato_grpc.errors import InvalidFile
@@ -68,34 +84,51 @@ def train_command(
         raise typer.BadParameter("--format is text, jsonl or csv; --events is token or line")
     source = Corpus(files, fmt, events)  # type: ignore[arg-type]
     total = sum(1 for _ in source.sequences())
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:,.0f} patterns/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with client(ctx) as kato, Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("sequences", total=total, rate=0.0)
-        learned = 0
+    stop = Event()
+    try:
+        with client(ctx) as kato, progress_bar("patterns") as bar, _stop_on_interrupt(stop):
+            task = bar.add_task("sequences", total=total, rate=0.0)
+            learned = 0
 
-        def progress(sequences: int, patterns: int) -> None:
-            nonlocal learned
-            learned += patterns
-            elapsed = bar.tasks[task].elapsed or 1e-9
-            bar.update(task, advance=sequences, rate=learned / elapsed)
+            def progress(sequences: int, patterns: int) -> None:
+                nonlocal learned
+                learned += patterns
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, advance=sequences, rate=learned / elapsed)
 
-        result = train(
-            kato,
-            kb,
-            source,
-            batch=batch,
-            parallel=parallel,
-            resume=resume,
-            config=config_values(config),
-            progress=progress,
+            result = train(
+                kato,
+                kb,
+                source,
+                batch=batch,
+                parallel=parallel,
+                resume=resume,
+                config=config_values(config),
+                progress=progress,
+                stop=stop,
+            )
+    except Interrupted as interrupted:  # the second Ctrl-C
+        errors.print(
+            "kato: interrupted again: stopped without waiting for the batches being sent (each commits "
+            "whole or not at all); " + _resume_hint(kb, interrupted.result.resumable),
+            style="red",
+            **ONE_LINE,
         )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # at once: a normal exit would join the workers, which wait on their calls
+    if result.stopped:
+        done = result.sequences + result.skipped
+        errors.print(
+            f"kato: interrupted: this run committed {result.sequences:,} sequences ({result.learned:,} patterns "
+            f"learned, {result.new:,} new)"
+            + (f", after the {result.skipped:,} committed before" if result.skipped else "")
+            + f": {done:,} of {total:,}; "
+            + _resume_hint(kb, result.resumable, total - done),
+            style="red",
+            **ONE_LINE,
+        )
+        raise typer.Exit(130)
     rate = result.learned / result.seconds if result.seconds else 0.0
     console.print(
         f"[bold]{result.learned:,}[/] patterns learned from {result.sequences:,} sequences "
@@ -103,6 +136,44 @@ def train_command(
         f"({rate:,.0f} patterns/s)"
         + (f"; {result.skipped:,} sequences were committed before" if result.skipped else "")
     )
+
+
+@contextmanager
+def _stop_on_interrupt(stop: Event) -> Iterator[None]:
+    """Within it, the first Ctrl-C sets ``stop`` (each worker finishes the batch it is sending,
+    so what is committed is known and said) and a second raises KeyboardInterrupt."""
+    interrupts, telling = 0, False
+
+    def interrupted(_signal: int, _frame: object) -> None:
+        nonlocal interrupts, telling
+        interrupts += 1
+        if interrupts > 1:
+            if telling:  # raised below once the line is out: not from inside the console's print
+                return
+            raise KeyboardInterrupt
+        stop.set()
+        telling = True
+        errors.print(
+            "kato: stopping after the batches being sent (Ctrl-C again to stop at once)", style="yellow", **ONE_LINE
+        )
+        telling = False
+        if interrupts > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _resume_hint(kb: str, resumable: bool | None, rest: int | None = None) -> str:
+    """What to run to learn the rest of an interrupted run's corpus."""
+    if resumable is None:
+        return "nothing was sent: run the same command again"
+    if not resumable:  # its sessions are new ones, which --resume does not look for
+        return f"this run cannot be resumed: the corpus had been trained into {kb} before, and --resume finds that run"
+    return "run the same command with --resume to learn " + (f"the other {rest:,}" if rest is not None else "the rest")
 
 
 @app.command()
@@ -198,5 +269,5 @@ def fail(error: KatoError | str) -> NoReturn:
     if isinstance(error, KatoError):
         text = "; ".join([text, *getattr(error, "__notes__", ())])
         text += f" [request {error.request_id}]" if error.request_id else ""
-    errors.print(f"kato: {text}", style="red", markup=False, highlight=False, soft_wrap=True)
+    errors.print(f"kato: {text}", style="red", **ONE_LINE)
     sys.exit(1)

@@ -1,12 +1,15 @@
-"""The `kato` command line against the live server (typer's test runner): training from each
-file format, resuming, predictions, and the knowledge-base, pattern, symbol and session
-commands."""
+"""The `kato` command line against the live server (typer's test runner, and a real process
+where signals or streams matter): training from each file format, resuming, stopping with
+Ctrl-C, predictions, and the knowledge-base, pattern, symbol and session commands."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,30 @@ def run(server: ServerProcess, *args: str) -> str:
     return result.output
 
 
+def cli(server: ServerProcess, *args: str) -> list[str]:
+    """The command line of a `kato` process (what the console script runs)."""
+    return [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address, *args]
+
+
 def _frequencies(kato: KatoClient, kb: str) -> dict[str, int]:
     return {names.pattern_id(p.name): p.frequency for p in kato.patterns(kb)}
+
+
+def _wait_for_learns(server: ServerProcess, kb: str, count: int) -> None:
+    """Return once ``kb``'s change stream has shown ``count`` changes (learns, when only learning)."""
+
+    def watch() -> None:
+        seen = 0
+        with KatoClient(server.address) as client:
+            for part in client.watch_knowledge_base(kb, since_version=0):
+                seen += len(part.events)
+                if seen >= count:
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    watcher.join(120)
+    assert not watcher.is_alive(), f"{kb} did not see {count} changes"
 
 
 def test_train_learns_each_sequence_like_unary_calls(server: ServerProcess, tmp_path: Path) -> None:
@@ -108,6 +133,66 @@ def test_an_interrupted_run_resumes_without_counting_twice(server: ServerProcess
         assert _frequencies(kato, resumed) == {k: 2 * v for k, v in _frequencies(kato, once).items()}
 
 
+def test_one_ctrl_c_stops_train_after_the_batches_in_flight_and_resume_learns_the_rest_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.txt"  # every line a pattern of its own: the KB counts what was sent
+    corpus.write_text("".join(f"s{i} t{i % 7} u{i % 3}\n" for i in range(1500)), encoding="utf-8")
+    kb, once = "interrupted-" + uuid.uuid4().hex, "once-" + uuid.uuid4().hex
+    command = cli(server, "train", str(corpus), "--kb", kb, "--batch", "20")
+    trainer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_learns(server, kb, 100)  # mid-corpus: 100 of 1,500 learned
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=60)
+    assert trainer.returncode == 130, err
+    said = re.search(
+        r"^kato: interrupted: this run committed ([\d,]+) sequences \(([\d,]+) patterns learned, ([\d,]+) new\): "
+        r"([\d,]+) of 1,500; run the same command with --resume to learn the other ([\d,]+)$",
+        err,
+        re.MULTILINE,
+    )
+    assert said is not None, err
+    committed, learned, new, done, rest = (int(n.replace(",", "")) for n in said.groups())
+    assert 100 <= committed < 1500 and committed == learned == new == done == 1500 - rest
+    with KatoClient(server.address) as client:
+        assert client.get_knowledge_base(kb).pattern_count == committed  # exactly what it said, no more
+    summary = " ".join(run(server, "train", str(corpus), "--kb", kb, "--batch", "20", "--resume").split())
+    assert f"{rest:,} patterns learned from {rest:,} sequences" in summary
+    assert f"{committed:,} sequences were committed before" in summary
+    run(server, "train", str(corpus), "--kb", once)
+    with KatoClient(server.address) as client:
+        assert _frequencies(client, kb) == _frequencies(client, once)  # every sequence learned once
+
+
+def test_a_second_ctrl_c_stops_train_at_once_and_resume_still_learns_each_sequence_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"s{i} t{i % 7} u{i % 3}\n" for i in range(1500)), encoding="utf-8")
+    kb = "interrupted-twice-" + uuid.uuid4().hex
+    # One worker, 500 sequences a call: after the first call commits, the second is being sent
+    # for a second or more — the first Ctrl-C would wait for it, the second does not.
+    options = ["--batch", "500", "--parallel", "1"]
+    command = cli(server, "train", str(corpus), "--kb", kb, *options)
+    trainer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert trainer.stderr is not None
+    _wait_for_learns(server, kb, 500)
+    trainer.send_signal(signal.SIGINT)
+    stopping = trainer.stderr.readline()
+    assert stopping == "kato: stopping after the batches being sent (Ctrl-C again to stop at once)\n"
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=60)
+    assert trainer.returncode == 130, err
+    assert err == (
+        "kato: interrupted again: stopped without waiting for the batches being sent (each commits whole or not "
+        "at all); run the same command with --resume to learn the rest\n"
+    )
+    run(server, "train", str(corpus), "--kb", kb, *options, "--resume")
+    with KatoClient(server.address) as client:
+        learned = _frequencies(client, kb)
+    assert len(learned) == 1500 and set(learned.values()) == {1}
+
+
 def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -> None:
     kb = "admin-" + uuid.uuid4().hex
     corpus = tmp_path / "c.txt"
@@ -161,10 +246,8 @@ def test_help_lists_everything_and_errors_are_one_line(server: ServerProcess) ->
     for group in ("kb", "patterns", "symbols", "sessions"):
         assert CliRunner().invoke(app, [group, "--help"]).exit_code == 0
     failed = subprocess.run(
-        [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address,
-         "sessions", "show", "sessions/s-" + "0" * 32],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cli(server, "sessions", "show", "sessions/s-" + "0" * 32), capture_output=True, text=True, check=False
+    )
     assert failed.returncode == 1 and "NOT_FOUND SESSION_NOT_FOUND" in failed.stderr
     assert "Traceback" not in failed.stderr
 
@@ -183,8 +266,7 @@ def test_the_readme_first_ten_minutes(server: ServerProcess, tmp_path: Path) -> 
 
 def test_watch_prints_changes_as_they_commit(server: ServerProcess) -> None:
     kb = "watch-" + uuid.uuid4().hex
-    command = [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address]
-    watcher = subprocess.Popen([*command, "watch", kb, "--since", "0", "--json"], stdout=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(cli(server, "watch", kb, "--since", "0", "--json"), stdout=subprocess.PIPE, text=True)
     try:
         with KatoClient(server.address) as kato:
             session = kato.create_session(kb)

@@ -31,13 +31,14 @@ from kato_grpc.cli.common import (
     config_values,
     console,
     errors,
+    print_json,
     progress_bar,
-    show,
 )
 from kato_grpc.cli.train import Corpus, Interrupted, train
 from kato_grpc.client import KatoError
 from kato_grpc.client.channel import DEFAULT_TARGET
 from kato_grpc.errors import InvalidFile
+from kato_grpc.v1 import kato_service_pb2 as svc
 
 app = typer.Typer(help="KATO: learn sequences, read predictions, manage knowledge bases.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
@@ -59,6 +60,14 @@ def main_options(
 
 
 # --- training and predicting -------------------------------------------------------------
+
+TABLE_PREDICTIONS = 10  # a screenful: the server returns up to max_predictions (100 by default)
+PredictionLimit = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help=f"Show the first N predictions (0: all; default {TABLE_PREDICTIONS} in the table, all with --json)."
+    ),
+]
 
 
 @app.command("train")
@@ -182,6 +191,7 @@ def predict(
     kb: Kb,
     events: Annotated[list[str], typer.Argument(help="Events to observe, in order; symbols space-separated.")],
     config: ConfigOption = None,
+    limit: PredictionLimit = None,
     as_json: Json = False,
 ) -> None:
     """Observe EVENTS on a fresh session and show what the knowledge base predicts."""
@@ -193,15 +203,28 @@ def predict(
             reply = kato.get_predictions(session.name)
         finally:
             kato.delete_session(session.name)
-    show(as_json, reply, lambda: views.predictions(reply, title=f"after {' | '.join(events)}"))
+    _show_predictions(reply, f"after {' | '.join(events)}", limit, as_json)
 
 
 @app.command()
-def predictions(ctx: typer.Context, session: str, as_json: Json = False) -> None:
+def predictions(ctx: typer.Context, session: str, limit: PredictionLimit = None, as_json: Json = False) -> None:
     """The predictions of SESSION ("sessions/s-…") now."""
     with client(ctx) as kato:
         reply = kato.get_predictions(session)
-    show(as_json, reply, lambda: views.predictions(reply, title=session))
+    _show_predictions(reply, session, limit, as_json)
+
+
+def _show_predictions(reply: svc.GetPredictionsResponse, title: str, limit: int | None, as_json: bool) -> None:
+    """A screenful in the table by default; JSON is for scripts, which get every prediction
+    unless they ask for fewer."""
+    if not as_json:
+        console.print(views.predictions(reply, title, TABLE_PREDICTIONS if limit is None else limit))
+        return
+    if limit:
+        reply = svc.GetPredictionsResponse(
+            predictions=reply.predictions[:limit], future_potentials=reply.future_potentials
+        )
+    print_json(views.as_json(reply))
 
 
 @app.command()

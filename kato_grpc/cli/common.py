@@ -4,6 +4,7 @@ table-or-JSON output (``--json``)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,9 @@ def progress_bar(rate: str) -> Progress:
 
 
 def print_json(data: Any) -> None:
-    console.print_json(json.dumps(data, ensure_ascii=False))
+    """Plain indented JSON, written as is: rich's highlighter took seconds on the ~400 KB of
+    100 predictions, and a script reading it gains nothing from colour."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def show(as_json: bool, messages: Message | list[Any], table: Callable[[], Any]) -> None:

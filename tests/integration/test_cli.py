@@ -5,6 +5,7 @@ Ctrl-C, predictions, and the knowledge-base, pattern, symbol and session command
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -191,6 +192,37 @@ def test_a_second_ctrl_c_stops_train_at_once_and_resume_still_learns_each_sequen
     with KatoClient(server.address) as client:
         learned = _frequencies(client, kb)
     assert len(learned) == 1500 and set(learned.values()) == {1}
+
+
+def test_predict_shows_a_screenful_says_how_many_more_and_limit_asks_for_another_count(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    kb = "many-" + uuid.uuid4().hex
+    corpus = tmp_path / "many.txt"  # 120 patterns after "a b": the server returns max_predictions, 100
+    corpus.write_text("".join(f"a b c{i} d{i % 9}\n" for i in range(120)), encoding="utf-8")
+    run(server, "train", str(corpus), "--kb", kb)
+
+    def predict(*options: str) -> str:
+        command = cli(server, "predict", kb, "a", "b", *options)
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"}
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def ranks(table: str) -> list[int]:
+        return [int(rank) for rank in re.findall(r"^│ +(\d+) │", table, re.MULTILINE)]
+
+    table = predict()
+    assert ranks(table) == list(range(1, 11))
+    assert "10 of 100 predictions: --limit 0 shows all" in table
+    assert ranks(predict("--limit", "3")) == [1, 2, 3]
+    everything = predict("--limit", "0")
+    assert ranks(everything) == list(range(1, 101)) and "--limit 0" not in everything
+    full = json.loads(predict("--json"))  # scripts get every prediction
+    assert len(full["predictions"]) == 100
+    first = json.loads(predict("--json", "--limit", "5"))
+    assert first == {**full, "predictions": full["predictions"][:5]}
 
 
 def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -> None:

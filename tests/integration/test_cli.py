@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -223,6 +224,50 @@ def test_predict_shows_a_screenful_says_how_many_more_and_limit_asks_for_another
     assert len(full["predictions"]) == 100
     first = json.loads(predict("--json", "--limit", "5"))
     assert first == {**full, "predictions": full["predictions"][:5]}
+
+
+def on_a_terminal(command: list[str]) -> tuple[int, str, str]:
+    """Run ``command`` with a pseudo-terminal as its stderr and a pipe as its stdout: (exit
+    status, stdout, what it drew on the terminal, escape sequences removed)."""
+    terminal, end = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=end, text=True, env=env)
+    os.close(end)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 1 << 16)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(terminal)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+
+
+def test_kb_import_draws_a_bar_of_the_patterns_applied_on_a_terminal_only(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    records = [json.dumps({"format": "kato-knowledge-base", "version": 1})]
+    for i in range(2000):
+        records.append(json.dumps({"pattern": {"events": [{"symbols": ["a"]}, {"symbols": [f"b{i}"]}]}}))
+    file = tmp_path / "kb.jsonl"
+    file.write_text("\n".join(records) + "\n", encoding="utf-8")
+    kb = "imported-" + uuid.uuid4().hex
+    status, out, drawn = on_a_terminal(cli(server, "kb", "import", kb, str(file), "--batch", "100"))
+    assert status == 0, drawn
+    assert "2,000 patterns imported in 20 of 20 batches" in out
+    counts = [int(n) for n in re.findall(r"patterns [━╸╺ ]+ +(\d+)/2000 ", drawn)]
+    assert counts and counts == sorted(counts) and counts[-1] == 2000, drawn
+    assert any(0 < n < 2000 for n in counts), drawn  # it moved while the server applied the batches
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(records[:51]) + "\n", encoding="utf-8")
+    piped = subprocess.run(
+        cli(server, "kb", "import", kb + "-piped", str(small)), capture_output=True, text=True, check=False
+    )
+    assert piped.returncode == 0 and piped.stderr == "" and "50 patterns imported" in piped.stdout  # no bar
 
 
 def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -> None:

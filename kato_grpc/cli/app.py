@@ -35,9 +35,10 @@ from kato_grpc.cli.common import (
     progress_bar,
 )
 from kato_grpc.cli.train import Corpus, Interrupted, train
-from kato_grpc.client import KatoError
+from kato_grpc.client import KatoClient, KatoError, NotFound
 from kato_grpc.client.channel import DEFAULT_TARGET
 from kato_grpc.errors import InvalidFile
+from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 
 app = typer.Typer(help="KATO: learn sequences, read predictions, manage knowledge bases.", no_args_is_help=True)
@@ -234,7 +235,9 @@ def watch(
     since: Annotated[int | None, typer.Option(help="Start after this KB version (default: now).")] = None,
     as_json: Json = False,
 ) -> None:
-    """Print a knowledge base's changes as they commit (any server process's), until Ctrl-C."""
+    """Print a knowledge base's changes as they commit (any server process's), until Ctrl-C:
+    a line each, with the pattern's frequency and events as read then (--json: the stream's
+    events as they are, names only, read nothing)."""
     with client(ctx) as kato:
         try:
             for part in kato.watch_knowledge_base(kb, since_version=since):
@@ -244,9 +247,20 @@ def watch(
                 if part.resync_from_version:
                     console.print(f"[yellow]fell behind: resynced at version {part.resync_from_version}")
                 for event in part.events:
-                    console.print(views.event(event))
+                    # One line a change, however narrow the terminal: the events are cut short.
+                    console.print(views.event(event, _changed(kato, event)), no_wrap=True, overflow="ellipsis")
         except KeyboardInterrupt:
             return
+
+
+def _changed(kato: KatoClient, event: svc.KnowledgeBaseEvent) -> pb.Pattern | None:
+    """The pattern a change was about, as it is now (None: deleted, or no pattern)."""
+    if not event.pattern or event.kind == svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_DELETED:
+        return None
+    try:
+        return kato.get_pattern(event.pattern)
+    except NotFound:
+        return None
 
 
 # --- running things here -----------------------------------------------------------------

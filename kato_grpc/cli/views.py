@@ -122,11 +122,19 @@ _EVENT_STYLE = {
 }
 
 
-def event(e: svc.KnowledgeBaseEvent) -> Text:
-    """``v42 learned 7f9d5c…``: one line per change."""
+def event(e: svc.KnowledgeBaseEvent, pattern: pb.Pattern | None = None) -> Text:
+    """``v42 re-learned 7f9d5c2a freq 3  clouds | wind | rain``: one line per change, with the
+    pattern's frequency and events as read after it (``pattern``; None for a learned,
+    re-learned or updated pattern: it was deleted since). Frequency first: it is the events
+    that a narrow line cuts short."""
     kind, style = _EVENT_STYLE.get(e.kind, ("?", ""))
     out = Text(f"v{e.version} ", style="dim")
     out.append(f"{kind:<10}", style=style)
     if e.pattern:
-        out.append(" " + names.pattern_id(e.pattern))
+        out.append(" " + names.pattern_id(e.pattern)[:8], style="magenta")
+    if pattern is not None:
+        out.append(f" freq {pattern.frequency}  ")
+        out.append_text(_events(pattern.events))
+    elif e.pattern and e.kind != svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_DELETED:
+        out.append(" (deleted since)", style="dim")
     return out

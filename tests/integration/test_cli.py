@@ -341,6 +341,37 @@ def test_the_readme_first_ten_minutes(server: ServerProcess, tmp_path: Path) -> 
     assert "11 patterns imported" in run(server, "kb", "import", kb + "-copy", str(tmp_path / "weather.jsonl"))
 
 
+def _learn(kato: KatoClient, kb: str, *words: str) -> str:
+    session = kato.create_session(kb)
+    for word in words:
+        kato.observe(session.name, [word])
+    return kato.learn(session.name).pattern
+
+
+def test_watch_shows_each_changed_pattern_with_its_frequency_and_events(server: ServerProcess) -> None:
+    kb = "watch-" + uuid.uuid4().hex
+    with KatoClient(server.address) as client:
+        weather = _learn(client, kb, "sun", "rain")
+        _learn(client, kb, "sun", "rain")
+        long = _learn(client, kb, *(f"word{i}" for i in range(30)))
+        gone = _learn(client, kb, "x", "y")
+        client.delete_pattern(gone)
+    sun, words, xy = (names.pattern_id(p)[:8] for p in (weather, long, gone))
+    # Replayed from version 0: each line reads the pattern as it is now.
+    command = cli(server, "watch", kb, "--since", "0")
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "80"})
+    try:
+        assert watcher.stdout is not None
+        lines = [watcher.stdout.readline().rstrip("\n") for _ in range(5)]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    assert lines[:2] == [f"v1 learned    {sun} freq 2  sun | rain", f"v2 re-learned {sun} freq 2  sun | rain"]
+    assert lines[2].startswith(f"v3 learned    {words} freq 1  word0 | word1 | word2 | ")  # one line, cut short
+    assert lines[2].endswith("…") and len(lines[2]) == 80
+    assert lines[3:] == [f"v4 learned    {xy} (deleted since)", f"v5 deleted    {xy}"]
+
+
 def test_watch_prints_changes_as_they_commit(server: ServerProcess) -> None:
     kb = "watch-" + uuid.uuid4().hex
     watcher = subprocess.Popen(cli(server, "watch", kb, "--since", "0", "--json"), stdout=subprocess.PIPE, text=True)

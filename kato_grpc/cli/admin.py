@@ -3,10 +3,12 @@ sessions of a server."""
 
 from __future__ import annotations
 
+import heapq
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Annotated
@@ -152,16 +154,31 @@ def patterns_rm(ctx: typer.Context, name: str) -> None:
     console.print(f"deleted {name}")
 
 
+class SymbolOrder(StrEnum):
+    name = "name"
+    frequency = "frequency"
+
+
 @symbols_app.command("ls")
 def symbols_ls(
     ctx: typer.Context,
     kb: Kb,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    sort: Annotated[
+        SymbolOrder,
+        typer.Option(
+            help="name: code-point order; frequency: the most frequent first (ties by name), "
+            "which reads every symbol of the knowledge base."
+        ),
+    ] = SymbolOrder.name,
     as_json: Json = False,
 ) -> None:
     """The symbols of a knowledge base with frequency, pattern-member frequency and affinity."""
     with client(ctx) as kato:
-        items = list(islice(kato.symbols(kb, page_size=min(limit, 1000)), limit))
+        if sort is SymbolOrder.frequency:  # the server lists symbols by name only: read them all, keep the top
+            items = heapq.nsmallest(limit, kato.symbols(kb), key=lambda s: (-s.frequency, s.symbol))
+        else:
+            items = list(islice(kato.symbols(kb, page_size=min(limit, 1000)), limit))
     show(as_json, items, lambda: views.symbols(items))
 
 

@@ -42,6 +42,14 @@ def cli(server: ServerProcess, *args: str) -> list[str]:
     return [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address, *args]
 
 
+def out(server: ServerProcess, *args: str) -> str:
+    """What a `kato` process printed (on a 200-column line), which must succeed."""
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(cli(server, *args), capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _frequencies(kato: KatoClient, kb: str) -> dict[str, int]:
     return {names.pattern_id(p.name): p.frequency for p in kato.patterns(kb)}
 
@@ -204,12 +212,7 @@ def test_predict_shows_a_screenful_says_how_many_more_and_limit_asks_for_another
     run(server, "train", str(corpus), "--kb", kb)
 
     def predict(*options: str) -> str:
-        command = cli(server, "predict", kb, "a", "b", *options)
-        done = subprocess.run(
-            command, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"}
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return out(server, "predict", kb, "a", "b", *options)
 
     def ranks(table: str) -> list[int]:
         return [int(rank) for rank in re.findall(r"^│ +(\d+) │", table, re.MULTILINE)]
@@ -268,6 +271,23 @@ def test_kb_import_draws_a_bar_of_the_patterns_applied_on_a_terminal_only(
         cli(server, "kb", "import", kb + "-piped", str(small)), capture_output=True, text=True, check=False
     )
     assert piped.returncode == 0 and piped.stderr == "" and "50 patterns imported" in piped.stdout  # no bar
+
+
+def test_symbols_ls_sorts_by_name_or_by_frequency(server: ServerProcess, tmp_path: Path) -> None:
+    kb = "sorted-" + uuid.uuid4().hex
+    corpus = tmp_path / "zoo.txt"  # zebra 4, yak 2, ant 1, bee 1: name order is not frequency order
+    corpus.write_text("zebra yak\nzebra ant\nzebra yak\nbee zebra\n", encoding="utf-8")
+    run(server, "train", str(corpus), "--kb", kb)
+
+    def listed(*options: str) -> list[str]:
+        return [s["symbol"] for s in json.loads(out(server, "symbols", "ls", kb, "--json", *options))]
+
+    assert listed() == listed("--sort", "name") == ["ant", "bee", "yak", "zebra"]
+    assert listed("--sort", "frequency") == ["zebra", "yak", "ant", "bee"]  # ties by name
+    assert listed("--sort", "frequency", "--limit", "2") == ["zebra", "yak"]  # the top two of all
+    assert listed("--limit", "2") == ["ant", "bee"]
+    table = out(server, "symbols", "ls", kb, "--sort", "frequency")
+    assert re.findall(r"^│ (\w+) ", table, re.MULTILINE) == ["zebra", "yak", "ant", "bee"]
 
 
 def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -> None:

@@ -3,15 +3,22 @@ sessions of a server."""
 
 from __future__ import annotations
 
+import heapq
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress
 
 from kato_grpc.cli import transfer, views
-from kato_grpc.cli.common import ConfigOption, Json, Kb, client, config_values, console, errors, show
+from kato_grpc.cli.common import ConfigOption, Json, Kb, client, config_values, console, errors, progress_bar, show
+from kato_grpc.client import KatoError
 
 kb_app = typer.Typer(help="Knowledge bases: list, statistics, export, import, clear.", no_args_is_help=True)
 patterns_app = typer.Typer(help="The patterns of a knowledge base.", no_args_is_help=True)
@@ -74,14 +81,45 @@ def kb_import(
     batch: Annotated[int, typer.Option(help="Patterns per message.")] = 500,
 ) -> None:
     """Add a file's patterns to a knowledge base, as if learned there (resumable)."""
-    with client(ctx) as kato:
+    with client(ctx) as kato, progress_bar("patterns") as bar, _applied(ctx, kb, bar, file) as done:
         reply = transfer.import_file(kato, kb, file, import_id or transfer.file_import_id(file), batch)
+        done()
     console.print(
         f"{reply.patterns:,} patterns imported in {reply.applied_batches:,} of {reply.batches:,} batches; "
         f"{reply.knowledge_base.name} now holds {reply.knowledge_base.pattern_count:,} patterns"
     )
     if reply.batches and not reply.applied_batches:
         errors.print("[yellow]nothing applied: this import id was applied before (use --import-id to add it again)")
+
+
+@contextmanager
+def _applied(ctx: typer.Context, kb: str, bar: Progress, file: Path) -> Iterator[Callable[[], None]]:
+    """A bar of the file's patterns the server has applied; yields what fills it when the
+    import is done. The import's one reply comes at its end, and the transport takes the file
+    long before the server has applied it, so the bar counts the knowledge base's changes (one
+    a pattern applied; anyone else's meanwhile too, up to the total), watched from just before
+    the import: a first batch applied before the watch starts is counted when the bar fills."""
+    if bar.disable:  # not a terminal: no bar, and no watch
+        yield lambda: None
+        return
+    total = transfer.pattern_records(file)
+    task = bar.add_task("patterns", total=total, rate=0.0)
+    watcher = client(ctx)
+
+    def follow() -> None:
+        seen = 0
+        try:
+            for part in watcher.watch_knowledge_base(kb):
+                seen = min(seen + sum(1 for e in part.events if e.pattern), total)
+                bar.update(task, completed=seen, rate=seen / (bar.tasks[task].elapsed or 1e-9))
+        except (KatoError, ValueError):  # closed at the end, or refused: the bar fills when the import ends
+            return
+
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        yield lambda: bar.update(task, completed=total)
+    finally:
+        watcher.close()
 
 
 @kb_app.command("clear")
@@ -128,16 +166,31 @@ def patterns_rm(ctx: typer.Context, name: str) -> None:
     console.print(f"deleted {name}")
 
 
+class SymbolOrder(StrEnum):
+    name = "name"
+    frequency = "frequency"
+
+
 @symbols_app.command("ls")
 def symbols_ls(
     ctx: typer.Context,
     kb: Kb,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    sort: Annotated[
+        SymbolOrder,
+        typer.Option(
+            help="name: code-point order; frequency: the most frequent first (ties by name), "
+            "which reads every symbol of the knowledge base."
+        ),
+    ] = SymbolOrder.name,
     as_json: Json = False,
 ) -> None:
     """The symbols of a knowledge base with frequency, pattern-member frequency and affinity."""
     with client(ctx) as kato:
-        items = list(islice(kato.symbols(kb, page_size=min(limit, 1000)), limit))
+        if sort is SymbolOrder.frequency:  # the server lists symbols by name only: read them all, keep the top
+            items = heapq.nsmallest(limit, kato.symbols(kb), key=lambda s: (-s.frequency, s.symbol))
+        else:
+            items = list(islice(kato.symbols(kb, page_size=min(limit, 1000)), limit))
     show(as_json, items, lambda: views.symbols(items))
 
 

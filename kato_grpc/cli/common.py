@@ -1,9 +1,10 @@
-"""What the `kato` commands share: where the server is, the console, and the table-or-JSON
-output (``--json``)."""
+"""What the `kato` commands share: where the server is, the console, the progress bar and the
+table-or-JSON output (``--json``)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Annotated, Any
 import typer
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kato_grpc.cli import views
 from kato_grpc.client import KatoClient
 
 console = Console()
 errors = Console(stderr=True)
+# How `errors` prints a message: one line however long (a script reads it whole), as written.
+ONE_LINE: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (the API's JSON mapping) instead of a table.")]
 Kb = Annotated[str, typer.Argument(help="The knowledge base: its node id (demo) or name (knowledgeBases/demo).")]
@@ -60,8 +64,25 @@ def config_values(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def progress_bar(rate: str) -> Progress:
+    """A bar for a long command, its tasks' ``rate`` field shown as ``{rate}/s``. Drawn on
+    stderr, and only when stderr is a terminal: stdout keeps the summary, and a log or a pipe
+    gets no bar."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} " + rate + "/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=errors, disable=not errors.is_terminal)
+
+
 def print_json(data: Any) -> None:
-    console.print_json(json.dumps(data, ensure_ascii=False))
+    """Plain indented JSON, written as is: rich's highlighter took seconds on the ~400 KB of
+    100 predictions, and a script reading it gains nothing from colour."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def show(as_json: bool, messages: Message | list[Any], table: Callable[[], Any]) -> None:

@@ -13,7 +13,9 @@ first sequence number, so a batch retried after a lost answer is applied once.
 
 Stopping: the first batch that fails (the server refuses it, or the file changed under the
 run) stops every worker before its next batch; the error says how many sequences this run
-had committed, and a refusal names the file, line and event the server refused.
+had committed, and a refusal names the file, line and event the server refused. The caller's
+``stop`` (Ctrl-C in ``kato train``) stops the workers the same way: each finishes the batch
+it is sending, whose reply says it committed, so ``Result`` counts exactly what is learned.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class Result:
     learned: int = 0  # learns that made or reinforced a pattern
     new: int = 0  # patterns the knowledge base did not have
     seconds: float = 0.0
+    stopped: bool = False  # ``stop`` was set before every worker had sent its share
+    # Whether --resume finds this run: its sessions are the corpus's own (None: nothing was
+    # sent yet, the run was not chosen).
+    resumable: bool | None = None
 
     @property
     def relearned(self) -> int:
@@ -72,6 +78,15 @@ class Result:
 
 
 Progress = Callable[[int, int], None]  # (sequences, patterns learned) just done
+
+
+class Interrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (a second Ctrl-C) that did not wait for the workers: ``result`` is
+    what they had reported committed; the batches they were sending may commit too."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__()
+        self.result = result
 
 
 def train(
@@ -84,15 +99,36 @@ def train(
     resume: bool = False,
     config: dict[str, object] | None = None,
     progress: Progress | None = None,
+    stop: Event | None = None,
+) -> Result:
+    result = Result()
+    try:
+        return _train(kato, kb, source, batch, parallel, resume, config, progress, stop or Event(), result)
+    except KeyboardInterrupt:
+        raise Interrupted(result) from None
+
+
+def _train(
+    kato: KatoClient,
+    kb: str,
+    source: Corpus,
+    batch: int,
+    parallel: int,
+    resume: bool,
+    config: dict[str, object] | None,
+    progress: Progress | None,
+    stop: Event,
+    result: Result,
 ) -> Result:
     started = time.monotonic()
     before = kato.get_knowledge_base(kb).pattern_count
     settings = {**TRAINING_CONFIG, **(config or {})}
     run = source.digest(parallel)
-    if not resume and _session(kato, kb, settings, run, 0).time:
+    fresh = not resume and _session(kato, kb, settings, run, 0).time
+    if fresh:
         run = uuid.uuid4().hex[:24]  # this corpus was trained before: train it again, in new sessions
-    result, lock = Result(), Lock()
-    stop, failures = Event(), list[BaseException]()
+    result.resumable = not fresh
+    lock, failures, finished = Lock(), list[BaseException](), list[bool]()
 
     def report(sequences: int, learned: int, skipped: int) -> None:
         with lock:
@@ -106,7 +142,9 @@ def train(
         try:
             session = _session(kato, kb, settings, run, worker)
             shares = _share(source, worker, parallel)
-            _worker(kato, session.name, session.time, shares, batch, run, worker, report, stop)
+            done = _worker(kato, session.name, session.time, shares, batch, run, worker, report, stop)
+            with lock:
+                finished.append(done)
         except BaseException as exc:
             with lock:
                 failures.append(exc)
@@ -118,6 +156,7 @@ def train(
         committed = f"this run committed {result.sequences:,} sequences before it stopped"
         failures[0].add_note(committed if result.sequences else "this run committed nothing")
         raise failures[0]
+    result.stopped = not all(finished)
     result.new = kato.get_knowledge_base(kb).pattern_count - before
     result.seconds = time.monotonic() - started
     return result
@@ -144,7 +183,8 @@ def _worker(
     worker: int,
     report: Callable[[int, int, int], None],
     stop: Event,
-) -> None:
+) -> bool:
+    """Send this worker's share; False if ``stop`` ended it before the whole share was sent."""
     pending: list[tuple[int, corpus.Sequence]] = []
     size = 0
     for index, seq in sequences:
@@ -154,13 +194,16 @@ def _worker(
             continue
         if pending and (len(pending) == batch or size + len(seq.observations) > MAX_BATCH_OBSERVATIONS):
             if stop.is_set():
-                return
+                return False
             _send(kato, session, pending, f"train-{run}-{worker}-{pending[0][0]}", report)
             pending, size = [], 0
         pending.append((index, seq))
         size += len(seq.observations)
-    if pending and not stop.is_set():
+    if pending:
+        if stop.is_set():
+            return False
         _send(kato, session, pending, f"train-{run}-{worker}-{pending[0][0]}", report)
+    return True
 
 
 def _send(

@@ -56,6 +56,21 @@ def read(path: Path) -> tuple[Iterator[svc.ExportedPattern], Iterator[svc.NamedV
     return (p for _, p in _records(path, "pattern")), (v for _, v in _records(path, "vector"))
 
 
+def pattern_records(path: Path) -> int:
+    """How many lines after the header are pattern records (a progress bar's total): a line
+    that cannot be read is not counted here — the import stops at it and says so."""
+    count = 0
+    with path.open("rb") as fh:
+        next(fh, None)
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                continue
+            count += isinstance(record, dict) and "pattern" in record
+    return count
+
+
 def file_import_id(path: Path) -> str:
     """The default import id: the file's digest (importing the same file again applies nothing)."""
     h = hashlib.sha256()

@@ -57,10 +57,14 @@ def _layout(p: pb.Prediction) -> Text:
     return out
 
 
-def predictions(reply: svc.GetPredictionsResponse | svc.ObserveResponse, title: str = "") -> Table:
-    """One row per prediction: its pattern laid out past | [present] | future (matched symbols
-    green, missing red), the STM's extras (yellow) and the main metrics."""
-    table = Table(title=title or None, header_style="bold")
+def predictions(reply: svc.GetPredictionsResponse | svc.ObserveResponse, title: str = "", limit: int = 0) -> Table:
+    """One row per prediction, the first ``limit`` (0: all; the caption says how many more):
+    its pattern laid out past | [present] | future (matched symbols green, missing red), the
+    STM's extras (yellow) and the main metrics."""
+    shown = reply.predictions[:limit] if limit else reply.predictions
+    more = len(reply.predictions) - len(shown)
+    caption = f"{len(shown):,} of {len(reply.predictions):,} predictions: --limit 0 shows all" if more else None
+    table = Table(title=title or None, caption=caption, header_style="bold")
     table.add_column("#", justify="right", style="dim", no_wrap=True)
     table.add_column("pattern", style="magenta", no_wrap=True)
     table.add_column("freq", justify="right", no_wrap=True)
@@ -68,7 +72,7 @@ def predictions(reply: svc.GetPredictionsResponse | svc.ObserveResponse, title: 
     table.add_column("extras", style="yellow")
     for metric in METRICS:
         table.add_column(metric, justify="right", no_wrap=True)
-    for rank, p in enumerate(reply.predictions, 1):
+    for rank, p in enumerate(shown, 1):
         table.add_row(
             str(rank),
             names.pattern_id(p.pattern)[:8],
@@ -128,11 +132,19 @@ _EVENT_STYLE = {
 }
 
 
-def event(e: svc.KnowledgeBaseEvent) -> Text:
-    """``v42 learned 7f9d5c…``: one line per change."""
+def event(e: svc.KnowledgeBaseEvent, pattern: pb.Pattern | None = None) -> Text:
+    """``v42 re-learned 7f9d5c2a freq 3  clouds | wind | rain``: one line per change, with the
+    pattern's frequency and events as read after it (``pattern``; None for a learned,
+    re-learned or updated pattern: it was deleted since). Frequency first: it is the events
+    that a narrow line cuts short."""
     kind, style = _EVENT_STYLE.get(e.kind, ("?", ""))
     out = Text(f"v{e.version} ", style="dim")
     out.append(f"{kind:<10}", style=style)
     if e.pattern:
-        out.append(" " + names.pattern_id(e.pattern))
+        out.append(" " + names.pattern_id(e.pattern)[:8], style="magenta")
+    if pattern is not None:
+        out.append(f" freq {pattern.frequency}  ")
+        out.append_text(_events(pattern.events))
+    elif e.pattern and e.kind != svc.KNOWLEDGE_BASE_EVENT_KIND_PATTERN_DELETED:
+        out.append(" (deleted since)", style="dim")
     return out

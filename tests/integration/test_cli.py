@@ -1,12 +1,17 @@
-"""The `kato` command line against the live server (typer's test runner): training from each
-file format, resuming, predictions, and the knowledge-base, pattern, symbol and session
-commands."""
+"""The `kato` command line against the live server (typer's test runner, and a real process
+where signals or streams matter): training from each file format, resuming, stopping with
+Ctrl-C, predictions, and the knowledge-base, pattern, symbol and session commands."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,38 @@ def run(server: ServerProcess, *args: str) -> str:
     return result.output
 
 
+def cli(server: ServerProcess, *args: str) -> list[str]:
+    """The command line of a `kato` process (what the console script runs)."""
+    return [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address, *args]
+
+
+def out(server: ServerProcess, *args: str) -> str:
+    """What a `kato` process printed (on a 200-column line), which must succeed."""
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(cli(server, *args), capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _frequencies(kato: KatoClient, kb: str) -> dict[str, int]:
     return {names.pattern_id(p.name): p.frequency for p in kato.patterns(kb)}
+
+
+def _wait_for_learns(server: ServerProcess, kb: str, count: int) -> None:
+    """Return once ``kb``'s change stream has shown ``count`` changes (learns, when only learning)."""
+
+    def watch() -> None:
+        seen = 0
+        with KatoClient(server.address) as client:
+            for part in client.watch_knowledge_base(kb, since_version=0):
+                seen += len(part.events)
+                if seen >= count:
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    watcher.join(120)
+    assert not watcher.is_alive(), f"{kb} did not see {count} changes"
 
 
 def test_train_learns_each_sequence_like_unary_calls(server: ServerProcess, tmp_path: Path) -> None:
@@ -108,6 +143,153 @@ def test_an_interrupted_run_resumes_without_counting_twice(server: ServerProcess
         assert _frequencies(kato, resumed) == {k: 2 * v for k, v in _frequencies(kato, once).items()}
 
 
+def test_one_ctrl_c_stops_train_after_the_batches_in_flight_and_resume_learns_the_rest_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.txt"  # every line a pattern of its own: the KB counts what was sent
+    corpus.write_text("".join(f"s{i} t{i % 7} u{i % 3}\n" for i in range(1500)), encoding="utf-8")
+    kb, once = "interrupted-" + uuid.uuid4().hex, "once-" + uuid.uuid4().hex
+    command = cli(server, "train", str(corpus), "--kb", kb, "--batch", "20")
+    trainer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_learns(server, kb, 100)  # mid-corpus: 100 of 1,500 learned
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=60)
+    assert trainer.returncode == 130, err
+    said = re.search(
+        r"^kato: interrupted: this run committed ([\d,]+) sequences \(([\d,]+) patterns learned, ([\d,]+) new\): "
+        r"([\d,]+) of 1,500; run the same command with --resume to learn the other ([\d,]+)$",
+        err,
+        re.MULTILINE,
+    )
+    assert said is not None, err
+    committed, learned, new, done, rest = (int(n.replace(",", "")) for n in said.groups())
+    assert 100 <= committed < 1500 and committed == learned == new == done == 1500 - rest
+    with KatoClient(server.address) as client:
+        assert client.get_knowledge_base(kb).pattern_count == committed  # exactly what it said, no more
+    summary = " ".join(run(server, "train", str(corpus), "--kb", kb, "--batch", "20", "--resume").split())
+    assert f"{rest:,} patterns learned from {rest:,} sequences" in summary
+    assert f"{committed:,} sequences were committed before" in summary
+    run(server, "train", str(corpus), "--kb", once)
+    with KatoClient(server.address) as client:
+        assert _frequencies(client, kb) == _frequencies(client, once)  # every sequence learned once
+
+
+def test_a_second_ctrl_c_stops_train_at_once_and_resume_still_learns_each_sequence_once(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"s{i} t{i % 7} u{i % 3}\n" for i in range(1500)), encoding="utf-8")
+    kb = "interrupted-twice-" + uuid.uuid4().hex
+    # One worker, 500 sequences a call: after the first call commits, the second is being sent
+    # for a second or more — the first Ctrl-C would wait for it, the second does not.
+    options = ["--batch", "500", "--parallel", "1"]
+    command = cli(server, "train", str(corpus), "--kb", kb, *options)
+    trainer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert trainer.stderr is not None
+    _wait_for_learns(server, kb, 500)
+    trainer.send_signal(signal.SIGINT)
+    stopping = trainer.stderr.readline()
+    assert stopping == "kato: stopping after the batches being sent (Ctrl-C again to stop at once)\n"
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=60)
+    assert trainer.returncode == 130, err
+    assert err == (
+        "kato: interrupted again: stopped without waiting for the batches being sent (each commits whole or not "
+        "at all); run the same command with --resume to learn the rest\n"
+    )
+    run(server, "train", str(corpus), "--kb", kb, *options, "--resume")
+    with KatoClient(server.address) as client:
+        learned = _frequencies(client, kb)
+    assert len(learned) == 1500 and set(learned.values()) == {1}
+
+
+def test_predict_shows_a_screenful_says_how_many_more_and_limit_asks_for_another_count(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    kb = "many-" + uuid.uuid4().hex
+    corpus = tmp_path / "many.txt"  # 120 patterns after "a b": the server returns max_predictions, 100
+    corpus.write_text("".join(f"a b c{i} d{i % 9}\n" for i in range(120)), encoding="utf-8")
+    run(server, "train", str(corpus), "--kb", kb)
+
+    def predict(*options: str) -> str:
+        return out(server, "predict", kb, "a", "b", *options)
+
+    def ranks(table: str) -> list[int]:
+        return [int(rank) for rank in re.findall(r"^│ +(\d+) │", table, re.MULTILINE)]
+
+    table = predict()
+    assert ranks(table) == list(range(1, 11))
+    assert "10 of 100 predictions: --limit 0 shows all" in table
+    assert ranks(predict("--limit", "3")) == [1, 2, 3]
+    everything = predict("--limit", "0")
+    assert ranks(everything) == list(range(1, 101)) and "--limit 0" not in everything
+    full = json.loads(predict("--json"))  # scripts get every prediction
+    assert len(full["predictions"]) == 100
+    first = json.loads(predict("--json", "--limit", "5"))
+    assert first == {**full, "predictions": full["predictions"][:5]}
+
+
+def on_a_terminal(command: list[str]) -> tuple[int, str, str]:
+    """Run ``command`` with a pseudo-terminal as its stderr and a pipe as its stdout: (exit
+    status, stdout, what it drew on the terminal, escape sequences removed)."""
+    terminal, end = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=end, text=True, env=env)
+    os.close(end)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 1 << 16)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(terminal)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+
+
+def test_kb_import_draws_a_bar_of_the_patterns_applied_on_a_terminal_only(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    records = [json.dumps({"format": "kato-knowledge-base", "version": 1})]
+    for i in range(2000):
+        records.append(json.dumps({"pattern": {"events": [{"symbols": ["a"]}, {"symbols": [f"b{i}"]}]}}))
+    file = tmp_path / "kb.jsonl"
+    file.write_text("\n".join(records) + "\n", encoding="utf-8")
+    kb = "imported-" + uuid.uuid4().hex
+    status, out, drawn = on_a_terminal(cli(server, "kb", "import", kb, str(file), "--batch", "100"))
+    assert status == 0, drawn
+    assert "2,000 patterns imported in 20 of 20 batches" in out
+    counts = [int(n) for n in re.findall(r"patterns [━╸╺ ]+ +(\d+)/2000 ", drawn)]
+    assert counts and counts == sorted(counts) and counts[-1] == 2000, drawn
+    assert any(0 < n < 2000 for n in counts), drawn  # it moved while the server applied the batches
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(records[:51]) + "\n", encoding="utf-8")
+    piped = subprocess.run(
+        cli(server, "kb", "import", kb + "-piped", str(small)), capture_output=True, text=True, check=False
+    )
+    assert piped.returncode == 0 and piped.stderr == "" and "50 patterns imported" in piped.stdout  # no bar
+
+
+def test_symbols_ls_sorts_by_name_or_by_frequency(server: ServerProcess, tmp_path: Path) -> None:
+    kb = "sorted-" + uuid.uuid4().hex
+    corpus = tmp_path / "zoo.txt"  # zebra 4, yak 2, ant 1, bee 1: name order is not frequency order
+    corpus.write_text("zebra yak\nzebra ant\nzebra yak\nbee zebra\n", encoding="utf-8")
+    run(server, "train", str(corpus), "--kb", kb)
+
+    def listed(*options: str) -> list[str]:
+        return [s["symbol"] for s in json.loads(out(server, "symbols", "ls", kb, "--json", *options))]
+
+    assert listed() == listed("--sort", "name") == ["ant", "bee", "yak", "zebra"]
+    assert listed("--sort", "frequency") == ["zebra", "yak", "ant", "bee"]  # ties by name
+    assert listed("--sort", "frequency", "--limit", "2") == ["zebra", "yak"]  # the top two of all
+    assert listed("--limit", "2") == ["ant", "bee"]
+    table = out(server, "symbols", "ls", kb, "--sort", "frequency")
+    assert re.findall(r"^│ (\w+) ", table, re.MULTILINE) == ["zebra", "yak", "ant", "bee"]
+
+
 def test_predict_and_the_admin_commands(server: ServerProcess, tmp_path: Path) -> None:
     kb = "admin-" + uuid.uuid4().hex
     corpus = tmp_path / "c.txt"
@@ -165,10 +347,8 @@ def test_help_lists_everything_and_errors_are_one_line(server: ServerProcess) ->
     for group in ("kb", "patterns", "symbols", "sessions"):
         assert CliRunner().invoke(app, [group, "--help"]).exit_code == 0
     failed = subprocess.run(
-        [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address,
-         "sessions", "show", "sessions/s-" + "0" * 32],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cli(server, "sessions", "show", "sessions/s-" + "0" * 32), capture_output=True, text=True, check=False
+    )
     assert failed.returncode == 1 and "NOT_FOUND SESSION_NOT_FOUND" in failed.stderr
     assert "Traceback" not in failed.stderr
 
@@ -185,10 +365,40 @@ def test_the_readme_first_ten_minutes(server: ServerProcess, tmp_path: Path) -> 
     assert "11 patterns imported" in run(server, "kb", "import", kb + "-copy", str(tmp_path / "weather.jsonl"))
 
 
+def _learn(kato: KatoClient, kb: str, *words: str) -> str:
+    session = kato.create_session(kb)
+    for word in words:
+        kato.observe(session.name, [word])
+    return kato.learn(session.name).pattern
+
+
+def test_watch_shows_each_changed_pattern_with_its_frequency_and_events(server: ServerProcess) -> None:
+    kb = "watch-" + uuid.uuid4().hex
+    with KatoClient(server.address) as client:
+        weather = _learn(client, kb, "sun", "rain")
+        _learn(client, kb, "sun", "rain")
+        long = _learn(client, kb, *(f"word{i}" for i in range(30)))
+        gone = _learn(client, kb, "x", "y")
+        client.delete_pattern(gone)
+    sun, words, xy = (names.pattern_id(p)[:8] for p in (weather, long, gone))
+    # Replayed from version 0: each line reads the pattern as it is now.
+    command = cli(server, "watch", kb, "--since", "0")
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "80"})
+    try:
+        assert watcher.stdout is not None
+        lines = [watcher.stdout.readline().rstrip("\n") for _ in range(5)]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    assert lines[:2] == [f"v1 learned    {sun} freq 2  sun | rain", f"v2 re-learned {sun} freq 2  sun | rain"]
+    assert lines[2].startswith(f"v3 learned    {words} freq 1  word0 | word1 | word2 | ")  # one line, cut short
+    assert lines[2].endswith("…") and len(lines[2]) == 80
+    assert lines[3:] == [f"v4 learned    {xy} (deleted since)", f"v5 deleted    {xy}"]
+
+
 def test_watch_prints_changes_as_they_commit(server: ServerProcess) -> None:
     kb = "watch-" + uuid.uuid4().hex
-    command = [sys.executable, "-c", "from kato_grpc.cli.app import main; main()", "--target", server.address]
-    watcher = subprocess.Popen([*command, "watch", kb, "--since", "0", "--json"], stdout=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(cli(server, "watch", kb, "--since", "0", "--json"), stdout=subprocess.PIPE, text=True)
     try:
         with KatoClient(server.address) as kato:
             session = kato.create_session(kb)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from kato_server import devstack
 from kato_server.devserver import ROOT, ServerProcess
 
 
@@ -80,3 +83,25 @@ def test_readme_python_example(server: ServerProcess, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out.splitlines()
     assert printed and printed[0].startswith("knowledgeBases/demo/patterns/")
     assert "[['world'], ['again']]" in printed[0]
+
+
+def test_make_run_says_where_it_serves_then_serves_there(tmp_path: Path) -> None:
+    """The README's first command is not a silent wait (issue 24, item 2): `make run` says
+    what it starts and on which port — KATO_PORT's, as the README says — and then serves
+    there; Ctrl-C (SIGINT to its process group) stops it and its stores."""
+    port = devstack.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KATO_", "MAKE", "MFLAGS"))}
+    env.update(KATO_PORT=str(port), KATO_DATA_DIR=str(tmp_path / "data"))
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        said = [proc.stdout.readline() for _ in range(2)]  # the announcement, then the command make runs
+        assert f"make: starting the local stores and kato on 127.0.0.1:{port}" in said[0], said
+        server = ServerProcess(port, env, tmp_path / "unused.log", proc=proc)
+        server.wait_serving(timeout=120)  # the stores start first
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)

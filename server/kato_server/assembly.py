@@ -76,6 +76,7 @@ def runner_policy(settings: Settings) -> Policy:
         default_ttl_seconds=settings.session_ttl_seconds,
         max_session_bytes=settings.max_session_bytes,
         ack_after_commit=settings.learn_ack == "committed",
+        session_cache_bytes=settings.session_cache_mb * 1024 * 1024,
     )
 
 

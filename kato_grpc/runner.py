@@ -139,17 +139,24 @@ class TransactionRunner:
     ) -> R:
         method, request_id, fp = call.method, call.request_id, call.fingerprint
         loaded: Loaded | None = None
+        shared = False  # see SessionCache: another process changed the session lately
         for attempt in range(self.policy.cas_retries):
             if attempt > 1:  # jittered backoff after an immediate retry: contention spreads out
                 await asyncio.sleep(random.uniform(0, min(self.policy.backoff_max_seconds, 0.0005 * 2**attempt)))
+            before = self.cache.get(session_id)
             if attempt == 0:  # a session this process knows: commit without loading it first
                 fast = await self._commit_cached(session_id, call, transition, caller)
                 if isinstance(fast, _Answered):
                     return fast.response
                 loaded = fast  # the session as the store holds it, when the cached copy was stale
-            if loaded is None:
+            if loaded is not None:
+                # The copy was stale: shared when another process committed the session since.
+                shared = before is not None and before.version != loaded.version
+            else:
                 loaded = await self.load(session_id, caller, request_id)
-            self.cache.put(loaded.state, loaded.version, loaded.state.ByteSize())
+                # Shared until a load finds the version this process left: nobody else's since.
+                shared = before is not None and before.shared and before.version != loaded.version
+            self.cache.put(loaded.state, loaded.version, loaded.state.ByteSize(), shared=shared)
             kb_version = loaded.kb_version
             if loaded.outbox is not None:  # before anything: a replay must not skip it
                 await self.applier.apply(loaded.outbox, loaded.outbox_version)
@@ -180,7 +187,7 @@ class TransactionRunner:
             if result == CasResult.CONFLICT:
                 self.telemetry.cas_conflict()
                 continue
-            return await self._committed(session_id, commit)
+            return await self._committed(session_id, commit, shared=shared)
         self.telemetry.cas_exhausted()
         raise Aborted(
             f"session {session_id} changed concurrently {self.policy.cas_retries} times; retry",
@@ -196,7 +203,7 @@ class TransactionRunner:
         answer; or the session as the store holds it (the cached copy was stale: ``transact``
         goes on as after a load, with no second round trip); or None: load as usual."""
         cached = self.cache.get(session_id)
-        if cached is None:
+        if cached is None or cached.shared:
             self.telemetry.session_cache("miss")
             return None
         node = cached.state.node_id
@@ -271,11 +278,11 @@ class TransactionRunner:
         record = request_ids.record(call.method, call.fingerprint, response) if call.request_id else None
         return _Commit(new_state, response, outbox, record, size)
 
-    async def _committed(self, session_id: str, commit: _Commit[R]) -> R:
+    async def _committed(self, session_id: str, commit: _Commit[R], *, shared: bool = False) -> R:
         """After the commit: the state cached, its outbox applied exactly once (or behind the
         answer), the answer."""
         version = commit.state.version
-        self.cache.put(commit.state, version, commit.size)
+        self.cache.put(commit.state, version, commit.size, shared=shared)
         if commit.outbox is not None:
             if self.policy.ack_after_commit:
                 self.applier.apply_behind(commit.outbox, version)

@@ -26,6 +26,10 @@ class CachedSession:
     state: storage.SessionState  # without pending writes: those travelled as the outbox
     version: int
     size: int  # serialized bytes: what the budget counts
+    # Another process changed the session lately (its calls alternate between processes):
+    # a copy would mostly be stale, and a stale copy costs a transition run for nothing, so
+    # its calls load first until a load finds the version this process left.
+    shared: bool = False
 
 
 class SessionCache:
@@ -48,12 +52,12 @@ class SessionCache:
             self._entries.move_to_end(session_id)
         return found
 
-    def put(self, state: storage.SessionState, version: int, size: int) -> None:
+    def put(self, state: storage.SessionState, version: int, size: int, *, shared: bool = False) -> None:
         """Keep ``state``, stored at ``version``, as its session's entry."""
         self.forget(state.session_id)
         if size > self._max_bytes or not self._max_bytes or not self._max_sessions:
             return
-        self._entries[state.session_id] = CachedSession(state, version, size)
+        self._entries[state.session_id] = CachedSession(state, version, size, shared)
         self.bytes += size
         while self.bytes > self._max_bytes or len(self._entries) > self._max_sessions:
             _, evicted = self._entries.popitem(last=False)

@@ -18,7 +18,8 @@ class Telemetry(Protocol):
     def session_cache(self, result: str) -> None:
         """A session-changing call and this process's copy of its session: ``hit`` (committed
         in one round trip), ``stale`` (the store answered with the session as it is: the call
-        went on from there) or ``miss`` (no usable copy: the call loaded the session)."""
+        went on from there) or ``miss`` (no usable copy — none, or the session's calls lately
+        alternated with another process's: the call loaded the session)."""
 
     def outbox_applied(self, writes: int, refused: int) -> None:
         """An outbox's writes reached the pattern store (``refused`` became dead letters)."""

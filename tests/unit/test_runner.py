@@ -315,8 +315,45 @@ def test_a_copy_another_process_made_stale_costs_the_reply_not_a_wrong_commit() 
     assert sessions.taken() == ["commit_or_load", "compare_and_set"]
     assert _stm(runner) == [["first"], ["elsewhere"], ["here"]]
     sessions.taken()
-    _run(runner, "Observe", _observe("again"))
-    assert sessions.taken() == ["commit_or_load"]  # cached again
+    _run(runner, "Observe", _observe("again"))  # lately shared: a load first, which finds this
+    assert sessions.taken() == ["load", "compare_and_set"]  # process's version: nobody else's since
+    _run(runner, "Observe", _observe("on"))
+    assert sessions.taken() == ["commit_or_load"]
+
+
+def test_a_session_whose_calls_alternate_between_processes_is_loaded_not_computed_twice() -> None:
+    """A stale copy costs a transition run for nothing (the engine's work, the larger part of
+    an Observe): once another process commits the session, its calls here load first, until a
+    load finds the version this process left."""
+    runner, sessions, _ = _counted()
+    other = TransactionRunner(sessions, InMemoryPatternStore())
+    runs = 0
+
+    def counted(symbol: str) -> object:
+        async def transition(state: storage.SessionState, kb: int | None) -> tuple[storage.SessionState, Empty]:
+            nonlocal runs
+            runs += 1
+            return await _observe(symbol)(state, kb)  # type: ignore[operator,no-any-return]
+
+        return transition
+
+    def call(process: TransactionRunner, symbol: str) -> tuple[list[str], int]:
+        nonlocal runs
+        sessions.taken()
+        runs = 0
+        _run(process, "Observe", counted(symbol))
+        return sessions.taken(), runs
+
+    assert call(other, "b") == (["load", "compare_and_set"], 1)
+    assert call(runner, "c") == (["commit_or_load", "compare_and_set"], 2)  # stale once: learnt it is shared
+    assert call(other, "d") == (["commit_or_load", "compare_and_set"], 2)  # the other learns it too
+    assert call(runner, "D") == (["load", "compare_and_set"], 1)
+    for symbol in ("e", "f"):  # round robin: the round trips of before this cache, each run once
+        assert call(other, symbol) == (["load", "compare_and_set"], 1)
+        assert call(runner, symbol.upper()) == (["load", "compare_and_set"], 1)
+    assert call(runner, "g") == (["load", "compare_and_set"], 1)  # finds its own version: not shared
+    assert call(runner, "h") == (["commit_or_load"], 1)
+    assert _stm(runner)[-4:] == [["f"], ["F"], ["g"], ["h"]]
 
 
 def test_a_kb_version_published_elsewhere_is_predicted_from_by_the_next_call() -> None:

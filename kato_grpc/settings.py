@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # a refused pattern becomes a dead letter the caller is not told of). docs/operations.md.
     learn_ack: Literal["applied", "committed"] = "applied"
     cas_retries: int = Field(32, ge=1, le=10_000)
+    # Each process keeps the sessions it last committed (serialized MB; 0: none), so that a
+    # session's next call to the same process commits in one Redis round trip instead of a
+    # load and a compare-and-set (architecture.md §3, "One round trip").
+    session_cache_mb: int = Field(64, ge=0)
     # Conflict retries wait a random time up to min(this, 1 ms × 2^attempt).
     cas_backoff_max_seconds: float = Field(0.05, ge=0)
     # Request ids a session remembers: the oldest are forgotten beyond either bound.

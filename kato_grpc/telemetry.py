@@ -1,5 +1,5 @@
-"""What the shell reports as it works (CAS conflicts, outbox applies, KB cache lookups,
-sessions): a Protocol the runner, the KB cache and the use cases are given, so they know no
+"""What the shell reports as it works (CAS conflicts, session and KB cache lookups, outbox
+applies, sessions): a Protocol the runner, the KB cache and the use cases are given, so they know no
 metrics library. ``NO_TELEMETRY`` ignores everything (metrics off, tests, the replay);
 ``server/kato_server/metrics.py`` counts them for Prometheus."""
 
@@ -14,6 +14,12 @@ class Telemetry(Protocol):
 
     def cas_exhausted(self) -> None:
         """A call gave up after KATO_CAS_RETRIES conflicts (ABORTED)."""
+
+    def session_cache(self, result: str) -> None:
+        """A session-changing call and this process's copy of its session: ``hit`` (committed
+        in one round trip), ``stale`` (the store answered with the session as it is: the call
+        went on from there) or ``miss`` (no usable copy — none, or the session's calls lately
+        alternated with another process's: the call loaded the session)."""
 
     def outbox_applied(self, writes: int, refused: int) -> None:
         """An outbox's writes reached the pattern store (``refused`` became dead letters)."""
@@ -42,6 +48,9 @@ class _NoTelemetry:
         return None
 
     def cas_exhausted(self) -> None:
+        return None
+
+    def session_cache(self, result: str) -> None:
         return None
 
     def outbox_applied(self, writes: int, refused: int) -> None:

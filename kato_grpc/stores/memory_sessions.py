@@ -82,6 +82,10 @@ class _Session:
 
 
 class InMemorySessionStore:
+    # ``commit_or_load`` checks the KB's published version in the same atomic step, as one
+    # Redis server's script does (every method here is atomic: none awaits anything that yields).
+    checks_kb_version = True
+
     def __init__(
         self,
         records: RecordLimits | None = None,
@@ -122,7 +126,7 @@ class InMemorySessionStore:
             record=storage.RequestRecord.FromString(record) if record else None,
             outbox=storage.Outbox.FromString(outbox[1]) if outbox else None,
             outbox_version=outbox[0] if outbox else 0,
-            kb_version=await self.kb_version(kb_id) if kb_id is not None else None,
+            kb_version=(await self.kb_version(kb_id) or 0) if kb_id is not None else None,
         )
 
     async def compare_and_set(
@@ -150,6 +154,52 @@ class InMemorySessionStore:
             return CasResult.GONE
         elif session.version != expected_version:
             return CasResult.CONFLICT
+        self._write(session, state, ttl_ms, outbox, clear_outbox, request_id, record)
+        return CasResult.OK
+
+    async def commit_or_load(
+        self,
+        state: storage.SessionState,
+        expected_version: int,
+        ttl_ms: int,
+        *,
+        outbox: storage.Outbox | None = None,
+        request_id: str = "",
+        record: storage.RequestRecord | None = None,
+        kb_id: str | None = None,
+        kb_version: int = 0,
+    ) -> Loaded | int:
+        assert not state.pending_writes, "pending writes travel as the outbox, never in the state"
+        sid = state.session_id
+        if outbox is not None and outbox.writes:
+            self._mark(sid)  # as compare_and_set: before the commit
+        session = self._session(sid)
+        if session is None:
+            return CasResult.GONE
+        if (
+            session.version != expected_version
+            or self._outbox(sid) is not None
+            or (request_id and request_id in session.records)
+            or (kb_id is not None and (await self.kb_version(kb_id) or 0) > kb_version)
+        ):
+            loaded = await self.load(sid, request_id, kb_id)
+            assert loaded is not None
+            return loaded
+        self._write(session, state, ttl_ms, outbox, False, request_id, record)
+        return CasResult.OK
+
+    def _write(
+        self,
+        session: _Session,
+        state: storage.SessionState,
+        ttl_ms: int,
+        outbox: storage.Outbox | None,
+        clear_outbox: bool,
+        request_id: str,
+        record: storage.RequestRecord | None,
+    ) -> None:
+        """A commit whose preconditions held: state, TTL, outbox, request record."""
+        sid = state.session_id
         session.version, session.blob, session.ttl_ms = state.version, state.SerializeToString(), ttl_ms
         self._space.expire(self.keys.state(sid), ttl_ms)
         if outbox is not None and outbox.writes:
@@ -162,7 +212,6 @@ class InMemorySessionStore:
                 sum(map(len, session.records.values())) > self._limits.bytes and len(session.records) > 1
             ):
                 session.records.popitem(last=False)
-        return CasResult.OK
 
     def outbox(self, session_id: str) -> storage.Outbox | None:
         """The session's outbox as stored (for tests)."""

@@ -24,7 +24,8 @@ class Loaded:
     record: storage.RequestRecord | None  # what this request_id did before, if anything
     outbox: storage.Outbox | None  # writes committed but maybe not applied yet
     outbox_version: int = 0
-    kb_version: int | None = None  # the node's published KB version, when asked for
+    # The node's published KB version when asked for (0: none is published); None: not asked.
+    kb_version: int | None = None
 
 
 class CasResult:
@@ -55,6 +56,37 @@ class SessionStore(Protocol):
         request_id: str = "",
         record: storage.RequestRecord | None = None,
     ) -> int: ...
+
+    async def commit_or_load(
+        self,
+        state: storage.SessionState,
+        expected_version: int,
+        ttl_ms: int,
+        *,
+        outbox: storage.Outbox | None = None,
+        request_id: str = "",
+        record: storage.RequestRecord | None = None,
+        kb_id: str | None = None,
+        kb_version: int = 0,
+    ) -> Loaded | int:
+        """Commit ``state`` as ``compare_and_set`` does, if the session is as a load that the
+        caller skipped would have shown it (architecture.md §3, "One round trip"): it exists
+        (not deleted, not expired), its version is ``expected_version``, no outbox is pending,
+        nothing is recorded for ``request_id`` and — with ``kb_id`` — the KB's published
+        version is at most ``kb_version`` (none published counts as 0). Returns
+        ``CasResult.OK``; ``CasResult.GONE`` when there is no session; otherwise, committing
+        nothing, what ``load(session_id, request_id, kb_id)`` returns (the TTL slid as a load
+        slides it) — one atomic step, one round trip either way. Only a store whose
+        ``checks_kb_version`` is true takes a ``kb_id``."""
+        ...
+
+    @property
+    def checks_kb_version(self) -> bool:
+        """Whether ``commit_or_load`` can check a KB's published version in its atomic step
+        (a Redis Cluster cannot: the KB's key lives in another slot)."""
+        ...
+
+    async def kb_version(self, kb_id: str) -> int | None: ...
 
     async def drop_outbox(self, session_id: str, version: int) -> bool: ...
 

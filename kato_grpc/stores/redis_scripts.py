@@ -1,6 +1,7 @@
 """The session store's Lua scripts (``redis_sessions.py`` says what the keys hold). Each one
 touches keys of one Redis Cluster slot: a session's keys share its hash tag, and the global
-keys are touched alone."""
+keys are touched alone — but for _COMMIT_OR_LOAD on one Redis server (no slots there), which
+also reads the KB's published version."""
 
 # Load + slide the TTL + the request's record (if any) + the outbox, in one round trip.
 _LOAD = """
@@ -12,19 +13,11 @@ local o = redis.call('HMGET', KEYS[2], 'v', 'w')
 return {r[1], r[2], q, o[1], o[2]}
 """
 
-# Compare-and-set: the version must still be ARGV[1] ('' = the session must not exist yet).
-# Saves the state, replaces the outbox (ARGV[5]: 'set' with ARGV[6], or 'del': the caller
-# applied the one it loaded) and records the request (ARGV[7] id, ARGV[8] record), evicting
-# the oldest records beyond ARGV[9] records or ARGV[10] bytes.
-# Returns 1 on success, 0 on a version conflict, -1 when the session is gone.
-_CAS = """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == '' then
-  if cur then return 0 end
-else
-  if not cur then return -1 end
-  if cur ~= ARGV[1] then return 0 end
-end
+# A commit whose preconditions held (the scripts below check them first): saves the state,
+# replaces the outbox (ARGV[5]: 'set' with ARGV[6], or 'del': the caller applied the one it
+# loaded) and records the request (ARGV[7] id, ARGV[8] record), evicting the oldest records
+# beyond ARGV[9] records or ARGV[10] bytes. Returns 1.
+_COMMIT = """
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] == 'set' then
@@ -51,6 +44,44 @@ if ARGV[7] ~= '' then
 end
 return 1
 """
+
+# Compare-and-set: the version must still be ARGV[1] ('' = the session must not exist yet),
+# then _COMMIT. Returns 1 on success, 0 on a version conflict, -1 when the session is gone.
+_CAS = (
+    """
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == '' then
+  if cur then return 0 end
+else
+  if not cur then return -1 end
+  if cur ~= ARGV[1] then return 0 end
+end
+"""
+    + _COMMIT
+)
+
+# Commit or load (``SessionStore.commit_or_load``): _COMMIT only if the session is what the
+# caller's cached copy says — it exists, its version is ARGV[1], no outbox is pending, no
+# record for the request id ARGV[7] and, with KEYS[3] (the KB's published version: another
+# slot, so only on one server, never on a cluster), that version is at most ARGV[11]. Else
+# nothing is written and the reply is what _LOAD returns, plus the KB version, with the TTL
+# slid as _LOAD slides it. Returns 1, -1 when the session is gone, or that reply.
+_COMMIT_OR_LOAD = (
+    """
+local r = redis.call('HMGET', KEYS[1], 'v', 's', 't')
+if not r[1] or not r[2] then return -1 end
+local q = false
+if ARGV[7] ~= '' then q = redis.call('HGET', KEYS[1], 'q:' .. ARGV[7]) end
+local o = redis.call('HMGET', KEYS[2], 'v', 'w')
+local kb = false
+if #KEYS > 2 then kb = redis.call('GET', KEYS[3]) end
+if r[1] ~= ARGV[1] or q or o[2] or (kb and tonumber(kb) > tonumber(ARGV[11])) then
+  if r[3] then redis.call('PEXPIRE', KEYS[1], r[3]) end
+  return {r[1], r[2], q, o[1], o[2], kb}
+end
+"""
+    + _COMMIT
+)
 
 # Remove an outbox once applied, unless a later commit replaced it meanwhile.
 _DROP_OUTBOX = """

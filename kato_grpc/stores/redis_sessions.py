@@ -1,4 +1,5 @@
-"""The session store: one Redis hash per session, written only through a compare-and-set script.
+"""The session store: one Redis hash per session, written only through the compare-and-set
+scripts (``compare_and_set``, and ``commit_or_load`` for a commit from a cached copy).
 
 Keys (hash-tagged by session id, so a session's keys share one Redis Cluster slot):
 
@@ -34,17 +35,20 @@ instead (``redis_client.driver_errors``), so nothing above the stores imports th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from kato_grpc.errors import StoreUnavailable, Unavailable
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.keys import Keys
-from kato_grpc.stores.protocols import Loaded, RecordKey, RecordLimits
+from kato_grpc.stores.protocols import CasResult, Loaded, RecordKey, RecordLimits
 from kato_grpc.stores.redis_client import RedisClient, driver_errors, execute
 from kato_grpc.stores.redis_scripts import (
     _CAS,
+    _COMMIT_OR_LOAD,
     _DROP_OUTBOX,
     _DUE,
     _LOAD,
@@ -81,6 +85,10 @@ class RedisSessionStore:
         self._replication = replication or Replication()
         self._load = client.register_script(_LOAD)
         self._cas = client.register_script(_CAS)
+        self._commit_or_load = client.register_script(_COMMIT_OR_LOAD)
+        # One server has no slots: its commit-or-load script reads the KB's published version
+        # too. On a cluster that key lives in another slot (redis_scripts._COMMIT_OR_LOAD).
+        self.checks_kb_version = not isinstance(client, RedisCluster)
         self._drop = client.register_script(_DROP_OUTBOX)
         self._mark = client.register_script(_MARK)
         self._due = client.register_script(_DUE)
@@ -114,18 +122,11 @@ class RedisSessionStore:
                 raise loaded
             if isinstance(published, Exception):
                 raise published
-            kb_version = int(published) if published is not None else None
+            kb_version = int(published) if published is not None else 0
         version, blob, record, outbox_version, outbox = loaded
         if version is None or blob is None:
             return None
-        return Loaded(
-            state=storage.SessionState.FromString(blob),
-            version=int(version),
-            record=storage.RequestRecord.FromString(record) if record else None,
-            outbox=storage.Outbox.FromString(outbox) if outbox else None,
-            outbox_version=int(outbox_version) if outbox_version else 0,
-            kb_version=kb_version,
-        )
+        return _loaded(version, blob, record, outbox_version, outbox, kb_version)
 
     @driver_errors
     async def compare_and_set(
@@ -144,6 +145,54 @@ class RedisSessionStore:
         ``outbox`` replaces the session's outbox (its writes must already be out of ``state``);
         ``clear_outbox`` removes the one that was loaded (the caller has applied it).
         """
+        expected = "" if expected_version is None else str(expected_version)
+        args = await self._commit_args(state, expected, ttl_ms, outbox, request_id, record, clear_outbox=clear_outbox)
+        return int(await self._commit(self._cas, self._session_keys(state.session_id), args))
+
+    @driver_errors
+    async def commit_or_load(
+        self,
+        state: storage.SessionState,
+        expected_version: int,
+        ttl_ms: int,
+        *,
+        outbox: storage.Outbox | None = None,
+        request_id: str = "",
+        record: storage.RequestRecord | None = None,
+        kb_id: str | None = None,
+        kb_version: int = 0,
+    ) -> Loaded | int:
+        """``compare_and_set`` if the session is as the caller cached it (``SessionStore``
+        says what that means), else what ``load`` returns: one script, one round trip."""
+        if kb_id is not None and not self.checks_kb_version:
+            raise ValueError("a Redis Cluster cannot check a KB's version in a session's commit")
+        args = await self._commit_args(state, str(expected_version), ttl_ms, outbox, request_id, record)
+        keys = self._session_keys(state.session_id)
+        if kb_id is not None:
+            keys.append(self.keys.kb_version(kb_id))
+        reply = await self._commit(self._commit_or_load, keys, [*args, str(kb_version)])
+        if not isinstance(reply, list):
+            return CasResult.OK if int(reply) == CasResult.OK else CasResult.GONE
+        version, blob, record_blob, outbox_version, outbox_blob, published = reply
+        kb = (int(published) if published is not None else 0) if kb_id is not None else None
+        return _loaded(version, blob, record_blob, outbox_version, outbox_blob, kb)
+
+    def _session_keys(self, session_id: str) -> list[str]:
+        return [self.keys.state(session_id), self.keys.outbox(session_id)]
+
+    async def _commit_args(
+        self,
+        state: storage.SessionState,
+        expected: str,
+        ttl_ms: int,
+        outbox: storage.Outbox | None,
+        request_id: str,
+        record: storage.RequestRecord | None,
+        *,
+        clear_outbox: bool = False,
+    ) -> list[str | bytes]:
+        """The commit scripts' ARGV[1..10] (redis_scripts._COMMIT); marks the session in the
+        due queue first when the commit carries an outbox."""
         assert not state.pending_writes, "pending writes travel as the outbox, never in the state"
         mode = "keep"
         if outbox is not None and outbox.writes:
@@ -151,50 +200,47 @@ class RedisSessionStore:
             await self._mark(keys=[self.keys.due], args=[state.session_id])  # before the commit: never unmarked
         elif clear_outbox:
             mode = "del"
-        return await self._commit(
-            [self.keys.state(state.session_id), self.keys.outbox(state.session_id)],
-            [
-                "" if expected_version is None else str(expected_version),
-                str(state.version),
-                state.SerializeToString(),
-                str(ttl_ms),
-                mode,
-                outbox.SerializeToString() if mode == "set" and outbox is not None else b"",
-                request_id,
-                record.SerializeToString() if record is not None and request_id else b"",
-                str(self._records.count),
-                str(self._records.bytes),
-            ],
-        )
+        return [
+            expected,
+            str(state.version),
+            state.SerializeToString(),
+            str(ttl_ms),
+            mode,
+            outbox.SerializeToString() if mode == "set" and outbox is not None else b"",
+            request_id,
+            record.SerializeToString() if record is not None and request_id else b"",
+            str(self._records.count),
+            str(self._records.bytes),
+        ]
 
-    async def _commit(self, keys: list[str], args: list[str | bytes]) -> int:
-        """The compare-and-set script; with replication, and WAIT on the same connection (WAIT
+    async def _commit(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
+        """A commit script's reply; with replication, and WAIT on the same connection (WAIT
         counts the writes of its own connection): one pipeline, one round trip."""
         need = self._replication.replicas
         if not need:
-            return int(await self._cas(keys=keys, args=args))
+            return await script(keys=keys, args=args)
         # On a cluster, WAIT (no key) is sent to the node that owns the session's slot.
         target = (
             {"target_nodes": self._redis.get_node_from_key(keys[0])} if isinstance(self._redis, RedisCluster) else {}
         )
         for _ in range(2):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self._cas.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             pipe.execute_command("WAIT", need, self._replication.timeout_ms, **target)
             result, acked = await execute(pipe)
             if isinstance(result, NoScriptError):  # first use on this node: load, then again
-                await self._redis.script_load(_CAS)
+                await self._redis.script_load(script.script)
                 continue
             for reply in (result, acked):
                 if isinstance(reply, Exception):
                     raise reply
-            if int(result) == 1 and int(acked) < need:
+            if result == CasResult.OK and int(acked) < need:  # (a reply that is a load wrote nothing)
                 raise Unavailable(
                     f"committed, but {acked} of {need} Redis replicas confirmed it in time: "
                     "retry with the same request_id",
                     reason="NOT_REPLICATED",
                 )
-            return int(result)
+            return result
         raise StoreUnavailable("the session store lost its scripts twice in a row; retry")
 
     @driver_errors
@@ -270,6 +316,25 @@ class RedisSessionStore:
     @driver_errors
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _loaded(
+    version: bytes,
+    blob: bytes,
+    record: bytes | None,
+    outbox_version: bytes | None,
+    outbox: bytes | None,
+    kb: int | None,
+) -> Loaded:
+    """A session as the load script (or a commit-or-load that did not commit) returned it."""
+    return Loaded(
+        state=storage.SessionState.FromString(blob),
+        version=int(version),
+        record=storage.RequestRecord.FromString(record) if record else None,
+        outbox=storage.Outbox.FromString(outbox) if outbox else None,
+        outbox_version=int(outbox_version) if outbox_version else 0,
+        kb_version=kb,
+    )
 
 
 def _text(value: bytes | str) -> str:

@@ -11,6 +11,8 @@ Protocols, and nothing else. It names no concrete store: the composition root
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kato_grpc.runner import Policy, TransactionRunner
@@ -76,6 +78,7 @@ def runner_policy(settings: Settings) -> Policy:
         default_ttl_seconds=settings.session_ttl_seconds,
         max_session_bytes=settings.max_session_bytes,
         ack_after_commit=settings.learn_ack == "committed",
+        session_cache_bytes=settings.session_cache_mb * 1024 * 1024,
     )
 
 
@@ -84,10 +87,12 @@ def assemble(
     sessions: SessionBackend,
     patterns: PatternStores,
     telemetry: Telemetry = NO_TELEMETRY,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Service:
     """The service over these stores, as ``settings`` configure it; ``telemetry`` hears what
-    the runner, the KB cache, the engine threads and the session use cases report."""
-    cache, snapshotter = kb_cache_setup.kb_cache(settings, patterns.reads, patterns.snapshots, telemetry)
+    the runner, the KB cache, the engine threads and the session use cases report; ``clock``
+    (seconds) times the KB cache's checks of MongoDB (the in-process tests give it theirs)."""
+    cache, snapshotter = kb_cache_setup.kb_cache(settings, patterns.reads, patterns.snapshots, telemetry, clock)
     engine = EngineThreads(settings.engine_threads, settings.max_prediction_work, telemetry.engine_stopped)
     runner = TransactionRunner(sessions, patterns.learns, runner_policy(settings), telemetry=telemetry)
     servicer = KatoServicer(

@@ -3,6 +3,9 @@ policy around its loads (``memory_policy.py``) and the snapshots it writes."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from kato_grpc.settings import Settings
 from kato_grpc.stores import snapshot
 from kato_grpc.stores.kb_cache import KbCache
@@ -15,10 +18,15 @@ MB = 1024 * 1024
 
 
 def kb_cache(
-    settings: Settings, reads: KbReads, snapshots: KbSnapshots, telemetry: Telemetry
+    settings: Settings,
+    reads: KbReads,
+    snapshots: KbSnapshots,
+    telemetry: Telemetry,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[KbCache, Snapshotter | None]:
     """The cache reading through ``reads``, and its snapshotter writing to ``snapshots``
-    (None when this process writes no snapshots: the server closes it at shutdown)."""
+    (None when this process writes no snapshots: the server closes it at shutdown).
+    ``clock`` times the cache's checks of MongoDB's version (D-8)."""
     policy = SnapshotPolicy(
         settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
     )
@@ -31,5 +39,6 @@ def kb_cache(
         after_eviction=memory_policy.after_eviction(trim=settings.malloc_trim),
         snapshotter=snapshotter,
         decode=memory_policy.without_gc(snapshot.decode) if settings.gc_freeze else snapshot.decode,
+        clock=clock,
     )
     return cache, snapshotter

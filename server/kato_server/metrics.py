@@ -42,6 +42,12 @@ class Metrics:
         self.in_flight = Gauge("kato_rpc_in_flight", "RPCs being served", registry=r)
         self.conflicts = Counter("kato_cas_conflicts", "Compare-and-sets lost to a concurrent change", registry=r)
         self.exhausted = Counter("kato_cas_exhausted", "Calls ABORTED after KATO_CAS_RETRIES conflicts", registry=r)
+        self.session_lookups = Counter(
+            "kato_session_cache_lookups",
+            "Session-changing calls by what this process's copy of the session did for them",
+            ["result"],
+            registry=r,
+        )
         self.outbox = Counter("kato_outbox_writes", "Outbox writes applied, by result", ["result"], registry=r)
         self.outboxes = Counter("kato_outbox_applies", "Outboxes applied to the pattern store", registry=r)
         self.kb_lookups = Counter("kato_kb_cache_lookups", "KB cache lookups, by result", ["result"], registry=r)
@@ -73,6 +79,7 @@ class Metrics:
         )
         # Label children looked up once (a lookup per call is a lock and a dict).
         self._kb_hits = self.kb_lookups.labels("hit")
+        self._session_results = {result: self.session_lookups.labels(result) for result in ("hit", "stale", "miss")}
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
@@ -84,6 +91,9 @@ class Metrics:
 
     def cas_exhausted(self) -> None:
         self.exhausted.inc()
+
+    def session_cache(self, result: str) -> None:
+        self._session_results[result].inc()
 
     def outbox_applied(self, writes: int, refused: int) -> None:
         self.outboxes.inc()

@@ -103,11 +103,13 @@ class Sessions:
         state.version = 1
         if await self.sessions.compare_and_set(state, None, self.runner.ttl_ms(state)) != CasResult.OK:
             raise Aborted("session id collision; retry", reason="SESSION_ID_COLLISION")
+        self.runner.remember(state)
         if key is not None:
             mine = request_ids.record("CreateSession", fp, state.session_id.encode())
             winner = await self.records.remember(key, mine, self.runner.ttl_ms(state))
             if winner.response != mine.response:  # a concurrent retry created it first
                 await self.deletion.delete(state.session_id)
+                self.runner.forget(state.session_id)
                 request_ids.check_replay(winner, "CreateSession", fp)
                 return await self.get_session(winner.response.decode(), caller)
         self.telemetry.session_created()  # (the one a concurrent retry made instead is not counted twice)
@@ -133,7 +135,9 @@ class Sessions:
         # Not found, or not this caller's node: nothing is deleted. The outbox is applied
         # first; one committed after this load outlives the session and the relay applies it.
         _check_etag(req.etag, await self._read(session_id, caller))
-        if not await self.deletion.delete(session_id):
+        deleted = await self.deletion.delete(session_id)
+        self.runner.forget(session_id)
+        if not deleted:
             raise session_not_found(session_id)
         self.telemetry.session_deleted()
 

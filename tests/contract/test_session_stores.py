@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.exceptions
@@ -30,6 +31,7 @@ from kato_grpc.stores.memory_sessions import InMemoryKeyspace, InMemorySessionSt
 from kato_grpc.stores.protocols import (
     LSID_BYTES,
     CasResult,
+    Loaded,
     RecordKey,
     RecordLimits,
     SessionBackend,
@@ -359,7 +361,7 @@ def test_load_brings_the_request_record_and_the_published_kb_version(server: Ser
             == CasResult.OK
         )
         loaded = await store.load(session, "r1", "node-1")
-        assert loaded is not None and loaded.record == record_of("Observe", b"first") and loaded.kb_version is None
+        assert loaded is not None and loaded.record == record_of("Observe", b"first") and loaded.kb_version == 0
         await store.publish_kb_version("node-1", 7)
         loaded = await store.load(session, "r2", "node-1")
         assert loaded is not None and loaded.record is None and loaded.kb_version == 7
@@ -403,6 +405,133 @@ def test_the_oldest_request_records_go_beyond_the_byte_limit_but_never_the_last(
                 assert [x is not None and x.record is not None for x in loaded] == [False, True, True]
         loaded = [await store.load(session, r) for r in responses]
         assert [x is not None and x.record is not None for x in loaded] == [False, False, False, True]  # alone, too big
+
+    run(server, body)
+
+
+# --- SessionStore: commit_or_load (a commit from a cached copy, architecture.md §3) -----------
+
+
+async def _as_loaded(
+    store: SessionBackend, result: Loaded | int, session: str, rid: str = "", kb: str | None = None
+) -> None:
+    """``result`` is what a load returns now (nothing was committed)."""
+    assert isinstance(result, Loaded), result
+    assert result == await store.load(session, rid, kb)
+
+
+def _kb(store: SessionBackend) -> dict[str, Any]:
+    """The KB precondition's arguments, where the store checks it (not on a Redis Cluster)."""
+    return {"kb_id": "node-1", "kb_version": 0} if store.checks_kb_version else {}
+
+
+def test_commit_or_load_commits_when_the_session_is_as_cached(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        store, session = s.open(), sid()
+        assert await store.compare_and_set(state_of(session, 1), None, TTL) == CasResult.OK
+        before = math.floor(await s.now_ms())
+        result = await store.commit_or_load(
+            state_of(session, 2, "b"), 1, 2 * TTL, request_id="r1", record=record_of("Observe", b"one"), **_kb(store)
+        )
+        assert result == CasResult.OK
+        loaded = await store.load(session, "r1")
+        assert loaded is not None
+        assert (loaded.state, loaded.version) == (state_of(session, 2, "b"), 2)
+        assert loaded.record == record_of("Observe", b"one")
+        expires = await s.expires_at_ms(s.keys.state(session))
+        assert expires is not None and expires >= before + 2 * TTL  # the commit's TTL
+        # With writes: marked first, and the outbox written with the state, as compare_and_set.
+        assert await store.commit_or_load(state_of(session, 3), 2, TTL, outbox=outbox_of(session, "p")) == 1
+        assert await store.read_outbox(session) == (outbox_of(session, "p"), 3)
+        assert [d for d, _ in await store.due_outboxes(0, 10)] == [session]
+
+    run(server, body)
+
+
+def test_commit_or_load_answers_a_moved_version_with_a_load(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        store, session = s.open(), sid()
+        assert await store.compare_and_set(state_of(session, 1), None, TTL) == CasResult.OK
+        assert await store.compare_and_set(state_of(session, 2, "other"), 1, TTL) == CasResult.OK
+        await s.elapse(2)
+        before = math.floor(await s.now_ms())
+        result = await store.commit_or_load(state_of(session, 2, "mine"), 1, TTL, request_id="r1", **_kb(store))
+        slid = await s.expires_at_ms(s.keys.state(session))
+        assert slid is not None and slid >= before + TTL  # the reply is a load: it slid the TTL
+        assert isinstance(result, Loaded) and result.kb_version == (0 if store.checks_kb_version else None)
+        await _as_loaded(store, result, session, "r1", "node-1" if store.checks_kb_version else None)
+        assert (result.state, result.version) == (state_of(session, 2, "other"), 2)  # nothing of "mine"
+
+    run(server, body)
+
+
+def test_commit_or_load_answers_a_pending_outbox_with_a_load(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        store, session = s.open(), sid()
+        assert await store.compare_and_set(state_of(session, 1), None, TTL, outbox=outbox_of(session, "p")) == 1
+        result = await store.commit_or_load(state_of(session, 2), 1, TTL, outbox=outbox_of(session, "q"))
+        assert isinstance(result, Loaded) and (result.outbox, result.outbox_version) == (outbox_of(session, "p"), 1)
+        await _as_loaded(store, result, session)
+        assert await store.read_outbox(session) == (outbox_of(session, "p"), 1)  # not replaced
+        assert await store.drop_outbox(session, 1)
+        assert await store.commit_or_load(state_of(session, 2), 1, TTL) == CasResult.OK  # applied: commits
+
+    run(server, body)
+
+
+def test_commit_or_load_answers_a_recorded_request_id_with_a_load(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        store, session = s.open(), sid()
+        first = record_of("Observe", b"first")
+        assert await store.compare_and_set(state_of(session, 1), None, TTL, request_id="r1", record=first) == 1
+        # The same id again (a retry, or a reuse with another body: the store does not judge).
+        result = await store.commit_or_load(
+            state_of(session, 2), 1, TTL, request_id="r1", record=record_of("Observe", b"second")
+        )
+        assert isinstance(result, Loaded) and result.record == first
+        await _as_loaded(store, result, session, "r1")
+        assert result.version == 1
+        assert await store.commit_or_load(state_of(session, 2), 1, TTL, request_id="r2", record=first) == 1
+
+    run(server, body)
+
+
+def test_commit_or_load_answers_a_newer_kb_version_with_a_load(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        store, session = s.open(), sid()
+        assert await store.compare_and_set(state_of(session, 1), None, TTL) == CasResult.OK
+        if not store.checks_kb_version:  # a Redis Cluster: the KB's key is in another slot
+            with pytest.raises(ValueError, match="Cluster"):
+                await store.commit_or_load(state_of(session, 2), 1, TTL, kb_id="node-1", kb_version=0)
+            loaded = await store.load(session)
+            assert loaded is not None and loaded.version == 1  # refused before anything was sent
+            return
+        await store.publish_kb_version("node-1", 7)
+        await store.publish_kb_version("node-2", 9)  # another KB's version is no precondition
+        result = await store.commit_or_load(state_of(session, 2), 1, TTL, kb_id="node-1", kb_version=6)
+        assert isinstance(result, Loaded) and (result.version, result.kb_version) == (1, 7)
+        await _as_loaded(store, result, session, "", "node-1")
+        assert await store.commit_or_load(state_of(session, 2), 1, TTL, kb_id="node-1", kb_version=7) == 1
+        assert await store.commit_or_load(state_of(session, 3), 2, TTL, kb_id="node-3", kb_version=0) == 1  # none
+
+    run(server, body)
+
+
+def test_commit_or_load_never_brings_a_deleted_or_expired_session_back(server: Server) -> None:
+    async def body(s: Stores) -> None:
+        store, deleted, expired, never = s.open(), sid(), sid(), sid()
+        assert await store.commit_or_load(state_of(never, 2), 1, TTL, **_kb(store)) == CasResult.GONE
+        assert await store.compare_and_set(state_of(deleted, 1), None, TTL) == CasResult.OK
+        assert await store.delete(deleted) is True
+        assert await store.commit_or_load(state_of(deleted, 2), 1, TTL, **_kb(store)) == CasResult.GONE
+        assert await store.compare_and_set(state_of(expired, 1), None, 100) == CasResult.OK
+        await s.wait_gone(s.keys.state(expired))
+        outbox = outbox_of(expired, "p")
+        assert await store.commit_or_load(state_of(expired, 2), 1, TTL, outbox=outbox, **_kb(store)) == CasResult.GONE
+        for session in (never, deleted, expired):
+            assert await store.load(session) is None
+            assert not await s.exists(s.keys.state(session))
+        assert await store.read_outbox(expired) is None  # nothing of the refused commit
 
     run(server, body)
 
@@ -753,14 +882,23 @@ def test_a_refused_command_is_store_failed(kind: str, request: pytest.FixtureReq
 def test_every_store_is_a_session_backend() -> None:
     """The Protocols are structural: this is what mypy checks (``SessionBackend`` annotations
     above), stated at run time too for the methods a Protocol lists."""
-    names = {
-        name
+    members = {
+        name: value
         for cls in SessionBackend.__mro__
         if cls not in (object, SessionBackend)
-        for name in vars(cls)
+        for name, value in vars(cls).items()
         if not name.startswith("_")
     }
-    assert {"load", "compare_and_set", "delete", "remember", "due_outboxes", "claim_namespace", "ping"} <= names
+    properties = {name for name, value in members.items() if isinstance(value, property)}
+    names = set(members) - properties
+    assert {"load", "compare_and_set", "commit_or_load", "delete", "remember", "due_outboxes", "ping"} <= names
+    assert properties == {"checks_kb_version"}
     for cls in (InMemorySessionStore, RedisSessionStore):
         missing = sorted(name for name in names if not callable(getattr(cls, name, None)))
         assert missing == [], (cls.__name__, missing)
+
+    async def redis_store() -> RedisSessionStore:  # a client that never connects
+        return RedisSessionStore(redis_client.connect("redis://127.0.0.1:1", STORE_TIMEOUT))
+
+    for store in (InMemorySessionStore(), asyncio.run(redis_store())):
+        assert all(isinstance(getattr(store, name), bool) for name in properties), type(store).__name__

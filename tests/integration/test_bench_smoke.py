@@ -59,7 +59,9 @@ def test_cluster_benchmark_smoke() -> None:
 def test_costs_benchmark_smoke() -> None:
     out = _bench("bench.costs", "--calls", "20")
     observe = next(line for line in out.splitlines() if line.startswith("| Observe"))
-    assert "redis load 1.25" in observe and "redis compare_and_set 1.25" in observe  # 1 in 4 with a clear
+    # One round trip per call (1 in 4 with a clear): the session is this process's (architecture.md §3).
+    assert "redis commit_or_load 1.25" in observe and "redis load" not in observe, observe
+    assert "redis compare_and_set" not in observe, observe
     assert "mongodb apply_many" not in observe
 
 

@@ -100,8 +100,9 @@ def test_make_run_says_where_it_serves_then_serves_there(tmp_path: Path) -> None
         assert proc.stdout is not None
         said = [proc.stdout.readline() for _ in range(2)]  # the announcement, then the command make runs
         assert f"make: starting the local stores and kato on 127.0.0.1:{port}" in said[0], said
-        server = ServerProcess(port, env, tmp_path / "unused.log", proc=proc)
-        server.wait_serving(timeout=120)  # the stores start first
+        # Health on that port (the stores start first); make's own exit would end it sooner.
+        ServerProcess(port, env, tmp_path / "unused.log").wait_serving(timeout=120)
+        assert proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)

@@ -267,6 +267,43 @@ class GatedSessions:
 
         return await through(self.gates, "cas", commit)
 
+    @property
+    def checks_kb_version(self) -> bool:
+        return self.twin.checks_kb_version
+
+    async def commit_or_load(
+        self,
+        state: storage.SessionState,
+        expected_version: int,
+        ttl_ms: int,
+        *,
+        outbox: storage.Outbox | None = None,
+        request_id: str = "",
+        record: storage.RequestRecord | None = None,
+        kb_id: str | None = None,
+        kb_version: int = 0,
+    ) -> Loaded | int:
+        # A commit (the model follows it as compare_and_set's), or — nothing written — a load
+        # (its TTL slid, and the call starts a new attempt from it).
+        async def commit_or_load() -> Loaded | int:
+            result = await self.twin.commit_or_load(
+                state,
+                expected_version,
+                ttl_ms,
+                outbox=outbox,
+                request_id=request_id,
+                record=record,
+                kb_id=kb_id,
+                kb_version=kb_version,
+            )
+            if result == CasResult.OK:
+                self.watcher.committed(owner(), state, outbox, request_id, record, ttl_ms)
+            else:
+                self.watcher.loaded(owner(), state.session_id, isinstance(result, Loaded))
+            return result
+
+        return await through(self.gates, "commit_or_load", commit_or_load)
+
     async def drop_outbox(self, session_id: str, version: int) -> bool:
         return await through(self.gates, "drop", lambda: self.twin.drop_outbox(session_id, version))
 

@@ -2,8 +2,9 @@
 
 ``Kato`` is what ``server/kato_server/assembly.py`` builds — runner, KB cache, engine threads,
 use cases, servicer, relay — over an ``InMemorySessionStore`` whose clock the test moves
-(``Clock``) and an ``InMemoryPatternStore`` behind every pattern-side Protocol; the runner's
-applies go through ``Applies``, which a test can take down to cut a call off after its commit.
+(``Clock``, the KB cache's too) and an ``InMemoryPatternStore`` behind every pattern-side
+Protocol; the runner's applies go through ``Applies``, which a test can take down to cut a call
+off after its commit. ``Kato(sharing=other)`` is a second process of the same deployment.
 No subprocess, no port: the use cases are called as the servicer's table calls them, with a
 ``Caller``; the stream RPCs through the servicer's own methods with a ``Context`` double.
 
@@ -105,17 +106,24 @@ def settings(**overrides: Any) -> Settings:
 
 
 class Kato:
-    def __init__(self, config: Settings | None = None) -> None:
+    def __init__(self, config: Settings | None = None, *, sharing: Kato | None = None) -> None:
+        """``sharing``: another process of the same deployment — the stores and the clock are
+        that one's, everything a process holds in memory (runner, caches) its own."""
         self.settings = config or settings()
-        self.clock = Clock()
-        self.session_store = InMemorySessionStore(clock=self.clock)
-        self.pattern_store = InMemoryPatternStore()
+        self.clock: Clock = sharing.clock if sharing is not None else Clock()
+        self.session_store: InMemorySessionStore = (
+            sharing.session_store if sharing is not None else InMemorySessionStore(clock=self.clock)
+        )
+        self.pattern_store: InMemoryPatternStore = (
+            sharing.pattern_store if sharing is not None else InMemoryPatternStore()
+        )
         self.applies = Applies(self.pattern_store)
         p = self.pattern_store
         self.service: Service = assemble(
             self.settings,
             self.session_store,
             PatternStores(learns=self.applies, reads=p, patterns=p, admin=p, transfer=p, events=p, snapshots=p),
+            clock=self.clock,  # the KB cache checks MongoDB's version when the test's time says so
         )
         use: KatoServicer = self.service.servicer
         self.use = use

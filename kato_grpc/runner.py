@@ -31,6 +31,7 @@ from kato_grpc.applier import OutboxApplier
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, ResourceExhausted
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
+from kato_grpc.stores.snapshotter import KbWritten
 from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 
 R = TypeVar("R", bound=Message)
@@ -71,13 +72,15 @@ class TransactionRunner:
         policy: Policy | None = None,
         *,
         telemetry: Telemetry = NO_TELEMETRY,
+        written: KbWritten | None = None,
     ) -> None:
+        """``written``: see ``OutboxApplier``."""
         self.sessions = sessions
         self.patterns = patterns
         self.policy = policy or Policy()
         self.telemetry = telemetry
         self._nodes: dict[str, str] = {}  # session id -> node id (a session's node never changes)
-        self.applier = OutboxApplier(sessions, patterns, telemetry)
+        self.applier = OutboxApplier(sessions, patterns, telemetry, written)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node.

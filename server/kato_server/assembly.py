@@ -57,9 +57,9 @@ class PatternStores:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """What ``assemble`` built. The process that runs it starts ``relay.run``, and at
-    shutdown drains the servicer and the runner's applier, then closes ``engine`` and
-    ``snapshotter`` (``app.KatoServer.stop``)."""
+    """What ``assemble`` built. The process that runs it starts ``relay.run`` and
+    ``snapshotter.run`` (the sweep), and at shutdown drains the servicer and the runner's
+    applier, then closes ``engine`` and ``snapshotter`` (``app.KatoServer.stop``)."""
 
     runner: TransactionRunner
     cache: KbCache
@@ -88,8 +88,11 @@ def assemble(
     """The service over these stores, as ``settings`` configure it; ``telemetry`` hears what
     the runner, the KB cache, the engine threads and the session use cases report."""
     cache, snapshotter = kb_cache_setup.kb_cache(settings, patterns.reads, patterns.snapshots, telemetry)
+    # Every write of this process — learns (the relay's too), imports, pattern updates and
+    # deletes — tells the snapshotter, so a KB nobody reads still gets its snapshot (§4).
+    written = snapshotter.wrote if snapshotter is not None else None
     engine = EngineThreads(settings.engine_threads, settings.max_prediction_work, telemetry.engine_stopped)
-    runner = TransactionRunner(sessions, patterns.learns, runner_policy(settings), telemetry=telemetry)
+    runner = TransactionRunner(sessions, patterns.learns, runner_policy(settings), telemetry=telemetry, written=written)
     servicer = KatoServicer(
         settings,
         Sessions(
@@ -108,9 +111,10 @@ def assemble(
             patterns=patterns.patterns,
             writes=patterns.admin,
             runner=runner,
+            written=written,
         ),
         KbStats(sessions, cache, engine),
-        KbTransfer(settings, sessions, patterns.transfer),
+        KbTransfer(settings, sessions, patterns.transfer, written),
         KbWatch(settings, sessions, patterns.events),
     )
     relay = OutboxRelay(

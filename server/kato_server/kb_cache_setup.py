@@ -18,9 +18,14 @@ def kb_cache(
     settings: Settings, reads: KbReads, snapshots: KbSnapshots, telemetry: Telemetry
 ) -> tuple[KbCache, Snapshotter | None]:
     """The cache reading through ``reads``, and its snapshotter writing to ``snapshots``
-    (None when this process writes no snapshots: the server closes it at shutdown)."""
+    (None when this process writes no snapshots: the server runs its sweep and closes it at
+    shutdown). The cache is the snapshotter's source: it loads the KBs this process wrote but
+    does not cache for their snapshots, within its budget."""
     policy = SnapshotPolicy(
-        settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
+        settings.kb_snapshot_min_patterns,
+        settings.kb_snapshot_quiet_seconds,
+        settings.kb_snapshot_growth,
+        settings.kb_snapshot_sweep_seconds,
     )
     snapshotter = Snapshotter(snapshots, policy, telemetry) if settings.kb_snapshots else None
     cache = KbCache(

@@ -95,7 +95,7 @@ class KbCache:
         like any load, with the decode and the large merges on threads — counted against this
         cache's budget while ``write`` runs (the least recently used KBs are evicted for it, as
         for any load) and dropped after: a process that only writes a KB never keeps it."""
-        if kb_id in self._indexes:
+        if self.caches(kb_id):  # a load in flight is joined: the KB is never loaded twice at once
             index, _ = await self._current(kb_id, None, check=True)
             await write(index)
             return
@@ -194,6 +194,10 @@ class KbCache:
             evicted = True
         if evicted and self._after_eviction is not None:
             self._after_eviction()
+
+    def caches(self, kb_id: str) -> bool:
+        """Whether the KB is cached, or being loaded into the cache."""
+        return kb_id in self._indexes or kb_id in self._loading
 
     def cached_version(self, kb_id: str) -> int | None:
         """The version this process has cached of a KB, or None (it is not cached)."""

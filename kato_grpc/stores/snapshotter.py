@@ -18,7 +18,8 @@ KB have been quiet for ``quiet_seconds``, it asks the store whether the KB is du
 (``snapshots_due``: enough patterns, no snapshot as new as the KB). A KB whose version moved
 past the newest this process knows of was written since by another process: one more quiet
 period, from now, so the snapshot follows the KB's last write whoever made it. Then a KB this
-process caches is refreshed and written as a cached one. Any other is loaded apart from the
+process caches (or is loading into its cache: that load is joined, never repeated apart) is
+refreshed and written as a cached one. Any other is loaded apart from the
 cache (``SnapshotSource.snapshot_with``: counted against the cache's budget while held, then
 dropped — a process keeps no KB because it wrote it), one such load at a time per process, by
 the process holding the KB's claim in the store (``claim_snapshot``, renewed while it works,
@@ -103,7 +104,10 @@ class SnapshotSource(Protocol):
     """Where a KB's index at its current version comes from for a snapshot: the KB cache
     (``kb_cache.KbCache``), which makes itself its snapshotter's source."""
 
-    def cached_version(self, kb_id: str) -> int | None: ...
+    def caches(self, kb_id: str) -> bool:
+        """Whether the KB is cached here, or being loaded into the cache (a snapshot then
+        joins that load instead of loading the KB a second time apart)."""
+        ...
 
     async def snapshot_with(self, kb_id: str, write: Callable[[KnowledgeIndex], Awaitable[None]]) -> None:
         """``write`` the KB's index as it is now: the cached one refreshed, or one loaded apart
@@ -264,7 +268,7 @@ class Snapshotter:
         kb.following = True  # an eviction meanwhile does not call it off
         claimed = False
         try:
-            if source.cached_version(kb_id) is not None:
+            if source.caches(kb_id):
                 # Cached here: refreshed as a lookup would, written as any cached KB — no claim
                 # (nor a load apart): the index is in memory already.
                 if await self._due(kb_id, kb) is not None:

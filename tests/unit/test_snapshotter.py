@@ -17,6 +17,7 @@ from kato_grpc.stores import snapshot
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
 from kato_grpc.stores.memory import InMemoryPatternStore
+from kato_grpc.stores.protocols import KbChanges
 from kato_grpc.stores.snapshotter import CLAIM_SECONDS, SnapshotPolicy, Snapshotter
 from tests.unit.kit import kb_of, pattern_write
 
@@ -202,8 +203,8 @@ class SlowSource:
         self.twin, self.clock, self.seconds = twin, clock, seconds
         self.loads = 0
 
-    def cached_version(self, kb_id: str) -> int | None:
-        return None
+    def caches(self, kb_id: str) -> bool:
+        return False
 
     async def snapshot_with(self, kb_id: str, write: Callable[[KnowledgeIndex], Awaitable[None]]) -> None:
         self.loads += 1
@@ -422,6 +423,54 @@ def test_past_the_growth_share_the_cached_index_is_written_before_the_writes_are
         clock.advance(1.5)
         await settled(clock)
         assert store.saved == {"k": [first, second, third]}
+        await snapshotter.close()
+
+    asyncio.run(run())
+
+
+class SlowReads:
+    """The twin's ``KbReads``, each full read taking ``seconds`` of the test's clock
+    (``full_loads``: how many began)."""
+
+    def __init__(self, twin: InMemoryPatternStore, clock: FakeClock, seconds: float) -> None:
+        self.twin, self.clock, self.seconds = twin, clock, seconds
+        self.full_loads = 0
+
+    async def kb_version(self, kb_id: str) -> int:
+        return await self.twin.kb_version(kb_id)
+
+    async def changes_since(
+        self, kb_id: str, since: int, singles: dict[str, tuple[str]] | None = None, *, snapshots: bool = True
+    ) -> KbChanges:
+        if since == 0:
+            self.full_loads += 1
+            await self.clock.sleep(self.seconds)
+        return await self.twin.changes_since(kb_id, since, singles, snapshots=snapshots)
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(60):  # bounds a hang only
+        while not check():
+            await asyncio.sleep(0)
+
+
+def test_a_snapshot_joins_the_load_of_the_kb_into_the_cache_in_flight() -> None:
+    async def run() -> None:
+        store, clock = MemorySnapshots(), FakeClock()
+        reads = SlowReads(store.twin, clock, 10)
+        snapshotter = Snapshotter(store, QUICK, clock=clock)
+        cache = KbCache(reads, snapshotter=snapshotter, clock=clock.monotonic)
+        version = await _learned(store.twin, "k", 0, 20)
+        snapshotter.wrote("k", version)
+        call = asyncio.create_task(cache.view("k"))  # a call loads the KB: 10 s of reads
+        await _until(lambda: reads.full_loads == 1)
+        clock.advance(1.5)  # the writes are quiet while the load is still in flight
+        for _ in range(100):  # (all on the loop: the snapshotter reaches the load and waits on it)
+            await asyncio.sleep(0)
+        clock.advance(10)
+        await _until(lambda: bool(store.saved))
+        assert store.saved == {"k": [version]} and reads.full_loads == 1  # loaded once, not apart too
+        assert (await call).version == version and cache.cached_version("k") == version
         await snapshotter.close()
 
     asyncio.run(run())

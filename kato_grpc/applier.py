@@ -15,7 +15,8 @@ from functools import partial
 import structlog
 
 from kato_grpc.internal.v1 import session_pb2 as storage
-from kato_grpc.stores.protocols import PatternStore, SessionStore
+from kato_grpc.stores.protocols import Applied, PatternStore, SessionStore
+from kato_grpc.stores.snapshotter import KbWritten
 from kato_grpc.telemetry import Telemetry
 
 Apply = asyncio.Future[list[storage.PatternWrite]]
@@ -24,10 +25,15 @@ log = structlog.get_logger("kato.runner")
 
 
 class OutboxApplier:
-    def __init__(self, sessions: SessionStore, patterns: PatternStore, telemetry: Telemetry) -> None:
+    def __init__(
+        self, sessions: SessionStore, patterns: PatternStore, telemetry: Telemetry, written: KbWritten | None = None
+    ) -> None:
+        """``written`` hears each KB version an apply of this process made (the snapshotter:
+        a KB only ever learned into still gets its snapshot)."""
         self.sessions = sessions
         self.patterns = patterns
         self.telemetry = telemetry
+        self._written = written
         self._in_flight: dict[Apply, str] = {}  # apply -> its KB
         # By (session, outbox version): a call that finds its session's outbox pending joins
         # the apply already running instead of racing it.
@@ -87,7 +93,10 @@ class OutboxApplier:
             await asyncio.wait(pending)
         return bool(pending)
 
-    def _note_version(self, node_id: str, version: int) -> None:
+    def _note_version(self, node_id: str, applied: Applied) -> None:
+        version = applied.version
+        if applied.count and self._written is not None:
+            self._written(node_id, version)
         if version > self._versions.get(node_id, -1):
             if node_id not in self._versions and len(self._versions) >= MAX_REMEMBERED_KBS:
                 self._versions.pop(next(iter(self._versions)))
@@ -104,7 +113,7 @@ class OutboxApplier:
         try:
             applied = await self.patterns.apply_many(outbox.node_id, writes)
             await self.sessions.publish_kb_version(outbox.node_id, applied.version)
-            self._note_version(outbox.node_id, applied.version)
+            self._note_version(outbox.node_id, applied)
             self.telemetry.outbox_applied(len(writes), 0)
             return []
         except Exception as exc:
@@ -115,7 +124,7 @@ class OutboxApplier:
             try:
                 applied = await self.patterns.apply_many(outbox.node_id, [write])
                 await self.sessions.publish_kb_version(outbox.node_id, applied.version)
-                self._note_version(outbox.node_id, applied.version)
+                self._note_version(outbox.node_id, applied)
             except Exception as exc:
                 if not self.patterns.is_permanent(exc):
                     raise

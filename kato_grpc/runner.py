@@ -35,6 +35,7 @@ from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, PermissionDe
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.session_cache import SessionCache
 from kato_grpc.stores.protocols import CasResult, Loaded, PatternStore, SessionStore
+from kato_grpc.stores.snapshotter import KbWritten
 from kato_grpc.telemetry import NO_TELEMETRY, Telemetry
 
 R = TypeVar("R", bound=Message)
@@ -82,7 +83,9 @@ class TransactionRunner:
         policy: Policy | None = None,
         *,
         telemetry: Telemetry = NO_TELEMETRY,
+        written: KbWritten | None = None,
     ) -> None:
+        """``written``: see ``OutboxApplier``."""
         self.sessions = sessions
         self.patterns = patterns
         self.policy = policy or Policy()
@@ -92,7 +95,7 @@ class TransactionRunner:
         # What this process last committed (or loaded to commit on), by session: a call on one
         # of them skips its load (architecture.md §3, "One round trip").
         self.cache = SessionCache(self.policy.session_cache_bytes, self.policy.session_cache_sessions)
-        self.applier = OutboxApplier(sessions, patterns, telemetry)
+        self.applier = OutboxApplier(sessions, patterns, telemetry, written)
 
     async def load(self, session_id: str, caller: Caller, request_id: str = "") -> Loaded:
         """A session (its TTL slid), or NOT_FOUND; the caller must be allowed its node.

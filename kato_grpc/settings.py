@@ -118,14 +118,19 @@ class Settings(BaseSettings):
     # The KB cache's budget per process (estimated MB; unset: at most 100 KBs, no byte bound):
     # least-recently-used KBs are evicted whole and reloaded when asked for.
     kb_cache_max_mb: int | None = Field(None, ge=1)
-    # KB snapshots (docs/scaling.md, "Cold start"): a process caching a KB of at least
-    # kb_snapshot_min_patterns patterns stores a compact snapshot of it once the KB has been
-    # quiet for kb_snapshot_quiet_seconds after changes, or at once when the changes since the
-    # last snapshot reach kb_snapshot_growth times its size; a cold cache loads from it.
+    # KB snapshots (docs/scaling.md, "Cold start"; architecture.md §4): a KB of at least
+    # kb_snapshot_min_patterns patterns gets a compact snapshot once it has been quiet for
+    # kb_snapshot_quiet_seconds after changes — written by a process caching it, or by the
+    # process that wrote it (learns, imports, updates, deletes; loading it apart when it does
+    # not cache it) — and a process caching it also writes one at once when the changes since
+    # the last snapshot reach kb_snapshot_growth times its size; a cold cache loads from it.
+    # Every kb_snapshot_sweep_seconds (and at start; 0: at start only) a process looks for KBs
+    # that still lack one (their writer crashed or stopped within the quiet period).
     kb_snapshots: bool = True
     kb_snapshot_min_patterns: int = Field(1000, ge=1)
     kb_snapshot_quiet_seconds: float = Field(5.0, ge=0)
     kb_snapshot_growth: float = Field(0.25, gt=0)
+    kb_snapshot_sweep_seconds: float = Field(600.0, ge=0)
     # Knowledge bases (JSON list of ids) loaded into the cache before health says SERVING.
     preload_nodes: list[str] = Field(default_factory=list)
 

@@ -30,9 +30,15 @@ class Telemetry(Protocol):
 
     def kb_evicted(self, kb_id: str) -> None: ...
 
+    def kb_loaded(self, kb_id: str, source: str, seconds: float) -> None:
+        """The cache read a KB whole (a lookup's ``load``, or a reload after a wipe, delete,
+        update or compaction): ``source`` ``snapshot`` (its snapshot and the documents after
+        it) or ``documents`` (no usable snapshot); ``seconds`` the reads and the merge."""
+
     def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:
         """A KB snapshot this process set out to write: ``written``, ``skipped`` (one at least
-        as new was stored already) or ``failed``; ``seconds`` from start to end."""
+        as new was stored already), ``deferred`` (another process holds the KB's claim: looked
+        at again later) or ``failed``; ``seconds`` from start to end."""
 
     def engine_stopped(self) -> None:
         """A computation on an engine thread stopped at one of its checks because its call gave
@@ -60,6 +66,9 @@ class _NoTelemetry:
         return None
 
     def kb_evicted(self, kb_id: str) -> None:
+        return None
+
+    def kb_loaded(self, kb_id: str, source: str, seconds: float) -> None:
         return None
 
     def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
@@ -74,7 +74,9 @@ class KbCache:
         self._checked: dict[str, float] = {}
         self._loading: dict[str, asyncio.Task[KnowledgeIndex]] = {}
         self._bytes: dict[str, int] = {}  # each cached KB's estimate, as of its last load or refresh
-        self.total_bytes = 0
+        self.total_bytes = 0  # the cached KBs' estimates, and a KB's loaded apart for its snapshot
+        if snapshotter is not None:
+            snapshotter.source = self  # the KBs this process writes are loaded for their snapshots here
 
     async def view(self, kb_id: str, published: int | None = None) -> KnowledgeIndex:
         """The KB's index, refreshed if its version moved since it was cached.
@@ -82,9 +84,41 @@ class KbCache:
         ``published`` is the version from Redis (None if unknown): when it is not newer than
         the cache and MongoDB was checked recently, no MongoDB round trip happens at all.
         """
+        index, result = await self._current(kb_id, published)
+        self._events.kb_lookup(kb_id, result, len(index), self._bytes.get(kb_id, 0))
+        return index
+
+    async def snapshot_with(self, kb_id: str, write: Callable[[KnowledgeIndex], Awaitable[None]]) -> None:
+        """``write`` (a snapshot, ``snapshotter.SnapshotSource``) the KB as MongoDB has it now:
+        the cached index refreshed, when this process caches the KB; otherwise an index loaded
+        apart — through a cache of its own, so from the KB's snapshot and what came after it
+        like any load, with the decode and the large merges on threads — counted against this
+        cache's budget while ``write`` runs (the least recently used KBs are evicted for it, as
+        for any load) and dropped after: a process that only writes a KB never keeps it."""
+        if self.caches(kb_id):  # a load in flight is joined: the KB is never loaded twice at once
+            index, _ = await self._current(kb_id, None, check=True)
+            await write(index)
+            return
+        apart = KbCache(self._store, max_kbs=1, decode=self._decode, clock=self._clock)
+        index = await apart.view(kb_id)
+        size = apart.total_bytes
+        del apart
+        self.total_bytes += size
+        self._evict(keep=kb_id)
+        try:
+            await write(index)
+        finally:
+            self.total_bytes -= size
+            del index
+            if self._after_eviction is not None:
+                self._after_eviction()  # the index is freed: the heap it took goes back
+
+    async def _current(self, kb_id: str, published: int | None, *, check: bool = False) -> tuple[KnowledgeIndex, str]:
+        """``view``'s index and what the lookup did (``hit``, ``refresh``, ``load``);
+        ``check``: ask MongoDB for the version even when it was asked recently."""
         index = self._indexes.get(kb_id)
         now = self._clock()
-        recent = now - self._checked.get(kb_id, -1e9) < self._check_seconds
+        recent = not check and now - self._checked.get(kb_id, -1e9) < self._check_seconds
         # Writers publish after every applied write, so a missing version means no write since
         # Redis last knew it (or Redis lost the key): MongoDB, checked once a second, decides.
         if index is not None and (published is None or published <= index.version) and recent:
@@ -107,8 +141,7 @@ class KbCache:
                 index = await self._refresh(kb_id, index)
         if kb_id in self._indexes:  # another KB's load may have evicted it while this call waited
             self._indexes.move_to_end(kb_id)
-        self._events.kb_lookup(kb_id, result, len(index), self._bytes.get(kb_id, 0))
-        return index
+        return index, result
 
     def _loaded(self, kb_id: str, task: asyncio.Task[KnowledgeIndex]) -> None:
         if self._loading.get(kb_id) is task:
@@ -117,6 +150,7 @@ class KbCache:
             task.exception()  # retrieved: every waiter has seen it, none may be left to
 
     async def _refresh(self, kb_id: str, index: KnowledgeIndex | None) -> KnowledgeIndex:
+        started = time.perf_counter()
         since = index.version if index is not None else 0
         singles = index.singles if index is not None else {}
         changes = await self._store.changes_since(kb_id, since, singles)
@@ -132,6 +166,9 @@ class KbCache:
         if changes.full and base is None and changes.snapshot is not None:
             changes = await self._store.changes_since(kb_id, 0, singles, snapshots=False)
         index = await self._merge(kb_id, changes, singles, base)
+        if changes.full:
+            source = "snapshot" if base is not None else "documents"
+            self._events.kb_loaded(kb_id, source, time.perf_counter() - started)
         large = len(changes.patterns) >= FREEZE_AFTER or base is not None
         if self._snapshotter is not None:
             self._snapshotter.changed(kb_id, index, len(changes.patterns))
@@ -165,6 +202,10 @@ class KbCache:
             evicted = True
         if evicted and self._after_eviction is not None:
             self._after_eviction()
+
+    def caches(self, kb_id: str) -> bool:
+        """Whether the KB is cached, or being loaded into the cache."""
+        return kb_id in self._indexes or kb_id in self._loading
 
     def cached_version(self, kb_id: str) -> int | None:
         """The version this process has cached of a KB, or None (it is not cached)."""

@@ -7,7 +7,9 @@ contract as the MongoDB store (``tests/contract/test_pattern_stores.py``): a bat
 whole or not at all, the ledger makes each write (or an import's batch) apply once, a KB's
 version moves by one per committed change and never back (a wipe included), counters stay
 within engine.md D-30 and what a pattern accumulates within D-31, every change is one
-``kb_events`` entry that a wipe keeps, and a snapshot from before a wipe is never loaded.
+``kb_events`` entry that a wipe keeps, a snapshot from before a wipe is never loaded, a KB is
+due a snapshot while it has enough patterns and none as new as itself, and a snapshot claim is
+one owner's until it lapses (the caller says the time).
 Not shared between processes and not durable.
 """
 
@@ -250,6 +252,7 @@ class InMemoryPatternStore:
         self._ledger: set[str] = set()
         self._deployment = uuid.uuid4().hex
         self.dead_letters: dict[str, DeadLetter] = {}
+        self._claims: dict[str, tuple[str, float]] = {}  # KB -> (owner, until) of its snapshot claim
 
     def kb(self, kb_id: str) -> InMemoryKnowledgeBase:
         kb = self._kbs.get(kb_id)
@@ -383,6 +386,25 @@ class InMemoryPatternStore:
         gone = {v for v, _ in kb.symbol_log if v <= version}  # one log entry per batch, as stored
         kb.symbol_log = [(v, c) for v, c in kb.symbol_log if v > version]
         return len(gone)
+
+    async def snapshots_due(self, min_patterns: int, kb_ids: Sequence[str] | None = None) -> dict[str, int]:
+        kbs = self._kbs if kb_ids is None else {k: self._kbs[k] for k in kb_ids if k in self._kbs}
+        return {
+            kb_id: kb.version
+            for kb_id, kb in kbs.items()
+            if kb.totals().total_unique_patterns >= min_patterns and max(kb.snapshots, default=0) < kb.version
+        }
+
+    async def claim_snapshot(self, kb_id: str, owner: str, now: float, until: float) -> bool:
+        holder, held_until = self._claims.get(kb_id, (owner, now))
+        if holder != owner and held_until > now:
+            return False
+        self._claims[kb_id] = (owner, until)
+        return True
+
+    async def release_snapshot(self, kb_id: str, owner: str) -> None:
+        if self._claims.get(kb_id, ("", 0.0))[0] == owner:
+            del self._claims[kb_id]
 
     # --- DeploymentIdentity, TransactionSessions -----------------------------------------
 

@@ -11,11 +11,18 @@ parts are lost: the snapshot is damaged (``SnapshotError``, as for a checksum mi
 A snapshot at version V lets the symbol log up to V go (``compact``): ``kb.compacted_through``
 is raised first, then the log deleted, so a cache refresh that read the log meanwhile sees the
 KB document change and reads again (``MongoKbReads.changes_since``).
+
+``kb_snapshot_claims`` holds one document per KB that a process is loading for a snapshot
+(``_id`` the KB id, its owner, until when): taken by an upsert whose filter matches only a
+lapsed claim or the owner's own, so a live claim of another owner makes the upsert's insert
+collide on ``_id`` (DuplicateKeyError: not claimed). Kept apart from the ``kb`` document, which
+every learn's transaction updates: a claim never makes a learn conflict.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
@@ -127,6 +134,39 @@ class MongoSnapshots:
             return False
         await self._db.kb_snapshots.delete_many({"kb_id": kb_id, "version": {"$lt": version}})
         return True
+
+    @mapped
+    async def snapshots_due(self, min_patterns: int, kb_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """KBs of at least ``min_patterns`` patterns whose newest snapshot is older than them."""
+        query: Doc = {"total_unique_patterns": {"$gte": min_patterns}}
+        if kb_ids is not None:
+            query["kb_id"] = {"$in": list(kb_ids)}
+        kbs = {
+            str(doc["kb_id"]): int(doc["version"]) async for doc in self._db.kb.find(query, {"kb_id": 1, "version": 1})
+        }
+        if not kbs:
+            return {}
+        newest: dict[str, int] = {}
+        headers = self._db.kb_snapshots.find({"kb_id": {"$in": list(kbs)}, "part": HEADER}, {"kb_id": 1, "version": 1})
+        async for doc in headers:
+            newest[doc["kb_id"]] = max(newest.get(doc["kb_id"], 0), int(doc["version"]))
+        return {kb_id: version for kb_id, version in kbs.items() if newest.get(kb_id, 0) < version}
+
+    @mapped
+    async def claim_snapshot(self, kb_id: str, owner: str, now: float, until: float) -> bool:
+        try:
+            await self._db.kb_snapshot_claims.update_one(
+                {"_id": kb_id, "$or": [{"owner": owner}, {"until": {"$lte": now}}]},
+                {"$set": {"owner": owner, "until": until}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # another owner's claim, still running
+            return False
+        return True
+
+    @mapped
+    async def release_snapshot(self, kb_id: str, owner: str) -> None:
+        await self._db.kb_snapshot_claims.delete_one({"_id": kb_id, "owner": owner})
 
     @mapped
     async def compact_log(self, kb_id: str, version: int) -> int:

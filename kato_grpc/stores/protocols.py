@@ -401,7 +401,8 @@ class KbEventLog(Protocol):
 
 
 class KbSnapshots(Protocol):
-    """Snapshots of cached KBs (``snapshotter.py`` writes them, ``changes_since`` reads)."""
+    """KB snapshots (``snapshotter.py`` writes them, ``changes_since`` reads), which KBs lack
+    one, and the claim that keeps two processes from loading a KB for one at once."""
 
     async def latest_snapshot_version(self, kb_id: str) -> int:
         """The newest complete snapshot's version (0: none)."""
@@ -414,6 +415,23 @@ class KbSnapshots(Protocol):
     async def compact_log(self, kb_id: str, version: int) -> int:
         """Drop the symbol log up to ``version`` (a stored snapshot holds it): a full load
         then needs a snapshot at least that new. Returns how many log entries went."""
+        ...
+
+    async def snapshots_due(self, min_patterns: int, kb_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """KB id -> version of each KB (of ``kb_ids``, or every KB) that counts at least
+        ``min_patterns`` patterns (``total_unique_patterns``) and whose newest complete snapshot
+        is older than its version (none, or one from before its last change or wipe)."""
+        ...
+
+    async def claim_snapshot(self, kb_id: str, owner: str, now: float, until: float) -> bool:
+        """Hold the KB's snapshot claim until ``until`` (wall-clock seconds) — taking it, or
+        extending it when ``owner`` holds it — unless another owner's claim lasts past ``now``.
+        True: ``owner`` holds it. The caller says what time it is, so every store compares
+        times alike (a test's too)."""
+        ...
+
+    async def release_snapshot(self, kb_id: str, owner: str) -> None:
+        """Drop the KB's snapshot claim if ``owner`` holds it."""
         ...
 
 

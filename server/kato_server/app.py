@@ -163,6 +163,7 @@ class KatoServer:
         self._health_task: asyncio.Task[None] | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         if self.settings.gil_switch_interval:
@@ -194,6 +195,8 @@ class KatoServer:
         await self._check_health()
         self._health_task = asyncio.create_task(self._health_loop())
         self._relay_task = asyncio.create_task(self.relay.run(self._stopping))
+        if self.snapshotter is not None:  # KBs left without the snapshot due to them (§4)
+            self._sweep_task = asyncio.create_task(self.snapshotter.run(self._stopping))
         log.info("serving", host=self.settings.host, port=self.port)
         return self.port
 
@@ -277,7 +280,7 @@ class KatoServer:
         self._cutting = True
         await self.server.stop(max(left, 0.1))
         await self.runner.applier.drain(max(left, 0.1))
-        for task in (self._health_task, self._relay_task, self._reaper_task):
+        for task in (self._health_task, self._relay_task, self._reaper_task, self._sweep_task):
             if task is not None:
                 await task
         with contextlib.suppress(Exception):  # nothing of this process is left open in MongoDB

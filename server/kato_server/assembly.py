@@ -59,9 +59,9 @@ class PatternStores:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """What ``assemble`` built. The process that runs it starts ``relay.run``, and at
-    shutdown drains the servicer and the runner's applier, then closes ``engine`` and
-    ``snapshotter`` (``app.KatoServer.stop``)."""
+    """What ``assemble`` built. The process that runs it starts ``relay.run`` and
+    ``snapshotter.run`` (the sweep), and at shutdown drains the servicer and the runner's
+    applier, then closes ``engine`` and ``snapshotter`` (``app.KatoServer.stop``)."""
 
     runner: TransactionRunner
     cache: KbCache
@@ -93,8 +93,11 @@ def assemble(
     the runner, the KB cache, the engine threads and the session use cases report; ``clock``
     (seconds) times the KB cache's checks of MongoDB (the in-process tests give it theirs)."""
     cache, snapshotter = kb_cache_setup.kb_cache(settings, patterns.reads, patterns.snapshots, telemetry, clock)
+    # Every write of this process — learns (the relay's too), imports, pattern updates and
+    # deletes — tells the snapshotter, so a KB nobody reads still gets its snapshot (§4).
+    written = snapshotter.wrote if snapshotter is not None else None
     engine = EngineThreads(settings.engine_threads, settings.max_prediction_work, telemetry.engine_stopped)
-    runner = TransactionRunner(sessions, patterns.learns, runner_policy(settings), telemetry=telemetry)
+    runner = TransactionRunner(sessions, patterns.learns, runner_policy(settings), telemetry=telemetry, written=written)
     servicer = KatoServicer(
         settings,
         Sessions(
@@ -113,9 +116,10 @@ def assemble(
             patterns=patterns.patterns,
             writes=patterns.admin,
             runner=runner,
+            written=written,
         ),
         KbStats(sessions, cache, engine, patterns.patterns),
-        KbTransfer(settings, sessions, patterns.transfer),
+        KbTransfer(settings, sessions, patterns.transfer, written),
         KbWatch(settings, sessions, patterns.events),
     )
     relay = OutboxRelay(

@@ -18,6 +18,7 @@ from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import KbVersionBoard, KbWrites, PatternReads, RecordKey, RequestRecords
+from kato_grpc.stores.snapshotter import KbWritten
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import paging, validation
@@ -42,13 +43,17 @@ class KbAdmin:
         patterns: PatternReads,
         writes: KbWrites,
         runner: TransactionRunner,
+        written: KbWritten | None = None,
     ) -> None:
+        """``written`` hears the version of each update or delete (the snapshotter: a KB
+        changed only by them still gets its snapshot). A wipe leaves nothing to snapshot."""
         self.settings = settings
         self.versions = versions
         self.records = records
         self.patterns = patterns
         self.writes = writes
         self.runner = runner
+        self.written = written
 
     @staticmethod
     def _pattern(req: svc.GetPatternRequest | svc.DeletePatternRequest, caller: Caller) -> tuple[str, str]:
@@ -101,6 +106,7 @@ class KbAdmin:
         # Published as a delete's is: this process's cache (and any other's) refreshes at once
         # instead of at its next check of MongoDB's version (D-8).
         await self.versions.publish_kb_version(node, version)
+        self._wrote(node, version)
         return encoding.pattern_proto(record, node)
 
     async def delete_pattern(self, req: svc.DeletePatternRequest, caller: Caller) -> None:
@@ -109,6 +115,11 @@ class KbAdmin:
         if version is None:
             raise pattern_not_found(req.name)
         await self.versions.publish_kb_version(node, version)
+        self._wrote(node, version)
+
+    def _wrote(self, node: str, version: int) -> None:
+        if self.written is not None:
+            self.written(node, version)
 
     async def clear_knowledge_base(self, req: svc.ClearKnowledgeBaseRequest, caller: Caller) -> None:
         """KATO's clear-all: wipe the KB (of the session's node, or the one named) and, with a

@@ -25,10 +25,15 @@ def kb_cache(
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[KbCache, Snapshotter | None]:
     """The cache reading through ``reads``, and its snapshotter writing to ``snapshots``
-    (None when this process writes no snapshots: the server closes it at shutdown).
-    ``clock`` times the cache's checks of MongoDB's version (D-8)."""
+    (None when this process writes no snapshots: the server runs its sweep and closes it at
+    shutdown). The cache is the snapshotter's source: it loads the KBs this process wrote but
+    does not cache for their snapshots, within its budget. ``clock`` times the cache's checks
+    of MongoDB's version (D-8)."""
     policy = SnapshotPolicy(
-        settings.kb_snapshot_min_patterns, settings.kb_snapshot_quiet_seconds, settings.kb_snapshot_growth
+        settings.kb_snapshot_min_patterns,
+        settings.kb_snapshot_quiet_seconds,
+        settings.kb_snapshot_growth,
+        settings.kb_snapshot_sweep_seconds,
     )
     snapshotter = Snapshotter(snapshots, policy, telemetry) if settings.kb_snapshots else None
     cache = KbCache(

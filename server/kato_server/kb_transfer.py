@@ -19,6 +19,7 @@ from kato_grpc.errors import CounterLimit, FailedPrecondition, FieldViolation, I
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.settings import Settings
 from kato_grpc.stores.protocols import KbTransferStore, KbVersionBoard
+from kato_grpc.stores.snapshotter import KbWritten
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_server import validation
 
@@ -28,10 +29,19 @@ MAX_BATCH = 1000
 
 
 class KbTransfer:
-    def __init__(self, settings: Settings, versions: KbVersionBoard, patterns: KbTransferStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        versions: KbVersionBoard,
+        patterns: KbTransferStore,
+        written: KbWritten | None = None,
+    ) -> None:
+        """``written`` hears the version each applied import batch made (the snapshotter: an
+        imported KB gets its snapshot once the import is quiet, though nobody read it)."""
         self.settings = settings
         self.versions = versions
         self.patterns = patterns
+        self.written = written
 
     async def export(
         self, req: svc.ExportKnowledgeBaseRequest, caller: Caller
@@ -129,6 +139,8 @@ class Import:
             ) from exc
         if applied.count:
             await self.transfer.versions.publish_kb_version(self.node, applied.version)
+            if self.transfer.written is not None:
+                self.transfer.written(self.node, applied.version)
             self.out.applied_batches += 1
             self.out.patterns += len(req.patterns)
         self.out.batches += 1

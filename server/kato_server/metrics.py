@@ -59,6 +59,14 @@ class Metrics:
             ["knowledge_base"],
             registry=r,
         )
+        self.kb_loads = Counter("kato_kb_cache_loads", "KBs the cache read whole, by source", ["source"], registry=r)
+        self.kb_load_seconds = Histogram(
+            "kato_kb_cache_load_duration_seconds",
+            "Reading a KB whole into the cache, by source",
+            ["source"],
+            buckets=BUCKETS,
+            registry=r,
+        )
         self.kb_snapshots = Counter(
             "kato_kb_snapshots", "KB snapshots this process set out to write, by result", ["result"], registry=r
         )
@@ -113,6 +121,10 @@ class Metrics:
         self.kb_evictions.inc()
         self.kb_patterns.remove(kb_id)
         self.kb_bytes.remove(kb_id)
+
+    def kb_loaded(self, kb_id: str, source: str, seconds: float) -> None:
+        self.kb_loads.labels(source).inc()
+        self.kb_load_seconds.labels(source).observe(seconds)
 
     def kb_snapshot(self, kb_id: str, result: str, seconds: float) -> None:
         self.kb_snapshots.labels(result).inc()

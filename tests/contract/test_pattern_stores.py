@@ -349,6 +349,61 @@ def test_a_full_load_starts_from_the_newest_snapshot_and_a_compacted_log_needs_o
     run(body)
 
 
+def _distinct(kb_id: str, first: int, count: int) -> list[storage.PatternWrite]:
+    """``count`` learns of distinct patterns (each a new one)."""
+    writes = []
+    for i in range(first, first + count):
+        write = pattern_write([[f"s{i}"], ["x"]])
+        write.write_id = f"{kb_id}-{i}"
+        writes.append(write)
+    return writes
+
+
+def test_which_kbs_are_due_a_snapshot(run: Callable[[Body], None]) -> None:
+    async def body(side: Side) -> None:
+        due = side.snapshots.snapshots_due
+        big = (await side.learns.apply_many("big", _distinct("big", 0, 5))).version
+        await side.learns.apply_many("small", _distinct("small", 0, 2))
+        relearned = await side.learns.apply_many("small", [pattern_write([["s0"], ["x"]])])  # not a new pattern
+        assert relearned.count == 1
+        assert await due(3) == {"big": big}  # by patterns, not learns: "small" has 2
+        assert await due(2) == {"big": big, "small": relearned.version}
+        assert await due(2, ["small", "never-written"]) == {"small": relearned.version}
+        assert await due(3, []) == {}
+        # A snapshot of its version: no longer due; a write after it makes it due again.
+        assert await side.snapshots.save_snapshot("big", big, b"snapshot")
+        assert await due(3) == {}
+        later = (await side.learns.apply_many("big", _distinct("big", 5, 1))).version
+        assert await due(3) == {"big": later}
+        # A wiped KB has no patterns: nothing to snapshot. Refilled, a snapshot from before the
+        # wipe (stored after it) does not count.
+        await side.writes.clear("big")
+        assert await due(1, ["big"]) == {}
+        assert await side.snapshots.save_snapshot("big", later, b"from before the wipe")
+        refilled = (await side.learns.apply_many("big", _distinct("big", 10, 3))).version
+        assert await due(3, ["big"]) == {"big": refilled}
+
+    run(body)
+
+
+def test_a_snapshot_claim_is_one_owners_until_it_lapses(run: Callable[[Body], None]) -> None:
+    async def body(side: Side) -> None:
+        claim, release, t = side.snapshots.claim_snapshot, side.snapshots.release_snapshot, 1_000_000.0
+        assert await claim("k", "a", t, t + 60)
+        assert not await claim("k", "b", t + 59, t + 119)  # a's, still running
+        assert await claim("k", "a", t + 30, t + 90)  # its owner extends it
+        assert not await claim("k", "b", t + 89, t + 149)
+        assert await claim("other", "b", t + 89, t + 149)  # one claim per KB
+        assert await claim("k", "b", t + 90, t + 150)  # lapsed: anyone's
+        assert not await claim("k", "a", t + 100, t + 160)
+        await release("k", "a")  # not a's: it stays
+        assert not await claim("k", "a", t + 100, t + 160)
+        await release("k", "b")
+        assert await claim("k", "a", t + 100, t + 160)
+
+    run(body)
+
+
 def test_patterns_read_updated_and_deleted(run: Callable[[Body], None]) -> None:
     async def body(side: Side) -> None:
         writes = random_writes(30, 6)

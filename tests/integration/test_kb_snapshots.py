@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,12 +29,14 @@ from kato_grpc.stores.mongo_snapshots import SnapshotMoved
 from kato_grpc.stores.mongo_store import MongoStores
 from kato_grpc.stores.protocols import KbChanges, StoredSnapshot
 from kato_grpc.stores.snapshotter import SnapshotPolicy, Snapshotter
+from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from kato_server import devstack
 from kato_server.devserver import new_server
 from tests import snapshot_forgery as forgery
 from tests.integration.support import details, eventually
+from tests.integration.test_metrics import scrape
 from tests.unit.kit import random_writes as _writes
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
@@ -387,3 +390,104 @@ def test_a_fresh_server_answers_from_the_snapshot_another_server_wrote(stores: S
             assert kato.get_knowledge_base(kb) == stats
     finally:
         reader.stop()
+
+
+# --- KBs only written (issue 23) ------------------------------------------------------------
+
+
+def _observations(patterns: int, first: int = 0) -> list[pb.Observation]:
+    """Three events per pattern, each pattern's own symbols."""
+    return [pb.Observation(strings=[f"t{i}-{j}", f"x{j}"]) for i in range(first, first + patterns) for j in range(3)]
+
+
+def _bulk_trained(kato: KatoClient, kb_id: str, patterns: int) -> None:
+    """Bulk training as bench.service does it: predictions off, a pattern every three
+    observations, nothing ever read (the process never caches the KB)."""
+    config = pb.SessionConfig(process_predictions=False)
+    session = kato.create_session(kb_id, config=config).name
+    for first in range(0, patterns, 50):
+        count = min(50, patterns - first)
+        reply = kato.observe_sequence(
+            session, _observations(count, first), learn_after=[3 * k + 2 for k in range(count)]
+        )
+        assert len(reply.auto_learned_patterns) == count
+
+
+def _imported(kato: KatoClient, kb_id: str, patterns: int) -> None:
+    stored = [
+        pb.Pattern(events=[pb.Event(symbols=[f"i{i}"]), pb.Event(symbols=["y", f"z{i % 7}"])], frequency=1 + i % 3)
+        for i in range(patterns)
+    ]
+    kato.import_knowledge_base(build.import_requests(kb_id, "fill", stored, batch_size=40))
+
+
+def _snapshot_of_the_kb(db: Any, kb_id: str) -> bool:
+    """Whether the KB's newest snapshot is of its current version (a cold load reads no document)."""
+    version = (db.kb.find_one({"kb_id": kb_id}) or {}).get("version", -1)
+    return db.kb_snapshots.find_one({"kb_id": kb_id, "part": -1, "version": version}) is not None
+
+
+def _first_calls_from_snapshots(stores: Stores, log_dir: Path, database: str, expected: dict[str, int]) -> None:
+    """A fresh server (writing no snapshot of its own) answers its first call on each KB from
+    the KB's snapshot: its cache loads each from a snapshot, none from documents."""
+    port = devstack.free_port()
+    reader = new_server(*stores, log_dir, database).start(KATO_KB_SNAPSHOTS="false", KATO_METRICS_PORT=str(port))
+    try:
+        with KatoClient(reader.address) as kato:
+            for kb_id, patterns in expected.items():
+                stats = kato.get_knowledge_base(kb_id)
+                assert not stats.cache.cached and stats.pattern_count == patterns, kb_id
+        metrics = scrape(port)
+        assert metrics.get('kato_kb_cache_loads_total{source="snapshot"}') == len(expected)
+        assert metrics.get('kato_kb_cache_loads_total{source="documents"}', 0) == 0
+    finally:
+        reader.stop()
+
+
+def test_kbs_only_written_get_their_snapshot_from_the_writer(stores: Stores, log_dir: Path) -> None:
+    database, tag = "kato_" + uuid.uuid4().hex[:8], uuid.uuid4().hex[:6]
+    imported, trained = f"imported-{tag}", f"trained-{tag}"
+    port = devstack.free_port()
+    writer = new_server(*stores, log_dir, database).start(
+        KATO_KB_SNAPSHOT_MIN_PATTERNS="50", KATO_KB_SNAPSHOT_QUIET_SECONDS="0.3", KATO_METRICS_PORT=str(port)
+    )
+    mongo: MongoClient[dict[str, Any]] = MongoClient(devstack.mongodb_uri(stores[1]))
+    db = mongo[database]
+    try:
+        with KatoClient(writer.address) as kato:
+            _imported(kato, imported, 120)
+            _bulk_trained(kato, trained, 150)
+            assert eventually(lambda: _snapshot_of_the_kb(db, imported) and _snapshot_of_the_kb(db, trained), 60)
+        metrics = scrape(port)
+        # The writer wrote them without ever having either KB in its cache.
+        assert metrics.get('kato_kb_snapshots_total{result="written"}', 0) >= 2
+        assert not any(k.startswith("kato_kb_cache_loads_total") for k in metrics)
+    finally:
+        writer.stop()
+        mongo.close()
+    _first_calls_from_snapshots(stores, log_dir, database, {imported: 120, trained: 150})
+
+
+def test_a_kb_whose_writer_died_within_its_quiet_period_gets_its_snapshot_from_the_next_sweep(
+    stores: Stores, log_dir: Path
+) -> None:
+    database, kb_id = "kato_" + uuid.uuid4().hex[:8], "orphan-" + uuid.uuid4().hex[:6]
+    settings = {"KATO_KB_SNAPSHOT_MIN_PATTERNS": "50", "KATO_KB_SNAPSHOT_QUIET_SECONDS": "3600"}
+    writer = new_server(*stores, log_dir, database).start(**settings)
+    mongo: MongoClient[dict[str, Any]] = MongoClient(devstack.mongodb_uri(stores[1]))
+    db = mongo[database]
+    try:
+        with KatoClient(writer.address) as kato:
+            _imported(kato, kb_id, 80)
+        writer.stop(signal.SIGKILL)  # its snapshot was an hour away
+        assert db.kb_snapshots.count_documents({"kb_id": kb_id}) == 0
+        # The next process to start sweeps: the KB is due, and has been quiet.
+        successor = new_server(*stores, log_dir, database).start(**settings | {"KATO_KB_SNAPSHOT_QUIET_SECONDS": "0.3"})
+        try:
+            assert eventually(lambda: _snapshot_of_the_kb(db, kb_id), 60)
+        finally:
+            successor.stop()
+    finally:
+        writer.stop()
+        mongo.close()
+    _first_calls_from_snapshots(stores, log_dir, database, {kb_id: 80})

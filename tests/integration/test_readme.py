@@ -94,8 +94,8 @@ def test_make_run_says_where_it_serves_then_serves_there(tmp_path: Path) -> None
     env.update(KATO_PORT=str(port), KATO_DATA_DIR=str(tmp_path / "data"))
     proc = subprocess.Popen(
         # --old-file: the virtualenv this test runs in is the one to use (never reinstalled here).
-        ["make", "--no-print-directory", "--old-file=.venv/.installed", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        ["make", "--no-print-directory", "--old-file=.venv/.installed", "run"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None

@@ -481,6 +481,16 @@ class GatedPatterns:
 
         return await through(self.gates, "apply_batch", apply)
 
+    # What the snapshots that follow writes and the sweep ask (not driven yet: §10).
+    async def snapshots_due(self, min_patterns: int, kb_ids: Sequence[str] | None = None) -> dict[str, int]:
+        return await through(self.gates, "snapshots_due", lambda: self.twin.snapshots_due(min_patterns, kb_ids))
+
+    async def claim_snapshot(self, kb_id: str, owner: str, now: float, until: float) -> bool:
+        return await through(self.gates, "claim_snapshot", lambda: self.twin.claim_snapshot(kb_id, owner, now, until))
+
+    async def release_snapshot(self, kb_id: str, owner: str) -> None:
+        await through(self.gates, "release_snapshot", lambda: self.twin.release_snapshot(kb_id, owner))
+
 
 class WatchedCache(KbCache):
     """The real KB cache, telling the model which KB version each call's view had (so that
@@ -601,6 +611,9 @@ class SnapshotClock:
         self.clock = clock
 
     def monotonic(self) -> float:
+        return self.clock()
+
+    def time(self) -> float:
         return self.clock()
 
     async def sleep(self, seconds: float) -> None:

@@ -1,5 +1,7 @@
 """The KB cache under concurrent callers: one load per KB, shared; a caller that gives up does
-not cancel it; a KB evicted while a call waits still answers that call."""
+not cancel it; a KB evicted while a call waits still answers that call. And the index a
+snapshot is written from: a KB not cached is loaded apart, counted against the budget only
+while held."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pytest
 from kato_grpc.engine.knowledge import PatternRecord, Totals
 from kato_grpc.stores.index import KnowledgeIndex
 from kato_grpc.stores.kb_cache import KbCache
+from kato_grpc.stores.memory import InMemoryPatternStore
 from kato_grpc.stores.protocols import KbChanges
+from tests.unit.kit import pattern_write
 
 
 class SlowStore:
@@ -161,5 +165,33 @@ def test_a_caller_waiting_for_a_load_ends_at_its_deadline() -> None:
             await asyncio.wait_for(cache.view("k"), 0.01)
         store.gate.set()
         assert (await cache.view("k")).version == 1 and store.loads == 1  # the load went on
+
+    asyncio.run(run())
+
+
+def test_a_kb_loaded_apart_for_its_snapshot_counts_against_the_budget_only_while_held() -> None:
+    async def run() -> None:
+        twin = InMemoryPatternStore()
+        for kb_id in ("c", "d", "k"):
+            await twin.apply_many(kb_id, [pattern_write([[f"{kb_id}{i}"], ["x"]]) for i in range(30)])
+        sizes = {kb_id: (await KbCache(twin).view(kb_id)).estimated_bytes() for kb_id in ("c", "d", "k")}
+        trims: list[str] = []
+        cache = KbCache(twin, max_bytes=sizes["c"] + sizes["d"], after_eviction=lambda: trims.append("trim"))
+        await cache.view("c")
+        await cache.view("d")  # both fit
+        seen: list[tuple[int, int, int | None, int | None]] = []
+
+        async def write(index: KnowledgeIndex) -> None:
+            seen.append((len(index), cache.total_bytes, cache.cached_version("c"), cache.cached_version("k")))
+
+        await cache.snapshot_with("k", write)
+        # While held, "k" counted: the least recently used KB made room for it; "k" never cached.
+        assert seen == [(30, sizes["d"] + sizes["k"], None, None)]
+        assert cache.total_bytes == sizes["d"] and cache.cached_version("k") is None
+        assert trims == ["trim", "trim"]  # the eviction's, and the dropped index's
+        # A KB this process caches is refreshed in place for its snapshot, and stays.
+        version = (await twin.apply_many("d", [pattern_write([["new"], ["x"]])])).version
+        await cache.snapshot_with("d", write)
+        assert seen[-1][0] == 31 and cache.cached_version("d") == version
 
     asyncio.run(run())

@@ -231,7 +231,10 @@ class Snapshotter:
             while kb.pending or kb.written:
                 index = kb.index() if kb.index is not None else None
                 wait = quiet - (self._clock.monotonic() - kb.last_change)
-                grown = index is not None and kb.pending >= self._policy.growth * len(index)
+                # Grown: changes merged into the cached index past its share. None merged is
+                # never grown, even of an empty index (that read as grown, the loop spun
+                # without awaiting while this process's writes were not quiet yet).
+                grown = index is not None and kb.pending > 0 and kb.pending >= self._policy.growth * len(index)
                 if wait > 0 and not grown:
                     del index
                     await self._clock.sleep(wait)

@@ -11,6 +11,7 @@ so nothing depends on how fast the machine gets through a real sleep."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 from kato_grpc.stores import snapshot
@@ -474,3 +475,39 @@ def test_a_snapshot_joins_the_load_of_the_kb_into_the_cache_in_flight() -> None:
         await snapshotter.close()
 
     asyncio.run(run())
+
+
+def test_a_write_to_a_kb_cached_empty_waits_out_its_quiet_period_without_spinning() -> None:
+    """A process caches a KB while it is empty (its first Observe), then learns into it: the
+    snapshot is followed up after the quiet period — and until then the follow-up sleeps. It
+    once spun without yielding (an empty index read as "grown past the growth share" on every
+    pass), blocking the event loop of every server whose first learn went to a KB it had cached
+    empty. The scenario runs on a thread of its own so that a spin fails the test instead of
+    hanging it (the join bounds a hang only)."""
+    outcome: list[object] = []
+
+    async def run() -> None:
+        store, clock = MemorySnapshots(), FakeClock()
+        snapshotter = Snapshotter(store, QUICK, clock=clock, owner="me")
+        cache = KbCache(store.twin, snapshotter=snapshotter, check_seconds=60, clock=clock.monotonic)
+        assert len(await cache.view("k")) == 0  # cached empty
+        snapshotter.wrote("k", await _learned(store.twin, "k", 0, 20))  # not yet refreshed here
+        await settled(clock)
+        assert store.saved == {} and len(clock.asleep) == 1  # waiting out the quiet period
+        clock.advance(1.5)
+        await settled(clock)
+        assert store.saved == {"k": [1]}
+        await snapshotter.close()
+        outcome.append("done")
+
+    def thread() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # reported by the test below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=thread, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the snapshotter spun: the event loop never came back"
+    assert outcome == ["done"], outcome

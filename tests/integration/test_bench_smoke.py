@@ -102,3 +102,8 @@ def test_heavy_call_benchmark_smoke() -> None:
     for row in ("| health checks / Observes during the heavy calls |", "| Observe latency p50 / p99 |"):
         assert row in out
     assert "| the heavy GetPredictions (median) |" in out
+
+
+def test_round_trip_benchmark_smoke() -> None:
+    out = _bench("bench.round_trip", "--rounds", "1", "--calls", "30")
+    assert "| one round trip |" in out and "| two round trips |" in out and "Observe p50 / health p50" in out

@@ -23,7 +23,7 @@ from kato_server.devserver import new_server
 def run(rounds: int, calls: int) -> Rounds:
     with (
         tempfile.TemporaryDirectory() as tmp,
-        devstack.local_stores(Path(tmp)) as (redis, mongo),
+        devstack.local_stores(Path(tmp), throwaway=True) as (redis, mongo),
         devcluster.local_cluster(Path(tmp) / "cluster") as cluster,
     ):
         variants = {

@@ -31,7 +31,6 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -124,15 +123,15 @@ def run(patterns: int, restarts: int) -> Result:
     """The issue-14 run (``--fill read``)."""
     env = PATIENT | SNAPSHOT_SOON
     preload = env | {"KATO_PRELOAD_NODES": f'["{NODE}"]'}
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False).start(**env)
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False).start(**env)
         try:
             rate, from_documents = asyncio.run(_train_then_query(server.address, NODE, patterns))
             header = wait_for_snapshot(mongo, "kato", NODE)
         finally:
             server.stop()
-        cold = [_restart(redis, mongo, Path(tmp), env) for _ in range(restarts)]
-        preloaded = [_restart(redis, mongo, Path(tmp), preload) for _ in range(restarts)]
+        cold = [_restart(redis, mongo, tmp, env) for _ in range(restarts)]
+        preloaded = [_restart(redis, mongo, tmp, preload) for _ in range(restarts)]
     return Result(patterns, rate, from_documents, header, cold, preloaded)
 
 
@@ -193,8 +192,8 @@ def run_write_only(fill: str, patterns: int, restarts: int) -> WriteOnly:
     """The KB filled by ``fill`` alone, its writer's snapshot, then fresh processes' first calls."""
     env = PATIENT | SNAPSHOT_SOON
     node = f"{NODE}-{fill}"
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False).start(**env)
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False).start(**env)
         try:
             if fill == "train":
                 rate = asyncio.run(_trained(server.address, node, patterns))
@@ -208,7 +207,7 @@ def run_write_only(fill: str, patterns: int, restarts: int) -> WriteOnly:
         cold, sources = [], []
         for _ in range(restarts):
             port = devstack.free_port()
-            fresh = new_server(redis, mongo, Path(tmp), quick=False).start(**env, KATO_METRICS_PORT=str(port))
+            fresh = new_server(redis, mongo, tmp, quick=False).start(**env, KATO_METRICS_PORT=str(port))
             try:
                 cold.append(asyncio.run(first_observe(fresh.address, node)))
                 sources.append(_load_sources(port))

@@ -16,7 +16,6 @@ import platform
 import random
 import re
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -64,9 +63,9 @@ def measure(calls: int) -> tuple[list[Row], dict[str, int]]:
     alphabet = [f"s{i}" for i in range(500)]
     rows: list[Row] = []
     sizes: dict[str, int] = {}
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
+    with devstack.scratch_stores() as (redis, mongo, tmp):
         metrics = devstack.free_port()
-        server = new_server(redis, mongo, Path(tmp), "bench_costs", quick=False).start(KATO_METRICS_PORT=str(metrics))
+        server = new_server(redis, mongo, tmp, "bench_costs", quick=False).start(KATO_METRICS_PORT=str(metrics))
         try:
             with KatoClient(server.address, retries=0) as kato:
                 session = kato.create_session("costs")

@@ -21,7 +21,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -106,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     health: list[float] = []
     observes: list[float] = []
     heavy: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), "bench_heavy_call", quick=False).start()
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, "bench_heavy_call", quick=False).start()
         try:
             for _ in range(args.rounds):
                 h, o, seconds = one_round(server, rnd)

@@ -13,7 +13,6 @@ import datetime as dt
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,14 +50,14 @@ def visibility_ms(writer: ServerProcess, reader: ServerProcess, learns: int) -> 
 
 
 def run(rounds: int, calls: int, learns: int) -> tuple[Rounds, list[float]]:
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
+    with devstack.scratch_stores() as (redis, mongo, tmp):
         servers = {
-            "applied": new_server(redis, mongo, Path(tmp), "bench_applied", redis_db=1, quick=False).start(),
-            "committed": new_server(redis, mongo, Path(tmp), "bench_committed", redis_db=2, quick=False).start(
+            "applied": new_server(redis, mongo, tmp, "bench_applied", redis_db=1, quick=False).start(),
+            "committed": new_server(redis, mongo, tmp, "bench_committed", redis_db=2, quick=False).start(
                 KATO_LEARN_ACK="committed"
             ),
         }
-        reader = new_server(redis, mongo, Path(tmp), "bench_committed", redis_db=2, quick=False).start()
+        reader = new_server(redis, mongo, tmp, "bench_committed", redis_db=2, quick=False).start()
         try:
             results = alternate(servers, rounds, calls)
             lags = visibility_ms(servers["committed"], reader, learns)

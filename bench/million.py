@@ -16,7 +16,6 @@ import datetime as dt
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,8 +41,8 @@ async def _suite(server: ServerProcess, patterns: int, queries: int) -> tuple[di
 
 
 def run(patterns: int, queries: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False).start(**PATIENT, **SNAPSHOT_SOON)
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False).start(**PATIENT, **SNAPSHOT_SOON)
         try:
             t0 = time.monotonic()
             row, rate = asyncio.run(_suite(server, patterns, queries))
@@ -53,7 +52,7 @@ def run(patterns: int, queries: int) -> dict[str, float]:
             server.stop()
         colds = []
         for _ in range(RESTARTS):
-            restarted = new_server(redis, mongo, Path(tmp), quick=False).start(**PATIENT, **SNAPSHOT_SOON)
+            restarted = new_server(redis, mongo, tmp, quick=False).start(**PATIENT, **SNAPSHOT_SOON)
             try:
                 colds.append(asyncio.run(first_observe(restarted.address, NODE)))
                 row["cold_rss_mb"] = restarted.rss_mb()

@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import platform
 import sys
-import tempfile
 from concurrent import futures
 from pathlib import Path
 
@@ -56,11 +55,11 @@ def run(rounds: int, calls: int) -> tuple[Rounds, int]:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, sink)  # type: ignore[no-untyped-call]
     sink_port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
+    with devstack.scratch_stores() as (redis, mongo, tmp):
         # Each server its own Redis database too: two servers sharing one would see each
         # other's published KB versions and refresh their caches on every call.
         servers = {
-            name: new_server(redis, mongo, Path(tmp), f"bench_{i}", redis_db=i + 1, quick=False).start(**env)
+            name: new_server(redis, mongo, tmp, f"bench_{i}", redis_db=i + 1, quick=False).start(**env)
             for i, (name, env) in enumerate(variants(sink_port).items())
         }
         try:

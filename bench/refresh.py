@@ -19,7 +19,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -110,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     worst: list[float] = []
     calls: list[tuple[float, str]] = []
     refreshes: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), "bench_refresh", quick=False).start()
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, "bench_refresh", quick=False).start()
         try:
             for _ in range(args.rounds):
                 latencies, seconds, code, refresh = one_round(server, rnd)

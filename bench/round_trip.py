@@ -13,7 +13,6 @@ import datetime as dt
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from bench.ab import Rounds, alternate, table
@@ -25,10 +24,10 @@ VARIANTS = {"two round trips": {"KATO_SESSION_CACHE_MB": "0"}, "one round trip":
 
 
 def run(rounds: int, calls: int) -> Rounds:
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
+    with devstack.scratch_stores() as (redis, mongo, tmp):
         # Each server its own Redis database and MongoDB database: neither sees the other's KB.
         servers = {
-            name: new_server(redis, mongo, Path(tmp), f"bench_{i}", redis_db=i + 1, quick=False).start(**env)
+            name: new_server(redis, mongo, tmp, f"bench_{i}", redis_db=i + 1, quick=False).start(**env)
             for i, (name, env) in enumerate(VARIANTS.items())
         }
         try:

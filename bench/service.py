@@ -18,7 +18,6 @@ import math
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -219,8 +218,8 @@ async def stream_vs_unary(stub: svc_grpc.KatoServiceAsyncStub, n: int) -> tuple[
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False)
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="1")
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
@@ -232,7 +231,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["predictions"], results["training_rate"] = rows, rate
         finally:
             server.stop()
-        server = new_server(redis, mongo, Path(tmp), quick=False)
+        server = new_server(redis, mongo, tmp, quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
             results["throughput"] = await throughput(server.address, 64, args.seconds)

@@ -18,7 +18,6 @@ import asyncio
 import datetime as dt
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -66,8 +65,8 @@ async def client(kato: AsyncKatoClient, k: int, stop: float, codes: Counter[str]
 
 
 async def run(minutes: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False)
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False)
         await asyncio.to_thread(server.start, KATO_WORKERS="2")
         try:
             # Retries off: the soak counts what the server answers, not what a retry hides.

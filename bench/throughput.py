@@ -1,7 +1,7 @@
 """Unary Observe throughput and where its CPU goes (issue 14's targets: ≥ 2,000 observe/s with
 64 sessions on this 2-core machine; Observe within 2x a bare health RPC in the same run).
 
-    python -m bench.throughput [--rounds 3] [--seconds 10] [--write BENCHMARKS.md]
+    python -m bench.throughput [--rounds 3] [--seconds 10] [--calls 500] [--write BENCHMARKS.md]
 
 Per round, against one server of 2 worker processes on the local stores: 64 concurrent loops
 of unary Observe (as ``bench.service``: 64 sessions on 4 fresh nodes over 8 connections), then
@@ -18,7 +18,6 @@ import datetime as dt
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -70,20 +69,21 @@ def _per_call(
     return {"rate": rate} | {k: (after[k] - before[k]) / calls * 1000 for k in PROCESSES}
 
 
-async def _latency(address: str) -> dict[str, Any]:
+async def _latency(address: str, calls: int) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(address) as channel:
-        return await latency_suite(svc_grpc.KatoServiceStub(channel), health_pb2_grpc.HealthStub(channel), 500)
+        return await latency_suite(svc_grpc.KatoServiceStub(channel), health_pb2_grpc.HealthStub(channel), calls)
 
 
-def run(rounds: int, seconds: float) -> list[dict[str, dict[str, float]]]:
+def run(rounds: int, seconds: float, calls: int = 500) -> list[dict[str, dict[str, float]]]:
     out = []
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False).start(KATO_WORKERS="2")
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False).start(KATO_WORKERS="2")
         try:
             pids = {"server": server.pids(), "redis": [redis.proc.pid], "mongodb": [mongo.proc.pid]}
-            asyncio.run(throughput(server.address, 64, 2))  # sessions, connections and caches warm
+            # Sessions, connections and caches warm: 2 s, or one window when windows are shorter.
+            asyncio.run(throughput(server.address, 64, min(2.0, seconds)))
             for _ in range(rounds):
-                latency = asyncio.run(_latency(server.address))
+                latency = asyncio.run(_latency(server.address, calls))
                 out.append(
                     {
                         "observe": _per_call(lambda: throughput(server.address, 64, seconds), pids, seconds),
@@ -139,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--calls", type=int, default=500, help="calls per latency figure at concurrency 1")
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args(argv)
     command = "python -m bench.throughput " + " ".join(sys.argv[1:] if argv is None else argv)
-    emit(report(run(args.rounds, args.seconds), command), args.write)
+    emit(report(run(args.rounds, args.seconds, args.calls), command), args.write)
     return 0
 
 

@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,19 +58,19 @@ def _frequencies(kato: KatoClient, kb: str) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), quick=False)
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, quick=False)
         server.start(KATO_WORKERS="1")
         try:
             with KatoClient(server.address, timeout=600) as kato:
-                text = Path(tmp) / "corpus.txt"
+                text = tmp / "corpus.txt"
                 corpus(text, args.sequences)
                 result = train(kato, "bench-train", Corpus([text]), batch=200, parallel=2)
                 out |= {"train_rate": result.learned / result.seconds, "train_seconds": result.seconds}
                 out |= {"train_learned": result.learned, "train_new": result.new}
                 print(f"train: {out['train_rate']:,.0f} patterns/s", flush=True)
                 # The same sequences through unary calls (a sample: unary is ~100x slower).
-                sample = Path(tmp) / "sample.txt"
+                sample = tmp / "sample.txt"
                 sample.write_text("".join(text.read_text().splitlines(keepends=True)[: args.sample]))
                 train(kato, "bench-train-sample", Corpus([sample]), batch=200, parallel=2)
                 session = kato.create_session("bench-unary")
@@ -88,12 +87,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                     {"events": [[rnd.choice(VOCABULARY)] for _ in range(rnd.randint(5, 10))], "frequency": 1 + i % 3}
                     for i in range(args.patterns)
                 )
-                source = Path(tmp) / "source.jsonl"
+                source = tmp / "source.jsonl"
                 _write_generated(source, patterns)
                 t0 = time.monotonic()
                 transfer.import_file(kato, "bench-source", source, "gen")
                 print(f"generated import: {args.patterns / (time.monotonic() - t0):,.0f} patterns/s", flush=True)
-                exported = Path(tmp) / "export.jsonl"
+                exported = tmp / "export.jsonl"
                 rss0, server0, t0 = _rss_mb(), server.rss_mb(), time.monotonic()
                 with exported.open("w", encoding="utf-8") as fh:
                     count, _ = transfer.export(kato, "bench-source", fh)

@@ -16,7 +16,6 @@ import datetime as dt
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -87,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learns", type=int, default=60)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, devstack.local_stores(Path(tmp)) as (redis, mongo):
-        server = new_server(redis, mongo, Path(tmp), "bench_watchers", quick=False).start()
+    with devstack.scratch_stores() as (redis, mongo, tmp):
+        server = new_server(redis, mongo, tmp, "bench_watchers", quick=False).start()
         try:
             alone, beside, received = asyncio.run(measure(server.address, args.watchers, args.learns))
         finally:

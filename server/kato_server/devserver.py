@@ -2,17 +2,31 @@
 
 One harness for both: start a server on a free port (its own Redis database and MongoDB
 database when asked), wait until it is SERVING, give out stubs, read its memory, stop it.
+
+With ``DEVSERVER_FORK=1`` in the environment (the test suite sets it: tests/conftest.py) a
+server process is forked from a multiprocessing fork server that has already imported
+``kato_server`` instead of started by ``python -m``: the same code in its own process on its
+own port, with its own environment, log file, signals and exit code, minus the ~1 CPU-s of
+imports a fresh interpreter spends before it serves (docs/architecture.md §8). The benchmarks
+leave it unset: their cold starts must be real ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
+import multiprocessing
 import os
+import runpy
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +35,108 @@ from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from kato_server import devstack
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: server/kato_server/devserver.py
+FORK_VARIABLE = "DEVSERVER_FORK"
+
+
+class Process(Protocol):
+    """What the harness and the tests use of a server process: ``subprocess.Popen``'s subset."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+def _run_forked(module: str, env: dict[str, str], cwd: str, log_path: str) -> None:  # pragma: no cover - child
+    """The forked child: become ``python -m module`` with ``env``, output to ``log_path``."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.argv = [module]
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        # What the interpreter does at exit (multiprocessing's children skip it): the
+        # server's atexit hooks (trace exporters) run, its output is flushed.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+class ForkedProcess:
+    """A ``multiprocessing`` process forked from the fork server, seen as a ``Popen``: the
+    exit code is the child's, or minus the signal that ended it."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self._process = process
+        self.pid: int = process.pid or 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self._process.exitcode
+        if code is None:
+            raise subprocess.TimeoutExpired(f"forked {self.pid}", timeout or 0)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+@functools.cache
+def _fork_context() -> multiprocessing.context.ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    # Imported once, in the fork server (a fresh interpreter, no gRPC object yet: the
+    # server's own KATO_WORKERS fork relies on the same), before any server is forked.
+    context.set_forkserver_preload(["kato_server.__main__"])
+    return context
+
+
+def launch(module: str, env: dict[str, str], log_path: Path) -> Process:
+    """``python -m module`` in ``env`` with its output appended to ``log_path``: a new
+    interpreter, or a fork of the preloaded fork server under ``DEVSERVER_FORK=1`` — unless
+    ``env`` asks for a hash seed other than this process's (which the fork server has): a
+    fork cannot change it."""
+    same_seed = env.get("PYTHONHASHSEED") == os.environ.get("PYTHONHASHSEED")
+    if os.environ.get(FORK_VARIABLE) == "1" and same_seed:
+        # daemon: a server a test leaves running is stopped when the test process exits.
+        process = _fork_context().Process(target=_run_forked, args=(module, env, str(ROOT), str(log_path)), daemon=True)
+        process.start()
+        return ForkedProcess(process)
+    log = log_path.open("ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=log)
+    finally:
+        log.close()
 
 
 @dataclass
@@ -29,7 +145,7 @@ class ServerProcess:
     env: dict[str, str]
     log_path: Path
     module: str = "kato_server"  # what ``python -m`` runs
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     channels: list[grpc.Channel] = field(default_factory=list)
 
     @property
@@ -37,9 +153,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, **extra_env: str) -> ServerProcess:
-        env = {**self.env, **extra_env}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=env, stdout=log, stderr=log)
+        self.proc = launch(self.module, {**self.env, **extra_env}, self.log_path)
         self.wait_serving()
         return self
 
@@ -50,7 +164,7 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
             if self.health() == health_pb2.HealthCheckResponse.SERVING:
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)
         raise RuntimeError(f"server not serving after {timeout}s; see {self.log_path}")
 
     def health(self) -> int | None:

@@ -17,7 +17,7 @@ from kato_server.devserver import ServerProcess, new_server
 def stores(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[devstack.LocalServer, devstack.LocalServer]]:
-    with devstack.local_stores(tmp_path_factory.mktemp("stores")) as servers:
+    with devstack.local_stores(tmp_path_factory.mktemp("stores"), throwaway=True) as servers:
         yield servers
 
 

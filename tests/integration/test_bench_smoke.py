@@ -82,7 +82,7 @@ def test_coldstart_benchmark_smoke() -> None:
 
 
 def test_throughput_benchmark_smoke() -> None:
-    out = _bench("bench.throughput", "--rounds", "1", "--seconds", "1")
+    out = _bench("bench.throughput", "--rounds", "1", "--seconds", "1", "--calls", "50")
     assert "| unary observe, 64 loops |" in out and "| unary health, 64 loops |" in out
     assert "concurrency 1" in out
 

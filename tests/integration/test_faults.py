@@ -53,7 +53,7 @@ def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> No
     # server's health (the outage is seen, then over). What is felt during an outage is one
     # learn made while health says NOT_SERVING — refused as retryable, then answered once the
     # store is back — not whichever client calls happened to fall into the outage.
-    with devstack.local_stores(tmp_path, durable=True) as (valkey, mongo):
+    with devstack.local_stores(tmp_path, durable=True, throwaway=True) as (valkey, mongo):
         server = new_server(valkey, mongo, tmp_path).start()
         try:
             stubs = [server.stub() for _ in range(4)]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from kato_grpc.engine.naming import pattern_name
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from kato_server import devstack
-from kato_server.devserver import ServerProcess, new_server
+from kato_server.devserver import ServerProcess, launch, new_server
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 
@@ -48,10 +47,7 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(stores: Stores, log_d
     env = {"KATO_TLS_CERT_FILE": str(pki["server"]), "KATO_TLS_KEY_FILE": str(pki["server-key"]),
            "KATO_TLS_CLIENT_CA_FILE": str(pki["ca"])}  # fmt: skip
     server.env |= env
-    server.proc = subprocess.Popen(
-        [sys.executable, "-m", "kato_server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
-        stdout=server.log_path.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server.proc = launch("kato_server", server.env, server.log_path)  # not waiting: TLS-only health
     ca = pki["ca"].read_bytes()
     request = svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("mtls")))
     try:

@@ -37,7 +37,9 @@ class Rotating:
 @pytest.fixture(scope="module")
 def replicas(stores: Stores, log_dir: Path) -> Iterator[list[ServerProcess]]:
     database = "kato_replicas_" + uuid.uuid4().hex[:8]
-    servers = [new_server(*stores, log_dir, database).start() for _ in range(3)]
+    # Each its own string-hash seed (fresh interpreters, not forks of one: docs/architecture.md
+    # §8): an answer that hung on a set's or dict's hash order would differ between replicas.
+    servers = [new_server(*stores, log_dir, database).start(PYTHONHASHSEED=str(seed)) for seed in (1, 2, 3)]
     yield servers
     for server in servers:
         server.stop()

@@ -133,7 +133,7 @@ def test_learn_is_applied_exactly_once_across_a_crash(stores: Stores, log_dir: P
 
 
 def test_health_follows_redis_without_a_restart(tmp_path: Path) -> None:
-    with devstack.local_stores(tmp_path) as (redis, mongo):
+    with devstack.local_stores(tmp_path, throwaway=True) as (redis, mongo):
         server = new_server(redis, mongo, tmp_path).start()
         try:
             stub = server.stub()

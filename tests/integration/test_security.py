@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from kato_grpc.v1 import kato_service_pb2_grpc as svc_grpc
 from kato_server import devstack
-from kato_server.devserver import new_server
+from kato_server.devserver import launch, new_server
 
 Stores = tuple[devstack.LocalServer, devstack.LocalServer]
 TOKENS = {"alice-token": ["alice"], "ops-token": ["*"]}
@@ -97,10 +96,7 @@ def test_tls_serves_encrypted_only(stores: Stores, log_dir: Path, tmp_path: Path
     )  # fmt: skip
     server = new_server(*stores, log_dir)
     server.env |= {"KATO_TLS_CERT_FILE": str(cert), "KATO_TLS_KEY_FILE": str(key)}
-    server.proc = subprocess.Popen(
-        [sys.executable, "-m", "kato_server"], cwd=Path(__file__).resolve().parents[2], env=server.env,
-        stdout=server.log_path.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server.proc = launch("kato_server", server.env, server.log_path)  # not waiting: TLS-only health
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         with grpc.secure_channel(server.address, credentials) as channel:

@@ -131,12 +131,18 @@ def test_the_client_needs_none_of_the_server_dependencies() -> None:
 # --- the timeout is the budget of the whole call (issue 21, item 10) ---------------------
 
 
+# The 2 s budget as the server sees it: gRPC sends the deadline as a timeout rounded up to its
+# unit, and the server's clock reads it a few milliseconds late or early (2.008 s was seen on
+# a loaded machine); a per-attempt or default deadline would be far more.
+WHOLE_BUDGET = 2.0 + 0.25
+
+
 def test_a_deadline_exceeded_is_not_retried_sync(flaky: tuple[Flaky, str]) -> None:
     state, address = flaky
     with KatoClient(address, timeout=2.0, backoff=0.001) as kato, pytest.raises(DeadlineExceeded):
         kato.get_predictions(SESSION)
     assert len(state.seen) == 1  # the attempt had the whole budget; nothing was left to retry with
-    assert state.remaining[0] is not None and state.remaining[0] <= 2.0
+    assert state.remaining[0] is not None and state.remaining[0] <= WHOLE_BUDGET
 
 
 def test_a_deadline_exceeded_is_not_retried_async(flaky: tuple[Flaky, str]) -> None:
@@ -149,7 +155,7 @@ def test_a_deadline_exceeded_is_not_retried_async(flaky: tuple[Flaky, str]) -> N
     with pytest.raises(DeadlineExceeded):
         asyncio.run(call())
     assert len(state.seen) == 1
-    assert state.remaining[0] is not None and state.remaining[0] <= 2.0
+    assert state.remaining[0] is not None and state.remaining[0] <= WHOLE_BUDGET
 
 
 class Clock:

@@ -1,24 +1,30 @@
-"""A tiny run of each benchmark, so `make bench` cannot rot (the figures come from make bench)."""
+"""A tiny run of each benchmark, so `make bench` cannot rot (the figures come from make bench).
+
+Each runs in this test process (its ``main`` with the arguments ``python -m`` would pass): a
+benchmark is a client of the servers it starts, and its servers are forked from this process's
+fork server (docs/architecture.md §8) instead of a fork server of its own."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
+import importlib
+import io
 from pathlib import Path
 
 from bench.report import HEADER
-from kato_server.devserver import ROOT
 
 
-def _bench(*args: str, timeout: float = 600) -> str:
-    """``python -m <args>``'s output (it must exit 0)."""
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=timeout
-    ).stdout
+def _bench(module: str, *args: str) -> str:
+    """What ``python -m module args`` prints (it must succeed)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = importlib.import_module(module).main(list(args))
+    assert code in (0, None), f"{module} exited with {code}"
+    return out.getvalue()
 
 
 def test_engine_benchmark_smoke() -> None:
-    out = _bench("bench.engine", "--sizes", "100", "300", "--queries", "5", timeout=300)
+    out = _bench("bench.engine", "--sizes", "100", "300", "--queries", "5")
     assert "| 300 | 5 |" in out
 
 
@@ -31,11 +37,7 @@ def test_service_benchmark_smoke() -> None:
 def test_tools_benchmark_smoke(tmp_path: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
     report.write_text(HEADER + "\n## Soak (make soak)\n\nkept\n", encoding="utf-8")
-    subprocess.run(
-        [sys.executable, "-m", "bench.tools", "--sequences", "300", "--sample", "30", "--patterns", "300",
-         "--write", str(report)],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
+    _bench("bench.tools", "--sequences", "300", "--sample", "30", "--patterns", "300", "--write", str(report))
     text = report.read_text(encoding="utf-8")
     assert "## Soak (make soak)\n\nkept" in text  # other sections stay
     assert "| the same sample through unary Observe + Learn: identical KB | yes | yes |" in text

@@ -79,6 +79,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.refresh --write BENCHMARKS.md
 	$(BIN)/python -m bench.heavy_call --write BENCHMARKS.md
 	$(BIN)/python -m bench.watchers --write BENCHMARKS.md
+	$(BIN)/python -m bench.harness --write BENCHMARKS.md
 
 # 1M patterns trained through the API, then GetPredictions and the cold start (~30 min; run
 # once, its section of BENCHMARKS.md kept by make bench).

@@ -117,7 +117,9 @@ def _fork_context() -> multiprocessing.context.ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     # Imported once, in the fork server (a fresh interpreter, no gRPC object yet: the
     # server's own KATO_WORKERS fork relies on the same), before any server is forked.
-    context.set_forkserver_preload(["kato_server.__main__"])
+    # What ``kato_server.__main__`` imports, not the module itself: runpy runs it as
+    # ``__main__`` and warns when it is already imported.
+    context.set_forkserver_preload(["kato_server.app", "kato_server.devstack", "kato_server.tracing", "kato_grpc.logs"])
     return context
 
 

@@ -109,3 +109,9 @@ def test_heavy_call_benchmark_smoke() -> None:
 def test_round_trip_benchmark_smoke() -> None:
     out = _bench("bench.round_trip", "--rounds", "1", "--calls", "30")
     assert "| one round trip |" in out and "| two round trips |" in out and "Observe p50 / health p50" in out
+
+
+def test_harness_benchmark_smoke() -> None:
+    out = _bench("bench.harness", "--starts", "1", "--idle-seconds", "0.5")
+    for row in ("| fresh interpreter (`python -m kato_server`) |", "| forked from the fork server |", "| 0.5 s |"):
+        assert row in out

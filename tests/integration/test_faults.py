@@ -74,6 +74,8 @@ def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> No
                 codes: Counter[str] = Counter()
                 i = 0
                 while not stop.is_set():
+                    # A store that never comes back fails the test instead of hanging it.
+                    give_up = time.monotonic() + 300
                     while True:  # the same request until it is answered (idempotent by request_id)
                         code = _learn_pair(stub, sid, f"c{k}-{i}")
                         codes[code.name] += 1
@@ -81,6 +83,7 @@ def test_mongodb_and_redis_outages_lose_and_double_nothing(tmp_path: Path) -> No
                             answered.append(sid)
                             break
                         assert code in RETRYABLE, (code, server.log_path.read_text()[-3000:])
+                        assert time.monotonic() < give_up, ("a learn retried for 300 s", dict(codes))
                         time.sleep(0.05)  # a pause between retries (nothing depends on its length)
                     i += 1
                     # Paced, not flat out: eight clients keep learns in flight through every

@@ -86,15 +86,27 @@ def symbol_log_parts(
     return parts
 
 
+# The empty emotive name as a field name: an update path may not end in an empty one
+# ("affinity." is refused), and a lone "%" is no other name's encoding ("%" is always "%25").
+EMPTY_KEY = "%"
+
+
 def field_key(key: str) -> str:
     """An emotive name as a MongoDB field name ("." and a leading "$" would be paths and
-    operators): "%", "." and "$" percent-encoded, reversibly."""
-    return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+    operators, "" no field at all): "%", "." and "$" percent-encoded, "" as a lone "%";
+    reversibly."""
+    return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24") if key else EMPTY_KEY
 
 
 def affinity_from_doc(doc: Mapping[str, Any]) -> dict[str, float]:
-    """What a pattern's learns added to its symbols' affinity (kept since the export format)."""
-    return {unquote(k): float(v) for k, v in doc.get("affinity", {}).items()}
+    """What a pattern's learns added to its symbols' affinity (kept since the export format).
+    A pattern created before the empty name was encoded may hold it under "" as well as
+    "%": both are its accumulations, added up."""
+    out: dict[str, float] = {}
+    for k, v in doc.get("affinity", {}).items():
+        name = "" if k == EMPTY_KEY else unquote(k)
+        out[name] = out.get(name, 0.0) + float(v)
+    return out
 
 
 def exported_pattern(doc: Mapping[str, Any]) -> tuple[PatternRecord, dict[str, float]]:

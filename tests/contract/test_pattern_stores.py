@@ -523,3 +523,26 @@ def test_the_deployment_id_is_made_once(run: Callable[[Body], None]) -> None:
         await side.sessions.end_sessions([])  # nothing to end: no error
 
     run(body)
+
+
+def test_emotive_names_a_document_store_must_escape_accumulate_across_learns(run: Callable[[Body], None]) -> None:
+    # The empty name, "%", what looks like an escape, a path and an operator: each learn of the
+    # pattern after the first adds to the affinity it keeps (a MongoDB update path may hold
+    # none of them raw: "affinity." was refused, and every later learn of the pattern failed).
+    names = ["", "%", "%2E", "a.b", "$x"]
+
+    async def body(side: Side) -> None:
+        for i in range(3):
+            write = pattern_write([["p"], ["q"]])
+            write.write_id = f"escape-{i}"
+            write.affinity_delta.update({name: float(i + k) for k, name in enumerate(names)})
+            await side.learns.apply_many(KB, [write])
+        rows = [
+            side.transfer.exported(row)
+            for batch in [b async for b in side.transfer.pattern_rows(KB, 10)]
+            for row in batch
+        ]
+        assert len(rows) == 1 and rows[0][0].frequency == 3
+        assert rows[0][1] == pytest.approx({name: float(sum(i + k for i in range(3))) for k, name in enumerate(names)})
+
+    run(body)

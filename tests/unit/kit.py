@@ -65,13 +65,14 @@ def pattern_write(events: Sequence[Sequence[str]], name: str | None = None) -> s
 
 def random_writes(n: int, seed: int) -> list[storage.PatternWrite]:
     """``n`` learns over a small alphabet (relearns among them), with emotives whose names a
-    document store must escape ("a.b", "$x") and metadata on about half: every kind of change
-    a learn makes."""
+    document store must escape ("a.b", "$x", the empty name, "%" and what looks like an
+    escape) and metadata on about half: every kind of change a learn makes."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         events = [[rng.choice("abcdef.$")] for _ in range(rng.randint(2, 4))]
-        emotives = [{rng.choice(["joy", "a.b", "$x"]): rng.uniform(-1, 1)} for _ in range(rng.randint(0, 3))]
+        names = ["joy", "a.b", "$x", "", "%", "%2E"]
+        emotives = [{rng.choice(names): rng.uniform(-1, 1)} for _ in range(rng.randint(0, 3))]
         write = storage.PatternWrite(write_id=f"w-{seed}-{i}", name=pattern_name(events), persistence=rng.randint(1, 3))
         write.events.extend(pb.Event(symbols=e) for e in events)
         write.emotives.extend(pb.EmotiveRecord(values=e) for e in emotives)

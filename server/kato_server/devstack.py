@@ -32,8 +32,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: flo
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with code {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2) as probe:
+            # On Linux a connect to a free port of the ephemeral range can pick that very port
+            # as its own and connect to itself: that is nobody listening (and, held open, it
+            # would make the starting server's bind fail).
+            if probe.getsockname() != probe.getpeername():
+                return
         time.sleep(0.05)
     raise RuntimeError(f"{name} did not listen on port {port} within {timeout}s")
 

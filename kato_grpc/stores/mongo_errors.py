@@ -36,8 +36,11 @@ T = TypeVar("T")
 DUPLICATE_KEY = 11000
 WRITE_CONFLICT = 112
 # Errors that no retry can fix: BadValue (e.g. a counter that would overflow), FailedToParse,
-# TypeMismatch, BSONObjectTooLarge and the "document after update too large" family.
-PERMANENT_CODES = frozenset({2, 9, 14, 10334, 17419, 17420})
+# TypeMismatch, DollarPrefixedFieldName, EmptyFieldName and DottedFieldName (a field name the
+# store's encoding let through: an empty emotive name once made every later learn of its
+# pattern fail, and the outbox was retried on every call of the session instead of being
+# kept as a dead letter), BSONObjectTooLarge and the "document after update too large" family.
+PERMANENT_CODES = frozenset({2, 9, 14, 52, 56, 57, 10334, 17419, 17420})
 # MongoDB answers these while it starts, stops or recovers: the store is not available (yet).
 UNAVAILABLE_CODES = frozenset(
     {

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from bson.errors import InvalidDocument
-from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, ServerSelectionTimeoutError
 
 from kato_grpc.errors import Aborted, StoreError, StoreRefused, StoreUnavailable
 from kato_grpc.stores.mongo_errors import described, is_permanent, mapped, mapped_iter, store_error
@@ -53,6 +53,10 @@ def test_refusals_are_permanent_internal_errors_that_keep_the_drivers_codes() ->
         error = store_error(driver)
         assert isinstance(error, StoreRefused) and is_permanent(error)
         assert as_kato_error(error) is None  # INTERNAL, as any unexpected failure
+    # A field name MongoDB cannot store, in one write of a bulk write: refused for good (the
+    # applier keeps the write as a dead letter instead of failing every call of its session).
+    empty = BulkWriteError({"writeErrors": [{"index": 0, "code": 56, "errmsg": "empty field name"}]})
+    assert isinstance(store_error(empty), StoreRefused) and is_permanent(store_error(empty))
     refused = store_error(OperationFailure("overflow", code=2))
     assert isinstance(refused, StoreRefused) and refused.codes == {2}
     other = store_error(OperationFailure("odd", code=4242))

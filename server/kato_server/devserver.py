@@ -6,7 +6,7 @@ database when asked), wait until it is SERVING, give out stubs, read its memory,
 With ``DEVSERVER_FORK=1`` in the environment (the test suite sets it: tests/conftest.py) a
 server process is forked from a multiprocessing fork server that has already imported
 ``kato_server`` instead of started by ``python -m``: the same code in its own process on its
-own port, with its own environment, log file, signals and exit code, minus the ~1 CPU-s of
+own port, with its own environment, log file, signals and exit code, minus the 0.6-1 CPU-s of
 imports a fresh interpreter spends before it serves (docs/architecture.md §8). The benchmarks
 leave it unset: their cold starts must be real ones.
 """

@@ -28,6 +28,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from kato_grpc import names
 from kato_grpc.engine.ensemble import FutureGroup, Scored
 from kato_grpc.engine.knowledge import PatternRecord
+from kato_grpc.engine.learning import forget_predictions
 from kato_grpc.engine.predict import PredictionSet
 from kato_grpc.engine.records import average_emotives, metadata_value
 from kato_grpc.internal.v1 import session_pb2 as storage
@@ -248,11 +249,25 @@ def json_lists(metadata: Mapping[str, Sequence[str]]) -> dict[str, struct_pb2.Li
     return out
 
 
-def record_predictions(state: storage.SessionState, predictions: PredictionSet, memo: EventMemo | None = None) -> None:
+def record_predictions(
+    state: storage.SessionState,
+    predictions: PredictionSet,
+    memo: EventMemo | None = None,
+    *,
+    basis: bytes | None = None,
+    kb_version: int | None = None,
+) -> None:
     """Record a call's last predictions in the session state it commits (GetCognitionData
-    reads them back): once per call, after the engine's transition, which left them empty."""
-    del state.last_predictions[:]
-    add_predictions(predictions, names.pattern_prefix(state.node_id), state.last_predictions, memo=memo)
+    reads them back; GetPredictions serves them while they are current): once per call, after
+    the engine's transition, which left them empty. ``basis`` (``processor.prediction_basis``)
+    and ``kb_version``: what they were computed from, when they are exactly what
+    GetPredictions would compute for the state's STM and config on that KB version."""
+    forget_predictions(state)
+    prefix = names.pattern_prefix(state.node_id)
+    add_predictions(predictions, prefix, state.last_predictions, state.future_potentials, memo=memo)
+    if basis is not None and kb_version is not None:
+        state.predictions_basis.kb_version = kb_version
+        state.predictions_basis.digest = basis
 
 
 def cognition_data(state: storage.SessionState) -> svc.GetCognitionDataResponse:

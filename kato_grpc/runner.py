@@ -319,6 +319,7 @@ class TransactionRunner:
                 kept -= 1
                 size -= _field_bytes(new.last_predictions[kept])
             del new.last_predictions[kept:]
+            new.ClearField("predictions_basis")  # no longer GetPredictions' whole answer
             size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
         if size > limit and size > old.ByteSize():
             raise ResourceExhausted(

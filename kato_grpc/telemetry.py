@@ -44,6 +44,10 @@ class Telemetry(Protocol):
         """A computation on an engine thread stopped at one of its checks because its call gave
         up (its deadline, the client gone, shutdown) — instead of running on to its end."""
 
+    def predictions_served(self, source: str) -> None:
+        """A GetPredictions answered from the predictions the session keeps (``stored``: its
+        STM, config and KB version unchanged since they were computed) or ``computed``."""
+
     def session_created(self) -> None: ...
 
     def session_deleted(self) -> None: ...
@@ -75,6 +79,9 @@ class _NoTelemetry:
         return None
 
     def engine_stopped(self) -> None:
+        return None
+
+    def predictions_served(self, source: str) -> None:
         return None
 
     def session_created(self) -> None:

@@ -83,6 +83,12 @@ def stm_lists(state: storage.SessionState) -> list[list[str]]:
     return [list(e.symbols) for e in state.stm]
 
 
+def forget_predictions(state: storage.SessionState) -> None:
+    """Drop the state's record of its last predictions (and that they were current)."""
+    for name in ("last_predictions", "future_potentials", "predictions_basis"):
+        state.ClearField(name)
+
+
 def copy_state(state: storage.SessionState) -> storage.SessionState:
     """A private copy of a state (transitions never change their input)."""
     new = storage.SessionState()

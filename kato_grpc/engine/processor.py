@@ -7,13 +7,14 @@ new state is a copy. This is KATO's stateless processor (architecture.md §2).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kato_grpc.engine.budget import Budget
 from kato_grpc.engine.config import EngineConfig, resolve_config, validate_config
 from kato_grpc.engine.knowledge import KnowledgeView
-from kato_grpc.engine.learning import LearnResult, consume_stm, copy_state, learn, stm_lists
+from kato_grpc.engine.learning import LearnResult, consume_stm, copy_state, forget_predictions, learn, stm_lists
 from kato_grpc.engine.observation import build_percept
 from kato_grpc.engine.predict import PredictionSet, predict
 from kato_grpc.engine.records import average_emotives, canonical_metadata
@@ -33,8 +34,10 @@ __all__ = [
     "new_session",
     "observe",
     "observe_sequence",
+    "prediction_basis",
     "predictions",
     "reads_knowledge",
+    "stored_predictions_current",
     "update_config",
 ]
 
@@ -64,6 +67,9 @@ class ObserveStep:
     predictions: PredictionSet  # values: the use case records them (encoding.record_predictions)
     dropped_events: int
     writes: list[storage.PatternWrite]
+    # ``prediction_basis`` of the STM and config ``predictions`` were computed for; None when
+    # the observation computed none (empty, predictions off, an empty KB).
+    basis: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ def observe(
         predictions=step.predictions,
         dropped_events=step.dropped_events,
         writes=step.writes,
+        basis=step.basis,
         state=new,
     )
 
@@ -183,6 +190,7 @@ def _observe_into(
     percept = build_percept(observation, kb, new.pending_vectors, cfg.sort_symbols)
 
     predictions = PredictionSet()
+    basis = None
     dropped = 0
     non_empty = bool(observation.strings) or bool(observation.vectors)
     if non_empty:
@@ -193,7 +201,9 @@ def _observe_into(
             new.pending_vectors.append(percept.vector)
         # An empty KB predicts nothing; skipping it spares copying out a long STM per call.
         if cfg.process_predictions and kb.pattern_count():
-            predictions = predict(stm_lists(new), kb, cfg, budget=budget)
+            stm = stm_lists(new)
+            predictions = predict(stm, kb, cfg, budget=budget)
+            basis = prediction_basis(stm, cfg)
 
     # Accumulate before any auto-learn: the triggering observation's emotives count (D-3).
     if observation.emotives:
@@ -209,7 +219,7 @@ def _observe_into(
     new.percept.vectors.extend(observation.vectors)
     new.percept.emotives.update(average_emotives(r.values for r in new.emotives_accumulator))
     new.percept.metadata.MergeFrom(observation.metadata)
-    del new.last_predictions[:]  # never stale: recorded by the caller from ``predictions``
+    forget_predictions(new)  # never stale: recorded by the caller from ``predictions``
 
     auto_learned: str | None = None
     writes: list[storage.PatternWrite] = []
@@ -231,6 +241,7 @@ def _observe_into(
         predictions=predictions,
         dropped_events=dropped,
         writes=writes,
+        basis=basis,
     )
 
 
@@ -246,6 +257,24 @@ def predictions(state: storage.SessionState, kb: KnowledgeView, budget: Budget |
     return predict(stm_lists(state), kb, resolve_config(state.config), budget=budget)
 
 
+def prediction_basis(stm: Sequence[Sequence[str]], cfg: EngineConfig) -> bytes:
+    """A digest of what predictions are a function of besides the KB: the STM's events and
+    the resolved config (its repr is deterministic: ints, floats, strings, bools)."""
+    return hashlib.blake2b(repr((stm, cfg)).encode(), digest_size=16).digest()
+
+
+def stored_predictions_current(state: storage.SessionState, kb_version: int) -> bool:
+    """Whether the predictions the state keeps (last_predictions, future_potentials) are
+    exactly ``predictions(state, kb)`` for the KB at ``kb_version``: recorded whole, with a
+    basis of this STM and config on that version of the KB (architecture.md §3)."""
+    if not state.HasField("predictions_basis"):
+        return False
+    basis = state.predictions_basis
+    return basis.kb_version == kb_version and basis.digest == prediction_basis(
+        stm_lists(state), resolve_config(state.config)
+    )
+
+
 def clear_stm(state: storage.SessionState) -> storage.SessionState:
     """Reset STM, accumulators, time, percept and last predictions (engine.md §5.2)."""
     new = copy_state(state)
@@ -253,10 +282,10 @@ def clear_stm(state: storage.SessionState) -> storage.SessionState:
         "stm",
         "emotives_accumulator",
         "metadata_accumulator",
-        "last_predictions",
         "pending_vectors",
     ):
         new.ClearField(name)
+    forget_predictions(new)
     new.ClearField("percept")
     new.time = 0
     return new

@@ -82,12 +82,19 @@ class Metrics:
             registry=r,
         )
         self.sessions = Counter("kato_sessions", "Sessions created and deleted", ["event"], registry=r)
+        self.predictions = Counter(
+            "kato_predictions_served",
+            "GetPredictions answers: stored (the last observation's, still current) or computed",
+            ["source"],
+            registry=r,
+        )
         self.engine_stops = Counter(
             "kato_engine_stopped", "Engine computations stopped early because their call gave up", registry=r
         )
         # Label children looked up once (a lookup per call is a lock and a dict).
         self._kb_hits = self.kb_lookups.labels("hit")
         self._session_results = {result: self.session_lookups.labels(result) for result in ("hit", "stale", "miss")}
+        self._predictions = {source: self.predictions.labels(source) for source in ("stored", "computed")}
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
@@ -133,6 +140,9 @@ class Metrics:
 
     def engine_stopped(self) -> None:
         self.engine_stops.inc()
+
+    def predictions_served(self, source: str) -> None:
+        self._predictions[source].inc()
 
     def session_created(self) -> None:
         self.sessions.labels("created").inc()

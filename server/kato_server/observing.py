@@ -50,7 +50,7 @@ class Observing:
         # Encoded events, shared by this process's calls (bounded; see encoding.EventMemo).
         self.memo = encoding.EventMemo(encoding.DEFAULT_MEMO_BYTES)
 
-    async def _view(self, node_id: str, published: int | None) -> KnowledgeView:
+    async def _view(self, node_id: str, published: int | None) -> KnowledgeIndex:
         if published is None:  # the load did not bring it (first call on the session here)
             published = await self.versions.kb_version(node_id)
         return await self.cache.view(node_id, published)
@@ -77,7 +77,7 @@ class Observing:
             r = processor.observe(
                 state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
             )
-            encoding.record_predictions(r.state, r.predictions, self.memo)
+            encoding.record_predictions(r.state, r.predictions, self.memo, basis=r.basis, kb_version=_version(kb))
             out = svc.ObserveResponse()
             _fill_observe(out, r, req.return_predictions, self.memo, state.node_id)
             return r.state, out
@@ -111,7 +111,8 @@ class Observing:
             r = processor.observe_sequence(
                 state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
             )
-            encoding.record_predictions(r.state, r.steps[-1].observed.predictions, self.memo)
+            last = r.steps[-1].observed
+            encoding.record_predictions(r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb))
             out = svc.ObserveSequenceResponse()
             for req, step in zip(reqs, r.steps, strict=True):
                 _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, state.node_id)
@@ -150,7 +151,10 @@ class Observing:
                 budget=budget,
             )
             if r.steps:  # the last observation's predictions, encoded once (not per step)
-                encoding.record_predictions(r.state, r.steps[-1].observed.predictions, self.memo)
+                last = r.steps[-1].observed
+                encoding.record_predictions(
+                    r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb)
+                )
             node, state = state.node_id, r.state
             for step in r.steps:
                 _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, node)
@@ -195,6 +199,14 @@ class Observing:
         loaded = await self.runner.read(session_id, caller)
         state = loaded.state
         kb = await self._view(state.node_id, loaded.kb_version)
+        # Computed once (architecture.md §3): the last observation's, while its STM, config and
+        # KB version are the session's now — exactly what computing them again would give.
+        if processor.stored_predictions_current(state, kb.version):
+            self.runner.telemetry.predictions_served("stored")
+            return svc.GetPredictionsResponse(
+                predictions=state.last_predictions, future_potentials=state.future_potentials
+            )
+        self.runner.telemetry.predictions_served("computed")
 
         def compute(budget: Budget) -> svc.GetPredictionsResponse:
             out = svc.GetPredictionsResponse()  # built on the engine thread too: it can be large
@@ -224,6 +236,11 @@ class Observing:
 
     async def cognition_data(self, session_id: str, caller: Caller) -> svc.GetCognitionDataResponse:
         return encoding.cognition_data(await self._read(session_id, caller))
+
+
+def _version(kb: KnowledgeView) -> int | None:
+    """The version of the KB a computation read (None: not a versioned index)."""
+    return kb.version if isinstance(kb, KnowledgeIndex) else None
 
 
 def _tiny(kb: KnowledgeView, observations: int) -> bool:

@@ -298,6 +298,8 @@ class SessionState(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FUTURE_POTENTIALS_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_BASIS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """"s-" + 32 hex."""
     node_id: _builtins.str
@@ -350,6 +352,18 @@ class SessionState(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the session was created."""
 
+    @_builtins.property
+    def future_potentials(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.FuturePotential]:
+        """The future potentials of the last predictions, kept with them for GetPredictions."""
+
+    @_builtins.property
+    def predictions_basis(self) -> Global___PredictionsBasis:
+        """Set only while last_predictions and future_potentials are exactly what GetPredictions
+        would compute now, given the KB at basis.kb_version (architecture.md §3, "Predictions
+        computed once"): the last observation predicted on the whole STM with the session's
+        config, and they were kept whole.
+        """
+
     def __init__(
         self,
         *,
@@ -368,14 +382,44 @@ class SessionState(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        future_potentials: _abc.Iterable[_engine_pb2.FuturePotential] | None = ...,
+        predictions_basis: Global___PredictionsBasis | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "percept", b"percept"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "percept", b"percept", "predictions_basis", b"predictions_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "future_potentials", b"future_potentials", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "predictions_basis", b"predictions_basis", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
+
+@_typing.final
+class PredictionsBasis(_message.Message):
+    """What a session's stored predictions were computed from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KB_VERSION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    kb_version: _builtins.int
+    """The version of the knowledge base's index they were computed on."""
+    digest: _builtins.bytes
+    """A digest of the STM and the resolved engine config they were computed for
+    (engine/processor.py prediction_basis).
+    """
+    def __init__(
+        self,
+        *,
+        kb_version: _builtins.int = ...,
+        digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kb_version", b"kb_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionsBasis: _TypeAlias = PredictionsBasis  # noqa: Y015
 
 @_typing.final
 class Outbox(_message.Message):

@@ -9,6 +9,7 @@ node's KB version that the session load brought.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from kato_grpc import encoding, names, request_ids
 from kato_grpc.access import Caller
@@ -30,6 +31,11 @@ _EMPTY_KB = KnowledgeIndex()
 # Observations that run on the event loop when they search no knowledge base (see
 # EngineThreads.run): about 30 µs each, so a stream batch stays under ~2 ms.
 INLINE_OBSERVATIONS = 64
+# Predictions that run on the event loop too: those whose alignments are bounded by this much
+# work (the KB's stored symbols × the STM's symbols, per observation: budget.py's cheap
+# bound). 2,048 took ≤ 0.5 ms here, the time a thread hand-off adds to a call
+# (docs/performance.md, "Small predictions inline").
+INLINE_WORK = 2048
 
 
 class Observing:
@@ -57,7 +63,7 @@ class Observing:
 
     async def _view_for(
         self, state: storage.SessionState, published: int | None, observations: list[pb.Observation]
-    ) -> KnowledgeView:
+    ) -> KnowledgeIndex:
         if processor.reads_knowledge(state, observations):
             return await self._view(state.node_id, published)
         return _EMPTY_KB  # no KB round trip when nothing in the call can read the KB
@@ -86,7 +92,8 @@ class Observing:
             state: storage.SessionState, published: int | None
         ) -> tuple[storage.SessionState, svc.ObserveResponse]:
             kb = await self._view_for(state, published, [req.observation])
-            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=_tiny(kb, 1))
+            inline = _light(kb, state, [req.observation], 1)
+            return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         call = request_ids.Call("Observe", req, req.request_id, svc.ObserveResponse)
         return await self.runner.transact(sid, call, run, caller=caller)
@@ -122,7 +129,7 @@ class Observing:
             state: storage.SessionState, published: int | None
         ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, published, observations)
-            inline = _tiny(kb, len(observations))
+            inline = _light(kb, state, observations, len(observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         batch = svc.ObserveSequenceRequest(name=reqs[0].name, observations=observations)
@@ -175,7 +182,7 @@ class Observing:
             state: storage.SessionState, published: int | None
         ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             kb = await self._view_for(state, published, list(req.observations))
-            inline = _tiny(kb, len(req.observations))
+            inline = _light(kb, state, req.observations, len(req.observations))
             return await self.engine.run(lambda budget: compute(state, kb, budget), [kb], inline=inline)
 
         call = request_ids.Call("ObserveSequence", req, req.request_id, svc.ObserveSequenceResponse)
@@ -215,7 +222,7 @@ class Observing:
             encoding.add_predictions(result, prefix, out.predictions, out.future_potentials, self.memo)
             return out
 
-        return await self.engine.run(compute, [kb])
+        return await self.engine.run(compute, [kb], inline=_light(kb, state, (), 1))
 
     async def get_stm(self, session_id: str, caller: Caller) -> svc.GetShortTermMemoryResponse:
         return svc.GetShortTermMemoryResponse(events=(await self._read(session_id, caller)).stm)
@@ -243,9 +250,19 @@ def _version(kb: KnowledgeView) -> int | None:
     return kb.version if isinstance(kb, KnowledgeIndex) else None
 
 
-def _tiny(kb: KnowledgeView, observations: int) -> bool:
-    """Work too small for an engine thread: no pattern or vector to search, few observations."""
-    return observations <= INLINE_OBSERVATIONS and kb.pattern_count() == 0 and kb.vector_dimension() is None
+def _light(
+    kb: KnowledgeIndex, state: storage.SessionState, observations: Sequence[pb.Observation], predictions: int
+) -> bool:
+    """Work too small for an engine thread: few observations, no vector to search, and either
+    no pattern or ``predictions`` computations bounded by INLINE_WORK each."""
+    if len(observations) > INLINE_OBSERVATIONS or kb.vector_dimension() is not None:
+        return False
+    if kb.pattern_count() == 0:
+        return True
+    if kb.stored_symbols * predictions > INLINE_WORK:  # before counting the STM
+        return False
+    symbols = sum(len(e.symbols) for e in state.stm) + sum(len(o.strings) for o in observations)
+    return kb.stored_symbols * symbols * predictions <= INLINE_WORK
 
 
 def _fill_observe(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kato_grpc import names
 from kato_grpc.access import ANYONE
 from kato_grpc.errors import AlreadyExists, StoreUnavailable
@@ -169,5 +171,40 @@ def test_a_stream_serves_a_request_id_alone_and_an_invalid_message_after_the_one
         assert [a.stm_length for a in answers] == [1, 2, 3, 4]
         assert context.status is not None and context.status.code.name == "INVALID_ARGUMENT"
         assert await kato.etag(s.name) == "4"  # [a], [b], [c, d]: three commits
+
+    kato.run(main())
+
+
+def test_small_predictions_run_on_the_event_loop_and_larger_ones_on_an_engine_thread(kato: Kato) -> None:
+    """A prediction whose alignments are bounded by INLINE_WORK costs less than a thread
+    hand-off: it runs inline; a larger one — a bigger KB or a longer STM — on a thread."""
+    from kato_server.observing import INLINE_WORK
+
+    engine = kato.service.engine
+    threaded: list[bool] = []
+    run = engine.run
+
+    async def spy(work: Any, reads: Any = (), *, inline: bool = False) -> Any:
+        threaded.append(not inline)
+        return await run(work, reads, inline=inline)
+
+    engine.run = spy  # type: ignore[method-assign]
+
+    async def main() -> None:
+        teacher = await kato.create()
+        await kato.learned(teacher.name, ["a"], ["b"], ["c"])  # 3 stored symbols
+        s = await kato.create()
+        await kato.observe(s.name, "a")
+        await kato.use.observing.get_predictions(session_id(s.name), ANYONE)
+        assert threaded[-2:] == [False, False]
+        # An STM of INLINE_WORK / 3 symbols: the bound passes the limit.
+        many = [f"x{i}" for i in range(INLINE_WORK // 3)]
+        await kato.observe(s.name, *many)
+        assert threaded[-1] is True
+        await kato.use.observing.clear_stm(svc.ClearShortTermMemoryRequest(name=s.name), ANYONE)
+        events = [[f"k{i}-{j}" for j in range(1000)] for i in range(INLINE_WORK // 1000 + 1)]
+        await kato.learned(teacher.name, *events, ["z"])  # a KB of more symbols than INLINE_WORK
+        await kato.observe(s.name, "a")
+        assert threaded[-1] is True
 
     kato.run(main())

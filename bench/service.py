@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.report import emit
@@ -112,7 +113,11 @@ async def train(stub: svc_grpc.KatoServiceAsyncStub, node: str, count: int, rng:
 
 
 async def prediction_suite(
-    stub: svc_grpc.KatoServiceAsyncStub, server: ServerProcess, sizes: list[int], queries: int
+    stub: svc_grpc.KatoServiceAsyncStub,
+    server: ServerProcess,
+    sizes: list[int],
+    queries: int,
+    health: Any = None,
 ) -> tuple[list[dict[str, float]], float]:
     rng = random.Random(SEED)
     node = "bench-predict"
@@ -127,21 +132,43 @@ async def prediction_suite(
     for size in sizes:
         rates.append(await train(stub, node, size - have, rng))
         have = size
-        samples = []
-        for _ in range(queries):
+        samples: dict[str, list[float]] = {"observe": [], "stored": [], "computed": [], "health": []}
+        for q in range(queries):
             await stub.ClearShortTermMemory(svc.ClearShortTermMemoryRequest(name=query_sid))
-            for _ in range(3):
+            for i in range(3):
+                t0 = time.perf_counter()
                 await stub.Observe(
                     svc.ObserveRequest(
                         name=query_sid,
                         observation=pb.Observation(strings=rng.sample(ALPHABET, 1)),
                     )
                 )
+                if i == 2:  # the third: predictions on the same 3-symbol STM as GetPredictions'
+                    samples["observe"].append((time.perf_counter() - t0) * 1000)
+            if health is not None:
+                t0 = time.perf_counter()
+                await health.Check(health_pb2.HealthCheckRequest())
+                samples["health"].append((time.perf_counter() - t0) * 1000)
+            # Served from the predictions the last Observe stored (nothing changed since).
             t0 = time.perf_counter()
             await stub.GetPredictions(svc.GetPredictionsRequest(name=query_sid))
-            samples.append((time.perf_counter() - t0) * 1000)
-        p50, p99 = percentiles(samples)
-        rows.append({"patterns": size, "p50": p50, "p99": p99, "rss_mb": server.rss_mb()})
+            samples["stored"].append((time.perf_counter() - t0) * 1000)
+            # A config change (max_predictions 100 <-> 99: same answer here) makes them stale:
+            # this one computes.
+            config = pb.SessionConfig(max_predictions=100 - q % 2)
+            await stub.UpdateSession(
+                svc.UpdateSessionRequest(
+                    session=svc.Session(name=query_sid, config=config),
+                    update_mask=field_mask_pb2.FieldMask(paths=["config.max_predictions"]),
+                )
+            )
+            t0 = time.perf_counter()
+            await stub.GetPredictions(svc.GetPredictionsRequest(name=query_sid))
+            samples["computed"].append((time.perf_counter() - t0) * 1000)
+        p50, p99 = percentiles(samples["stored"])
+        row = {"patterns": size, "p50": p50, "p99": p99, "rss_mb": server.rss_mb()}
+        row |= {f"{k}_p50": percentiles(v)[0] for k, v in samples.items() if v}
+        rows.append(row)
     return rows, statistics.median(rates)
 
 
@@ -227,7 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 health = health_pb2_grpc.HealthStub(channel)
                 results["latency"] = await latency_suite(stub, health, args.calls)
                 results["stream_unary"] = await stream_vs_unary(stub, args.calls)
-                rows, rate = await prediction_suite(stub, server, args.sizes, args.queries)
+                rows, rate = await prediction_suite(stub, server, args.sizes, args.queries, health)
                 results["predictions"], results["training_rate"] = rows, rate
         finally:
             server.stop()
@@ -282,13 +309,22 @@ def report(results: dict[str, Any], command: str) -> str:
         " is the one with predictions.",
         "",
         "GetPredictions (3-symbol STM of random symbols; KB of 5-10-event patterns over a 1,000-symbol"
-        " alphabet, learned through the service; RSS = the server process):",
+        " alphabet, learned through the service; RSS = the server process). Stored: right after the"
+        " Observe that computed them (served as stored); computed: after a config change made them"
+        " stale; Observe: the third of the query (it predicts on the same STM); health: one check"
+        " before each GetPredictions:",
         "",
-        "| learned patterns | median ms | p99 ms | server RSS MB |",
-        "|---:|---:|---:|---:|",
+        "| learned patterns | GetPredictions stored, median ms | p99 ms | GetPredictions computed, median ms "
+        "| Observe, median ms | health, median ms | stored / health | server RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["predictions"]:
-        lines.append(f"| {row['patterns']:,} | {row['p50']:.2f} | {row['p99']:.2f} | {row['rss_mb']:.0f} |")
+        h = row.get("health_p50", 0.0)
+        ratio = f"{row['p50'] / h:.2f}x" if h else "–"
+        lines.append(
+            f"| {row['patterns']:,} | {row['p50']:.2f} | {row['p99']:.2f} | {row.get('computed_p50', 0.0):.2f} "
+            f"| {row.get('observe_p50', 0.0):.2f} | {h:.3f} | {ratio} | {row['rss_mb']:.0f} |"
+        )
     if exponent is not None:
         lines += ["", f"Growth exponent of the median (first to last size): {exponent:.2f} (1.0 = linear)."]
     rows = results["predictions"]

@@ -259,21 +259,51 @@ def record_predictions(
 ) -> None:
     """Record a call's last predictions in the session state it commits (GetCognitionData
     reads them back; GetPredictions serves them while they are current): once per call, after
-    the engine's transition, which left them empty. ``basis`` (``processor.prediction_basis``)
-    and ``kb_version``: what they were computed from, when they are exactly what
-    GetPredictions would compute for the state's STM and config on that KB version."""
+    the engine's transition, which left them empty — encoded once, as a GetPredictionsResponse
+    (``stored_predictions`` reads it). ``basis`` (``processor.prediction_basis``) and
+    ``kb_version``: what they were computed from, when they are exactly what GetPredictions
+    would compute for the state's STM and config on that KB version."""
     forget_predictions(state)
-    prefix = names.pattern_prefix(state.node_id)
-    add_predictions(predictions, prefix, state.last_predictions, state.future_potentials, memo=memo)
+    out = svc.GetPredictionsResponse()
+    add_predictions(predictions, names.pattern_prefix(state.node_id), out.predictions, out.future_potentials, memo)
+    if out.predictions or out.future_potentials:
+        state.last_prediction_set = out.SerializeToString()
     if basis is not None and kb_version is not None:
         state.predictions_basis.kb_version = kb_version
         state.predictions_basis.digest = basis
 
 
+def stored_predictions(state: storage.SessionState) -> svc.GetPredictionsResponse:
+    """The predictions (and future potentials) a session keeps; a session an older server
+    stored has its predictions in ``last_predictions`` instead."""
+    if state.last_prediction_set:
+        return svc.GetPredictionsResponse.FromString(state.last_prediction_set)
+    return svc.GetPredictionsResponse(predictions=state.last_predictions)
+
+
+def cut_predictions(state: storage.SessionState, excess: int) -> None:
+    """Drop the lowest-ranked stored predictions until the state is ``excess`` bytes smaller
+    (or none is left); they are no longer GetPredictions' whole answer, so the basis goes."""
+    kept = stored_predictions(state)
+    count = len(kept.predictions)
+    while count and excess > 0:
+        count -= 1
+        body = kept.predictions[count].ByteSize()
+        excess -= 1 + _varint_bytes(body) + body  # the element's tag, length and body
+    del kept.predictions[count:]
+    state.ClearField("last_predictions")
+    state.ClearField("predictions_basis")
+    state.last_prediction_set = kept.SerializeToString()
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
 def cognition_data(state: storage.SessionState) -> svc.GetCognitionDataResponse:
     """KATO's cognition view of a session (docs/engine.md §5.6), from its stored state."""
     out = svc.GetCognitionDataResponse(
-        predictions=state.last_predictions,
+        predictions=stored_predictions(state).predictions,
         symbols=[s for e in state.stm for s in e.symbols],
         short_term_memory=state.stm,
         time=state.time,

@@ -28,7 +28,7 @@ from typing import Generic, TypeAlias, TypeVar
 import structlog
 from google.protobuf.message import Message
 
-from kato_grpc import request_ids
+from kato_grpc import encoding, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.applier import OutboxApplier
 from kato_grpc.errors import Aborted, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
@@ -313,13 +313,8 @@ class TransactionRunner:
         fits (GetCognitionData shows what is kept; the call's own answer has them all)."""
         size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
         limit = self.policy.max_session_bytes
-        if size > limit and new.last_predictions:
-            kept = len(new.last_predictions)
-            while kept and size > limit:
-                kept -= 1
-                size -= _field_bytes(new.last_predictions[kept])
-            del new.last_predictions[kept:]
-            new.ClearField("predictions_basis")  # no longer GetPredictions' whole answer
+        if size > limit and (new.last_prediction_set or new.last_predictions):
+            encoding.cut_predictions(new, size - limit)
             size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
         if size > limit and size > old.ByteSize():
             raise ResourceExhausted(
@@ -345,16 +340,6 @@ class _Commit(Generic[R]):
 @dataclass(frozen=True, slots=True)
 class _Answered(Generic[R]):
     response: R
-
-
-def _field_bytes(message: Message) -> int:
-    """What one element of a repeated message field adds to its parent: tag, length, body."""
-    body = message.ByteSize()
-    return 1 + _varint_bytes(body) + body
-
-
-def _varint_bytes(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _refused(writes: list[storage.PatternWrite]) -> FailedPrecondition:

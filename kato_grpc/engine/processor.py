@@ -264,9 +264,9 @@ def prediction_basis(stm: Sequence[Sequence[str]], cfg: EngineConfig) -> bytes:
 
 
 def stored_predictions_current(state: storage.SessionState, kb_version: int) -> bool:
-    """Whether the predictions the state keeps (last_predictions, future_potentials) are
-    exactly ``predictions(state, kb)`` for the KB at ``kb_version``: recorded whole, with a
-    basis of this STM and config on that version of the KB (architecture.md §3)."""
+    """Whether the predictions the state keeps (last_prediction_set) are exactly
+    ``predictions(state, kb)`` for the KB at ``kb_version``: recorded whole, with a basis of
+    this STM and config on that version of the KB (architecture.md §3)."""
     if not state.HasField("predictions_basis"):
         return False
     basis = state.predictions_basis

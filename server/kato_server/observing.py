@@ -210,9 +210,7 @@ class Observing:
         # KB version are the session's now — exactly what computing them again would give.
         if processor.stored_predictions_current(state, kb.version):
             self.runner.telemetry.predictions_served("stored")
-            return svc.GetPredictionsResponse(
-                predictions=state.last_predictions, future_potentials=state.future_potentials
-            )
+            return encoding.stored_predictions(state)
         self.runner.telemetry.predictions_served("computed")
 
         def compute(budget: Budget) -> svc.GetPredictionsResponse:

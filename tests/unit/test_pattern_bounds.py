@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kato_grpc import encoding
 from kato_grpc.engine import importing, records
 from kato_grpc.engine.naming import pattern_name
 from kato_grpc.errors import CounterLimit
@@ -116,7 +117,8 @@ def test_a_sessions_copy_of_its_predictions_is_cut_to_fit_and_the_observe_succee
     answered = kit.observe(r, ["a"])[0]  # twelve predictions of ~6 KB of metadata each
     assert len(answered["predictions"]) == 12  # the call's answer has them all
     state = r.state
-    assert 0 < len(state.last_predictions) < 12 and state.ByteSize() <= limit
-    assert [p.pattern.rsplit("/", 1)[1] for p in state.last_predictions] == [
-        p["name"] for p in answered["predictions"][: len(state.last_predictions)]
+    kept = encoding.stored_predictions(state).predictions
+    assert 0 < len(kept) < 12 and state.ByteSize() <= limit
+    assert [p.pattern.rsplit("/", 1)[1] for p in kept] == [
+        p["name"] for p in answered["predictions"][: len(kept)]
     ]  # the best ranked are the ones kept

@@ -9,6 +9,7 @@ from kato_grpc.access import ANYONE
 from kato_grpc.errors import AlreadyExists, StoreUnavailable
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
+from kato_server.observing import INLINE_WORK
 from tests.usecases.harness import KB, AbortedCall, Context, Kato, collect, expect, items, session_id, stream_context
 
 
@@ -178,8 +179,6 @@ def test_a_stream_serves_a_request_id_alone_and_an_invalid_message_after_the_one
 def test_small_predictions_run_on_the_event_loop_and_larger_ones_on_an_engine_thread(kato: Kato) -> None:
     """A prediction whose alignments are bounded by INLINE_WORK costs less than a thread
     hand-off: it runs inline; a larger one — a bigger KB or a longer STM — on a thread."""
-    from kato_server.observing import INLINE_WORK
-
     engine = kato.service.engine
     threaded: list[bool] = []
     run = engine.run

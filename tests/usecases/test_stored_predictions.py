@@ -86,8 +86,8 @@ def test_get_predictions_is_the_plain_computation_whichever_answer_it_serves(see
             await observing.observe(request, ANYONE)
         elif kind == "sequence":
             seq = [observation(rng) for _ in range(rng.randint(1, 3))]
-            request = svc.ObserveSequenceRequest(name=name, observations=seq, learn_at_end=rng.random() < 0.3)
-            await observing.observe_sequence(request, ANYONE)
+            sequence = svc.ObserveSequenceRequest(name=name, observations=seq, learn_at_end=rng.random() < 0.3)
+            await observing.observe_sequence(sequence, ANYONE)
         elif kind == "learn":
             if (await observing.get_stm(session_id(name), ANYONE)).events:
                 await observing.learn(svc.LearnRequest(name=name), ANYONE)
@@ -160,7 +160,9 @@ def test_predictions_cut_to_fit_the_session_are_computed_again_whole() -> None:
         observed = await kato.observe(s.name, "x", predictions=True)
         assert len(observed.predictions) == 60
         state = (await kato.service.runner.read(session_id(s.name), ANYONE)).state
-        assert 0 < len(state.last_predictions) < 60 and not state.HasField("predictions_basis")
+        kept = encoding.stored_predictions(state).predictions
+        assert 0 < len(kept) < 60 and not state.HasField("predictions_basis")
+        assert list(kept) == list(observed.predictions[: len(kept)])  # the best ranked
         answer = await kato.use.observing.get_predictions(session_id(s.name), ANYONE)
         assert list(answer.predictions) == list(observed.predictions)
         assert spy.sources == {"stored": 0, "computed": 1}

@@ -298,8 +298,8 @@ class SessionState(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
-    FUTURE_POTENTIALS_FIELD_NUMBER: _builtins.int
     PREDICTIONS_BASIS_FIELD_NUMBER: _builtins.int
+    LAST_PREDICTION_SET_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """"s-" + 32 hex."""
     node_id: _builtins.str
@@ -310,6 +310,12 @@ class SessionState(_message.Message):
     """Incremented on every save; the compare-and-set key."""
     ttl_seconds: _builtins.int
     """The sliding TTL; 0 means the server's default."""
+    last_prediction_set: _builtins.bytes
+    """The last observation's predictions and future potentials (GetCognitionData shows the
+    predictions; GetPredictions serves both while predictions_basis holds), as an encoded
+    kato.v1.GetPredictionsResponse. Bytes, not messages: loading, copying and sizing a
+    session never decodes them (kato_grpc/encoding.py).
+    """
     @_builtins.property
     def stm(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]:
         """Short-term memory, oldest event first."""
@@ -328,7 +334,9 @@ class SessionState(_message.Message):
 
     @_builtins.property
     def last_predictions(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Prediction]:
-        """The predictions of the last observation (GetCognitionData)."""
+        """The predictions of the last observation, as written before last_prediction_set (read
+        only when that is empty: a session stored by an older server).
+        """
 
     @_builtins.property
     def config(self) -> _engine_pb2.SessionConfig:
@@ -353,15 +361,11 @@ class SessionState(_message.Message):
         """When the session was created."""
 
     @_builtins.property
-    def future_potentials(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.FuturePotential]:
-        """The future potentials of the last predictions, kept with them for GetPredictions."""
-
-    @_builtins.property
     def predictions_basis(self) -> Global___PredictionsBasis:
-        """Set only while last_predictions and future_potentials are exactly what GetPredictions
-        would compute now, given the KB at basis.kb_version (architecture.md §3, "Predictions
-        computed once"): the last observation predicted on the whole STM with the session's
-        config, and they were kept whole.
+        """Set only while last_prediction_set is exactly what GetPredictions would compute now,
+        given the KB at basis.kb_version (architecture.md §3, "Predictions computed once"): the
+        last observation predicted on the whole STM with the session's config, and they were
+        kept whole.
         """
 
     def __init__(
@@ -382,12 +386,12 @@ class SessionState(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
-        future_potentials: _abc.Iterable[_engine_pb2.FuturePotential] | None = ...,
         predictions_basis: Global___PredictionsBasis | None = ...,
+        last_prediction_set: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "percept", b"percept", "predictions_basis", b"predictions_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "future_potentials", b"future_potentials", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "predictions_basis", b"predictions_basis", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "last_prediction_set", b"last_prediction_set", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "predictions_basis", b"predictions_basis", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ pattern's encoded events serve its past, present, future, sequence and future-po
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -65,6 +66,10 @@ _SYMBOL_TAG = field_tag(pb.Event.DESCRIPTOR, "symbols")
 # What one memo entry costs beyond its bytes (dict slot, bytes header, a share of the key).
 ENTRY_OVERHEAD = 160
 DEFAULT_MEMO_BYTES = 8 * 1024 * 1024
+# A session's stored predictions from this size on are kept zlib-compressed (level 1): about
+# 5x smaller in Redis for ~2.5 µs per KB of CPU; below it zlib's fixed cost outweighs the
+# bytes (docs/performance.md, "Writing less per Observe").
+COMPRESSED_PREDICTIONS_BYTES = 8192
 K = TypeVar("K")
 
 
@@ -267,37 +272,48 @@ def record_predictions(
     out = svc.GetPredictionsResponse()
     add_predictions(predictions, names.pattern_prefix(state.node_id), out.predictions, out.future_potentials, memo)
     if out.predictions or out.future_potentials:
-        state.last_prediction_set = out.SerializeToString()
+        _keep(state, out.SerializeToString())
     if basis is not None and kb_version is not None:
         state.predictions_basis.kb_version = kb_version
         state.predictions_basis.digest = basis
 
 
+def _keep(state: storage.SessionState, encoded: bytes) -> None:
+    """Store an encoded GetPredictionsResponse in the state: compressed when it is large."""
+    if len(encoded) >= COMPRESSED_PREDICTIONS_BYTES:
+        state.last_prediction_set_zlib = zlib.compress(encoded, 1)
+    else:
+        state.last_prediction_set = encoded
+
+
 def stored_predictions(state: storage.SessionState) -> svc.GetPredictionsResponse:
     """The predictions (and future potentials) a session keeps; a session an older server
     stored has its predictions in ``last_predictions`` instead."""
+    if state.last_prediction_set_zlib:
+        return svc.GetPredictionsResponse.FromString(zlib.decompress(state.last_prediction_set_zlib))
     if state.last_prediction_set:
         return svc.GetPredictionsResponse.FromString(state.last_prediction_set)
     return svc.GetPredictionsResponse(predictions=state.last_predictions)
 
 
-def cut_predictions(state: storage.SessionState, excess: int) -> None:
-    """Drop the lowest-ranked stored predictions until the state is ``excess`` bytes smaller
-    (or none is left); they are no longer GetPredictions' whole answer, so the basis goes."""
+def cut_predictions(state: storage.SessionState, limit: int) -> None:
+    """Drop the lowest-ranked stored predictions until the state's encoding is at most
+    ``limit`` bytes (or none is left); they are no longer GetPredictions' whole answer, so
+    the basis goes. A compressed copy shrinks by less than what is dropped from it: the
+    excess is scaled by the copy's compression ratio, a pass or two."""
     kept = stored_predictions(state)
-    count = len(kept.predictions)
-    while count and excess > 0:
-        count -= 1
-        body = kept.predictions[count].ByteSize()
-        excess -= 1 + _varint_bytes(body) + body  # the element's tag, length and body
-    del kept.predictions[count:]
-    state.ClearField("last_predictions")
     state.ClearField("predictions_basis")
-    state.last_prediction_set = kept.SerializeToString()
-
-
-def _varint_bytes(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
+    while kept.predictions and state.ByteSize() > limit:
+        plain = kept.ByteSize()
+        stored = len(state.last_prediction_set_zlib) or plain
+        excess = (state.ByteSize() - limit) * plain / max(1, stored)  # in encoded bytes
+        while kept.predictions and excess > 0:
+            body = kept.predictions[-1].ByteSize()
+            excess -= 1 + (body.bit_length() + 6) // 7 + body  # the element's tag, length and body
+            del kept.predictions[-1]
+        forget_predictions(state)
+        if kept.predictions or kept.future_potentials:
+            _keep(state, kept.SerializeToString())
 
 
 def cognition_data(state: storage.SessionState) -> svc.GetCognitionDataResponse:

@@ -311,11 +311,12 @@ class TransactionRunner:
         of the last predictions never makes it: they are what the KB made of the STM, not
         what the client sent, so the lowest ranked are left out of the copy until the session
         fits (GetCognitionData shows what is kept; the call's own answer has them all)."""
-        size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
+        pending = sum(w.ByteSize() for w in new.pending_writes)  # stored apart (the outbox)
+        size = new.ByteSize() - pending
         limit = self.policy.max_session_bytes
-        if size > limit and (new.last_prediction_set or new.last_predictions):
-            encoding.cut_predictions(new, size - limit)
-            size = new.ByteSize() - sum(w.ByteSize() for w in new.pending_writes)
+        if size > limit:
+            encoding.cut_predictions(new, limit + pending)
+            size = new.ByteSize() - pending
         if size > limit and size > old.ByteSize():
             raise ResourceExhausted(
                 f"the session would hold {size:,} bytes, over the limit of {limit:,} (KATO_MAX_SESSION_BYTES): "

@@ -85,7 +85,7 @@ def stm_lists(state: storage.SessionState) -> list[list[str]]:
 
 def forget_predictions(state: storage.SessionState) -> None:
     """Drop the state's record of its last predictions (and that they were current)."""
-    for name in ("last_predictions", "last_prediction_set", "predictions_basis"):
+    for name in ("last_predictions", "last_prediction_set", "last_prediction_set_zlib", "predictions_basis"):
         state.ClearField(name)
 
 

@@ -300,6 +300,7 @@ class SessionState(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PREDICTIONS_BASIS_FIELD_NUMBER: _builtins.int
     LAST_PREDICTION_SET_FIELD_NUMBER: _builtins.int
+    LAST_PREDICTION_SET_ZLIB_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """"s-" + 32 hex."""
     node_id: _builtins.str
@@ -315,6 +316,10 @@ class SessionState(_message.Message):
     predictions; GetPredictions serves both while predictions_basis holds), as an encoded
     kato.v1.GetPredictionsResponse. Bytes, not messages: loading, copying and sizing a
     session never decodes them (kato_grpc/encoding.py).
+    """
+    last_prediction_set_zlib: _builtins.bytes
+    """The same, zlib-compressed, instead of last_prediction_set when it is large (at most one
+    of the two is set; kato_grpc/encoding.py COMPRESSED_PREDICTIONS_BYTES).
     """
     @_builtins.property
     def stm(self) -> _containers.RepeatedCompositeFieldContainer[_engine_pb2.Event]:
@@ -388,10 +393,11 @@ class SessionState(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         predictions_basis: Global___PredictionsBasis | None = ...,
         last_prediction_set: _builtins.bytes = ...,
+        last_prediction_set_zlib: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "percept", b"percept", "predictions_basis", b"predictions_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "last_prediction_set", b"last_prediction_set", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "predictions_basis", b"predictions_basis", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "emotives_accumulator", b"emotives_accumulator", "last_prediction_set", b"last_prediction_set", "last_prediction_set_zlib", b"last_prediction_set_zlib", "last_predictions", b"last_predictions", "metadata", b"metadata", "metadata_accumulator", b"metadata_accumulator", "node_id", b"node_id", "pending_vectors", b"pending_vectors", "pending_writes", b"pending_writes", "percept", b"percept", "predictions_basis", b"predictions_basis", "session_id", b"session_id", "stm", b"stm", "time", b"time", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -165,9 +165,15 @@ def test_shutdown_during_heavy_work_ends_within_the_grace_period(stores: Stores,
     server.start(KATO_GRACE_SECONDS="2", KATO_METRICS_PORT=str(port), KATO_LOG_LEVEL="INFO")
     try:
         stub = server.stub()
-        sid = stub.CreateSession(
-            svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("endless")))
-        ).name
+        new = svc.CreateSessionRequest(session=svc.Session(knowledge_base=names.knowledge_base("endless")))
+        # A KB too large for a prediction to run inline (observing.INLINE_WORK): it goes to an
+        # engine thread, the work a shutdown must call off.
+        teacher = stub.CreateSession(new).name
+        for i in range(3):
+            symbols = [f"e{i}-{j}" for j in range(1000)]
+            stub.Observe(svc.ObserveRequest(name=teacher, observation=pb.Observation(strings=symbols)))
+        stub.Learn(svc.LearnRequest(name=teacher))
+        sid = stub.CreateSession(new).name
         calls = [stub.GetPredictions.future(svc.GetPredictionsRequest(name=sid)) for _ in range(3)]
         # All three being served before SIGTERM (arriving after it, they would be refused at once).
         assert eventually(lambda: scrape(port).get("kato_rpc_in_flight", 0) >= 3)

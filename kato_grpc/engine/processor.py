@@ -296,11 +296,12 @@ def _drop_oldest(new: storage.SessionState, limits: StmLimits) -> int:
     dropped = max(0, len(new.stm) - limits.max_events)
     if dropped:
         del new.stm[:dropped]
-    # Every symbol takes at least two bytes on the wire, so a state this small cannot be over
-    # the symbol limit and the (slower) count is skipped.
-    if new.ByteSize() <= 2 * limits.max_symbols:
-        return dropped
+    # Counted from the events' lengths (O(events)): sizing the whole state instead, as this
+    # once did to skip the count, walked the outbox a sequence accumulates — per observation,
+    # a third of a bulk-training server's time (docs/performance.md, "Bulk training").
     total = sum(len(e.symbols) for e in new.stm)
+    if total <= limits.max_symbols:
+        return dropped
     first = 0
     while total > limits.max_symbols and first < len(new.stm) - 1:
         total -= len(new.stm[first].symbols)

@@ -261,7 +261,7 @@ def record_predictions(
     *,
     basis: bytes | None = None,
     kb_version: int | None = None,
-) -> None:
+) -> bytes:
     """Record a call's last predictions in the session state it commits (GetCognitionData
     reads them back; GetPredictions serves them while they are current): once per call, after
     the engine's transition, which left them empty — encoded once, as a GetPredictionsResponse
@@ -271,11 +271,45 @@ def record_predictions(
     forget_predictions(state)
     out = svc.GetPredictionsResponse()
     add_predictions(predictions, names.pattern_prefix(state.node_id), out.predictions, out.future_potentials, memo)
-    if out.predictions or out.future_potentials:
-        _keep(state, out.SerializeToString())
+    encoded = out.SerializeToString()
+    if encoded:
+        _keep(state, encoded)
     if basis is not None and kb_version is not None:
         state.predictions_basis.kb_version = kb_version
         state.predictions_basis.digest = basis
+    return encoded
+
+
+# An encoded GetPredictionsResponse's top-level keys, and an ObserveResponse's for the same
+# fields (both length-delimited): ``observe_predictions`` swaps one for the other.
+_OBSERVE_KEYS = {
+    field_tag(svc.GetPredictionsResponse.DESCRIPTOR, name)[0]: field_tag(svc.ObserveResponse.DESCRIPTOR, name)
+    for name in ("predictions", "future_potentials")
+}
+
+
+def observe_predictions(encoded: bytes) -> bytes:
+    """An encoded GetPredictionsResponse (``record_predictions``' return) as the predictions
+    and future potentials of an encoded ObserveResponse, to merge into one: the call that
+    recorded them answers with them without encoding them twice. Walks only the top-level
+    entries (a key byte, a length, the body each)."""
+    out = []
+    i, n = 0, len(encoded)
+    while i < n:
+        key = _OBSERVE_KEYS[encoded[i]]  # field numbers 1 and 2: one key byte each
+        j = i + 1
+        length = shift = 0
+        while True:
+            byte = encoded[j]
+            length |= (byte & 0x7F) << shift
+            j += 1
+            if byte < 0x80:
+                break
+            shift += 7
+        out.append(key)
+        out.append(encoded[i + 1 : j + length])
+        i = j + length
+    return b"".join(out)
 
 
 def _keep(state: storage.SessionState, encoded: bytes) -> None:

@@ -83,9 +83,11 @@ class Observing:
             r = processor.observe(
                 state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
             )
-            encoding.record_predictions(r.state, r.predictions, self.memo, basis=r.basis, kb_version=_version(kb))
+            encoded = encoding.record_predictions(
+                r.state, r.predictions, self.memo, basis=r.basis, kb_version=_version(kb)
+            )
             out = svc.ObserveResponse()
-            _fill_observe(out, r, req.return_predictions, self.memo, state.node_id)
+            _fill_observe(out, r, req.return_predictions, self.memo, state.node_id, encoded)
             return r.state, out
 
         async def run(
@@ -119,10 +121,13 @@ class Observing:
                 state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
             )
             last = r.steps[-1].observed
-            encoding.record_predictions(r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb))
+            encoded = encoding.record_predictions(
+                r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb)
+            )
             out = svc.ObserveSequenceResponse()
-            for req, step in zip(reqs, r.steps, strict=True):
-                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, state.node_id)
+            for i, (req, step) in enumerate(zip(reqs, r.steps, strict=True)):
+                mine = encoded if i == len(reqs) - 1 else None  # the recorded ones are the last step's
+                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, state.node_id, mine)
             return r.state, out
 
         async def run(
@@ -157,14 +162,16 @@ class Observing:
                 learn_after=frozenset(req.learn_after),
                 budget=budget,
             )
+            encoded = None
             if r.steps:  # the last observation's predictions, encoded once (not per step)
                 last = r.steps[-1].observed
-                encoding.record_predictions(
+                encoded = encoding.record_predictions(
                     r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb)
                 )
             node, state = state.node_id, r.state
-            for step in r.steps:
-                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, node)
+            for i, step in enumerate(r.steps):
+                mine = encoded if i == len(r.steps) - 1 else None
+                _fill_observe(out.results.add(), step.observed, req.return_predictions, self.memo, node, mine)
                 if step.observed.auto_learned_pattern:
                     out.auto_learned_patterns.append(names.pattern(node, step.observed.auto_learned_pattern))
                 if step.learned_after is not None:
@@ -264,11 +271,19 @@ def _light(
 
 
 def _fill_observe(
-    out: svc.ObserveResponse, r: processor.ObserveStep, with_predictions: bool, memo: encoding.EventMemo, node_id: str
+    out: svc.ObserveResponse,
+    r: processor.ObserveStep,
+    with_predictions: bool,
+    memo: encoding.EventMemo,
+    node_id: str,
+    encoded: bytes | None = None,
 ) -> None:
+    """``encoded``: this step's predictions as ``record_predictions`` encoded them, if it did."""
     out.stm_length, out.time, out.unique_id, out.dropped_events = r.stm_length, r.time, r.unique_id, r.dropped_events
     if r.auto_learned_pattern:
         out.auto_learned_pattern = names.pattern(node_id, r.auto_learned_pattern)
-    if with_predictions:
+    if with_predictions and encoded is not None:
+        out.MergeFromString(encoding.observe_predictions(encoded))
+    elif with_predictions:
         prefix = names.pattern_prefix(node_id)
         encoding.add_predictions(r.predictions, prefix, out.predictions, out.future_potentials, memo)

@@ -17,12 +17,16 @@ from kato_grpc.encoding import (
     field_tag,
     future_proto,
     join_field,
+    observe_predictions,
     prediction_proto,
+    record_predictions,
+    stored_predictions,
 )
 from kato_grpc.engine.alignment import matching_blocks
 from kato_grpc.engine.config import EngineConfig
 from kato_grpc.engine.ensemble import _future_key
 from kato_grpc.engine.predict import predict
+from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
 from tests.unit.kit import PATTERN, kb_of
@@ -126,3 +130,22 @@ def test_a_memo_shared_across_calls_builds_the_same_messages(
         add_predictions(result, PREFIX, fresh.predictions, fresh.future_potentials)
         add_predictions(result, PREFIX, reused.predictions, reused.future_potentials, shared)
         assert fresh == reused
+
+
+@settings(max_examples=50, deadline=None)
+@given(patterns=st.lists(PATTERN, min_size=1, max_size=30), stm=PATTERN)
+def test_recorded_predictions_answer_an_observe_as_encoding_them_again_does(
+    patterns: list[list[list[str]]], stm: list[list[str]]
+) -> None:
+    """An Observe answers with the predictions it recorded for its session (one encoding,
+    its top-level keys swapped): the same response as encoding them into it."""
+    kb = kb_of(patterns)
+    result = predict(stm, kb, EngineConfig(recall_threshold=0.1, max_predictions=5))
+    state = storage.SessionState(node_id="bench")
+    encoded = record_predictions(state, result)
+    reused, fresh = svc.ObserveResponse(stm_length=3), svc.ObserveResponse(stm_length=3)
+    reused.MergeFromString(observe_predictions(encoded))
+    add_predictions(result, names.pattern_prefix("bench"), fresh.predictions, fresh.future_potentials)
+    assert reused == fresh
+    assert (len(reused.predictions), len(reused.future_potentials)) == (len(result.ranked), len(result.futures))
+    assert stored_predictions(state).SerializeToString() == encoded

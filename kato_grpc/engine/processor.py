@@ -296,9 +296,13 @@ def _drop_oldest(new: storage.SessionState, limits: StmLimits) -> int:
     dropped = max(0, len(new.stm) - limits.max_events)
     if dropped:
         del new.stm[:dropped]
-    # Counted from the events' lengths (O(events)): sizing the whole state instead, as this
-    # once did to skip the count, walked the outbox a sequence accumulates — per observation,
-    # a third of a bulk-training server's time (docs/performance.md, "Bulk training").
+    # Every symbol takes at least two bytes on the wire, so a state this small cannot be over
+    # the symbol limit and the count is skipped: sizing it (in C) beats counting a long STM's
+    # events in Python. Not while it carries the outbox a sequence accumulates: sizing would
+    # walk that per observation, a third of a bulk-training server's time (docs/performance.md,
+    # "The per-call floor"); such sequences learn, so their STM is short to count.
+    if not new.pending_writes and new.ByteSize() <= 2 * limits.max_symbols:
+        return dropped
     total = sum(len(e.symbols) for e in new.stm)
     if total <= limits.max_symbols:
         return dropped

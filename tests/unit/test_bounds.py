@@ -74,6 +74,29 @@ def test_stm_symbol_limit_drops_the_oldest_events() -> None:
     assert len(one.state.stm) == 1  # the newest event always stays
 
 
+def test_stm_symbol_limit_holds_in_a_sequence_that_carries_an_outbox() -> None:
+    """After a learn, a sequence's state carries its outbox (the count is taken then, not
+    skipped by sizing the state): the limit drops the same events as one call at a time."""
+    kb = InMemoryKnowledgeBase()
+    state = processor.new_session("s", "n", pb.SessionConfig(process_predictions=False))
+    bounds = processor.StmLimits(max_events=1000, max_symbols=25)
+    observations = [pb.Observation(strings=["a", "b"])] + [
+        pb.Observation(strings=[f"e{i}-{j}" for j in range(10)]) for i in range(6)
+    ]
+    ids = [str(i) for i in range(len(observations))]
+    together = processor.observe_sequence(state, observations, kb, unique_ids=ids, limits=bounds, learn_after=[0])
+    assert len(together.writes) == 1  # the learn after the first observation
+    one_by_one, dropped = state, 0
+    for i, observation in enumerate(observations):
+        result = processor.observe(one_by_one, observation, kb, unique_id=ids[i], limits=bounds)
+        one_by_one, dropped = result.state, dropped + result.dropped_events
+        if i == 0:
+            one_by_one = processor.learn(one_by_one).state
+    assert [list(e.symbols) for e in together.state.stm] == [list(e.symbols) for e in one_by_one.stm]
+    assert [len(e.symbols) for e in together.state.stm] == [10, 10]
+    assert sum(step.observed.dropped_events for step in together.steps) == dropped == 4
+
+
 def test_a_clone_changes_without_touching_its_source() -> None:
     index = KnowledgeIndex()
     index.put_pattern(PatternRecord.build("a" * 40, [["x", "y"]], 1))

@@ -13,6 +13,7 @@ from kato_grpc import names
 from kato_grpc.encoding import (
     EventMemo,
     add_predictions,
+    cut_predictions,
     encode_events,
     field_tag,
     future_proto,
@@ -149,3 +150,18 @@ def test_recorded_predictions_answer_an_observe_as_encoding_them_again_does(
     assert reused == fresh
     assert (len(reused.predictions), len(reused.future_potentials)) == (len(result.ranked), len(result.futures))
     assert stored_predictions(state).SerializeToString() == encoded
+
+
+def test_a_session_stored_before_the_encoded_copy_still_shows_and_cuts_its_predictions() -> None:
+    """A session an older server stored keeps its predictions as messages (field 8): they
+    are still read, and cut to a byte limit like the encoded copy."""
+    kb = kb_of([[["a"], [f"b{i}"]] for i in range(6)])
+    result = predict([["a"]], kb, EngineConfig(recall_threshold=0.1, max_predictions=6))
+    state = storage.SessionState(node_id="bench")
+    add_predictions(result, names.pattern_prefix("bench"), state.last_predictions)
+    assert len(state.last_predictions) == 6
+    assert list(stored_predictions(state).predictions) == list(state.last_predictions)
+    before = list(state.last_predictions)
+    cut_predictions(state, state.ByteSize() - 1)
+    kept = stored_predictions(state).predictions
+    assert 0 < len(kept) < 6 and list(kept) == before[: len(kept)] and not state.last_predictions

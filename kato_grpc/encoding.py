@@ -67,8 +67,8 @@ _SYMBOL_TAG = field_tag(pb.Event.DESCRIPTOR, "symbols")
 ENTRY_OVERHEAD = 160
 DEFAULT_MEMO_BYTES = 8 * 1024 * 1024
 # A session's stored predictions from this size on are kept zlib-compressed (level 1): about
-# 5x smaller in Redis for ~2.5 µs per KB of CPU; below it zlib's fixed cost outweighs the
-# bytes (docs/performance.md, "Writing less per Observe").
+# 4x smaller in Redis on the benchmark's predictions for ~6 µs of CPU per KB; below it zlib's
+# fixed cost outweighs the bytes (docs/performance.md, "The per-call floor").
 COMPRESSED_PREDICTIONS_BYTES = 8192
 K = TypeVar("K")
 
@@ -331,12 +331,17 @@ def stored_predictions(state: storage.SessionState) -> svc.GetPredictionsRespons
 
 
 def cut_predictions(state: storage.SessionState, limit: int) -> None:
-    """Drop the lowest-ranked stored predictions until the state's encoding is at most
-    ``limit`` bytes (or none is left); they are no longer GetPredictions' whole answer, so
-    the basis goes. A compressed copy shrinks by less than what is dropped from it: the
-    excess is scaled by the copy's compression ratio, a pass or two."""
+    """Make the state's encoding at most ``limit`` bytes by what it keeps of its last
+    predictions: a cut copy is no longer GetPredictions' whole answer, so the basis and the
+    future potentials go first (GetCognitionData shows only the predictions), then the
+    lowest-ranked predictions until it fits (or none is left). A compressed copy shrinks by
+    less than what is dropped from it: the excess is scaled by its compression ratio, a pass
+    or two."""
     kept = stored_predictions(state)
-    state.ClearField("predictions_basis")
+    del kept.future_potentials[:]
+    forget_predictions(state)
+    if kept.predictions:
+        _keep(state, kept.SerializeToString())
     while kept.predictions and state.ByteSize() > limit:
         plain = kept.ByteSize()
         stored = len(state.last_prediction_set_zlib) or plain
@@ -346,7 +351,7 @@ def cut_predictions(state: storage.SessionState, limit: int) -> None:
             excess -= 1 + (body.bit_length() + 6) // 7 + body  # the element's tag, length and body
             del kept.predictions[-1]
         forget_predictions(state)
-        if kept.predictions or kept.future_potentials:
+        if kept.predictions:
             _keep(state, kept.SerializeToString())
 
 

@@ -165,3 +165,23 @@ def test_a_session_stored_before_the_encoded_copy_still_shows_and_cuts_its_predi
     cut_predictions(state, state.ByteSize() - 1)
     kept = stored_predictions(state).predictions
     assert 0 < len(kept) < 6 and list(kept) == before[: len(kept)] and not state.last_predictions
+
+
+def test_a_cut_copy_drops_the_future_potentials_first_and_never_leaves_the_session_over() -> None:
+    """Cut to a byte limit, a copy of the predictions keeps no future potentials (it is no
+    longer GetPredictions' answer); what the limit leaves room for of the predictions stays."""
+    kb = kb_of([[["a"], [f"b{i}"], [f"c{i}"]] for i in range(8)])
+    result = predict([["a"]], kb, EngineConfig(recall_threshold=0.1, max_predictions=8))
+    state = storage.SessionState(node_id="bench")
+    record_predictions(state, result, basis=b"x", kb_version=3)
+    whole = stored_predictions(state)
+    assert len(whole.future_potentials) == 8 and state.HasField("predictions_basis")
+    for limit in (state.ByteSize() - 1, state.ByteSize() // 2, 10):
+        cut = storage.SessionState()
+        cut.CopyFrom(state)
+        cut_predictions(cut, limit)
+        kept = stored_predictions(cut)
+        assert not kept.future_potentials and not cut.HasField("predictions_basis")
+        assert list(kept.predictions) == list(whole.predictions[: len(kept.predictions)])
+        assert cut.ByteSize() <= limit or not kept.predictions
+    assert cut == storage.SessionState(node_id="bench")  # nothing of them left: 10 bytes hold none

@@ -155,8 +155,8 @@ def test_predictions_cut_to_fit_the_session_are_computed_again_whole() -> None:
     spy = Served()
     kato.service.runner.telemetry = spy
 
-    def long(i: int) -> str:  # 300 random hex digits: they do not compress away
-        return random.Random(i).randbytes(150).hex()
+    def long(i: int) -> str:  # 800 random hex digits: they do not compress away
+        return random.Random(i).randbytes(400).hex()
 
     async def main() -> None:
         teacher = await kato.create()

@@ -212,18 +212,9 @@ class Observing:
     async def get_predictions(self, session_id: str, caller: Caller) -> svc.GetPredictionsResponse:
         loaded = await self.runner.read(session_id, caller)
         state = loaded.state
+        kb = await self._view(state.node_id, loaded.kb_version)
         # Computed once (architecture.md §3): the last observation's, while its STM, config and
-        # KB version are the session's now — exactly what computing them again would give. The
-        # version published with the load is the KB "now" when no outbox of the session was just
-        # applied: then a match needs no KB at all (a replica that does not cache it answers
-        # without loading it); otherwise the cache's index says.
-        published = loaded.kb_version
-        if published is None:  # the load did not bring it (first call on the session here)
-            published = await self.versions.kb_version(state.node_id)
-        if published is not None and loaded.outbox is None and processor.stored_predictions_current(state, published):
-            self.runner.telemetry.predictions_served("stored")
-            return encoding.stored_predictions(state)
-        kb = await self._view(state.node_id, published)
+        # KB version are the session's now — exactly what computing them again would give.
         if processor.stored_predictions_current(state, kb.version):
             self.runner.telemetry.predictions_served("stored")
             return encoding.stored_predictions(state)

@@ -185,32 +185,3 @@ def test_predictions_cut_to_fit_the_session_are_computed_again_whole() -> None:
         kato.run(main())
     finally:
         kato.close()
-
-
-def test_a_process_that_does_not_cache_the_kb_serves_stored_predictions_without_loading_it() -> None:
-    a = Kato()
-    b = Kato(sharing=a)
-    spy = Served()
-    b.service.runner.telemetry = spy
-
-    async def main() -> None:
-        teacher = await a.create()
-        await a.learned(teacher.name, ["a"], ["b"], ["c"])
-        s = await a.create()
-        seen = await a.observe(s.name, "a", predictions=True)
-        assert b.service.cache.cached_version(KB) is None
-        answer = await b.use.observing.get_predictions(session_id(s.name), ANYONE)
-        assert list(answer.predictions) == list(seen.predictions) and len(seen.predictions) == 1
-        assert spy.sources == {"stored": 1, "computed": 0}
-        assert b.service.cache.cached_version(KB) is None  # answered without loading the KB
-        # Once the KB moved on, b reads it to compute.
-        await a.learned(teacher.name, ["a"], ["d"])
-        again = await b.use.observing.get_predictions(session_id(s.name), ANYONE)
-        assert spy.sources == {"stored": 1, "computed": 1} and len(again.predictions) == 2
-        assert b.service.cache.cached_version(KB) is not None
-
-    try:
-        a.run(main())
-    finally:
-        a.close()
-        b.close()

@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.engine --sizes 1000 10000 100000 1000000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.service --sizes 1000 10000 100000 --write BENCHMARKS.md
 	$(BIN)/python -m bench.tools --write BENCHMARKS.md
+	$(BIN)/python -m bench.bounds --write BENCHMARKS.md
 	$(BIN)/python -m bench.overhead --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m bench.cluster --rounds 5 --write BENCHMARKS.md
 	$(BIN)/python -m bench.costs --write BENCHMARKS.md

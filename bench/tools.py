@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                     for i in range(args.patterns)
                 )
                 source = tmp / "source.jsonl"
-                _write_generated(source, patterns)
+                write_generated(source, patterns)
                 t0 = time.monotonic()
                 transfer.import_file(kato, "bench-source", source, "gen")
                 print(f"generated import: {args.patterns / (time.monotonic() - t0):,.0f} patterns/s", flush=True)
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def _write_generated(path: Path, patterns: Iterator[dict[str, Any]]) -> None:
+def write_generated(path: Path, patterns: Iterator[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         fh.write(json.dumps({"format": transfer.FORMAT, "version": transfer.VERSION, "knowledge_base": {}}) + "\n")
         for p in patterns:

@@ -45,6 +45,14 @@ def test_tools_benchmark_smoke(tmp_path: Path) -> None:
         assert figure in text
 
 
+def test_bounds_benchmark_smoke() -> None:
+    out = _bench("bench.bounds", "--patterns", "200")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    for run in ("import (500 patterns a message)", "`kato train` (2 sessions, 200 sequences a call)"):
+        rate, server, mongodb = (cell.strip() for cell in rows[run][:3])
+        assert float(rate.replace(",", "")) > 0 and server != "0 %" and mongodb != "0 %", rows[run]
+
+
 def test_overhead_benchmark_smoke() -> None:
     out = _bench("bench.overhead", "--rounds", "1", "--calls", "30")
     for server in ("| off |", "| metrics |", "| traces |", "| access log |"):

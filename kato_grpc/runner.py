@@ -120,6 +120,10 @@ class TransactionRunner:
         if loaded.outbox is not None:
             await self.applier.apply(loaded.outbox, loaded.outbox_version)
             await self.sessions.drop_outbox(session_id, loaded.outbox_version)
+            # The version the load read predates this apply: a read is at least what it made.
+            applied = self.applier.applied_version(loaded.outbox.node_id)
+            if applied is not None and (loaded.kb_version is None or applied > loaded.kb_version):
+                loaded = replace(loaded, kb_version=applied)
         return loaded
 
     def remember(self, state: storage.SessionState) -> None:

@@ -113,15 +113,31 @@ class KbCache:
             if self._after_eviction is not None:
                 self._after_eviction()  # the index is freed: the heap it took goes back
 
+    async def version(self, kb_id: str, published: int | None = None) -> int:
+        """The KB's version as a ``view`` now would take it, without loading or refreshing it:
+        the cached index's when ``view`` would take that as it is, else MongoDB's (then not
+        counted as a check: the index was not brought up to it)."""
+        index = self._indexes.get(kb_id)
+        if self._as_cached(kb_id, index, published, self._clock()):
+            assert index is not None
+            return index.version
+        return await self._store.kb_version(kb_id)
+
+    def _as_cached(self, kb_id: str, index: KnowledgeIndex | None, published: int | None, now: float) -> bool:
+        """Whether the cached ``index`` is the KB now: not older than ``published`` and MongoDB
+        was asked within ``check_seconds``. Writers publish after every applied write, so a
+        missing version means no write since Redis last knew it (or Redis lost the key):
+        MongoDB, checked once a second, decides."""
+        recent = now - self._checked.get(kb_id, -1e9) < self._check_seconds
+        return index is not None and (published is None or published <= index.version) and recent
+
     async def _current(self, kb_id: str, published: int | None, *, check: bool = False) -> tuple[KnowledgeIndex, str]:
         """``view``'s index and what the lookup did (``hit``, ``refresh``, ``load``);
         ``check``: ask MongoDB for the version even when it was asked recently."""
         index = self._indexes.get(kb_id)
         now = self._clock()
-        recent = not check and now - self._checked.get(kb_id, -1e9) < self._check_seconds
-        # Writers publish after every applied write, so a missing version means no write since
-        # Redis last knew it (or Redis lost the key): MongoDB, checked once a second, decides.
-        if index is not None and (published is None or published <= index.version) and recent:
+        if not check and self._as_cached(kb_id, index, published, now):
+            assert index is not None
             current = index.version
         else:
             current = await self._store.kb_version(kb_id)

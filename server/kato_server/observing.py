@@ -212,13 +212,21 @@ class Observing:
     async def get_predictions(self, session_id: str, caller: Caller) -> svc.GetPredictionsResponse:
         loaded = await self.runner.read(session_id, caller)
         state = loaded.state
-        kb = await self._view(state.node_id, loaded.kb_version)
+        published = loaded.kb_version
+        if published is None:  # the load did not bring it (first call on the session here)
+            published = await self.versions.kb_version(state.node_id)
         # Computed once (architecture.md §3): the last observation's, while its STM, config and
-        # KB version are the session's now — exactly what computing them again would give.
-        if processor.stored_predictions_current(state, kb.version):
-            self.runner.telemetry.predictions_served("stored")
-            return encoding.stored_predictions(state)
+        # KB version are the session's now — exactly what computing them again would give. The
+        # KB's version "now" is the cache's (no IO when it holds the KB as it is); a process that
+        # does not cache the KB asks MongoDB for it instead of loading the KB.
+        if state.HasField("predictions_basis"):
+            now = await self.cache.version(state.node_id, published)
+            if processor.stored_predictions_current(state, now):
+                self.runner.telemetry.predictions_served("stored")
+                return encoding.stored_predictions(state)
+            published = max(published or 0, now)  # what it just learned of the KB is its floor
         self.runner.telemetry.predictions_served("computed")
+        kb = await self.cache.view(state.node_id, published)
 
         def compute(budget: Budget) -> svc.GetPredictionsResponse:
             out = svc.GetPredictionsResponse()  # built on the engine thread too: it can be large

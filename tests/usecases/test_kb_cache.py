@@ -39,7 +39,7 @@ def test_two_calls_refreshing_a_kb_at_once_count_each_change_once(kato: Kato) ->
             return await store.kb_version(kb_id)
 
         store.kb_version = slow_version  # type: ignore[method-assign]
-        first = asyncio.create_task(kato.use.observing.get_predictions(sid, ANYONE))
+        first = asyncio.create_task(kato.service.cache.view(KB, 3))  # as a read given version 3
         await asked.wait()  # it read the cached index (version 2) and waits for MongoDB
         await kato.use.observing.get_predictions(sid, ANYONE)  # another call refreshes (a clone) to 3
         cached.readers -= 1

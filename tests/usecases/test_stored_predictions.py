@@ -20,6 +20,7 @@ from google.protobuf import field_mask_pb2
 from kato_grpc import encoding, names
 from kato_grpc.access import ANYONE
 from kato_grpc.engine import processor
+from kato_grpc.engine.naming import pattern_name
 from kato_grpc.telemetry import _NoTelemetry
 from kato_grpc.v1 import engine_pb2 as pb
 from kato_grpc.v1 import kato_service_pb2 as svc
@@ -180,6 +181,66 @@ def test_predictions_cut_to_fit_the_session_are_computed_again_whole() -> None:
             small.predictions
         )
         assert spy.sources == {"stored": 1, "computed": 1}
+
+    try:
+        kato.run(main())
+    finally:
+        kato.close()
+
+
+def test_a_process_that_does_not_cache_the_kb_serves_stored_predictions_without_loading_it() -> None:
+    """It asks MongoDB for the KB's version instead of loading the KB (one read, not the KB);
+    once the KB moved on, it reads the KB to compute."""
+    a = Kato()
+    b = Kato(sharing=a)
+    spy = Served()
+    b.service.runner.telemetry = spy
+
+    async def main() -> None:
+        teacher = await a.create()
+        await a.learned(teacher.name, ["a"], ["b"], ["c"])
+        s = await a.create()
+        seen = await a.observe(s.name, "a", predictions=True)
+        assert b.service.cache.cached_version(KB) is None
+        answer = await b.use.observing.get_predictions(session_id(s.name), ANYONE)
+        assert list(answer.predictions) == list(seen.predictions) and len(seen.predictions) == 1
+        assert spy.sources == {"stored": 1, "computed": 0}
+        assert b.service.cache.cached_version(KB) is None  # answered without loading the KB
+        await a.learned(teacher.name, ["a"], ["d"])
+        again = await b.use.observing.get_predictions(session_id(s.name), ANYONE)
+        assert spy.sources == {"stored": 1, "computed": 1} and len(again.predictions) == 2
+        assert b.service.cache.cached_version(KB) is not None
+        assert again == await plain(b, s.name)
+
+    try:
+        a.run(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_read_that_applies_its_sessions_learn_predicts_from_what_that_made() -> None:
+    """Read-your-writes on the read path: GetPredictions applies the session's pending learn
+    (answered at commit, its apply failed) first, and the KB version it then answers at is at
+    least the one that apply made — not the one its load read, which a recent cache would take
+    as current."""
+    kato = Kato(settings(learn_ack="committed"))
+
+    async def main() -> None:
+        teacher, s = await kato.create(), await kato.create()
+        await kato.learned(teacher.name, ["p"], ["q"])
+        await kato.observe(s.name, "x")
+        await kato.use.observing.get_predictions(session_id(s.name), ANYONE)  # the KB cached, checked now
+        kato.applies.down = True  # the learn below is committed, its apply fails: the outbox stays
+        sequence = [pb.Observation(strings=[t]) for t in ("x", "y", "x")]
+        await kato.use.observing.observe_sequence(
+            svc.ObserveSequenceRequest(name=s.name, observations=sequence, learn_after=[1]), ANYONE
+        )
+        kato.applies.down = False
+        answer = await kato.use.observing.get_predictions(session_id(s.name), ANYONE)
+        learned = names.pattern_prefix(KB) + pattern_name([["x"], ["x"], ["y"]])  # the STM held an x before
+        assert [p.pattern for p in answer.predictions] == [learned]
+        assert answer == await plain(kato, s.name)
 
     try:
         kato.run(main())

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from bench.costs import cpu_seconds
 from bench.report import emit
 from bench.tools import SEED, VOCABULARY, corpus, write_generated
 from kato_grpc.cli import transfer
@@ -29,12 +30,6 @@ from kato_server import devstack
 from kato_server.devserver import new_server
 
 Row = dict[str, float]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(pids: Mapping[str, int], work: Callable[[], int]) -> Row:

@@ -115,13 +115,18 @@ class KbCache:
 
     async def version(self, kb_id: str, published: int | None = None) -> int:
         """The KB's version as a ``view`` now would take it, without loading or refreshing it:
-        the cached index's when ``view`` would take that as it is, else MongoDB's (then not
-        counted as a check: the index was not brought up to it)."""
+        the cached index's when ``view`` would take that as it is, else MongoDB's (counted as a
+        check only when the cached index is at it: the index is not brought up to it here)."""
         index = self._indexes.get(kb_id)
-        if self._as_cached(kb_id, index, published, self._clock()):
+        now = self._clock()
+        if self._as_cached(kb_id, index, published, now):
             assert index is not None
             return index.version
-        return await self._store.kb_version(kb_id)
+        current = await self._store.kb_version(kb_id)
+        index = self._indexes.get(kb_id)
+        if index is not None and index.version == current:
+            self._checked[kb_id] = now  # the cached index is the KB as MongoDB has it: a check
+        return current
 
     def _as_cached(self, kb_id: str, index: KnowledgeIndex | None, published: int | None, now: float) -> bool:
         """Whether the cached ``index`` is the KB now: not older than ``published`` and MongoDB

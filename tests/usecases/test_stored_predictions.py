@@ -246,3 +246,32 @@ def test_a_read_that_applies_its_sessions_learn_predicts_from_what_that_made() -
         kato.run(main())
     finally:
         kato.close()
+
+
+def test_stored_predictions_ask_mongodb_for_the_kb_version_once_a_check_period() -> None:
+    """Served as stored, GetPredictions reads MongoDB's version of a cached KB as a view
+    would: once per check period, not once per call."""
+    kato = Kato()
+    store = kato.pattern_store
+    reads = 0
+    version = store.kb_version
+
+    async def counted(kb_id: str) -> int:
+        nonlocal reads
+        reads += 1
+        return await version(kb_id)
+
+    async def main() -> None:
+        teacher, s = await kato.create(), await kato.create()
+        await kato.learned(teacher.name, ["a"], ["b"])
+        await kato.observe(s.name, "a")
+        store.kb_version = counted  # type: ignore[method-assign]
+        kato.clock.advance(60)  # past the check period: the next look asks MongoDB
+        for _ in range(3):
+            await kato.use.observing.get_predictions(session_id(s.name), ANYONE)
+        assert reads == 1
+
+    try:
+        kato.run(main())
+    finally:
+        kato.close()

@@ -120,10 +120,7 @@ class TransactionRunner:
         if loaded.outbox is not None:
             await self.applier.apply(loaded.outbox, loaded.outbox_version)
             await self.sessions.drop_outbox(session_id, loaded.outbox_version)
-            # The version the load read predates this apply: a read is at least what it made.
-            applied = self.applier.applied_version(loaded.outbox.node_id)
-            if applied is not None and (loaded.kb_version is None or applied > loaded.kb_version):
-                loaded = replace(loaded, kb_version=applied)
+            loaded = replace(loaded, kb_version=self._after_apply(loaded.outbox.node_id, loaded.kb_version))
         return loaded
 
     def remember(self, state: storage.SessionState) -> None:
@@ -167,11 +164,7 @@ class TransactionRunner:
             kb_version = loaded.kb_version
             if loaded.outbox is not None:  # before anything: a replay must not skip it
                 await self.applier.apply(loaded.outbox, loaded.outbox_version)
-                # The version published when the load read it may predate this apply (a learn
-                # answered at commit): predict from at least the version the apply made.
-                applied = self.applier.applied_version(loaded.outbox.node_id)
-                if applied is not None and (kb_version is None or applied > kb_version):
-                    kb_version = applied
+                kb_version = self._after_apply(loaded.outbox.node_id, kb_version)
             if loaded.record is not None:
                 request_ids.check_replay(loaded.record, method, fp)
                 if loaded.outbox is not None:
@@ -299,6 +292,15 @@ class TransactionRunner:
             if refused:
                 raise _refused(refused)
         return commit.response
+
+    def _after_apply(self, kb_id: str, version: int | None) -> int | None:
+        """The KB version to predict from after applying a loaded outbox: the version published
+        when the load read it may predate this apply (a learn answered at commit), so at least
+        the version the apply made (read-your-writes, for reads as for changes)."""
+        applied = self.applier.applied_version(kb_id)
+        if applied is not None and (version is None or applied > version):
+            return applied
+        return version
 
     def _saw(self, kb_id: str, version: int | None) -> None:
         """A version of ``kb_id`` read as published (versions only move forward)."""

@@ -15,7 +15,6 @@ from kato_grpc import encoding, names, request_ids
 from kato_grpc.access import Caller
 from kato_grpc.engine import processor
 from kato_grpc.engine.budget import Budget
-from kato_grpc.engine.knowledge import KnowledgeView
 from kato_grpc.internal.v1 import session_pb2 as storage
 from kato_grpc.runner import TransactionRunner
 from kato_grpc.settings import Settings
@@ -34,7 +33,7 @@ INLINE_OBSERVATIONS = 64
 # Predictions that run on the event loop too: those whose alignments are bounded by this much
 # work (the KB's stored symbols × the STM's symbols, per observation: budget.py's cheap
 # bound). 2,048 took ≤ 0.5 ms here, the time a thread hand-off adds to a call
-# (docs/performance.md, "Small predictions inline").
+# (architecture.md §3, "Small predictions inline").
 INLINE_WORK = 2048
 
 
@@ -78,13 +77,13 @@ class Observing:
         unique_id = req.observation.unique_id or "obs-" + uuid.uuid4().hex
 
         def compute(
-            state: storage.SessionState, kb: KnowledgeView, budget: Budget
+            state: storage.SessionState, kb: KnowledgeIndex, budget: Budget
         ) -> tuple[storage.SessionState, svc.ObserveResponse]:
             r = processor.observe(
                 state, req.observation, kb, unique_id=unique_id, limits=self.stm_limits, budget=budget
             )
             encoded = encoding.record_predictions(
-                r.state, r.predictions, self.memo, basis=r.basis, kb_version=_version(kb)
+                r.state, r.predictions, self.memo, basis=r.basis, kb_version=kb.version
             )
             out = svc.ObserveResponse()
             _fill_observe(out, r, req.return_predictions, self.memo, state.node_id, encoded)
@@ -115,14 +114,14 @@ class Observing:
         observations = [r.observation for r in reqs]
 
         def compute(
-            state: storage.SessionState, kb: KnowledgeView, budget: Budget
+            state: storage.SessionState, kb: KnowledgeIndex, budget: Budget
         ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             r = processor.observe_sequence(
                 state, observations, kb, unique_ids=ids, limits=self.stm_limits, budget=budget
             )
             last = r.steps[-1].observed
             encoded = encoding.record_predictions(
-                r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb)
+                r.state, last.predictions, self.memo, basis=last.basis, kb_version=kb.version
             )
             out = svc.ObserveSequenceResponse()
             for i, (req, step) in enumerate(zip(reqs, r.steps, strict=True)):
@@ -148,7 +147,7 @@ class Observing:
         ids = [o.unique_id or f"{prefix}-{i}" for i, o in enumerate(req.observations)]
 
         def compute(
-            state: storage.SessionState, kb: KnowledgeView, budget: Budget
+            state: storage.SessionState, kb: KnowledgeIndex, budget: Budget
         ) -> tuple[storage.SessionState, svc.ObserveSequenceResponse]:
             out = svc.ObserveSequenceResponse(initial_stm_length=len(state.stm))
             r = processor.observe_sequence(
@@ -166,7 +165,7 @@ class Observing:
             if r.steps:  # the last observation's predictions, encoded once (not per step)
                 last = r.steps[-1].observed
                 encoded = encoding.record_predictions(
-                    r.state, last.predictions, self.memo, basis=last.basis, kb_version=_version(kb)
+                    r.state, last.predictions, self.memo, basis=last.basis, kb_version=kb.version
                 )
             node, state = state.node_id, r.state
             for i, step in enumerate(r.steps):
@@ -256,11 +255,6 @@ class Observing:
 
     async def cognition_data(self, session_id: str, caller: Caller) -> svc.GetCognitionDataResponse:
         return encoding.cognition_data(await self._read(session_id, caller))
-
-
-def _version(kb: KnowledgeView) -> int | None:
-    """The version of the KB a computation read (None: not a versioned index)."""
-    return kb.version if isinstance(kb, KnowledgeIndex) else None
 
 
 def _light(
